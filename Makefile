@@ -1,0 +1,40 @@
+# The two commands of the README, and the steps they share. Everything installs from this repository's
+# own files: a virtualenv from pyproject.toml, and the local control plane's binaries built from the Go
+# modules pinned under hack/ (cached under ~/.cache/vibe, so only the first run builds).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test setup venv cluster-bin lint clean
+
+## demo: install, bring the local control plane up and run the end-to-end demo
+demo: setup
+	$(BIN)/vibe demo
+
+## test: the whole test suite (what CI runs)
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+setup: venv cluster-bin
+
+venv: $(VENV)/.installed
+
+# `bench` brings torch (CPU-capable; about 2.8 GB of wheels from PyPI, ~3 min cold) so that CI runs the
+# agent's benchmark code path on a tiny shape, the same code the GPU nodes run.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,exact,bench]'
+	touch $@
+
+cluster-bin:
+	hack/build-cluster.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	-$(BIN)/vibe cluster down
+	rm -rf $(VENV)

@@ -1,0 +1,144 @@
+"""The torch benchmark on the CPU with a tiny shape: the same code path the GPU runs, minus the clocks.
+
+Needs torch (the ``bench`` extra); skipped with a reason without it. On a GPU machine the ``gpu`` test
+at the end runs the real thing on one shape.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakes import ScriptedTelemetry
+
+from vibe.agent.bench import BenchConfig
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[bench]')")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from vibe.agent.bench import canary, fp8_supported, profile_device  # noqa: E402
+from vibe.agent.cli import app  # noqa: E402
+from vibe.agent.node import AgentConfig, NodeAgent  # noqa: E402
+from vibe.agent.profiler import TorchProfiler, outcome_from_bench  # noqa: E402
+from vibe.agent.shapes import ExpertShape  # noqa: E402
+
+TINY = [ExpertShape(64, 32, "bf16", "tiny"), ExpertShape(64, 32, "fp8", "tiny")]
+CFG = BenchConfig(tokens=(1, 4, 16), repeats=20, warmup=2, preheat_min_s=0.05)
+
+
+def test_profile_on_cpu() -> None:
+    seen: list[str] = []
+    res = profile_device(TINY, device="cpu", cfg=CFG, progress=lambda ev, info: seen.append(ev))
+    assert res.device == "cpu" and res.nvml_index is None
+    assert seen[0] == "preheat" and seen[-1] == "done" and seen.count("point") + seen.count("skip") >= 3
+    bf16 = res.curves[0]
+    assert bf16.experts >= CFG.min_experts
+    assert bf16.tokens == [1, 4, 16]
+    assert all(p.seconds > 0 and p.min_s <= p.seconds <= p.max_s and p.retries == 0 for p in bf16.points)
+    fp8 = res.curves[1]
+    if not fp8_supported(torch, torch.device("cpu")):  # "" = supported, else why not
+        assert fp8.tokens == [1, 4, 16] and not fp8.skipped
+    else:
+        assert fp8.skipped and any("fp8 skipped" in n for n in res.notes)
+    out = outcome_from_bench(res, None)
+    assert all(list(c.seconds) == sorted(c.seconds) for c in out.curves)  # isotonic
+    json.dumps(res.as_dict())  # the results file is plain JSON
+
+
+def test_the_ffn_is_swiglu() -> None:
+    from vibe.agent.bench import ExpertBank
+
+    bank = ExpertBank(
+        torch, ExpertShape(64, 32, "bf16"), torch.device("cpu"), experts=2, max_tokens=8, seed=0
+    )
+    x = bank.inputs(8)
+    y = bank(1, x)
+    w13, w2 = bank.w13[1].float(), bank.w2[1].float()
+    h = x.float() @ w13.t()
+    ref = (torch.nn.functional.silu(h[:, :32]) * h[:, 32:]) @ w2.t()
+    assert y.shape == (8, 64)
+    assert torch.allclose(y.float(), ref, rtol=0.05, atol=0.05)
+    assert not torch.equal(bank.w13[0], bank.w13[1])  # distinct experts, random (never zeros)
+    assert bank.x.abs().sum() > 0
+
+
+def test_canary_on_cpu() -> None:
+    c = canary(TINY[0], device="cpu", tokens=(1, 8), repeats=5)
+    assert len(c.seconds) == 2 and c.gpu_s > 0 and c.wall_s >= sum(c.seconds)
+
+
+def test_node_agent_with_the_torch_profiler_on_cpu() -> None:
+    """NodeAgent + TorchProfiler: the agent's real path, with a scripted GPU mapped to the CPU."""
+    tel = ScriptedTelemetry(gpus=1)
+    agent = NodeAgent(
+        "cpu-node", tel, TorchProfiler(tel, CFG, devices={0: "cpu"}), AgentConfig(shapes=TINY[:1])
+    )
+    agent.step()
+    body = agent.body()
+    (gpu,) = body["spec"]["gpus"]
+    assert body["spec"]["source"] == "measured"
+    assert gpu["curves"][0]["hiddenSize"] == 64 and gpu["curves"][0]["tokens"] == [1, 4, 16]
+    assert [e.reason for e in agent.events] == ["Benchmarked"]
+    secs, cost = agent.profiler.canary(0, TINY[0], (1, 4))
+    assert len(secs) == 2 and cost > 0
+
+
+def test_bench_command_on_cpu(tmp_path: Path) -> None:
+    out, prof = tmp_path / "r.json", tmp_path / "p.json"
+    args = ["bench", "-d", "cpu", "--no-default-shapes", "-s", "tiny=64x32:bf16", "--tokens", "1,4"]
+    args += [
+        "--repeats",
+        "20",
+        "--canaries",
+        "1",
+        "--out",
+        str(out),
+        "--profile-out",
+        str(prof),
+        "--node",
+        "n",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["devices"]["cpu"]["profiles"][0]["curves"][0]["points"][0]["tokens"] == 1
+    assert data["devices"]["cpu"]["canaries"]
+    body = json.loads(prof.read_text())
+    assert body["kind"] == "GPUProfile" and body["spec"]["nodeName"] == "n"
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        BenchConfig(tokens=(4, 2))
+    with pytest.raises(ValueError):
+        BenchConfig(repeats=0)
+
+
+@pytest.mark.gpu
+def test_one_shape_on_a_gpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from vibe.agent.telemetry import NvmlTelemetry
+
+    res = profile_device(
+        [ExpertShape(4096, 1536, "bf16")],
+        device="cuda:0",
+        cfg=BenchConfig(tokens=(1, 256, 2048)),
+        telemetry=NvmlTelemetry.open(),
+    )
+    assert res.preheat["settled"] in (True, False) and all(p.cv < 0.2 for p in res.curves[0].points)
+
+
+def test_the_package_imports_without_heavy_modules() -> None:
+    """`vibe --help` stays fast: importing the agent's modules pulls neither torch nor kubernetes nor NVML."""
+    code = (
+        "import sys, vibe.cli, vibe.agent.node, vibe.agent.exporter, vibe.agent.publish, vibe.agent.runner, "
+        "vibe.agent.bench, vibe.agent.simulate, vibe.agent.telemetry; "
+        "print(sorted(m for m in ('torch', 'kubernetes', 'pynvml') if m in sys.modules))"
+    )
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "[]"

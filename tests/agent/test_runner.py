@@ -1,0 +1,188 @@
+"""The runner: publish on change only, heartbeats spread over the period, Events after the profile, shapes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vibe.agent.node import AgentConfig, NodeAgent
+from vibe.agent.publish import DirPublisher, RateLimiter
+from vibe.agent.runner import Runner, RunnerConfig
+from vibe.agent.simulate import SimProfiler, SimTelemetry, parse_fleet
+
+
+class RecordingPublisher:
+    """Records every call; ``fail`` makes apply raise (an API server restart)."""
+
+    def __init__(
+        self, existing: dict[str, dict] | None = None, deployments: list[dict] | None = None
+    ) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, str, float]] = []
+        self.objects: dict[str, dict] = dict(existing or {})
+        self.deployments = deployments or []
+        self.fail = False
+
+    def _log(self, kind: str, node: str) -> None:
+        with self.lock:
+            self.calls.append((kind, node, time.monotonic()))
+
+    def read(self, namespace: str, node: str) -> dict | None:
+        self._log("read", node)
+        return self.objects.get(node)
+
+    def apply(self, body: dict) -> dict:
+        if self.fail:
+            raise ConnectionError("API server restarting")
+        self._log("apply", body["metadata"]["name"])
+        self.objects[body["metadata"]["name"]] = json.loads(json.dumps(body))
+        return body
+
+    def heartbeat(self, namespace: str, node: str, when: float, every_s: int) -> None:
+        self._log("heartbeat", node)
+
+    def event(self, namespace: str, node: str, ev: Any) -> None:
+        self._log(f"event:{ev.reason}", node)
+
+    def moedeployments(self) -> list[dict]:
+        return self.deployments
+
+    def count(self, kind: str, node: str | None = None) -> int:
+        return sum(1 for k, n, _ in self.calls if k == kind and (node is None or n == node))
+
+
+def fleet_agents(
+    nodes: int = 3, gpus: int = 2, drift: list | None = None
+) -> tuple[list[NodeAgent], list[float]]:
+    now = [0.0]
+    fleet = parse_fleet(
+        {"nodes": [{"name": f"n{k}", "gpus": gpus} for k in range(nodes)], "drift": drift or [], "seed": 1}
+    )
+    clock = lambda: now[0]  # noqa: E731
+    cfg = AgentConfig(namespace="ns")
+    agents = [
+        NodeAgent(name, SimTelemetry(g, clock), SimProfiler(g, clock), cfg, clock=clock)
+        for name, g in fleet.nodes.items()
+    ]
+    return agents, now
+
+
+def test_publishes_once_then_only_on_change() -> None:
+    agents, now = fleet_agents(drift=[{"at": 10, "node": "n1", "gpu": 0, "timeScale": 1.5}])
+    pub = RecordingPublisher()
+    r = Runner(agents, pub, RunnerConfig(heartbeat_seconds=0, shapes_seconds=0))
+    r.start()
+    assert pub.count("read") == 3 and pub.count("apply") == 3
+    assert pub.count("heartbeat") == 3  # the first heartbeat goes with the first apply
+    assert pub.count("event:Benchmarked") == 3 * 2
+    for t in range(1, 30):
+        now[0] = t
+        r.tick()
+    r.flush()
+    assert pub.count("apply", "n0") == 1 and pub.count("apply", "n2") == 1
+    assert pub.count("apply", "n1") == 2  # the drift, once
+    assert pub.count("event:GPUDrifted", "n1") == 1
+    assert pub.objects["n1"]["spec"]["gpus"][0]["drift"]["state"] == "Drifted"
+    r.close()
+
+
+def test_restart_reads_back_and_does_not_churn() -> None:
+    agents, _ = fleet_agents()
+    pub = RecordingPublisher()
+    r = Runner(agents, pub, RunnerConfig(heartbeat_seconds=0, shapes_seconds=0))
+    r.start()
+    r.close()
+    before = json.dumps(pub.objects, sort_keys=True)
+    agents2, _ = fleet_agents()
+    pub2 = RecordingPublisher(existing=pub.objects)
+    r2 = Runner(agents2, pub2, RunnerConfig(heartbeat_seconds=0, shapes_seconds=0))
+    r2.start()
+    r2.close()
+    assert pub2.count("event:Benchmarked") == 0  # resumed, nothing measured again
+    assert json.dumps(pub2.objects, sort_keys=True) == before  # the same spec re-applied (a server no-op)
+
+
+def test_heartbeats_are_spread_over_the_period() -> None:
+    agents, _ = fleet_agents(nodes=4)
+    pub = RecordingPublisher()
+    r = Runner(agents, pub, RunnerConfig(heartbeat_seconds=1, shapes_seconds=0))
+    r.start()
+    t0 = time.monotonic()
+    time.sleep(2.1)
+    r.close()
+    beats = sorted(t - t0 for k, _, t in pub.calls if k == "heartbeat" and t >= t0)
+    assert 7 <= len(beats) <= 10, beats
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    assert max(gaps) < 0.5  # 4 nodes over 1 s: one every ~0.25 s, not 4 at once
+    assert {n for k, n, _ in pub.calls if k == "heartbeat"} == {"n0", "n1", "n2", "n3"}
+
+
+def test_events_wait_for_the_profile_and_failures_retry() -> None:
+    agents, now = fleet_agents(nodes=1)
+    pub = RecordingPublisher()
+    pub.fail = True
+    r = Runner(agents, pub, RunnerConfig(heartbeat_seconds=0, shapes_seconds=0))
+    r.start()
+    r.flush()
+    assert pub.count("apply") == 0 and r.errors >= 1
+    assert pub.count("event:Benchmarked") == 0  # not posted about an object that does not exist
+    pub.fail = False
+    now[0] = 1
+    r.tick()
+    r.flush()
+    assert pub.count("apply") == 1
+    r.close()
+
+
+def test_follows_moedeployment_shapes() -> None:
+    agents, _ = fleet_agents(nodes=2)
+    dep = {
+        "metadata": {"name": "glm"},
+        "spec": {"model": {"hiddenSize": 5120, "expertIntermediateSize": 1536, "dtype": "fp8"}},
+    }
+    pub = RecordingPublisher(deployments=[dep])
+    r = Runner(agents, pub, RunnerConfig(heartbeat_seconds=0, shapes_seconds=300))
+    r.start()
+    r.close()
+    curves = pub.objects["n0"]["spec"]["gpus"][0]["curves"]
+    keys = {(c["hiddenSize"], c["intermediateSize"], c["dtype"]) for c in curves}
+    assert {(5120, 1536, "fp8"), (5120, 1536, "bf16"), (7168, 2048, "bf16")} <= keys
+    assert next(c for c in curves if c["hiddenSize"] == 5120)["name"] == "glm"
+
+
+def test_dir_publisher_writes_objects_and_events(tmp_path: Path) -> None:
+    agents, now = fleet_agents(nodes=2, drift=[{"at": 3, "node": "n0", "gpu": 1, "timeScale": 1.4}])
+    r = Runner(agents, DirPublisher(tmp_path), RunnerConfig(heartbeat_seconds=0, shapes_seconds=0))
+    r.start()
+    for t in range(1, 15):
+        now[0] = t
+        r.tick()
+    r.close()
+    obj = json.loads((tmp_path / "ns" / "n0.json").read_text())
+    assert obj["kind"] == "GPUProfile" and obj["status"]["heartbeatSeconds"] == 30
+    assert obj["spec"]["gpus"][1]["drift"]["state"] == "Drifted"
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["reason"] for e in events if e["node"] == "n0"].count("GPUDrifted") == 1
+
+
+def test_runner_with_no_publisher_still_steps() -> None:
+    agents, _ = fleet_agents(nodes=1)
+    r = Runner(agents, None, RunnerConfig(poll_seconds=0.01))
+    r.start()
+    r.run(duration=0.1)
+    r.close()
+    assert r.steps >= 2 and not agents[0].events
+
+
+def test_rate_limiter() -> None:
+    lim = RateLimiter(qps=50, burst=5)
+    t0 = time.monotonic()
+    for _ in range(15):
+        lim.acquire()
+    assert time.monotonic() - t0 == pytest.approx(10 / 50, abs=0.08)

@@ -1,0 +1,120 @@
+"""`vibe cluster up|status|down` on clusters of their own (not the session's): a second `up` says the
+cluster runs, `down` leaves no process, port or file behind, and `up` cleans a dead cluster's state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vibe.cluster import Cluster
+from vibe.cluster.processes import alive, port_in_use
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def vibe_cluster(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vibe.cli", "cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def scratch_cluster(cluster_binaries: object, request: pytest.FixtureRequest):
+    name = f"vibe-test-{request.node.name.removeprefix('test_').replace('_', '-')}"[:40].rstrip("-")
+    c = Cluster(name)
+    c.down()  # whatever a crashed earlier run left
+    yield c
+    c.down()
+
+
+def test_up_twice_status_then_down_leaves_nothing(scratch_cluster: Cluster) -> None:
+    name = scratch_cluster.name
+    first = vibe_cluster("up", "--name", name, "--no-build")
+    assert first.returncode == 0, first.stderr
+    # stdout is exactly what `eval "$(vibe cluster up)"` needs; everything else went to stderr.
+    assert first.stdout == f"export KUBECONFIG={scratch_cluster.kubeconfig}\n"
+    st = scratch_cluster.status()
+    assert st.ready, st
+    assert set(st.processes) == {
+        "kine",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    }
+    pids = st.pids
+    ports = st.ports
+    assert all(port_in_use(p) for p in ports.values())
+
+    second = vibe_cluster("up", "--name", name)
+    assert second.returncode == 0, second.stderr
+    assert "already running" in second.stderr
+    assert second.stdout == first.stdout
+    assert scratch_cluster.status().pids == pids  # nothing restarted
+
+    status = vibe_cluster("status", "--name", name)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout == first.stdout
+    assert "kube-apiserver" in status.stderr
+
+    down = vibe_cluster("down", "--name", name)
+    assert down.returncode == 0, down.stderr
+    assert not [n for n, pid in pids.items() if alive(pid)], f"still running after down: {pids}"
+    assert not [p for p in ports.values() if port_in_use(p)], f"ports still open after down: {ports}"
+    assert not scratch_cluster.dir.exists()
+
+    after = vibe_cluster("status", "--name", name)
+    assert after.returncode == 1
+    assert after.stdout == ""
+    assert "not running" in after.stderr
+
+
+def test_up_cleans_the_state_of_a_dead_cluster(scratch_cluster: Cluster) -> None:
+    assert scratch_cluster.up() is True
+    old = scratch_cluster.status()
+    os.kill(old.pids["kube-apiserver"], signal.SIGKILL)
+    st = scratch_cluster.status()
+    assert st.exists and not st.running and not st.ready
+    assert st.processes["kube-apiserver"] is False
+
+    messages: list[str] = []
+    assert scratch_cluster.up(progress=messages.append) is True
+    assert any("stale" in m and "kube-apiserver" in m for m in messages), messages
+    assert not [n for n, pid in old.pids.items() if alive(pid)]
+    new = scratch_cluster.status()
+    assert new.ready
+    assert not set(new.pids.values()) & set(old.pids.values())
+
+
+def test_a_shared_test_cluster_stops_when_its_last_session_leaves(scratch_cluster: Cluster) -> None:
+    from vibe.cluster.paths import clusters_root
+    from vibe.cluster.testing import shared_cluster
+
+    name = scratch_cluster.name
+    other_session = subprocess.Popen(["sleep", "120"])
+    try:
+        with shared_cluster(name) as c:
+            assert c.status().ready
+            exe = Path(f"/proc/{other_session.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            (clusters_root() / f".{name}.users" / str(other_session.pid)).write_text(exe)
+        assert c.status().ready, "stopped while another session still used it"
+    finally:
+        other_session.kill()
+        other_session.wait()
+    with shared_cluster(name) as c:  # joins the running cluster ...
+        pass
+    assert not c.status().exists, "the last session out (of a cluster tests started) stops it"
+
+    # A cluster someone started by hand stays up.
+    assert scratch_cluster.up() is True
+    with shared_cluster(name):
+        pass
+    assert scratch_cluster.status().ready

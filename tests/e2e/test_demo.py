@@ -1,0 +1,64 @@
+"""The README's main command, end to end: `vibe demo` on its own local cluster, as a user runs it.
+
+It builds nothing new (the session's binaries are cached), starts a separate control plane, installs
+the chart, runs the operator and a simulated agent as the chart's ServiceAccounts, places DeepSeek-V3,
+throttles one GPU and must show the re-placement. Afterwards the test reads the outcome back from the
+API server itself before taking the cluster down.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vibe.cluster import Cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+NAME = "vibe-e2e"
+
+
+@pytest.mark.timeout(900)
+def test_demo_places_detects_drift_and_replaces(cluster_binaries: object) -> None:
+    from kubernetes import client
+
+    env = {**os.environ, "COLUMNS": "200"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "vibe", "demo", "--cluster", NAME, "--keep"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=840,
+        )
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-6000:]
+        assert "Traceback" not in out
+        for expected in ("Ready after", "token-balanced", "lower bound", "Drifted, timeScale", "re-placed"):
+            assert expected in out, f"{expected!r} missing from the demo's output:\n{out[-6000:]}"
+
+        with Cluster(NAME).api_client() as api:
+            moed = client.CustomObjectsApi(api).get_namespaced_custom_object(
+                "vibe.dev", "v1alpha1", "vibe-demo", "moedeployments", "deepseek-v3"
+            )
+            st = moed["status"]
+            assert st["placementGeneration"] == 2
+            assert st["lastReplacement"]["moves"] > 0
+            assert st["predicted"]["stepTimeSeconds"] >= st["predicted"]["lowerBoundSeconds"]
+            assert st["predicted"]["gainVsBaseline"] > 0
+            ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+            assert ready["status"] == "True"
+            cm = client.CoreV1Api(api).read_namespaced_config_map("deepseek-v3-placement", "vibe-demo")
+            assert cm.metadata.annotations["vibe.dev/placement-generation"] == "2"
+            assert {"placement.json", "sglang-expert-location.json"} <= set(cm.data)
+            profile = client.CustomObjectsApi(api).get_namespaced_custom_object(
+                "vibe.dev", "v1alpha1", "vibe-system", "gpuprofiles", "gpu-node-3"
+            )
+            gpu2 = next(g for g in profile["spec"]["gpus"] if g["index"] == 2)
+            assert gpu2["drift"]["state"] == "Drifted"
+            assert profile["spec"]["source"] == "simulated"
+    finally:
+        Cluster(NAME).down()

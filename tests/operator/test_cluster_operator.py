@@ -1,0 +1,371 @@
+"""The operator against the local control plane: the issue's "done when", one behaviour per test.
+
+One operator process serves the whole module (it watches every namespace); each test gets its own
+namespace, fake GPU nodes (kwok) and GPUProfiles, so tests do not see each other's objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import uuid
+from typing import Any
+
+import pytest
+from operator_builders import deployment_body, now_iso, profile_body
+from operator_harness import Objects, apply_crds, running_operator
+
+from vibe.cluster.testing import TEST_NODES_LABEL, wait_for
+from vibe.placement.synthetic import skewed_loads
+from vibe.serving.contract import content_hash
+
+pytestmark = pytest.mark.cluster
+
+
+def loads_json(seed: int, layers: int = 4, experts: int = 16, mean: float = 512.0) -> str:
+    return json.dumps({"loads": skewed_loads(layers, experts, mean_tokens=mean, seed=seed).tolist()})
+
+
+@pytest.fixture(scope="module")
+def profile_ns(kube: Any) -> Any:
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube)
+    name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"vibe.dev/test": "true"}}})
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Any, kube: Any, profile_ns: str) -> Any:
+    apply_crds(kube)
+    with running_operator(cluster.kubeconfig, profile_ns) as op:
+        yield op
+
+
+@pytest.fixture
+def objs(kube: Any, namespace: str, profile_ns: str, operator: Any) -> Objects:
+    return Objects(kube, namespace, profile_ns, log=operator.tail)
+
+
+@pytest.fixture
+def fleet(gpu_nodes: Any, objs: Objects) -> Any:
+    """``fleet(nodes, gpus, **profile kwargs) -> (nodeSelector, node names)`` with GPUProfiles written."""
+
+    def make(n: int = 2, gpus: int = 4, **kw: Any) -> tuple[dict[str, str], list[str]]:
+        prefix = f"op-{uuid.uuid4().hex[:6]}"
+        names = gpu_nodes(n, prefix=prefix, gpus_per_node=gpus)
+        for node in names:
+            objs.put_profile(profile_body(node, gpus=gpus, **kw))
+        return {TEST_NODES_LABEL: prefix}, names
+
+    return make
+
+
+def test_create_writes_every_format_and_becomes_ready(objs: Objects, fleet: Any, operator: Any, cluster: Any):
+    selector, nodes = fleet(2, 4, slow={1: 1.4})
+    objs.put_loads("loads", loads_json(1))
+    body = deployment_body(
+        "dsv3",
+        selector=selector,
+        count=8,
+        slots=3,
+        workload={"configMapRef": {"name": "loads"}},
+        output={"formats": ["vibe", "sglang", "eplb"]},
+    )
+    created = objs.create(body)
+    ready = objs.wait_condition("dsv3", "Ready", "True", "Placed")
+    assert ready["observedGeneration"] == 1
+    assert "placement generation 1 in ConfigMap dsv3-placement" in ready["message"]
+
+    cm = objs.config_map("dsv3-placement")
+    assert sorted(cm["data"]) == [
+        "eplb.json",
+        "placement-meta.json",
+        "placement.json",
+        "sglang-expert-location.json",
+    ]
+    ann = cm["metadata"]["annotations"]
+    core = {k: v for k, v in cm["data"].items() if k != "placement-meta.json"}
+    assert ann["vibe.dev/content-hash"] == content_hash(core)
+    assert ann["vibe.dev/placement-generation"] == "1"
+    assert json.loads(cm["data"]["placement-meta.json"]) == {
+        "contentHash": content_hash(core),
+        "placementGeneration": 1,
+    }
+    assert cm["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "vibe"
+    (owner,) = cm["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "MoEDeployment",
+        "dsv3",
+        created["metadata"]["uid"],
+        True,
+    )
+    sglang = json.loads(cm["data"]["sglang-expert-location.json"])
+    assert len(sglang["physical_to_logical_map"]) == 4 and len(sglang["physical_to_logical_map"][0]) == 24
+
+    status = objs.get("dsv3")["status"]
+    assert status["placementGeneration"] == 1 and status["observedGeneration"] == 1
+    assert status["nodes"] == sorted(nodes) and status["gpus"] == 8
+    p = status["predicted"]
+    assert p["stepTimeSeconds"] >= p["lowerBoundSeconds"] > 0
+    assert p["baseline"]["policy"] == "token-balanced" and p["gainVsBaseline"] >= 0
+    assert status["curveSource"] == "measured" and status["loadsSource"].endswith("/loads:loads.json")
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "True",
+        "Degraded": "False",
+        "Drifted": "False",
+    }
+    objs.wait_event("dsv3", "Placed")
+
+    # kubectl get moed shows what a person wants to see
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        out = subprocess.run(
+            [kubectl, "get", "moed", "-n", objs.ns],
+            env=cluster.env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert re.split(r"\s+", out.splitlines()[0].strip()) == [
+            "NAME",
+            "POLICY",
+            "GPUS",
+            "READY",
+            "IMBALANCE",
+            "GAIN%",
+            "PLACEMENT",
+            "AGE",
+        ]
+        assert out.splitlines()[1].split()[:4] == ["dsv3", "vibe", "8", "True"]
+
+    # The same inputs give no write at all: poke it and watch a reconcile end "unchanged".
+    rv = cm["metadata"]["resourceVersion"]
+    before = _count(operator.metrics(), 'vibe_reconcile_duration_seconds_count{outcome="unchanged"}')
+    objs.patch("dsv3", {"metadata": {"annotations": {"vibe.dev/reconcile-trigger": "1"}}})
+    wait_for(
+        lambda: (
+            _count(operator.metrics(), 'vibe_reconcile_duration_seconds_count{outcome="unchanged"}') > before
+        ),
+        timeout=30,
+        what="an unchanged reconcile",
+    )
+    assert objs.config_map("dsv3-placement")["metadata"]["resourceVersion"] == rv
+
+    text = operator.metrics()
+    for name in (
+        "vibe_placement_predicted_step_seconds",
+        "vibe_placement_imbalance_ratio",
+        "vibe_placement_gap_to_bound_ratio",
+        "vibe_placement_gain_vs_baseline_ratio",
+        "vibe_placement_moves_total",
+        "vibe_reconcile_duration_seconds",
+    ):
+        assert f"{name}" in text, name
+    assert f'vibe_placement_generation{{name="dsv3",namespace="{objs.ns}"}} 1.0' in text
+
+
+def test_spec_update_makes_a_new_generation(objs: Objects, fleet: Any):
+    selector, _ = fleet(2, 4)
+    objs.create(deployment_body("m", selector=selector, count=8, slots=3))
+    objs.wait_condition("m", "Ready", "True")
+    assert "uniform loads" in objs.condition("m", "Ready")["message"]
+    objs.patch("m", {"spec": {"gpus": {"slotsPerGPU": 4}}})
+    cm = objs.wait_generation("m", 2)
+    assert len(json.loads(cm["data"]["sglang-expert-location.json"])["physical_to_logical_map"][0]) == 32
+    ready = objs.wait_condition("m", "Ready", "True")
+    wait_for(
+        lambda: objs.get("m")["status"]["observedGeneration"] == 2, timeout=30, what="observedGeneration 2"
+    )
+    assert objs.condition("m", "Ready")["observedGeneration"] == 2 and ready["reason"] == "Placed"
+    assert objs.get("m")["status"]["placementGeneration"] == 2
+
+
+def test_load_update_replaces_with_moves(objs: Objects, fleet: Any):
+    selector, _ = fleet(2, 4)
+    objs.put_loads("loads", loads_json(1))
+    objs.create(
+        deployment_body(
+            "m",
+            selector=selector,
+            workload={"configMapRef": {"name": "loads"}},
+            drift={"minGain": 0.0, "cooldownSeconds": 0},
+        )
+    )
+    objs.wait_condition("m", "Ready", "True")
+    objs.put_loads("loads", loads_json(2, mean=2048.0))
+    objs.wait_generation("m", 2)
+    status = wait_for(
+        lambda: (s := objs.get("m")["status"]).get("placementGeneration") == 2 and s,
+        timeout=30,
+        what="status gen 2",
+    )
+    last = status["lastReplacement"]
+    assert last["reason"] == "Replaced" and last["moves"] > 0 and last["gain"] > 0
+    assert "the loads changed" in last["message"]
+    assert objs.condition("m", "Drifted")["reason"] == "Replaced"
+    objs.wait_event("m", "Replaced")
+
+
+def test_gpu_drift_past_threshold_replaces_and_touches_only_its_users(objs: Objects, fleet: Any):
+    sel_a, nodes_a = fleet(2, 4)
+    sel_b, _ = fleet(2, 4)
+    objs.put_loads("loads", loads_json(3))
+    ref = {"configMapRef": {"name": "loads"}}
+    objs.create(
+        deployment_body("a", selector=sel_a, workload=ref, drift={"minGain": 0.01, "cooldownSeconds": 0})
+    )
+    objs.create(
+        deployment_body("b", selector=sel_b, workload=ref, drift={"minGain": 0.01, "cooldownSeconds": 0})
+    )
+    objs.wait_condition("a", "Ready", "True")
+    objs.wait_condition("b", "Ready", "True")
+    rv_b = objs.config_map("b-placement")["metadata"]["resourceVersion"]
+
+    slow = profile_body(nodes_a[0], gpus=4, slow={0: 3.0})
+    objs.patch_profile_spec(nodes_a[0], slow["spec"])
+    objs.wait_generation("a", 2, timeout=30)
+    last = wait_for(lambda: _replaced(objs, "a"), timeout=30, what="a Replaced")
+    assert "GPU profiles changed" in last["message"] and last["moves"] > 0
+    objs.wait_event("a", "Replaced")
+    assert objs.config_map("b-placement")["metadata"]["resourceVersion"] == rv_b
+
+
+def test_gpu_drift_below_threshold_only_reports_drifted(objs: Objects, fleet: Any):
+    selector, nodes = fleet(2, 4)
+    objs.put_loads("loads", loads_json(4))
+    objs.create(
+        deployment_body(
+            "m",
+            selector=selector,
+            workload={"configMapRef": {"name": "loads"}},
+            drift={"minGain": 0.9, "cooldownSeconds": 0},
+        )
+    )
+    objs.wait_condition("m", "Ready", "True")
+    rv = objs.config_map("m-placement")["metadata"]["resourceVersion"]
+    objs.patch_profile_spec(nodes[1], profile_body(nodes[1], gpus=4, slow={2: 1.5})["spec"])
+    drifted = objs.wait_condition("m", "Drifted", "True", "PerformanceDrift")
+    assert "GPU profiles changed" in drifted["message"] and "minGain 90.0%" in drifted["message"]
+    drift = objs.get("m")["status"]["drift"]
+    assert drift["decision"] == "DriftBelowThreshold" and drift["loss"] > 0
+    objs.wait_event("m", "DriftBelowThreshold")
+    assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == rv
+    assert objs.condition("m", "Ready")["status"] == "True"
+
+
+def test_cooldown_defers_the_replacement(objs: Objects, fleet: Any):
+    selector, nodes = fleet(2, 4)
+    objs.create(deployment_body("m", selector=selector, drift={"minGain": 0.01, "cooldownSeconds": 6}))
+    objs.wait_condition("m", "Ready", "True")
+    objs.patch_profile_spec(nodes[0], profile_body(nodes[0], gpus=4, slow={0: 3.0, 1: 3.0})["spec"])
+    objs.wait_condition("m", "Drifted", "True", "PerformanceDrift", timeout=5)
+    assert objs.get("m")["status"]["drift"]["decision"] == "CooldownActive"
+    objs.wait_event("m", "CooldownActive")
+    objs.wait_generation("m", 2, timeout=30)  # re-placed by itself once the cooldown is over
+    objs.wait_condition("m", "Drifted", "False", "Replaced")
+
+
+def test_missing_load_config_map_then_created(objs: Objects, fleet: Any):
+    selector, _ = fleet(2, 4)
+    objs.create(deployment_body("m", selector=selector, workload={"configMapRef": {"name": "later"}}))
+    c = objs.wait_condition("m", "Ready", "False", "ConfigMapNotFound")
+    assert f"ConfigMap {objs.ns}/later (spec.workload.configMapRef) does not exist" in c["message"]
+    assert objs.condition("m", "Degraded")["reason"] == "ConfigMapNotFound"
+    ev = objs.wait_event("m", "ConfigMapNotFound")
+    assert ev["type"] == "Warning"
+    assert objs.config_map("m-placement") is None
+    objs.put_loads("later", loads_json(5))
+    objs.wait_condition("m", "Ready", "True", "Placed", timeout=20)
+    objs.wait_condition("m", "Degraded", "False")
+
+
+def test_too_few_gpus(objs: Objects, fleet: Any):
+    selector, _ = fleet(1, 4)
+    objs.create(deployment_body("m", selector=selector, count=16, slots=2))
+    c = objs.wait_condition("m", "Ready", "False", "InsufficientGPUs")
+    assert "matches 1 nodes with 4 profiled GPUs" in c["message"] and "gpus.count is 16" in c["message"]
+    objs.wait_event("m", "InsufficientGPUs")
+
+
+def test_infeasible_slots(objs: Objects, fleet: Any):
+    selector, _ = fleet(2, 4, memory_bytes=2 * 2**30)
+    body = deployment_body("m", selector=selector, count=8, slots=8)
+    body["spec"]["model"]["layers"] = 8
+    objs.create(body)
+    c = objs.wait_condition("m", "Ready", "False", "InfeasibleSlots")
+    assert "needs 2.6 GiB of expert weights per GPU" in c["message"]
+    objs.wait_event("m", "InfeasibleSlots")
+
+
+def test_unparsable_loads_keep_the_last_placement(objs: Objects, fleet: Any):
+    selector, _ = fleet(2, 4)
+    objs.put_loads("loads", loads_json(6))
+    objs.create(deployment_body("m", selector=selector, workload={"configMapRef": {"name": "loads"}}))
+    objs.wait_condition("m", "Ready", "True")
+    cm = objs.config_map("m-placement")
+    objs.put_loads("loads", "{not json")
+    c = objs.wait_condition("m", "Degraded", "True", "InvalidLoads")
+    assert "is not JSON" in c["message"] and "keeping placement generation 1" in c["message"]
+    assert objs.condition("m", "Ready")["status"] == "True"
+    objs.wait_event("m", "InvalidLoads")
+    objs.put_loads("loads", json.dumps({"loads": [[1.0] * 16] * 3}))  # wrong shape
+    c = objs.wait_condition("m", "Degraded", "True", "ShapeMismatch")
+    assert "the model has 4x16" in c["message"]
+    assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == cm["metadata"]["resourceVersion"]
+
+
+def test_stale_profiles_degrade_but_keep_the_placement(objs: Objects, fleet: Any):
+    selector, nodes = fleet(2, 4)
+    objs.create(deployment_body("m", selector=selector))
+    objs.wait_condition("m", "Ready", "True")
+    rv = objs.config_map("m-placement")["metadata"]["resourceVersion"]
+    old = copy.deepcopy(profile_body(nodes[0], gpus=4, heartbeat=now_iso(-3600)))
+    objs.put_profile(old)
+    c = objs.wait_condition("m", "Degraded", "True", "StaleGPUProfile", timeout=30)
+    assert nodes[0] in c["message"] and "keeping placement generation 1" in c["message"]
+    objs.wait_event("m", "StaleGPUProfile")
+    assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == rv
+    objs.put_profile(profile_body(nodes[0], gpus=4))  # the agent is back
+    objs.wait_condition("m", "Degraded", "False", timeout=30)
+
+
+def test_delete_removes_the_config_map(objs: Objects, fleet: Any):
+    selector, _ = fleet(2, 4)
+    objs.create(deployment_body("m", selector=selector))
+    objs.wait_condition("m", "Ready", "True")
+    objs.delete("m")
+    wait_for(lambda: objs.config_map("m-placement") is None, timeout=60, what="ConfigMap garbage-collected")
+
+
+METRICS = (
+    "vibe_placement_predicted_step_seconds",
+    "vibe_placement_imbalance_ratio",
+    "vibe_placement_gap_to_bound_ratio",
+    "vibe_placement_gain_vs_baseline_ratio",
+    "vibe_placement_moves_total",
+    "vibe_reconcile_duration_seconds",
+)
+
+
+def _replaced(objs: Objects, name: str) -> dict | None:
+    last = objs.get(name)["status"].get("lastReplacement") or {}
+    return last if last.get("reason") == "Replaced" else None
+
+
+def _count(text: str, series: str) -> float:
+    total = 0.0
+    name, _, labels = series.partition("{")
+    want = set(labels.rstrip("}").split(",")) if labels else set()
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, _, value = line.rpartition(" ")
+            have = set(head[len(name) + 1 : -1].split(",")) if "{" in head else set()
+            if want <= have:
+                total += float(value)
+    return total

@@ -1,0 +1,115 @@
+"""Crash safety and replicas: an operator killed mid-way converges on restart without a duplicate
+generation, and two peered replicas produce exactly one placement per change.
+
+Each test runs its own operator processes (this module's tests must not overlap with the module-wide
+operator of ``test_cluster_operator``, and pytest finishes one module before the next).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+from operator_builders import deployment_body, profile_body
+from operator_harness import Objects, OperatorProcess, apply_crds
+
+from vibe.cluster.testing import TEST_NODES_LABEL, wait_for
+from vibe.placement.synthetic import skewed_loads
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def profile_ns(kube: Any) -> Any:
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube)
+    name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"vibe.dev/test": "true"}}})
+    apply_crds(kube)
+    yield name
+    core.delete_namespace(name)
+
+
+def _setup(kube: Any, namespace: str, profile_ns: str, gpu_nodes: Any, n_deployments: int) -> Objects:
+    objs = Objects(kube, namespace, profile_ns)
+    prefix = f"rs-{uuid.uuid4().hex[:6]}"
+    for node in gpu_nodes(4, prefix=prefix, gpus_per_node=8):
+        objs.put_profile(profile_body(node, gpus=8, slow={3: 1.3}))
+    loads = json.dumps({"loads": skewed_loads(8, 64, mean_tokens=1024, seed=1).tolist()})
+    objs.put_loads("loads", loads)
+    model = {"layers": 8, "experts": 64, "topK": 8, "hiddenSize": 7168, "expertIntermediateSize": 2048,
+             "dtype": "fp8"}  # fmt: skip
+    for i in range(n_deployments):
+        body = deployment_body(
+            f"m{i}", selector={TEST_NODES_LABEL: prefix}, count=16 + 8 * (i % 3), slots=5,
+            workload={"configMapRef": {"name": "loads"}}, output={"formats": ["vibe", "sglang", "eplb"]},
+        )  # fmt: skip
+        body["spec"]["model"] = dict(model)
+        objs.create(body)
+    return objs
+
+
+def _generations(objs: Objects, n: int) -> dict[str, tuple[int | None, int | None]]:
+    out = {}
+    for i in range(n):
+        cm = objs.config_map(f"m{i}-placement")
+        st = objs.get(f"m{i}").get("status") or {}
+        gen = int(cm["metadata"]["annotations"]["vibe.dev/placement-generation"]) if cm else None
+        out[f"m{i}"] = (gen, st.get("placementGeneration"))
+    return out
+
+
+def test_killed_mid_way_converges_without_duplicate_generation(
+    cluster, kube, namespace, profile_ns, gpu_nodes
+):
+    n = 12
+    op = OperatorProcess(cluster.kubeconfig, profile_ns).start()
+    try:
+        objs = _setup(kube, namespace, profile_ns, gpu_nodes, n)
+        # Kill it as soon as the first placements land: some written, some not, some without status.
+        wait_for(lambda: any(g[0] for g in _generations(objs, n).values()), timeout=60, interval=0.05,
+                 what="a first placement")  # fmt: skip
+        op.kill()
+        before = _generations(objs, n)
+        assert any(g[0] is None for g in before.values()) or any(g[1] is None for g in before.values()), (
+            before
+        )
+    finally:
+        op.kill()
+    restarted = OperatorProcess(cluster.kubeconfig, profile_ns).start()
+    try:
+        objs.log = restarted.tail
+        for i in range(n):
+            objs.wait_condition(f"m{i}", "Ready", "True", "Placed", timeout=120)
+        wait_for(lambda: all(g == (1, 1) for g in _generations(objs, n).values()), timeout=30,
+                 what=f"every deployment at generation 1: {_generations(objs, n)}")  # fmt: skip
+        # And it stays there: a resync later, nothing was rewritten.
+        rvs = {i: objs.config_map(f"m{i}-placement")["metadata"]["resourceVersion"] for i in range(n)}
+        time.sleep(3)
+        assert rvs == {i: objs.config_map(f"m{i}-placement")["metadata"]["resourceVersion"] for i in range(n)}
+    finally:
+        restarted.stop()
+
+
+def test_two_peered_replicas_write_each_placement_once(cluster, kube, namespace, profile_ns, gpu_nodes):
+    peering = f"vibe-{uuid.uuid4().hex[:6]}"
+    a = OperatorProcess(cluster.kubeconfig, profile_ns, "--peering", peering, "--priority", "100").start()
+    b = OperatorProcess(cluster.kubeconfig, profile_ns, "--peering", peering, "--priority", "50").start()
+    try:
+        objs = _setup(kube, namespace, profile_ns, gpu_nodes, 3)
+        objs.log = lambda: a.tail(30) + "\n---- b ----\n" + b.tail(30)
+        for i in range(3):
+            objs.wait_condition(f"m{i}", "Ready", "True", timeout=120)
+        assert all(g == (1, 1) for g in _generations(objs, 3).values())
+        # The active replica dies; the standby takes over once its keep-alive lapses and keeps working.
+        a.kill()
+        objs.patch("m0", {"spec": {"gpus": {"slotsPerGPU": 6}}})
+        objs.wait_generation("m0", 2, timeout=150)
+        assert _generations(objs, 3)["m1"][0] == 1
+    finally:
+        a.kill()
+        b.stop()

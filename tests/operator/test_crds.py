@@ -1,0 +1,136 @@
+"""The API server itself refuses bad MoEDeployments and GPUProfiles (OpenAPI bounds, enums, CEL rules).
+
+Each case is a real create through the local kube-apiserver; the assertion is on the 422 it returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from operator_builders import deployment_body, profile_body
+from operator_harness import G, V, apply_crds
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def crds(kube: Any) -> None:
+    apply_crds(kube)
+
+
+def _create(kube: Any, namespace: str, plural: str, body: dict) -> tuple[int, str]:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        client.CustomObjectsApi(kube).create_namespaced_custom_object(G, V, namespace, plural, body)
+    except ApiException as e:
+        return e.status, json.loads(e.body).get("message", e.body)
+    return 201, ""
+
+
+def _with(body: dict, path: str, value: Any) -> dict:
+    out = copy.deepcopy(body)
+    *parents, leaf = path.split(".")
+    node = out
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is _DELETE:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = value
+    return out
+
+
+_DELETE = object()
+
+BAD_DEPLOYMENTS = [
+    ("spec.model", _DELETE, "spec.model: Required value"),
+    ("spec.model.topK", _DELETE, "spec.model.topK: Required value"),
+    ("spec.model.layers", 0, "spec.model.layers in body should be greater than or equal to 1"),
+    ("spec.model.topK", 32, "model.topK must be <= model.experts"),
+    ("spec.model.dtype", "int4", 'spec.model.dtype: Unsupported value: "int4"'),
+    ("spec.gpus.slotsPerGPU", 1, "gpus.slotsPerGPU x gpus.count must be >= model.experts"),
+    ("spec.gpus.count", _DELETE, "spec.gpus.count: Required value"),
+    ("spec.gpus.podSelector", {"matchLabels": {"app": "x"}}, "set exactly one of gpus.nodeSelector and"),
+    ("spec.gpus.gpusPerPod", 2, "gpus.gpusPerPod applies only with gpus.podSelector"),
+    ("spec.policy", "fastest", 'spec.policy: Unsupported value: "fastest"'),
+    ("spec.drift.minGain", 1.0, "spec.drift.minGain: Invalid value"),
+    ("spec.drift.cooldownSeconds", -1, "spec.drift.cooldownSeconds: Invalid value"),
+    ("spec.drift.maxMoves", 0, "spec.drift.maxMoves: Invalid value"),
+    ("spec.output.formats", ["vibe", "vllm"], 'spec.output.formats[1]: Unsupported value: "vllm"'),
+    ("spec.output.formats", ["vibe", "vibe"], 'spec.output.formats[1]: Duplicate value: "vibe"'),
+    ("spec.output.formats", [], "spec.output.formats in body should have at least 1 items"),
+    ("spec.workload.configMapRef", {"key": "x"}, "spec.workload.configMapRef.name: Required value"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"), BAD_DEPLOYMENTS, ids=[f"{p}={v!r}"[:60] for p, v, _ in BAD_DEPLOYMENTS]
+)
+def test_bad_moedeployment_is_refused(crds, kube, namespace, path, value, message):
+    body = _with(deployment_body("bad", count=8, slots=2), path, value)
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 422, text
+    assert message in text
+
+
+def test_pod_selector_needs_a_selector_and_values_for_in(crds, kube, namespace):
+    body = deployment_body("bad", count=8, slots=2)
+    body["spec"]["gpus"] = {"podSelector": {}, "count": 8, "slotsPerGPU": 2}
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 422 and "gpus.podSelector needs matchLabels or matchExpressions" in text
+    body["spec"]["gpus"]["podSelector"] = {"matchExpressions": [{"key": "app", "operator": "In"}]}
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 422 and "In and NotIn need values" in text
+
+
+def test_good_moedeployment_gets_defaults(crds, kube, namespace):
+    from kubernetes import client
+
+    code, text = _create(kube, namespace, "moedeployments", deployment_body("good", count=8, slots=2))
+    assert code == 201, text
+    got = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        G, V, namespace, "moedeployments", "good"
+    )
+    spec = got["spec"]
+    assert spec["policy"] == "vibe" and spec["output"] == {"formats": ["vibe", "sglang"]}
+    assert spec["drift"] == {"minGain": 0.03, "cooldownSeconds": 300}
+    assert spec["model"]["dtype"] == "fp8"
+
+
+def test_examples_are_valid(crds, kube, namespace):
+    import yaml
+    from operator_harness import ROOT
+
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "MoEDeployment":
+                code, text = _create(kube, namespace, "moedeployments", doc)
+                assert code == 201, f"{path.name}: {text}"
+
+
+def test_bad_gpuprofile_is_refused(crds, kube, namespace):
+    body = profile_body("n1", gpus=2, namespace=namespace)
+    body.pop("status")
+    bad = copy.deepcopy(body)
+    bad["spec"]["gpus"][0]["curves"][0]["seconds"].pop()
+    code, text = _create(kube, namespace, "gpuprofiles", bad)
+    assert code == 422 and "curves[].tokens and curves[].seconds must have the same length" in text
+    bad = copy.deepcopy(body)
+    bad["spec"]["gpus"][1]["index"] = 0
+    code, text = _create(kube, namespace, "gpuprofiles", bad)
+    assert code == 422 and "gpus[].index values must be unique" in text
+    bad = copy.deepcopy(body)
+    bad["spec"]["gpus"][0]["curves"][0]["seconds"][0] = 0
+    code, text = _create(kube, namespace, "gpuprofiles", bad)
+    assert code == 422 and "should be greater than 0" in text
+    bad = copy.deepcopy(body)
+    del bad["spec"]["nodeName"]
+    code, text = _create(kube, namespace, "gpuprofiles", bad)
+    assert code == 422 and "spec.nodeName: Required value" in text
+    code, text = _create(kube, namespace, "gpuprofiles", body)
+    assert code == 201, text

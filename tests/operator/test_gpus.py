@@ -1,0 +1,129 @@
+"""GPU resolution: rank order, selectors, pods, curves (measured or scaled), memory, staleness."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from operator_builders import deployment_body, profile_body
+
+from vibe.operator.gpus import pod_snapshot, profile_snapshot, resolve
+from vibe.operator.problems import Problem
+from vibe.operator.spec import parse_spec
+
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+def world(n_nodes: int = 3, gpus: int = 4, **kw):
+    nodes = {f"n{i}": {"pool": "a"} for i in range(n_nodes)}
+    nodes["other"] = {"pool": "b"}
+    profiles = {n: profile_snapshot(profile_body(n, gpus=gpus, **kw)) for n in nodes}
+    return nodes, profiles
+
+
+def test_node_selector_ranks_nodes_by_name_and_gpus_by_index():
+    nodes, profiles = world()
+    spec = parse_spec(deployment_body("x", count=6)["spec"])
+    res = resolve(spec, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300)
+    assert [g.id for g in res.gpus] == ["n0/0", "n0/1", "n0/2", "n0/3", "n1/0", "n1/1"]
+    assert res.nodes == ["n0", "n1"]
+    assert res.curve_source == "measured" and not res.notes and not res.stale_nodes
+
+
+def test_too_few_gpus_is_a_problem_saying_how_many():
+    nodes, profiles = world()
+    del profiles["n2"]
+    spec = parse_spec(deployment_body("x", count=16)["spec"])
+    with pytest.raises(Problem) as e:
+        resolve(spec, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300)
+    assert e.value.reason == "InsufficientGPUs"
+    assert "matches 3 nodes with 8 profiled GPUs" in e.value.message
+    assert "without a GPUProfile: n2" in e.value.message and "gpus.count is 16" in e.value.message
+
+
+def test_other_shape_is_scaled_and_said():
+    nodes, profiles = world(shapes=((4096, 1536, "bf16"),))
+    spec = parse_spec(deployment_body("x", count=4)["spec"])
+    res = resolve(spec, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300)
+    assert res.curve_source == "scaled"
+    assert "scaled from 4096x1536 bf16" in res.notes[0]
+    # DeepSeek's fp8 expert is 7168*2048 bytes vs Qwen's 4096*1536*2: about 1.17x the time above overhead.
+    measured = profiles["n0"].gpus[0].curves[0].seconds
+    assert np.all(res.fleet.gpus[0].seconds > measured)
+
+
+def test_memory_that_cannot_hold_the_slots_is_infeasible():
+    nodes, profiles = world(memory_bytes=16 * 2**30)
+    body = deployment_body("x", count=4, slots=64)
+    body["spec"]["model"]["layers"] = 58
+    with pytest.raises(Problem) as e:
+        resolve(
+            parse_spec(body["spec"]),
+            namespace="ns",
+            nodes=nodes,
+            profiles=profiles,
+            now=NOW,
+            profile_ttl_s=300,
+        )
+    assert e.value.reason == "InfeasibleSlots"
+    assert "58 layers x 64 slots x 42 MiB" in e.value.message and "has 16 GiB" in e.value.message
+
+
+def test_stale_profiles_are_listed():
+    nodes, profiles = world()
+    old = (NOW - dt.timedelta(seconds=900)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    profiles["n0"] = profile_snapshot(profile_body("n0", gpus=4, heartbeat=old))
+    spec = parse_spec(deployment_body("x", count=8)["spec"])
+    res = resolve(spec, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300)
+    assert res.stale_nodes == ("n0",)
+    assert res.stale_at is not None and res.stale_at > NOW
+
+
+def pod(name: str, node: str, labels: dict, owner: str | None = None):
+    meta = {"name": name, "namespace": "ns", "labels": labels}
+    if owner:
+        meta["ownerReferences"] = [{"kind": owner, "name": "x", "uid": "u"}]
+    return pod_snapshot({"metadata": meta, "spec": {"nodeName": node}, "status": {"phase": "Running"}})
+
+
+def test_pods_rank_by_lws_index_and_share_nodes_disjointly():
+    nodes, profiles = world(n_nodes=2, gpus=4)
+    lws = "leaderworkerset.sigs.k8s.io/worker-index"
+    pods = [
+        pod("p-b", "n0", {"app": "m", lws: "1"}),
+        pod("p-a", "n0", {"app": "m", lws: "0"}),
+        pod("p-c", "n1", {"app": "m", lws: "2"}),
+        pod("other", "n1", {"app": "z", lws: "0"}),
+    ]
+    body = deployment_body("x", count=6)
+    body["spec"]["gpus"] = {
+        "podSelector": {"matchLabels": {"app": "m"}},
+        "gpusPerPod": 2,
+        "count": 6,
+        "slotsPerGPU": 3,
+    }
+    res = resolve(
+        parse_spec(body["spec"]),
+        namespace="ns",
+        nodes=nodes,
+        profiles=profiles,
+        pods=pods,
+        now=NOW,
+        profile_ttl_s=300,
+    )
+    assert [g.id for g in res.gpus] == ["n0/0", "n0/1", "n0/2", "n0/3", "n1/0", "n1/1"]
+
+
+def test_statefulset_ordinals_rank_pods():
+    a = pod("web-10", "n0", {}, owner="StatefulSet")
+    b = pod("web-9", "n0", {}, owner="StatefulSet")
+    assert b.rank < a.rank
+
+
+def test_unscheduled_or_finished_pods_are_ignored():
+    assert pod_snapshot({"metadata": {"name": "p"}, "spec": {}, "status": {}}) is None
+    assert (
+        pod_snapshot({"metadata": {"name": "p"}, "spec": {"nodeName": "n"}, "status": {"phase": "Failed"}})
+        is None
+    )

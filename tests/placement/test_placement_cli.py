@@ -1,0 +1,151 @@
+"""``vibe plan``: writes the chosen format, prints the table; bad input is one error line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from vibe.placement.cli import plan
+from vibe.placement.synthetic import skewed_loads
+
+app = typer.Typer()
+app.command()(plan)
+runner = CliRunner()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    loads = skewed_loads(3, 16, mean_tokens=400, seed=1)
+    (tmp_path / "loads.json").write_text(json.dumps({"loads": loads.tolist()}))
+    fleet = {
+        "reference": {"hiddenSize": 7168, "intermediateSize": 2048},
+        "gpus": [{"id": f"a/{i}", "node": "a", **({"timeScale": 1.5} if i == 3 else {})} for i in range(4)],
+    }
+    (tmp_path / "fleet.json").write_text(json.dumps(fleet))
+    return {"loads": tmp_path / "loads.json", "fleet": tmp_path / "fleet.json", "dir": tmp_path}
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_writes_placement_and_prints_the_table(files):
+    out = files["dir"] / "placement.json"
+    r = run("--loads", files["loads"], "--fleet", files["fleet"], "--slots-per-gpu", 5, "-o", out)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "ExpertPlacement" and doc["policy"] == "vibe"
+    assert doc["baseline"]["policy"] == "token-balanced"
+    for name in ("round-robin", "linear", "token-balanced", "vibe"):
+        assert name in r.output
+    assert "gap" in r.output and "bound" in r.output
+
+
+@pytest.mark.parametrize("fmt", ["sglang", "eplb"])
+def test_other_formats_to_stdout(files, fmt):
+    r = run("-l", files["loads"], "-f", files["fleet"], "-s", 5, "--format", fmt, "--no-compare")
+    assert r.exit_code == 0
+    key = "physical_to_logical_map" if fmt == "sglang" else "phy2log"
+    assert key in json.loads(r.stdout.splitlines()[0])
+
+
+def test_incremental_mode_reports_moves(files):
+    cur = files["dir"] / "current.json"
+    assert (
+        run("-l", files["loads"], "-f", files["fleet"], "-s", 5, "-p", "round-robin", "-o", cur).exit_code
+        == 0
+    )
+    out = files["dir"] / "next.json"
+    r = run(
+        "-l", files["loads"], "-f", files["fleet"], "-s", 5, "--current", cur, "--max-moves", 6, "-o", out
+    )
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["policy"] == "incremental" and 0 < doc["predicted"]["moves"] <= 6
+    assert "incremental" in r.output and "current" in r.output
+
+
+def _bad(files, tmp: Path, what: str) -> list[str]:
+    base = ["-l", files["loads"], "-f", files["fleet"], "-s", 5]
+    if what == "shape mismatch":
+        cur = tmp / "cur.json"
+        cur.write_text(json.dumps({"physical_to_logical_map": [[*range(16), 0, 1, 2, 3]]}))  # 1 layer, not 3
+        return [*base, "--current", cur]
+    if what == "nan loads":
+        p = tmp / "nan.json"
+        p.write_text('{"loads": [[1, NaN, 2]]}')
+        return ["-l", p, "-f", files["fleet"], "-s", 5]
+    if what == "negative loads":
+        p = tmp / "neg.json"
+        p.write_text('{"loads": [[1, -3, 2]]}')
+        return ["-l", p, "-f", files["fleet"], "-s", 5]
+    if what in ("non-monotone curve", "empty curve"):
+        p = tmp / "fleet-bad.json"
+        curve = (
+            {"tokens": [1, 2, 3], "seconds": [3, 2, 4]}
+            if what == "non-monotone curve"
+            else {"tokens": [], "seconds": []}
+        )
+        p.write_text(json.dumps({"gpus": [{"id": "a/0", "node": "a", **curve}]}))
+        return ["-l", files["loads"], "-f", p, "-s", 16]
+    if what == "too few slots":
+        return ["-l", files["loads"], "-f", files["fleet"], "-s", 3]
+    if what == "unknown policy":
+        return [*base, "-p", "magic"]
+    if what == "unknown format":
+        return [*base, "-F", "yaml"]
+    if what == "missing file":
+        return ["-l", tmp / "missing.json", "-f", files["fleet"], "-s", 5]
+    if what == "not json":
+        p = tmp / "garbage.json"
+        p.write_text("{loads: ")
+        return ["-l", p, "-f", files["fleet"], "-s", 5]
+    raise AssertionError(what)
+
+
+@pytest.mark.parametrize(
+    ("what", "words"),
+    [
+        ("shape mismatch", "placement is for 1 layers"),
+        ("nan loads", "NaN"),
+        ("negative loads", "negative"),
+        ("non-monotone curve", "not monotone"),
+        ("empty curve", "empty"),
+        ("too few slots", "cannot hold 16 experts"),
+        ("unknown policy", "unknown policy 'magic'"),
+        ("unknown format", "unknown format 'yaml'"),
+        ("missing file", "cannot read loads file"),
+        ("not json", "not valid JSON"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(files, tmp_path, what, words):
+    r = run(*_bad(files, tmp_path, what))
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert words in lines[0]
+    assert "Traceback" not in r.output
+    assert r.stdout == ""
+
+
+def test_the_installed_command(files):
+    """The real ``vibe plan`` entry point, as a user runs it."""
+    env = {**os.environ, "COLUMNS": "120"}
+    vibe = [sys.executable, "-m", "vibe.cli", "plan"]
+    inputs = ["-l", str(files["loads"]), "-f", str(files["fleet"])]
+    out = str(files["dir"] / "o.json")
+    ok = subprocess.run([*vibe, *inputs, "-s", "5", "-o", out], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([*vibe, *inputs, "-s", "1"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    helptext = subprocess.run([*vibe, "--help"], capture_output=True, text=True, env=env)
+    assert helptext.returncode == 0
+    assert "--slots-per-gpu" in helptext.stdout and "--current" in helptext.stdout

@@ -1,0 +1,207 @@
+"""Against the local control plane: the loads ConfigMap written by server-side apply, and the restart
+policy rolling a real Deployment (the never-backwards rule holds on the workload too)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving_helpers import placement_data, settings
+from typer.testing import CliRunner
+
+from vibe.cluster.testing import wait_for
+from vibe.serving import contract, kube, policies, sidecar, state
+from vibe.serving.cli import app
+
+pytestmark = pytest.mark.cluster
+
+
+def deployment(name: str) -> dict:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "engine", "image": "engine:0"}]},
+            },
+        },
+    }
+
+
+def template_generation(api, namespace: str, name: str) -> str | None:
+    from kubernetes import client
+
+    d = client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
+    return (d.spec.template.metadata.annotations or {}).get(contract.TEMPLATE_ANNOTATION)
+
+
+def test_export_loads_applies_the_load_configmap(
+    kube_api, namespace: str, tmp_path: Path, monkeypatch
+) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_api)
+    # Someone else owns another key of the same ConfigMap: server-side apply must leave it alone.
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "loads"}, "data": {"notes": "keep"}})
+    monkeypatch.setattr(kube, "client", lambda *a, **kw: kube_api)
+    count = np.zeros((10, 4, 3))
+    count[:4, 1:] = [[4, 8, 12]] * 3  # 4 passes recorded, layer 0 dense
+    dump = tmp_path / "dump.json"
+    dump.write_text(json.dumps({"logical_count": count.tolist()}))
+    args = ["export-loads", "--dump", str(dump), "--configmap", "loads", "--namespace", namespace]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cm = core.read_namespaced_config_map("loads", namespace)
+    assert json.loads(cm.data["loads.json"]) == {"loads": [[4.0, 8.0, 12.0]] * 3}
+    assert cm.data["notes"] == "keep"
+    assert cm.metadata.annotations["vibe.dev/loads-forward-passes"] == "4"
+    managers = {(m.manager, m.operation) for m in cm.metadata.managed_fields}
+    assert ("vibe-loads", "Apply") in managers
+
+    count[:4, 1:] = [[8, 8, 8]] * 3  # the next window replaces the loads
+    dump.write_text(json.dumps({"logical_count": count.tolist()}))
+    assert CliRunner().invoke(app, args).exit_code == 0
+    cm = core.read_namespaced_config_map("loads", namespace)
+    assert json.loads(cm.data["loads.json"]) == {"loads": [[8.0, 8.0, 8.0]] * 3}
+
+
+def test_restart_patches_the_template_and_never_goes_back(kube_api, namespace: str) -> None:
+    from kubernetes import client
+
+    client.AppsV1Api(kube_api).create_namespaced_deployment(namespace, deployment("engine"))
+    assert kube.restart_workload(kube_api, namespace, "Deployment", "engine", 3) is True
+    assert template_generation(kube_api, namespace, "engine") == "3"
+    assert (
+        kube.restart_workload(kube_api, namespace, "Deployment", "engine", 3) is False
+    )  # another pod did it
+    assert kube.restart_workload(kube_api, namespace, "Deployment", "engine", 2) is False  # older: never
+    assert template_generation(kube_api, namespace, "engine") == "3"
+
+    # The pod the Deployment made names its workload through ReplicaSet -> Deployment.
+    core = client.CoreV1Api(kube_api)
+
+    def pod_name() -> str | None:
+        pods = core.list_namespaced_pod(namespace, label_selector="app=engine").items
+        return pods[0].metadata.name if pods else None
+
+    pod = wait_for(pod_name, timeout=60, interval=0.5, what="a pod of Deployment engine")
+    assert kube.discover_workload(kube_api, namespace, pod) == ("Deployment", "engine")
+
+
+def test_sidecar_in_api_mode_rolls_the_deployment(kube_api, namespace: str, tmp_path: Path) -> None:
+    """The operator's ConfigMap (annotations included) -> checked -> restart policy -> Event."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_api)
+    client.AppsV1Api(kube_api).create_namespaced_deployment(namespace, deployment("engine"))
+    data = placement_data(generation=4, shift=1)
+    core_data = {k: v for k, v in data.items() if k != contract.KEY_META}
+    annotations = {
+        contract.ANNOTATION_GENERATION: "4",
+        contract.ANNOTATION_HASH: contract.content_hash(core_data),
+    }
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "dsv3-placement", "annotations": annotations}, "data": data}
+    )
+    state.save(tmp_path, state.Applied(3, "previous"))
+    involved = {"kind": "ConfigMap", "name": "dsv3-placement", "api_version": "v1"}
+
+    def report(type_: str, reason: str, message: str) -> None:
+        kube.emit_event(kube_api, namespace, involved, reason, message, type_)
+
+    restart = policies.RestartPolicy(
+        lambda gen: kube.restart_workload(kube_api, namespace, "Deployment", "engine", gen),
+        "Deployment/engine",
+    )
+    w = sidecar.Watcher(
+        sidecar.observe_api(kube_api, namespace, "dsv3-placement"),
+        settings(),
+        ("sglang",),
+        lambda: restart,
+        report,
+        str(tmp_path),
+    )
+    assert w.step() == "apply"
+    assert template_generation(kube_api, namespace, "engine") == "4"
+    assert state.load(tmp_path).generation == 4
+    assert w.step() == "same"
+
+    # A hand edit that breaks the hash is refused and reported, not rolled out.
+    data[contract.KEY_SGLANG] = json.dumps({"physical_to_logical_map": [[0]]})
+    annotations[contract.ANNOTATION_GENERATION] = "5"
+    core.patch_namespaced_config_map(
+        "dsv3-placement",
+        namespace,
+        {"metadata": {"annotations": annotations}, "data": data},
+        _content_type="application/merge-patch+json",
+    )
+    assert w.step() == "HashMismatch"
+    assert template_generation(kube_api, namespace, "engine") == "4"
+    reasons = {e.reason for e in core.list_namespaced_event(namespace).items}
+    assert {"PlacementApplied", "PlacementHashMismatch"} <= reasons
+
+
+def test_follow_gpus_orders_ranks_by_where_the_pods_run(kube_api, namespace: str, gpu_nodes) -> None:
+    """A 2-pod StatefulSet on 2 fake 8-GPU nodes: engine ranks are (node of pod-index w, GPU i)."""
+    from kubernetes import client
+
+    from vibe.cluster.testing import TEST_NODES_LABEL
+    from vibe.serving import rankmap
+
+    nodes = gpu_nodes(2, gpus_per_node=8, taint=True)
+    pool = client.CoreV1Api(kube_api).read_node(nodes[0]).metadata.labels[TEST_NODES_LABEL]
+    labels = {"app": "engine"}
+    client.AppsV1Api(kube_api).create_namespaced_stateful_set(
+        namespace,
+        {
+            "metadata": {"name": "engine"},
+            "spec": {
+                "replicas": 2,
+                "serviceName": "engine",
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "nodeSelector": {TEST_NODES_LABEL: pool},
+                        "tolerations": [
+                            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                        ],
+                        "containers": [
+                            {
+                                "name": "engine",
+                                "image": "engine:0",
+                                "resources": {"limits": {"nvidia.com/gpu": "8"}},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+    )
+    core = client.CoreV1Api(kube_api)
+    wait_for(
+        lambda: (
+            len(
+                [
+                    p
+                    for p in core.list_namespaced_pod(namespace, label_selector="app=engine").items
+                    if p.spec.node_name
+                ]
+            )
+            == 2
+        ),
+        timeout=60,
+        what="2 scheduled pods of StatefulSet engine",
+    )
+    gpus = rankmap.engine_gpus(kube_api, namespace, "engine-1", gpus_per_pod=8, timeout=10)
+    node_of = {p.metadata.name: p.spec.node_name for p in core.list_namespaced_pod(namespace).items}
+    assert gpus == [(node_of["engine-0"], i) for i in range(8)] + [(node_of["engine-1"], i) for i in range(8)]
+    assert {node_of["engine-0"], node_of["engine-1"]} == set(nodes)

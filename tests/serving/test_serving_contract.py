@@ -1,0 +1,71 @@
+"""Content hash and generation: from the data (volumes) and from the object (API)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from serving_helpers import placement_data
+
+from vibe.serving import contract
+from vibe.serving.errors import ServingError
+
+
+def test_content_hash_is_canonical() -> None:
+    a = {"b": "2", "a": "1"}
+    assert contract.content_hash(a) == contract.content_hash(dict(reversed(a.items())))
+    assert contract.content_hash(a) != contract.content_hash({"a": "1", "b": "3"})
+    assert len(contract.content_hash(a)) == 64
+    assert contract.same_hash("sha256:" + contract.content_hash(a).upper(), contract.content_hash(a))
+
+
+def test_stamp_from_meta_key_is_verified() -> None:
+    stamp = contract.stamp_from_data(placement_data(generation=7))
+    assert stamp.generation == 7 and stamp.verified
+
+
+def test_tampered_key_is_refused() -> None:
+    data = placement_data(generation=7)
+    data[contract.KEY_SGLANG] = data[contract.KEY_SGLANG].replace("0", "1", 1)
+    with pytest.raises(ServingError) as e:
+        contract.stamp_from_data(data)
+    assert e.value.reason == "HashMismatch" and "generation 7" in str(e.value)
+
+
+def test_generation_from_placement_json_without_meta() -> None:
+    data = placement_data(meta=False)
+    doc = json.loads(data[contract.KEY_PLACEMENT])
+    doc["placementGeneration"] = 4
+    data[contract.KEY_PLACEMENT] = json.dumps(doc)
+    assert contract.stamp_from_data(data) == contract.Stamp(4, None, False)
+    assert contract.stamp_from_data(placement_data(meta=False)).generation is None
+
+
+def test_bad_generation_and_bad_meta() -> None:
+    with pytest.raises(ServingError, match="not an integer"):
+        contract.stamp_from_data({contract.KEY_META: json.dumps({"placementGeneration": "x"})})
+    with pytest.raises(ServingError, match="not JSON"):
+        contract.stamp_from_data({contract.KEY_META: "{"})
+
+
+def test_stamp_from_object_annotations() -> None:
+    data = placement_data(meta=False)
+    h = contract.content_hash(data)
+    ann = {contract.ANNOTATION_HASH: h, contract.ANNOTATION_GENERATION: "9"}
+    assert contract.stamp_from_object(data, ann) == contract.Stamp(9, h, True)
+    with pytest.raises(ServingError, match="does not match"):
+        contract.stamp_from_object({**data, "x": "y"}, ann)
+
+
+def test_annotation_hash_may_include_or_exclude_the_meta_key() -> None:
+    data = placement_data(generation=3)
+    without = {k: v for k, v in data.items() if k != contract.KEY_META}
+    for h in (contract.content_hash(data), contract.content_hash(without)):
+        ann = {contract.ANNOTATION_HASH: h, contract.ANNOTATION_GENERATION: "3"}
+        assert contract.stamp_from_object(data, ann).verified
+
+
+def test_annotation_and_data_disagree_on_generation() -> None:
+    data = placement_data(generation=3)
+    with pytest.raises(ServingError, match="mixed placement"):
+        contract.stamp_from_object(data, {contract.ANNOTATION_GENERATION: "4"})

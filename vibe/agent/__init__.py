@@ -1,0 +1,1 @@
+"""vibe.agent (see module docstrings)."""

@@ -1,0 +1,643 @@
+"""The torch benchmark: seconds to run ONE expert's FFN over n tokens, measured on one device.
+
+Role in the data flow: produces the curves of a GPUProfile (``CurveResult``), the canary's spot checks
+and the numbers in ``benchmarks/results/``. The same functions run on a CUDA GPU and, for tests and CI,
+on the CPU with a tiny shape; only the clock (CUDA events vs ``perf_counter``) and the pre-heat differ.
+
+What is timed is the expert FFN as a serving engine runs it (SGLang/vLLM MoE layer, one expert):
+
+* bf16/fp16: ``h = x @ W13ᵀ`` (gate and up fused into one [2I, H] GEMM), ``a = silu(h[:, :I]) * h[:, I:]``,
+  ``y = a @ W2ᵀ``.
+* fp8 (e4m3, GPUs with fp8 tensor cores): the activations are quantised on the fly with a per-tensor
+  dynamic scale (amax, scale, cast), both GEMMs run through ``torch._scaled_mm`` with bf16 output, and
+  the SiLU x mul output is quantised again before the down GEMM. Serving kernels (DeepGEMM, CUTLASS)
+  use finer scale blocks and fuse the quantisation; this torch-level path pays for four small kernels
+  per GEMM instead, which on an H100 makes fp8 slower than bf16 for the DeepSeek-V3 and Qwen3 experts
+  (benchmarks/results/gpu-h100-*/README.md). The fp8 curves compare GPUs consistently; they are an
+  upper bound on what a fused fp8 engine takes.
+
+Measured the way the cost model needs it (DESIGN.md, shared H100 data):
+
+* random data, never zeros (zeros are cheaper: the power draw, hence the clock under the cap, differs);
+* several distinct experts cycled call after call, enough that their weights are several times the L2
+  cache, so every call streams its weights from HBM as in serving;
+* a pre-heat that runs a large bf16 GEMM (the heaviest power load there is) until the SM clock settles
+  under the power cap (on an H100 the cap bites within ~0.4 s and the clock falls from 1980 to
+  ~1500 MHz), then a short re-heat of the same GEMM right before every point (``reheat_s``): the power
+  controller moves the clock every ~0.1 s, so a point timed right after it runs at the capped clock a
+  serving GPU lives at, instead of boosting back up while a small-n point idles the power budget;
+* each call bracketed by CUDA events; the re-heat (or, without one, a ``_sleep`` kernel) holds the GPU
+  while the CPU queues every call of the point, so the CPU's launch latency never shows as GPU time
+  (measured on an H100: an fp8 call costs the CPU ~200 µs and the GPU 60-90 µs; a bf16 call 70 µs and
+  46-50 µs: without the hold both time the CPU); warm-up calls run apart and synchronised, since a
+  first call at a new n can stall the CPU for milliseconds; the point's time is the median of >= 20
+  calls;
+* NVML telemetry read before and after every point; if the clock-event reasons changed (a thermal
+  slowdown began, the power cap let go), the point is retried (``max_retries`` times, then kept and
+  flagged).
+
+``torch`` is imported inside the functions, so the package imports without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vibe.agent.shapes import TOKEN_GRID, ExpertShape
+from vibe.agent.telemetry import BENIGN_REASONS, NoTelemetry, Sample, TelemetrySource
+
+#: Largest finite value of float8 e4m3 (the scale maps a tensor's amax onto it).
+FP8_MAX = 448.0
+
+#: progress(event, info): "preheat", "shape", "point", "skip", "done" (for the CLI's progress bar).
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class BenchConfig:
+    """How carefully to measure (defaults: a full H100 profile of 6 curves x 14 points in ~20-40 s)."""
+
+    tokens: tuple[int, ...] = TOKEN_GRID
+    repeats: int = 25  # timed calls per point; the point is their median
+    warmup: int = 3  # untimed calls per point (first-call allocations, GEMM heuristics)
+    min_experts: int = 4  # distinct experts cycled per point, at least
+    l2_multiple: float = 4.0  # ... and at least this many times the L2 cache in weights
+    max_weight_fraction: float = 0.3  # of free device memory, at most, for one shape's weights
+    preheat_min_s: float = 1.0  # pre-heat at least this long on a GPU
+    preheat_max_s: float = 10.0  # and at most this long
+    preheat_window_s: float = 0.5  # settled: mean SM clock of the last two windows within tolerance
+    preheat_tolerance: float = 0.02
+    reheat_s: float = 0.05  # heater GEMMs before every point (GPU only; 0 = none)
+    heater_size: int = 8192  # the heater multiplies two [size, size] bf16 matrices
+    max_retries: int = 2  # per point, when clock-event reasons changed during it
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.min_experts < 1:
+            raise ValueError("repeats and min_experts must be >= 1")
+        if list(self.tokens) != sorted(set(self.tokens)) or not self.tokens or self.tokens[0] < 1:
+            raise ValueError("tokens must be strictly increasing positive ints")
+
+
+@dataclass
+class PointResult:
+    """One (shape, tokens) point: statistics over ``repeats`` timed calls."""
+
+    tokens: int
+    seconds: float  # median
+    cv: float  # coefficient of variation of the calls
+    min_s: float
+    max_s: float
+    retries: int = 0
+    unsettled: bool = False  # reasons still changed on the last try
+    reasons_before: list[str] = field(default_factory=list)
+    reasons_after: list[str] = field(default_factory=list)
+    sm_clock_hz: int | None = None  # after the point
+
+
+@dataclass
+class CurveResult:
+    """One shape's curve on one device; ``skipped`` says why a shape was not measured (e.g. no fp8)."""
+
+    shape: ExpertShape
+    points: list[PointResult] = field(default_factory=list)
+    experts: int = 0  # distinct experts cycled
+    skipped: str = ""
+    padded_rows: int = 0  # fp8 GEMMs that needed M padded to 16 rows (counts, for the record)
+
+    @property
+    def tokens(self) -> list[int]:
+        return [p.tokens for p in self.points]
+
+    @property
+    def seconds(self) -> list[float]:
+        return [p.seconds for p in self.points]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = {
+            "name": self.shape.name,
+            "hiddenSize": self.shape.hidden_size,
+            "intermediateSize": self.shape.intermediate_size,
+            "dtype": self.shape.dtype,
+        }
+        return d
+
+
+@dataclass
+class BenchResult:
+    """A full profile of one device."""
+
+    device: str  # "cuda:0" / "cpu"
+    device_name: str
+    nvml_index: int | None
+    started: float  # wall clock
+    duration_s: float = 0.0
+    preheat: dict[str, Any] = field(default_factory=dict)
+    curves: list[CurveResult] = field(default_factory=list)
+    telemetry_before: dict[str, Any] = field(default_factory=dict)
+    telemetry_after: dict[str, Any] = field(default_factory=dict)
+    sm_clock_hz: int | None = None  # median SM clock over the points (the drift detector's baseline)
+    mem_clock_hz: int | None = None
+    power_limit_w: float | None = None
+    torch_version: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["curves"] = [c.as_dict() for c in self.curves]
+        return d
+
+
+# -- the expert FFN as served -----------------------------------------------------------------------
+
+
+class ExpertBank:
+    """``experts`` distinct random experts of one shape on one device, and the FFN that runs them."""
+
+    def __init__(self, torch: Any, shape: ExpertShape, device: Any, experts: int, max_tokens: int, seed: int):
+        self.torch = torch
+        self.shape = shape
+        self.device = device
+        h, i = shape.hidden_size, shape.intermediate_size
+        gen = torch.Generator(device=device).manual_seed(seed)
+        act_dtype = torch.float16 if shape.dtype == "fp16" else torch.bfloat16
+        self.act_dtype = act_dtype
+
+        def rand(*size: int, std: float) -> Any:
+            return torch.randn(*size, generator=gen, device=device, dtype=torch.float32).mul_(std)
+
+        # Weights scaled like a trained layer (std 1/sqrt(fan_in)); activations ~N(0, 1).
+        self.x = rand(max_tokens, h, std=1.0).to(act_dtype)
+        self.fp8 = shape.dtype == "fp8"
+        self.w13: list[Any] = []
+        self.w2: list[Any] = []
+        self.s13: list[Any] = []
+        self.s2: list[Any] = []
+        for _ in range(experts):
+            w13 = rand(2 * i, h, std=h**-0.5)
+            w2 = rand(h, i, std=i**-0.5)
+            if self.fp8:
+                q13, s13 = _quantize(torch, w13)
+                q2, s2 = _quantize(torch, w2)
+                self.w13.append(q13)
+                self.w2.append(q2)
+                self.s13.append(s13)
+                self.s2.append(s2)
+            else:
+                self.w13.append(w13.to(act_dtype))
+                self.w2.append(w2.to(act_dtype))
+            del w13, w2
+        self.padded = 0
+        self._pad_small = False
+
+    def __len__(self) -> int:
+        return len(self.w13)
+
+    def inputs(self, n: int) -> Any:
+        return self.x[:n]
+
+    def __call__(self, e: int, x: Any) -> Any:
+        """Run expert ``e`` over ``x`` [n, hidden]; returns [n, hidden] in the activation dtype."""
+        torch = self.torch
+        i = self.shape.intermediate_size
+        if not self.fp8:
+            h = torch.matmul(x, self.w13[e].t())
+            a = torch.nn.functional.silu(h[:, :i]) * h[:, i:]
+            return torch.matmul(a, self.w2[e].t())
+        h = self._mm8(x, self.w13[e], self.s13[e])
+        a = torch.nn.functional.silu(h[:, :i]) * h[:, i:]
+        return self._mm8(a, self.w2[e], self.s2[e])
+
+    def _mm8(self, x: Any, wq: Any, ws: Any) -> Any:
+        """fp8 GEMM with dynamic per-tensor activation quantisation: [n, k] x [m, k]ᵀ -> [n, m] bf16."""
+        torch = self.torch
+        xq, xs = _quantize(torch, x)
+        n = xq.shape[0]
+        if self._pad_small and n % 16:
+            # Some cuBLASLt builds want M % 16 == 0 for fp8; serving kernels pad the same way.
+            xq = torch.nn.functional.pad(xq.view(torch.uint8), (0, 0, 0, 16 - n % 16)).view(xq.dtype)
+            self.padded += 1
+            return torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)[:n]
+        try:
+            return torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)
+        except RuntimeError:
+            if n % 16 == 0 or self._pad_small:
+                raise
+            self._pad_small = True
+            return self._mm8(x, wq, ws)
+
+
+def _quantize(torch: Any, t: Any) -> tuple[Any, Any]:
+    """Per-tensor dynamic fp8 e4m3 quantisation: (t / s).to(fp8), s = amax / 448 (float32 scalar tensor).
+
+    Four small kernels (amax as an inf-norm reduction, scale, divide, cast); serving engines fuse this
+    into one, a few µs less per GEMM at small n.
+    """
+    amax = torch.linalg.vector_norm(t, ord=float("inf"), dtype=torch.float32)
+    scale = (amax / FP8_MAX).clamp_(min=1e-12)
+    return (t / scale).to(torch.float8_e4m3fn), scale
+
+
+def fp8_supported(torch: Any, device: Any) -> str:
+    """ "" when fp8 GEMMs run on ``device``, else why not."""
+    if not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
+        return f"torch {torch.__version__} has no float8_e4m3fn/_scaled_mm"
+    if device.type == "cuda":
+        cc = torch.cuda.get_device_capability(device)
+        if cc < (8, 9):
+            return f"compute capability {cc[0]}.{cc[1]} has no fp8 tensor cores (needs 8.9+)"
+    try:
+        shape = ExpertShape(32, 32, "fp8")
+        bank = ExpertBank(torch, shape, device, experts=1, max_tokens=16, seed=0)
+        bank(0, bank.inputs(16))
+        bank(0, bank.inputs(1))
+    except Exception as e:  # an old torch or cuBLAS without fp8 for this GPU
+        return f"fp8 GEMM failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return ""
+
+
+# -- timing -----------------------------------------------------------------------------------------
+
+
+class Timer:
+    """Times a sequence of calls on a device: CUDA events on a GPU, ``perf_counter`` on the CPU."""
+
+    def __init__(self, torch: Any, device: Any):
+        self.torch = torch
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def hold(self, seconds: float) -> None:
+        """Queue a spin kernel that keeps the GPU busy at least ``seconds`` (at most 2 GHz; >= 2 ms)."""
+        if self.cuda:
+            self.torch.cuda._sleep(int(max(seconds, 0.002) * 2e9))
+
+    def time_calls(
+        self, fn: Callable[[int], Any], count: int, lead: Callable[[], Any] | None = None
+    ) -> list[float]:
+        """Seconds of each of ``count`` calls ``fn(k)``, run back to back.
+
+        On a GPU, ``lead`` (the heater, or ``hold``) or else a ~2 ms ``_sleep`` kernel is queued first, so
+        the GPU is busy while the CPU queues the calls and never waits for a launch between them.
+        """
+        torch = self.torch
+        if not self.cuda:
+            out = []
+            for k in range(count):
+                t0 = time.perf_counter()
+                fn(k)
+                out.append(time.perf_counter() - t0)
+            return out
+        with torch.cuda.device(self.device):
+            events = [
+                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                for _ in range(count)
+            ]
+            if lead is not None:
+                lead()
+            else:
+                torch.cuda._sleep(3_000_000)
+            for k, (start, end) in enumerate(events):
+                start.record()
+                fn(k)
+                end.record()
+            torch.cuda.synchronize(self.device)
+            return [start.elapsed_time(end) / 1e3 for start, end in events]
+
+
+class Heater:
+    """A big bf16 GEMM loop that draws the GPU's full power (the pre-heat and the per-point re-heat)."""
+
+    def __init__(self, torch: Any, device: Any, size: int, seed: int = 0) -> None:
+        self.torch = torch
+        gen = torch.Generator(device=device).manual_seed(seed + 1)
+        self.a = torch.randn(size, size, generator=gen, device=device, dtype=torch.bfloat16)
+        self.b = torch.randn(size, size, generator=gen, device=device, dtype=torch.bfloat16)
+        self.c = torch.empty(size, size, device=device, dtype=torch.bfloat16)
+        self.seconds_per_iter = 0.0  # measured at the end of the pre-heat
+
+    def run(self, iters: int) -> None:
+        """Queue ``iters`` GEMMs (asynchronous)."""
+        for _ in range(iters):
+            self.torch.matmul(self.a, self.b, out=self.c)
+
+    def iters_for(self, seconds: float) -> int:
+        return max(1, round(seconds / self.seconds_per_iter)) if self.seconds_per_iter > 0 else 1
+
+    def calibrate(self, timer: Timer, iters: int = 5) -> float:
+        times = timer.time_calls(lambda _k: self.run(1), iters)
+        self.seconds_per_iter = statistics.median(times)
+        return self.seconds_per_iter
+
+
+def _reasons(s: Sample) -> frozenset[str]:
+    return frozenset(s.reasons) - BENIGN_REASONS
+
+
+def measure_point(
+    bank: ExpertBank,
+    timer: Timer,
+    n: int,
+    cfg: BenchConfig,
+    telemetry: TelemetrySource,
+    nvml_index: int | None,
+    heater: Heater | None = None,
+    hold: bool = True,
+) -> PointResult:
+    """Time ``cfg.repeats`` calls over n tokens cycling the bank's experts; retry on a clock-event change.
+
+    ``hold=False`` (the canary, on a GPU that serves) queues nothing ahead of the calls.
+    """
+    x = bank.inputs(n)
+    experts = len(bank)
+    for attempt in range(cfg.max_retries + 1):
+        # Warm-up apart, synchronised: a first call at a new n can cost the CPU milliseconds (GEMM
+        # heuristics, kernel loading); inside the timed batch it would let the GPU catch up with the CPU,
+        # and every later call would then time the CPU's launch overhead instead of the kernels. The
+        # warm-up also tells how long the CPU needs to queue the timed calls: the hold must outlast it.
+        cpu = []
+        for k in range(cfg.warmup):
+            t0 = time.perf_counter()
+            bank(k % experts, x)
+            cpu.append(time.perf_counter() - t0)
+        timer.sync()
+        queue_s = 1.5 * statistics.median(cpu) * cfg.repeats if cpu else 0.0
+        lead: Callable[[], Any] | None = None
+        if heater is not None and cfg.reheat_s > 0:
+            iters = heater.iters_for(max(cfg.reheat_s, queue_s))
+            lead = functools.partial(heater.run, iters)
+        elif not hold:
+            lead = lambda: None  # noqa: E731
+        else:
+            lead = functools.partial(timer.hold, queue_s)
+        before = telemetry.sample(nvml_index) if nvml_index is not None else Sample(time=time.time())
+        times = timer.time_calls(lambda k: bank(k % experts, x), cfg.repeats, lead)
+        after = telemetry.sample(nvml_index) if nvml_index is not None else Sample(time=time.time())
+        changed = _reasons(before) != _reasons(after)
+        if not changed or attempt == cfg.max_retries:
+            break
+    mean = statistics.fmean(times)
+    return PointResult(
+        tokens=n,
+        seconds=statistics.median(times),
+        cv=(statistics.pstdev(times) / mean) if mean > 0 else 0.0,
+        min_s=min(times),
+        max_s=max(times),
+        retries=attempt,
+        unsettled=changed,
+        reasons_before=before.reasons,
+        reasons_after=after.reasons,
+        sm_clock_hz=after.sm_clock_hz,
+    )
+
+
+def experts_for(torch: Any, device: Any, shape: ExpertShape, cfg: BenchConfig) -> int:
+    """Distinct experts to cycle: >= min_experts and >= l2_multiple x L2, within the memory budget."""
+    per = shape.weight_bytes()
+    want = cfg.min_experts
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        l2 = int(getattr(props, "L2_cache_size", 0) or 50 * 2**20)
+        want = max(want, math.ceil(cfg.l2_multiple * l2 / per))
+        free, _total = torch.cuda.mem_get_info(device)
+        cap = int(cfg.max_weight_fraction * free // per)
+        if cap < 1:
+            return 0
+        want = min(want, max(cap, 1))
+    return want
+
+
+# -- pre-heat ---------------------------------------------------------------------------------------
+
+
+def preheat(
+    heater: Heater | None,
+    timer: Timer,
+    cfg: BenchConfig,
+    telemetry: TelemetrySource,
+    nvml_index: int | None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run the heater until the SM clock settles under the power cap (or ``preheat_max_s``).
+
+    Settled: at least ``preheat_min_s`` elapsed, the clock is held below its maximum (a clock-event
+    reason other than GpuIdle is active: SwPowerCap on a healthy GPU), and the mean SM clock of the
+    last window is within ``preheat_tolerance`` of the window before (under the cap the clock keeps
+    bouncing ±5 %, so single samples never settle). A GPU that never reaches its cap (a high limit)
+    settles on stability alone after twice ``preheat_min_s``. On a CPU (no clocks) it runs briefly.
+    Returns a summary with the clock trace (seconds since start, MHz, reasons).
+    """
+    t0 = time.perf_counter()
+    trace: list[tuple[float, int, list[str]]] = []
+    settled = False
+    k = 0
+    while heater is not None:
+        heater.run(4)
+        k += 4
+        timer.sync()
+        now = time.perf_counter() - t0
+        capped = False
+        if nvml_index is not None:
+            s = telemetry.sample(nvml_index)
+            capped = bool(_reasons(s))
+            if s.sm_clock_hz:
+                trace.append((round(now, 3), s.sm_clock_hz // 1_000_000, s.reasons))
+        if progress:
+            progress("preheat", {"elapsed": now, "clock_mhz": trace[-1][1] if trace else None})
+        stable = now >= cfg.preheat_min_s and _settled([(t, c) for t, c, _ in trace], now, cfg)
+        if stable and (capped or now >= 2 * cfg.preheat_min_s):
+            settled = True
+            break
+        if now >= cfg.preheat_max_s or (not trace and now >= cfg.preheat_min_s):
+            break
+    if heater is not None:
+        heater.calibrate(timer)
+    last = [c for t, c, _ in trace if t >= trace[-1][0] - cfg.preheat_window_s] if trace else []
+    return {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "settled": settled,
+        "heaterIters": k,
+        "heaterSecondsPerIter": heater.seconds_per_iter if heater is not None else None,
+        "clockMHz": round(statistics.fmean(last)) if last else None,
+        "reasons": trace[-1][2] if trace else [],
+        "trace": [(t, c) for t, c, _ in trace],
+    }
+
+
+def _settled(trace: list[tuple[float, int]], now: float, cfg: BenchConfig) -> bool:
+    w = cfg.preheat_window_s
+    last = [c for t, c in trace if t > now - w]
+    prev = [c for t, c in trace if now - 2 * w < t <= now - w]
+    if len(last) < 2 or len(prev) < 2:
+        return False
+    a, b = statistics.fmean(last), statistics.fmean(prev)
+    return abs(a - b) <= cfg.preheat_tolerance * b
+
+
+# -- a full profile and a canary ---------------------------------------------------------------------
+
+
+def resolve_device(torch: Any, device: str | None) -> Any:
+    """``cuda:N``, ``cpu`` or None (the first GPU if any, else the CPU)."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def nvml_index_for(torch: Any, device: Any, telemetry: TelemetrySource) -> int | None:
+    """The NVML index of a CUDA device (matched by UUID, else by PCI bus id, else by ordinal)."""
+    if device.type != "cuda" or not telemetry.available:
+        return None
+    gpus = telemetry.gpus()
+    props = torch.cuda.get_device_properties(device)
+    uuid = str(getattr(props, "uuid", "") or "")
+    for g in gpus:
+        if uuid and g.uuid.lower().removeprefix("gpu-") == uuid.lower().removeprefix("gpu-"):
+            return g.index
+    bus = getattr(props, "pci_bus_id", None)
+    if bus is not None:
+        for g in gpus:
+            try:
+                if int(g.pci_bus_id.split(":")[1], 16) == int(bus):
+                    return g.index
+            except (IndexError, ValueError):
+                pass
+    idx = device.index or 0
+    return idx if idx < len(gpus) else None
+
+
+def profile_device(
+    shapes: Sequence[ExpertShape],
+    *,
+    device: str | None = None,
+    cfg: BenchConfig | None = None,
+    telemetry: TelemetrySource | None = None,
+    progress: Progress | None = None,
+) -> BenchResult:
+    """Benchmark every shape on one device: pre-heat, then each shape's token grid (see module doc)."""
+    import torch
+
+    cfg = cfg or BenchConfig()
+    telemetry = telemetry or NoTelemetry()
+    dev = resolve_device(torch, device)
+    timer = Timer(torch, dev)
+    nvml_index = nvml_index_for(torch, dev, telemetry)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    t_start = time.perf_counter()
+    result = BenchResult(
+        device=str(dev),
+        device_name=name,
+        nvml_index=nvml_index,
+        started=time.time(),
+        torch_version=torch.__version__,
+    )
+    if nvml_index is not None:
+        result.telemetry_before = telemetry.sample(nvml_index).as_dict()
+    torch.manual_seed(cfg.seed)
+    no_fp8 = fp8_supported(torch, dev) if any(s.dtype == "fp8" for s in shapes) else ""
+    if no_fp8:
+        result.notes.append(f"fp8 skipped: {no_fp8}")
+    max_tokens = max(cfg.tokens)
+
+    # On a CPU a token heater keeps the code path the same (tests, CI); there is no clock to settle.
+    heater = Heater(torch, dev, cfg.heater_size if dev.type == "cuda" else 128, cfg.seed)
+    result.preheat = preheat(heater, timer, cfg, telemetry, nvml_index, progress)
+
+    for shape in shapes:
+        curve = CurveResult(shape=shape)
+        result.curves.append(curve)
+        if shape.dtype == "fp8" and no_fp8:
+            curve.skipped = no_fp8
+            if progress:
+                progress("skip", {"shape": shape, "why": no_fp8, "points": len(cfg.tokens)})
+            continue
+        bank = _bank(torch, dev, shape, cfg, max_tokens)
+        if bank is None:
+            curve.skipped = "not enough free device memory for one expert"
+            if progress:
+                progress("skip", {"shape": shape, "why": curve.skipped, "points": len(cfg.tokens)})
+            continue
+        curve.experts = len(bank)
+        if progress:
+            progress("shape", {"shape": shape, "experts": len(bank)})
+        for n in cfg.tokens:
+            point = measure_point(bank, timer, n, cfg, telemetry, nvml_index, heater)
+            curve.points.append(point)
+            if progress:
+                progress("point", {"shape": shape, "point": point})
+        curve.padded_rows = bank.padded
+        del bank
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+    del heater
+    if nvml_index is not None:
+        result.telemetry_after = telemetry.sample(nvml_index).as_dict()
+        # The drift baseline: the clock the points ran at (re-heated: the capped clock). Serving at full
+        # load runs at it; a lighter load runs faster, which the drift estimate floors at "no drift".
+        clocks = [p.sm_clock_hz for c in result.curves for p in c.points if p.sm_clock_hz]
+        if clocks:
+            result.sm_clock_hz = int(statistics.median(clocks))
+        result.mem_clock_hz = result.telemetry_after.get("mem_clock_hz")
+        result.power_limit_w = result.telemetry_after.get("power_limit_w")
+    result.duration_s = round(time.perf_counter() - t_start, 3)
+    if progress:
+        progress("done", {"result": result})
+    return result
+
+
+def _bank(torch: Any, dev: Any, shape: ExpertShape, cfg: BenchConfig, max_tokens: int) -> ExpertBank | None:
+    experts = experts_for(torch, dev, shape, cfg)
+    if experts < 1:
+        return None
+    return ExpertBank(torch, shape, dev, experts, max_tokens, cfg.seed)
+
+
+@dataclass
+class CanaryResult:
+    """A short spot check of one shape at a few token counts (no pre-heat: it runs on a working GPU)."""
+
+    shape: ExpertShape
+    tokens: list[int]
+    seconds: list[float]  # median per point
+    wall_s: float  # wall time the canary took, allocation included
+    gpu_s: float  # device time spent in the timed and warm-up calls (its cost to serving)
+
+
+def canary(
+    shape: ExpertShape,
+    *,
+    device: str | None = None,
+    tokens: Sequence[int] = (1, 256, 2048),
+    repeats: int = 10,
+    experts: int = 2,
+    telemetry: TelemetrySource | None = None,
+) -> CanaryResult:
+    """Time a few points of one shape with few experts, cheaply (see ``BenchConfig`` for the full run)."""
+    import torch
+
+    t0 = time.perf_counter()
+    dev = resolve_device(torch, device)
+    timer = Timer(torch, dev)
+    cfg = BenchConfig(
+        tokens=tuple(sorted(tokens)), repeats=repeats, warmup=1, min_experts=experts, max_retries=0
+    )
+    bank = ExpertBank(torch, shape, dev, experts, max(tokens), cfg.seed)
+    points = [
+        measure_point(bank, timer, n, cfg, telemetry or NoTelemetry(), None, hold=False) for n in cfg.tokens
+    ]
+    del bank
+    wall = time.perf_counter() - t0
+    gpu = sum(p.seconds * (repeats + cfg.warmup) for p in points)
+    return CanaryResult(shape, list(cfg.tokens), [p.seconds for p in points], wall, gpu)

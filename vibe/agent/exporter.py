@@ -1,0 +1,182 @@
+"""Prometheus metrics of the agent: per-GPU speed, curves, clocks, power, throttling and drift.
+
+Role in the data flow: the SRE's view of what the agent publishes in GPUProfiles, scraped from
+``/metrics``. A custom collector renders the node agents' current state at scrape time (no shadow copies
+to keep in sync, and one process simulating 1,000 nodes costs nothing between scrapes).
+
+Conventions: ``vibe_`` prefix, base units (seconds, hertz, watts, celsius), ``_total`` for counters.
+Per-GPU series carry the labels that join with dcgm-exporter (``UUID``, ``gpu``, ``modelName``), plus
+``node`` and ``source`` (measured | simulated), so ``vibe_gpu_relative_speed * on (UUID) group_left
+DCGM_FI_DEV_SM_CLOCK`` works.
+
+``vibe_gpu_expert_ffn_seconds`` has one series per (GPU, shape, token count): 6 shapes x 14 points = 84 per
+GPU. That is fine for a node's 8 GPUs, not for a 1,000-node simulation, so it can be turned off
+(``curves=False``); the other families stay (~37 series per GPU: one process simulating 1,000 nodes
+renders ~300k series, ~15 s per scrape, so run such a process with metrics off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from vibe.agent.node import NodeAgent
+from vibe.agent.telemetry import REASON_NAMES
+
+GPU_LABELS = ["UUID", "gpu", "modelName", "node", "source"]
+
+
+class AgentCollector:
+    """A prometheus-client collector over node agents (``agents`` is called at every scrape)."""
+
+    def __init__(
+        self, agents: Callable[[], Iterable[NodeAgent]], *, curves: bool = True, version: str = ""
+    ) -> None:
+        self.agents = agents
+        self.curves = curves
+        self.version = version
+
+    def describe(self) -> list:
+        return []  # unchecked collector: families are produced at scrape time
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        def gauge(name: str, doc: str, extra: tuple[str, ...] = (), unit: str = "") -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=[*GPU_LABELS, *extra], unit=unit)
+
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=[*GPU_LABELS, *extra])
+
+        info = GaugeMetricFamily(
+            "vibe_agent_info",
+            "The agent (value 1): version, node, source",
+            labels=["version", "node", "source"],
+        )
+        nvml = GaugeMetricFamily(
+            "vibe_agent_telemetry_available", "1 when GPU telemetry (NVML) works", labels=["node"]
+        )
+        speed = gauge(
+            "vibe_gpu_relative_speed", "Reference H100 time / this GPU's time, drift included (1 = nominal)"
+        )
+        scale = gauge(
+            "vibe_gpu_drift_time_scale", "Time now / time at benchmark, as published in the GPUProfile"
+        )
+        drifted = gauge("vibe_gpu_drifted", "1 while the GPU's drift state is Drifted")
+        drift_events = counter(
+            "vibe_gpu_drift_events", "Drift state changes decided by the agent", ("state",)
+        )
+        ffn = gauge(
+            "vibe_gpu_expert_ffn_seconds",
+            "Seconds to run ONE expert's SwiGLU FFN over `tokens` tokens, effective now (GPUProfile curve)",
+            ("expert", "hidden_size", "intermediate_size", "dtype", "tokens"),
+        )
+        sm = gauge("vibe_gpu_sm_clock_hertz", "SM clock")
+        sm_max = gauge("vibe_gpu_sm_clock_max_hertz", "Maximum SM clock")
+        mem = gauge("vibe_gpu_memory_clock_hertz", "Memory clock")
+        power = gauge("vibe_gpu_power_watts", "Power draw")
+        limit = gauge("vibe_gpu_power_limit_watts", "Enforced power limit")
+        temp = gauge("vibe_gpu_temperature_celsius", "GPU temperature")
+        util = gauge(
+            "vibe_gpu_utilization_ratio", "Fraction of time a kernel ran (NVML utilization.gpu / 100)"
+        )
+        reasons = gauge(
+            "vibe_gpu_clock_event_reason", "1 while the clock-event reason is active", ("reason",)
+        )
+        throttle = counter(
+            "vibe_gpu_throttle_seconds", "Time clocks were held below maximum (NVML violation)", ("cause",)
+        )
+        ecc = counter("vibe_gpu_ecc_errors", "Volatile ECC errors since the driver loaded", ("type",))
+        xid = counter("vibe_gpu_xid_errors", "XID critical errors seen by the agent")
+        procs = gauge("vibe_gpu_compute_processes", "Processes holding a compute context on the GPU")
+        bench_ts = gauge(
+            "vibe_gpu_last_benchmark_timestamp_seconds", "When the GPU's curves were benchmarked"
+        )
+        bench_s = gauge("vibe_gpu_benchmark_duration_seconds", "Duration of the GPU's last full benchmark")
+        canary = counter("vibe_gpu_canary_seconds", "Device time spent in canary benchmarks")
+        canaries = counter("vibe_gpu_canaries", "Canary benchmarks run")
+
+        for agent in self.agents():
+            src = agent.source
+            info.add_metric([self.version, agent.node, src], 1)
+            nvml.add_metric([agent.node], 1 if agent.telemetry.available else 0)
+            for i, rec in list(agent.records.items()):
+                g = rec.info
+                lab = [g.uuid, str(g.index), g.product, agent.node, src]
+                c = agent.counters[i]
+                if rec.relative_speed is not None:
+                    speed.add_metric(lab, rec.relative_speed)
+                if rec.curves:
+                    scale.add_metric(lab, rec.time_scale)
+                    drifted.add_metric(lab, 1 if rec.drift_state == "Drifted" else 0)
+                drift_events.add_metric([*lab, "Drifted"], c.drift_events)
+                drift_events.add_metric([*lab, "Stable"], c.clears)
+                if self.curves:
+                    for cv in rec.curves:
+                        sh = cv.shape
+                        base = [*lab, sh.name, str(sh.hidden_size), str(sh.intermediate_size), sh.dtype]
+                        for n, s in zip(cv.tokens, cv.seconds, strict=True):
+                            ffn.add_metric([*base, str(n)], s * rec.time_scale)
+                if rec.benchmark_time is not None:
+                    bench_ts.add_metric(lab, rec.benchmark_time)
+                if c.benchmark_duration_s is not None:
+                    bench_s.add_metric(lab, c.benchmark_duration_s)
+                canary.add_metric(lab, c.canary_seconds_total)
+                canaries.add_metric(lab, c.canaries)
+                xid.add_metric(lab, c.xids)
+                if g.max_sm_clock_hz is not None:
+                    sm_max.add_metric(lab, g.max_sm_clock_hz)
+                s = agent.last.get(i)
+                if s is None:
+                    continue
+                _opt(sm, lab, s.sm_clock_hz)
+                _opt(mem, lab, s.mem_clock_hz)
+                _opt(power, lab, s.power_w)
+                _opt(limit, lab, s.power_limit_w)
+                _opt(temp, lab, s.temperature_c)
+                _opt(util, lab, None if s.utilization_pct is None else s.utilization_pct / 100.0)
+                _opt(procs, lab, s.compute_processes)
+                if s.clock_event_reasons is not None:
+                    active = set(s.reasons)
+                    for r in REASON_NAMES:
+                        reasons.add_metric([*lab, r], 1 if r in active else 0)
+                if s.power_violation_s is not None:
+                    throttle.add_metric([*lab, "power"], s.power_violation_s)
+                if s.thermal_violation_s is not None:
+                    throttle.add_metric([*lab, "thermal"], s.thermal_violation_s)
+                if s.ecc_uncorrected is not None:
+                    ecc.add_metric([*lab, "uncorrected"], s.ecc_uncorrected)
+                if s.ecc_corrected is not None:
+                    ecc.add_metric([*lab, "corrected"], s.ecc_corrected)
+
+        yield from (info, nvml, speed, scale, drifted, drift_events, ffn, sm, sm_max, mem, power, limit, temp)
+        yield from (util, reasons, throttle, ecc, xid, procs, bench_ts, bench_s, canary, canaries)
+
+
+def _opt(family: Any, labels: list[str], value: float | int | None) -> None:
+    if value is not None:
+        family.add_metric(labels, float(value))
+
+
+def registry_for(collector: AgentCollector) -> Any:
+    """A fresh registry holding only the agent's collector (no process/platform collectors)."""
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    return reg
+
+
+def serve(collector: AgentCollector, port: int, addr: str = "0.0.0.0") -> Any:
+    """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns the server (``.shutdown()``)."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=addr, registry=registry_for(collector))
+    return server
+
+
+def render(collector: AgentCollector) -> str:
+    """The exposition text (tests, ``vibe agent bench --metrics``)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry_for(collector)).decode()

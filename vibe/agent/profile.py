@@ -1,0 +1,332 @@
+"""The GPUProfile object: what the agent knows about one node's GPUs, as the operator reads it.
+
+Role in the data flow: the meeting point of benchmark (curves), telemetry (identity, clocks) and drift
+(state, time scale) on one side, and the API server on the other. ``GPURecord`` is one GPU's published
+state; ``build_profile`` renders a node's records into the GPUProfile body of docs/gpuprofile-contract.md
+(pure, deterministic: the same records give the same bytes, so an unchanged profile is a no-op apply);
+``records_from_profile`` reads one back, so a restarted agent resumes instead of re-benchmarking.
+
+Curves are published as the isotonic (pool-adjacent-violators) fit of the measured medians: the cost
+model needs a non-decreasing curve, and below the knee the raw medians dip within noise (the shared H100
+data dips up to 6 %). Published seconds are the benchmarked curve times the drift time scale ("effective
+now", per the contract); ``relativeSpeed`` is divided by it likewise.
+
+The benchmark-time telemetry the drift detector compares against (SM and memory clocks, power limit) is
+kept in the annotation ``vibe.dev/baseline``, because ``spec.gpus[].telemetry`` is refreshed on drift.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vibe.agent.drift import Baseline
+from vibe.agent.shapes import ExpertShape
+from vibe.agent.telemetry import GPUInfo, Sample, reason_mask
+
+GROUP = "vibe.dev"
+VERSION = "v1alpha1"
+PLURAL = "gpuprofiles"
+KIND = "GPUProfile"
+FIELD_MANAGER = "vibe-agent"
+BASELINE_ANNOTATION = "vibe.dev/baseline"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "vibe-agent"}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A benchmarked curve (before any drift scaling): seconds for one expert over ``tokens`` tokens."""
+
+    shape: ExpertShape
+    tokens: tuple[int, ...]
+    seconds: tuple[float, ...]  # non-decreasing, > 0
+
+    @classmethod
+    def from_measured(cls, shape: ExpertShape, tokens: Sequence[int], medians: Sequence[float]) -> Curve:
+        """Isotonic fit of measured medians (see the module docstring)."""
+        return cls(shape, tuple(int(t) for t in tokens), tuple(isotonic(medians)))
+
+
+@dataclass
+class GPURecord:
+    """One GPU's state as published (mutable: the node agent updates it in place)."""
+
+    info: GPUInfo
+    curves: list[Curve] = field(default_factory=list)
+    benchmark_time: float | None = None
+    baseline: Baseline = field(default_factory=Baseline)
+    telemetry: Sample | None = None  # at benchmark time, refreshed on drift decisions
+    base_speed: float | None = None  # relative speed at benchmark (before drift scaling)
+    drift_state: str = "Stable"
+    time_scale: float = 1.0
+    drift_since: float | None = None
+    drift_reason: str = ""
+
+    @property
+    def relative_speed(self) -> float | None:
+        return None if self.base_speed is None else self.base_speed / self.time_scale
+
+    def curve(self, key: tuple[int, int, str]) -> Curve | None:
+        return next((c for c in self.curves if c.shape.key == key), None)
+
+
+# -- numbers ----------------------------------------------------------------------------------------
+
+
+def isotonic(values: Sequence[float]) -> list[float]:
+    """Least-squares non-decreasing fit (pool adjacent violators), O(n)."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2 = blocks.pop()
+            m1, w1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    return [m for m, w in blocks for _ in range(int(w))]
+
+
+def relative_speed(curves: Iterable[Curve]) -> float | None:
+    """Reference-curve time / this GPU's time: median over points of each curve, median over curves.
+
+    The reference is the measured H100 curve of ``vibe.placement`` (steady state at the power cap), so
+    1.0 means "as fast as the nominal H100". Curves whose shape was measured for the reference (bf16
+    DeepSeek-V3, Qwen3-235B, Mixtral) are preferred; other shapes compare against a scaled reference,
+    which is only accurate to ~10 %, so they are used only when no measured shape was benchmarked.
+    """
+    import numpy as np
+
+    curves = list(curves)
+    exact = _reference_shapes()
+    use = [c for c in curves if c.shape.key in exact] or curves
+    ratios = []
+    for c in use:
+        ref = _reference_at(c.shape.key, c.tokens)
+        if ref is None:
+            continue
+        inside, ref_s = ref
+        ratios.append(float(np.median(ref_s / np.asarray(c.seconds, dtype=float)[inside])))
+    return round(float(np.median(ratios)), 4) if ratios else None
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_shapes() -> frozenset[tuple[int, int, str]]:
+    from vibe.placement.curves import reference_shapes
+
+    return frozenset(reference_shapes().values())
+
+
+@functools.lru_cache(maxsize=256)
+def _reference_at(key: tuple[int, int, str], tokens: tuple[int, ...]) -> tuple[Any, Any] | None:
+    """(mask of ``tokens`` inside the reference's range, reference seconds there), interpolated in log n."""
+    import numpy as np
+
+    from vibe.placement.curves import reference_curve
+
+    ref_t, ref_s = reference_curve(*key)
+    t = np.asarray(tokens, dtype=float)
+    inside = (t >= ref_t[0]) & (t <= ref_t[-1])
+    if not inside.any():
+        return None
+    return inside, np.interp(np.log(t[inside]), np.log(ref_t), ref_s)
+
+
+def rfc3339(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _sig(x: float, digits: int = 5) -> float:
+    """Round to significant digits (keeps the object small and its bytes stable)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+# -- rendering --------------------------------------------------------------------------------------
+
+
+def telemetry_fields(s: Sample | None, info: GPUInfo) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if s is not None:
+        if s.sm_clock_hz is not None:
+            out["smClockHz"] = int(s.sm_clock_hz)
+        if s.mem_clock_hz is not None:
+            out["memClockHz"] = int(s.mem_clock_hz)
+        if s.power_w is not None:
+            out["powerW"] = round(s.power_w, 1)
+        if s.power_limit_w is not None:
+            out["powerLimitW"] = round(s.power_limit_w, 1)
+        if s.temperature_c is not None:
+            out["temperatureC"] = round(s.temperature_c, 1)
+        if s.clock_event_reasons is not None:
+            out["clockEventReasons"] = s.reasons
+    if info.max_sm_clock_hz is not None:
+        out["maxSmClockHz"] = int(info.max_sm_clock_hz)
+    return out
+
+
+def gpu_entry(r: GPURecord) -> dict[str, Any]:
+    """One item of ``spec.gpus``."""
+    info = r.info
+    g: dict[str, Any] = {"index": info.index, "uuid": info.uuid}
+    if info.pci_bus_id:
+        g["pciBusId"] = info.pci_bus_id
+    if info.product:
+        g["product"] = info.product
+    if info.memory_bytes:
+        g["memoryBytes"] = int(info.memory_bytes)
+    if r.benchmark_time is not None:
+        g["benchmarkTime"] = rfc3339(r.benchmark_time)
+    if r.relative_speed is not None:
+        g["relativeSpeed"] = round(r.relative_speed, 4)
+    g["curves"] = [
+        {
+            "name": c.shape.name or f"{c.shape.hidden_size}x{c.shape.intermediate_size}",
+            "hiddenSize": c.shape.hidden_size,
+            "intermediateSize": c.shape.intermediate_size,
+            "dtype": c.shape.dtype,
+            "tokens": list(c.tokens),
+            "seconds": [_sig(s * r.time_scale) for s in c.seconds],
+        }
+        for c in sorted(
+            r.curves, key=lambda c: (c.shape.hidden_size, c.shape.intermediate_size, c.shape.dtype)
+        )
+    ]
+    tel = telemetry_fields(r.telemetry, info)
+    if tel:
+        g["telemetry"] = tel
+    drift: dict[str, Any] = {
+        "state": r.drift_state,
+        "timeScale": round(r.time_scale, 4),
+        "reason": r.drift_reason,
+    }
+    if r.drift_since is not None:
+        drift["since"] = rfc3339(r.drift_since)
+    g["drift"] = drift
+    return g
+
+
+def baseline_annotation(records: Iterable[GPURecord]) -> str:
+    data = {}
+    for r in records:
+        b = r.baseline
+        data[r.info.uuid] = {
+            k: v
+            for k, v in (
+                ("smClockHz", b.sm_clock_hz),
+                ("memClockHz", b.mem_clock_hz),
+                ("powerLimitW", b.power_limit_w),
+            )
+            if v is not None
+        }
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def build_profile(
+    node: str,
+    namespace: str,
+    records: Sequence[GPURecord],
+    *,
+    source: str = "measured",
+    agent_version: str = "",
+) -> dict[str, Any]:
+    """The GPUProfile body to server-side apply (spec and metadata; the heartbeat goes to status)."""
+    spec: dict[str, Any] = {"nodeName": node, "source": source}
+    if agent_version:
+        spec["agentVersion"] = agent_version
+    spec["gpus"] = [gpu_entry(r) for r in sorted(records, key=lambda r: r.info.index) if r.curves]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {
+            "name": node,
+            "namespace": namespace,
+            "labels": {**MANAGED_BY, "vibe.dev/node": node[:63]},
+            "annotations": {BASELINE_ANNOTATION: baseline_annotation(records)},
+        },
+        "spec": spec,
+    }
+
+
+def build_status(node: str, namespace: str, heartbeat: float, heartbeat_seconds: int) -> dict[str, Any]:
+    """The status apply: the heartbeat the operator uses to tell a stale profile."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": node, "namespace": namespace},
+        "status": {"heartbeatTime": rfc3339(heartbeat), "heartbeatSeconds": int(heartbeat_seconds)},
+    }
+
+
+# -- reading back (agent restart) -------------------------------------------------------------------
+
+
+def records_from_profile(body: Mapping[str, Any], infos: Sequence[GPUInfo]) -> dict[str, GPURecord]:
+    """The published records of ``body`` for the GPUs in ``infos``, by UUID (unknown UUIDs are dropped).
+
+    Curves are un-scaled back to benchmark time (published seconds / timeScale), so that resuming and
+    then publishing again gives the same object.
+    """
+    meta = body.get("metadata") or {}
+    try:
+        baselines = json.loads((meta.get("annotations") or {}).get(BASELINE_ANNOTATION) or "{}")
+    except ValueError:
+        baselines = {}
+    by_uuid = {i.uuid: i for i in infos}
+    out: dict[str, GPURecord] = {}
+    for g in (body.get("spec") or {}).get("gpus") or ():
+        info = by_uuid.get(str(g.get("uuid") or ""))
+        if info is None:
+            continue
+        drift = g.get("drift") or {}
+        scale = float(drift.get("timeScale") or 1.0)
+        curves = []
+        for c in g.get("curves") or ():
+            try:
+                shape = ExpertShape(
+                    int(c["hiddenSize"]), int(c["intermediateSize"]), str(c["dtype"]), c.get("name", "")
+                )
+                curves.append(Curve(shape, tuple(c["tokens"]), tuple(float(s) / scale for s in c["seconds"])))
+            except (KeyError, TypeError, ValueError):
+                continue
+        b = baselines.get(info.uuid) or {}
+        tel = g.get("telemetry") or {}
+        speed = g.get("relativeSpeed")
+        out[info.uuid] = GPURecord(
+            info=info,
+            curves=curves,
+            benchmark_time=parse_time(g.get("benchmarkTime")),
+            baseline=Baseline(b.get("smClockHz"), b.get("memClockHz"), b.get("powerLimitW")),
+            telemetry=Sample(
+                time=0.0,
+                sm_clock_hz=tel.get("smClockHz"),
+                mem_clock_hz=tel.get("memClockHz"),
+                power_w=tel.get("powerW"),
+                power_limit_w=tel.get("powerLimitW"),
+                temperature_c=tel.get("temperatureC"),
+                clock_event_reasons=reason_mask(tel["clockEventReasons"])
+                if "clockEventReasons" in tel
+                else None,
+            ),
+            base_speed=None if speed is None else float(speed) * scale,
+            drift_state=str(drift.get("state") or "Stable"),
+            time_scale=scale,
+            drift_since=parse_time(drift.get("since")),
+            drift_reason=str(drift.get("reason") or ""),
+        )
+    return out

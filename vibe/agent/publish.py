@@ -1,0 +1,210 @@
+"""Publishing: GPUProfiles (server-side apply), heartbeats, Events, and reading MoEDeployment shapes.
+
+Role in the data flow: the agent's only contact with the API server. ``KubePublisher`` applies a node's
+GPUProfile with field manager ``vibe-agent`` (creates or updates; re-applying identical content is a
+no-op on the server, so a restarted agent does not churn the object), applies the heartbeat to the
+``status`` subresource, posts core/v1 Events about the GPUProfile, and lists MoEDeployments for their
+model shapes. All calls pass through one token bucket (``qps``/``burst``), so a process simulating
+1,000 nodes stays a polite client. ``DirPublisher`` writes the same objects to files (no cluster).
+
+The Kubernetes client is imported inside the methods, so the agent's benchmark path never needs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from vibe.agent.node import Event
+from vibe.agent.profile import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, build_status
+
+log = logging.getLogger("vibe.agent.publish")
+
+APPLY = "application/apply-patch+yaml"  # JSON is YAML: the body is sent as JSON
+
+
+class Publisher(Protocol):
+    def read(self, namespace: str, node: str) -> dict[str, Any] | None: ...
+
+    def apply(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def heartbeat(self, namespace: str, node: str, when: float, every_s: int) -> None: ...
+
+    def event(self, namespace: str, node: str, ev: Event) -> None: ...
+
+    def moedeployments(self) -> list[dict[str, Any]]: ...
+
+
+class RateLimiter:
+    """Token bucket shared by threads: ``acquire()`` blocks until a request may go."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self.qps = max(qps, 1e-3)
+        self.burst = max(1, burst)
+        self.tokens = float(self.burst)
+        self.t = time.monotonic()
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.burst, self.tokens + (now - self.t) * self.qps)
+                self.t = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                wait = (1 - self.tokens) / self.qps
+            time.sleep(wait)
+
+
+class KubePublisher:
+    """The API server side (kubernetes client; in-cluster config or kubeconfig, or a given ApiClient)."""
+
+    def __init__(
+        self, api_client: Any = None, *, qps: float = 20.0, burst: int = 40, component: str = "vibe-agent"
+    ):
+        from kubernetes import client, config
+
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.limiter = RateLimiter(qps, burst)
+        self.component = component
+        self.uids: dict[tuple[str, str], str] = {}
+        self.requests = 0
+
+    def _go(self) -> None:
+        self.limiter.acquire()
+        self.requests += 1
+
+    def read(self, namespace: str, node: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        self._go()
+        try:
+            obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, node)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        self.uids[(namespace, node)] = obj["metadata"].get("uid", "")
+        return obj
+
+    def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        self._go()
+        obj = self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            PLURAL,
+            meta["name"],
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
+        if not isinstance(obj, dict):
+            # The generated client maps only 200 to a body; an apply that creates answers 201 (None here).
+            obj = self.read(meta["namespace"], meta["name"]) or {}
+        self.uids[(meta["namespace"], meta["name"])] = (obj.get("metadata") or {}).get("uid", "")
+        return obj
+
+    def heartbeat(self, namespace: str, node: str, when: float, every_s: int) -> None:
+        self._go()
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            node,
+            build_status(node, namespace, when, every_s),
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
+
+    def event(self, namespace: str, node: str, ev: Event) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{node}.{time.time_ns():x}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": node,
+                "namespace": namespace,
+                "uid": self.uids.get((namespace, node), ""),
+            },
+            "reason": ev.reason,
+            "message": ev.message[:1024],
+            "type": ev.type,
+            "source": {"component": self.component, "host": node},
+            "reportingComponent": self.component,
+            "reportingInstance": f"{self.component}-{node}"[:128],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        self._go()
+        self.core.create_namespaced_event(namespace, body)
+
+    def moedeployments(self) -> list[dict[str, Any]]:
+        self._go()
+        got = self.custom.list_cluster_custom_object(GROUP, VERSION, "moedeployments")
+        return list(got.get("items") or [])
+
+
+class DirPublisher:
+    """Writes ``<dir>/<namespace>/<node>.json`` (profile + status) and ``events.jsonl``: no cluster needed."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.requests = 0
+
+    def _path(self, namespace: str, node: str) -> Path:
+        return self.root / namespace / f"{node}.json"
+
+    def read(self, namespace: str, node: str) -> dict[str, Any] | None:
+        p = self._path(namespace, node)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        p = self._path(meta["namespace"], meta["name"])
+        p.parent.mkdir(parents=True, exist_ok=True)
+        old = self.read(meta["namespace"], meta["name"]) or {}
+        obj = {**body, "status": old.get("status", {})}
+        p.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        return obj
+
+    def heartbeat(self, namespace: str, node: str, when: float, every_s: int) -> None:
+        obj = self.read(namespace, node)
+        if obj is None:
+            return
+        obj["status"] = build_status(node, namespace, when, every_s)["status"]
+        self._path(namespace, node).write_text(json.dumps(obj, indent=1, sort_keys=True))
+
+    def event(self, namespace: str, node: str, ev: Event) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "events.jsonl", "a") as f:
+            f.write(
+                json.dumps({"node": node, "reason": ev.reason, "type": ev.type, "message": ev.message}) + "\n"
+            )
+
+    def moedeployments(self) -> list[dict[str, Any]]:
+        return []

@@ -1,0 +1,369 @@
+"""Simulated GPUs: telemetry and benchmark results for nodes without GPUs (the demo, the tests).
+
+Role in the data flow: stands in for NVML and torch behind the same interfaces (``TelemetrySource``,
+``Profiler``), so a simulated node goes through exactly the agent's code path: the same drift detector
+reads the simulated clocks, the same publisher writes the GPUProfile (``source: simulated``), the same
+exporter serves the metrics (label ``source="simulated"``).
+
+The fleet file (YAML or JSON) describes nodes, per-GPU speeds and a drift schedule::
+
+    product: NVIDIA H100 80GB HBM3      # optional, per-GPU default
+    seed: 7                             # noise and generated speeds are reproducible
+    nodes:                              # explicit nodes: a speed per GPU (1.0 = the reference H100)
+    - name: gpu-node-0
+      gpus: [1.0, 0.97, 0.93, 1.02, 0.95, 0.99, 0.91, 0.66]
+    generate:                           # and/or many generated nodes
+      count: 1000
+      namePattern: "sim-{i:04d}"        # str.format with i = 0..count-1
+      gpusPerNode: 8
+      spread: 0.08                      # mean slowdown vs the fastest GPU (SC'22: 8 % average, 22 % max)
+      outliers: 1                       # GPUs fleet-wide at 1.5x the median time (SC'22's outliers)
+    drift:
+    - {at: 30s, node: gpu-node-0, gpu: 3, timeScale: 1.25, reason: HwSlowdown}
+    - {at: 90s, node: gpu-node-0, gpu: 3, timeScale: 1.0}       # recovers
+    - {at: 60s, gpu: 5, timeScale: 1.4, for: 30s, reason: HwThermalSlowdown}
+
+``at``/``for`` are seconds from the agent's first step (numbers, or "30s", "2m", "1h"); ``node`` defaults to
+the first node. A drift entry makes the GPU ``timeScale`` times slower: its simulated SM clock falls to
+the benchmark clock / timeScale (plus the measured ±2.3 % noise), ``reason`` joins its clock-event
+reasons, and a benchmark or canary run meanwhile measures curves ``timeScale`` times slower, so the drift
+detector has to find it the way it would on a real GPU.
+
+Curves come from the measured H100 reference of ``vibe.placement`` (steady state at the power cap),
+resampled onto the agent's token grid, times 1/speed, with 1 % measurement noise.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vibe.agent.drift import Baseline
+from vibe.agent.profile import Curve
+from vibe.agent.profiler import ProfileOutcome
+from vibe.agent.shapes import TOKEN_GRID, ExpertShape
+from vibe.agent.telemetry import GPUInfo, Sample, reason_mask
+
+H100 = "NVIDIA H100 80GB HBM3"
+#: Steady-state SM clock under the power cap of the reference H100, and its jitter (shared clock ramp).
+REFERENCE_SM_HZ = 1_515_000_000
+CLOCK_NOISE = 0.023
+MEM_HZ = 2_619_000_000
+MAX_SM_HZ = 1_980_000_000
+POWER_LIMIT_W = 700.0
+OUTLIER_TIME = 1.5  # SC'22: outliers 1.5x slower than the median
+MAX_SPREAD = 0.22  # SC'22: 22 % max variation
+SERVING_PID = 4_000_000  # the simulated serving process (above any real pid_max default)
+
+
+class SimulationError(ValueError):
+    """The fleet file is invalid (message says where)."""
+
+
+@dataclass(frozen=True)
+class DriftStep:
+    at: float  # seconds from start
+    node: str
+    gpu: int
+    time_scale: float
+    reason: str = ""
+    duration: float | None = None  # back to 1.0 after this long
+
+
+@dataclass
+class SimGPU:
+    node: str
+    index: int
+    speed: float  # 1.0 = reference H100; time = reference time / speed
+    info: GPUInfo
+    rng: np.random.Generator
+    steps: list[DriftStep] = field(default_factory=list)
+    power_violation_s: float = 0.0
+    thermal_violation_s: float = 0.0
+    last_t: float | None = None
+    _noise: list[float] = field(default_factory=list)  # standard normals drawn in batches (1,000 nodes)
+
+    def normal(self) -> float:
+        if not self._noise:
+            self._noise = self.rng.standard_normal(512).tolist()
+        return self._noise.pop()
+
+    def drift_at(self, t: float) -> tuple[float, str]:
+        """(time scale, reason) in force at ``t`` seconds from start: the latest step that began."""
+        scale, reason = 1.0, ""
+        for s in self.steps:  # sorted by start (parse_fleet)
+            if s.at <= t:
+                if s.duration is not None and t >= s.at + s.duration:
+                    scale, reason = 1.0, ""
+                else:
+                    scale, reason = s.time_scale, s.reason
+        return scale, reason
+
+
+@dataclass
+class Fleet:
+    """The parsed fleet file: GPUs per node, in node order."""
+
+    nodes: dict[str, list[SimGPU]]
+    seed: int = 0
+
+    def node_names(self) -> list[str]:
+        return list(self.nodes)
+
+
+def parse_duration(v: Any, where: str) -> float:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(v))
+    if not m:
+        raise SimulationError(f"{where}: bad duration {v!r} (want seconds or e.g. 30s, 2m, 1h)")
+    return float(m[1]) * {"ms": 1e-3, "s": 1, "m": 60, "h": 3600, None: 1}[m[2]]
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """Read a fleet file (YAML or JSON; see the module docstring)."""
+    text = Path(path).read_text()
+    if str(path).endswith(".json"):
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    return parse_fleet(data or {})
+
+
+def parse_fleet(data: Mapping[str, Any]) -> Fleet:
+    if not isinstance(data, Mapping):
+        raise SimulationError("fleet file: top level must be a mapping")
+    seed = int(data.get("seed", 0))
+    product = str(data.get("product") or H100)
+    rng = np.random.default_rng(seed)
+    speeds: dict[str, list[float]] = {}
+    for k, n in enumerate(data.get("nodes") or ()):
+        where = f"nodes[{k}]"
+        if not isinstance(n, Mapping) or not n.get("name"):
+            raise SimulationError(f"{where}: needs a name")
+        gpus = n.get("gpus")
+        if isinstance(gpus, int):
+            gpus = [1.0] * gpus
+        if not isinstance(gpus, list) or not gpus:
+            raise SimulationError(f"{where}: gpus must be a non-empty list of speeds (or a count)")
+        vals = []
+        for j, g in enumerate(gpus):
+            s = g.get("speed", 1.0) if isinstance(g, Mapping) else g
+            try:
+                s = float(s)
+            except (TypeError, ValueError):
+                raise SimulationError(f"{where}.gpus[{j}]: speed must be a number") from None
+            if not s > 0:
+                raise SimulationError(f"{where}.gpus[{j}]: speed must be > 0")
+            vals.append(s)
+        if str(n["name"]) in speeds:
+            raise SimulationError(f"{where}: duplicate node name {n['name']!r}")
+        speeds[str(n["name"])] = vals
+    gen = data.get("generate")
+    if gen:
+        speeds.update(_generate(gen, rng, set(speeds)))
+    if not speeds:
+        raise SimulationError("fleet file: no nodes (give nodes: or generate:)")
+    nodes: dict[str, list[SimGPU]] = {}
+    for ni, (name, vals) in enumerate(speeds.items()):
+        nodes[name] = [
+            SimGPU(
+                node=name,
+                index=i,
+                speed=s,
+                info=_info(name, i, product),
+                rng=np.random.default_rng([seed, ni, i]),
+            )
+            for i, s in enumerate(vals)
+        ]
+    first = next(iter(nodes))
+    for k, d in enumerate(data.get("drift") or ()):
+        where = f"drift[{k}]"
+        if not isinstance(d, Mapping):
+            raise SimulationError(f"{where}: must be a mapping")
+        node = str(d.get("node") or first)
+        if node not in nodes:
+            raise SimulationError(f"{where}: unknown node {node!r}")
+        gpu = int(d.get("gpu", 0))
+        if not 0 <= gpu < len(nodes[node]):
+            raise SimulationError(f"{where}: node {node!r} has no GPU {gpu}")
+        scale = float(d.get("timeScale", 1.0))
+        if not scale > 0:
+            raise SimulationError(f"{where}: timeScale must be > 0")
+        step = DriftStep(
+            at=parse_duration(d.get("at", 0), f"{where}.at"),
+            node=node,
+            gpu=gpu,
+            time_scale=scale,
+            reason=str(d.get("reason") or ""),
+            duration=parse_duration(d["for"], f"{where}.for") if d.get("for") is not None else None,
+        )
+        nodes[node][gpu].steps.append(step)
+    for gs in nodes.values():
+        for g in gs:
+            g.steps.sort(key=lambda s: s.at)
+    return Fleet(nodes=nodes, seed=seed)
+
+
+def _generate(gen: Mapping[str, Any], rng: np.random.Generator, taken: set[str]) -> dict[str, list[float]]:
+    """Speeds with SC'22's spread: time factors 1 + |N(0, s)| (mean s, clipped at 22 %), plus outliers."""
+    count = int(gen.get("count", 1))
+    per = int(gen.get("gpusPerNode", 8))
+    pattern = str(gen.get("namePattern") or "sim-node-{i:03d}")
+    spread = float(gen.get("spread", 0.08))
+    outliers = int(gen.get("outliers", 1))
+    if count < 1 or per < 1:
+        raise SimulationError("generate: count and gpusPerNode must be >= 1")
+    sigma = spread * math.sqrt(math.pi / 2)  # E|N(0, sigma)| = spread
+    slow = 1 + np.minimum(np.abs(rng.normal(0, sigma, size=count * per)), MAX_SPREAD)
+    if outliers:
+        idx = rng.choice(count * per, size=min(outliers, count * per), replace=False)
+        slow[idx] = OUTLIER_TIME * float(np.median(slow))
+    speeds = np.round(1 / slow, 4)
+    out = {}
+    for i in range(count):
+        name = pattern.format(i=i)
+        if name in taken or name in out:
+            raise SimulationError(f"generate: node name {name!r} repeats (namePattern needs {{i}})")
+        out[name] = [float(s) for s in speeds[i * per : (i + 1) * per]]
+    return out
+
+
+def _info(node: str, index: int, product: str) -> GPUInfo:
+    u = uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{node}/gpu/{index}.vibe.sim")
+    return GPUInfo(
+        index=index,
+        uuid=f"GPU-{u}",
+        pci_bus_id=f"00000000:{0x18 + 0x10 * index:02X}:00.0",
+        product=product,
+        memory_bytes=80 * 2**30,
+        max_sm_clock_hz=MAX_SM_HZ,
+        max_mem_clock_hz=MEM_HZ,
+        mig_enabled=False,
+        fp8=True,
+    )
+
+
+# -- the two interfaces ------------------------------------------------------------------------------
+
+
+class SimTelemetry:
+    """``TelemetrySource`` for one simulated node: a GPU serving flat out under its power cap."""
+
+    available = True
+    error = ""
+
+    def __init__(self, gpus: Sequence[SimGPU], clock: Callable[[], float]):
+        self._gpus = {g.index: g for g in gpus}
+        self._clock = clock  # seconds since the agent started
+
+    def gpus(self) -> list[GPUInfo]:
+        return [g.info for g in self._gpus.values()]
+
+    def sample(self, index: int) -> Sample:
+        g = self._gpus[index]
+        t = self._clock()
+        scale, reason = g.drift_at(t)
+        dt = 0.0 if g.last_t is None else max(0.0, t - g.last_t)
+        g.last_t = t
+        g.power_violation_s += dt
+        thermal = "Thermal" in reason
+        if thermal:
+            g.thermal_violation_s += dt
+        base = base_clock(g)
+        noise = min(0.06, max(-0.06, CLOCK_NOISE * g.normal()))
+        sm = round(base / scale * (1 + noise) / 15e6) * 15_000_000  # NVML reports 15 MHz steps
+        mask = _mask(reason)
+        return Sample(
+            time=time.time(),
+            sm_clock_hz=sm,
+            mem_clock_hz=MEM_HZ,
+            power_w=round(POWER_LIMIT_W * (0.99 + 0.003 * g.normal()), 1),
+            power_limit_w=POWER_LIMIT_W,
+            temperature_c=float(round(58 + 6 * (1 - g.speed) + (8 if thermal else 0) + 0.5 * g.normal())),
+            clock_event_reasons=mask,
+            power_violation_s=round(g.power_violation_s, 3),
+            thermal_violation_s=round(g.thermal_violation_s, 3),
+            utilization_pct=100.0,
+            energy_j=None,
+            ecc_uncorrected=0,
+            ecc_corrected=0,
+            compute_pids=(SERVING_PID,),
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _mask(reason: str) -> int:
+    return reason_mask(["SwPowerCap", *([reason] if reason else [])])
+
+
+def base_clock(g: SimGPU) -> int:
+    """SM clock of a healthy simulated GPU under the cap (a slower chip runs a lower clock: SC'22)."""
+    return int(REFERENCE_SM_HZ * g.speed)
+
+
+class SimProfiler:
+    """``Profiler`` for simulated GPUs: reference curves / speed x the drift in force, 1 % noise."""
+
+    non_intrusive = True  # benchmarking a simulated GPU disturbs nothing, so it may run while "serving"
+    source = "simulated"
+
+    def __init__(
+        self, gpus: Sequence[SimGPU], clock: Callable[[], float], tokens: Sequence[int] = TOKEN_GRID
+    ):
+        self._gpus = {g.index: g for g in gpus}
+        self._clock = clock
+        self.tokens = tuple(tokens)
+
+    def profile(self, index: int, shapes: Sequence[ExpertShape]) -> ProfileOutcome:
+        g = self._gpus[index]
+        scale, _ = g.drift_at(self._clock())
+        curves = []
+        for shape in shapes:
+            secs = reference_on_grid(shape, self.tokens) / g.speed * scale
+            secs = secs * (1 + g.rng.normal(0, 0.01, size=secs.size))
+            curves.append(Curve.from_measured(shape, self.tokens, [float(s) for s in secs]))
+        base = Baseline(
+            sm_clock_hz=int(base_clock(g) / scale), mem_clock_hz=MEM_HZ, power_limit_w=POWER_LIMIT_W
+        )
+        tel = SimTelemetry([g], self._clock).sample(index)
+        return ProfileOutcome(curves=curves, baseline=base, telemetry=tel, duration_s=0.0)
+
+    def canary(self, index: int, shape: ExpertShape, tokens: Sequence[int]) -> tuple[list[float], float]:
+        """(seconds per token count, cost in GPU seconds) as the torch canary returns."""
+        g = self._gpus[index]
+        scale, _ = g.drift_at(self._clock())
+        secs = reference_on_grid(shape, tokens) / g.speed * scale
+        secs = secs * (1 + g.rng.normal(0, 0.01, size=secs.size))
+        return [float(s) for s in secs], float(secs.sum() * 11)
+
+
+def reference_on_grid(shape: ExpertShape, tokens: Sequence[int]) -> np.ndarray:
+    """The reference H100 curve for ``shape`` at ``tokens`` (linear interpolation, as the cost model)."""
+    return _reference_on_grid(shape.key, tuple(int(t) for t in tokens)).copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _reference_on_grid(key: tuple[int, int, str], tokens: tuple[int, ...]) -> np.ndarray:
+    from vibe.placement.curves import reference_curve
+
+    ref_t, ref_s = reference_curve(*key)
+    t = np.asarray(tokens, dtype=float)
+    out = np.interp(t, ref_t, ref_s)
+    above = t > ref_t[-1]
+    if above.any():  # extrapolate along the last segment, as vibe.placement does
+        slope = (ref_s[-1] - ref_s[-2]) / (ref_t[-1] - ref_t[-2])
+        out[above] = ref_s[-1] + slope * (t[above] - ref_t[-1])
+    return out

@@ -1,0 +1,122 @@
+"""`vibe cluster up|down|status`: the local control plane from a shell.
+
+stdout carries only what a shell should evaluate (``export KUBECONFIG=...``), so
+``eval "$(vibe cluster up)"`` works; progress, tables and errors go to stderr.
+
+A second `up` while the cluster runs is not an error: it says so on stderr, adds any missing
+``--nodes``, prints the export line and exits 0, so scripts can call `up` unconditionally.
+"""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vibe.cluster.paths import DEFAULT_CLUSTER
+
+app = typer.Typer(
+    help="The local control plane (kine, kube-apiserver, controller manager, scheduler, kwok).",
+    no_args_is_help=True,
+)
+# soft_wrap: never break a path or a command line that someone will copy.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+NameOption = typer.Option(
+    DEFAULT_CLUSTER, "--name", "-n", help="Cluster name (one state directory per name)."
+)
+
+
+@app.command()
+def up(
+    nodes: int = typer.Option(0, "--nodes", min=0, help="Fake GPU nodes to create (gpu-node-0 ...)."),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node", min=0, help="nvidia.com/gpu per fake node."),
+    name: str = NameOption,
+    build: bool = typer.Option(
+        True, "--build/--no-build", help="Build missing binaries (hack/build-cluster.sh)."
+    ),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for the control plane to become ready."),
+) -> None:
+    """Start the local control plane (building its binaries if needed); print `export KUBECONFIG=...`."""
+    from vibe.cluster.binaries import BinariesMissing
+    from vibe.cluster.controlplane import Cluster, ClusterError
+
+    cluster = Cluster(name)
+    t0 = time.monotonic()
+    with err.status(f"bringing up cluster {name!r} ...") as spinner:
+
+        def progress(msg: str) -> None:
+            if msg.startswith("build-cluster:"):
+                err.print(f"[dim]{msg}[/dim]")
+            else:
+                spinner.update(msg)
+
+        try:
+            started = cluster.up(
+                nodes=nodes, gpus_per_node=gpus_per_node, build=build, progress=progress, timeout=timeout
+            )
+        except (ClusterError, BinariesMissing) as exc:
+            err.print("[red]vibe cluster up failed:[/red]", end=" ")
+            err.print(str(exc), markup=False)
+            raise typer.Exit(1) from None
+    if started:
+        err.print(
+            f"cluster [bold]{name}[/bold] is up in {time.monotonic() - t0:.1f}s; state in {cluster.dir}"
+        )
+    else:
+        err.print(f"cluster [bold]{name}[/bold] is already running; state in {cluster.dir}")
+    _hint_tools()
+    typer.echo(cluster.status(check_ready=False).export_line)
+
+
+def _hint_tools() -> None:
+    from vibe.cluster.binaries import locate
+
+    found = locate()
+    kubectl, helm = found["kubectl"], found["helm"]
+    if kubectl.exists():
+        path = f"{kubectl.parent}" + (f":{helm.parent}" if helm.exists() else "")
+        err.print(
+            f"[dim]kubectl{' and helm' if helm.exists() else ''}: export PATH={path}:$PATH[/dim]",
+        )
+
+
+@app.command()
+def down(name: str = NameOption) -> None:
+    """Stop every process of the cluster and remove its state (certificates, database, logs)."""
+    from vibe.cluster.controlplane import Cluster
+
+    t0 = time.monotonic()
+    if Cluster(name).down():
+        err.print(f"cluster [bold]{name}[/bold] is down ({time.monotonic() - t0:.1f}s)")
+    else:
+        err.print(f"cluster [bold]{name}[/bold] was not running")
+
+
+@app.command()
+def status(name: str = NameOption) -> None:
+    """Show the cluster's processes; print `export KUBECONFIG=...` and exit 0 only when it is ready."""
+    from vibe.cluster.controlplane import Cluster
+
+    st = Cluster(name).status()
+    if not st.exists:
+        err.print(f"cluster [bold]{name}[/bold] is not running (`vibe cluster up` starts it)")
+        raise typer.Exit(1)
+    table = Table(
+        title=f"cluster {name}: {'[green]ready' if st.ready else '[red]not ready'}[/]", title_justify="left"
+    )
+    for col in ("component", "pid", "port", "alive"):
+        table.add_column(col)
+    for comp, ok in st.processes.items():
+        port = st.ports.get(comp)
+        table.add_row(comp, str(st.pids.get(comp, "")), str(port or ""), "[green]yes" if ok else "[red]no")
+    err.print(table)
+    err.print(f"server {st.server}  versions {', '.join(f'{k} {v}' for k, v in sorted(st.versions.items()))}")
+    err.print(f"state and logs in {st.state_dir}")
+    _hint_tools()
+    if not st.ready:
+        err.print("some component is down: `vibe cluster up` cleans the stale state and starts afresh")
+        raise typer.Exit(1)
+    typer.echo(st.export_line)

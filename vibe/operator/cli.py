@@ -1,0 +1,99 @@
+"""``vibe operator``: run the operator (Kopf) with vibe's flags.
+
+Role: the entry point of the operator's container and of the tests, which run it as a subprocess
+(``python -m vibe.operator``) so that killing and restarting it is real. Heavy imports (Kopf, the
+handlers) happen inside the command, so ``vibe --help`` stays fast.
+
+Several replicas: start each with ``--peering NAME``. Kopf peering then lets exactly one replica work
+(the one with the highest ``--priority``; a random one per replica by default) and the others stand by;
+the ConfigMap writes are optimistic (resourceVersion) on top, so even a brief overlap cannot produce a
+duplicate placement generation. ``--standalone`` (the default without ``--peering``) skips peering.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Annotated
+
+import typer
+
+
+def run(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace", "-n", help="Watch MoEDeployments in this namespace (repeatable; default: all)."
+        ),
+    ] = None,
+    profile_namespace: Annotated[
+        str, typer.Option(help="Namespace of the GPUProfiles (the agent's); always watched.")
+    ] = "vibe-system",
+    profile_ttl: Annotated[
+        float, typer.Option(help="Seconds without a GPUProfile heartbeat before it counts as stale.")
+    ] = 300.0,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 8080,
+    liveness: Annotated[
+        str | None, typer.Option(help="Liveness endpoint, e.g. http://0.0.0.0:8081/healthz (Kopf's probe).")
+    ] = None,
+    peering: Annotated[
+        str | None, typer.Option(help="Kopf peering object name: run several replicas, one active.")
+    ] = None,
+    standalone: Annotated[bool, typer.Option(help="No peering (a single replica).")] = False,
+    priority: Annotated[
+        int | None, typer.Option(help="Peering priority (highest works); default: random per replica.")
+    ] = None,
+    solve_budget: Annotated[
+        float, typer.Option(help="Placement search budget per solve, in (deterministic) seconds.")
+    ] = 1.0,
+    resync: Annotated[float, typer.Option(help="Reconcile every deployment at least this often (s).")] = 60.0,
+    compute_processes: Annotated[
+        int | None,
+        typer.Option(help="Placement worker processes (0: threads); default min(4, CPUs)."),
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace (the default without -n).")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More logging.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Debug logging (Kopf's too).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+) -> None:
+    """Run the vibe operator: place MoE experts for every MoEDeployment, re-place on drift."""
+    import asyncio
+    import logging
+
+    import kopf
+
+    from vibe.operator import settings as settings_mod
+    from vibe.operator.kube import Kube
+
+    if all_namespaces and namespace:
+        raise typer.BadParameter("--all-namespaces and --namespace exclude each other")
+    namespaces = sorted(set(namespace or ()))
+    if namespaces and profile_namespace not in namespaces:
+        namespaces.append(profile_namespace)  # Kopf applies --namespace to every namespaced resource
+    settings_mod.CURRENT = settings_mod.OperatorSettings(
+        profile_namespace=profile_namespace,
+        profile_ttl_s=profile_ttl,
+        metrics_port=metrics_port,
+        solve_budget_s=solve_budget,
+        resync_s=resync,
+        **({"compute_processes": compute_processes} if compute_processes is not None else {}),
+        namespaces=tuple(namespaces),
+    )
+    import vibe.operator.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=verbose, debug=debug, quiet=quiet)
+    if not (verbose or debug):  # one "Handler ... succeeded" line per watch event is noise at scale
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if peering and not standalone:
+        asyncio.run(Kube().ensure_peering(peering, namespaces))
+        if priority is None:
+            priority = random.randint(1, 2**30)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=standalone or not peering,
+        peering_name=peering if peering and not standalone else None,
+        priority=priority or 0,
+        liveness_endpoint=liveness,
+    )

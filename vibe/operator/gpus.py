@@ -1,0 +1,396 @@
+"""Which GPUs a MoEDeployment runs on, in rank order, and the curve each one is priced with.
+
+Role: between the watch caches (Kopf indices of Nodes, Pods and GPUProfiles, holding the snapshots
+defined here) and the placement engine's ``Fleet``. Pure: the reconciler hands in the snapshots.
+
+Rank order (the order SGLang and EPLB number expert-parallel ranks in):
+
+* ``nodeSelector``: matching nodes sorted by name, each node's GPUs by index, the first ``count``.
+* ``podSelector``: matching running pods sorted by (LeaderWorkerSet group index, worker index) or, for a
+  StatefulSet, the pod ordinal; each pod takes the next ``gpusPerPod`` GPUs of its node's profile (pods
+  sharing a node get disjoint GPUs in rank order: the device plugin's real assignment is not visible
+  through the API, and a pod's GPUs on an 8-GPU node are interchangeable for pricing unless they differ).
+
+Curves: the GPU's curve for the model's expert shape (hidden, intermediate, dtype) when measured, else
+its closest measured shape scaled with ``vibe.placement``'s reference scaling (``curve_source="scaled"``,
+which the Ready message mentions).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vibe.operator.clock import parse_time
+from vibe.operator.problems import Problem
+from vibe.operator.spec import DeploymentSpec, fingerprint, plain
+from vibe.placement.curves import DTYPE_BYTES, Fleet, GPUCurve, scale_curve
+from vibe.placement.errors import PlacementError
+
+LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+LWS_GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
+STS_POD_INDEX = "apps.kubernetes.io/pod-index"
+
+
+@dataclass(frozen=True, eq=False)
+class Curve:
+    """One measured curve of a GPU: seconds for ONE expert of a shape over n tokens."""
+
+    hidden_size: int
+    intermediate_size: int
+    dtype: str
+    tokens: np.ndarray
+    seconds: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, str]:
+        return (self.hidden_size, self.intermediate_size, self.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class ProfileGPU:
+    index: int
+    uuid: str
+    product: str
+    memory_bytes: int | None
+    curves: tuple[Curve, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ProfileSnapshot:
+    """What the operator keeps of one GPUProfile (one node)."""
+
+    node: str
+    gpus: tuple[ProfileGPU, ...]  # by index
+    source: str
+    heartbeat: dt.datetime | None
+    spec_hash: str
+
+    def stale(self, now: dt.datetime, ttl_s: float) -> bool:
+        return self.heartbeat is not None and (now - self.heartbeat).total_seconds() > ttl_s
+
+
+@dataclass(frozen=True)
+class PodSnapshot:
+    """What the operator keeps of one pod: enough to match selectors and rank it."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    node: str
+    rank: tuple[int, int, str]
+
+
+@dataclass(frozen=True)
+class GPURef:
+    node: str
+    index: int
+    uuid: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.node}/{self.index}"
+
+
+@dataclass(frozen=True, eq=False)
+class Resolution:
+    """The GPUs of one MoEDeployment and their fleet curves, in rank order."""
+
+    gpus: tuple[GPURef, ...]
+    fleet: Fleet
+    curve_source: str  # measured | scaled
+    stale_nodes: tuple[str, ...]
+    notes: tuple[str, ...]
+    stale_at: dt.datetime | None = None  # when the first fresh profile in use turns stale
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted({g.node for g in self.gpus})
+
+    @property
+    def gpus_key(self) -> str:
+        """Fingerprint of the GPU identities in rank order (a change means a topology change)."""
+        return fingerprint([[g.node, g.index, g.uuid] for g in self.gpus])
+
+    @property
+    def curves_key(self) -> str:
+        """Fingerprint of the curves the fleet is priced with."""
+        return fingerprint([[g.tokens, g.seconds] for g in self.fleet.gpus])
+
+
+# --------------------------------------------------------------------------------------------------
+# Snapshots (built by the index handlers from watch events)
+
+
+def profile_snapshot(body: Mapping[str, Any]) -> ProfileSnapshot:
+    """A GPUProfile object as a snapshot; malformed GPUs/curves are dropped (the CRD refuses most)."""
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    gpus = []
+    for g in spec.get("gpus") or ():
+        curves = []
+        for c in g.get("curves") or ():
+            try:
+                curves.append(
+                    Curve(
+                        hidden_size=int(c["hiddenSize"]),
+                        intermediate_size=int(c["intermediateSize"]),
+                        dtype=str(c["dtype"]),
+                        tokens=np.asarray(c["tokens"], dtype=np.float64),
+                        seconds=np.asarray(c["seconds"], dtype=np.float64),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+        gpus.append(
+            ProfileGPU(
+                index=int(g.get("index", len(gpus))),
+                uuid=str(g.get("uuid") or ""),
+                product=str(g.get("product") or ""),
+                memory_bytes=_memory_bytes(g),
+                curves=tuple(curves),
+            )
+        )
+    return ProfileSnapshot(
+        node=str(spec.get("nodeName") or body.get("metadata", {}).get("name", "")),
+        gpus=tuple(sorted(gpus, key=lambda x: x.index)),
+        source=str(spec.get("source") or "measured"),
+        heartbeat=parse_time(status.get("heartbeatTime")),
+        spec_hash=fingerprint(plain(spec)),
+    )
+
+
+def pod_snapshot(body: Mapping[str, Any]) -> PodSnapshot | None:
+    """A scheduled, live pod as a snapshot; None for pods that cannot serve (unscheduled, finished)."""
+    meta = body.get("metadata") or {}
+    node = (body.get("spec") or {}).get("nodeName")
+    phase = (body.get("status") or {}).get("phase")
+    if not node or meta.get("deletionTimestamp") or phase in ("Succeeded", "Failed"):
+        return None
+    labels = dict(meta.get("labels") or {})
+    return PodSnapshot(
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        labels=labels,
+        node=str(node),
+        rank=pod_rank(meta),
+    )
+
+
+def pod_rank(meta: Mapping[str, Any]) -> tuple[int, int, str]:
+    """(group, worker, name): LeaderWorkerSet indices, else the StatefulSet ordinal, else name order."""
+    labels = meta.get("labels") or {}
+    name = str(meta.get("name") or "")
+    if LWS_WORKER_INDEX in labels:
+        return (_int(labels.get(LWS_GROUP_INDEX), 0), _int(labels[LWS_WORKER_INDEX], 0), name)
+    if STS_POD_INDEX in labels:
+        return (0, _int(labels[STS_POD_INDEX], 0), name)
+    owners = meta.get("ownerReferences") or ()
+    m = re.search(r"-(\d+)$", name)
+    if m and any(o.get("kind") == "StatefulSet" for o in owners):
+        return (0, int(m.group(1)), name)
+    return (0, 1 << 30, name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Resolution
+
+
+def resolve(
+    spec: DeploymentSpec,
+    *,
+    namespace: str,
+    nodes: Mapping[str, Mapping[str, str]],
+    profiles: Mapping[str, ProfileSnapshot],
+    pods: Iterable[PodSnapshot] = (),
+    now: dt.datetime,
+    profile_ttl_s: float,
+) -> Resolution:
+    """The MoEDeployment's GPUs and fleet, or a ``Problem`` (InsufficientGPUs, InfeasibleSlots, ...).
+
+    Args:
+        nodes: node name -> labels, for every node.
+        profiles: node name -> its GPUProfile snapshot.
+        pods: running pods in ``namespace`` (podSelector mode).
+    """
+    want = spec.gpus.count
+    notes: list[str] = []
+    if spec.gpus.pod_selector is not None:
+        refs, why = _pod_gpus(spec, namespace, pods, profiles, nodes)
+    else:
+        refs, why = _node_gpus(spec, nodes, profiles)
+    if len(refs) < want:
+        raise Problem("InsufficientGPUs", f"{why}; gpus.count is {want}")
+    refs = refs[:want]
+    by_node = {r.node: profiles[r.node] for r in refs}
+    _check_memory(spec, refs, by_node)
+    curves: list[GPUCurve] = []
+    scaled: set[tuple[int, int, str]] = set()
+    for r in refs:
+        gpu = next(g for g in by_node[r.node].gpus if g.index == r.index)
+        tokens, seconds, from_shape = curve_for(gpu, spec.model.shape)
+        if from_shape != spec.model.shape:
+            scaled.add(from_shape)
+        try:
+            curves.append(GPUCurve(id=r.id, node=r.node, tokens=tokens, seconds=seconds, uuid=r.uuid))
+        except PlacementError as e:
+            raise Problem(e.reason, f"GPUProfile {r.node}: {e}") from None
+    if scaled:
+        shapes = ", ".join(f"{h}x{i} {d}" for h, i, d in sorted(scaled))
+        h, i, d = spec.model.shape
+        notes.append(f"curves scaled from {shapes} (no GPU measured {h}x{i} {d})")
+    stale = sorted(n for n, p in by_node.items() if p.stale(now, profile_ttl_s))
+    ttl = dt.timedelta(seconds=profile_ttl_s)
+    deadlines = [p.heartbeat + ttl for n, p in by_node.items() if p.heartbeat is not None and n not in stale]
+    return Resolution(
+        gpus=tuple(refs),
+        fleet=Fleet(tuple(curves)),
+        curve_source="scaled" if scaled else "measured",
+        stale_nodes=tuple(stale),
+        notes=tuple(notes),
+        stale_at=min(deadlines) if deadlines else None,
+    )
+
+
+def curve_for(gpu: ProfileGPU, shape: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(tokens, seconds, measured shape): the exact shape, else the closest by weight bytes, scaled."""
+    if not gpu.curves:
+        raise Problem("InvalidGPUProfile", f"GPU {gpu.index} ({gpu.uuid or 'no uuid'}) has no curves")
+    for c in gpu.curves:
+        if c.shape == shape:
+            return c.tokens, c.seconds, c.shape
+    want = _weight_bytes(shape)
+    best = min(gpu.curves, key=lambda c: (abs(np.log(_weight_bytes(c.shape) / want)), c.shape))
+    return best.tokens, scale_curve(best.seconds, from_shape=best.shape, to_shape=shape), best.shape
+
+
+def matches_labels(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def matches_selector(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """A metav1.LabelSelector (matchLabels and matchExpressions) against labels."""
+    if not matches_labels(selector.get("matchLabels") or {}, labels):
+        return False
+    for expr in selector.get("matchExpressions") or ():
+        key, op, values = expr.get("key"), expr.get("operator"), set(expr.get("values") or ())
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def uses_node(spec: DeploymentSpec, labels: Mapping[str, str]) -> bool:
+    """Whether a node with these labels could hold this deployment's GPUs (nodeSelector mode)."""
+    return spec.gpus.node_selector is not None and matches_labels(spec.gpus.node_selector, labels)
+
+
+def expert_bytes(spec: DeploymentSpec) -> float:
+    """Weight bytes of one routed expert (SwiGLU: gate, up and down projections)."""
+    return 3.0 * spec.model.hidden_size * spec.model.intermediate_size * DTYPE_BYTES[spec.model.dtype]
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _node_gpus(
+    spec: DeploymentSpec, nodes: Mapping[str, Mapping[str, str]], profiles: Mapping[str, ProfileSnapshot]
+) -> tuple[list[GPURef], str]:
+    selector = spec.gpus.node_selector or {}
+    matched = sorted(n for n, labels in nodes.items() if matches_labels(selector, labels))
+    refs: list[GPURef] = []
+    missing = []
+    for n in matched:
+        prof = profiles.get(n)
+        if prof is None:
+            missing.append(n)
+            continue
+        refs.extend(GPURef(n, g.index, g.uuid) for g in prof.gpus)
+        if len(refs) >= spec.gpus.count:
+            break
+    sel = ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or "(all nodes)"
+    why = f"gpus.nodeSelector {sel} matches {len(matched)} nodes with {len(refs)} profiled GPUs"
+    if missing:
+        why += f" ({len(missing)} without a GPUProfile: {_few(missing)})"
+    return refs, why
+
+
+def _pod_gpus(
+    spec: DeploymentSpec,
+    namespace: str,
+    pods: Iterable[PodSnapshot],
+    profiles: Mapping[str, ProfileSnapshot],
+    nodes: Mapping[str, Mapping[str, str]],
+) -> tuple[list[GPURef], str]:
+    selector = spec.gpus.pod_selector or {}
+    matched = sorted(
+        (p for p in pods if p.namespace == namespace and matches_selector(selector, p.labels)),
+        key=lambda p: p.rank,
+    )
+    per_pod = spec.gpus.gpus_per_pod
+    taken: dict[str, int] = {}
+    refs: list[GPURef] = []
+    short = []
+    for p in matched:
+        prof = profiles.get(p.node)
+        start = taken.get(p.node, 0)
+        gpus = prof.gpus[start : start + per_pod] if prof else ()
+        if len(gpus) < per_pod:
+            short.append(f"{p.name} on {p.node}")
+            break  # ranks must stay contiguous: later pods cannot fill this pod's place
+        taken[p.node] = start + per_pod
+        refs.extend(GPURef(p.node, g.index, g.uuid) for g in gpus)
+    why = f"gpus.podSelector matches {len(matched)} running pods x {per_pod} GPUs = {len(refs)} profiled GPUs"
+    if short:
+        why += f" (no GPUProfile with enough GPUs for pod {short[0]})"
+    return refs, why
+
+
+def _check_memory(spec: DeploymentSpec, refs: list[GPURef], profiles: Mapping[str, ProfileSnapshot]) -> None:
+    """InfeasibleSlots when a GPU's memory (when known) cannot hold its slots' expert weights."""
+    need = expert_bytes(spec) * spec.model.layers * spec.gpus.slots_per_gpu
+    for r in refs:
+        gpu = next((g for g in profiles[r.node].gpus if g.index == r.index), None)
+        if gpu is not None and gpu.memory_bytes and need > gpu.memory_bytes:
+            gib = 1 << 30
+            raise Problem(
+                "InfeasibleSlots",
+                f"gpus.slotsPerGPU {spec.gpus.slots_per_gpu} needs "
+                f"{need / gib:.1f} GiB of expert weights per GPU ({spec.model.layers} layers x "
+                f"{spec.gpus.slots_per_gpu} slots x {expert_bytes(spec) / (1 << 20):.0f} MiB) but GPU "
+                f"{r.id} ({gpu.product or 'unknown product'}) has {gpu.memory_bytes / gib:.0f} GiB",
+            )
+
+
+def _memory_bytes(gpu: Mapping[str, Any]) -> int | None:
+    """The GPU's memory: ``memoryBytes`` when the agent reports it, else the product name's "80GB"."""
+    if gpu.get("memoryBytes"):
+        return int(gpu["memoryBytes"])
+    m = re.search(r"(\d+)\s*GB\b", str(gpu.get("product") or ""), re.IGNORECASE)
+    return int(m.group(1)) * 10**9 if m else None
+
+
+def _weight_bytes(shape: tuple[int, int, str]) -> float:
+    h, i, d = shape
+    return h * i * DTYPE_BYTES.get(d, 2.0)
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")

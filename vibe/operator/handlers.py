@@ -1,0 +1,340 @@
+"""Kopf registrations: watch caches (indices), one worker per MoEDeployment, and who wakes which worker.
+
+Role: the operator's wiring; no decisions here. Run with ``vibe operator`` or ``kopf run -m
+vibe.operator.handlers``.
+
+* Indices (Kopf keeps them current from watches, and starts handlers only once they are filled):
+  ``vibe_profiles`` (node -> GPUProfile snapshot, profile namespace only), ``vibe_pods`` (namespace ->
+  running pod snapshots), and three over MoEDeployments: by node they use (from ``status.nodes``), by
+  load ConfigMap they reference, and all of them (for selector matches). Nodes are not watched: each
+  reconcile lists the nodes its selector matches (the API server filters, metadata only), because a
+  node cache costs one watch event per node status update, which at 1,000 nodes kept a third of a core
+  busy for nothing; node label changes are therefore seen at the next resync or profile change.
+* ``worker`` (a Kopf daemon per MoEDeployment): waits to be woken (or for its next due time) and runs
+  ``reconciling.reconcile``. One worker per object serialises its reconciles and coalesces bursts of
+  changes into one pass; Kopf stops the workers when the object goes away and when peering pauses this
+  replica, so a standby replica writes nothing.
+* Watchers (``on.event``; they never write to what they watch, so GPUProfiles, ConfigMaps, Nodes and
+  Pods stay untouched): each works out which deployments a change affects from the indices and wakes
+  only those. A GPUProfile ``spec`` change (not its heartbeat) wakes the deployments using that node; a
+  load ConfigMap's data change those referencing it; a serving pod's placement those whose pod selector
+  matches. A MoEDeployment's own event wakes it when its generation or its
+  ``vibe.dev/reconcile-trigger`` annotation changed (status patches by the worker itself do not).
+
+Kopf persistence goes under ``vibe.dev/`` annotations (no ``status.kopf``); handler log lines are not
+posted as Events (only the Events the reconciler chooses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import kopf
+
+from vibe.operator import metrics
+from vibe.operator import settings as settings_mod
+from vibe.operator.clock import now as clock_now
+from vibe.operator.clock import parse_time
+from vibe.operator.compute import Computer
+from vibe.operator.conditions import is_true
+from vibe.operator.gpus import (
+    ProfileSnapshot,
+    matches_labels,
+    matches_selector,
+    pod_snapshot,
+    profile_snapshot,
+)
+from vibe.operator.kube import GROUP, VERSION, Kube
+from vibe.operator.reconciling import Shared, World, reconcile
+from vibe.operator.settings import OperatorSettings
+from vibe.operator.spec import fingerprint, plain
+
+MOED = (GROUP, VERSION, "moedeployments")
+GPUP = (GROUP, VERSION, "gpuprofiles")
+TRIGGER_ANNOTATION = "vibe.dev/reconcile-trigger"
+
+logger = logging.getLogger("vibe.operator")
+
+
+@dataclass
+class State(Shared):
+    """``Shared`` plus the watchers' memory of what they last saw, and each worker's wake-up event."""
+
+    wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    seen: dict[Any, Any] = field(default_factory=dict)
+    profile_cache: dict[str, tuple[Any, ProfileSnapshot]] = field(default_factory=dict)
+
+    def wake(self, key: tuple[str, str]) -> None:
+        self.wakers.setdefault(key, asyncio.Event()).set()
+
+    def changed(self, key: Any, value: Any) -> bool:
+        """Record ``value`` for ``key``; True when it differs from the last one recorded."""
+        old = self.seen.get(key, _MISSING)
+        self.seen[key] = value
+        return old is not _MISSING and old != value
+
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class DeploymentRef:
+    """What the watchers need to know of a MoEDeployment to tell whether a change concerns it."""
+
+    namespace: str
+    name: str
+    node_selector: Mapping[str, str] | None
+    pod_selector: Mapping[str, Any] | None
+    ready: bool
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Startup
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    cfg = settings_mod.CURRENT or OperatorSettings.from_env()
+    settings.persistence.finalizer = "vibe.dev/worker"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vibe.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="vibe.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # Events come from the reconciler, not from log lines
+    settings.posting.reporting_component = "vibe-operator"
+    settings.posting.event_name_prefix = "vibe-"
+    settings.watching.server_timeout = 300  # re-establish watches regularly (kopf's advice)
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    memo.vibe = State(
+        settings=cfg,
+        kube=Kube(),
+        computer=Computer(cfg.compute_processes),
+        post_event=_post_event,
+    )
+    metrics.serve(cfg.metrics_port)
+    await memo.vibe.computer.warm()
+
+
+@kopf.on.cleanup()
+async def shut_down(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "vibe", None) is not None:
+        memo.vibe.computer.close()
+
+
+def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    with contextlib.suppress(LookupError, RuntimeError):  # outside Kopf's context (unit tests)
+        kopf.event(dict(body), type=type_, reason=reason, message=message[:1024])
+
+
+# --------------------------------------------------------------------------------------------------
+# Indices
+
+
+def _in_profile_namespace(namespace: str, memo: kopf.Memo, **_: Any) -> bool:
+    return namespace == memo.vibe.settings.profile_namespace
+
+
+@kopf.index(*GPUP, when=_in_profile_namespace)
+def vibe_profiles(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> dict[str, ProfileSnapshot]:
+    # Parse the spec only when it changed (metadata.generation); heartbeats only update the timestamp.
+    state: State = memo.vibe
+    tag = (meta.get("uid"), meta.get("generation"))
+    cached = state.profile_cache.get(meta["name"])
+    if cached is not None and cached[0] == tag:
+        snap = replace(cached[1], heartbeat=parse_time((body.get("status") or {}).get("heartbeatTime")))
+    else:
+        snap = profile_snapshot(body)
+    state.profile_cache[meta["name"]] = (tag, snap)
+    return {snap.node: snap}
+
+
+@kopf.index("pods")
+def vibe_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any] | None:
+    snap = pod_snapshot(body)
+    return {namespace: snap} if snap is not None else None
+
+
+@kopf.index(*MOED)
+def vibe_deployments_by_node(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[str, tuple]:
+    return {n: (namespace, name) for n in status.get("nodes") or ()}
+
+
+@kopf.index(*MOED)
+def vibe_deployments_by_config_map(
+    namespace: str, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple, tuple]:
+    ref = (spec.get("workload") or {}).get("configMapRef") or {}
+    return {(namespace, ref["name"]): (namespace, name)} if ref.get("name") else {}
+
+
+@kopf.index(*MOED)
+def vibe_deployments(
+    namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, DeploymentRef]:
+    gpus = spec.get("gpus") or {}
+    ns, ps = gpus.get("nodeSelector"), gpus.get("podSelector")
+    ready = is_true(status.get("conditions"), "Ready")
+    ref = DeploymentRef(
+        namespace, name, dict(ns) if ns is not None else None, plain(ps) if ps is not None else None, ready
+    )
+    return {"all": ref}
+
+
+def _world(kwargs: Mapping[str, Any]) -> World:
+    return World(
+        profiles=_Single(kwargs["vibe_profiles"]),
+        pods=kwargs["vibe_pods"],
+    )
+
+
+class _Single(Mapping):
+    """A Kopf index whose keys each hold one value (a node's labels, its profile) as a plain mapping."""
+
+    def __init__(self, index: kopf.Index) -> None:
+        self._index = index
+
+    def __getitem__(self, key: Any) -> Any:
+        for value in self._index[key]:
+            return value
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._index.keys()))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+def _lookup(index: kopf.Index, key: Any) -> set[tuple[str, str]]:
+    return set(index.get(key, ()))
+
+
+def _all_deployments(kwargs: Mapping[str, Any]) -> list[DeploymentRef]:
+    return list(kwargs["vibe_deployments"].get("all", ()))
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker
+
+
+@kopf.daemon(*MOED, cancellation_timeout=10.0)
+async def worker(
+    namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
+) -> None:
+    state: State = memo.vibe
+    key = (namespace, name)
+    waker = state.wakers.setdefault(key, asyncio.Event())
+    waker.set()  # reconcile once on start (creation, operator restart, takeover from a peer)
+    delay: float | None = None
+    world = _world(kwargs)
+    while not stopped:
+        timeout = state.settings.resync_s if delay is None else min(delay, state.settings.resync_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waker.wait(), timeout=timeout)
+        if stopped:
+            break
+        waker.clear()
+        try:
+            delay = await reconcile(state, world, namespace, name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # an API error or a bug: log, count, back off; never kill the worker
+            n = state.failures[key] = state.failures.get(key, 0) + 1
+            delay = min(state.settings.backoff_max_s, state.settings.backoff_initial_s * 2 ** (n - 1))
+            metrics.ERRORS.labels(type(e).__name__).inc()
+            logger.exception("%s/%s: reconcile failed (retry in %.0f s)", namespace, name, delay)
+
+
+# --------------------------------------------------------------------------------------------------
+# Watchers: who to wake
+
+
+@kopf.on.event(*MOED)
+def deployment_changed(
+    event: kopf.RawEvent, namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any
+) -> None:
+    state: State = memo.vibe
+    key = (namespace, name)
+    if event["type"] == "DELETED":
+        state.wakers.pop(key, None)
+        state.seen.pop(("moed", key), None)
+        state.failures.pop(key, None)
+        metrics.forget(namespace, name)
+        return
+    mark = (meta.get("uid"), meta.get("generation"), (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION))
+    if state.changed(("moed", key), mark):
+        state.wake(key)
+
+
+@kopf.on.event(*GPUP, when=_in_profile_namespace)
+async def profile_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A profile's spec changed (drift) or it turned stale or fresh again: wake the deployments using its
+    node. A profile appeared or went away, or a deployment still waits for GPUs: also wake those whose
+    node selector matches the node (their GPUs may shift), reading the node's labels once."""
+    state: State = memo.vibe
+    spec = body.get("spec") or {}
+    node = str(spec.get("nodeName") or body["metadata"]["name"])
+    beat = parse_time((body.get("status") or {}).get("heartbeatTime"))
+    stale = beat is not None and (clock_now() - beat).total_seconds() > state.settings.profile_ttl_s
+    kind = event["type"]
+    meta = body["metadata"]
+    mark = None if kind == "DELETED" else (meta.get("uid"), meta.get("generation"), stale)
+    if not state.changed(("gpup", node), mark) and kind != "ADDED":
+        return
+    keys = _lookup(kwargs["vibe_deployments_by_node"], node)
+    candidates = [
+        d
+        for d in _all_deployments(kwargs)
+        if d.node_selector is not None and d.key not in keys and (kind in ("ADDED", "DELETED") or not d.ready)
+    ]
+    if candidates:
+        labels = await state.kube.one_node_labels(node) or {}
+        keys |= {d.key for d in candidates if matches_labels(d.node_selector or {}, labels)}
+    for key in keys:
+        state.wake(key)
+
+
+@kopf.on.event("configmaps")
+def config_map_changed(
+    event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    keys = _lookup(kwargs["vibe_deployments_by_config_map"], (namespace, name))
+    if not keys:
+        return
+    state: State = memo.vibe
+    mark = (
+        None
+        if event["type"] == "DELETED"
+        else fingerprint([plain(body.get("data") or {}), plain(body.get("binaryData") or {})])
+    )
+    if state.changed(("cm", namespace, name), mark) or event["type"] in ("ADDED", "DELETED"):
+        for key in keys:
+            state.wake(key)
+
+
+@kopf.on.event("pods")
+def pod_changed(
+    event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    podsel = [d for d in _all_deployments(kwargs) if d.pod_selector is not None and d.namespace == namespace]
+    if not podsel:
+        return
+    state: State = memo.vibe
+    snap = None if event["type"] == "DELETED" else pod_snapshot(body)
+    mark = None if snap is None else (snap.node, snap.rank, fingerprint(dict(snap.labels)))
+    if not state.changed(("pod", namespace, name), mark) or event["type"] is None:
+        return
+    labels = dict(body.get("metadata", {}).get("labels") or {})
+    for d in podsel:
+        if matches_selector(d.pod_selector or {}, labels):
+            state.wake(d.key)

@@ -1,0 +1,162 @@
+"""The few API calls a reconcile makes, as plain dicts in and out.
+
+Role: the reconciler's only door to the API server besides Kopf's watches. It uses the official
+synchronous client (the same credentials Kopf logs in with: in-cluster service account, else the
+kubeconfig) and runs each call in a worker thread, so handlers stay async. Reads return the raw JSON
+(``_preload_content=False``): plain dicts, no model classes, and what was written is what is read.
+
+Errors: 404 becomes ``None`` on reads; 409 (a write raced another writer, or a ConfigMap created
+meanwhile) becomes ``Conflict``, which the reconciler answers by re-reading and reconciling again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+GROUP, VERSION, PLURAL = "vibe.dev", "v1alpha1", "moedeployments"
+
+
+#: Ask for PartialObjectMetadata(List): names and labels without the rest of the object.
+_METADATA_ONLY = {
+    "Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+}
+_METADATA_ONE = {"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"}
+
+
+class Conflict(Exception):
+    """The object changed (or appeared) since it was read: re-read and retry."""
+
+
+class Kube:
+    """Thin async wrapper over CoreV1Api and CustomObjectsApi."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api = api_client or new_api_client()
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    # ---- MoEDeployments
+
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await _read(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+
+    async def patch_deployment_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """JSON merge patch of the status subresource (``None`` values delete fields)."""
+        try:
+            await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": dict(patch)},
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return  # deleted meanwhile
+            raise
+
+    # ---- ConfigMaps
+
+    async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await _read(self.core.read_namespaced_config_map, name, namespace)
+
+    async def write_config_map(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create (no resourceVersion in body) or replace (with it); ``Conflict`` on 409."""
+        name = body["metadata"]["name"]
+        try:
+            if body["metadata"].get("resourceVersion"):
+                rsp = await asyncio.to_thread(
+                    self.core.replace_namespaced_config_map,
+                    name,
+                    namespace,
+                    dict(body),
+                    _preload_content=False,
+                )
+            else:
+                rsp = await asyncio.to_thread(
+                    self.core.create_namespaced_config_map, namespace, dict(body), _preload_content=False
+                )
+        except ApiException as e:
+            if e.status == 409:
+                raise Conflict(f"ConfigMap {namespace}/{name} changed meanwhile") from None
+            raise
+        return json.loads(rsp.data)
+
+    # ---- Nodes (metadata only: the API server filters by label and sends no status)
+
+    async def node_labels(self, selector: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
+        """Name -> labels of the nodes matching ``selector`` (every label equal; None or {}: all nodes)."""
+        sel = ",".join(f"{k}={v}" for k, v in sorted((selector or {}).items())) or None
+        rsp = await asyncio.to_thread(
+            self.core.list_node, label_selector=sel, _preload_content=False, _headers=_METADATA_ONLY
+        )
+        items = json.loads(rsp.data).get("items") or ()
+        return {i["metadata"]["name"]: dict(i["metadata"].get("labels") or {}) for i in items}
+
+    async def one_node_labels(self, name: str) -> dict[str, str] | None:
+        try:
+            rsp = await asyncio.to_thread(
+                self.core.read_node, name, _preload_content=False, _headers=_METADATA_ONE
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(json.loads(rsp.data)["metadata"].get("labels") or {})
+
+    # ---- cluster-level helpers used at startup
+
+    async def ensure_peering(self, name: str, namespaces: list[str]) -> None:
+        """Create the Kopf peering object(s) the operator will use, if missing."""
+        body = {"metadata": {"name": name}}
+        try:
+            if namespaces:
+                for ns in namespaces:
+                    await asyncio.to_thread(
+                        self.custom.create_namespaced_custom_object,
+                        "kopf.dev",
+                        "v1",
+                        ns,
+                        "kopfpeerings",
+                        {**body, "apiVersion": "kopf.dev/v1", "kind": "KopfPeering"},
+                    )
+            else:
+                await asyncio.to_thread(
+                    self.custom.create_cluster_custom_object,
+                    "kopf.dev",
+                    "v1",
+                    "clusterkopfpeerings",
+                    {**body, "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering"},
+                )
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+
+def new_api_client() -> client.ApiClient:
+    """An API client from the in-cluster service account, else the kubeconfig (``$KUBECONFIG``)."""
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=cfg)
+    cfg.connection_pool_maxsize = 64  # one per concurrent reconcile thread; urllib3's default is 4
+    return client.ApiClient(cfg)
+
+
+async def _read(fn: Any, *args: Any) -> dict[str, Any] | None:
+    try:
+        rsp = await asyncio.to_thread(fn, *args, _preload_content=False)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return json.loads(rsp.data)

@@ -1,0 +1,192 @@
+"""The placement ConfigMap ``<name>-placement``: rendered from a result, read back as the one in service.
+
+Role: the operator's only product. Rendering is deterministic (the engine's serialisers sort keys and
+carry no timestamps), so the same inputs give the same bytes; ``vibe.dev/content-hash`` is the hash of
+those bytes as ``vibe.serving.contract`` defines it, and ``placement-meta.json`` carries the hash and
+generation into volumes (kubelet projects data, not annotations).
+
+Everything the operator must remember between reconciles lives here, written in the same update as the
+data, so a restart (or another replica) resumes from the cluster, never from memory:
+
+* ``vibe.dev/placement-generation``: increments only when the data (without the meta key) changes;
+* ``vibe.dev/placement-key``, ``-gpus``, ``-curves``, ``-loads``: fingerprints of the spec fields and
+  inputs the placement was computed from (a mismatch is what "drift" means);
+* ``vibe.dev/placed-at``: when the data last changed (the drift cooldown counts from it);
+* ``vibe.dev/summary``: the predicted figures status shows (JSON).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vibe.operator.clock import parse_time
+from vibe.operator.spec import FORMAT_KEYS, fingerprint
+from vibe.placement.cost import Placement
+from vibe.placement.errors import PlacementError
+from vibe.serving.contract import ANNOTATION_GENERATION, ANNOTATION_HASH, KEY_META, content_hash
+
+PREFIX = "vibe.dev/"
+A_GENERATION = ANNOTATION_GENERATION
+A_HASH = ANNOTATION_HASH
+A_PLACEMENT_KEY = PREFIX + "placement-key"
+A_GPUS = PREFIX + "inputs-gpus"
+A_CURVES = PREFIX + "inputs-curves"
+A_LOADS = PREFIX + "inputs-loads"
+A_PLACED_AT = PREFIX + "placed-at"
+A_SUMMARY = PREFIX + "summary"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "vibe"}
+L_DEPLOYMENT = PREFIX + "moedeployment"
+
+#: A ConfigMap holds at most 1 MiB; leave room for metadata.
+MAX_DATA_BYTES = 1_000_000
+
+
+def config_map_name(deployment: str) -> str:
+    return f"{deployment}-placement"
+
+
+@dataclass(frozen=True)
+class InputKeys:
+    """Fingerprints of what a placement was computed from."""
+
+    placement: str
+    gpus: str
+    curves: str
+    loads: str
+
+    @property
+    def all(self) -> str:
+        return fingerprint([self.placement, self.gpus, self.curves, self.loads])
+
+
+@dataclass
+class InService:
+    """The placement ConfigMap as found in the cluster."""
+
+    name: str
+    resource_version: str | None
+    data: dict[str, str]
+    annotations: dict[str, str]
+    owner_uids: tuple[str, ...]
+    generation: int
+    content_hash: str
+    keys: InputKeys
+    placed_at: dt.datetime | None
+    summary: dict[str, Any] = field(default_factory=dict)
+    placement: Placement | None = None
+    unreadable: str = ""  # why the placement could not be read back, if it could not
+
+    def owned_by(self, uid: str) -> bool:
+        return uid in self.owner_uids
+
+
+def core_data(data: Mapping[str, str]) -> dict[str, str]:
+    """The data without the meta key (what the content hash and the generation are about)."""
+    return {k: v for k, v in data.items() if k != KEY_META}
+
+
+def render(result: Any, fleet: Any, formats: tuple[str, ...], *, baseline: Any = None) -> dict[str, str]:
+    """The ConfigMap data for a placement result, one key per requested format (no meta key yet)."""
+    from vibe.placement import to_eplb, to_placement_json, to_sglang
+
+    data: dict[str, str] = {}
+    for fmt in formats:
+        if fmt == "vibe":
+            data[FORMAT_KEYS[fmt]] = _text(to_placement_json(result, fleet, baseline=baseline))
+        elif fmt == "sglang":
+            data[FORMAT_KEYS[fmt]] = _text(to_sglang(result))
+        elif fmt == "eplb":
+            data[FORMAT_KEYS[fmt]] = _text(to_eplb(result))
+    return dict(sorted(data.items()))
+
+
+def finish(
+    core: Mapping[str, str],
+    *,
+    generation: int,
+    keys: InputKeys,
+    placed_at: str,
+    summary: Mapping[str, Any],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(data with the meta key, annotations) for a ConfigMap about to be written."""
+    digest = content_hash(core)
+    meta = json.dumps({"contentHash": digest, "placementGeneration": generation}, sort_keys=True)
+    data = dict(sorted({**core, KEY_META: meta}.items()))
+    annotations = {
+        A_GENERATION: str(generation),
+        A_HASH: digest,
+        A_PLACEMENT_KEY: keys.placement,
+        A_GPUS: keys.gpus,
+        A_CURVES: keys.curves,
+        A_LOADS: keys.loads,
+        A_PLACED_AT: placed_at,
+        A_SUMMARY: json.dumps(summary, sort_keys=True, separators=(",", ":")),
+    }
+    return data, annotations
+
+
+def data_size(data: Mapping[str, str]) -> int:
+    return sum(len(k) + len(v.encode()) for k, v in data.items())
+
+
+def read_back(
+    obj: Mapping[str, Any] | None, *, layers: int, experts: int, slots_per_gpu: int
+) -> InService | None:
+    """The ConfigMap object (a plain dict as the API returns it) as the placement in service."""
+    if obj is None:
+        return None
+    meta = obj.get("metadata") or {}
+    ann = dict(meta.get("annotations") or {})
+    data = dict(obj.get("data") or {})
+    try:
+        generation = int(ann.get(A_GENERATION, "0"))
+    except ValueError:
+        generation = 0
+    try:
+        summary = json.loads(ann.get(A_SUMMARY) or "{}")
+    except json.JSONDecodeError:
+        summary = {}
+    found = InService(
+        name=str(meta.get("name") or ""),
+        resource_version=meta.get("resourceVersion"),
+        data=data,
+        annotations=ann,
+        owner_uids=tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or () if o.get("uid")),
+        generation=generation,
+        content_hash=ann.get(A_HASH, ""),
+        keys=InputKeys(
+            ann.get(A_PLACEMENT_KEY, ""), ann.get(A_GPUS, ""), ann.get(A_CURVES, ""), ann.get(A_LOADS, "")
+        ),
+        placed_at=parse_time(ann.get(A_PLACED_AT)),
+        summary=summary if isinstance(summary, dict) else {},
+    )
+    if content_hash(core_data(data)) != found.content_hash:
+        found.unreadable = "its data does not match its vibe.dev/content-hash (edited by hand?)"
+        return found
+    try:
+        found.placement = placement_of(data, experts=experts, slots_per_gpu=slots_per_gpu)
+    except (PlacementError, ValueError, KeyError, TypeError) as e:
+        found.unreadable = f"cannot read the placement back: {e}"
+        return found
+    if found.placement is not None and found.placement.num_layers != layers:
+        found.placement = None
+        found.unreadable = "its placement has another number of layers"
+    return found
+
+
+def placement_of(data: Mapping[str, str], *, experts: int, slots_per_gpu: int) -> Placement | None:
+    """The placement from whichever format the data holds (placement.json, SGLang's or EPLB's file)."""
+    from vibe.placement import read_placement
+
+    for key in (FORMAT_KEYS["vibe"], FORMAT_KEYS["sglang"], FORMAT_KEYS["eplb"]):
+        if key in data:
+            return read_placement(json.loads(data[key]), slots_per_gpu=slots_per_gpu, num_experts=experts)
+    return None
+
+
+def _text(blob: bytes | str) -> str:
+    return blob.decode() if isinstance(blob, bytes) else blob

@@ -1,0 +1,327 @@
+"""What to do about one MoEDeployment, given its inputs now and the placement in service. Pure.
+
+Role: the decision at the heart of a reconcile, kept free of Kubernetes so it can be tested directly.
+The reconciler gathers ``Inputs`` (spec, resolved GPUs, loads) and the ``InService`` ConfigMap and gets a
+``Plan``: write this data (and why), or write nothing (and what to report). In order:
+
+1. No placement in service, or the spec's placement fields changed (``placement-key``), or the one in
+   service cannot be read back: solve from scratch with the spec's policy (aligned to the old placement
+   when shapes allow, so unchanged experts stay in their slots). Reason ``Placed``.
+2. Same inputs as the placement in service: nothing (this is what makes the operator idempotent).
+3. Some GPU profile is stale: nothing; the last placement stays (the reconciler sets ``Degraded``).
+4. The GPUs themselves changed (a pod moved, a node was replaced): the data in service names the wrong
+   GPUs, so re-place incrementally from it right away (no gain threshold, no cooldown). ``GPUsChanged``.
+5. The loads or the curves changed (workload or performance drift): price the placement in service
+   under the new inputs, compute the best incremental re-placement (``maxMoves``), and re-place only if
+   ``gain = 1 - new / current >= minGain`` and the cooldown since ``placed-at`` has passed; else report
+   ``Drifted`` with the measured loss. An evaluation already made for the same inputs is not repeated
+   (unless it was waiting on the cooldown and the cooldown is over).
+
+Every result is priced against the token-balanced (EPLB-style) baseline on the same inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vibe.operator.clock import iso, parse_time
+from vibe.operator.gpus import Resolution
+from vibe.operator.output import InputKeys, InService
+from vibe.operator.problems import Problem
+from vibe.operator.spec import DeploymentSpec
+from vibe.operator.workload import Loads
+from vibe.placement.errors import PlacementError
+
+BASELINE_POLICY = "token-balanced"
+
+#: Plan actions.
+WRITE = "write"
+NOTHING = "nothing"
+
+#: Drift decisions (also Event reasons).
+REPLACED = "Replaced"
+BELOW_THRESHOLD = "DriftBelowThreshold"
+COOLDOWN = "CooldownActive"
+
+
+@dataclass(frozen=True, eq=False)
+class Inputs:
+    spec: DeploymentSpec
+    gpus: Resolution
+    loads: Loads
+
+    @property
+    def keys(self) -> InputKeys:
+        return InputKeys(self.spec.placement_key, self.gpus.gpus_key, self.gpus.curves_key, self.loads.key)
+
+
+@dataclass
+class Plan:
+    """The decision. ``result``/``baseline`` are set when ``action == WRITE``."""
+
+    action: str
+    reason: str
+    message: str
+    result: Any = None
+    baseline: Any = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    drift: dict[str, Any] | None = None  # the drift evaluation to show in status (None: not drifted)
+    retry_at: dt.datetime | None = None  # when to look again (cooldown end)
+    evaluated_drift: bool = False  # this plan priced a drift (not a repeat of an earlier evaluation)
+
+
+def plan(
+    inputs: Inputs,
+    current: InService | None,
+    *,
+    prior_drift: Mapping[str, Any] | None,
+    now: dt.datetime,
+    time_budget_s: float = 1.0,
+) -> Plan:
+    """Decide (see the module docstring). Raises ``Problem`` for inputs the engine refuses."""
+    try:
+        return _plan(inputs, current, prior_drift=prior_drift, now=now, budget=time_budget_s)
+    except PlacementError as e:
+        raise Problem.from_placement(e) from None
+
+
+def _plan(
+    inputs: Inputs,
+    current: InService | None,
+    *,
+    prior_drift: Mapping[str, Any] | None,
+    now: dt.datetime,
+    budget: float,
+) -> Plan:
+    from vibe.placement import evaluate, replace_incremental, solve
+
+    spec, res, loads = inputs.spec, inputs.gpus, inputs.loads
+    keys = inputs.keys
+    fleet, s = res.fleet, spec.gpus.slots_per_gpu
+    have = current.placement if current is not None else None
+    if have is not None and have.phy2log.shape != (spec.model.layers, len(fleet) * s):
+        have = None  # another EP size or slot count: nothing to align to
+
+    # 1. Nothing usable in service, or the spec changed: solve from scratch.
+    if current is None or current.placement is None or current.keys.placement != keys.placement:
+        result = solve(loads.tokens, fleet, s, spec.policy, time_budget_s=budget, current=have)
+        baseline = _baseline(result, loads, fleet, s, budget)
+        why = "first placement" if current is None else _why_resolve(current, keys)
+        return _write(inputs, "Placed", why, result, baseline, drift=None)
+
+    # 2. Same inputs: nothing to do.
+    if current.keys.all == keys.all:
+        return Plan(NOTHING, "UpToDate", "inputs unchanged", summary=current.summary, drift=None)
+
+    # 3. Stale profiles: keep the last placement.
+    if res.stale_nodes:
+        return Plan(
+            NOTHING,
+            "StaleInputs",
+            "GPU profiles are stale",
+            summary=current.summary,
+            drift=prior_drift_or_none(prior_drift),
+        )
+
+    # 4. Other GPUs: re-place onto them now.
+    if current.keys.gpus != keys.gpus:
+        result = replace_incremental(
+            have, loads.tokens, fleet, max_moves=spec.drift.max_moves, time_budget_s=budget
+        )
+        baseline = _baseline(result, loads, fleet, s, budget)
+        return _write(inputs, "GPUsChanged", "the deployment's GPUs changed", result, baseline, drift=None)
+
+    # 5. Drift.
+    kind = "WorkloadDrift" if current.keys.loads != keys.loads else "PerformanceDrift"
+    if prior_drift and prior_drift.get("inputHash") == keys.all:
+        retry = parse_time(prior_drift.get("retryAfter"))
+        if prior_drift.get("decision") != COOLDOWN or (retry is not None and now < retry):
+            return Plan(
+                NOTHING,
+                str(prior_drift.get("decision")),
+                "already evaluated",
+                summary=current.summary,
+                drift=dict(prior_drift),
+                retry_at=retry,
+            )
+    cur = evaluate(have, loads.tokens, fleet)
+    placed = float(current.summary.get("stepTimeSeconds") or 0.0)
+    loss = cur.step_time_s / placed - 1.0 if placed > 0 else 0.0
+    new = replace_incremental(have, loads.tokens, fleet, max_moves=spec.drift.max_moves, time_budget_s=budget)
+    gain = 1.0 - new.step_time_s / cur.step_time_s if cur.step_time_s > 0 else 0.0
+    what = _what_drifted(kind, current, keys)
+    figures = (
+        f"{what}: the placement in service is predicted at {_ms(cur.step_time_s)} per step "
+        f"({_pct(loss, signed=True)} vs {_ms(placed)} when placed); the best re-placement with "
+        f"{new.moves} moves would take {_ms(new.step_time_s)} (gain {_pct(gain)}, minGain "
+        f"{_pct(spec.drift.min_gain)})"
+    )
+    drift = {
+        "kind": kind,
+        "inputHash": keys.all,
+        "time": iso(now),
+        "loss": _r(loss),
+        "gain": _r(gain),
+        "moves": int(new.moves),
+    }
+    if gain <= 0 or gain < spec.drift.min_gain:
+        return Plan(
+            NOTHING,
+            BELOW_THRESHOLD,
+            figures,
+            summary=current.summary,
+            evaluated_drift=True,
+            drift={**drift, "decision": BELOW_THRESHOLD, "message": figures},
+        )
+    ready_at = (current.placed_at or now) + dt.timedelta(seconds=spec.drift.cooldown_seconds)
+    if now < ready_at:
+        msg = f"{figures}; cooldown until {iso(ready_at)}"
+        return Plan(
+            NOTHING,
+            COOLDOWN,
+            msg,
+            summary=current.summary,
+            retry_at=ready_at,
+            evaluated_drift=True,
+            drift={**drift, "decision": COOLDOWN, "retryAfter": iso(ready_at), "message": msg},
+        )
+    baseline = _baseline(new, loads, fleet, s, budget)
+    plan = _write(
+        inputs,
+        REPLACED,
+        f"{figures}: re-placed",
+        new,
+        baseline,
+        drift={**drift, "decision": REPLACED, "message": figures},
+        kind=kind,
+        gain=gain,
+    )
+    plan.evaluated_drift = True
+    return plan
+
+
+def prior_drift_or_none(prior: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return dict(prior) if prior and prior.get("decision") in (BELOW_THRESHOLD, COOLDOWN) else None
+
+
+def summary_of(result: Any, baseline: Any, *, reason: str, message: str, inputs: Inputs) -> dict[str, Any]:
+    """The predicted figures of a written placement (stored in the ConfigMap, shown in status)."""
+    gain = 1.0 - result.step_time_s / baseline.step_time_s if baseline.step_time_s > 0 else 0.0
+    layers = len(result.layer_times_s) or 1
+    return {
+        "policy": result.policy,
+        "stepTimeSeconds": _r(result.step_time_s),
+        "layerTimeSeconds": _r(result.step_time_s / layers),
+        "imbalance": _r(result.imbalance),
+        "lowerBoundSeconds": _r(result.lower_bound_s),
+        "gapToBound": _r(result.gap),
+        "gainVsBaseline": _r(gain),
+        "gainVsBaselinePercent": round(100.0 * gain, 2),
+        "solveSeconds": round(float(result.solve_seconds), 4),
+        "baseline": {
+            "policy": baseline.policy,
+            "stepTimeSeconds": _r(baseline.step_time_s),
+            "imbalance": _r(baseline.imbalance),
+        },
+        "moves": int(result.moves),
+        "reason": reason,
+        "message": message,
+        "curveSource": inputs.gpus.curve_source,
+        "loadsSource": inputs.loads.source,
+    }
+
+
+def _write(
+    inputs: Inputs,
+    reason: str,
+    why: str,
+    result: Any,
+    baseline: Any,
+    *,
+    drift: dict | None,
+    kind: str = "",
+    gain: float = 0.0,
+) -> Plan:
+    summary = summary_of(result, baseline, reason=reason, message=why, inputs=inputs)
+    if kind:
+        summary["drift"] = {"kind": kind, "gain": _r(gain)}
+    return Plan(WRITE, reason, why, result=result, baseline=baseline, summary=summary, drift=drift)
+
+
+def _baseline(result: Any, loads: Loads, fleet: Any, s: int, budget: float) -> Any:
+    """The token-balanced (EPLB-style) placement of the same inputs, priced like ``result``.
+
+    Token-balanced ignores the curves, so its placement depends on the loads alone and is cached by
+    their fingerprint: after performance drift only its pricing is new. Its lower bound is ``result``'s
+    (the bound depends on the inputs, not on the placement), so no bound is computed twice.
+    """
+    from vibe.placement import Placement, Result, evaluate
+
+    if result.policy == BASELINE_POLICY:
+        return result
+    e = loads.tokens.shape[1]
+    placement = Placement(_token_balanced(loads.key, loads.tokens, len(fleet), s), s, e)
+    ev = evaluate(placement, loads.tokens, fleet)
+    bound = result.lower_bound_s
+    return Result(
+        policy=BASELINE_POLICY,
+        placement=placement,
+        step_time_s=ev.step_time_s,
+        layer_times_s=ev.layer_times_s,
+        imbalance=ev.imbalance,
+        lower_bound_s=bound,
+        gap=ev.step_time_s / bound - 1.0 if bound > 0 else 0.0,
+        solve_seconds=0.0,
+        gpu_times_s=ev.gpu_times_s,
+        layer_bounds_s=result.layer_bounds_s,
+    )
+
+
+def _token_balanced(key: str, tokens: np.ndarray, num_gpus: int, slots: int) -> np.ndarray:
+    from vibe.placement.engine import token_balanced
+
+    cache_key = (key, num_gpus, slots)
+    hit = _TB_CACHE.get(cache_key)
+    if hit is None:
+        hit = token_balanced(tokens, num_gpus, slots)
+        if len(_TB_CACHE) >= 64:
+            _TB_CACHE.pop(next(iter(_TB_CACHE)))
+        _TB_CACHE[cache_key] = hit
+    return hit
+
+
+#: (loads fingerprint, GPUs, slots) -> [L, P] token-balanced placement; per process, oldest evicted first.
+_TB_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
+
+
+def _why_resolve(current: InService, keys: InputKeys) -> str:
+    if current.placement is None:
+        return f"re-placed: the ConfigMap in service is unusable ({current.unreadable or 'no placement key'})"
+    return "re-placed after a spec change"
+
+
+def _what_drifted(kind: str, current: InService, keys: InputKeys) -> str:
+    parts = []
+    if current.keys.loads != keys.loads:
+        parts.append("the loads changed")
+    if current.keys.curves != keys.curves:
+        parts.append("GPU profiles changed")
+    return " and ".join(parts) or kind
+
+
+def _r(x: float) -> float:
+    """6 significant digits: enough for any report, stable across platforms' last-bit noise."""
+    return float(f"{float(x):.6g}")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def _pct(x: float, signed: bool = False) -> str:
+    return f"{x * 100:+.1f}%" if signed else f"{x * 100:.1f}%"

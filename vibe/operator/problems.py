@@ -1,0 +1,42 @@
+"""``Problem``: an input the operator cannot fix, carried to a status condition and an Event.
+
+Role: every step of a reconcile that reads the world (resolving GPUs, reading loads, calling the
+placement engine) raises a ``Problem`` for what a person must fix; the reconciler turns it into
+``Ready=False`` or ``Degraded=True`` with ``reason`` and ``message``, keeps the last good placement, and
+retries with backoff. Anything else is a bug and stays an ordinary exception.
+"""
+
+from __future__ import annotations
+
+from vibe.placement.errors import PlacementError
+
+#: Reasons a Problem may carry (besides the placement engine's, which pass through unchanged).
+REASONS = (
+    "InsufficientGPUs",
+    "InfeasibleSlots",
+    "InvalidGPUProfile",
+    "StaleGPUProfile",
+    "ConfigMapNotFound",
+    "ConfigMapKeyNotFound",
+    "InvalidLoads",
+    "ShapeMismatch",
+    "PlacementConflict",
+    "OutputTooLarge",
+)
+
+
+class Problem(Exception):
+    """A condition-worthy input problem: ``reason`` (CamelCase) and a one-line ``message``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        message = " ".join(str(message).split())
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __reduce__(self) -> tuple:  # picklable across the compute pool
+        return (type(self), (self.reason, self.message))
+
+    @classmethod
+    def from_placement(cls, err: PlacementError, context: str = "") -> Problem:
+        return cls(err.reason, f"{context}{err.message}" if context else err.message)

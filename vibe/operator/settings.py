@@ -1,0 +1,47 @@
+"""Run-time settings of the operator: ``vibe operator`` flags, or the environment under plain ``kopf run``.
+
+Role: the one object every layer reads its knobs from. The CLI fills ``CURRENT`` before Kopf starts; the
+startup handler falls back to ``from_env`` so ``kopf run -m vibe.operator.handlers`` works too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    #: Namespace of the GPUProfiles (the agent's namespace).
+    profile_namespace: str = "vibe-system"
+    #: A GPUProfile whose heartbeat is older than this is stale (Degraded=True, placement kept).
+    profile_ttl_s: float = 300.0
+    #: Port of the Prometheus metrics endpoint (0: none).
+    metrics_port: int = 8080
+    #: Search budget per solve (the engine counts it as deterministic work, not wall time).
+    solve_budget_s: float = 1.0
+    #: Every deployment is reconciled at least this often (stale heartbeats are only seen this way).
+    resync_s: float = 60.0
+    #: Retry backoff after a problem: first delay, doubling, capped.
+    backoff_initial_s: float = 5.0
+    backoff_max_s: float = 300.0
+    #: Worker processes for placement work (0: threads in the operator's process).
+    compute_processes: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    #: Namespaces watched for MoEDeployments (empty: all).
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls) -> OperatorSettings:
+        env = os.environ
+        return cls(
+            profile_namespace=env.get("VIBE_PROFILE_NAMESPACE", cls.profile_namespace),
+            profile_ttl_s=float(env.get("VIBE_PROFILE_TTL", cls.profile_ttl_s)),
+            metrics_port=int(env.get("VIBE_METRICS_PORT", cls.metrics_port)),
+            solve_budget_s=float(env.get("VIBE_SOLVE_BUDGET", cls.solve_budget_s)),
+            resync_s=float(env.get("VIBE_RESYNC_SECONDS", cls.resync_s)),
+            compute_processes=int(env.get("VIBE_COMPUTE_PROCESSES", min(4, os.cpu_count() or 1))),
+        )
+
+
+#: Set by ``vibe operator`` before Kopf starts.
+CURRENT: OperatorSettings | None = None

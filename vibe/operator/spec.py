@@ -1,0 +1,156 @@
+"""A MoEDeployment's spec as typed, defaulted values, and the fingerprint of what shapes its placement.
+
+Role: the first thing a reconcile does. The API server has already validated the spec against the CRD's
+schema and CEL rules and filled its defaults, so this only converts; it repeats the defaults so that an
+object created before a default existed (or a unit test's hand-written dict) reads the same.
+
+``placement_key`` covers exactly the fields that change the placement (model, GPUs, slots, policy,
+output formats, workload source): a change to any of them re-solves from scratch, while a change to the
+drift settings only changes future decisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Output formats and the ConfigMap key each one writes.
+FORMAT_KEYS = {"vibe": "placement.json", "sglang": "sglang-expert-location.json", "eplb": "eplb.json"}
+DEFAULT_FORMATS = ("vibe", "sglang")
+DEFAULT_LOADS_KEY = "loads.json"
+#: Tokens per step assumed for uniform loads (no load profile given).
+DEFAULT_TOKENS_PER_STEP = 4096
+
+
+@dataclass(frozen=True)
+class Model:
+    layers: int
+    experts: int
+    top_k: int
+    hidden_size: int
+    intermediate_size: int
+    dtype: str = "bf16"
+    name: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, str]:
+        """The expert shape (hidden, intermediate, dtype) that selects a GPU's curve."""
+        return (self.hidden_size, self.intermediate_size, self.dtype)
+
+
+@dataclass(frozen=True)
+class GPUs:
+    count: int
+    slots_per_gpu: int
+    node_selector: Mapping[str, str] | None = None
+    pod_selector: Mapping[str, Any] | None = None
+    gpus_per_pod: int = 1
+
+
+@dataclass(frozen=True)
+class Workload:
+    config_map: str | None = None
+    key: str = DEFAULT_LOADS_KEY
+    tokens_per_step: int | None = None
+
+
+@dataclass(frozen=True)
+class Drift:
+    min_gain: float = 0.03
+    cooldown_seconds: int = 300
+    max_moves: int | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    model: Model
+    gpus: GPUs
+    workload: Workload = field(default_factory=Workload)
+    policy: str = "vibe"
+    drift: Drift = field(default_factory=Drift)
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+
+    @property
+    def placement_key(self) -> str:
+        """sha256 over the fields that shape the placement (not the drift settings)."""
+        return fingerprint(
+            {
+                "model": [self.model.layers, self.model.experts, self.model.top_k, *self.model.shape],
+                "gpus": [
+                    self.gpus.count,
+                    self.gpus.slots_per_gpu,
+                    dict(self.gpus.node_selector or {}),
+                    self.gpus.pod_selector,
+                    self.gpus.gpus_per_pod,
+                ],
+                "workload": [self.workload.config_map, self.workload.key, self.workload.tokens_per_step],
+                "policy": self.policy,
+                "formats": sorted(self.formats),
+            }
+        )
+
+
+def parse_spec(spec: Mapping[str, Any]) -> DeploymentSpec:
+    """The typed spec; raises ``KeyError``/``TypeError``/``ValueError`` only for specs the CRD refuses."""
+    m = spec["model"]
+    g = spec["gpus"]
+    w = spec.get("workload") or {}
+    d = spec.get("drift") or {}
+    ref = w.get("configMapRef") or {}
+    formats = tuple(dict.fromkeys(spec.get("output", {}).get("formats") or DEFAULT_FORMATS))
+    return DeploymentSpec(
+        model=Model(
+            layers=int(m["layers"]),
+            experts=int(m["experts"]),
+            top_k=int(m["topK"]),
+            hidden_size=int(m["hiddenSize"]),
+            intermediate_size=int(m["expertIntermediateSize"]),
+            dtype=str(m.get("dtype") or "bf16"),
+            name=str(m.get("name") or ""),
+        ),
+        gpus=GPUs(
+            count=int(g["count"]),
+            slots_per_gpu=int(g["slotsPerGPU"]),
+            node_selector=dict(g["nodeSelector"]) if g.get("nodeSelector") is not None else None,
+            pod_selector=plain(g["podSelector"]) if g.get("podSelector") is not None else None,
+            gpus_per_pod=int(g.get("gpusPerPod") or 1),
+        ),
+        workload=Workload(
+            config_map=str(ref["name"]) if ref.get("name") else None,
+            key=str(ref.get("key") or DEFAULT_LOADS_KEY),
+            tokens_per_step=int(w["tokensPerStep"]) if w.get("tokensPerStep") is not None else None,
+        ),
+        policy=str(spec.get("policy") or "vibe"),
+        drift=Drift(
+            min_gain=float(d.get("minGain", 0.03)),
+            cooldown_seconds=int(d.get("cooldownSeconds", 300)),
+            max_moves=int(d["maxMoves"]) if d.get("maxMoves") is not None else None,
+        ),
+        formats=formats,
+    )
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 hex of an object's canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return obj.tolist()
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"cannot fingerprint {type(obj).__name__}")
+
+
+def plain(obj: Any) -> Any:
+    """Kopf's dict views and lists as plain dicts and lists (hashable to the same JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj

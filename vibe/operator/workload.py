@@ -1,0 +1,83 @@
+"""Expert loads for a MoEDeployment: from its load ConfigMap, or uniform until one is given.
+
+Role: turns ``spec.workload`` plus the referenced ConfigMap's data into the [layers, experts] token
+matrix the placement engine prices. The file formats (our ``{"loads": ...}`` and SGLang's expert
+distribution recorder ``{"logical_count": ...}``) are parsed by ``vibe.placement.read_loads``; this module
+adds what only the operator knows: which ConfigMap and key, and the model's shape to check against.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from vibe.operator.problems import Problem
+from vibe.operator.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec, fingerprint
+from vibe.placement.errors import PlacementError
+
+
+@dataclass(frozen=True, eq=False)
+class Loads:
+    """[layers, experts] tokens per expert per forward step, and where they came from."""
+
+    tokens: np.ndarray
+    source: str  # "namespace/name:key" or "uniform"
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return fingerprint(self.tokens)
+
+    @property
+    def uniform(self) -> bool:
+        return self.source == "uniform"
+
+
+def uniform(spec: DeploymentSpec) -> Loads:
+    """Every expert gets tokensPerStep x topK / experts tokens (what a router does on average)."""
+    m = spec.model
+    per_step = spec.workload.tokens_per_step or DEFAULT_TOKENS_PER_STEP
+    tokens = np.full((m.layers, m.experts), per_step * m.top_k / m.experts, dtype=np.float64)
+    return Loads(
+        tokens, "uniform", f"uniform loads ({per_step} tokens per step; no spec.workload.configMapRef)"
+    )
+
+
+def from_config_map(
+    spec: DeploymentSpec,
+    namespace: str,
+    data: Mapping[str, str] | None,
+    binary: Mapping[str, str] | None = None,
+) -> Loads:
+    """Loads from the ConfigMap's data (None: the ConfigMap does not exist), or a ``Problem``."""
+    name, key = spec.workload.config_map, spec.workload.key
+    where = f"ConfigMap {namespace}/{name}"
+    if data is None:
+        raise Problem("ConfigMapNotFound", f"{where} (spec.workload.configMapRef) does not exist")
+    if key not in data:
+        if binary and key in binary:
+            raise Problem("InvalidLoads", f"{where} key {key!r} is binaryData; loads must be JSON text")
+        have = ", ".join(sorted(data)) or "none"
+        raise Problem("ConfigMapKeyNotFound", f"{where} has no key {key!r} (keys: {have})")
+    try:
+        obj = json.loads(data[key])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Problem("InvalidLoads", f"{where} key {key!r} is not JSON: {e}") from None
+    from vibe.placement import read_loads
+
+    try:
+        tokens = read_loads(obj, tokens_per_step=spec.workload.tokens_per_step, top_k=spec.model.top_k)
+    except PlacementError as e:
+        raise Problem(e.reason, f"{where} key {key!r}: {e}") from None
+    tokens = np.asarray(tokens, dtype=np.float64)
+    want = (spec.model.layers, spec.model.experts)
+    if tokens.shape != want:
+        got = "x".join(str(n) for n in tokens.shape)
+        raise Problem(
+            "ShapeMismatch",
+            f"{where} key {key!r} has loads for {got} (layers x experts); the model has {want[0]}x{want[1]}",
+        )
+    return Loads(tokens, f"{namespace}/{name}:{key}")

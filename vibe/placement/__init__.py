@@ -1,0 +1,109 @@
+"""vibe.placement: where each Mixture-of-Experts expert should live, priced by each GPU's measured speed.
+
+A pure library (numpy; OR-Tools only for the optional ``exact`` policy; nothing Kubernetes). Layers of
+modules, each importing only those above it:
+
+* ``errors``      the one typed error (``PlacementError``, with a condition ``reason``)
+* ``curves``      per-GPU time curves t_g(n), the fleet, the H100 reference data, roofline and scaling
+* ``cost``        a ``Placement`` and the one evaluator every policy and report uses
+* ``bounds``      provable lower bounds on the step time
+* ``policies``    constructive policies: linear, round-robin, token-balanced (EPLB-style), vibe's start
+* ``search``      local search (swaps, replica re-targets), batched over layers
+* ``engine``      ``solve`` for every policy, the ``Result``
+* ``exact``       CP-SAT per layer for small instances (optional)
+* ``incremental`` re-placement that moves few experts
+* ``inputs``      reading loads, fleets and placements from JSON
+* ``formats``     writing placement.json, SGLang's and EPLB's files
+* ``synthetic``   serving-like loads and H100 fleets for benchmarks, tests and simulation
+* ``cli``         ``vibe plan``
+
+The names below are re-exported lazily (PEP 562), so importing the ``vibe`` CLI does not pay for numpy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "lower_bound": "bounds",
+    "Evaluation": "cost",
+    "Placement": "cost",
+    "evaluate": "cost",
+    "CurveTable": "curves",
+    "Fleet": "curves",
+    "GPUCurve": "curves",
+    "reference_curve": "curves",
+    "reference_shapes": "curves",
+    "roofline_curve": "curves",
+    "scale_curve": "curves",
+    "COMPARED": "engine",
+    "POLICIES": "engine",
+    "Result": "engine",
+    "solve": "engine",
+    "PlacementError": "errors",
+    "to_eplb": "formats",
+    "to_placement_json": "formats",
+    "to_sglang": "formats",
+    "replace_incremental": "incremental",
+    "read_fleet": "inputs",
+    "read_loads": "inputs",
+    "read_placement": "inputs",
+}
+
+__all__ = [
+    "COMPARED",
+    "POLICIES",
+    "CurveTable",
+    "Evaluation",
+    "Fleet",
+    "GPUCurve",
+    "Placement",
+    "PlacementError",
+    "Result",
+    "evaluate",
+    "lower_bound",
+    "read_fleet",
+    "read_loads",
+    "read_placement",
+    "reference_curve",
+    "reference_shapes",
+    "replace_incremental",
+    "roofline_curve",
+    "scale_curve",
+    "solve",
+    "to_eplb",
+    "to_placement_json",
+    "to_sglang",
+]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"vibe.placement.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vibe.placement' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from vibe.placement.bounds import lower_bound
+    from vibe.placement.cost import Evaluation, Placement, evaluate
+    from vibe.placement.curves import (
+        CurveTable,
+        Fleet,
+        GPUCurve,
+        reference_curve,
+        reference_shapes,
+        roofline_curve,
+        scale_curve,
+    )
+    from vibe.placement.engine import COMPARED, POLICIES, Result, solve
+    from vibe.placement.errors import PlacementError
+    from vibe.placement.formats import to_eplb, to_placement_json, to_sglang
+    from vibe.placement.incremental import replace_incremental
+    from vibe.placement.inputs import read_fleet, read_loads, read_placement

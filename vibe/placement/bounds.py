@@ -1,0 +1,157 @@
+"""Provable lower bounds on the step time, so every solve can say how far from optimal it might be.
+
+Layers are independent (each has its own placement, and step time is the sum of layer maxima), so the
+step bound is the sum of per-layer bounds. For one layer, with loads w [E], G GPUs of S slots
+(P = G*S slots, R = P - E redundant), curves t_g, and any feasible placement of layer time T:
+
+Notation. A placement chooses replica counts r_e >= 1 with sum r_e = P; each replica of e is an *item*
+of u_e = w_e / r_e tokens, and GPU g holds S items with ``T >= sum_{items on g} t_g(u)``. Every curve
+is non-decreasing, t_g(0) = 0 and t_g(n) >= f_g := t_g(0+) for n > 0. Z = #experts with w_e = 0.
+
+(B1) Floors. If Z = 0 every item has u > 0, so every GPU's time is at least S*f_g. In general at least
+    K nonzero items exist (K = P if Z = 0, else E - Z) and a GPU holding k of them takes >= k*f_g, so T is
+    at least the K-th smallest of the multiset {k*f_g : g, k = 1..S} (fewer pairs than K fit below it).
+
+(B2) Hot experts. An item of e on GPU g costs t_g(w_e/r_e) and, when Z = 0, its GPU also holds S-1 other
+    nonzero items costing >= f_g each. So within time T each replica of e can take at most
+    ``n(T) = max_g sup{n : t_g(n) + (S-1) f_g [Z=0] <= T}`` tokens, expert e needs >= ceil(w_e / n(T))
+    replicas, and T is infeasible if those exceed P. Bisection on T keeps an infeasible lower end.
+
+(B3) Total work. Pick a reference curve t_ref and sigma_g = min_{n>0} t_g(n)/t_ref(n) (exact for
+    curves that are scaled copies, as in a fleet of one GPU model). Then
+    ``sum_{items on g} t_ref(u) <= T / sigma_g``; summing over GPUs,
+    ``H(r) := sum_e r_e t_ref(w_e/r_e) <= T * sum_g 1/sigma_g``. With increments
+    ``m_{e,k} = (k+1) t_ref(w_e/(k+1)) - k t_ref(w_e/k)``, ``H(r) = H(1) + sum_e sum_{k<r_e} m_{e,k}``
+    is H(1) plus R increments, so ``H(r) >= H(1) + (sum of the R smallest increments over all e, k)``
+    whatever r is: no convexity of t is assumed. This is tight in the linear (prefill) regime.
+
+(B4) Slow GPUs first. The k slowest GPUs (largest sigma) hold kS items whose t_ref-cost is at most
+    ``T * sum_{j<=k} 1/sigma_(j)``. Among any m items at most R are second-or-later replicas of an expert
+    already counted, so they include >= m - R distinct experts; an item of e costs at least
+    ``c_e = t_ref(w_e / (R+1))`` and any nonzero item at least f_ref (0 if Z > 0). Hence
+    ``Q_m = sum of the (m-R)+ smallest c_e + (m - (m-R)+) f_ref`` bounds the cost of any m items, and
+    ``T >= Q_{kS} / sum_{j<=k} 1/sigma_(j)`` for every k. With no redundancy and one slow GPU this is its
+    S lightest experts, slowed down: the decode regime's bound.
+
+The layer bound is max(B1..B4) (each is a necessary condition), shaved by a relative 1e-9 so rounding in
+the evaluator can never put a placement below it. B3 and B4 are taken over a few reference curves (one
+per distinct curve shape in the fleet) and the best kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vibe.placement.cost import check_shapes
+from vibe.placement.curves import CurveTable, Fleet
+
+#: Relative slack applied to every bound, covering floating-point rounding in the evaluator.
+ROUNDING_SLACK = 1e-9
+
+#: At most this many reference curves are tried for B3/B4 (one per distinct curve shape).
+MAX_REFERENCES = 4
+
+
+def lower_bound(loads: np.ndarray, fleet: Fleet, slots_per_gpu: int) -> float:
+    """A provably valid lower bound on the step time of any placement (seconds); see the module doc."""
+    loads = check_shapes(loads, fleet, slots_per_gpu)
+    return float(layer_lower_bounds(loads, fleet.table, slots_per_gpu).sum())
+
+
+def layer_lower_bounds(loads: np.ndarray, table: CurveTable, slots_per_gpu: int) -> np.ndarray:
+    """[L] float64 lower bounds on each layer's time, for validated [L, E] loads."""
+    s = slots_per_gpu
+    b = np.maximum(_floor_bound(loads, table, s), _expert_bound(loads, table, s))
+    for ref in _reference_gpus(table):
+        sigma = _speed_ratios(table, ref)
+        b = np.maximum(b, _work_bound(loads, table, s, ref, sigma))
+        b = np.maximum(b, _slow_gpus_bound(loads, table, s, ref, sigma))
+    return b * (1.0 - ROUNDING_SLACK)
+
+
+def _floor_bound(loads: np.ndarray, table: CurveTable, s: int) -> np.ndarray:
+    """(B1) [L]: the K-th smallest k*f_g, K = number of items that must carry tokens."""
+    e = loads.shape[1]
+    p = table.num_gpus * s
+    zeros = (loads == 0).sum(axis=1)
+    k_needed = np.where(zeros == 0, p, e - zeros)  # [L]
+    cands = np.sort((np.arange(1, s + 1)[:, None] * table.floor[None, :]).ravel())  # [P]
+    return np.where(k_needed > 0, cands[np.maximum(k_needed, 1) - 1], 0.0)
+
+
+def _expert_bound(loads: np.ndarray, table: CurveTable, s: int, iters: int = 64) -> np.ndarray:
+    """(B2) [L]: the hot experts' replicas within T.
+
+    Whether T is feasible depends on T only through the tokens one replica may take, so first find
+    n* = the least per-replica tokens with ``sum_e max(1, ceil(w_e / n*)) <= P`` (bisection on n, keeping
+    an infeasible lower end n_lo <= n*), then T >= min_g t_g(n_lo) + (S-1) f_g [Z = 0].
+    """
+    num_layers = loads.shape[0]
+    p = table.num_gpus * s
+    positive = loads > 0
+    lo = np.zeros(num_layers)
+    hi = loads.max(axis=1) + 1.0  # one replica each: feasible since P >= E
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        need = np.where(positive, np.maximum(np.ceil(loads / mid[:, None] * (1 - 1e-12)), 1.0), 1.0)
+        feasible = need.sum(axis=1) <= p
+        hi = np.where(feasible, mid, hi)
+        lo = np.where(feasible, lo, mid)
+    others = np.where(positive.all(axis=1)[:, None], (s - 1) * table.floor[None, :], 0.0)  # [L, G]
+    at_lo = table.all_gpus(lo).T  # [L, G]
+    return np.where(lo > 0, (at_lo + others).min(axis=1), 0.0)
+
+
+def _work_bound(loads: np.ndarray, table: CurveTable, s: int, ref: int, sigma: np.ndarray) -> np.ndarray:
+    """(B3) [L]: least total reference work over all replications, shared by the fleet's speed."""
+    num_layers, e = loads.shape
+    redundant = table.num_gpus * s - e
+    base = table(ref, loads).sum(axis=1)  # H(1)
+    extra = np.zeros(num_layers)
+    if redundant > 0:
+        k = np.arange(1, redundant + 2, dtype=np.float64)  # replica counts 1..R+1
+        h = k * table(ref, loads[:, :, None] / k)  # [L, E, R+1]: k * t_ref(w/k)
+        inc = np.diff(h, axis=2).reshape(num_layers, -1)  # [L, E*R]
+        smallest = np.partition(inc, redundant - 1, axis=1)[:, :redundant]
+        extra = smallest.sum(axis=1)
+    return (base + extra) / (1.0 / sigma).sum()
+
+
+def _slow_gpus_bound(loads: np.ndarray, table: CurveTable, s: int, ref: int, sigma: np.ndarray) -> np.ndarray:
+    """(B4) [L]: the k slowest GPUs must carry kS items, at least this costly, for every k."""
+    num_layers, e = loads.shape
+    g = table.num_gpus
+    redundant = g * s - e
+    c = np.sort(table(ref, loads / (redundant + 1)), axis=1)  # [L, E] cheapest item of each expert
+    csum = np.concatenate([np.zeros((num_layers, 1)), np.cumsum(c, axis=1)], axis=1)  # [L, E+1]
+    f_ref = np.where((loads > 0).all(axis=1), table.floor[ref], 0.0)  # [L]
+    m = np.arange(1, g + 1) * s  # items on the k slowest GPUs, k = 1..G
+    distinct = np.clip(m - redundant, 0, e)  # [G]
+    q = csum[:, distinct] + (m - distinct)[None, :] * f_ref[:, None]  # [L, G]
+    capacity = np.cumsum(np.sort(1.0 / sigma))  # slowest (smallest 1/sigma) first
+    return (q / capacity[None, :]).max(axis=1)
+
+
+def _speed_ratios(table: CurveTable, ref: int) -> np.ndarray:
+    """[G] sigma_g = min over n > 0 of t_g(n) / t_ref(n), exactly.
+
+    Both curves are piecewise linear on the same grid (flat below x[0], a ray past x[-1]); on each piece
+    their ratio is a linear-fractional function, monotone, so its minimum is at a grid point or at the
+    far end, where it tends to the ratio of the last slopes.
+    """
+    at_points = (table.y / table.y[ref][None, :]).min(axis=1)
+    at_infinity = table.slope[:, -1] / table.slope[ref, -1]
+    return np.minimum(at_points, at_infinity)
+
+
+def _reference_gpus(table: CurveTable) -> list[int]:
+    """Up to MAX_REFERENCES GPUs with distinct curve shapes (curves equal up to a scale share one)."""
+    shape = table.y / table.y[:, -1:]
+    reps: list[int] = []
+    for g in range(table.num_gpus):
+        if not any(np.allclose(shape[g], shape[r], rtol=1e-9, atol=0.0) for r in reps):
+            reps.append(g)
+    first = np.array(reps)
+    if first.size > MAX_REFERENCES:
+        first = first[np.linspace(0, first.size - 1, MAX_REFERENCES).round().astype(int)]
+    return [int(i) for i in first]

@@ -1,0 +1,260 @@
+"""``vibe plan``: compute a placement from files, write it, and show how the policies compare.
+
+Role: the offline face of the placement library (what the operator does on every reconcile, done by
+hand): read loads and a fleet, solve, write one of the output formats, print a short table.
+
+Heavy imports (numpy, rich) happen inside the command, so ``vibe --help`` stays fast. Every bad input
+ends as one ``error: ...`` line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+_FORMATS = ("placement", "sglang", "eplb")
+
+
+def plan(
+    loads: str = typer.Option(
+        ...,
+        "--loads",
+        "-l",
+        metavar="LOADS.json",
+        help="Expert loads: {'loads': [[...]]} as [layers][experts] tokens per expert per forward step, "
+        "or SGLang's recorder output {'logical_count': ...} ([layers][experts], or [steps][layers][experts] "
+        "averaged over steps).",
+    ),
+    fleet: str = typer.Option(
+        ...,
+        "--fleet",
+        "-f",
+        metavar="FLEET.json",
+        help="The expert-parallel GPUs in rank order: {'gpus': [{'id', 'node', 'tokens': [...], "
+        "'seconds': [...]}]} (seconds for ONE expert over n tokens), or per GPU a 'roofline' "
+        "{floorSeconds, secondsPerToken} or 'reference' {hiddenSize, intermediateSize, dtype}, "
+        "with an optional 'timeScale' slowdown.",
+    ),
+    slots_per_gpu: int = typer.Option(
+        ..., "--slots-per-gpu", "-s", help="Physical expert slots per GPU per layer; slots x GPUs >= experts."
+    ),
+    policy: str = typer.Option(
+        "vibe",
+        "--policy",
+        "-p",
+        help="vibe (fastest predicted step: hardware-aware replication, binning and local search), "
+        "token-balanced (DeepSeek EPLB-style, balances tokens), round-robin, linear (engine defaults), "
+        "or exact (OR-Tools CP-SAT per layer, small instances only).",
+    ),
+    fmt: str = typer.Option(
+        "placement",
+        "--format",
+        "-F",
+        help="Output: placement (vibe's canonical placement.json), sglang (--init-expert-location file) "
+        "or eplb (phy2log / log2phy / logcnt).",
+    ),
+    output: str | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        metavar="OUT.json",
+        help="Write here; without it the file goes to stdout and the table to stderr.",
+    ),
+    current: str | None = typer.Option(
+        None,
+        "--current",
+        "-c",
+        metavar="PLACEMENT.json",
+        help="The placement in service (any of the three formats): re-place incrementally, moving few "
+        "experts, and report the moves.",
+    ),
+    max_moves: int | None = typer.Option(
+        None, "--max-moves", help="With --current: change at most this many slots."
+    ),
+    tokens_per_step: float | None = typer.Option(
+        None,
+        "--tokens-per-step",
+        help="Treat the loads as relative frequencies and rescale each layer to this many tokens per "
+        "forward step (times --top-k).",
+    ),
+    top_k: int | None = typer.Option(
+        None, "--top-k", help="Experts each token is routed to (for --tokens-per-step)."
+    ),
+    time_budget: float = typer.Option(
+        1.0,
+        "--time-budget",
+        help="Search budget in seconds (a deterministic work budget: same inputs, same bytes).",
+    ),
+    compare: bool = typer.Option(
+        True, "--compare/--no-compare", help="Also solve with the other policies and show them side by side."
+    ),
+) -> None:
+    """Compute an expert placement from measured GPU speeds and expert loads.
+
+    Predicted times use the cost model: a GPU's layer time is the sum over its slots of its own curve
+    t_g(tokens / replicas); a layer waits for its slowest GPU; a step is the sum of its layers. The
+    table shows, per policy, the step time, the imbalance (max / mean GPU time, averaged over layers),
+    the provable lower bound and the gap to it, the solve time and (with --current) the slots moved.
+    """
+    try:
+        _plan(
+            loads,
+            fleet,
+            slots_per_gpu,
+            policy,
+            fmt,
+            output,
+            current,
+            max_moves,
+            tokens_per_step,
+            top_k,
+            time_budget,
+            compare,
+        )
+    except typer.Exit:
+        raise
+    except Exception as e:  # one line, never a traceback (VIBE_DEBUG=1 shows it)
+        from vibe.placement.errors import PlacementError
+
+        if os.environ.get("VIBE_DEBUG"):
+            raise
+        if isinstance(e, PlacementError):
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"error: internal error ({type(e).__name__}: {e})", err=True)
+        raise typer.Exit(1) from None
+
+
+def _plan(
+    loads_path: str,
+    fleet_path: str,
+    slots_per_gpu: int,
+    policy: str,
+    fmt: str,
+    output: str | None,
+    current_path: str | None,
+    max_moves: int | None,
+    tokens_per_step: float | None,
+    top_k: int | None,
+    time_budget: float,
+    compare: bool,
+) -> None:
+    import time
+
+    from vibe.placement.engine import COMPARED, POLICIES, make_result, solve
+    from vibe.placement.errors import PlacementError
+    from vibe.placement.formats import render
+    from vibe.placement.incremental import replace_incremental
+    from vibe.placement.inputs import load_json, read_fleet, read_loads, read_placement
+
+    if policy not in POLICIES or policy == "random":
+        names = ", ".join(p for p in POLICIES if p != "random")
+        raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {names})")
+    if fmt not in _FORMATS:
+        raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(_FORMATS)})")
+    if slots_per_gpu < 1:
+        raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
+    if not (time_budget > 0):
+        raise PlacementError("InvalidLoads", "--time-budget must be positive")
+    if max_moves is not None and current_path is None:
+        raise PlacementError("InvalidPlacement", "--max-moves needs --current")
+    load_arr = read_loads(load_json(loads_path, "loads"), tokens_per_step=tokens_per_step, top_k=top_k)
+    gpus = read_fleet(load_json(fleet_path, "fleet"))
+    current = None
+    if current_path is not None:
+        current = read_placement(
+            load_json(current_path, "current placement"),
+            slots_per_gpu=slots_per_gpu,
+            num_experts=load_arr.shape[1],
+        )
+
+    results = {}
+    if current is not None:
+        incremental = replace_incremental(
+            current, load_arr, gpus, max_moves=max_moves, time_budget_s=time_budget
+        )
+        results["current"] = make_result(
+            "current", current, load_arr, gpus, time.perf_counter(), current=current
+        )
+        results["incremental"] = incremental
+        chosen = results["incremental"]
+        if compare:
+            for p in COMPARED:
+                results[p] = solve(
+                    load_arr, gpus, slots_per_gpu, p, time_budget_s=time_budget, current=current
+                )
+    else:
+        chosen = solve(load_arr, gpus, slots_per_gpu, policy, time_budget_s=time_budget)
+        if compare:
+            for p in COMPARED:
+                results[p] = (
+                    chosen
+                    if p == policy
+                    else solve(load_arr, gpus, slots_per_gpu, p, time_budget_s=time_budget)
+                )
+        results[policy] = chosen
+    baseline = results.get("token-balanced")
+    if baseline is chosen:
+        baseline = None
+    data = render(fmt, chosen, gpus, baseline=baseline if fmt == "placement" else None)
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        try:
+            Path(output).write_bytes(data)
+        except OSError as e:
+            raise PlacementError("UnreadableFile", f"cannot write {output!r}: {e.strerror or e}") from None
+    _table(
+        results, chosen, load_arr.shape, len(gpus), slots_per_gpu, to_stderr=output is None, written=output
+    )
+
+
+def _table(
+    results: dict, chosen, shape, num_gpus: int, slots: int, *, to_stderr: bool, written: str | None
+) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=to_stderr, highlight=False)
+    console.width = max(console.width, 100)  # redirected output defaults to 80 columns: too narrow
+    layers, experts = shape
+    title = f"{layers} layers x {experts} experts on {num_gpus} GPUs x {slots} slots"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for col, just in (
+        ("policy", "left"),
+        ("step ms", "right"),
+        ("speedup", "right"),
+        ("imbalance", "right"),
+        ("bound ms", "right"),
+        ("gap", "right"),
+        ("solve s", "right"),
+        ("moves", "right"),
+    ):
+        table.add_column(col, justify=just, no_wrap=True)
+    ref = results.get("token-balanced")
+    for name, r in results.items():
+        speed = f"{ref.step_time_s / r.step_time_s:.3f}x" if ref is not None and r.step_time_s > 0 else "-"
+        mark = " *" if r is chosen else ""
+        table.add_row(
+            f"{name}{mark}",
+            f"{r.step_time_s * 1e3:.3f}",
+            speed,
+            f"{r.imbalance:.3f}",
+            f"{r.lower_bound_s * 1e3:.3f}",
+            f"{r.gap * 100:.2f}%",
+            f"{r.solve_seconds:.2f}",
+            str(r.moves),
+        )
+    console.print(table)
+    notes = ["* = written" + (f" to {written}" if written else "")]
+    if not chosen.converged:
+        notes.append(
+            "note: the search used its whole work budget; a larger --time-budget may find a better placement"
+        )
+    notes.append("speedup = token-balanced step time / this step time")
+    console.print("; ".join(notes), soft_wrap=True)

@@ -1,0 +1,236 @@
+"""A placement and the one evaluator that prices it.
+
+Every policy, every bound check, every report and the operator's drift decision price placements
+here, so "predicted time" means the same thing everywhere (DESIGN.md, "The cost model"):
+
+* a slot holding expert e, which has ``r_e`` replicas in the layer, serves ``load_e / r_e`` tokens
+  (engines split an expert's tokens evenly over its replicas);
+* GPU g's layer time is the sum of ``t_g`` over its S slots;
+* a layer takes as long as its slowest GPU (expert parallelism synchronises every layer);
+* a model step is the sum of its layers.
+
+Shapes: L layers, E logical experts, G GPUs, S slots per GPU, P = G * S physical slots. Slot s of GPU g
+is physical slot ``g * S + s`` (SGLang's and EPLB's convention: rank r holds slots r*S .. r*S+S-1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vibe.placement.curves import CurveTable, Fleet
+from vibe.placement.errors import PlacementError
+
+
+@dataclass
+class Placement:
+    """Which logical expert each physical slot holds, per layer.
+
+    Attributes:
+        phy2log: [L, P] int64, ``phy2log[l, g * S + s]`` = the logical expert in slot s of GPU g.
+        slots_per_gpu: S.
+        num_experts: E. Every expert has at least one slot in every layer.
+    """
+
+    phy2log: np.ndarray
+    slots_per_gpu: int
+    num_experts: int
+
+    def __post_init__(self) -> None:
+        try:
+            phy = np.array(self.phy2log, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise PlacementError("InvalidPlacement", "physicalToLogical must hold integers") from None
+        s, e = int(self.slots_per_gpu), int(self.num_experts)
+        if phy.ndim != 2 or phy.shape[0] == 0 or phy.shape[1] == 0:
+            raise PlacementError("InvalidPlacement", "a placement needs a [layers][slots] expert map")
+        if s <= 0 or phy.shape[1] % s:
+            raise PlacementError(
+                "InvalidPlacement", f"{phy.shape[1]} physical slots do not split into {s} slots per GPU"
+            )
+        if e <= 0 or phy.min() < 0 or phy.max() >= e:
+            raise PlacementError("InvalidPlacement", f"expert ids must lie in 0..{e - 1}")
+        missing = np.flatnonzero((_bincount_rows(phy, e) == 0).any(axis=1))
+        if missing.size:
+            raise PlacementError(
+                "InvalidPlacement", f"layer {int(missing[0])} leaves an expert without a slot"
+            )
+        phy.setflags(write=False)
+        self.phy2log = phy
+        self.slots_per_gpu = s
+        self.num_experts = e
+
+    @property
+    def num_layers(self) -> int:
+        return self.phy2log.shape[0]
+
+    @property
+    def num_slots(self) -> int:
+        return self.phy2log.shape[1]
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_slots // self.slots_per_gpu
+
+    def by_gpu(self) -> np.ndarray:
+        """[L, G, S] int64 view: the experts in each GPU's slots."""
+        return self.phy2log.reshape(self.num_layers, self.num_gpus, self.slots_per_gpu)
+
+    def logcnt(self) -> np.ndarray:
+        """[L, E] int64: replicas of each logical expert (EPLB's ``logcnt``)."""
+        return _bincount_rows(self.phy2log, self.num_experts)
+
+    def log2phy(self) -> np.ndarray:
+        """[L, E, X] int64: each expert's physical slots, ascending, padded with -1 (EPLB's ``log2phy``).
+
+        X = P - E + 1, the most replicas any expert can have (as DeepSeek's EPLB: redundant + 1).
+        """
+        num_layers, p = self.phy2log.shape
+        e = self.num_experts
+        cnt = self.logcnt()
+        order = np.argsort(self.phy2log, axis=1, kind="stable")  # slots grouped by expert, ascending
+        experts = np.take_along_axis(self.phy2log, order, axis=1)
+        starts = np.cumsum(cnt, axis=1) - cnt
+        rank = np.arange(p)[None, :] - np.take_along_axis(starts, experts, axis=1)
+        out = np.full((num_layers, e, p - e + 1), -1, dtype=np.int64)
+        out[np.arange(num_layers)[:, None], experts, rank] = order
+        return out
+
+    def moves_from(self, other: Placement) -> int:
+        """Slots whose logical expert differs from ``other``'s (the weights copied to get here)."""
+        if other.phy2log.shape != self.phy2log.shape:
+            raise PlacementError("ShapeMismatch", "the current placement has a different shape")
+        return int(np.count_nonzero(self.phy2log != other.phy2log))
+
+    def moved_experts_from(self, other: Placement) -> int:
+        """(layer, GPU, expert) copies that are new on their GPU (a slot reshuffle within a GPU is free)."""
+        new = _gpu_expert_counts(self.by_gpu(), self.num_experts)
+        old = _gpu_expert_counts(other.by_gpu(), other.num_experts)
+        return int(np.maximum(new - old, 0).sum())
+
+
+@dataclass
+class Evaluation:
+    """The predicted times of one placement under one set of loads and curves.
+
+    Attributes:
+        step_time_s: sum over layers of the slowest GPU's time.
+        layer_times_s: [L] float64, each layer's slowest GPU.
+        gpu_times_s: [L, G] float64, each GPU's time in each layer.
+        imbalance: mean over layers of (max GPU time / mean GPU time); 1.0 is perfect balance.
+    """
+
+    step_time_s: float
+    layer_times_s: np.ndarray
+    gpu_times_s: np.ndarray
+    imbalance: float
+
+
+def evaluate(placement: Placement, loads: np.ndarray, fleet: Fleet) -> Evaluation:
+    """Price a placement: the cost model above, vectorised over all slots of all layers."""
+    loads = check_shapes(loads, fleet, placement.slots_per_gpu, placement)
+    gpu_times = gpu_times_of(placement.phy2log, loads, fleet.table, placement.slots_per_gpu)
+    return evaluation_of(gpu_times)
+
+
+def evaluation_of(gpu_times: np.ndarray) -> Evaluation:
+    """Summaries of a [L, G] matrix of GPU times."""
+    layer = gpu_times.max(axis=1)
+    mean = gpu_times.mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(mean > 0, layer / mean, 1.0)
+    return Evaluation(
+        step_time_s=float(layer.sum()),
+        layer_times_s=layer,
+        gpu_times_s=gpu_times,
+        imbalance=float(ratio.mean()),
+    )
+
+
+def gpu_times_of(phy2log: np.ndarray, loads: np.ndarray, table: CurveTable, slots_per_gpu: int) -> np.ndarray:
+    """[L, G] float64 GPU times of a [L, P] expert map under [L, E] loads (no validation: internal)."""
+    num_layers, p = phy2log.shape
+    e = loads.shape[1]
+    cnt = _bincount_rows(phy2log, e)
+    per_replica = loads / np.maximum(cnt, 1)
+    tokens = np.take_along_axis(per_replica, phy2log, axis=1)  # [L, P]
+    gpu = np.arange(p) // slots_per_gpu
+    cost = table(gpu[None, :], tokens)
+    return cost.reshape(num_layers, p // slots_per_gpu, slots_per_gpu).sum(axis=2)
+
+
+def check_shapes(
+    loads: np.ndarray, fleet: Fleet, slots_per_gpu: int, placement: Placement | None = None
+) -> np.ndarray:
+    """Validate loads against the fleet, the slot count and (optionally) a placement; return float64 loads."""
+    loads = check_loads(loads)
+    if not isinstance(fleet, Fleet):
+        raise PlacementError("InvalidFleet", "fleet must be a vibe.placement.Fleet (see read_fleet)")
+    if (
+        isinstance(slots_per_gpu, bool)
+        or not isinstance(slots_per_gpu, (int, np.integer))
+        or slots_per_gpu < 1
+    ):
+        raise PlacementError(
+            "InfeasibleSlots", f"slots per GPU must be a positive integer, not {slots_per_gpu!r}"
+        )
+    num_layers, e = loads.shape
+    g = len(fleet)
+    if slots_per_gpu * g < e:
+        raise PlacementError(
+            "InfeasibleSlots",
+            f"{g} GPUs x {slots_per_gpu} slots = {g * slots_per_gpu} slots cannot hold {e} experts",
+        )
+    if placement is not None:
+        if placement.slots_per_gpu != slots_per_gpu:
+            raise PlacementError(
+                "ShapeMismatch",
+                f"the placement has {placement.slots_per_gpu} slots per GPU, not {slots_per_gpu}",
+            )
+        if placement.num_gpus != g:
+            raise PlacementError(
+                "ShapeMismatch", f"the placement spans {placement.num_gpus} GPUs, the fleet {g}"
+            )
+        if (placement.num_layers, placement.num_experts) != (num_layers, e):
+            raise PlacementError(
+                "ShapeMismatch",
+                f"the placement is for {placement.num_layers} layers x {placement.num_experts} experts, "
+                f"the loads are {num_layers} x {e}",
+            )
+    return loads
+
+
+def check_loads(loads) -> np.ndarray:
+    """[L, E] float64 loads, finite and >= 0, or a PlacementError saying what is wrong."""
+    try:
+        arr = np.array(loads, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PlacementError("InvalidLoads", "loads must be a [layers][experts] array of numbers") from None
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise PlacementError("InvalidLoads", f"loads must be [layers][experts], got shape {list(arr.shape)}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        layer, e = (int(v) for v in np.argwhere(bad)[0])
+        raise PlacementError(
+            "InvalidLoads", f"load of layer {layer} expert {e} is {arr[layer, e]} (NaN or infinite)"
+        )
+    if (arr < 0).any():
+        layer, e = (int(v) for v in np.argwhere(arr < 0)[0])
+        raise PlacementError(
+            "InvalidLoads", f"load of layer {layer} expert {e} is negative ({arr[layer, e]:g})"
+        )
+    return arr
+
+
+def _bincount_rows(a: np.ndarray, n: int) -> np.ndarray:
+    """[R, C] ints in 0..n-1 -> [R, n] counts per row (one flat bincount)."""
+    rows = a.shape[0]
+    flat = a + (np.arange(rows) * n)[:, None]
+    return np.bincount(flat.ravel(), minlength=rows * n).reshape(rows, n)
+
+
+def _gpu_expert_counts(by_gpu: np.ndarray, n: int) -> np.ndarray:
+    """[L, G, S] -> [L, G, E] replica counts of each expert on each GPU."""
+    num_layers, g, s = by_gpu.shape
+    return _bincount_rows(by_gpu.reshape(num_layers * g, s), n).reshape(num_layers, g, n)

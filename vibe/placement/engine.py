@@ -1,0 +1,255 @@
+"""``solve``: one entry point for every policy, returning a ``Result`` priced by the one evaluator.
+
+Role: the CLI, the benchmark and the operator's reconciler call ``solve`` (or ``replace_incremental``,
+in ``incremental.py``) and get back the placement with its predicted times, its lower bound and the gap,
+so that policies are compared on exactly the same footing.
+
+``vibe`` (the default): replicate by EPLB's rule, pack with each GPU's own curve (earliest finish
+time), keep per layer whichever of that and the token-balanced packing is faster, then local search
+(swaps and replica re-targets, ``search.py``). Starting from the token-balanced layout where it is better
+and never accepting a worsening move makes ``vibe`` never slower than ``token-balanced``, layer by layer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vibe.placement import policies
+from vibe.placement.bounds import layer_lower_bounds
+from vibe.placement.cost import Placement, check_shapes, evaluation_of, gpu_times_of
+from vibe.placement.curves import Fleet
+from vibe.placement.errors import PlacementError
+from vibe.placement.search import EVALS_PER_SECOND, SearchState, improve, kick
+
+#: Policies ``solve`` knows, in the order reports list them.
+POLICIES = ("round-robin", "linear", "token-balanced", "vibe", "exact", "random")
+
+#: Policies a comparison table shows by default (``exact`` needs OR-Tools and a small instance;
+#: ``random`` is for tests).
+COMPARED = ("round-robin", "linear", "token-balanced", "vibe")
+
+
+@dataclass
+class Result:
+    """A placement with its predicted performance.
+
+    Attributes:
+        policy: the policy that produced it.
+        placement: the placement.
+        step_time_s: predicted model step time (sum over layers of the slowest GPU).
+        layer_times_s: [L] float64 per-layer times.
+        imbalance: mean over layers of max / mean GPU time.
+        lower_bound_s: a provable lower bound on ``step_time_s`` for any placement of these inputs.
+        gap: ``step_time_s / lower_bound_s - 1`` (how far from optimal it can at most be).
+        solve_seconds: wall-clock seconds the solve took (not part of any output file: not deterministic).
+        moves: physical slots whose logical expert differs from the given current placement (each is one
+            expert's weights copied onto a GPU); 0 without a current placement.
+        moved_experts: (layer, GPU, expert) copies new on their GPU (moves that are a reshuffle of slots
+            within one GPU need no copy and are not counted here).
+        gpu_times_s: [L, G] float64 per-GPU times.
+        layer_bounds_s: [L] float64 per-layer lower bounds (their sum is ``lower_bound_s``).
+        converged: False if the search stopped on its budget rather than at a local optimum.
+        info: extra policy-specific facts (e.g. the exact solver's status), JSON-serialisable.
+    """
+
+    policy: str
+    placement: Placement
+    step_time_s: float
+    layer_times_s: np.ndarray
+    imbalance: float
+    lower_bound_s: float
+    gap: float
+    solve_seconds: float
+    moves: int = 0
+    moved_experts: int = 0
+    gpu_times_s: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    layer_bounds_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    converged: bool = True
+    info: dict = field(default_factory=dict)
+
+
+def solve(
+    loads: np.ndarray,
+    fleet: Fleet,
+    slots_per_gpu: int,
+    policy: str = "vibe",
+    *,
+    time_budget_s: float = 1.0,
+    seed: int = 0,
+    current: Placement | None = None,
+) -> Result:
+    """Place experts on the fleet's GPUs with a policy and price the result.
+
+    Args:
+        loads: [L, E] tokens per expert per forward step (see ``read_loads``).
+        fleet: the GPUs in rank order with their curves (see ``read_fleet``).
+        slots_per_gpu: S, physical expert slots per GPU per layer; ``S * G >= E``.
+        policy: one of ``POLICIES``.
+        time_budget_s: search budget for ``vibe`` (as a deterministic work budget, see ``search.py``)
+            and ``exact`` (as CP-SAT's deterministic time).
+        seed: for ``random`` only; every other policy is deterministic.
+        current: the placement in service, if any: the result's slots are then ordered within each GPU
+            to keep experts where they already are, and ``moves`` counts the copies needed.
+    Returns:
+        Result; ``to_placement_json`` / ``to_sglang`` / ``to_eplb`` serialise it.
+    Raises:
+        PlacementError: bad shapes, loads, slots or policy.
+    """
+    started = time.perf_counter()
+    loads = check_shapes(loads, fleet, slots_per_gpu, current)
+    if policy not in POLICIES:
+        raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
+    if not (np.isfinite(time_budget_s) and time_budget_s > 0):
+        raise PlacementError("InvalidLoads", "time budget must be a positive number of seconds")
+    num_layers, e = loads.shape
+    g, s = len(fleet), slots_per_gpu
+    table = fleet.table
+    converged = True
+    info: dict = {}
+    bounds = None
+    if policy == "linear":
+        phy = policies.linear(num_layers, e, g, s)
+    elif policy == "round-robin":
+        phy = policies.round_robin(num_layers, e, g, s)
+    elif policy == "random":
+        phy = policies.random_placement(num_layers, e, g, s, np.random.default_rng(seed))
+    elif policy == "token-balanced":
+        phy = token_balanced(loads, g, s)
+    elif policy == "vibe":
+        bounds = layer_lower_bounds(loads, table, s)
+        phy, converged = vibe(loads, fleet, s, time_budget_s=time_budget_s, seed=seed, bounds=bounds)
+    else:  # exact
+        from vibe.placement.exact import solve_exact
+
+        bounds = layer_lower_bounds(loads, table, s)
+        start, _ = vibe(loads, fleet, s, time_budget_s=time_budget_s, seed=seed, bounds=bounds)
+        phy, info = solve_exact(loads, table, s, start, time_budget_s=time_budget_s)
+    placement = Placement(phy, s, e)
+    if current is not None:
+        placement = align_to(placement, current)
+    return make_result(
+        policy,
+        placement,
+        loads,
+        fleet,
+        started,
+        current=current,
+        converged=converged,
+        info=info,
+        bounds=bounds,
+    )
+
+
+def token_balanced(loads: np.ndarray, num_gpus: int, slots_per_gpu: int) -> np.ndarray:
+    """[L, P] EPLB-style placement: replicate by tokens per replica, pack by tokens."""
+    counts = policies.replicate_by_tokens(loads, num_gpus * slots_per_gpu)
+    experts, tokens = policies.replicas_heaviest_first(loads, counts)
+    return policies.pack_by_tokens(experts, tokens, num_gpus, slots_per_gpu)
+
+
+def vibe(
+    loads: np.ndarray,
+    fleet: Fleet,
+    slots_per_gpu: int,
+    *,
+    time_budget_s: float,
+    seed: int = 0,
+    bounds: np.ndarray | None = None,
+) -> tuple[np.ndarray, bool]:
+    """[L, P] vibe placement and whether its local search converged within the budget.
+
+    Starts (per layer the fastest is kept): EPLB's replication packed by tokens (the baseline) and by
+    time, and work-minimal replication packed by time (better below the knee, where extra replicas of
+    cold experts cost only the floor). Then local search, then kicks (``search.kick``) for the layers
+    still more than ``KICK_TOLERANCE`` above their lower bound.
+    """
+    g, s = len(fleet), slots_per_gpu
+    table = fleet.table
+    ref = int(np.argsort(table.floor, kind="stable")[g // 2])  # a median-speed GPU prices "work"
+    starts = []
+    for counts in (
+        policies.replicate_by_tokens(loads, g * s),
+        policies.replicate_by_work(loads, g * s, table, ref),
+    ):
+        experts, tokens = policies.replicas_heaviest_first(loads, counts)
+        if not starts:
+            starts.append(policies.pack_by_tokens(experts, tokens, g, s))
+        starts.append(policies.pack_by_time(experts, policies.replica_costs(loads, counts, table), g, s))
+    times = np.stack([gpu_times_of(phy, loads, table, s).max(axis=1) for phy in starts])  # [starts, L]
+    best = times.argmin(axis=0)
+    start = np.stack(starts)[best, np.arange(loads.shape[0])]
+    state = SearchState(loads, table, start, s)
+    budget = time_budget_s * EVALS_PER_SECOND
+    converged = improve(state, budget)
+    phy = state.phy2log()
+    if converged:
+        if bounds is None:
+            bounds = layer_lower_bounds(loads, table, s)
+        phy = kick(loads, table, s, phy, bounds, np.random.default_rng(seed), budget - state.evals)
+    return phy, converged
+
+
+def make_result(
+    policy: str,
+    placement: Placement,
+    loads: np.ndarray,
+    fleet: Fleet,
+    started: float,
+    *,
+    current: Placement | None = None,
+    converged: bool = True,
+    info: dict | None = None,
+    bounds: np.ndarray | None = None,
+) -> Result:
+    """Price a placement and wrap it with its bound (shared by every policy)."""
+    s = placement.slots_per_gpu
+    ev = evaluation_of(gpu_times_of(placement.phy2log, loads, fleet.table, s))
+    if bounds is None:
+        bounds = layer_lower_bounds(loads, fleet.table, s)
+    bound = float(bounds.sum())
+    gap = ev.step_time_s / bound - 1.0 if bound > 0 else 0.0
+    moves = placement.moves_from(current) if current is not None else 0
+    moved = placement.moved_experts_from(current) if current is not None else 0
+    return Result(
+        policy=policy,
+        placement=placement,
+        step_time_s=ev.step_time_s,
+        layer_times_s=ev.layer_times_s,
+        imbalance=ev.imbalance,
+        lower_bound_s=bound,
+        gap=gap,
+        solve_seconds=time.perf_counter() - started,
+        moves=moves,
+        moved_experts=moved,
+        gpu_times_s=ev.gpu_times_s,
+        layer_bounds_s=bounds,
+        converged=converged,
+        info=dict(info or {}),
+    )
+
+
+def align_to(placement: Placement, current: Placement) -> Placement:
+    """The same placement with each GPU's slots reordered to keep experts where ``current`` has them.
+
+    Slot order within a GPU does not change any time, but an expert that stays in its slot needs no copy;
+    experts kept on a GPU but in another slot would be a needless copy, so they go back to their slot.
+    """
+    new = placement.by_gpu()
+    old = current.by_gpu()
+    out = new.copy()
+    num_layers, g, s = new.shape
+    same = (new == old).all(axis=2)
+    for layer, gpu in zip(*np.nonzero(~same), strict=True):
+        want = list(new[layer, gpu])
+        have = old[layer, gpu]
+        slots = [-1] * s
+        for k in range(s):  # keep matches in place
+            if have[k] in want:
+                want.remove(have[k])
+                slots[k] = have[k]
+        rest = iter(want)
+        out[layer, gpu] = [v if v >= 0 else next(rest) for v in slots]
+    return Placement(out.reshape(num_layers, g * s), placement.slots_per_gpu, placement.num_experts)

@@ -1,0 +1,238 @@
+"""Reading the planner's inputs: expert loads, fleets and a current placement, from parsed JSON.
+
+Role: the CLI reads files, the operator reads ConfigMaps and GPUProfiles; both hand the parsed JSON to
+these functions, which turn it into validated arrays or raise one ``PlacementError`` naming the problem.
+
+Loads mean *tokens per expert per forward step*. The curves are flat then linear, so absolute numbers
+matter: ~100 tokens per expert (decode) and thousands (prefill) fall in different regimes.
+
+* ``{"loads": [[...], ...]}`` (ours) or a bare ``[[...], ...]``: [layers][experts] tokens per step.
+* SGLang's expert-distribution recorder: ``{"logical_count": ...}`` as [layers][experts] or
+  [steps][layers][experts]. A per-step buffer is averaged over its steps (= summed, then divided by the
+  number of steps). A [layers][experts] window total is divided by ``"num_steps"`` when the file says it.
+* ``tokens_per_step`` rescales a profile of relative frequencies so that each layer routes
+  ``tokens_per_step * top_k`` tokens (every token goes to top_k experts); ``top_k`` may come from the
+  argument or a ``"top_k"`` / ``"topK"`` key.
+
+Fleet: ``{"gpus": [{"id", "node", "tokens": [...], "seconds": [...]}, ...]}`` in expert-parallel rank
+order. Instead of measured points a GPU may give ``"roofline": {"floorSeconds", "secondsPerToken"}`` or
+``"reference": {"hiddenSize", "intermediateSize", "dtype"}`` (the H100 reference curve for that shape);
+a top-level ``"curve"`` / ``"roofline"`` / ``"reference"`` is the default for GPUs that give none.
+``"timeScale"`` (default 1) multiplies a GPU's seconds (as GPUProfile's drift.timeScale: 1.5 = 1.5x
+slower); ``"uuid"`` is carried into the placement file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vibe.placement.cost import Placement, check_loads
+from vibe.placement.curves import DTYPE_BYTES, Fleet, GPUCurve, reference_curve, roofline_curve
+from vibe.placement.errors import PlacementError
+
+
+def load_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file, or raise ``UnreadableFile`` naming the file and the problem."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise PlacementError(
+            "UnreadableFile", f"cannot read {what} file {str(path)!r}: {e.strerror or e}"
+        ) from None
+    except UnicodeDecodeError:
+        raise PlacementError("UnreadableFile", f"{what} file {str(path)!r} is not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PlacementError(
+            "UnreadableFile", f"{what} file {str(path)!r} is not valid JSON (line {e.lineno}: {e.msg})"
+        ) from None
+
+
+def read_loads(
+    obj: dict | list, *, tokens_per_step: float | None = None, top_k: int | None = None
+) -> np.ndarray:
+    """[L, E] float64 tokens per expert per forward step, from our JSON or SGLang's recorder output."""
+    steps = None
+    if isinstance(obj, dict):
+        keys = [k for k in ("loads", "logical_count", "logicalCount") if k in obj]
+        if not keys:
+            raise PlacementError(
+                "InvalidLoads", "loads JSON needs a 'loads' or 'logical_count' array of [layers][experts]"
+            )
+        data = obj[keys[0]]
+        steps = obj.get("num_steps", obj.get("numSteps"))
+        if top_k is None:
+            top_k = obj.get("top_k", obj.get("topK"))
+    elif isinstance(obj, list):
+        data = obj
+    else:
+        raise PlacementError("InvalidLoads", "loads must be a JSON object or a [layers][experts] array")
+    try:
+        arr = np.array(data, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PlacementError(
+            "InvalidLoads",
+            "loads must be a rectangular [layers][experts] (or [steps][layers][experts]) array of numbers",
+        ) from None
+    if arr.ndim == 3:
+        if arr.shape[0] == 0:
+            raise PlacementError("InvalidLoads", "the recorder output has no steps")
+        check_loads(arr.reshape(-1, arr.shape[-1]) if arr.size else arr.reshape(0, 0))
+        arr = arr.sum(axis=0) / arr.shape[0]
+    elif arr.ndim == 2 and steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not steps > 0:
+            raise PlacementError("InvalidLoads", f"num_steps must be a positive number, not {steps!r}")
+        arr = arr / float(steps)
+    elif arr.ndim != 2:
+        raise PlacementError(
+            "InvalidLoads",
+            f"loads must be [layers][experts] or [steps][layers][experts], got {arr.ndim} dimensions",
+        )
+    loads = check_loads(arr)
+    if tokens_per_step is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise PlacementError(
+                "InvalidLoads",
+                "rescaling to --tokens-per-step needs --top-k, the experts each token is routed to",
+            )
+        if not (np.isfinite(tokens_per_step) and tokens_per_step > 0):
+            raise PlacementError("InvalidLoads", f"tokens per step must be > 0, not {tokens_per_step!r}")
+        sums = loads.sum(axis=1, keepdims=True)
+        if (sums <= 0).any():
+            layer = int(np.flatnonzero(sums[:, 0] <= 0)[0])
+            raise PlacementError("InvalidLoads", f"layer {layer} has no load to rescale")
+        loads = loads / sums * (float(tokens_per_step) * int(top_k))
+    return loads
+
+
+def read_fleet(obj: dict) -> Fleet:
+    """A Fleet (rank order) from ``{"gpus": [...]}``; see the module docstring for the GPU entries."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("gpus"), list):
+        raise PlacementError("InvalidFleet", "fleet JSON needs a 'gpus' list in expert-parallel rank order")
+    if not obj["gpus"]:
+        raise PlacementError("InvalidFleet", "the fleet has no GPUs")
+    default = {k: obj[k] for k in ("curve", "roofline", "reference") if k in obj}
+    gpus = []
+    for rank, entry in enumerate(obj["gpus"]):
+        if not isinstance(entry, dict):
+            raise PlacementError("InvalidFleet", f"GPU at rank {rank} must be an object")
+        gid = entry.get("id")
+        if not isinstance(gid, str) or not gid:
+            raise PlacementError("InvalidFleet", f"GPU at rank {rank} needs a string 'id'")
+        node = entry.get("node", "")
+        if not isinstance(node, str):
+            raise PlacementError("InvalidFleet", f"GPU {gid!r}: 'node' must be a string")
+        tokens, seconds = _curve_of(entry, default, gid)
+        scale = entry.get("timeScale", 1.0)
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, (int, float))
+            or not (np.isfinite(scale) and scale > 0)
+        ):
+            raise PlacementError("InvalidCurve", f"GPU {gid!r}: timeScale must be a positive number")
+        uuid = entry.get("uuid", "")
+        gpus.append(
+            GPUCurve(
+                gid,
+                node,
+                tokens,
+                _times(seconds, gid) * float(scale),
+                uuid=uuid if isinstance(uuid, str) else "",
+            )
+        )
+    return Fleet(tuple(gpus))
+
+
+def _curve_of(entry: dict, default: dict, gid: str) -> tuple[Any, Any]:
+    if "tokens" in entry or "seconds" in entry:
+        if "tokens" not in entry or "seconds" not in entry:
+            raise PlacementError("InvalidCurve", f"GPU {gid!r} needs both 'tokens' and 'seconds'")
+        return entry["tokens"], entry["seconds"]
+    src = {k: entry[k] for k in ("curve", "roofline", "reference") if k in entry} or default
+    if "curve" in src:
+        c = src["curve"]
+        if not isinstance(c, dict) or "tokens" not in c or "seconds" not in c:
+            raise PlacementError("InvalidCurve", f"GPU {gid!r}: 'curve' needs 'tokens' and 'seconds'")
+        return c["tokens"], c["seconds"]
+    if "roofline" in src:
+        r = src["roofline"]
+        try:
+            return roofline_curve(
+                float(r["floorSeconds"]),
+                float(r["secondsPerToken"]),
+                sharpness=float(r.get("sharpness", 4.0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise PlacementError(
+                "InvalidCurve", f"GPU {gid!r}: 'roofline' needs numbers floorSeconds and secondsPerToken"
+            ) from None
+    if "reference" in src:
+        r = src["reference"]
+        try:
+            h, i = int(r["hiddenSize"]), int(r["intermediateSize"])
+            dtype = str(r.get("dtype", "bf16"))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise PlacementError(
+                "InvalidCurve", f"GPU {gid!r}: 'reference' needs hiddenSize and intermediateSize"
+            ) from None
+        if dtype not in DTYPE_BYTES:
+            raise PlacementError("InvalidCurve", f"GPU {gid!r}: unknown dtype {dtype!r}")
+        return reference_curve(h, i, dtype)
+    raise PlacementError(
+        "InvalidCurve", f"GPU {gid!r} has no curve: give tokens and seconds, a roofline or a reference shape"
+    )
+
+
+def _times(seconds: Any, gid: str) -> np.ndarray:
+    try:
+        arr = np.array(seconds, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PlacementError("InvalidCurve", f"GPU {gid!r}: seconds must be a list of numbers") from None
+    return arr
+
+
+def read_placement(
+    obj: dict, *, slots_per_gpu: int | None = None, num_experts: int | None = None
+) -> Placement:
+    """A Placement from our placement.json, an SGLang expert-location file or an EPLB file.
+
+    SGLang's and EPLB's files do not say the slots per GPU or the expert count: pass them (the expert
+    count defaults to the largest id + 1).
+    """
+    if not isinstance(obj, dict):
+        raise PlacementError("InvalidPlacement", "a placement file must be a JSON object")
+    if "layers" in obj:
+        try:
+            phy = [layer["physicalToLogical"] for layer in obj["layers"]]
+            s = int(obj["slotsPerGPU"])
+            e = int(obj["numLogicalExperts"])
+        except (KeyError, TypeError, ValueError):
+            raise PlacementError(
+                "InvalidPlacement",
+                "placement.json needs slotsPerGPU, numLogicalExperts and layers[].physicalToLogical",
+            ) from None
+    else:
+        key = "physical_to_logical_map" if "physical_to_logical_map" in obj else "phy2log"
+        if key not in obj:
+            raise PlacementError(
+                "InvalidPlacement",
+                "unknown placement file: expected layers, physical_to_logical_map or phy2log",
+            )
+        phy = obj[key]
+        if slots_per_gpu is None:
+            raise PlacementError("InvalidPlacement", f"a {key!r} placement needs the slots per GPU given")
+        s = slots_per_gpu
+        try:
+            e = num_experts if num_experts is not None else int(np.max(np.array(phy, dtype=np.int64))) + 1
+        except (TypeError, ValueError):
+            raise PlacementError("InvalidPlacement", f"{key} must hold integers") from None
+    if slots_per_gpu is not None and s != slots_per_gpu:
+        raise PlacementError(
+            "ShapeMismatch", f"the current placement has {s} slots per GPU, not {slots_per_gpu}"
+        )
+    return Placement(phy, s, e)

@@ -1,0 +1,1 @@
+"""vibe.serving (see module docstrings)."""

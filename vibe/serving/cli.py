@@ -1,0 +1,483 @@
+"""`vibe serving ...`: the commands serving pods run (the root CLI mounts ``app`` as ``serving``).
+
+* ``init`` -- init container: mounted placement ConfigMap -> the engine's ``--init-expert-location`` file
+  (and/or EPLB tensors), checked against the engine's EP size, redundant experts and layers;
+* ``watch`` -- sidecar: notice a newer placement and restart / call an endpoint / report;
+* ``export-loads`` -- job or sidecar: SGLang's expert-distribution dump -> the load ConfigMap.
+
+Heavy imports (the Kubernetes client, torch) stay inside the commands. Every expected failure prints one
+line ``vibe serving: <Reason>: <message>``, writes it to ``/dev/termination-log`` (what ``kubectl
+describe pod`` shows for a failed init container) and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from vibe.serving.errors import ServingError
+
+app = typer.Typer(
+    help="Serving-pod helpers: placement file for the engine, update sidecar, expert-load export.",
+    no_args_is_help=True,
+)
+log = logging.getLogger("vibe.serving")
+
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(e: ServingError) -> typer.Exit:
+    line = f"vibe serving: {e.reason}: {e.message}"
+    typer.echo(line, err=True)
+    try:
+        if os.path.exists(TERMINATION_LOG) and os.access(TERMINATION_LOG, os.W_OK):
+            Path(TERMINATION_LOG).write_text(line + "\n", encoding="utf-8")
+    except OSError:
+        pass
+    return typer.Exit(1)
+
+
+def _settings(
+    ep_size: int,
+    redundant_experts: int,
+    model_config: str | None,
+    num_experts: int | None,
+    num_layers: int | None,
+    first_moe_layer: int | None,
+) -> Any:
+    from vibe.serving.engine import EngineSettings, model_layout
+
+    layout: dict[str, int] = model_layout(model_config) if model_config else {}
+    return EngineSettings(
+        ep_size=ep_size,
+        redundant_experts=redundant_experts,
+        num_experts=num_experts if num_experts is not None else layout.get("num_experts"),
+        num_layers=num_layers if num_layers is not None else layout.get("num_layers"),
+        first_moe_layer=first_moe_layer if first_moe_layer is not None else layout.get("first_moe_layer", 0),
+    )
+
+
+def _optional_int(value: str | None, name: str) -> int | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ServingError("InvalidArgument", f"{name} must be an integer, got {value!r}") from None
+
+
+# Options shared by init and watch (the engine as launched).
+EP_SIZE = typer.Option(
+    ..., "--ep-size", help="Expert-parallel size (SGLang: --ep-size; = --tp-size with DeepEP)."
+)
+REDUNDANT = typer.Option(0, "--redundant-experts", help="SGLang's --ep-num-redundant-experts.")
+MODEL_CONFIG = typer.Option(
+    None, "--model-config", help="The model's config.json: layers, experts, first_k_dense_replace."
+)
+NUM_EXPERTS = typer.Option(None, "--num-experts", help="Routed experts (overrides --model-config).")
+NUM_LAYERS = typer.Option(
+    None, "--num-layers", help="Layers the engine counts, dense included (SGLang: num_hidden_layers)."
+)
+FIRST_MOE = typer.Option(None, "--first-moe-layer", help="Dense layers before the first MoE layer.")
+MOUNT = typer.Option(
+    "/etc/vibe/placement", "--placement-dir", help="Mount path of the <name>-placement ConfigMap."
+)
+STATE_DIR = typer.Option(
+    "/var/run/vibe", "--state-dir", help="emptyDir shared by init and sidecar (applied state)."
+)
+VERBOSE = typer.Option(False, "--verbose", "-v")
+FOLLOW_GPUS = typer.Option(
+    False,
+    "--follow-gpus/--no-follow-gpus",
+    help="Move each GPU's slots to the engine rank running on it (LeaderWorkerSet/StatefulSet; RBAC).",
+)
+GPUS_PER_POD = typer.Option(
+    8, "--gpus-per-pod", help="GPUs each pod drives (all of its node's, in index order)."
+)
+GROUP_SIZE = typer.Option(
+    None, "--group-size", help="Pods per engine group (default: from the LWS/StatefulSet)."
+)
+
+
+@app.command("init")
+def init_cmd(
+    ep_size: int = EP_SIZE,
+    redundant_experts: int = REDUNDANT,
+    placement_dir: str = MOUNT,
+    sglang_out: str | None = typer.Option(
+        None, "--sglang-out", help="Write SGLang's --init-expert-location JSON here."
+    ),
+    eplb_out: str | None = typer.Option(
+        None, "--eplb-out", help="Write EPLB tensors here (.json, or .pt with torch)."
+    ),
+    state_dir: str = STATE_DIR,
+    model_config: str | None = MODEL_CONFIG,
+    num_experts: int | None = NUM_EXPERTS,
+    num_layers: int | None = NUM_LAYERS,
+    first_moe_layer: int | None = FIRST_MOE,
+    expect_generation: str | None = typer.Option(
+        None,
+        "--expect-generation",
+        envvar="VIBE_EXPECT_GENERATION",
+        help="Generation this pod was rolled out for (Downward API: the template annotation); empty = any.",
+    ),
+    wait_seconds: float = typer.Option(
+        180.0, "--wait-seconds", help="How long to wait for the volume to catch up."
+    ),
+    roll_forward: bool = typer.Option(
+        False,
+        "--roll-forward/--no-roll-forward",
+        help="If the volume is already newer than --expect-generation, bump the workload (needs RBAC).",
+    ),
+    follow_gpus: bool = FOLLOW_GPUS,
+    gpus_per_pod: int = GPUS_PER_POD,
+    group_size: int | None = GROUP_SIZE,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Init container: write the engine's placement file from the mounted ConfigMap, or fail clearly."""
+    _setup_logging(verbose)
+    from vibe.serving import emit
+
+    try:
+        settings = _settings(
+            ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer
+        )
+        expected = _optional_int(expect_generation, "--expect-generation")
+        on_newer = _roll_forward_hook() if roll_forward else None
+        applied = emit.run_init(
+            placement_dir,
+            settings,
+            sglang_out=sglang_out,
+            eplb_out=eplb_out,
+            state_dir=state_dir,
+            expect_generation=expected,
+            wait_seconds=wait_seconds,
+            on_newer=on_newer,
+            engine_gpus=(lambda: _engine_gpus(None, gpus_per_pod, group_size)) if follow_gpus else None,
+        )
+    except ServingError as e:
+        raise _fail(e) from None
+    typer.echo(json.dumps({"placementGeneration": applied.generation, "dataHash": applied.data_hash}))
+
+
+def _engine_gpus(api: Any, gpus_per_pod: int, group_size: int | None) -> list[tuple[str, int]]:
+    from vibe.serving import kube, rankmap
+
+    pod, ns = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if not pod or not ns:
+        raise ServingError("InvalidArgument", "--follow-gpus needs POD_NAME and POD_NAMESPACE (Downward API)")
+    try:
+        api = api or kube.client()
+    except Exception as e:
+        raise ServingError("ApplyFailed", f"--follow-gpus needs the Kubernetes API: {e}") from None
+    gpus = rankmap.engine_gpus(api, ns, pod, gpus_per_pod, group_size)
+    log.info("engine ranks run on %s", ", ".join(f"{n}/{i}" for n, i in gpus[::gpus_per_pod]))
+    return gpus
+
+
+def _roll_forward_hook() -> Any:
+    from vibe.serving import kube
+
+    def bump(generation: int) -> None:
+        pod, ns = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+        if not pod or not ns:
+            log.warning("cannot roll forward: POD_NAME/POD_NAMESPACE not set (Downward API)")
+            return
+        try:
+            api = kube.client()
+            kind, name = kube.discover_workload(api, ns, pod)
+            if kube.restart_workload(api, ns, kind, name, generation):
+                log.info("rolled %s/%s forward to placement generation %d", kind, name, generation)
+        except ServingError as e:
+            log.warning("could not roll the workload forward: %s", e.message)
+
+    return bump
+
+
+@app.command("watch")
+def watch_cmd(
+    ep_size: int = EP_SIZE,
+    redundant_experts: int = REDUNDANT,
+    source: str = typer.Option(
+        "file", "--source", help="file (the mounted volume) or api (the ConfigMap object)."
+    ),
+    placement_dir: str = MOUNT,
+    configmap: str | None = typer.Option(None, "--configmap", help="<name>-placement (for --source api)."),
+    namespace: str | None = typer.Option(None, "--namespace", envvar="POD_NAMESPACE"),
+    state_dir: str = STATE_DIR,
+    documents: str = typer.Option(
+        "sglang", "--documents", help="Engine documents to check: sglang, eplb, both."
+    ),
+    policy: str = typer.Option(
+        "report", "--policy", help="restart | http | report (spec.serving.onUpdate wins)."
+    ),
+    moedeployment: str | None = typer.Option(
+        None, "--moedeployment", help="Read the policy from this MoEDeployment's spec.serving each time."
+    ),
+    target: str | None = typer.Option(
+        None, "--target", help="Workload to restart, Kind/name (default: this pod's owner, via POD_NAME)."
+    ),
+    url: str | None = typer.Option(None, "--url", help="Endpoint for the http policy."),
+    http_document: str = typer.Option("sglang", "--http-document", help="Document the http policy POSTs."),
+    token_file: str | None = typer.Option(None, "--token-file", help="Bearer token for the http policy."),
+    interval: float = typer.Option(10.0, "--interval", help="Seconds between looks."),
+    once: bool = typer.Option(False, "--once", help="One look, then exit (tests, debugging)."),
+    model_config: str | None = MODEL_CONFIG,
+    num_experts: int | None = NUM_EXPERTS,
+    num_layers: int | None = NUM_LAYERS,
+    first_moe_layer: int | None = FIRST_MOE,
+    follow_gpus: bool = FOLLOW_GPUS,
+    gpus_per_pod: int = GPUS_PER_POD,
+    group_size: int | None = GROUP_SIZE,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Sidecar: apply newer placements with the MoEDeployment's policy; never an older or half-written one."""
+    _setup_logging(verbose)
+    from vibe.serving import kube, sidecar
+
+    try:
+        settings = _settings(
+            ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer
+        )
+        docs = ("sglang", "eplb") if documents == "both" else tuple(d.strip() for d in documents.split(","))
+        if not set(docs) <= {"sglang", "eplb"}:
+            raise ServingError(
+                "InvalidArgument", f"--documents takes sglang, eplb or both, got {documents!r}"
+            )
+        api = None
+        needs_api = source == "api" or policy == "restart" or moedeployment is not None
+        try:
+            api = kube.client()
+        except Exception as e:
+            if needs_api:
+                raise ServingError("ApplyFailed", f"no Kubernetes API access: {e}") from None
+            log.info("no Kubernetes API access (%s): reports go to the log only", e)
+        if api is not None and not namespace:
+            raise ServingError("InvalidArgument", "--namespace (or POD_NAMESPACE) is needed with API access")
+        if source == "api":
+            if not configmap:
+                raise ServingError("InvalidArgument", "--source api needs --configmap")
+            observe = sidecar.observe_api(api, namespace, configmap)
+        elif source == "file":
+            observe = sidecar.observe_volume(placement_dir)
+        else:
+            raise ServingError("InvalidArgument", f"--source takes file or api, got {source!r}")
+        report = _reporter(api, namespace, configmap)
+        token = Path(token_file).read_text(encoding="utf-8").strip() if token_file else None
+        pick = _policy_picker(
+            api, namespace, moedeployment, policy, url, target, http_document, token, report
+        )
+        gpus = _engine_gpus(api, gpus_per_pod, group_size) if follow_gpus else None
+        watcher = sidecar.Watcher(observe, settings, docs, pick, report, state_dir, gpus)
+    except ServingError as e:
+        raise _fail(e) from None
+    if once:
+        typer.echo(watcher.step())
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    log.info("watching the placement (%s) every %.0fs", source, interval)
+    watcher.run(interval, stop)
+
+
+def _reporter(api: Any, namespace: str | None, configmap: str | None) -> Any:
+    from vibe.serving import kube
+
+    pod = os.environ.get("POD_NAME")
+    if pod:
+        involved = {"kind": "Pod", "name": pod, "api_version": "v1"}
+        if os.environ.get("POD_UID"):
+            involved["uid"] = os.environ["POD_UID"]
+    elif configmap:
+        involved = {"kind": "ConfigMap", "name": configmap, "api_version": "v1"}
+    else:
+        involved = None
+
+    def report(type_: str, reason: str, message: str) -> None:
+        (log.warning if type_ == "Warning" else log.info)("%s: %s", reason, message)
+        if api is not None and namespace and involved:
+            kube.emit_event(api, namespace, involved, reason, message, type_)
+
+    return report
+
+
+def _policy_picker(
+    api: Any,
+    namespace: str | None,
+    moedeployment: str | None,
+    policy: str,
+    url: str | None,
+    target: str | None,
+    http_document: str,
+    token: str | None,
+    report: Any,
+) -> Any:
+    """A function returning the policy to use now: MoEDeployment ``spec.serving`` first, flags second."""
+    from vibe.serving import kube, policies
+
+    def restart_for(kind_name: str | None) -> tuple[Any, str]:
+        if api is None or not namespace:
+            return None, ""
+        if kind_name:
+            kind, _, name = kind_name.partition("/")
+            if not name:
+                raise ServingError("InvalidArgument", f"--target must be Kind/name, got {kind_name!r}")
+        else:
+            pod = os.environ.get("POD_NAME")
+            if not pod:
+                raise ServingError(
+                    "InvalidArgument", "policy 'restart' needs --target or POD_NAME (Downward API)"
+                )
+            kind, name = kube.discover_workload(api, namespace, pod)
+        return (lambda gen: kube.restart_workload(api, namespace, kind, name, gen)), f"{kind}/{name}"
+
+    def pick() -> Any:
+        chosen, endpoint = policy, url
+        if moedeployment and api is not None and namespace:
+            serving = _moedeployment_serving(api, namespace, moedeployment)
+            chosen = serving.get("onUpdate", chosen)
+            endpoint = serving.get("endpoint", endpoint)
+        restart, label = restart_for(target) if chosen == "restart" else (None, "")
+        return policies.make_policy(chosen, report, restart, label, endpoint, http_document, token)
+
+    return pick
+
+
+def _moedeployment_serving(api: Any, namespace: str, name: str) -> dict:
+    from kubernetes import client as k8s
+
+    try:
+        obj = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+            "vibe.dev", "v1alpha1", namespace, "moedeployments", name
+        )
+    except k8s.ApiException as e:
+        raise ServingError(
+            "ApplyFailed", f"reading MoEDeployment {namespace}/{name}: HTTP {e.status}"
+        ) from None
+    serving = (obj.get("spec") or {}).get("serving") or {}
+    return serving if isinstance(serving, dict) else {}
+
+
+@app.command("export-loads")
+def export_loads_cmd(
+    configmap: str | None = typer.Option(
+        None, "--configmap", help="Load ConfigMap to write (server-side apply)."
+    ),
+    key: str = typer.Option(
+        "loads.json", "--key", help="Key in the ConfigMap (spec.workload.configMapRef.key)."
+    ),
+    namespace: str | None = typer.Option(None, "--namespace", envvar="POD_NAMESPACE"),
+    dump: str | None = typer.Option(None, "--dump", help="An SGLang dump (.pt, needs torch) or JSON export."),
+    engine_url: str | None = typer.Option(
+        None, "--engine-url", help="Poll the engine's recorder instead (e.g. http://127.0.0.1:30000)."
+    ),
+    recorder_dir: str | None = typer.Option(
+        None, "--recorder-dir", help="The engine's SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR (shared emptyDir)."
+    ),
+    interval: float = typer.Option(
+        600.0, "--interval", help="Seconds between dumps when polling the engine."
+    ),
+    once: bool = typer.Option(False, "--once", help="With --engine-url: one window, then exit."),
+    min_passes: int = typer.Option(
+        100, "--min-passes", help="Skip windows with fewer forward passes (idle engine)."
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Forward passes to divide by (default: counted)."),
+    model_config: str | None = MODEL_CONFIG,
+    first_moe_layer: int | None = FIRST_MOE,
+    moe_layers: int | None = typer.Option(None, "--moe-layers", help="Keep this many trailing layers."),
+    out: str | None = typer.Option(None, "--out", help="Also write the loads JSON to this file."),
+    keep_dumps: bool = typer.Option(
+        False, "--keep-dumps", help="Keep processed .pt files (default: delete)."
+    ),
+    kubeconfig: str | None = typer.Option(None, "--kubeconfig"),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Job/sidecar: turn SGLang's expert-distribution dump into the MoEDeployment's load ConfigMap."""
+    _setup_logging(verbose)
+    from vibe.serving import engine, kube, loads
+
+    try:
+        if (dump is None) == (engine_url is None):
+            raise ServingError("InvalidArgument", "give exactly one of --dump and --engine-url")
+        if engine_url and not recorder_dir:
+            raise ServingError(
+                "InvalidArgument", "--engine-url needs --recorder-dir (where rank 0 writes dumps)"
+            )
+        if not configmap and not out:
+            raise ServingError("InvalidArgument", "give --configmap and/or --out")
+        if model_config and first_moe_layer is None and moe_layers is None:
+            first_moe_layer = engine.model_layout(model_config)["first_moe_layer"]
+        api = kube.client(kubeconfig) if configmap else None
+        if configmap and not namespace:
+            raise ServingError("InvalidArgument", "--namespace (or POD_NAMESPACE) is needed with --configmap")
+
+        def publish(path: Path) -> bool:
+            result = loads.to_loads(loads.read_dump(path), steps, first_moe_layer, moe_layers)
+            if dump is None and result.passes is not None and result.passes < min_passes:
+                log.info("window had %d forward passes (< %d); not publishing", result.passes, min_passes)
+                return False
+            doc = loads.loads_document(result)
+            if out:
+                Path(out).write_text(doc + "\n", encoding="utf-8")
+            if configmap:
+                annotations = {loads.ANNOTATION_SOURCE: "sglang-expert-distribution-recorder"}
+                if result.passes is not None:
+                    annotations[loads.ANNOTATION_PASSES] = str(result.passes)
+                kube.apply_configmap(api, namespace, configmap, {key: doc}, loads.FIELD_MANAGER, annotations)
+            log.info(
+                "loads %dx%d (dropped %d dense layers, %s passes) -> %s",
+                *result.loads.shape,
+                result.dropped_layers,
+                result.passes,
+                f"{namespace}/{configmap}:{key}" if configmap else out,
+            )
+            return True
+
+        if dump is not None:
+            publish(Path(dump))
+            return
+        assert engine_url is not None and recorder_dir is not None
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        recording = False
+        while True:
+            try:
+                if not recording:  # first time, or the engine restarted and forgot
+                    loads.start_recording(engine_url)
+                    recording = True
+                if stop.wait(interval):
+                    return
+                path = loads.dump_recording(engine_url, recorder_dir)
+                try:
+                    publish(path)
+                finally:
+                    if not keep_dumps:
+                        path.unlink(missing_ok=True)
+            except ServingError as e:
+                if once:
+                    raise
+                recording = False
+                log.warning("%s: %s (retrying in %.0fs)", e.reason, e.message, min(interval, 30.0))
+                if stop.wait(min(interval, 30.0)):
+                    return
+                continue
+            if once:
+                return
+    except ServingError as e:
+        raise _fail(e) from None

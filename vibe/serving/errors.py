@@ -1,0 +1,41 @@
+"""The one error the serving helpers raise on bad input or a placement that does not fit the engine.
+
+Serving pods run these helpers as init containers and sidecars, where the only thing a person sees is the
+container's last log line and its exit code. So every expected failure (a placement for another EP size,
+a half-written volume, a dump of the wrong shape, an engine that refused the update) becomes a
+``ServingError`` whose ``str()`` is one line a person can act on, and whose ``reason`` is a CamelCase
+word used as the Kubernetes Event reason. Bugs stay ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+#: The reasons in use (Event reasons; tests and callers may switch on them).
+REASONS = (
+    "MissingPlacement",  # the mounted ConfigMap lacks the key the engine needs
+    "UnreadableVolume",  # the volume kept changing under the reader, or a file is not JSON
+    "HashMismatch",  # the data does not match its content hash
+    "PlacementMismatch",  # the placement does not fit the engine's EP size / redundant experts / layers
+    "InvalidDump",  # an expert-distribution dump of an unexpected shape
+    "InvalidArgument",  # a flag combination that cannot work
+    "ApplyFailed",  # the policy (restart patch, HTTP call, Event) failed
+    "MissingDependency",  # torch for .pt files, the Kubernetes client for API modes
+)
+
+
+class ServingError(RuntimeError):
+    """Bad input to, or a failed action of, the serving helpers.
+
+    Attributes:
+        reason: CamelCase reason, one of ``REASONS``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:  # a bug here, not in the input
+            raise AssertionError(f"unknown ServingError reason {reason!r}")
+        message = " ".join(str(message).split())
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __reduce__(self):  # picklable with two arguments
+        return (type(self), (self.reason, self.message))

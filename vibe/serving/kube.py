@@ -1,0 +1,273 @@
+"""The few Kubernetes calls the serving helpers make, behind plain functions.
+
+Everything here takes an ``ApiClient`` (from ``client()``, or a test fixture) and imports the Kubernetes
+client lazily, so the init container's file-only path never needs it. The generated client in use picks
+the *first* patch content type it knows (``json-patch+json``) unless told otherwise, so every patch
+below passes ``_content_type`` explicitly:
+
+* ``apply_configmap``: server-side apply (``application/apply-patch+yaml``, JSON is YAML), with a field
+  manager of its own, so the loads writer owns its keys and nothing else;
+* ``restart_workload``: a merge/strategic patch of the pod template's annotation, guarded by the
+  object's ``resourceVersion`` and by the never-backwards rule on the annotation itself, so N pods'
+  sidecars racing to restart the same workload patch it once;
+* ``emit_event``: a core/v1 Event on the pod (or the ConfigMap), what ``kubectl describe`` shows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from typing import Any
+
+from vibe.serving.contract import TEMPLATE_ANNOTATION
+from vibe.serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+LWS_GROUP, LWS_VERSION, LWS_PLURAL = "leaderworkerset.x-k8s.io", "v1", "leaderworkersets"
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "LeaderWorkerSet")
+
+
+def client(kubeconfig: str | None = None) -> Any:
+    """An ``ApiClient``: in-cluster config when running in a pod, else the kubeconfig."""
+    try:
+        from kubernetes import client as k8s
+        from kubernetes import config
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise ServingError("MissingDependency", "the Kubernetes client is not installed") from None
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+        return k8s.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def _api_error(e: Exception, what: str) -> ServingError:
+    status = getattr(e, "status", None)
+    reason = getattr(e, "reason", None) or type(e).__name__
+    return ServingError("ApplyFailed", f"{what}: HTTP {status} {reason}".strip())
+
+
+def read_configmap(api: Any, namespace: str, name: str) -> tuple[dict[str, str], dict[str, str], str]:
+    """``(data, annotations, resourceVersion)`` of a ConfigMap; raises if it does not exist."""
+    from kubernetes import client as k8s
+
+    try:
+        cm = k8s.CoreV1Api(api).read_namespaced_config_map(name, namespace)
+    except k8s.ApiException as e:
+        if e.status == 404:
+            raise ServingError(
+                "MissingPlacement", f"ConfigMap {namespace}/{name} does not exist (yet)"
+            ) from None
+        raise _api_error(e, f"reading ConfigMap {namespace}/{name}") from None
+    meta = cm.metadata
+    return dict(cm.data or {}), dict(meta.annotations or {}), str(meta.resource_version or "")
+
+
+def apply_configmap(
+    api: Any,
+    namespace: str,
+    name: str,
+    data: dict[str, str],
+    field_manager: str,
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> None:
+    """Server-side apply of ``data`` (and annotations/labels) into a ConfigMap, creating it if needed."""
+    from kubernetes import client as k8s
+
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if annotations:
+        metadata["annotations"] = annotations
+    if labels:
+        metadata["labels"] = labels
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+    try:
+        k8s.CoreV1Api(api).patch_namespaced_config_map(
+            name,
+            namespace,
+            body,
+            field_manager=field_manager,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+    except k8s.ApiException as e:
+        raise _api_error(e, f"applying ConfigMap {namespace}/{name}") from None
+
+
+def _template_paths(kind: str, obj: dict) -> list[list[str]]:
+    """Where the pod templates of a workload object live."""
+    if kind == "LeaderWorkerSet":
+        lwt = (obj.get("spec") or {}).get("leaderWorkerTemplate") or {}
+        paths = [["spec", "leaderWorkerTemplate", "workerTemplate"]]
+        if lwt.get("leaderTemplate"):  # absent: the leader uses workerTemplate; never create a bare one
+            paths.insert(0, ["spec", "leaderWorkerTemplate", "leaderTemplate"])
+        return paths
+    return [["spec", "template"]]
+
+
+def _get_path(obj: dict, path: list[str]) -> dict:
+    for key in path:
+        obj = (obj or {}).get(key) or {}
+    return obj
+
+
+def _read_workload(api: Any, namespace: str, kind: str, name: str) -> dict:
+    from kubernetes import client as k8s
+
+    try:
+        if kind == "LeaderWorkerSet":
+            return k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+                LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, name
+            )
+        apps = k8s.AppsV1Api(api)
+        reader = {
+            "Deployment": apps.read_namespaced_deployment,
+            "StatefulSet": apps.read_namespaced_stateful_set,
+            "DaemonSet": apps.read_namespaced_daemon_set,
+        }[kind]
+        return api.sanitize_for_serialization(reader(name, namespace))
+    except k8s.ApiException as e:
+        raise _api_error(e, f"reading {kind} {namespace}/{name}") from None
+
+
+def _patch_workload(api: Any, namespace: str, kind: str, name: str, body: dict) -> None:
+    from kubernetes import client as k8s
+
+    if kind == "LeaderWorkerSet":
+        k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+            LWS_GROUP,
+            LWS_VERSION,
+            namespace,
+            LWS_PLURAL,
+            name,
+            body,
+            _content_type="application/merge-patch+json",
+        )
+        return
+    apps = k8s.AppsV1Api(api)
+    patcher = {
+        "Deployment": apps.patch_namespaced_deployment,
+        "StatefulSet": apps.patch_namespaced_stateful_set,
+        "DaemonSet": apps.patch_namespaced_daemon_set,
+    }[kind]
+    patcher(name, namespace, body, _content_type="application/strategic-merge-patch+json")
+
+
+def restart_workload(
+    api: Any, namespace: str, kind: str, name: str, generation: int, attempts: int = 5
+) -> bool:
+    """Set the pod templates' ``vibe.dev/placement-generation`` to ``generation`` (a rolling restart).
+
+    Returns:
+        True if this call changed the workload; False if it already had this or a newer generation.
+    Raises:
+        ServingError(ApplyFailed): the workload cannot be read or patched (RBAC, missing, conflicts).
+    """
+    from kubernetes import client as k8s
+
+    if kind not in WORKLOAD_KINDS:
+        raise ServingError(
+            "InvalidArgument", f"cannot restart a {kind}; use one of {', '.join(WORKLOAD_KINDS)}"
+        )
+    for _ in range(attempts):
+        obj = _read_workload(api, namespace, kind, name)
+        paths = _template_paths(kind, obj)
+        current = []
+        for path in paths:
+            value = (_get_path(obj, [*path, "metadata", "annotations"]) or {}).get(TEMPLATE_ANNOTATION)
+            try:
+                current.append(int(value) if value is not None else -1)
+            except ValueError:
+                current.append(-1)
+        if min(current) >= generation:
+            return False  # another pod's sidecar (or a newer placement) got there first
+        body: dict[str, Any] = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}}
+        for path in paths:
+            node = body
+            for key in path:
+                node = node.setdefault(key, {})
+            node["metadata"] = {"annotations": {TEMPLATE_ANNOTATION: str(generation)}}
+        try:
+            _patch_workload(api, namespace, kind, name, body)
+            return True
+        except k8s.ApiException as e:
+            if e.status == 409:  # someone else changed it since we read it: read again
+                time.sleep(0.2)
+                continue
+            raise _api_error(e, f"patching {kind} {namespace}/{name}") from None
+    raise ServingError(
+        "ApplyFailed", f"{kind} {namespace}/{name} kept changing; gave up after {attempts} tries"
+    )
+
+
+def discover_workload(api: Any, namespace: str, pod_name: str) -> tuple[str, str]:
+    """``(kind, name)`` of the workload owning a pod: LeaderWorkerSet, StatefulSet, Deployment, DaemonSet."""
+    from kubernetes import client as k8s
+
+    core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+    try:
+        pod = core.read_namespaced_pod(pod_name, namespace)
+    except k8s.ApiException as e:
+        raise _api_error(e, f"reading pod {namespace}/{pod_name}") from None
+    labels = pod.metadata.labels or {}
+    if LWS_NAME_LABEL in labels:
+        return "LeaderWorkerSet", labels[LWS_NAME_LABEL]
+    for ref in pod.metadata.owner_references or []:
+        if ref.kind in ("StatefulSet", "DaemonSet"):
+            return ref.kind, ref.name
+        if ref.kind == "ReplicaSet":
+            try:
+                rs = apps.read_namespaced_replica_set(ref.name, namespace)
+            except k8s.ApiException as e:
+                raise _api_error(e, f"reading ReplicaSet {namespace}/{ref.name}") from None
+            for owner in rs.metadata.owner_references or []:
+                if owner.kind == "Deployment":
+                    return "Deployment", owner.name
+    raise ServingError(
+        "InvalidArgument",
+        f"pod {namespace}/{pod_name} has no Deployment/StatefulSet/LeaderWorkerSet owner; pass --target",
+    )
+
+
+def emit_event(
+    api: Any,
+    namespace: str,
+    involved: dict[str, str],
+    reason: str,
+    message: str,
+    type_: str = "Normal",
+    component: str = "vibe-serving",
+) -> None:
+    """Create a core/v1 Event about ``involved`` (``kind``, ``name``, ``api_version``, ``uid``)."""
+    from kubernetes import client as k8s
+
+    now = dt.datetime.now(dt.timezone.utc)
+    event = k8s.CoreV1Event(
+        metadata=k8s.V1ObjectMeta(name=f"{involved['name']}.{time.time_ns():x}", namespace=namespace),
+        involved_object=k8s.V1ObjectReference(namespace=namespace, **involved),
+        reason=reason,
+        message=message[:1024],
+        type=type_,
+        source=k8s.V1EventSource(component=component, host=os.environ.get("NODE_NAME")),
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+        reporting_component=component,
+        reporting_instance=os.environ.get("POD_NAME", component),
+    )
+    try:
+        k8s.CoreV1Api(api).create_namespaced_event(namespace, event)
+    except k8s.ApiException as e:  # an Event is best effort: the log line already says it
+        log.warning(
+            "could not record Event %s on %s/%s: HTTP %s",
+            reason,
+            involved.get("kind"),
+            involved["name"],
+            e.status,
+        )

@@ -1,0 +1,157 @@
+"""What the sidecar does with a new, checked placement: restart, call an endpoint, or only report.
+
+The MoEDeployment chooses (``spec.serving.onUpdate``, else the ``--policy`` flag):
+
+* ``restart`` -- patch the owning workload's pod-template annotation ``vibe.dev/placement-generation``
+  (what ``kubectl rollout restart`` does with its own annotation). The workload controller rolls the
+  pods; each new pod's init container writes the new placement before its engine starts. This is the
+  only policy that works with upstream SGLang today, which reads ``--init-expert-location`` once, at start.
+* ``http`` -- POST the engine document (the fitted ``--init-expert-location`` JSON, or the EPLB tensors)
+  to a configured URL, with the generation and hash in headers, for an engine or adapter that can move
+  experts live. A non-2xx answer is a failure and is retried; the placement is recorded as applied only
+  after a 2xx.
+* ``report`` -- log it and leave a ``PlacementAvailable`` Event; a person or another controller acts.
+
+Every policy gets the same ``Update``: the placement was already read from one snapshot, hash-checked,
+ordered by the never-older rule and fitted to the engine before any policy sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from vibe.serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("restart", "http", "report")
+
+
+@dataclass(frozen=True)
+class Update:
+    """A placement ready to apply.
+
+    Attributes:
+        generation: its placement generation.
+        content_hash: the declared hash (or the locally computed one when none was declared).
+        documents: engine name ("sglang", "eplb") -> fitted document.
+    """
+
+    generation: int
+    content_hash: str
+    documents: dict[str, dict]
+
+
+class Reporter(Protocol):
+    def __call__(self, type_: str, reason: str, message: str) -> None: ...
+
+
+class Policy(Protocol):
+    name: str
+
+    def apply(self, update: Update) -> str:
+        """Apply ``update``; return a short description; raise ServingError(ApplyFailed) on failure."""
+        ...
+
+
+class ReportPolicy:
+    """Only tell: the Event and the log line are the whole action."""
+
+    name = "report"
+
+    def __init__(self, report: Reporter) -> None:
+        self._report = report
+
+    def apply(self, update: Update) -> str:
+        self._report(
+            "Normal",
+            "PlacementAvailable",
+            f"placement generation {update.generation} ({update.content_hash[:12]}) is available;"
+            " policy 'report' leaves applying it to you",
+        )
+        return "reported"
+
+
+class RestartPolicy:
+    """Roll the workload by bumping its pod-template annotation.
+
+    ``restart`` is ``kube.restart_workload`` bound to an API client; injected so tests can fake it.
+    """
+
+    name = "restart"
+
+    def __init__(self, restart: Callable[[int], bool], target: str) -> None:
+        self._restart = restart
+        self._target = target
+
+    def apply(self, update: Update) -> str:
+        changed = self._restart(update.generation)
+        return f"{'restarting' if changed else 'already restarting'} {self._target}"
+
+
+class HttpPolicy:
+    """POST the engine document to an endpoint."""
+
+    name = "http"
+
+    def __init__(
+        self, url: str, document: str = "sglang", timeout: float = 30.0, token: str | None = None
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ServingError("InvalidArgument", f"--url must be an http(s) URL, got {url!r}")
+        self.url, self.document, self.timeout, self.token = url, document, timeout, token
+
+    def apply(self, update: Update) -> str:
+        if self.document not in update.documents:
+            raise ServingError(
+                "InvalidArgument", f"http policy posts the {self.document} document, which was not prepared"
+            )
+        body = json.dumps(update.documents[self.document], sort_keys=True, separators=(",", ":")).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Vibe-Placement-Generation": str(update.generation),
+            "X-Vibe-Content-Hash": update.content_hash,
+        }
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status = response.status
+        except urllib.error.HTTPError as e:
+            detail = e.read(300).decode("utf-8", "replace")
+            raise ServingError("ApplyFailed", f"POST {self.url} answered HTTP {e.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ServingError("ApplyFailed", f"POST {self.url} failed: {getattr(e, 'reason', e)}") from None
+        return f"POST {self.url} -> HTTP {status}"
+
+
+def make_policy(
+    name: str,
+    report: Reporter,
+    restart: Callable[[int], bool] | None = None,
+    target: str = "",
+    url: str | None = None,
+    document: str = "sglang",
+    token: str | None = None,
+) -> Any:
+    """Build the named policy from its parts (``restart`` needs ``restart``; ``http`` needs ``url``)."""
+    if name == "report":
+        return ReportPolicy(report)
+    if name == "restart":
+        if restart is None:
+            raise ServingError(
+                "InvalidArgument", "policy 'restart' needs the Kubernetes API and a target workload"
+            )
+        return RestartPolicy(restart, target)
+    if name == "http":
+        if not url:
+            raise ServingError("InvalidArgument", "policy 'http' needs --url (or spec.serving.endpoint)")
+        return HttpPolicy(url, document, token=token)
+    raise ServingError("InvalidArgument", f"unknown policy {name!r}; use one of {', '.join(POLICIES)}")

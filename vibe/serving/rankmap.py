@@ -1,0 +1,155 @@
+"""Follow the GPUs, not the ranks: remap a placement onto the engine's actual rank order.
+
+A vibe placement is for GPUs: ``placement.json`` lists them in the placement's rank order, each with its
+node and GPU index (``gpus.nodeSelector`` mode: nodes sorted by name, GPUs by index). The engine numbers
+its ranks its own way: SGLang under a LeaderWorkerSet is ``node_rank * gpus_per_node + local_rank`` with
+``node_rank`` = the pod's worker index, and which node worker 2 lands on is the scheduler's choice, anew
+on every restart. Applying physical slot ``p`` of the placement to engine rank ``p // S`` would put the
+experts sized for a fast GPU on whatever GPU got that rank.
+
+``engine_gpus`` reads where the pods of this pod's group actually run (the LeaderWorkerSet worker-index
+label, or the StatefulSet pod-index label) and lists the engine's ranks as ``(node, gpu index)``,
+assuming each pod drives every GPU of its node in index order (one 8-GPU pod per 8-GPU node, the
+wide-EP layout); ``permute_slots`` moves each GPU's slots to the engine rank that has that GPU. All pods
+of a group compute the same permutation from the same pod list, so the ranks agree. Because the
+placement follows GPUs, a restart that reshuffles pods needs no new placement, and the operator (which
+sees the same nodes) computes none.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from vibe.serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
+LWS_GROUP = "leaderworkerset.sigs.k8s.io/group-index"
+LWS_WORKER = "leaderworkerset.sigs.k8s.io/worker-index"
+STS_INDEX = "apps.kubernetes.io/pod-index"
+
+
+def placement_gpus(placement_doc: Any) -> list[tuple[str, int]]:
+    """``(node, gpu index)`` per placement rank, from ``placement.json``'s ``gpus`` list."""
+    gpus = placement_doc.get("gpus") if isinstance(placement_doc, dict) else None
+    if not isinstance(gpus, list) or not gpus:
+        raise ServingError(
+            "PlacementMismatch", "placement.json lists no gpus; cannot follow GPUs to engine ranks"
+        )
+    out = []
+    for i, g in enumerate(gpus):
+        node = g.get("node") if isinstance(g, dict) else None
+        index = g.get("index", g.get("gpuIndex")) if isinstance(g, dict) else None
+        if not isinstance(node, str) or not isinstance(index, int):
+            raise ServingError(
+                "PlacementMismatch", f"placement.json gpus[{i}] needs node and index to follow GPUs"
+            )
+        out.append((node, index))
+    if len(set(out)) != len(out):
+        raise ServingError("PlacementMismatch", "placement.json lists a GPU twice")
+    return out
+
+
+def engine_gpus(
+    api: Any,
+    namespace: str,
+    pod_name: str,
+    gpus_per_pod: int,
+    group_size: int | None = None,
+    timeout: float = 300.0,
+    poll: float = 2.0,
+) -> list[tuple[str, int]]:
+    """``(node, gpu index)`` per engine rank for this pod's LeaderWorkerSet group or StatefulSet.
+
+    Waits until every pod of the group is scheduled. The group size is ``group_size``, else the
+    LeaderWorkerSet's ``leaderworkerset.sigs.k8s.io/size`` annotation on the pod, else the StatefulSet's
+    replicas.
+    """
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api(api)
+    me = core.read_namespaced_pod(pod_name, namespace)
+    labels = me.metadata.labels or {}
+    if LWS_NAME in labels:
+        selector = f"{LWS_NAME}={labels[LWS_NAME]},{LWS_GROUP}={labels.get(LWS_GROUP, '0')}"
+        index_label = LWS_WORKER
+        size = int((me.metadata.annotations or {}).get("leaderworkerset.sigs.k8s.io/size", "0"))
+    elif STS_INDEX in labels:
+        owner = next((r.name for r in me.metadata.owner_references or [] if r.kind == "StatefulSet"), None)
+        if owner is None:
+            raise ServingError(
+                "InvalidArgument", f"pod {pod_name} has a pod-index label but no StatefulSet owner"
+            )
+        sts = k8s.AppsV1Api(api).read_namespaced_stateful_set(owner, namespace)
+        selector = ",".join(f"{k}={v}" for k, v in sorted((sts.spec.selector.match_labels or {}).items()))
+        index_label, size = STS_INDEX, int(sts.spec.replicas or 0)
+    else:
+        raise ServingError(
+            "InvalidArgument",
+            f"pod {pod_name} is neither in a LeaderWorkerSet nor a StatefulSet; cannot order ranks",
+        )
+    size = group_size or size
+    if size < 1:
+        raise ServingError("InvalidArgument", f"cannot tell the group size of pod {pod_name}")
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = [
+            p
+            for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+            if not p.metadata.deletion_timestamp
+        ]
+        placed = {int(p.metadata.labels[index_label]): p.spec.node_name for p in pods if p.spec.node_name}
+        if len(placed) >= size and set(range(size)) <= set(placed):
+            break
+        if time.monotonic() > deadline:
+            raise ServingError(
+                "UnreadableVolume",
+                f"only {len(placed)} of {size} pods of the group were scheduled after {timeout:.0f}s",
+            )
+        time.sleep(poll)
+    return [(placed[w], i) for w in range(size) for i in range(gpus_per_pod)]
+
+
+def slot_permutation(
+    placed: list[tuple[str, int]], engine: list[tuple[str, int]], slots_per_gpu: int
+) -> list[int]:
+    """``perm[new_slot] = old_slot``: engine rank e takes the slots of the placement rank with e's GPU."""
+    if len(placed) != len(engine):
+        raise ServingError(
+            "PlacementMismatch", f"placement is for {len(placed)} GPUs but the engine group has {len(engine)}"
+        )
+    rank_of = {gpu: r for r, gpu in enumerate(placed)}
+    missing = [gpu for gpu in engine if gpu not in rank_of]
+    if missing:
+        node, index = missing[0]
+        raise ServingError(
+            "PlacementMismatch",
+            f"engine runs on GPU {index} of node {node}, which the placement does not cover"
+            f" ({len(missing)} such GPUs): re-place for the nodes the pods run on",
+        )
+    return [rank_of[gpu] * slots_per_gpu + s for gpu in engine for s in range(slots_per_gpu)]
+
+
+def permute_sglang(doc: dict, perm: list[int]) -> dict:
+    """Apply ``perm`` to every row of ``physical_to_logical_map`` (dense-layer rows are trivial: kept)."""
+    rows = doc["physical_to_logical_map"]
+    return {"physical_to_logical_map": [[row[p] for p in perm] for row in rows]}
+
+
+def permute_eplb(doc: dict, perm: list[int]) -> dict:
+    """Apply ``perm`` to EPLB's ``phy2log`` and renumber the slots in ``log2phy``; ``logcnt`` is unchanged."""
+    new_of_old = {old: new for new, old in enumerate(perm)}
+    out = dict(doc)
+    out["phy2log"] = [[row[p] for p in perm] for row in doc["phy2log"]]
+    if "log2phy" in doc:
+        out["log2phy"] = [
+            [
+                sorted(new_of_old[s] for s in slots if s != -1) + [-1] * sum(1 for s in slots if s == -1)
+                for slots in layer
+            ]
+            for layer in doc["log2phy"]
+        ]
+    return out
