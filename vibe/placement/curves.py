@@ -182,10 +182,11 @@ class CurveTable:
     def all_gpus(self, n: np.ndarray) -> np.ndarray:
         """t_g(n) for every GPU: n of shape [...] gives [G, ...]."""
         n = np.asarray(n, dtype=np.float64)
-        out = np.empty((self.num_gpus, *n.shape))
-        for g in range(self.num_gpus):
-            out[g] = self._one(g, n)
-        return out
+        flat = n.reshape(-1)
+        # The grid is shared, so one search serves every GPU; past x[-1] the last segment extends.
+        j = np.clip(np.searchsorted(self.x, flat, side="right") - 1, 0, self.x.size - 2)
+        val = self.y[:, j] + (np.maximum(flat, self.x[0]) - self.x[j]) * self.slope[:, j]
+        return np.where(flat > 0, val, 0.0).reshape(self.num_gpus, *n.shape)
 
     def _one(self, g: int, n: np.ndarray) -> np.ndarray:
         """One GPU's curve at any array of n (np.interp in the grid, flat below x[0] as the model says)."""
