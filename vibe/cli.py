@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show [layers][experts] shapes literally
 )
 app.command("plan")(plan)
 app.add_typer(cluster_app, name="cluster")

@@ -20,6 +20,7 @@ from vibe.cluster.paths import DEFAULT_CLUSTER
 app = typer.Typer(
     help="The local control plane (kine, kube-apiserver, controller manager, scheduler, kwok).",
     no_args_is_help=True,
+    rich_markup_mode=None,  # help texts show [layers][experts] shapes literally
 )
 # soft_wrap: never break a path or a command line that someone will copy.
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -28,6 +28,7 @@ from vibe.serving.errors import ServingError
 app = typer.Typer(
     help="Serving-pod helpers: placement file for the engine, update sidecar, expert-load export.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # help texts show [layers][experts] shapes literally
 )
 log = logging.getLogger("vibe.serving")
 
