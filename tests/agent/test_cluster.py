@@ -24,7 +24,7 @@ from vibe.agent.node import AgentConfig, NodeAgent
 from vibe.agent.publish import KubePublisher
 from vibe.agent.runner import Runner, RunnerConfig
 from vibe.agent.simulate import SimProfiler, SimTelemetry, parse_fleet
-from vibe.cluster.testing import wait_for
+from vibe.cluster.testing import apply_crds, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -34,29 +34,8 @@ G, V, PLURAL = "vibe.dev", "v1alpha1", "gpuprofiles"
 
 @pytest.fixture(scope="module")
 def crds(kube: Any) -> None:
-    """The GPUProfile and MoEDeployment CRDs from crds/ (created if missing), served."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    ext = client.ApiextensionsV1Api(kube)
-    for name in ("gpuprofile.yaml", "moedeployment.yaml"):
-        doc = yaml.safe_load((ROOT / "crds" / name).read_text())
-        try:
-            ext.create_custom_resource_definition(doc)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-    custom = client.CustomObjectsApi(kube)
-
-    def served() -> bool:
-        try:
-            custom.list_cluster_custom_object(G, V, "gpuprofiles", limit=1)
-            custom.list_cluster_custom_object(G, V, "moedeployments", limit=1)
-            return True
-        except ApiException:
-            return False
-
-    wait_for(served, timeout=60, what="vibe.dev CRDs served")
+    """The GPUProfile and MoEDeployment CRDs from crds/ (created or updated), served."""
+    apply_crds(kube)
 
 
 def get(kube: Any, ns: str, name: str) -> dict[str, Any]:

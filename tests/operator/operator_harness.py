@@ -20,57 +20,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vibe.cluster.testing import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-CRDS = ROOT / "crds"
 G, V = "vibe.dev", "v1alpha1"
-
-
-def apply_crds(api: Any) -> None:
-    """Create or update every CRD in crds/ and wait until the API serves them."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    ext = client.ApiextensionsV1Api(api)
-    names = []
-    for path in sorted(CRDS.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            name = doc["metadata"]["name"]
-            names.append(name)
-            try:
-                ext.create_custom_resource_definition(doc)
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-                cur = ext.read_custom_resource_definition(name)
-                doc["metadata"]["resourceVersion"] = cur.metadata.resource_version
-                ext.replace_custom_resource_definition(name, doc)
-
-    def established() -> bool:
-        for name in names:
-            conds = ext.read_custom_resource_definition(name).status.conditions or []
-            if not any(c.type == "Established" and c.status == "True" for c in conds):
-                return False
-        return True
-
-    wait_for(established, timeout=30, what="CRDs established")
-    # Discovery can lag the Established condition by a moment; wait until a list works.
-    custom = client.CustomObjectsApi(api)
-    wait_for(lambda: _lists(custom), timeout=30, what="vibe.dev resources served")
-
-
-def _lists(custom: Any) -> bool:
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        custom.list_cluster_custom_object(G, V, "moedeployments", limit=1)
-        custom.list_cluster_custom_object(G, V, "gpuprofiles", limit=1)
-        return True
-    except ApiException:
-        return False
 
 
 def free_port() -> int:

@@ -65,6 +65,8 @@ BAD_DEPLOYMENTS = [
     ("spec.output.formats", ["vibe", "vibe"], 'spec.output.formats[1]: Duplicate value: "vibe"'),
     ("spec.output.formats", [], "spec.output.formats in body should have at least 1 items"),
     ("spec.workload.configMapRef", {"key": "x"}, "spec.workload.configMapRef.name: Required value"),
+    ("spec.serving", {"onUpdate": "http"}, "serving.endpoint is required when serving.onUpdate is http"),
+    ("spec.serving.onUpdate", "reload", 'spec.serving.onUpdate: Unsupported value: "reload"'),
 ]  # fmt: skip
 
 
@@ -100,6 +102,7 @@ def test_good_moedeployment_gets_defaults(crds, kube, namespace):
     assert spec["policy"] == "vibe" and spec["output"] == {"formats": ["vibe", "sglang"]}
     assert spec["drift"] == {"minGain": 0.03, "cooldownSeconds": 300}
     assert spec["model"]["dtype"] == "fp8"
+    assert "serving" not in spec  # unset: the serving sidecar's own --policy flag decides
 
 
 def test_examples_are_valid(crds, kube, namespace):

@@ -205,3 +205,45 @@ def test_follow_gpus_orders_ranks_by_where_the_pods_run(kube_api, namespace: str
     node_of = {p.metadata.name: p.spec.node_name for p in core.list_namespaced_pod(namespace).items}
     assert gpus == [(node_of["engine-0"], i) for i in range(8)] + [(node_of["engine-1"], i) for i in range(8)]
     assert {node_of["engine-0"], node_of["engine-1"]} == set(nodes)
+
+
+def test_sidecar_takes_its_policy_from_the_moedeployment(kube_api, namespace: str) -> None:
+    """``--moedeployment``: spec.serving (stored by the real CRD, CEL-checked) wins over the flags, and
+    is read again before each apply, so editing the MoEDeployment changes what the next update does."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from vibe.cluster.testing import apply_crds
+    from vibe.serving.cli import _policy_picker
+
+    apply_crds(kube_api)
+    custom = client.CustomObjectsApi(kube_api)
+    body = {
+        "apiVersion": "vibe.dev/v1alpha1",
+        "kind": "MoEDeployment",
+        "metadata": {"name": "dsv3"},
+        "spec": {
+            "model": {"layers": 2, "experts": 8, "topK": 2, "hiddenSize": 64, "expertIntermediateSize": 32},
+            "gpus": {"nodeSelector": {"pool": "none"}, "count": 4, "slotsPerGPU": 2},
+            "serving": {"onUpdate": "http"},
+        },
+    }
+    with pytest.raises(ApiException) as refused:  # http without an endpoint: the API server says no
+        custom.create_namespaced_custom_object("vibe.dev", "v1alpha1", namespace, "moedeployments", body)
+    assert refused.value.status == 422 and "serving.endpoint is required" in refused.value.body
+    body["spec"]["serving"]["endpoint"] = "http://127.0.0.1:9/expert-location"
+    custom.create_namespaced_custom_object("vibe.dev", "v1alpha1", namespace, "moedeployments", body)
+
+    pick = _policy_picker(kube_api, namespace, "dsv3", "report", None, None, "sglang", None, lambda *a: None)
+    chosen = pick()
+    assert isinstance(chosen, policies.HttpPolicy) and chosen.url == "http://127.0.0.1:9/expert-location"
+
+    custom.patch_namespaced_custom_object(
+        "vibe.dev",
+        "v1alpha1",
+        namespace,
+        "moedeployments",
+        "dsv3",
+        {"spec": {"serving": {"onUpdate": "report"}}},
+    )
+    assert isinstance(pick(), policies.ReportPolicy)

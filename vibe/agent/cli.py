@@ -22,7 +22,8 @@ from typing import Annotated, Any
 import typer
 
 app = typer.Typer(
-    help="The per-node GPU agent: benchmark, telemetry, drift, GPUProfile.", no_args_is_help=True,
+    help="The per-node GPU agent: benchmark, telemetry, drift, GPUProfile.",
+    no_args_is_help=True,
     rich_markup_mode=None,  # help texts show [layers][experts] shapes literally
 )
 

@@ -1,5 +1,6 @@
 """Helpers for tests that run against the local control plane (the fixtures live in tests/conftest.py):
-``wait_for`` (poll until true), ``shared_cluster`` (one test cluster shared by concurrent sessions).
+``wait_for`` (poll until true), ``shared_cluster`` (one test cluster shared by concurrent sessions),
+``apply_crds`` (create or update the project's CRDs and wait until they are served).
 
 Kept in the package, like ``kopf.testing``, so every test folder can import them without making
 ``tests`` a package.
@@ -14,7 +15,9 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import yaml
 
 from vibe.cluster.controlplane import Cluster
 from vibe.cluster.paths import clusters_root
@@ -24,6 +27,9 @@ T = TypeVar("T")
 
 # Label the ``gpu_nodes`` fixture puts on the nodes it makes (value: their name prefix), for selectors.
 TEST_NODES_LABEL = "vibe.dev/test-nodes"
+
+# The project's CRDs (the repository's crds/, next to vibe/).
+CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
 
 
 def wait_for(check: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> T:
@@ -97,3 +103,47 @@ def _users_lock(name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def apply_crds(api: Any) -> None:
+    """Create or update every CRD in crds/ and wait until the API serves them."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    ext = client.ApiextensionsV1Api(api)
+    names = []
+    for path in sorted(CRDS_DIR.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            name = doc["metadata"]["name"]
+            names.append(name)
+            try:
+                ext.create_custom_resource_definition(doc)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                cur = ext.read_custom_resource_definition(name)
+                doc["metadata"]["resourceVersion"] = cur.metadata.resource_version
+                ext.replace_custom_resource_definition(name, doc)
+
+    def established() -> bool:
+        for name in names:
+            conds = ext.read_custom_resource_definition(name).status.conditions or []
+            if not any(c.type == "Established" and c.status == "True" for c in conds):
+                return False
+        return True
+
+    wait_for(established, timeout=30, what="CRDs established")
+    # Discovery can lag the Established condition by a moment; wait until a list works.
+    custom = client.CustomObjectsApi(api)
+    wait_for(lambda: _lists(custom), timeout=30, what="vibe.dev resources served")
+
+
+def _lists(custom: Any) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        custom.list_cluster_custom_object("vibe.dev", "v1alpha1", "moedeployments", limit=1)
+        custom.list_cluster_custom_object("vibe.dev", "v1alpha1", "gpuprofiles", limit=1)
+        return True
+    except ApiException:
+        return False
