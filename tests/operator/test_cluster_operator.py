@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from operator_builders import deployment_body, now_iso, profile_body
-from operator_harness import Objects, apply_crds, running_operator
+from operator_harness import Objects, running_operator
 
-from vibe.cluster.testing import TEST_NODES_LABEL, wait_for
+from vibe.cluster.testing import TEST_NODES_LABEL, apply_crds, wait_for
 from vibe.placement.synthetic import skewed_loads
 from vibe.serving.contract import content_hash
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from operator_builders import deployment_body, profile_body
-from operator_harness import Objects, OperatorProcess, apply_crds
+from operator_harness import Objects, OperatorProcess
 
-from vibe.cluster.testing import TEST_NODES_LABEL, wait_for
+from vibe.cluster.testing import TEST_NODES_LABEL, apply_crds, wait_for
 from vibe.placement.synthetic import skewed_loads
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 from operator_builders import deployment_body, profile_body
-from operator_harness import G, V, apply_crds
+from operator_harness import G, V
+
+from vibe.cluster.testing import apply_crds
 
 pytestmark = pytest.mark.cluster
 

@@ -95,8 +95,15 @@ class Kube:
     async def node_labels(self, selector: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
         """Name -> labels of the nodes matching ``selector`` (every label equal; None or {}: all nodes)."""
         sel = ",".join(f"{k}={v}" for k, v in sorted((selector or {}).items())) or None
+        # resource_version "0": served from the API server's watch cache, not read through from etcd
+        # (with 1,000 nodes a storage read decodes every node to filter by label). It may lag by the
+        # watch delay; reconciles are level-based, so the next one sees what this one missed.
         rsp = await asyncio.to_thread(
-            self.core.list_node, label_selector=sel, _preload_content=False, _headers=_METADATA_ONLY
+            self.core.list_node,
+            label_selector=sel,
+            resource_version="0",
+            _preload_content=False,
+            _headers=_METADATA_ONLY,
         )
         items = json.loads(rsp.data).get("items") or ()
         return {i["metadata"]["name"]: dict(i["metadata"].get("labels") or {}) for i in items}

@@ -23,6 +23,7 @@ Every result is priced against the token-balanced (EPLB-style) baseline on the s
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,7 +111,7 @@ def _plan(
     # 1. Nothing usable in service, or the spec changed: solve from scratch.
     if current is None or current.placement is None or current.keys.placement != keys.placement:
         result = solve(loads.tokens, fleet, s, spec.policy, time_budget_s=budget, current=have)
-        baseline = _baseline(result, loads, fleet, s, budget)
+        baseline = _baseline(result, loads, fleet, s)
         why = "first placement" if current is None else _why_resolve(current, keys)
         return _write(inputs, "Placed", why, result, baseline, drift=None)
 
@@ -133,7 +134,7 @@ def _plan(
         result = replace_incremental(
             have, loads.tokens, fleet, max_moves=spec.drift.max_moves, time_budget_s=budget
         )
-        baseline = _baseline(result, loads, fleet, s, budget)
+        baseline = _baseline(result, loads, fleet, s)
         return _write(inputs, "GPUsChanged", "the deployment's GPUs changed", result, baseline, drift=None)
 
     # 5. Drift.
@@ -190,7 +191,7 @@ def _plan(
             evaluated_drift=True,
             drift={**drift, "decision": COOLDOWN, "retryAfter": iso(ready_at), "message": msg},
         )
-    baseline = _baseline(new, loads, fleet, s, budget)
+    baseline = _baseline(new, loads, fleet, s)
     plan = _write(
         inputs,
         REPLACED,
@@ -253,32 +254,22 @@ def _write(
     return Plan(WRITE, reason, why, result=result, baseline=baseline, summary=summary, drift=drift)
 
 
-def _baseline(result: Any, loads: Loads, fleet: Any, s: int, budget: float) -> Any:
+def _baseline(result: Any, loads: Loads, fleet: Any, s: int) -> Any:
     """The token-balanced (EPLB-style) placement of the same inputs, priced like ``result``.
 
     Token-balanced ignores the curves, so its placement depends on the loads alone and is cached by
     their fingerprint: after performance drift only its pricing is new. Its lower bound is ``result``'s
     (the bound depends on the inputs, not on the placement), so no bound is computed twice.
     """
-    from vibe.placement import Placement, Result, evaluate
+    from vibe.placement import Placement
+    from vibe.placement.engine import make_result
 
     if result.policy == BASELINE_POLICY:
         return result
     e = loads.tokens.shape[1]
     placement = Placement(_token_balanced(loads.key, loads.tokens, len(fleet), s), s, e)
-    ev = evaluate(placement, loads.tokens, fleet)
-    bound = result.lower_bound_s
-    return Result(
-        policy=BASELINE_POLICY,
-        placement=placement,
-        step_time_s=ev.step_time_s,
-        layer_times_s=ev.layer_times_s,
-        imbalance=ev.imbalance,
-        lower_bound_s=bound,
-        gap=ev.step_time_s / bound - 1.0 if bound > 0 else 0.0,
-        solve_seconds=0.0,
-        gpu_times_s=ev.gpu_times_s,
-        layer_bounds_s=result.layer_bounds_s,
+    return make_result(
+        BASELINE_POLICY, placement, loads.tokens, fleet, time.perf_counter(), bounds=result.layer_bounds_s
     )
 
 
