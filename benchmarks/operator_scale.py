@@ -143,7 +143,7 @@ def main() -> int:
     from kubernetes.client.exceptions import ApiException
 
     from vibe.cluster import Cluster, create_gpu_nodes
-    from vibe.cluster.binaries import locate
+    from vibe.cluster.testing import apply_crds
 
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     cluster = Cluster(args.cluster)
@@ -152,9 +152,7 @@ def main() -> int:
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     op = None
     try:
-        kubectl = str(locate()["kubectl"])
-        apply = [kubectl, "apply", "--server-side", "-f", str(ROOT / "crds")]
-        subprocess.run(apply, env=cluster.env(), check=True, capture_output=True)
+        apply_crds(api)  # and wait until they are served
         for ns in (NS, PROFILE_NS):
             _ignore_conflict(lambda ns=ns: core.create_namespace({"metadata": {"name": ns}}))
         reset(core, custom)  # a kept cluster may hold a previous run's objects
