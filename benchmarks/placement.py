@@ -238,9 +238,9 @@ def report(rows: list[dict], head: dict, inc: list[dict], env: dict) -> str:
     lines += ["Produced by:", "", "```", env["command"], "```", ""]
     lines += [
         f"Environment: {env['cpu']}; {env['pinning']}; Python {env['python']}, numpy {env['numpy']}. "
-        "The machine is shared (2 cores, other builds running), so wall times are noisy; solve times are the "
-        "best of 3 runs for the headline and single runs in the table. Instances, loads and fleets are "
-        "described in `benchmarks/placement.py`.",
+        f"{os.cpu_count()} CPUs, load average {env['load']:.1f} at the start: on a shared machine wall times "
+        "are noisy; solve times are the best of 3 runs for the headline and single runs in the table. "
+        "Instances, loads and fleets are described in `benchmarks/placement.py`.",
         "",
     ]
     n = len(rows)
@@ -360,6 +360,7 @@ def main() -> None:
         "pinning": pinning,
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "load": os.getloadavg()[0],
     }
     rows = quality(args.quick)
     head = headline(repeat=3)
