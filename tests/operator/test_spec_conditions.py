@@ -79,3 +79,16 @@ def test_transitions_report_status_or_reason_changes_only():
 def test_messages_are_one_line():
     out = cond.merge([], [Condition("Ready", False, "A", "two\nlines   here")], generation=1, now="T")
     assert out[0]["message"] == "two lines here"
+
+
+def test_worker_processes_follow_the_containers_cpu_limit(tmp_path):
+    from vibe.operator.settings import available_cpus
+
+    unlimited = available_cpus(tmp_path)  # no cpu.max: the affinity
+    assert unlimited >= 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(tmp_path) == unlimited
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # limits.cpu: 1.5
+    assert available_cpus(tmp_path) == min(unlimited, 2)
+    (tmp_path / "cpu.max").write_text("10000 100000\n")  # 100m
+    assert available_cpus(tmp_path) == 1

@@ -48,7 +48,9 @@ def run(
     resync: Annotated[float, typer.Option(help="Reconcile every deployment at least this often (s).")] = 60.0,
     compute_processes: Annotated[
         int | None,
-        typer.Option(help="Placement worker processes (0: threads); default min(4, CPUs)."),
+        typer.Option(
+            help="Placement worker processes (0: threads); default min(4, CPUs within the CPU limit)."
+        ),
     ] = None,
     all_namespaces: Annotated[
         bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace (the default without -n).")

@@ -6,8 +6,10 @@ startup handler falls back to ``from_env`` so ``kopf run -m vibe.operator.handle
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class OperatorSettings:
     backoff_initial_s: float = 5.0
     backoff_max_s: float = 300.0
     #: Worker processes for placement work (0: threads in the operator's process).
-    compute_processes: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    compute_processes: int = field(default_factory=lambda: default_compute_processes())
     #: Namespaces watched for MoEDeployments (empty: all).
     namespaces: tuple[str, ...] = field(default_factory=tuple)
 
@@ -39,8 +41,26 @@ class OperatorSettings:
             metrics_port=int(env.get("VIBE_METRICS_PORT", cls.metrics_port)),
             solve_budget_s=float(env.get("VIBE_SOLVE_BUDGET", cls.solve_budget_s)),
             resync_s=float(env.get("VIBE_RESYNC_SECONDS", cls.resync_s)),
-            compute_processes=int(env.get("VIBE_COMPUTE_PROCESSES", min(4, os.cpu_count() or 1))),
+            compute_processes=int(env.get("VIBE_COMPUTE_PROCESSES", default_compute_processes())),
         )
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's
+    ``resources.limits.cpu``), rounded up. ``os.cpu_count()`` would count every core of the node."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota visible: the affinity is the limit
+    return max(1, cpus)
+
+
+def default_compute_processes() -> int:
+    """Placement worker processes: one per usable CPU, at most 4."""
+    return min(4, available_cpus())
 
 
 #: Set by ``vibe operator`` before Kopf starts.
