@@ -40,7 +40,14 @@ def test_up_twice_status_then_down_leaves_nothing(scratch_cluster: Cluster) -> N
     first = vibe_cluster("up", "--name", name, "--no-build")
     assert first.returncode == 0, first.stderr
     # stdout is exactly what `eval "$(vibe cluster up)"` needs; everything else went to stderr.
-    assert first.stdout == f"export KUBECONFIG={scratch_cluster.kubeconfig}\n"
+    from vibe.cluster.binaries import locate
+
+    tools = f"{locate()['kubectl'].parent}:{locate()['helm'].parent}"
+    assert first.stdout == (f'export KUBECONFIG={scratch_cluster.kubeconfig}\nexport PATH={tools}:"$PATH"\n')
+    # ... and a shell that evaluates it finds the cluster's own kubectl talking to it.
+    shell = 'eval "$1"; kubectl get --raw /readyz'
+    ready = subprocess.run(["bash", "-c", shell, "-", first.stdout], capture_output=True, text=True)
+    assert ready.stdout == "ok", ready.stderr
     st = scratch_cluster.status()
     assert st.ready, st
     assert set(st.processes) == {

@@ -1,6 +1,7 @@
 """`vibe cluster up|down|status`: the local control plane from a shell.
 
-stdout carries only what a shell should evaluate (``export KUBECONFIG=...``), so
+stdout carries only what a shell should evaluate (``export KUBECONFIG=...`` and ``export PATH=...`` for
+the kubectl and helm built for it), so
 ``eval "$(vibe cluster up)"`` works; progress, tables and errors go to stderr.
 
 A second `up` while the cluster runs is not an error: it says so on stderr, adds any missing
@@ -9,6 +10,7 @@ A second `up` while the cluster runs is not an error: it says so on stderr, adds
 
 from __future__ import annotations
 
+import shlex
 import time
 
 import typer
@@ -40,7 +42,7 @@ def up(
     ),
     timeout: float = typer.Option(120.0, help="Seconds to wait for the control plane to become ready."),
 ) -> None:
-    """Start the local control plane (building its binaries if needed); print `export KUBECONFIG=...`."""
+    """Start the local control plane (building its binaries if needed); print the shell exports."""
     from vibe.cluster.binaries import BinariesMissing
     from vibe.cluster.controlplane import Cluster, ClusterError
 
@@ -68,20 +70,18 @@ def up(
         )
     else:
         err.print(f"cluster [bold]{name}[/bold] is already running; state in {cluster.dir}")
-    _hint_tools()
-    typer.echo(cluster.status(check_ready=False).export_line)
+    typer.echo(_export_lines(cluster.status(check_ready=False).export_line))
 
 
-def _hint_tools() -> None:
+def _export_lines(export_kubeconfig: str) -> str:
+    """What `eval "$(vibe cluster up|status)"` needs: KUBECONFIG, and PATH to the kubectl and helm built
+    for this cluster (when they are built)."""
     from vibe.cluster.binaries import locate
 
     found = locate()
-    kubectl, helm = found["kubectl"], found["helm"]
-    if kubectl.exists():
-        path = f"{kubectl.parent}" + (f":{helm.parent}" if helm.exists() else "")
-        err.print(
-            f"[dim]kubectl{' and helm' if helm.exists() else ''}: export PATH={path}:$PATH[/dim]",
-        )
+    dirs = [str(found[b].parent) for b in ("kubectl", "helm") if found[b].exists()]
+    path = f'\nexport PATH={shlex.quote(":".join(dirs))}:"$PATH"' if dirs else ""
+    return export_kubeconfig + path
 
 
 @app.command()
@@ -98,7 +98,7 @@ def down(name: str = NameOption) -> None:
 
 @app.command()
 def status(name: str = NameOption) -> None:
-    """Show the cluster's processes; print `export KUBECONFIG=...` and exit 0 only when it is ready."""
+    """Show the cluster's processes; print the exports and exit 0 only when it is ready."""
     from vibe.cluster.controlplane import Cluster
 
     st = Cluster(name).status()
@@ -116,8 +116,7 @@ def status(name: str = NameOption) -> None:
     err.print(table)
     err.print(f"server {st.server}  versions {', '.join(f'{k} {v}' for k, v in sorted(st.versions.items()))}")
     err.print(f"state and logs in {st.state_dir}")
-    _hint_tools()
     if not st.ready:
         err.print("some component is down: `vibe cluster up` cleans the stale state and starts afresh")
         raise typer.Exit(1)
-    typer.echo(st.export_line)
+    typer.echo(_export_lines(st.export_line))

@@ -140,11 +140,12 @@ class Demo:
             )
             return
         self.say(f"The demo took {time.monotonic() - started:.0f}s. The cluster is still up to look around:")
+        vibe = _vibe_command()
         self.say(
-            f'  eval "$(vibe cluster status)"; kubectl get moed,gpuprofiles -A; kubectl -n {DEMO_NS} '
-            "get cm deepseek-v3-placement -o yaml"
+            f'  eval "$({vibe} cluster status --name {self.cluster.name})"; kubectl get moed,gpuprofiles -A; '
+            f"kubectl -n {DEMO_NS} get cm deepseek-v3-placement -o yaml"
         )
-        self.say("Remove it with `vibe cluster down` (or `make clean`).")
+        self.say(f"Remove it with `{vibe} cluster down --name {self.cluster.name}`.")
 
     def control_plane(self) -> None:
         from vibe.cluster import create_gpu_nodes, wait_nodes_ready
@@ -528,3 +529,14 @@ def demo(
         console.print(f"[red]demo failed:[/red] {type(e).__name__}: {e}")
         console.print("  (component logs are under the demo's work directory; `vibe cluster down` cleans up)")
         raise typer.Exit(1) from e
+
+
+def _vibe_command() -> str:
+    """How this shell can run `vibe`: the name if it is on PATH, else the path beside this Python."""
+    beside = Path(sys.executable).parent / "vibe"
+    if shutil.which("vibe") or not beside.exists():
+        return "vibe"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
