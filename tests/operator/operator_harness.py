@@ -75,6 +75,11 @@ class OperatorProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
 
+    def count(self, series: str) -> float:
+        """The sum of a metric's samples whose labels include those given, e.g.
+        ``vibe_reconcile_errors_total{reason="InvalidLoads"}`` (0 when there are none)."""
+        return count_metric(self.metrics(), series)
+
     def kill(self) -> None:
         """SIGKILL: no cleanup, no goodbye to peers (what a crash or an OOM kill does)."""
         if self.proc is not None and self.proc.poll() is None:
@@ -94,6 +99,20 @@ class OperatorProcess:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def count_metric(text: str, series: str) -> float:
+    """Sum of the samples of ``series`` (``name`` or ``name{label="v",...}``) in Prometheus text."""
+    total = 0.0
+    name, _, labels = series.partition("{")
+    want = set(labels.rstrip("}").split(",")) if labels else set()
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, _, value = line.rpartition(" ")
+            have = set(head[len(name) + 1 : -1].split(",")) if "{" in head else set()
+            if want <= have:
+                total += float(value)
+    return total
 
 
 @contextlib.contextmanager

@@ -25,6 +25,17 @@ from vibe.serving.contract import content_hash
 pytestmark = pytest.mark.cluster
 
 
+#: The issue's metrics, in base units (seconds, ratios, counters ending in _total).
+METRICS = (
+    "vibe_placement_predicted_step_seconds",
+    "vibe_placement_imbalance_ratio",
+    "vibe_placement_gap_to_bound_ratio",
+    "vibe_placement_gain_vs_baseline_ratio",
+    "vibe_placement_moves_total",
+    "vibe_reconcile_duration_seconds",
+)
+
+
 def loads_json(seed: int, layers: int = 4, experts: int = 16, mean: float = 512.0) -> str:
     return json.dumps({"loads": skewed_loads(layers, experts, mean_tokens=mean, seed=seed).tolist()})
 
@@ -146,27 +157,17 @@ def test_create_writes_every_format_and_becomes_ready(objs: Objects, fleet: Any,
 
     # The same inputs give no write at all: poke it and watch a reconcile end "unchanged".
     rv = cm["metadata"]["resourceVersion"]
-    before = _count(operator.metrics(), 'vibe_reconcile_duration_seconds_count{outcome="unchanged"}')
+    unchanged = 'vibe_reconcile_duration_seconds_count{outcome="unchanged"}'
+    before = operator.count(unchanged)
     objs.patch("dsv3", {"metadata": {"annotations": {"vibe.dev/reconcile-trigger": "1"}}})
-    wait_for(
-        lambda: (
-            _count(operator.metrics(), 'vibe_reconcile_duration_seconds_count{outcome="unchanged"}') > before
-        ),
-        timeout=30,
-        what="an unchanged reconcile",
-    )
+    wait_for(lambda: operator.count(unchanged) > before, timeout=30, what="an unchanged reconcile")
     assert objs.config_map("dsv3-placement")["metadata"]["resourceVersion"] == rv
+    assert objs.get("dsv3")["metadata"]["generation"] == 1  # the operator never writes spec
 
     text = operator.metrics()
-    for name in (
-        "vibe_placement_predicted_step_seconds",
-        "vibe_placement_imbalance_ratio",
-        "vibe_placement_gap_to_bound_ratio",
-        "vibe_placement_gain_vs_baseline_ratio",
-        "vibe_placement_moves_total",
-        "vibe_reconcile_duration_seconds",
-    ):
-        assert f"{name}" in text, name
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    for name in METRICS:
+        assert any(line.startswith(name) for line in samples), name
     assert f'vibe_placement_generation{{name="dsv3",namespace="{objs.ns}"}} 1.0' in text
 
 
@@ -236,7 +237,7 @@ def test_gpu_drift_past_threshold_replaces_and_touches_only_its_users(objs: Obje
     assert objs.config_map("b-placement")["metadata"]["resourceVersion"] == rv_b
 
 
-def test_gpu_drift_below_threshold_only_reports_drifted(objs: Objects, fleet: Any):
+def test_gpu_drift_below_threshold_only_reports_drifted(objs: Objects, fleet: Any, operator: Any):
     selector, nodes = fleet(2, 4)
     objs.put_loads("loads", loads_json(4))
     objs.create(
@@ -256,6 +257,8 @@ def test_gpu_drift_below_threshold_only_reports_drifted(objs: Objects, fleet: An
     assert drift["decision"] == "DriftBelowThreshold" and drift["loss"] > 0
     objs.wait_event("m", "DriftBelowThreshold")
     assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == rv
+    labels = f'kind="PerformanceDrift",decision="DriftBelowThreshold",name="m",namespace="{objs.ns}"'
+    assert operator.count(f"vibe_drift_events_total{{{labels}}}") == 1
     assert objs.condition("m", "Ready")["status"] == "True"
 
 
@@ -271,36 +274,52 @@ def test_cooldown_defers_the_replacement(objs: Objects, fleet: Any):
     objs.wait_condition("m", "Drifted", "False", "Replaced")
 
 
-def test_missing_load_config_map_then_created(objs: Objects, fleet: Any):
+def test_missing_load_config_map_then_created(objs: Objects, fleet: Any, operator: Any):
     selector, _ = fleet(2, 4)
     objs.create(deployment_body("m", selector=selector, workload={"configMapRef": {"name": "later"}}))
     c = objs.wait_condition("m", "Ready", "False", "ConfigMapNotFound")
     assert f"ConfigMap {objs.ns}/later (spec.workload.configMapRef) does not exist" in c["message"]
     assert objs.condition("m", "Degraded")["reason"] == "ConfigMapNotFound"
     ev = objs.wait_event("m", "ConfigMapNotFound")
-    assert ev["type"] == "Warning"
+    assert ev["type"] == "Warning" and ev["message"] == c["message"]
     assert objs.config_map("m-placement") is None
+    assert operator.count('vibe_reconcile_errors_total{reason="ConfigMapNotFound"}') >= 1
     objs.put_loads("later", loads_json(5))
     objs.wait_condition("m", "Ready", "True", "Placed", timeout=20)
     objs.wait_condition("m", "Degraded", "False")
 
 
-def test_too_few_gpus(objs: Objects, fleet: Any):
-    selector, _ = fleet(1, 4)
-    objs.create(deployment_body("m", selector=selector, count=16, slots=2))
+def test_too_few_gpus_keep_the_last_placement(objs: Objects, fleet: Any):
+    selector, _ = fleet(2, 4)
+    objs.create(deployment_body("m", selector=selector, count=8, slots=3))
+    objs.wait_condition("m", "Ready", "True")
+    rv = objs.config_map("m-placement")["metadata"]["resourceVersion"]
+    objs.patch("m", {"spec": {"gpus": {"count": 16}}})
     c = objs.wait_condition("m", "Ready", "False", "InsufficientGPUs")
-    assert "matches 1 nodes with 4 profiled GPUs" in c["message"] and "gpus.count is 16" in c["message"]
-    objs.wait_event("m", "InsufficientGPUs")
+    assert "matches 2 nodes with 8 profiled GPUs" in c["message"] and "gpus.count is 16" in c["message"]
+    assert "previous spec (generation 1) stays in service" in c["message"]
+    assert c["observedGeneration"] == 2
+    assert objs.condition("m", "Degraded")["reason"] == "InsufficientGPUs"
+    ev = objs.wait_event("m", "InsufficientGPUs")
+    assert ev["type"] == "Warning" and "gpus.count is 16" in ev["message"]
+    assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == rv
+    assert objs.get("m")["status"]["placementGeneration"] == 1
 
 
-def test_infeasible_slots(objs: Objects, fleet: Any):
+def test_infeasible_slots_keep_the_last_placement(objs: Objects, fleet: Any):
     selector, _ = fleet(2, 4, memory_bytes=2 * 2**30)
-    body = deployment_body("m", selector=selector, count=8, slots=8)
+    body = deployment_body("m", selector=selector, count=8, slots=3)
     body["spec"]["model"]["layers"] = 8
     objs.create(body)
+    objs.wait_condition("m", "Ready", "True")
+    rv = objs.config_map("m-placement")["metadata"]["resourceVersion"]
+    objs.patch("m", {"spec": {"gpus": {"slotsPerGPU": 8}}})
     c = objs.wait_condition("m", "Ready", "False", "InfeasibleSlots")
     assert "needs 2.6 GiB of expert weights per GPU" in c["message"]
-    objs.wait_event("m", "InfeasibleSlots")
+    assert "previous spec (generation 1) stays in service" in c["message"]
+    ev = objs.wait_event("m", "InfeasibleSlots")
+    assert ev["type"] == "Warning" and "needs 2.6 GiB" in ev["message"]
+    assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == rv
 
 
 def test_unparsable_loads_keep_the_last_placement(objs: Objects, fleet: Any):
@@ -313,10 +332,11 @@ def test_unparsable_loads_keep_the_last_placement(objs: Objects, fleet: Any):
     c = objs.wait_condition("m", "Degraded", "True", "InvalidLoads")
     assert "is not JSON" in c["message"] and "keeping placement generation 1" in c["message"]
     assert objs.condition("m", "Ready")["status"] == "True"
-    objs.wait_event("m", "InvalidLoads")
+    assert objs.wait_event("m", "InvalidLoads")["type"] == "Warning"
     objs.put_loads("loads", json.dumps({"loads": [[1.0] * 16] * 3}))  # wrong shape
     c = objs.wait_condition("m", "Degraded", "True", "ShapeMismatch")
     assert "the model has 4x16" in c["message"]
+    assert objs.wait_event("m", "ShapeMismatch")["type"] == "Warning"
     assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == cm["metadata"]["resourceVersion"]
 
 
@@ -329,7 +349,8 @@ def test_stale_profiles_degrade_but_keep_the_placement(objs: Objects, fleet: Any
     objs.put_profile(old)
     c = objs.wait_condition("m", "Degraded", "True", "StaleGPUProfile", timeout=30)
     assert nodes[0] in c["message"] and "keeping placement generation 1" in c["message"]
-    objs.wait_event("m", "StaleGPUProfile")
+    ev = objs.wait_event("m", "StaleGPUProfile")
+    assert ev["type"] == "Warning" and nodes[0] in ev["message"]
     assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == rv
     objs.put_profile(profile_body(nodes[0], gpus=4))  # the agent is back
     objs.wait_condition("m", "Degraded", "False", timeout=30)
@@ -343,29 +364,6 @@ def test_delete_removes_the_config_map(objs: Objects, fleet: Any):
     wait_for(lambda: objs.config_map("m-placement") is None, timeout=60, what="ConfigMap garbage-collected")
 
 
-METRICS = (
-    "vibe_placement_predicted_step_seconds",
-    "vibe_placement_imbalance_ratio",
-    "vibe_placement_gap_to_bound_ratio",
-    "vibe_placement_gain_vs_baseline_ratio",
-    "vibe_placement_moves_total",
-    "vibe_reconcile_duration_seconds",
-)
-
-
 def _replaced(objs: Objects, name: str) -> dict | None:
     last = objs.get(name)["status"].get("lastReplacement") or {}
     return last if last.get("reason") == "Replaced" else None
-
-
-def _count(text: str, series: str) -> float:
-    total = 0.0
-    name, _, labels = series.partition("{")
-    want = set(labels.rstrip("}").split(",")) if labels else set()
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            head, _, value = line.rpartition(" ")
-            have = set(head[len(name) + 1 : -1].split(",")) if "{" in head else set()
-            if want <= have:
-                total += float(value)
-    return total

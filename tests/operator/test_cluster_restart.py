@@ -8,7 +8,6 @@ operator of ``test_cluster_operator``, and pytest finishes one module before the
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
@@ -87,10 +86,16 @@ def test_killed_mid_way_converges_without_duplicate_generation(
             objs.wait_condition(f"m{i}", "Ready", "True", "Placed", timeout=120)
         wait_for(lambda: all(g == (1, 1) for g in _generations(objs, n).values()), timeout=30,
                  what=f"every deployment at generation 1: {_generations(objs, n)}")  # fmt: skip
-        # And it stays there: a resync later, nothing was rewritten.
+        # And it stays there: reconciled once more each, nothing is rewritten.
         rvs = {i: objs.config_map(f"m{i}-placement")["metadata"]["resourceVersion"] for i in range(n)}
-        time.sleep(3)
+        unchanged = 'vibe_reconcile_duration_seconds_count{outcome="unchanged"}'
+        before = restarted.count(unchanged)
+        for i in range(n):
+            objs.patch(f"m{i}", {"metadata": {"annotations": {"vibe.dev/reconcile-trigger": "again"}}})
+        wait_for(lambda: restarted.count(unchanged) >= before + n, timeout=60,
+                 what=f"{n} unchanged reconciles\n{restarted.tail()}")  # fmt: skip
         assert rvs == {i: objs.config_map(f"m{i}-placement")["metadata"]["resourceVersion"] for i in range(n)}
+        assert all(g == (1, 1) for g in _generations(objs, n).values())
     finally:
         restarted.stop()
 

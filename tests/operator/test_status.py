@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from vibe.operator.output import InputKeys, InService
@@ -39,6 +40,7 @@ def in_service(generation: int = 1, key: str = KEY) -> InService:
         placed_at=dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc),
         summary=dict(SUMMARY),
         placement=Placement([[0, 1]], 1, 2),
+        intact=True,
     )
 
 
@@ -78,6 +80,21 @@ def test_spec_changed_and_unplaceable_is_not_ready_but_keeps_old_placement():
     ready = status["conditions"][0]
     assert (ready["status"], ready["reason"]) == ("False", "InsufficientGPUs")
     assert "previous spec (generation 1) stays in service" in ready["message"]
+
+
+def test_placement_unreadable_under_a_new_slot_count_still_serves_the_previous_spec():
+    cm = dataclasses.replace(in_service(generation=4), placement=None, unreadable="another slot count")
+    obs = Observation(2, "new-key", "m-placement", cm, problem=Problem("InfeasibleSlots", "needs 90 GiB"))
+    status, events = observe({}, obs, now="T")
+    assert [(e.type, e.reason) for e in events] == [("Warning", "InfeasibleSlots")]
+    ready, degraded = status["conditions"][:2]
+    assert (ready["status"], ready["reason"]) == ("False", "InfeasibleSlots")
+    assert "previous spec (generation 4) stays in service" in ready["message"]
+    assert "keeping placement generation 4" in degraded["message"]
+    assert status["placementGeneration"] == 4 and status["predicted"]["stepTimeSeconds"] == 0.012
+    edited = dataclasses.replace(cm, intact=False)  # edited by hand: not a placement to vouch for
+    status, _ = observe({}, Observation(2, "new-key", "m-placement", edited, problem=obs.problem), now="T")
+    assert "stays in service" not in status["conditions"][0]["message"] and "predicted" not in status
 
 
 def test_write_posts_one_event_and_drift_below_threshold_another():

@@ -2,8 +2,9 @@
 
 Layers, importing downward only (the handlers are thin, the decisions are pure):
 
-* ``handlers``    — Kopf registrations: indices of nodes, pods, GPUProfiles and MoEDeployments; the
-  per-MoEDeployment worker (a Kopf daemon) and the watch handlers that wake the workers a change affects.
+* ``handlers``    — Kopf registrations: indices of pods, GPUProfiles and MoEDeployments (nodes are listed
+  per reconcile, not watched); the per-MoEDeployment worker (a Kopf daemon) and the watch handlers that
+  wake the workers a change affects.
 * ``reconciling`` — one reconcile of one MoEDeployment: read the world, plan, write the ConfigMap,
   patch status, post Events, record metrics.
 * ``kube``        — the few API calls the reconciler makes (sync client, run in threads).

@@ -290,11 +290,6 @@ def matches_selector(selector: Mapping[str, Any], labels: Mapping[str, str]) -> 
     return True
 
 
-def uses_node(spec: DeploymentSpec, labels: Mapping[str, str]) -> bool:
-    """Whether a node with these labels could hold this deployment's GPUs (nodeSelector mode)."""
-    return spec.gpus.node_selector is not None and matches_labels(spec.gpus.node_selector, labels)
-
-
 def expert_bytes(spec: DeploymentSpec) -> float:
     """Weight bytes of one routed expert (SwiGLU: gate, up and down projections)."""
     return 3.0 * spec.model.hidden_size * spec.model.intermediate_size * DTYPE_BYTES[spec.model.dtype]

@@ -77,8 +77,9 @@ class InService:
     keys: InputKeys
     placed_at: dt.datetime | None
     summary: dict[str, Any] = field(default_factory=dict)
-    placement: Placement | None = None
+    placement: Placement | None = None  # None: unreadable, or written for another slot count or model
     unreadable: str = ""  # why the placement could not be read back, if it could not
+    intact: bool = False  # its data matches its content hash: a placement this operator wrote, unedited
 
     def owned_by(self, uid: str) -> bool:
         return uid in self.owner_uids
@@ -167,6 +168,7 @@ def read_back(
     if content_hash(core_data(data)) != found.content_hash:
         found.unreadable = "its data does not match its vibe.dev/content-hash (edited by hand?)"
         return found
+    found.intact = True
     try:
         found.placement = placement_of(data, experts=experts, slots_per_gpu=slots_per_gpu)
     except (PlacementError, ValueError, KeyError, TypeError) as e:

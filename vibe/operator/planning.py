@@ -112,7 +112,7 @@ def _plan(
     if current is None or current.placement is None or current.keys.placement != keys.placement:
         result = solve(loads.tokens, fleet, s, spec.policy, time_budget_s=budget, current=have)
         baseline = _baseline(result, loads, fleet, s)
-        why = "first placement" if current is None else _why_resolve(current, keys)
+        why = "first placement" if current is None else _why_resolve(current)
         return _write(inputs, "Placed", why, result, baseline, drift=None)
 
     # 2. Same inputs: nothing to do.
@@ -207,6 +207,7 @@ def _plan(
 
 
 def prior_drift_or_none(prior: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A drift evaluation worth showing in status (one that left the placement as it was), else None."""
     return dict(prior) if prior and prior.get("decision") in (BELOW_THRESHOLD, COOLDOWN) else None
 
 
@@ -290,7 +291,7 @@ def _token_balanced(key: str, tokens: np.ndarray, num_gpus: int, slots: int) -> 
 _TB_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
 
 
-def _why_resolve(current: InService, keys: InputKeys) -> str:
+def _why_resolve(current: InService) -> str:
     if current.placement is None:
         return f"re-placed: the ConfigMap in service is unusable ({current.unreadable or 'no placement key'})"
     return "re-placed after a spec change"

@@ -8,6 +8,7 @@ retries with backoff. Anything else is a bug and stays an ordinary exception.
 
 from __future__ import annotations
 
+from vibe.placement.errors import REASONS as PLACEMENT_REASONS
 from vibe.placement.errors import PlacementError
 
 #: Reasons a Problem may carry (besides the placement engine's, which pass through unchanged).
@@ -29,6 +30,8 @@ class Problem(Exception):
     """A condition-worthy input problem: ``reason`` (CamelCase) and a one-line ``message``."""
 
     def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS and reason not in PLACEMENT_REASONS:  # a bug here, not in the input
+            raise AssertionError(f"unknown Problem reason {reason!r}")
         message = " ".join(str(message).split())
         super().__init__(message)
         self.reason = reason

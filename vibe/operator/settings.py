@@ -24,7 +24,9 @@ class OperatorSettings:
     solve_budget_s: float = 1.0
     #: Every deployment is reconciled at least this often (stale heartbeats are only seen this way).
     resync_s: float = 60.0
-    #: Retry backoff after a problem: first delay, doubling, capped.
+    #: Retry backoff after a problem: first delay, doubling, capped (a worker also resyncs every
+    #: ``resync_s``, so a retry never waits longer than that: a fix nobody watches, such as a node
+    #: label, is still seen within one resync).
     backoff_initial_s: float = 5.0
     backoff_max_s: float = 300.0
     #: Worker processes for placement work (0: threads in the operator's process).

@@ -18,7 +18,7 @@ from vibe.operator.clock import iso
 from vibe.operator.conditions import Condition
 from vibe.operator.gpus import Resolution
 from vibe.operator.output import InService
-from vibe.operator.planning import BELOW_THRESHOLD, COOLDOWN, WRITE, Plan
+from vibe.operator.planning import WRITE, Plan, prior_drift_or_none
 from vibe.operator.problems import Problem
 from vibe.operator.workload import Loads
 
@@ -50,8 +50,10 @@ def observe(
 ) -> tuple[dict[str, Any], list[Event]]:
     """(new status, Events) for an observation; ``old`` is the status before it."""
     old = dict(old or {})
-    cm = obs.in_service if obs.in_service is not None and obs.in_service.placement is not None else None
-    current = cm is not None and cm.keys.placement == obs.placement_key
+    # The placement in service: intact, though perhaps unreadable under a changed spec (another slot
+    # count or model), in which case it still serves the previous spec and its figures stay shown.
+    cm = obs.in_service if obs.in_service is not None and obs.in_service.intact else None
+    current = cm is not None and cm.placement is not None and cm.keys.placement == obs.placement_key
     status: dict[str, Any] = {
         k: v for k, v in old.items() if k in ("gpus", "nodes", "curveSource", "loadsSource")
     }
@@ -115,11 +117,9 @@ _PREDICTED = (
 
 
 def _drift_of(obs: Observation, old: Mapping[str, Any]) -> dict[str, Any] | None:
-    if obs.plan is not None:
-        d = obs.plan.drift
-        return dict(d) if d and d.get("decision") in (BELOW_THRESHOLD, COOLDOWN) else None
-    prior = old.get("drift")  # not evaluated this time (a problem stopped it): keep what was shown
-    return dict(prior) if isinstance(prior, Mapping) else None
+    # Not evaluated this time (a problem stopped it): keep what was shown.
+    shown = obs.plan.drift if obs.plan is not None else old.get("drift")
+    return prior_drift_or_none(shown if isinstance(shown, Mapping) else None)
 
 
 def _conditions(
@@ -133,7 +133,7 @@ def _conditions(
         s = cm.summary
         msg = (
             f"placement generation {cm.generation} in ConfigMap {obs.config_map}: {s.get('policy')} on "
-            f"{res.fleet.__len__() if res else '?'} GPUs, {_ms(s.get('stepTimeSeconds'))} per step predicted "
+            f"{len(res.fleet) if res else '?'} GPUs, {_ms(s.get('stepTimeSeconds'))} per step predicted "
             f"(bound {_ms(s.get('lowerBoundSeconds'))}, gap {_pct(s.get('gapToBound'))}), "
             f"{_pct(s.get('gainVsBaseline'))} faster than {(s.get('baseline') or {}).get('policy')}"
         )
