@@ -19,11 +19,16 @@ class NVMLError(Exception):
 
 
 class FakeNvml:
-    """Enough of ``pynvml`` for ``NvmlTelemetry``: ``gpus`` GPUs; ``unsupported`` names raise NotSupported."""
+    """Enough of ``pynvml`` for ``NvmlTelemetry``: ``gpus`` GPUs; ``unsupported`` names raise NotSupported.
+
+    ``errors`` maps a name (as counted by ``_count``) to another NVML error code it raises instead (a GPU
+    fallen off the bus, an unknown error); ``lost_handles`` are GPU indices whose handle cannot be had.
+    """
 
     NVML_ERROR_NOT_SUPPORTED = 3
     NVML_ERROR_TIMEOUT = 10
     NVML_ERROR_LIBRARY_NOT_FOUND = 12
+    NVML_ERROR_GPU_IS_LOST = 15
     NVML_CLOCK_SM = 1
     NVML_CLOCK_MEM = 2
     NVML_TEMPERATURE_GPU = 0
@@ -35,10 +40,17 @@ class FakeNvml:
     nvmlEventTypeXidCriticalError = 8
 
     def __init__(
-        self, gpus: int = 2, unsupported: frozenset[str] = frozenset(), init_error: int | None = None
+        self,
+        gpus: int = 2,
+        unsupported: frozenset[str] = frozenset(),
+        init_error: int | None = None,
+        errors: dict[str, int] | None = None,
+        lost_handles: frozenset[int] = frozenset(),
     ):
         self.n = gpus
         self.unsupported = set(unsupported)
+        self.errors = dict(errors or {})
+        self.lost_handles = set(lost_handles)
         self.init_error = init_error
         self.calls: dict[str, int] = {}
         self.sm_mhz = [1500] * gpus
@@ -50,6 +62,8 @@ class FakeNvml:
         self.calls[name] = self.calls.get(name, 0) + 1
         if name in self.unsupported:
             raise NVMLError(self.NVML_ERROR_NOT_SUPPORTED)
+        if name in self.errors:
+            raise NVMLError(self.errors[name])
 
     # -- life cycle
     def nvmlInit(self) -> None:
@@ -63,6 +77,8 @@ class FakeNvml:
         return self.n
 
     def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        if i in self.lost_handles:
+            raise NVMLError(self.NVML_ERROR_GPU_IS_LOST)
         return i
 
     # -- identity

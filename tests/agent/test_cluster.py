@@ -168,10 +168,19 @@ def test_restart_resumes_without_rewriting(kube: Any, namespace: str, crds: None
     fleet = {"nodes": [{"name": "rs", "gpus": [1.0, 0.9]}], "drift": [{"at": 1, "gpu": 1, "timeScale": 1.5}]}
     runner, _ = sim_runner(kube, namespace, fleet)
     runner.start()
-    runner.run(duration=6)
-    runner.close()
-    first = get(kube, namespace, "rs")
-    assert first["spec"]["gpus"][1]["drift"]["state"] == "Drifted"
+    th = threading.Thread(target=runner.run, daemon=True)
+    th.start()
+    try:
+        wait_for(
+            lambda: get(kube, namespace, "rs")["spec"]["gpus"][1]["drift"]["state"] == "Drifted",
+            timeout=20,
+            what="GPU 1 of rs Drifted",
+        )
+    finally:
+        runner.stop.set()
+        th.join(timeout=10)
+        runner.close()
+    first = get(kube, namespace, "rs")  # as the first process left it
     n_events = len(events(kube, namespace))
 
     runner2, _ = sim_runner(kube, namespace, fleet)  # a new process: same node, same GPUs

@@ -191,3 +191,27 @@ def test_example_fleet_files_load(tmp_path: Path) -> None:
     p = tmp_path / "fleet.json"
     p.write_text(json.dumps(data))
     assert load_fleet(p).node_names() == ["j"]
+
+
+def test_load_fleet_seed_override_and_bad_files(tmp_path: Path) -> None:
+    p = tmp_path / "gen.yaml"
+    p.write_text("seed: 1\ngenerate: {count: 4, gpusPerNode: 8, spread: 0.08}\n")
+
+    def speeds(fleet: object) -> list[float]:
+        return [g.speed for gs in fleet.nodes.values() for g in gs]  # type: ignore[attr-defined]
+
+    assert speeds(load_fleet(p, seed=1)) == speeds(load_fleet(p))
+    assert speeds(load_fleet(p, seed=2)) != speeds(load_fleet(p))
+    assert speeds(load_fleet(p, seed=2)) == speeds(
+        parse_fleet({"seed": 2, "generate": {"count": 4, "gpusPerNode": 8, "spread": 0.08}})
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes: [\n")
+    with pytest.raises(SimulationError, match="not valid YAML"):
+        load_fleet(bad)
+    (tmp_path / "bad.json").write_text("{nodes")
+    with pytest.raises(SimulationError, match="not valid JSON"):
+        load_fleet(tmp_path / "bad.json")
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(SimulationError, match="no nodes"):
+        load_fleet(tmp_path / "empty.yaml", seed=3)

@@ -90,6 +90,32 @@ def test_unsupported_fields_are_reported_once_and_read_as_none(caplog: pytest.Lo
     assert len(caplog.records) == len(tel.problems)
 
 
+def test_failing_fields_and_a_lost_gpu_are_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Errors other than NotSupported (a GPU off the bus, an unknown error) read as None, reported once."""
+    lost = FakeNvml.NVML_ERROR_GPU_IS_LOST
+    fake = FakeNvml(gpus=3, errors={"power": lost, "energy": 999}, lost_handles=frozenset({2}))
+    tel = NvmlTelemetry.open(lib=fake)
+    tel.SLOW_EVERY_S = 0.0
+    with caplog.at_level(logging.WARNING):
+        gpus = tel.gpus()
+        for _ in range(4):
+            for i in range(3):
+                s = tel.sample(i)
+                if i == 2:  # no handle: an empty sample, not an exception
+                    assert s.sm_clock_hz is None and s.power_w is None and s.compute_pids is None
+                    continue
+                assert s.power_w is None and s.energy_j is None
+                assert s.sm_clock_hz == 1_500_000_000 and s.temperature_c == 61.0  # the rest keeps working
+                assert s.power_violation_s == 2.5
+    assert [g.index for g in gpus] == [0, 1]  # the lost GPU is left out, the others are listed
+    # power and energy on GPUs 0 and 1, the handle of GPU 2: each once, naming the GPU and the error.
+    assert len(tel.problems) == 5, tel.problems
+    assert sum("GPU 2: handle failed" in p and "15" in p for p in tel.problems) == 1
+    assert sum(p.startswith("GPU 0: power failed") for p in tel.problems) == 1
+    assert sum(p.startswith("GPU 1: energy failed") and "999" in p for p in tel.problems) == 1
+    assert len(caplog.records) == len(tel.problems)
+
+
 def test_slow_counters_are_cached() -> None:
     fake = FakeNvml(gpus=1)
     tel = NvmlTelemetry.open(lib=fake)

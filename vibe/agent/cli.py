@@ -147,11 +147,9 @@ def run(
         from vibe.agent.simulate import SimProfiler, SimTelemetry, SimulationError, load_fleet
 
         try:
-            fleet = load_fleet(simulate)
+            fleet = load_fleet(simulate, seed=seed)
         except (OSError, SimulationError) as e:
             raise typer.BadParameter(str(e), param_hint="--simulate") from None
-        if seed is not None:
-            fleet = _reseed(simulate, seed)
         t0: list[float] = []
 
         def clock() -> float:
@@ -232,19 +230,6 @@ def run(
         if server is not None:
             server.shutdown()
     log.info("stopped after %d step(s), %d publish error(s)", runner.steps, runner.errors)
-
-
-def _reseed(path: Path, seed: int) -> Any:
-    from vibe.agent.simulate import parse_fleet
-
-    text = path.read_text()
-    if str(path).endswith(".json"):
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text)
-    return parse_fleet({**data, "seed": seed})
 
 
 # -- bench -----------------------------------------------------------------------------------------------

@@ -296,12 +296,3 @@ class NodeAgent:
         rec.telemetry = s
         log.info("node %s GPU %d: %s (time scale %.2f)", self.node, i, rec.drift_state, rec.time_scale)
         self.dirty = True
-
-    def benchmark_all(self, force: bool = True) -> dict[int, ProfileOutcome | None]:
-        """Profile every GPU now (``vibe agent run --bench-now``); returns the outcomes by index."""
-        out = {}
-        for i in self.infos:
-            s = self.telemetry.sample(i)
-            if force or self.profiler.non_intrusive or s.other_processes(self.own) == 0:
-                out[i] = self.benchmark(i, self.shapes)
-        return out

@@ -187,6 +187,8 @@ class Runner:
 
     def _heartbeats(self) -> None:
         """Each node's heartbeat every period, node k offset by k/N of it (see the module docstring)."""
+        pub = self.publisher
+        assert pub is not None  # started only with a publisher
         period = float(self.cfg.heartbeat_seconds)
         n = max(1, len(self.agents))
         t0 = time.monotonic()
@@ -200,7 +202,7 @@ class Runner:
             if a.node not in self.published:
                 continue
             try:
-                self.publisher.heartbeat(a.cfg.namespace, a.node, time.time(), a.cfg.heartbeat_seconds)
+                pub.heartbeat(a.cfg.namespace, a.node, time.time(), a.cfg.heartbeat_seconds)
             except Exception as e:
                 self.errors += 1
                 log.warning("node %s: heartbeat failed (%s)", a.node, _short(e))

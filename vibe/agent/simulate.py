@@ -130,16 +130,21 @@ def parse_duration(v: Any, where: str) -> float:
     return float(m[1]) * {"ms": 1e-3, "s": 1, "m": 60, "h": 3600, None: 1}[m[2]]
 
 
-def load_fleet(path: str | Path) -> Fleet:
-    """Read a fleet file (YAML or JSON; see the module docstring)."""
-    text = Path(path).read_text()
-    if str(path).endswith(".json"):
-        data = json.loads(text)
-    else:
-        import yaml
+def load_fleet(path: str | Path, seed: int | None = None) -> Fleet:
+    """Read a fleet file (YAML or JSON; see the module docstring); ``seed`` overrides the file's."""
+    import yaml
 
-        data = yaml.safe_load(text)
-    return parse_fleet(data or {})
+    text = Path(path).read_text()
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise SimulationError(
+            f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {e}"
+        ) from None
+    data = data or {}
+    if seed is not None and isinstance(data, Mapping):
+        data = {**data, "seed": seed}
+    return parse_fleet(data)
 
 
 def parse_fleet(data: Mapping[str, Any]) -> Fleet:
