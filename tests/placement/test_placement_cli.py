@@ -95,6 +95,14 @@ def _bad(files, tmp: Path, what: str) -> list[str]:
         )
         p.write_text(json.dumps({"gpus": [{"id": "a/0", "node": "a", **curve}]}))
         return ["-l", files["loads"], "-f", p, "-s", 16]
+    if what == "loads out of range":
+        p = tmp / "huge.json"
+        p.write_text('{"loads": [[1e308, 1, 2]]}')
+        return ["-l", p, "-f", files["fleet"], "-s", 5]
+    if what == "unreadable fleet":
+        p = tmp / "fleet.json"
+        p.write_bytes(b"\xff\xfe{")
+        return ["-l", files["loads"], "-f", p, "-s", 5]
     if what == "too few slots":
         return ["-l", files["loads"], "-f", files["fleet"], "-s", 3]
     if what == "unknown policy":
@@ -116,6 +124,8 @@ def _bad(files, tmp: Path, what: str) -> list[str]:
         ("shape mismatch", "placement is for 1 layers"),
         ("nan loads", "NaN"),
         ("negative loads", "negative"),
+        ("loads out of range", "out of range"),
+        ("unreadable fleet", "fleet file"),
         ("non-monotone curve", "not monotone"),
         ("empty curve", "empty"),
         ("too few slots", "cannot hold 16 experts"),
@@ -133,6 +143,21 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, what, words):
     assert words in lines[0]
     assert "Traceback" not in r.output
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize("fmt", ["placement", "sglang", "eplb"])
+def test_same_files_same_bytes(files, fmt):
+    """Two runs on the same inputs write the same bytes, from a fresh solve and from --current."""
+    d = files["dir"]
+    common = ["-l", files["loads"], "-f", files["fleet"], "-s", 5, "-F", fmt]
+    assert run(*common, "-p", "round-robin", "-o", d / "cur.json").exit_code == 0
+    for name in ("a", "b"):
+        assert run(*common, "-o", d / f"{name}.json").exit_code == 0
+        r = run(*common, "--current", d / "cur.json", "-o", d / f"{name}-inc.json")
+        assert r.exit_code == 0, r.output
+    assert (d / "a.json").read_bytes() == (d / "b.json").read_bytes()
+    assert (d / "a-inc.json").read_bytes() == (d / "b-inc.json").read_bytes()
+    assert (d / "a.json").read_bytes() != (d / "a-inc.json").read_bytes()
 
 
 def test_the_installed_command(files):

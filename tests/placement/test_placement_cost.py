@@ -88,6 +88,8 @@ def test_shape_mismatch_and_bad_loads():
         (np.array([[1.0, np.nan, 3.0]]), "InvalidLoads"),
         (np.array([[1.0, -2.0, 3.0]]), "InvalidLoads"),
         (np.array([1.0, 2.0, 3.0]), "InvalidLoads"),
+        (np.array([[1e308, 1.0, 1.0]]), "InvalidLoads"),  # finite, but its time overflows
+        (np.array([["1", "2", "3"]]), "InvalidLoads"),
     ):
         with pytest.raises(PlacementError) as err:
             evaluate(pl, loads, fleet)

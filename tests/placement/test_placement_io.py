@@ -54,6 +54,9 @@ def test_relative_frequencies_rescaled_to_a_batch():
         ({"loads": [[0, 0]]}, {"tokens_per_step": 10, "top_k": 1}, "no load"),
         ({"loads": [[1, 2]], "num_steps": 0}, {}, "num_steps"),
         ("text", {}, "JSON object"),
+        ({"loads": [["1", "2"]]}, {}, "array of numbers"),
+        ({"loads": [[True, False]]}, {}, "array of numbers"),
+        ({"loads": [[1, None]]}, {}, "array of numbers"),
     ],
 )
 def test_bad_loads(obj, kwargs, words):
@@ -95,6 +98,30 @@ def test_fleet_forms():
         ({"gpus": [{"id": "a/0", "tokens": [], "seconds": []}]}, "InvalidCurve", "empty"),
         ({"gpus": [{"id": "a/0", "tokens": [1, 2]}]}, "InvalidCurve", "both"),
         ({"gpus": [{"id": "a/0", "roofline": {"floorSeconds": 1}}]}, "InvalidCurve", "roofline"),
+        (
+            {"gpus": [{"id": "a/0", "roofline": {"floorSeconds": 4e-5, "secondsPerToken": 0}}]},
+            "InvalidCurve",
+            "GPU 'a/0': roofline floorSeconds and secondsPerToken must be > 0",
+        ),
+        (
+            {"gpus": [{"id": "a/0", "reference": {"hiddenSize": 0, "intermediateSize": 2048}}]},
+            "InvalidCurve",
+            "GPU 'a/0': hidden and intermediate sizes must be positive",
+        ),
+        (
+            {
+                "gpus": [
+                    {"id": "a/0", "reference": {"hiddenSize": 7168, "intermediateSize": 2048, "dtype": "x"}}
+                ]
+            },
+            "InvalidCurve",
+            "GPU 'a/0': unknown dtype 'x'",
+        ),
+        (
+            {"gpus": [{"id": "a/0", "tokens": [1, 2], "seconds": ["1", "2"]}]},
+            "InvalidCurve",
+            "list of numbers",
+        ),
         (
             {"gpus": [{"id": "a/0", "tokens": [1, 2], "seconds": [1, 2], "timeScale": -1}]},
             "InvalidCurve",
@@ -166,3 +193,24 @@ def test_read_placement_errors():
         read_placement({"physical_to_logical_map": [[0, 1]]})
     with pytest.raises(PlacementError, match="unknown placement file"):
         read_placement({"foo": 1})
+
+
+def test_every_format_is_deterministic_to_the_byte():
+    """Same inputs, fresh objects: the same bytes from every policy (incremental included) in every format."""
+    from vibe.placement import replace_incremental
+    from vibe.placement.synthetic import h100_fleet, skewed_loads
+
+    def outputs() -> list[bytes]:
+        loads = skewed_loads(4, 64, mean_tokens=300, seed=4)
+        fleet = h100_fleet(8, spread=0.08, outliers=1, seed=5)
+        results = [solve(loads, fleet, 9, p) for p in ("round-robin", "linear", "token-balanced", "vibe")]
+        drifted = np.round(0.7 * loads + 0.3 * skewed_loads(4, 64, mean_tokens=300, seed=6))
+        results.append(replace_incremental(results[-1].placement, drifted, fleet))
+        results.append(replace_incremental(results[-2].placement, drifted, fleet, max_moves=12))
+        out = []
+        for r in results:
+            out += [to_placement_json(r, fleet, baseline=results[2]), to_sglang(r), to_eplb(r)]
+        return out
+
+    first, second = outputs(), outputs()
+    assert len(first) == 18 and first == second

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import typer
 
-_FORMATS = ("placement", "sglang", "eplb")
-
 
 def plan(
     loads: str = typer.Option(
@@ -146,15 +144,15 @@ def _plan(
 
     from vibe.placement.engine import COMPARED, POLICIES, make_result, solve
     from vibe.placement.errors import PlacementError
-    from vibe.placement.formats import render
+    from vibe.placement.formats import FORMATS, render
     from vibe.placement.incremental import replace_incremental
     from vibe.placement.inputs import load_json, read_fleet, read_loads, read_placement
 
     if policy not in POLICIES or policy == "random":
         names = ", ".join(p for p in POLICIES if p != "random")
         raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {names})")
-    if fmt not in _FORMATS:
-        raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(_FORMATS)})")
+    if fmt not in FORMATS:
+        raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if slots_per_gpu < 1:
         raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
     if not (time_budget > 0):

@@ -19,8 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vibe.placement.curves import CurveTable, Fleet
+from vibe.placement.curves import CurveTable, Fleet, numbers_array
 from vibe.placement.errors import PlacementError
+
+#: Inputs whose step could take longer than this are rejected as out of range (a step takes
+#: milliseconds; this only keeps every sum the solvers form finite).
+MAX_STEP_SECONDS = 1e100
 
 
 @dataclass
@@ -51,7 +55,7 @@ class Placement:
             )
         if e <= 0 or phy.min() < 0 or phy.max() >= e:
             raise PlacementError("InvalidPlacement", f"expert ids must lie in 0..{e - 1}")
-        missing = np.flatnonzero((_bincount_rows(phy, e) == 0).any(axis=1))
+        missing = np.flatnonzero((bincount_rows(phy, e) == 0).any(axis=1))
         if missing.size:
             raise PlacementError(
                 "InvalidPlacement", f"layer {int(missing[0])} leaves an expert without a slot"
@@ -79,7 +83,7 @@ class Placement:
 
     def logcnt(self) -> np.ndarray:
         """[L, E] int64: replicas of each logical expert (EPLB's ``logcnt``)."""
-        return _bincount_rows(self.phy2log, self.num_experts)
+        return bincount_rows(self.phy2log, self.num_experts)
 
     def log2phy(self) -> np.ndarray:
         """[L, E, X] int64: each expert's physical slots, ascending, padded with -1 (EPLB's ``log2phy``).
@@ -152,7 +156,7 @@ def gpu_times_of(phy2log: np.ndarray, loads: np.ndarray, table: CurveTable, slot
     """[L, G] float64 GPU times of a [L, P] expert map under [L, E] loads (no validation: internal)."""
     num_layers, p = phy2log.shape
     e = loads.shape[1]
-    cnt = _bincount_rows(phy2log, e)
+    cnt = bincount_rows(phy2log, e)
     per_replica = loads / np.maximum(cnt, 1)
     tokens = np.take_along_axis(per_replica, phy2log, axis=1)  # [L, P]
     gpu = np.arange(p) // slots_per_gpu
@@ -182,6 +186,14 @@ def check_shapes(
             "InfeasibleSlots",
             f"{g} GPUs x {slots_per_gpu} slots = {g * slots_per_gpu} slots cannot hold {e} experts",
         )
+    with np.errstate(over="ignore", invalid="ignore"):  # the worst a step can take: every slot at the max
+        worst = float(fleet.table.all_gpus(loads.max()).max() * slots_per_gpu * num_layers)
+    if not worst < MAX_STEP_SECONDS:
+        raise PlacementError(
+            "InvalidLoads",
+            f"loads up to {loads.max():.3g} tokens per expert could take {worst:.3g} s per step on these "
+            "curves: the loads or the curves are out of range",
+        )
     if placement is not None:
         if placement.slots_per_gpu != slots_per_gpu:
             raise PlacementError(
@@ -203,10 +215,9 @@ def check_shapes(
 
 def check_loads(loads) -> np.ndarray:
     """[L, E] float64 loads, finite and >= 0, or a PlacementError saying what is wrong."""
-    try:
-        arr = np.array(loads, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PlacementError("InvalidLoads", "loads must be a [layers][experts] array of numbers") from None
+    arr = numbers_array(loads)
+    if arr is None:
+        raise PlacementError("InvalidLoads", "loads must be a [layers][experts] array of numbers")
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise PlacementError("InvalidLoads", f"loads must be [layers][experts], got shape {list(arr.shape)}")
     bad = ~np.isfinite(arr)
@@ -223,7 +234,7 @@ def check_loads(loads) -> np.ndarray:
     return arr
 
 
-def _bincount_rows(a: np.ndarray, n: int) -> np.ndarray:
+def bincount_rows(a: np.ndarray, n: int) -> np.ndarray:
     """[R, C] ints in 0..n-1 -> [R, n] counts per row (one flat bincount)."""
     rows = a.shape[0]
     flat = a + (np.arange(rows) * n)[:, None]
@@ -233,4 +244,4 @@ def _bincount_rows(a: np.ndarray, n: int) -> np.ndarray:
 def _gpu_expert_counts(by_gpu: np.ndarray, n: int) -> np.ndarray:
     """[L, G, S] -> [L, G, E] replica counts of each expert on each GPU."""
     num_layers, g, s = by_gpu.shape
-    return _bincount_rows(by_gpu.reshape(num_layers * g, s), n).reshape(num_layers, g, n)
+    return bincount_rows(by_gpu.reshape(num_layers * g, s), n).reshape(num_layers, g, n)

@@ -29,6 +29,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,8 @@ class GPUCurve:
     uuid: str = ""
 
     def __post_init__(self) -> None:
-        tokens = _as_vector(self.tokens, f"GPU {self.id!r}: tokens")
-        seconds = _as_vector(self.seconds, f"GPU {self.id!r}: seconds")
+        tokens = as_vector(self.tokens, f"GPU {self.id!r}: tokens")
+        seconds = as_vector(self.seconds, f"GPU {self.id!r}: seconds")
         where = f"GPU {self.id!r} curve"
         if not isinstance(self.id, str) or not self.id:
             raise PlacementError("InvalidFleet", "every GPU needs a non-empty string id")
@@ -224,14 +225,34 @@ def _interp_one(tokens: np.ndarray, seconds: np.ndarray, n: np.ndarray) -> np.nd
     return np.where(n > tokens[-1], seconds[-1] + (n - tokens[-1]) * last_slope, val)
 
 
-def _as_vector(values, what: str) -> np.ndarray:
-    try:
-        arr = np.array(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PlacementError("InvalidCurve", f"{what} must be a list of numbers") from None
+def as_vector(values: Any, what: str) -> np.ndarray:
+    """[K] float64 from a list of numbers (JSON numbers, not strings or booleans), or ``InvalidCurve``."""
+    arr = numbers_array(values)
+    if arr is None:
+        raise PlacementError("InvalidCurve", f"{what} must be a list of numbers")
     if arr.ndim != 1:
         raise PlacementError("InvalidCurve", f"{what} must be a flat list of numbers")
     return arr
+
+
+def numbers_array(values: Any) -> np.ndarray | None:
+    """A float64 array of ``values`` if they are all numbers (ints or floats, any nesting), else None.
+
+    Stricter than ``np.array(values, dtype=float)``, which would also take ``"1.5"`` and ``True``.
+    """
+    try:
+        arr = np.array(values)
+    except (TypeError, ValueError):  # ragged nesting
+        return None
+    if arr.dtype.kind == "O":  # e.g. ints beyond int64, or things that are not numbers at all
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arr.ravel()):
+            return None
+    elif arr.dtype.kind not in "iuf":
+        return None
+    try:
+        return arr.astype(np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------------

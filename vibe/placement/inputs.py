@@ -25,13 +25,21 @@ slower); ``"uuid"`` is carried into the placement file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vibe.placement.cost import Placement, check_loads
-from vibe.placement.curves import DTYPE_BYTES, Fleet, GPUCurve, reference_curve, roofline_curve
+from vibe.placement.curves import (
+    Fleet,
+    GPUCurve,
+    as_vector,
+    numbers_array,
+    reference_curve,
+    roofline_curve,
+)
 from vibe.placement.errors import PlacementError
 
 
@@ -72,13 +80,12 @@ def read_loads(
         data = obj
     else:
         raise PlacementError("InvalidLoads", "loads must be a JSON object or a [layers][experts] array")
-    try:
-        arr = np.array(data, dtype=np.float64)
-    except (TypeError, ValueError):
+    arr = numbers_array(data)
+    if arr is None:
         raise PlacementError(
             "InvalidLoads",
             "loads must be a rectangular [layers][experts] (or [steps][layers][experts]) array of numbers",
-        ) from None
+        )
     if arr.ndim == 3:
         if arr.shape[0] == 0:
             raise PlacementError("InvalidLoads", "the recorder output has no steps")
@@ -141,7 +148,7 @@ def read_fleet(obj: dict) -> Fleet:
                 gid,
                 node,
                 tokens,
-                _times(seconds, gid) * float(scale),
+                as_vector(seconds, f"GPU {gid!r}: seconds") * float(scale),
                 uuid=uuid if isinstance(uuid, str) else "",
             )
         )
@@ -162,15 +169,13 @@ def _curve_of(entry: dict, default: dict, gid: str) -> tuple[Any, Any]:
     if "roofline" in src:
         r = src["roofline"]
         try:
-            return roofline_curve(
-                float(r["floorSeconds"]),
-                float(r["secondsPerToken"]),
-                sharpness=float(r.get("sharpness", 4.0)),
-            )
+            floor, per_token = float(r["floorSeconds"]), float(r["secondsPerToken"])
+            sharpness = float(r.get("sharpness", 4.0))
         except (KeyError, TypeError, ValueError, AttributeError):
             raise PlacementError(
                 "InvalidCurve", f"GPU {gid!r}: 'roofline' needs numbers floorSeconds and secondsPerToken"
             ) from None
+        return _for_gpu(gid, roofline_curve, floor, per_token, sharpness=sharpness)
     if "reference" in src:
         r = src["reference"]
         try:
@@ -180,20 +185,18 @@ def _curve_of(entry: dict, default: dict, gid: str) -> tuple[Any, Any]:
             raise PlacementError(
                 "InvalidCurve", f"GPU {gid!r}: 'reference' needs hiddenSize and intermediateSize"
             ) from None
-        if dtype not in DTYPE_BYTES:
-            raise PlacementError("InvalidCurve", f"GPU {gid!r}: unknown dtype {dtype!r}")
-        return reference_curve(h, i, dtype)
+        return _for_gpu(gid, reference_curve, h, i, dtype)
     raise PlacementError(
         "InvalidCurve", f"GPU {gid!r} has no curve: give tokens and seconds, a roofline or a reference shape"
     )
 
 
-def _times(seconds: Any, gid: str) -> np.ndarray:
+def _for_gpu(gid: str, make: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``make(*args, **kwargs)``, its PlacementError prefixed with the GPU it is about."""
     try:
-        arr = np.array(seconds, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PlacementError("InvalidCurve", f"GPU {gid!r}: seconds must be a list of numbers") from None
-    return arr
+        return make(*args, **kwargs)
+    except PlacementError as e:
+        raise PlacementError(e.reason, f"GPU {gid!r}: {e}") from None
 
 
 def read_placement(

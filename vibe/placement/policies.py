@@ -18,6 +18,8 @@ Local search (``search.py``) then improves vibe's start; the baselines are left 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from vibe.placement.curves import CurveTable
@@ -50,17 +52,7 @@ def replicate_by_tokens(loads: np.ndarray, num_slots: int) -> np.ndarray:
     Returns:
         [L, E] int64 replica counts, each >= 1, each row summing to P.
     """
-    num_layers, e = loads.shape
-    redundant = num_slots - e
-    counts = np.ones((num_layers, e), dtype=np.int64)
-    if redundant <= 0:
-        return counts
-    k = np.arange(1, redundant + 1, dtype=np.float64)
-    values = (loads[:, :, None] / k).reshape(num_layers, -1)  # [L, E*R], expert-major
-    top = np.argsort(-values, axis=1, kind="stable")[:, :redundant]
-    experts = top // redundant
-    np.add.at(counts, (np.arange(num_layers)[:, None], experts), 1)
-    return counts
+    return _extra_replicas(loads, num_slots, lambda k: -(loads[:, :, None] / k))
 
 
 def replicate_by_work(loads: np.ndarray, num_slots: int, table: CurveTable, ref: int) -> np.ndarray:
@@ -76,18 +68,32 @@ def replicate_by_work(loads: np.ndarray, num_slots: int, table: CurveTable, ref:
     Returns:
         [L, E] int64 replica counts, each >= 1, rows summing to P.
     """
+
+    def increments(k: np.ndarray) -> np.ndarray:
+        k = np.append(k, k.size + 1)
+        h = k * table(ref, loads[:, :, None] / k)  # [L, E, R+1]
+        # increments of one expert need not be sorted (t is not convex): take them in k order per expert
+        # by ranking on the running maximum, which keeps the chosen set a prefix for every expert
+        return np.maximum.accumulate(np.diff(h, axis=2), axis=2)
+
+    return _extra_replicas(loads, num_slots, increments)
+
+
+def _extra_replicas(
+    loads: np.ndarray, num_slots: int, rank: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """[L, E] replica counts: one each, plus the R = P - E extra replicas that rank lowest.
+
+    ``rank(k)`` gives [L, E, R] keys of "the k-th extra replica of e" for k = 1..R (float64); the R
+    lowest per layer are taken (stable: lower expert, then lower k, first on ties).
+    """
     num_layers, e = loads.shape
     redundant = num_slots - e
     counts = np.ones((num_layers, e), dtype=np.int64)
     if redundant <= 0:
         return counts
-    k = np.arange(1, redundant + 2, dtype=np.float64)
-    h = k * table(ref, loads[:, :, None] / k)  # [L, E, R+1]
-    inc = np.diff(h, axis=2).reshape(num_layers, -1)  # [L, E*R], expert-major
-    # increments of one expert need not be sorted (t is not convex): take them in k order per expert by
-    # ranking on the running maximum, which keeps the chosen set a prefix for every expert
-    inc = np.maximum.accumulate(inc.reshape(num_layers, e, redundant), axis=2).reshape(num_layers, -1)
-    top = np.argsort(inc, axis=1, kind="stable")[:, :redundant]
+    keys = rank(np.arange(1, redundant + 1, dtype=np.float64)).reshape(num_layers, -1)  # expert-major
+    top = np.argsort(keys, axis=1, kind="stable")[:, :redundant]
     np.add.at(counts, (np.arange(num_layers)[:, None], top // redundant), 1)
     return counts
 
@@ -113,17 +119,10 @@ def pack_by_tokens(experts: np.ndarray, tokens: np.ndarray, num_gpus: int, slots
     Returns:
         [L, P] int64 phy2log.
     """
-    num_layers, p = experts.shape
-    rows = np.arange(num_layers)
-    load = np.zeros((num_layers, num_gpus))
-    used = np.zeros((num_layers, num_gpus), dtype=np.int64)
-    phy = np.empty((num_layers, num_gpus, slots_per_gpu), dtype=np.int64)
-    for i in range(p):
-        g = np.argmin(np.where(used < slots_per_gpu, load, np.inf), axis=1)
-        phy[rows, g, used[rows, g]] = experts[:, i]
-        load[rows, g] += tokens[:, i]
-        used[rows, g] += 1
-    return phy.reshape(num_layers, p)
+    shape = (experts.shape[0], num_gpus)
+    return _list_schedule(
+        experts, num_gpus, slots_per_gpu, lambda i: np.broadcast_to(tokens[:, i, None], shape), finish=False
+    )
 
 
 def pack_by_time(experts: np.ndarray, cost: np.ndarray, num_gpus: int, slots_per_gpu: int) -> np.ndarray:
@@ -135,15 +134,37 @@ def pack_by_time(experts: np.ndarray, cost: np.ndarray, num_gpus: int, slots_per
     Returns:
         [L, P] int64 phy2log.
     """
+    rows = np.arange(experts.shape[0])
+    return _list_schedule(
+        experts, num_gpus, slots_per_gpu, lambda i: cost[rows, :, experts[:, i]], finish=True
+    )
+
+
+def _list_schedule(
+    experts: np.ndarray,
+    num_gpus: int,
+    slots_per_gpu: int,
+    item_cost: Callable[[int], np.ndarray],
+    *,
+    finish: bool,
+) -> np.ndarray:
+    """Greedy list scheduling, all layers at once: replica i, in order, goes to the GPU with a free slot
+    that is least busy (``finish=False``) or would finish it soonest (``finish=True``), lowest rank on ties.
+
+    Args:
+        experts: [L, P] replicas in packing order; item_cost(i): [L, G] what replica i adds to each GPU.
+    Returns:
+        [L, P] int64 phy2log.
+    """
     num_layers, p = experts.shape
     rows = np.arange(num_layers)
     busy = np.zeros((num_layers, num_gpus))
     used = np.zeros((num_layers, num_gpus), dtype=np.int64)
     phy = np.empty((num_layers, num_gpus, slots_per_gpu), dtype=np.int64)
     for i in range(p):
-        c = cost[rows, :, experts[:, i]]  # [L, G]
-        finish = np.where(used < slots_per_gpu, busy + c, np.inf)
-        g = np.argmin(finish, axis=1)
+        c = item_cost(i)
+        key = busy + c if finish else busy
+        g = np.argmin(np.where(used < slots_per_gpu, key, np.inf), axis=1)
         phy[rows, g, used[rows, g]] = experts[:, i]
         busy[rows, g] += c[rows, g]
         used[rows, g] += 1
