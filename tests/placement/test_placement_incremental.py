@@ -62,3 +62,36 @@ def test_rejects_a_placement_of_another_shape():
     with pytest.raises(PlacementError) as e:
         replace_incremental(current, loads, h100_fleet(8))
     assert e.value.reason == "ShapeMismatch"
+
+
+def test_follows_a_load_drift_below_the_knee():
+    """Decode-sized loads drift by 30 %: hot experts need new replicas taken from spare ones anywhere."""
+    recovered = {20: [], None: []}
+    for seed in (1, 2, 3):
+        loads = skewed_loads(8, 128, mean_tokens=100, seed=seed)
+        fleet = h100_fleet(16, spread=0.04, seed=seed)
+        current = solve(loads, fleet, 9).placement
+        drift = np.round(0.7 * loads + 0.3 * skewed_loads(8, 128, mean_tokens=100, seed=seed + 10))
+        before = evaluate(current, drift, fleet).step_time_s
+        full = solve(drift, fleet, 9, current=current)
+        for per_layer in recovered:
+            cap = None if per_layer is None else per_layer * 8
+            inc = replace_incremental(current, drift, fleet, max_moves=cap)
+            assert inc.moves < full.moves / 5
+            recovered[per_layer].append((before - inc.step_time_s) / (before - full.step_time_s))
+    # 20 slots per layer (of 144) get most of a full re-solve (which rewrites ~130); so does the default
+    assert np.mean(recovered[20]) > 0.8
+    assert np.mean(recovered[None]) > 0.78
+
+
+def test_default_stops_at_the_knee():
+    """Without a cap the choice stops where a copy buys a quarter of the walks' average, not at their end."""
+    loads = skewed_loads(8, 128, mean_tokens=2048, seed=2)
+    fleet = h100_fleet(16, spread=0.04, seed=2)
+    current = solve(loads, fleet, 9).placement
+    drift = np.round(0.7 * loads + 0.3 * skewed_loads(8, 128, mean_tokens=2048, seed=12))
+    before = evaluate(current, drift, fleet).step_time_s
+    default = replace_incremental(current, drift, fleet)
+    walks = replace_incremental(current, drift, fleet, max_moves=current.num_slots * 8)
+    assert 0 < default.moves < walks.moves
+    assert (before - default.step_time_s) > 0.8 * (before - walks.step_time_s)

@@ -14,8 +14,10 @@ Method, in two steps:
    steps, or when the work budget ends. Slots put back to their original expert cost nothing.
 2. **Choice.** Each layer's trajectory is a list of (slots changed, time saved) points; their upper
    concave hulls are merged, best ratio first, as in a fractional knapsack, and taken while they fit in
-   ``max_moves`` (without it: while a step gains at least ``min_gain`` of the current step time per slot).
-   Each layer is then replayed up to its chosen point.
+   ``max_moves``. Without a cap they are taken down to the knee of that merged curve: while a step
+   gains at least ``KNEE`` times the walks' average gain per changed slot (their whole gain over all
+   their slots), and at least ``min_gain`` of the current step time per slot. Each layer is then
+   replayed up to its chosen point.
 
 Layers are independent, so this spends the move budget where it buys the most step time, whichever
 layers those are. The result is never slower than the current placement under the new inputs.
@@ -35,8 +37,13 @@ from vibe.placement.errors import PlacementError
 from vibe.placement.search import EPS, EVALS_PER_SECOND, SearchState
 
 #: Default stop without ``max_moves``: a step must gain this fraction of the step time per slot it
-#: changes (on the hull, so a plateau followed by a gain counts as their average).
-MIN_GAIN = 1e-5
+#: changes (on the hull, so a plateau followed by a gain counts as their average)...
+MIN_GAIN = 1e-6
+
+#: ... and this fraction of the walks' average gain per changed slot: the knee of the trade-off, past
+#: which copies buy little (on the DeepSeek-V3 benchmark it keeps 15-40 of 288 slots per layer and
+#: recovers 80-98 % of a full re-solve's gain; see benchmarks/results/placement.md).
+KNEE = 0.25
 
 #: Weight of "the slowest GPU got faster" when the layer's time itself cannot move (ties).
 TIE_PROGRESS_WEIGHT = 1e-3
@@ -60,7 +67,8 @@ def replace_incremental(
         max_moves: at most this many slots may differ from ``current`` (None: no cap; ``min_gain`` decides).
         time_budget_s: search budget, as a deterministic work budget (see ``search.py``).
         min_gain: take a step only if it gains at least this fraction of the step time per changed slot
-            (default ``MIN_GAIN`` without ``max_moves``, 0 with it).
+            (default ``MIN_GAIN`` without ``max_moves``, 0 with it). Without ``max_moves`` a step must
+            also reach the knee (``KNEE``, see the module docstring).
     Returns:
         Result with policy "incremental"; ``moves`` = slots changed, ``moved_experts`` = expert copies.
     """
@@ -86,7 +94,7 @@ def replace_incremental(
     )
     step_time = float(times[:, 0].sum())
     limit = np.inf if max_moves is None else int(max_moves)
-    chosen = _choose(moves, times, limit, min_gain * step_time)
+    chosen = _choose(moves, times, limit, min_gain * step_time, knee=KNEE if max_moves is None else 0.0)
     state = SearchState(loads, fleet.table, current.phy2log, s)
     _replay(state, steps, chosen)
     placement = Placement(state.phy2log(), s, current.num_experts)
@@ -170,12 +178,16 @@ def _trajectories(
     return steps, pad, padt, converged
 
 
-def _choose(moves: np.ndarray, times: np.ndarray, limit: float, min_gain_s: float) -> np.ndarray:
+def _choose(
+    moves: np.ndarray, times: np.ndarray, limit: float, min_gain_s: float, *, knee: float
+) -> np.ndarray:
     """[L] steps to keep per layer: merge the layers' concave hulls of (moves, gain), best ratio first.
 
     Args:
         moves, times: [L, K+1] from ``_trajectories``.
-        limit: most slots that may change in total; min_gain_s: least seconds gained per changed slot.
+        limit: most slots that may change in total; min_gain_s: least seconds gained per changed slot;
+        knee: least gain per changed slot as a fraction of the hulls' average (their total gain over
+            their total slots changed).
     """
     num_layers = moves.shape[0]
     increments = []  # (ratio, layer, step index at the end of the increment, d_moves)
@@ -189,6 +201,9 @@ def _choose(moves: np.ndarray, times: np.ndarray, limit: float, min_gain_s: floa
         for (m0, g0, _), (m1, g1, k1) in itertools.pairwise(hull):
             increments.append(((g1 - g0) / (m1 - m0), layer, k1, m1 - m0))
     increments.sort(key=lambda t: (-t[0], t[1], t[2]))
+    if increments:
+        gained = sum(ratio * dm for ratio, _, _, dm in increments)
+        min_gain_s = max(min_gain_s, knee * gained / sum(dm for *_, dm in increments))
     blocked = np.zeros(num_layers, dtype=bool)
     for ratio, layer, k, dm in increments:
         if blocked[layer]:

@@ -10,8 +10,11 @@ Two moves, both keeping exactly S slots per GPU and at least one replica per exp
 * **re-target**: a slot holding a redundant replica of x (r_x >= 2) takes a replica of y instead. x's
   other replicas get heavier (w_x / (r_x - 1)), y's lighter (w_y / (r_y + 1)): this is how replication
   adapts to the fleet (e.g. a slow GPU filling its slots with light replicas). Candidates: slots of b
-  re-targeted to the experts of the next-heaviest GPUs or to the cheapest extra replicas on b, and slots
-  of the lightest GPUs re-targeted to one of b's experts (a new replica of a hot expert off b).
+  re-targeted to the experts of the next-heaviest GPUs or to the cheapest extra replicas on b; slots of
+  the lightest GPUs re-targeted to one of b's experts; and redundant replicas anywhere off b, lightest
+  GPUs first, re-targeted to b's costliest expert (the last two add a replica of a hot expert off b; the
+  last finds spare replicas that the lightest GPUs may not hold, which is what lets an incremental
+  re-placement follow a load drift below the curve's knee).
 
 A move is accepted when every GPU whose time changes ends strictly below b's old time, the best such
 move per layer (smallest new maximum among the changed GPUs) first. Each accepted move shrinks the
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vibe.placement.cost import bincount_rows
 from vibe.placement.curves import CurveTable
 
 #: Candidate evaluations one core does per second (measured roughly on a busy shared core; an idle one
@@ -38,10 +42,12 @@ EVALS_PER_SECOND = 20e6
 EPS = 1e-9
 
 #: Re-target candidate sizes: heaviest GPUs whose experts b may take, cheap extra replicas on b,
-#: lightest GPUs whose redundant slots may take one of b's experts.
+#: lightest GPUs whose slots may take one of b's experts, redundant slots off b (lightest GPUs first)
+#: that may take b's costliest expert.
 RETARGET_HEAVY_GPUS = 1
 RETARGET_CHEAP_EXPERTS = 8
 RETARGET_LIGHT_GPUS = 2
+RETARGET_SPARE_SLOTS = 32
 
 #: Kicks: layers more than this fraction above their lower bound get perturbed and re-searched, for at
 #: most KICK_ROUNDS rounds, each layer until KICK_PATIENCE rounds in a row bring nothing.
@@ -77,8 +83,8 @@ class SearchState:
         self.S = slots_per_gpu
         self.E = e
         self.phy = phy2log.reshape(num_layers, self.G, self.S).copy()
-        self.counts = _rows_bincount(self.phy.reshape(num_layers, -1), e)
-        cnt = _rows_bincount(self.phy.reshape(num_layers * self.G, self.S), e).reshape(num_layers, self.G, e)
+        self.counts = bincount_rows(self.phy.reshape(num_layers, -1), e)
+        cnt = bincount_rows(self.phy.reshape(num_layers * self.G, self.S), e).reshape(num_layers, self.G, e)
         self.cnt = np.ascontiguousarray(np.moveaxis(cnt, 1, 2))
         self.c0 = np.empty((num_layers, e, self.G))
         self.cm = np.empty_like(self.c0)
@@ -211,10 +217,19 @@ class SearchState:
         a2 = np.broadcast_to(light[:, :, None, None], (a, nlight, s, s))
         s2 = np.broadcast_to(np.arange(s)[None, None, :, None], (a, nlight, s, s))
         y2 = np.broadcast_to(eb[:, None, None, :], (a, nlight, s, s))
+        # (3) redundant replicas off b, on the lightest GPUs first -> b's costliest expert
+        p = g * s
+        gpu_of = np.arange(p) // s
+        spare = (self.counts[layers[:, None], phy.reshape(a, p)] >= 2) & (gpu_of[None, :] != b[:, None])
+        nspare = min(RETARGET_SPARE_SLOTS, p)
+        pick = np.argsort(np.where(spare, T[:, gpu_of], np.inf), axis=1, kind="stable")[:, :nspare]
+        a3, s3 = np.divmod(pick, s)  # [A, k]; non-redundant picks are dropped as invalid later
+        hot = phy[rows, b, self.sc[layers, b].argmax(axis=1)]  # [A]
+        y3 = np.broadcast_to(hot[:, None], (a, nspare))
         return (
-            np.concatenate([a1.reshape(a, -1), a2.reshape(a, -1)], axis=1),
-            np.concatenate([s1.reshape(a, -1), s2.reshape(a, -1)], axis=1),
-            np.concatenate([y1.reshape(a, -1), y2.reshape(a, -1)], axis=1),
+            np.concatenate([a1.reshape(a, -1), a2.reshape(a, -1), a3], axis=1),
+            np.concatenate([s1.reshape(a, -1), s2.reshape(a, -1), s3], axis=1),
+            np.concatenate([y1.reshape(a, -1), y2.reshape(a, -1), y3], axis=1),
         )
 
     def eval_retargets(self, layers, ga, sa, y) -> tuple[np.ndarray, np.ndarray]:
@@ -357,7 +372,7 @@ def kick(
             break
         sub = loads[todo]
         if p > e:
-            counts = _rows_bincount(best[todo], e)
+            counts = bincount_rows(best[todo], e)
             for _ in range(int(rng.integers(1, 3))):
                 donors = np.where(counts >= 2, rng.random(counts.shape), -1.0).argmax(axis=1)
                 takers = np.where(np.arange(e)[None, :] != donors[:, None], rng.random(counts.shape), -1.0)
@@ -388,9 +403,3 @@ def kick(
 def _layer_times(phy2log: np.ndarray, loads: np.ndarray, table: CurveTable, s: int) -> np.ndarray:
     state = SearchState(loads, table, phy2log, s)
     return state.layer_times()
-
-
-def _rows_bincount(a: np.ndarray, n: int) -> np.ndarray:
-    rows = a.shape[0]
-    flat = a + (np.arange(rows) * n)[:, None]
-    return np.bincount(flat.ravel(), minlength=rows * n).reshape(rows, n)
