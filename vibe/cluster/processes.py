@@ -110,6 +110,11 @@ def alive(pid: int, exe: str | None = None) -> bool:
             return False
         if exe is not None:
             argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+            if not argv0:
+                # Mid-exec: Popen returns once the close-on-exec pipe closes, which the kernel does
+                # before it maps the new image's arguments, so cmdline can read empty for a moment
+                # (seen under load). The executable link is set before that point.
+                return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)") == exe
             return argv0 == exe
     except (OSError, IndexError):
         return False
