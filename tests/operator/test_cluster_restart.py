@@ -65,13 +65,23 @@ def _generations(objs: Objects, n: int) -> dict[str, tuple[int | None, int | Non
 def test_killed_mid_way_converges_without_duplicate_generation(
     cluster, kube, namespace, profile_ns, gpu_nodes
 ):
+    from kubernetes import client
+
     n = 12
-    op = OperatorProcess(cluster.kubeconfig, profile_ns).start()
+    # One placement worker, so the 12 placements land one after another and the kill below falls
+    # between them (with one process per core they can all land before a poll sees the first).
+    op = OperatorProcess(cluster.kubeconfig, profile_ns, "--compute-processes", "1").start()
+    core = client.CoreV1Api(kube)
+
+    def placed() -> bool:
+        return any(
+            c.metadata.name.endswith("-placement") for c in core.list_namespaced_config_map(namespace).items
+        )
+
     try:
         objs = _setup(kube, namespace, profile_ns, gpu_nodes, n)
-        # Kill it as soon as the first placements land: some written, some not, some without status.
-        wait_for(lambda: any(g[0] for g in _generations(objs, n).values()), timeout=60, interval=0.05,
-                 what="a first placement")  # fmt: skip
+        # Kill it as soon as the first placement lands: some written, some not, some without status.
+        wait_for(placed, timeout=60, interval=0.02, what="a first placement")
         op.kill()
         before = _generations(objs, n)
         assert any(g[0] is None for g in before.values()) or any(g[1] is None for g in before.values()), (
