@@ -189,12 +189,13 @@ def run(
         publisher = DirPublisher(output)
     else:
         from vibe.agent.publish import KubePublisher
+        from vibe.kubeclient import CredentialsError, api_client
 
-        api = None
-        if kubeconfig is not None:
-            from kubernetes import config
-
-            api = config.new_client_from_config(config_file=str(kubeconfig))
+        try:
+            api = api_client(str(kubeconfig) if kubeconfig is not None else None)
+        except CredentialsError as e:
+            log.error("%s (or --output DIR to write profiles to files)", e)
+            raise typer.Exit(1) from None
         publisher = KubePublisher(api, qps=qps, burst=burst)
 
     server = None

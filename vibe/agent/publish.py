@@ -69,14 +69,12 @@ class KubePublisher:
     def __init__(
         self, api_client: Any = None, *, qps: float = 20.0, burst: int = 40, component: str = "vibe-agent"
     ):
-        from kubernetes import client, config
+        from kubernetes import client
+
+        from vibe.kubeclient import api_client as new_api_client
 
         if api_client is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            api_client = client.ApiClient()
+            api_client = new_api_client()
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)

@@ -82,6 +82,13 @@ def run(
         **({"compute_processes": compute_processes} if compute_processes is not None else {}),
         namespaces=tuple(namespaces),
     )
+    from vibe.kubeclient import CredentialsError, api_client
+
+    try:  # Kopf logs in by itself, with a traceback per retry: say it once, plainly, and stop
+        api_client().close()
+    except CredentialsError as e:
+        typer.echo(f"vibe operator: {e}", err=True)
+        raise typer.Exit(1) from None
     import vibe.operator.handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=verbose, debug=debug, quiet=quiet)

@@ -16,8 +16,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from vibe.kubeclient import api_client
 
 GROUP, VERSION, PLURAL = "vibe.dev", "v1alpha1", "moedeployments"
 
@@ -150,13 +152,7 @@ class Kube:
 
 def new_api_client() -> client.ApiClient:
     """An API client from the in-cluster service account, else the kubeconfig (``$KUBECONFIG``)."""
-    cfg = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=cfg)
-    cfg.connection_pool_maxsize = 64  # one per concurrent reconcile thread; urllib3's default is 4
-    return client.ApiClient(cfg)
+    return api_client(pool_maxsize=64)  # one connection per concurrent reconcile thread
 
 
 async def _read(fn: Any, *args: Any) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ REASONS = (
     "InvalidArgument",  # a flag combination that cannot work
     "ApplyFailed",  # the policy (restart patch, HTTP call, Event) failed
     "MissingDependency",  # torch for .pt files, the Kubernetes client for API modes
+    "NoCredentials",  # neither a pod's service account nor a kubeconfig to reach the API server
 )
 
 

@@ -33,18 +33,12 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "LeaderWorkerSet")
 
 def client(kubeconfig: str | None = None) -> Any:
     """An ``ApiClient``: in-cluster config when running in a pod, else the kubeconfig."""
+    from vibe.kubeclient import CredentialsError, api_client
+
     try:
-        from kubernetes import client as k8s
-        from kubernetes import config
-    except ImportError:  # pragma: no cover - a dependency of the package
-        raise ServingError("MissingDependency", "the Kubernetes client is not installed") from None
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    try:
-        config.load_incluster_config()
-        return k8s.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
+        return api_client(kubeconfig)
+    except CredentialsError as e:
+        raise ServingError("NoCredentials", str(e)) from None
 
 
 def _api_error(e: Exception, what: str) -> ServingError:

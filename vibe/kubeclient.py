@@ -1,0 +1,46 @@
+"""How every vibe process that talks to Kubernetes gets its credentials, and the one error it raises.
+
+Role: the operator, the agent and the serving helpers all run either in a pod (the pod's service
+account) or by hand (a kubeconfig: ``--kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``).
+A missing or unreadable configuration becomes ``CredentialsError`` with one line saying what was tried,
+so each command can print that line and exit non-zero instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+class CredentialsError(RuntimeError):
+    """No usable Kubernetes credentials (neither a pod's service account nor a kubeconfig)."""
+
+
+def api_client(kubeconfig: str | None = None, *, pool_maxsize: int | None = None) -> Any:
+    """A ``kubernetes.client.ApiClient``: the given kubeconfig, else in-cluster, else the default kubeconfig.
+
+    ``pool_maxsize``: HTTP connections kept per host (urllib3's default is 4; a process that runs many
+    calls at once in threads wants one per thread).
+    """
+    import yaml
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    try:
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        else:
+            try:
+                config.load_incluster_config(client_configuration=cfg)
+            except config.ConfigException:
+                config.load_kube_config(client_configuration=cfg)
+    except (config.ConfigException, OSError, TypeError, ValueError, yaml.YAMLError) as e:
+        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CredentialsError(
+            f"no Kubernetes credentials: not running in a pod (no service account token) and no usable "
+            f"kubeconfig at {where} ({detail}); pass --kubeconfig or set KUBECONFIG"
+        ) from None
+    if pool_maxsize:
+        cfg.connection_pool_maxsize = pool_maxsize
+    return client.ApiClient(cfg)
