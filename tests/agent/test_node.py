@@ -97,6 +97,7 @@ def test_restart_resumes_without_benchmarking() -> None:
     a = agent(tel, prof, now)
     a.step()
     tel.sm_mhz[1] = 1200  # GPU 1 slows down 1.25x
+    tel.reasons[1] = ["SwPowerCap", "HwSlowdown"]
     for _ in range(10):
         now[0] += 1
         a.step()
@@ -141,6 +142,7 @@ def test_new_shape_is_measured_alone_and_drift_is_never_baked_in() -> None:
     assert len(a.body()["spec"]["gpus"][0]["curves"]) == 4
     # While drifted, a missing shape waits (its curve would carry the transient slowdown).
     tel.sm_mhz[0] = 1000
+    tel.reasons[0] = ["SwPowerCap", "HwThermalSlowdown"]
     for _ in range(10):
         now[0] += 1
         a.step()
@@ -234,3 +236,47 @@ def test_passive_drift_rescales_the_curves() -> None:
     ratio = np.array(after["curves"][0]["seconds"]) / np.array(before["curves"][0]["seconds"])
     assert ratio == pytest.approx(1.25, rel=1e-3)
     assert after["benchmarkTime"] == before["benchmarkTime"]
+
+
+def test_a_power_capped_gpu_settling_lower_under_load_is_learned_not_drift() -> None:
+    """Measured on an H100: benchmarked at 1485 MHz after a short pre-heat, it settles at 1320-1358 MHz
+    under sustained full load at the same cap, with no slowdown reason. That is how the GPU serves, not
+    a change: the agent learns it as the GPU's normal clock (and publishes it), then catches a later
+    drop from there."""
+    tel, prof, now = ScriptedTelemetry(gpus=1, sm_mhz=1485), FakeProfiler(), [0.0]
+    a = agent(tel, prof, now)
+    a.step()
+    tel.sm_mhz[0] = 1335  # -10 %, power-capped only
+    for _ in range(40):
+        now[0] += 1
+        a.step()
+    rec = a.records[0]
+    assert rec.drift_state == "Stable" and [e for e in reasons(a) if e.startswith("GPUDrifted")] == []
+    assert rec.baseline.calibrated and rec.baseline.sm_clock_hz == 1335 * 10**6
+    body = a.body()
+    b = agent(tel, FakeProfiler(), now)  # a restarted agent keeps what was learned
+    assert b.resume(body) == 1 and b.records[0].baseline == rec.baseline
+
+    tel.sm_mhz[0] = 1070  # then 1.25x slower than that, still without a reason (e.g. a failing fan)
+    for _ in range(10):
+        now[0] += 1
+        a.step()
+    assert rec.drift_state == "Drifted" and rec.time_scale == pytest.approx(1.25, abs=0.03)
+
+
+def test_a_slowdown_with_a_reason_is_drift_even_before_calibration() -> None:
+    tel, prof, now = ScriptedTelemetry(gpus=1), FakeProfiler(), [0.0]
+    a = agent(tel, prof, now)
+    a.step()
+    tel.sm_mhz[0], tel.reasons[0] = 1200, ["SwPowerCap", "HwPowerBrakeSlowdown"]
+    for _ in range(5):
+        now[0] += 1
+        a.step()
+    assert not a.records[0].baseline.calibrated
+    assert a.records[0].drift_state == "Drifted"
+
+
+def test_calibration_never_learns_a_large_drop() -> None:
+    base = Baseline(sm_clock_hz=1_500_000_000)
+    assert base.calibrate([1_600_000_000] * 30).sm_clock_hz == 1_500_000_000  # never above the benchmark
+    assert base.calibrate([900_000_000] * 30).sm_clock_hz == 1_200_000_000  # at most 20 % below it

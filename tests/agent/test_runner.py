@@ -83,12 +83,18 @@ def test_publishes_once_then_only_on_change() -> None:
     assert pub.count("read") == 3 and pub.count("apply") == 3
     assert pub.count("heartbeat") == 3  # the first heartbeat goes with the first apply
     assert pub.count("event:Benchmarked") == 3 * 2
-    for t in range(1, 30):
+    for t in range(1, 29):
         now[0] = t
         r.tick()
     r.flush()
     assert pub.count("apply", "n0") == 1 and pub.count("apply", "n2") == 1
     assert pub.count("apply", "n1") == 2  # the drift, once
+    for t in range(29, 60):  # the 30th busy sample calibrates every GPU's serving clock: one apply each
+        now[0] = t
+        r.tick()
+    r.flush()
+    assert pub.count("apply", "n0") == 2 and pub.count("apply", "n2") == 2 and pub.count("apply", "n1") == 3
+    assert '"calibrated":true' in pub.objects["n0"]["metadata"]["annotations"]["vibe.dev/baseline"]
     assert pub.count("event:GPUDrifted", "n1") == 1
     assert pub.objects["n1"]["spec"]["gpus"][0]["drift"]["state"] == "Drifted"
     r.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from vibe.agent.telemetry import SLOWDOWN_REASONS, Sample
@@ -125,11 +125,43 @@ class DriftDetector:
 
 @dataclass(frozen=True)
 class Baseline:
-    """Telemetry at benchmark time: what "normal" means for one GPU."""
+    """What "normal" means for one GPU: telemetry at benchmark time, then its steady serving clock.
+
+    ``calibrated`` is False right after a benchmark: the benchmark's short pre-heat stops before the GPU
+    reaches thermal equilibrium, and under sustained full load at the same power cap a healthy H100
+    settles ~9-11 % lower (benchmarks/results/gpu-h100-2026-11-23/under-load/: 1485 MHz at benchmark,
+    1320-1358 MHz after 30 s of dense GEMMs at 696 W). ``calibrate`` replaces ``sm_clock_hz`` by the
+    median clock of the first busy, power-capped samples free of slowdown reasons (never above the
+    benchmark's, never more than ``MAX_CALIBRATION_DROP`` below it), so drift means a change from how
+    the GPU serves, not the difference between a 7-second benchmark and hours of load.
+    """
 
     sm_clock_hz: int | None = None
     mem_clock_hz: int | None = None
     power_limit_w: float | None = None
+    calibrated: bool = False
+
+    def calibrate(self, sm_clocks_hz: list[int]) -> Baseline:
+        if not self.sm_clock_hz or not sm_clocks_hz:
+            return replace(self, calibrated=True)
+        steady = statistics.median(sm_clocks_hz)
+        floor = self.sm_clock_hz * (1.0 - MAX_CALIBRATION_DROP)
+        return replace(self, sm_clock_hz=int(min(self.sm_clock_hz, max(steady, floor))), calibrated=True)
+
+
+#: Busy samples (1 Hz) that set a GPU's steady serving clock after a benchmark.
+CALIBRATION_SAMPLES = 30
+#: The steady clock is taken at most this far below the benchmark's (a larger gap is a slowdown).
+MAX_CALIBRATION_DROP = 0.2
+
+
+def calibration_sample(sample: Sample, base: Baseline) -> int | None:
+    """The SM clock of a sample fit to calibrate ``base`` with: busy, no slowdown reason, same power limit."""
+    if not is_busy(sample) or not sample.sm_clock_hz or set(sample.reasons) & SLOWDOWN_REASONS:
+        return None
+    if base.power_limit_w and sample.power_limit_w and sample.power_limit_w < base.power_limit_w * 0.99:
+        return None
+    return sample.sm_clock_hz
 
 
 def is_busy(sample: Sample, min_utilization: float = 30.0) -> bool:

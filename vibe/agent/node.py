@@ -33,7 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from vibe.agent.drift import DriftConfig, DriftDetector, describe, estimate_scale, is_busy
+from vibe.agent.drift import (
+    CALIBRATION_SAMPLES,
+    DriftConfig,
+    DriftDetector,
+    calibration_sample,
+    describe,
+    estimate_scale,
+    is_busy,
+)
 from vibe.agent.profile import GPURecord, build_profile, records_from_profile, relative_speed
 from vibe.agent.profiler import ProfileOutcome, Profiler
 from vibe.agent.shapes import ExpertShape, default_shapes
@@ -105,6 +113,7 @@ class NodeAgent:
         self.records: dict[int, GPURecord] = {i: GPURecord(info=g) for i, g in self.infos.items()}
         self.detectors = {i: DriftDetector(self.cfg.drift) for i in self.infos}
         self.canary_detectors = {i: DriftDetector(CANARY_DRIFT) for i in self.infos}
+        self.calibration: dict[int, list[int]] = {}  # GPU -> SM clocks seen while learning its serving clock
         self.counters = {i: GPUCounters() for i in self.infos}
         self.last: dict[int, Sample] = {}
         self.events: list[Event] = []
@@ -215,6 +224,7 @@ class NodeAgent:
         if full or rec.benchmark_time is None:
             rec.benchmark_time = now
             rec.baseline = out.baseline
+            self.calibration.pop(i, None)
             rec.telemetry = out.telemetry
             rec.drift_state, rec.time_scale, rec.drift_since, rec.drift_reason = "Stable", 1.0, now, ""
             self.detectors[i].reset()
@@ -235,6 +245,24 @@ class NodeAgent:
         rec = self.records[i]
         if not rec.curves:
             return
+        if not rec.baseline.calibrated:
+            # Learning the steady serving clock: a sample fit for it is no evidence of drift yet; one with a
+            # slowdown reason or a lowered power limit still is (against the benchmark's clock).
+            clock = calibration_sample(s, rec.baseline)
+            if clock is not None:
+                seen = self.calibration.setdefault(i, [])
+                seen.append(clock)
+                if len(seen) >= CALIBRATION_SAMPLES:
+                    bench_hz = rec.baseline.sm_clock_hz or 0
+                    rec.baseline = rec.baseline.calibrate(seen)
+                    del self.calibration[i]
+                    self.dirty = True  # publish the calibrated baseline (it survives restarts)
+                    log.info(
+                        "node %s GPU %d: steady serving SM clock %d MHz (benchmark %d MHz)",
+                        self.node, i, (rec.baseline.sm_clock_hz or 0) // 10**6,
+                        bench_hz // 10**6,
+                    )  # fmt: skip
+                return
         scale, _ = estimate_scale(s, rec.baseline)
         decision = self.detectors[i].update(scale)
         if decision:

@@ -231,6 +231,7 @@ def baseline_annotation(records: Iterable[GPURecord]) -> str:
                 ("smClockHz", b.sm_clock_hz),
                 ("memClockHz", b.mem_clock_hz),
                 ("powerLimitW", b.power_limit_w),
+                ("calibrated", b.calibrated or None),
             )
             if v is not None
         }
@@ -311,7 +312,9 @@ def records_from_profile(body: Mapping[str, Any], infos: Sequence[GPUInfo]) -> d
             info=info,
             curves=curves,
             benchmark_time=parse_time(g.get("benchmarkTime")),
-            baseline=Baseline(b.get("smClockHz"), b.get("memClockHz"), b.get("powerLimitW")),
+            baseline=Baseline(
+                b.get("smClockHz"), b.get("memClockHz"), b.get("powerLimitW"), bool(b.get("calibrated"))
+            ),
             telemetry=Sample(
                 time=0.0,
                 sm_clock_hz=tel.get("smClockHz"),

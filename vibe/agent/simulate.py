@@ -25,9 +25,9 @@ The fleet file (YAML or JSON) describes nodes, per-GPU speeds and a drift schedu
 
 ``at``/``for`` are seconds from the agent's first step (numbers, or "30s", "2m", "1h"); ``node`` defaults to
 the first node. A drift entry makes the GPU ``timeScale`` times slower: its simulated SM clock falls to
-the benchmark clock / timeScale (plus the measured ±2.3 % noise), ``reason`` joins its clock-event
-reasons, and a benchmark or canary run meanwhile measures curves ``timeScale`` times slower, so the drift
-detector has to find it the way it would on a real GPU.
+the benchmark clock / timeScale (plus the measured ±2.3 % noise), ``reason`` (default ``HwSlowdown``
+for a slowdown) joins its clock-event reasons, and a benchmark or canary run meanwhile measures curves
+``timeScale`` times slower, so the drift detector has to find it the way it would on a real GPU.
 
 Curves come from the measured H100 reference of ``vibe.placement`` (steady state at the power cap),
 resampled onto the agent's token grid, times 1/speed, with 1 % measurement noise.
@@ -212,7 +212,9 @@ def parse_fleet(data: Mapping[str, Any]) -> Fleet:
             node=node,
             gpu=gpu,
             time_scale=scale,
-            reason=str(d.get("reason") or ""),
+            # A real GPU that turns slower says why (a slowdown reason); a power-capped clock alone is
+            # what the agent learns as normal (drift.Baseline.calibrate).
+            reason=str(d.get("reason") or ("HwSlowdown" if scale > 1.0 else "")),
             duration=parse_duration(d["for"], f"{where}.for") if d.get("for") is not None else None,
         )
         nodes[node][gpu].steps.append(step)
