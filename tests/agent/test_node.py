@@ -262,6 +262,7 @@ def test_a_power_capped_gpu_settling_lower_under_load_is_learned_not_drift() -> 
         now[0] += 1
         a.step()
     assert rec.drift_state == "Drifted" and rec.time_scale == pytest.approx(1.25, abs=0.03)
+    assert rec.drift_reason == "SM clock 1070 MHz vs 1335 MHz serving normally (SwPowerCap)"
 
 
 def test_a_slowdown_with_a_reason_is_drift_even_before_calibration() -> None:

@@ -199,9 +199,9 @@ def describe(sample: Sample | None, base: Baseline, scale: float) -> str:
         return f"time scale {scale:.2f}"
     parts = []
     if sample.sm_clock_hz and base.sm_clock_hz:
-        parts.append(
-            f"SM clock {sample.sm_clock_hz // 10**6} MHz vs {base.sm_clock_hz // 10**6} MHz at benchmark"
-        )
+        normal = "serving normally" if base.calibrated else "at benchmark"
+        now_mhz, base_mhz = sample.sm_clock_hz // 10**6, base.sm_clock_hz // 10**6
+        parts.append(f"SM clock {now_mhz} MHz vs {base_mhz} MHz {normal}")
     if sample.mem_clock_hz and base.mem_clock_hz and sample.mem_clock_hz != base.mem_clock_hz:
         parts.append(f"memory clock {sample.mem_clock_hz // 10**6} MHz vs {base.mem_clock_hz // 10**6} MHz")
     text = ", ".join(parts) or f"time scale {scale:.2f}"
