@@ -72,19 +72,23 @@ def test_incremental_mode_reports_moves(files):
     assert "incremental" in r.output and "current" in r.output
 
 
+#: Loads files that are wrong in one way each.
+BAD_LOADS = {
+    "nan loads": '{"loads": [[1, NaN, 2]]}',
+    "negative loads": '{"loads": [[1, -3, 2]]}',
+    "loads out of range": '{"loads": [[1e308, 1, 2]]}',
+}
+
+
 def _bad(files, tmp: Path, what: str) -> list[str]:
     base = ["-l", files["loads"], "-f", files["fleet"], "-s", 5]
     if what == "shape mismatch":
         cur = tmp / "cur.json"
         cur.write_text(json.dumps({"physical_to_logical_map": [[*range(16), 0, 1, 2, 3]]}))  # 1 layer, not 3
         return [*base, "--current", cur]
-    if what == "nan loads":
-        p = tmp / "nan.json"
-        p.write_text('{"loads": [[1, NaN, 2]]}')
-        return ["-l", p, "-f", files["fleet"], "-s", 5]
-    if what == "negative loads":
-        p = tmp / "neg.json"
-        p.write_text('{"loads": [[1, -3, 2]]}')
+    if what in BAD_LOADS:
+        p = tmp / "bad-loads.json"
+        p.write_text(BAD_LOADS[what])
         return ["-l", p, "-f", files["fleet"], "-s", 5]
     if what in ("non-monotone curve", "empty curve"):
         p = tmp / "fleet-bad.json"
@@ -95,10 +99,6 @@ def _bad(files, tmp: Path, what: str) -> list[str]:
         )
         p.write_text(json.dumps({"gpus": [{"id": "a/0", "node": "a", **curve}]}))
         return ["-l", files["loads"], "-f", p, "-s", 16]
-    if what == "loads out of range":
-        p = tmp / "huge.json"
-        p.write_text('{"loads": [[1e308, 1, 2]]}')
-        return ["-l", p, "-f", files["fleet"], "-s", 5]
     if what == "unreadable fleet":
         p = tmp / "fleet.json"
         p.write_bytes(b"\xff\xfe{")
