@@ -52,3 +52,5 @@ def test_commands_without_credentials_exit_non_zero_without_a_traceback(
     assert proc.returncode != 0, out
     assert "Traceback" not in out, out
     assert "no Kubernetes credentials" in out and str(tmp_path / "none") in out, out
+    # it suggests only options the command has (`vibe operator` takes no --kubeconfig)
+    assert ("--kubeconfig" in out) == (argv[0] != "operator"), out

@@ -16,11 +16,15 @@ class CredentialsError(RuntimeError):
     """No usable Kubernetes credentials (neither a pod's service account nor a kubeconfig)."""
 
 
-def api_client(kubeconfig: str | None = None, *, pool_maxsize: int | None = None) -> Any:
+def api_client(
+    kubeconfig: str | None = None, *, pool_maxsize: int | None = None, flag: str | None = None
+) -> Any:
     """A ``kubernetes.client.ApiClient``: the given kubeconfig, else in-cluster, else the default kubeconfig.
 
     ``pool_maxsize``: HTTP connections kept per host (urllib3's default is 4; a process that runs many
-    calls at once in threads wants one per thread).
+    calls at once in threads wants one per thread). ``flag``: the caller's command-line option that
+    names a kubeconfig (e.g. ``--kubeconfig``), if it has one: the error message suggests only options
+    that exist.
     """
     import yaml
     from kubernetes import client, config
@@ -39,7 +43,7 @@ def api_client(kubeconfig: str | None = None, *, pool_maxsize: int | None = None
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CredentialsError(
             f"no Kubernetes credentials: not running in a pod (no service account token) and no usable "
-            f"kubeconfig at {where} ({detail}); pass --kubeconfig or set KUBECONFIG"
+            f"kubeconfig at {where} ({detail}); {f'pass {flag} or ' if flag else ''}set KUBECONFIG"
         ) from None
     if pool_maxsize:
         cfg.connection_pool_maxsize = pool_maxsize

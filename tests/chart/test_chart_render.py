@@ -113,10 +113,14 @@ def test_default_objects(default: list[dict]) -> None:
         ("PodDisruptionBudget", "vibe-operator"),
         ("ClusterKopfPeering", "vibe"),
         ("ConfigMap", "vibe-dashboard"),
+        ("ValidatingAdmissionPolicy", "vibe-operator-configmaps"),
+        ("ValidatingAdmissionPolicyBinding", "vibe-operator-configmaps"),
     }, sorted(kinds)
     # Namespaced objects go to the release namespace; no Namespace object is rendered.
+    cluster_scoped = ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "ValidatingAdmissionPolicy",
+                      "ValidatingAdmissionPolicyBinding")  # fmt: skip
     for o in default:
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"):
+        if o["kind"] not in cluster_scoped:
             assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]
 
 
@@ -315,6 +319,22 @@ def test_rbac_namespaced(helm: Helm) -> None:
     peerings = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in find(full, "KopfPeering")}
     assert peerings == {("ml-serving", "vibe-ha"), (NAMESPACE, "vibe-ha")}
     assert not find(full, "ClusterKopfPeering")
+
+
+def test_operator_configmap_writes_are_limited_to_its_placements(default: list[dict], helm: Helm) -> None:
+    """RBAC grants create/update on configmaps; the policy narrows it to the operator's own placement
+    ConfigMaps, for the operator's ServiceAccount only (the cluster test tries it for real)."""
+    policy = one(default, "ValidatingAdmissionPolicy", "vibe-operator-configmaps")
+    (cond,) = policy["spec"]["matchConditions"]
+    assert (
+        cond["expression"]
+        == f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:vibe-operator"'
+    )
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    binding = one(default, "ValidatingAdmissionPolicyBinding", "vibe-operator-configmaps")
+    assert binding["spec"] == {"policyName": "vibe-operator-configmaps", "validationActions": ["Deny"]}
+    off = helm.template({"operator": {"configMapPolicy": {"enabled": False}}})
+    assert not find(off, "ValidatingAdmissionPolicy")
 
 
 def test_rbac_off(helm: Helm) -> None:

@@ -192,7 +192,7 @@ def run(
         from vibe.kubeclient import CredentialsError, api_client
 
         try:
-            api = api_client(str(kubeconfig) if kubeconfig is not None else None)
+            api = api_client(str(kubeconfig) if kubeconfig is not None else None, flag="--kubeconfig")
         except CredentialsError as e:
             log.error("%s (or --output DIR to write profiles to files)", e)
             raise typer.Exit(1) from None

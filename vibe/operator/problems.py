@@ -23,6 +23,9 @@ REASONS = (
     "ShapeMismatch",
     "PlacementConflict",
     "OutputTooLarge",
+    "InstanceTooLarge",
+    "Forbidden",
+    "APIRefused",
 )
 
 

@@ -424,7 +424,7 @@ def export_loads_cmd(
             raise ServingError("InvalidArgument", "give --configmap and/or --out")
         if model_config and first_moe_layer is None and moe_layers is None:
             first_moe_layer = engine.model_layout(model_config)["first_moe_layer"]
-        api = kube.client(kubeconfig) if configmap else None
+        api = kube.client(kubeconfig, flag="--kubeconfig") if configmap else None
         if configmap and not namespace:
             raise ServingError("InvalidArgument", "--namespace (or POD_NAMESPACE) is needed with --configmap")
 

@@ -31,12 +31,12 @@ LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "LeaderWorkerSet")
 
 
-def client(kubeconfig: str | None = None) -> Any:
+def client(kubeconfig: str | None = None, flag: str | None = None) -> Any:
     """An ``ApiClient``: in-cluster config when running in a pod, else the kubeconfig."""
     from vibe.kubeclient import CredentialsError, api_client
 
     try:
-        return api_client(kubeconfig)
+        return api_client(kubeconfig, flag=flag)
     except CredentialsError as e:
         raise ServingError("NoCredentials", str(e)) from None
 
