@@ -13,13 +13,17 @@ What is timed is the expert FFN as a serving engine runs it (SGLang/vLLM MoE lay
   (per output channel) scales, the tokens arrive already quantised with row-wise (per token) scales (as
   DeepEP's fp8 dispatch delivers them), both GEMMs run as ONE grouped fp8 GEMM each with bf16 output,
   and the SiLU x mul output is re-quantised per token before the down GEMM (a few small torch kernels
-  that an engine fuses into its activation kernel: a few µs at small n). Measured on an H200, this
-  grouped fp8 GEMM takes 0.5-0.7x the bf16 grouped GEMM's time
-  (benchmarks/results/gpu-h200-2026-12-01/). Elsewhere (no such kernel, e.g. Ada or the CPU) fp8 falls
-  back to the old path, with a note in the result: per-tensor dynamic activation scales computed per
-  call (amax, scale, cast) and ``torch._scaled_mm``; that pays four small kernels per GEMM, which on
-  an H100 made fp8 slower than bf16 (benchmarks/results/gpu-h100-*/README.md): an upper bound on what
-  a fused fp8 engine takes. ``CurveResult.kernel`` says which path a curve was measured with.
+  that an engine fuses into its activation kernel). An engine runs all of a rank's experts in one
+  grouped GEMM, so these fixed costs are shared; the benchmark does the same: each call runs
+  ``FP8_GROUP`` experts over n tokens each, and a point is the call's time / ``FP8_GROUP`` (timed one
+  expert per call, the grouped kernel's setup and the re-quantisation made fp8 cost 2.3x bf16 at one
+  token on an H200: benchmarks/results/gpu-h200-2026-12-01/first-attempt/). bf16 stays one expert per
+  call: on an H200 one grouped bf16 GEMM of a rank's experts took 0.94-1.10x the sum of these.
+  Elsewhere (no such kernel: Ada, older torch, the CPU) fp8 falls back to the old path, with a note in
+  the result: per-tensor dynamic activation scales computed per call (amax, scale, cast) and
+  ``torch._scaled_mm``; that pays four small kernels per GEMM, which on an H100 made fp8 slower than
+  bf16 (benchmarks/results/gpu-h100-*/README.md): an upper bound on what a fused fp8 engine takes.
+  ``CurveResult.kernel`` says which path a curve was measured with.
 
 Measured the way the cost model needs it (DESIGN.md, shared H100 data):
 
@@ -63,9 +67,12 @@ FP8_MAX = 448.0
 #: progress(event, info): "preheat", "shape", "point", "skip", "done" (for the CLI's progress bar).
 Progress = Callable[[str, dict[str, Any]], None]
 
+#: Experts per fused fp8 call (a rank holds 8-36 experts; a point is the call's time / FP8_GROUP).
+FP8_GROUP = 8
+
 #: The kernels a curve can be measured with (``CurveResult.kernel``).
 KERNEL_BF16 = "matmul"
-KERNEL_FP8_GROUPED = "fp8 _scaled_grouped_mm, row-wise scales"
+KERNEL_FP8_GROUPED = f"fp8 _scaled_grouped_mm, row-wise scales, {FP8_GROUP} experts per call"
 KERNEL_FP8_UNFUSED = "fp8 _scaled_mm, per-tensor scales quantised per call"
 
 
@@ -206,6 +213,10 @@ class ExpertBank:
         self.kernel = (fp8_kernel or KERNEL_FP8_UNFUSED) if self.fp8 else KERNEL_BF16
         self.grouped = self.kernel == KERNEL_FP8_GROUPED
         self.pad16 = False
+        self.per_call = FP8_GROUP if self.grouped else 1  # experts one call runs
+        if self.grouped:
+            experts = -(-max(experts, FP8_GROUP) // FP8_GROUP) * FP8_GROUP
+        self.distinct = experts
         self.w13: list[Any] = []
         self.w2: list[Any] = []
         self.s13: list[Any] = []
@@ -214,14 +225,13 @@ class ExpertBank:
             w13 = rand(2 * i, h, std=h**-0.5)
             w2 = rand(h, i, std=i**-0.5)
             if self.grouped:
-                # [1, N, K] row-wise quantised, viewed as the [1, K, N] column-major operand the grouped
-                # GEMM takes; scales [1, N] float32.
+                # [N, K] row-wise quantised, scales [N] float32 (stacked below).
                 q13, s13 = _quantize_rows(torch, w13)
                 q2, s2 = _quantize_rows(torch, w2)
-                self.w13.append(q13.unsqueeze(0).transpose(-2, -1))
-                self.w2.append(q2.unsqueeze(0).transpose(-2, -1))
-                self.s13.append(s13.unsqueeze(0))
-                self.s2.append(s2.unsqueeze(0))
+                self.w13.append(q13)
+                self.w2.append(q2)
+                self.s13.append(s13)
+                self.s2.append(s2)
             elif self.fp8:
                 q13, s13 = _quantize(torch, w13)
                 q2, s2 = _quantize(torch, w2)
@@ -233,15 +243,23 @@ class ExpertBank:
                 self.w13.append(w13.to(act_dtype))
                 self.w2.append(w2.to(act_dtype))
             del w13, w2
-        if self.grouped:  # the tokens arrive quantised (fp8 dispatch), so quantising x is not timed
-            rows = max_tokens + 15
+        if self.grouped:
+            # One [E, K, N] column-major operand per GEMM (the [E, N, K] stack, transposed) and its [E, N]
+            # scales; a group is a slice of FP8_GROUP experts.
+            self.w13 = [torch.stack(self.w13).transpose(-2, -1)]
+            self.w2 = [torch.stack(self.w2).transpose(-2, -1)]
+            self.s13 = [torch.stack(self.s13)]
+            self.s2 = [torch.stack(self.s2)]
+            # The tokens arrive quantised (fp8 dispatch), so quantising x is not timed.
+            rows = FP8_GROUP * (max_tokens + 15)
             self.xq, self.xs = _quantize_rows(torch, rand(rows, h, std=1.0).to(act_dtype))
             self.pad16 = _fused_fp8_probe(torch, str(device))[1] if pad16 is None else pad16
         self.padded = 0
         self._pad_small = False
 
     def __len__(self) -> int:
-        return len(self.w13)
+        """Distinct calls to cycle (experts; fused fp8: groups of FP8_GROUP experts)."""
+        return self.distinct // self.per_call
 
     def inputs(self, n: int) -> Any:
         """What ``__call__`` takes for n tokens (made here, outside any timed call)."""
@@ -249,20 +267,27 @@ class ExpertBank:
             m = -(-n // 16) * 16 if self.pad16 else n  # padded rows are computed and dropped
             if m != n:
                 self.padded += 1
-            offs = self.torch.tensor([m], dtype=self.torch.int32, device=self.device)
-            return (self.xq[:m], self.xs[:m], offs, n)
+            ends = [m * (k + 1) for k in range(FP8_GROUP)]
+            offs = self.torch.tensor(ends, dtype=self.torch.int32, device=self.device)
+            return (self.xq[: ends[-1]], self.xs[: ends[-1]], offs, n)
         return self.x[:n]
 
     def __call__(self, e: int, x: Any) -> Any:
-        """Run expert ``e`` over ``inputs(n)``; returns [n, hidden] in the activation dtype."""
+        """Run expert ``e`` over ``inputs(n)``; returns [n, hidden] in the activation dtype.
+
+        Fused fp8: runs experts ``e * FP8_GROUP ..`` (FP8_GROUP of them) over n tokens each and returns
+        [FP8_GROUP, n, hidden].
+        """
         torch = self.torch
         i = self.shape.intermediate_size
         if self.grouped:
             xq, xs, offs, n = x
-            h = self._gmm8(xq, xs, self.w13[e], self.s13[e], offs)
+            sl = slice(e * FP8_GROUP, (e + 1) * FP8_GROUP)
+            h = self._gmm8(xq, xs, self.w13[0][sl], self.s13[0][sl], offs)
             a = torch.nn.functional.silu(h[:, :i]) * h[:, i:]
             aq, as_ = _quantize_rows(torch, a)
-            return self._gmm8(aq, as_, self.w2[e], self.s2[e], offs)[:n]
+            y = self._gmm8(aq, as_, self.w2[0][sl], self.s2[0][sl], offs)
+            return y.view(FP8_GROUP, -1, y.shape[-1])[:, :n]
         if not self.fp8:
             h = torch.matmul(x, self.w13[e].t())
             a = torch.nn.functional.silu(h[:, :i]) * h[:, i:]
@@ -272,7 +297,7 @@ class ExpertBank:
         return self._mm8(a, self.w2[e], self.s2[e])
 
     def _gmm8(self, xq: Any, xs: Any, wq: Any, ws: Any, offs: Any) -> Any:
-        """One fused fp8 grouped GEMM (one group): [n, k] fp8 x [1, k, m] fp8 -> [n, m] bf16."""
+        """One fused fp8 grouped GEMM: [g*n, k] fp8 x [g, k, m] fp8 (group ends ``offs``) -> [g*n, m] bf16."""
         return self.torch._scaled_grouped_mm(
             xq, wq, scale_a=xs, scale_b=ws, offs=offs, out_dtype=self.torch.bfloat16
         )
@@ -485,6 +510,7 @@ def measure_point(
             lead = functools.partial(timer.hold, queue_s)
         before = telemetry.sample(nvml_index) if nvml_index is not None else Sample(time=time.time())
         times = timer.time_calls(lambda k: bank(k % experts, x), cfg.repeats, lead)
+        times = [t / bank.per_call for t in times]  # per expert (fused fp8 runs a group per call)
         after = telemetry.sample(nvml_index) if nvml_index is not None else Sample(time=time.time())
         changed = _reasons(before) != _reasons(after)
         if not changed or attempt == cfg.max_retries:
@@ -677,7 +703,7 @@ def profile_device(
             if progress:
                 progress("skip", {"shape": shape, "why": curve.skipped, "points": len(cfg.tokens)})
             continue
-        curve.experts = len(bank)
+        curve.experts = bank.distinct
         curve.kernel = bank.kernel
         if progress:
             progress("shape", {"shape": shape, "experts": len(bank)})
