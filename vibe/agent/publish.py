@@ -81,11 +81,9 @@ class KubePublisher:
         self.limiter = RateLimiter(qps, burst)
         self.component = component
         self.uids: dict[tuple[str, str], str] = {}
-        self.requests = 0
 
     def _go(self) -> None:
         self.limiter.acquire()
-        self.requests += 1
 
     def read(self, namespace: str, node: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -172,7 +170,6 @@ class DirPublisher:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.requests = 0
 
     def _path(self, namespace: str, node: str) -> Path:
         return self.root / namespace / f"{node}.json"

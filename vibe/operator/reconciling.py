@@ -167,7 +167,7 @@ async def _reconcile_once(
         metrics.ERRORS.labels(obs.problem.reason).inc()
         return min(cfg.backoff_max_s, cfg.backoff_initial_s * 2 ** (n - 1)), "problem"
     shared.failures.pop(key, None)
-    return _next_look(obs, now, cfg), "written" if wrote else "unchanged"
+    return _next_look(obs, now), "written" if wrote else "unchanged"
 
 
 def _loads(spec: DeploymentSpec, namespace: str, obj: Mapping[str, Any] | None) -> Loads:
@@ -248,7 +248,7 @@ def _ours(cm_obj: Mapping[str, Any] | None, name: str) -> bool:
     return labels.get("app.kubernetes.io/managed-by") == "vibe" and labels.get(output.L_DEPLOYMENT) == name
 
 
-def _next_look(obs: status_mod.Observation, now: dt.datetime, cfg: OperatorSettings) -> float | None:
+def _next_look(obs: status_mod.Observation, now: dt.datetime) -> float | None:
     """Seconds until a cooldown ends or a used GPU profile turns stale, whichever is first."""
     times = []
     if obs.plan is not None and obs.plan.retry_at is not None:

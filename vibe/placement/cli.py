@@ -156,7 +156,7 @@ def _plan(
     if slots_per_gpu < 1:
         raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
     if not (time_budget > 0):
-        raise PlacementError("InvalidLoads", "--time-budget must be positive")
+        raise PlacementError("InvalidBudget", f"--time-budget must be positive, not {time_budget:g}")
     if max_moves is not None and current_path is None:
         raise PlacementError("InvalidPlacement", "--max-moves needs --current")
     load_arr = read_loads(load_json(loads_path, "loads"), tokens_per_step=tokens_per_step, top_k=top_k)

@@ -1,7 +1,7 @@
 """A placement and the one evaluator that prices it.
 
 Every policy, every bound check, every report and the operator's drift decision price placements
-here, so "predicted time" means the same thing everywhere (DESIGN.md, "The cost model"):
+here, so "predicted time" means the same thing everywhere (ARCHITECTURE.md, "The cost model"):
 
 * a slot holding expert e, which has ``r_e`` replicas in the layer, serves ``load_e / r_e`` tokens
   (engines split an expert's tokens evenly over its replicas);

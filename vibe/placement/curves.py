@@ -3,7 +3,7 @@
 Role in the data flow: the agent measures ``t_g(n)`` on each GPU (or the operator falls back to a scaled
 reference curve), and everything in ``vibe.placement`` prices a placement through these curves.
 
-The curve model (the cost model of DESIGN.md, made precise):
+The curve model (the cost model of ARCHITECTURE.md, made precise):
 
 * ``t_g(0) = 0``: a slot whose expert gets no tokens costs nothing.
 * ``0 < n <= tokens[0]``: flat at ``seconds[0]`` (below the first measured point the kernel is bound by

@@ -103,7 +103,10 @@ def solve(
     if policy not in POLICIES:
         raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
     if not (np.isfinite(time_budget_s) and time_budget_s > 0):
-        raise PlacementError("InvalidLoads", "time budget must be a positive number of seconds")
+        raise PlacementError(
+            "InvalidBudget",
+            f"the solve time budget must be a positive number of seconds, not {time_budget_s}",
+        )
     num_layers, e = loads.shape
     g, s = len(fleet), slots_per_gpu
     table = fleet.table

@@ -12,6 +12,7 @@ from __future__ import annotations
 #: The reasons in use; the operator may switch on them.
 REASONS = (
     "InvalidLoads",
+    "InvalidBudget",
     "InvalidCurve",
     "InvalidFleet",
     "InvalidPlacement",
