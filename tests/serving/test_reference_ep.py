@@ -160,7 +160,7 @@ def test_hash_and_generation_are_checked(volumes, tmp_path):
     assert err.value.reason == "HashMismatch"
     with pytest.raises(ServingError) as err:  # a pod rolled out for generation 2 never runs generation 1
         _load(volumes["vibe"], tmp_path / "w2", expect_generation=2, wait_seconds=0)
-    assert err.value.reason == "UnreadableVolume" and "generation 1" in err.value.message
+    assert err.value.reason == "StaleVolume" and "generation 1" in err.value.message
     with pytest.raises(ServingError) as err:  # the engine launched for another EP size
         ep.load_placement(
             volumes["vibe"], ep_size=3, num_experts=E, slots_per_rank=4, work_dir=tmp_path / "w3"
