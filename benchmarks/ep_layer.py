@@ -231,6 +231,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     except ServingError as e:
         print(f"vibe serving: {e.reason}: {e.message}", file=sys.stderr)
         raise SystemExit(1) from None
+    fleet = read_fleet(load_json(a.fleet, "fleet")) if a.fleet else None
     backend = a.backend if a.backend != "auto" else ("nccl" if _cuda() else "gloo")
     timed = backend == "nccl" and not a.check
     cfg = ep.RunConfig(
@@ -251,12 +252,12 @@ def cmd_run(a: argparse.Namespace) -> None:
     if a.neighbour_gpu is not None and a.duty > 0:
         neighbour = start_neighbour(a.neighbour_gpu, a.duty, a.neighbour_size, a.period)
         time.sleep(a.neighbour_settle)
+    timed = cfg.timed
     started = time.perf_counter()
     try:
         ranks = ep.launch(cfg)
     finally:
         neighbour_stats = stop_neighbour(neighbour) if neighbour is not None else None
-    fleet = read_fleet(load_json(a.fleet, "fleet")) if a.fleet else None
     report: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "worldSize": a.world_size,

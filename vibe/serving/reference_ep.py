@@ -458,7 +458,13 @@ def run_rank(rank: int, cfg: RunConfig) -> None:
     else:
         device = torch.device("cpu")
         torch.set_num_threads(1)  # one rank per core at most; several threads per rank only contend
-    dist.init_process_group(cfg.backend, init_method=cfg.init_method, rank=rank, world_size=world)
+    dist.init_process_group(
+        cfg.backend,
+        init_method=cfg.init_method,
+        rank=rank,
+        world_size=world,
+        **({"device_id": device} if device.type == "cuda" else {}),
+    )
     probs = profile(cfg.loads)
     result: dict[str, Any] = {"rank": rank, "device": str(device), "placements": {}}
     if device.type == "cuda":
