@@ -366,6 +366,35 @@ def summarise(
     return out
 
 
+def cmd_reprice(a: argparse.Namespace) -> None:
+    """Measured expert time of a run against the curves of one or more fleet files (rank r = GPU r)."""
+    from vibe.placement.inputs import load_json, read_fleet
+
+    report = json.loads(Path(a.run).read_text())
+    fleets = {}
+    for spec in a.fleet:
+        label, _, path = spec.rpartition("=")
+        fleets[label or path] = read_fleet(load_json(path, "fleet"))
+    print(f"{a.run}: measured expert time / sum of per-slot curve times (median over steps; per rank-layer)")
+    print(f"{'placement':>12} {'expert ms':>10} " + " ".join(f"{n:>26}" for n in fleets))
+    out: dict[str, Any] = {}
+    for name, p in report["placements"].items():
+        ratios: dict[str, list[float]] = {n: [] for n in fleets}
+        for rank, r in enumerate(p["rawRanks"]):
+            for layer in r["layers"]:
+                counts = np.array(layer["slotTokens"], dtype=np.float64)
+                for n, fleet in fleets.items():
+                    pred = fleet.table(np.full(counts.shape, rank), counts).sum(axis=1) * 1e3
+                    ratios[n].append(float(np.median(np.array(layer["computeMs"]) / pred)))
+        out[name] = {
+            n: {"median": float(np.median(v)), "min": min(v), "max": max(v)} for n, v in ratios.items()
+        }
+        cells = [f"{x['median']:.3f} [{x['min']:.3f}, {x['max']:.3f}]" for x in out[name].values()]
+        print(f"{name:>12} {p['expertStepMs']:>10.3f} " + " ".join(f"{c:>26}" for c in cells))
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
 def print_table(report: dict[str, Any], check: bool, timed: bool) -> None:
     nb = report["neighbour"]
     who = "none" if nb is None else f"GPU {nb['gpu']} at duty {nb['duty']}"
@@ -469,6 +498,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work-dir")
     p.add_argument("--out")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("reprice", help="a run's measured expert time against fleet curves")
+    p.add_argument("run", help="the JSON of a timed run (--out)")
+    p.add_argument("--fleet", action="append", required=True, help="[LABEL=]FLEET.json (repeatable)")
+    p.add_argument("-o", "--out")
+    p.set_defaults(fn=cmd_reprice)
 
     args = ap.parse_args(argv)
     args.fn(args)
