@@ -192,7 +192,7 @@ class Demo:
             "3m",
         )
         pods = client.CoreV1Api(self.api).list_namespaced_pod(SYSTEM_NS).items
-        running = sum(1 for p in pods if p.status.phase == "Running")
+        running = len([p for p in pods if p.status.phase == "Running"])
         self.say(f"release {RELEASE!r} installed in {SYSTEM_NS}: {running}/{len(pods)} pods Running")
         self.say("(those pods are kwok's stand-ins: the real operator and agent run next as local processes,")
         self.say(" each authenticated as the chart's ServiceAccount, so exactly the chart's RBAC applies)")

@@ -463,7 +463,7 @@ def run_rank(rank: int, cfg: RunConfig) -> None:
         init_method=cfg.init_method,
         rank=rank,
         world_size=world,
-        **({"device_id": device} if device.type == "cuda" else {}),
+        **({"device_id": device} if device.type == "cuda" else {}),  # type: ignore[arg-type]
     )
     probs = profile(cfg.loads)
     result: dict[str, Any] = {"rank": rank, "device": str(device), "placements": {}}
