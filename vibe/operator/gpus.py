@@ -130,7 +130,7 @@ def profile_snapshot(body: Mapping[str, Any]) -> ProfileSnapshot:
     """A GPUProfile object as a snapshot; malformed GPUs/curves are dropped (the CRD refuses most)."""
     spec = body.get("spec") or {}
     status = body.get("status") or {}
-    gpus = []
+    gpus: list[ProfileGPU] = []
     for g in spec.get("gpus") or ():
         curves = []
         for c in g.get("curves") or ():
@@ -255,7 +255,9 @@ def resolve(
     )
 
 
-def curve_for(gpu: ProfileGPU, shape: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray, tuple]:
+def curve_for(
+    gpu: ProfileGPU, shape: tuple[int, int, str]
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, str]]:
     """(tokens, seconds, measured shape): the exact shape, else the closest by weight bytes, scaled."""
     if not gpu.curves:
         raise Problem("InvalidGPUProfile", f"GPU {gpu.index} ({gpu.uuid or 'no uuid'}) has no curves")

@@ -141,6 +141,7 @@ async def _reconcile_once(
         obs.plan = plan
         t_plan = time.perf_counter()
         if plan.action == WRITE:
+            assert core is not None  # compute renders the data whenever the plan writes
             obs.in_service, wrote = await _write(kube, body, inputs, plan, core, current, old_status, now)
             logger.info(
                 "%s/%s: placement generation %d (%s): read %.2f s, plan %.2f s, write %.2f s",
@@ -195,7 +196,7 @@ async def _write(
     """Write the ConfigMap (whole); returns (what it now holds, whether the data changed)."""
     meta = owner["metadata"]
     same = current is not None and output.core_data(current.data) == core
-    if same:
+    if current is not None and same:
         generation = current.generation
         placed_at = current.annotations.get(output.A_PLACED_AT) or iso(now)
     else:

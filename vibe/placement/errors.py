@@ -42,5 +42,5 @@ class PlacementError(ValueError):
         self.reason = reason
         self.message = message
 
-    def __reduce__(self):  # keep picklable with two arguments
+    def __reduce__(self) -> tuple[type[PlacementError], tuple[str, str]]:  # picklable with two arguments
         return (type(self), (self.reason, self.message))
