@@ -11,9 +11,8 @@ BIN    := $(VENV)/bin
 demo: setup
 	$(BIN)/vibe demo
 
-## test: the whole test suite (what CI runs)
-test: setup
-	$(BIN)/ruff check .
+## test: every check, then the whole test suite (what CI runs; CONTRIBUTING.md says what each guards)
+test: setup lint
 	$(BIN)/pytest
 
 setup: venv cluster-bin
@@ -31,9 +30,12 @@ $(VENV)/.installed: pyproject.toml
 cluster-bin:
 	hack/build-cluster.sh
 
+## lint: ruff (lint and format), mypy (types) and import-linter (the layers of ARCHITECTURE.md)
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	-$(BIN)/vibe cluster down

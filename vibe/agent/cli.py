@@ -269,7 +269,7 @@ def bench(
     """
     from rich.console import Console
 
-    from vibe.agent.bench import BenchConfig, canary
+    from vibe.agent.bench import TOKEN_GRID, BenchConfig, canary
     from vibe.agent.telemetry import NvmlTelemetry, own_pids
 
     console = Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 140)
@@ -283,7 +283,7 @@ def bench(
         raise typer.Exit(1) from None
     try:
         grid = tuple(int(t) for t in tokens.split(",")) if tokens else None
-        cfg = BenchConfig(repeats=repeats, preheat_max_s=preheat_max, **({"tokens": grid} if grid else {}))
+        cfg = BenchConfig(repeats=repeats, preheat_max_s=preheat_max, tokens=grid or TOKEN_GRID)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     devices = device or (

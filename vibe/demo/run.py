@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from vibe.cluster.processes import free_port
 from vibe.cluster.testing import wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -40,12 +40,6 @@ console = Console(stderr=True, highlight=False)
 
 class DemoError(RuntimeError):
     """A step failed; the message says which and where its logs are."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -198,7 +192,7 @@ class Demo:
             "3m",
         )
         pods = client.CoreV1Api(self.api).list_namespaced_pod(SYSTEM_NS).items
-        running = sum(1 for p in pods if p.status.phase == "Running")
+        running = len([p for p in pods if p.status.phase == "Running"])
         self.say(f"release {RELEASE!r} installed in {SYSTEM_NS}: {running}/{len(pods)} pods Running")
         self.say("(those pods are kwok's stand-ins: the real operator and agent run next as local processes,")
         self.say(" each authenticated as the chart's ServiceAccount, so exactly the chart's RBAC applies)")

@@ -23,6 +23,7 @@ from typing import Any
 
 import typer
 
+from vibe.kubeclient import as_dict
 from vibe.serving.errors import ServingError
 
 app = typer.Typer(
@@ -272,8 +273,8 @@ def watch_cmd(
         if api is not None and not namespace:
             raise ServingError("InvalidArgument", "--namespace (or POD_NAMESPACE) is needed with API access")
         if source == "api":
-            if not configmap:
-                raise ServingError("InvalidArgument", "--source api needs --configmap")
+            if not configmap or not namespace:
+                raise ServingError("InvalidArgument", "--source api needs --configmap and --namespace")
             observe = sidecar.observe_api(api, namespace, configmap)
         elif source == "file":
             observe = sidecar.observe_volume(placement_dir)
@@ -371,7 +372,7 @@ def _moedeployment_serving(api: Any, namespace: str, name: str) -> dict:
         raise ServingError(
             "ApplyFailed", f"reading MoEDeployment {namespace}/{name}: HTTP {e.status}"
         ) from None
-    serving = (obj.get("spec") or {}).get("serving") or {}
+    serving = (as_dict(obj).get("spec") or {}).get("serving") or {}
     return serving if isinstance(serving, dict) else {}
 
 
@@ -436,7 +437,7 @@ def export_loads_cmd(
             doc = loads.loads_document(result)
             if out:
                 Path(out).write_text(doc + "\n", encoding="utf-8")
-            if configmap:
+            if configmap and namespace:
                 annotations = {loads.ANNOTATION_SOURCE: "sglang-expert-distribution-recorder"}
                 if result.passes is not None:
                     annotations[loads.ANNOTATION_PASSES] = str(result.passes)

@@ -21,6 +21,7 @@ import os
 import time
 from typing import Any
 
+from vibe.kubeclient import as_dict
 from vibe.serving.contract import TEMPLATE_ANNOTATION
 from vibe.serving.errors import ServingError
 
@@ -116,8 +117,10 @@ def _read_workload(api: Any, namespace: str, kind: str, name: str) -> dict:
 
     try:
         if kind == "LeaderWorkerSet":
-            return k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-                LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, name
+            return as_dict(
+                k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+                    LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, name
+                )
             )
         apps = k8s.AppsV1Api(api)
         reader = {

@@ -62,7 +62,8 @@ def read_dump(path: str | os.PathLike[str]) -> np.ndarray:
         obj = _load_pt(path)
         count = obj.get("logical_count") if isinstance(obj, dict) else obj
         if count is None:
-            raise ServingError("InvalidDump", f"{path} has no logical_count (keys: {sorted(obj)})")
+            keys = sorted(obj) if isinstance(obj, dict) else []
+            raise ServingError("InvalidDump", f"{path} has no logical_count (keys: {keys})")
         count = count.cpu().numpy() if hasattr(count, "cpu") else count
     else:
         try:

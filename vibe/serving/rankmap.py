@@ -101,12 +101,14 @@ def engine_gpus(
             for p in core.list_namespaced_pod(namespace, label_selector=selector).items
             if not p.metadata.deletion_timestamp
         ]
-        placed = {int(p.metadata.labels[index_label]): p.spec.node_name for p in pods if p.spec.node_name}
+        placed = {
+            int((p.metadata.labels or {})[index_label]): p.spec.node_name for p in pods if p.spec.node_name
+        }
         if len(placed) >= size and set(range(size)) <= set(placed):
             break
         if time.monotonic() > deadline:
             raise ServingError(
-                "UnreadableVolume",
+                "PodsNotScheduled",
                 f"only {len(placed)} of {size} pods of the group were scheduled after {timeout:.0f}s",
             )
         time.sleep(poll)
