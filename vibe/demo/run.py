@@ -29,7 +29,25 @@ from vibe.cluster.processes import free_port
 from vibe.cluster.testing import wait_for
 
 HERE = Path(__file__).resolve().parent
+#: The chart of a source checkout (the demo installs the chart next to the code it runs).
 CHART = HERE.parent.parent / "charts" / "vibe"
+
+
+def find_chart() -> Path:
+    """The Helm chart to install: ``$VIBE_CHART``, else the checkout's ``charts/vibe``.
+
+    A wheel carries the Python package only (no chart, no Go modules for the control plane): the demo
+    then says where to point it instead of failing inside helm.
+    """
+    chart = Path(os.environ.get("VIBE_CHART") or CHART)
+    if not (chart / "Chart.yaml").is_file():
+        raise DemoError(
+            f"no Helm chart at {chart}: `vibe demo` runs from a source checkout (make demo), or set "
+            "VIBE_CHART to the charts/vibe directory of one"
+        )
+    return chart
+
+
 GROUP, VERSION = "vibe.dev", "v1alpha1"
 SYSTEM_NS, DEMO_NS, RELEASE = "vibe-system", "vibe-demo", "vibe"
 NODES, GPUS_PER_NODE, POOL = 8, 8, {"vibe.dev/pool": "demo"}
@@ -181,7 +199,7 @@ class Demo:
             "upgrade",
             "--install",
             RELEASE,
-            str(CHART),
+            str(find_chart()),
             "--namespace",
             SYSTEM_NS,
             "--create-namespace",
