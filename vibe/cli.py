@@ -23,6 +23,11 @@ click = typer.core._click
 #: name -> (module, attribute: a Typer app or a command function, summary for `vibe --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("vibe.placement.cli", "plan", "Place experts from files: loads + fleet -> a placement."),
+    "simulate": (
+        "vibe.simulate.cli",
+        "simulate",
+        "Serving-level TTFT, TPOT, SLO attainment and goodput of each policy's placement.",
+    ),
     "operator": ("vibe.operator.cli", "run", "Run the operator (Kopf): MoEDeployments in, placements out."),
     "agent": ("vibe.agent.cli", "app", "The per-node GPU agent: run it, benchmark GPUs, read telemetry."),
     "serving": (
