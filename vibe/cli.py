@@ -14,6 +14,7 @@ from vibe.demo.run import demo
 from vibe.operator.cli import run as operator_run
 from vibe.placement.cli import plan
 from vibe.serving.cli import app as serving_app
+from vibe.simulate.cli import simulate
 
 app = typer.Typer(
     name="vibe",
@@ -24,6 +25,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts show [layers][experts] shapes literally
 )
 app.command("plan")(plan)
+app.command("simulate")(simulate)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(agent_app, name="agent")
 app.command("operator")(operator_run)
