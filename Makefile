@@ -19,12 +19,13 @@ setup: venv cluster-bin
 
 venv: $(VENV)/.installed
 
+# `cluster` brings what the local control plane needs (the demo and the tests run it).
 # `bench` brings torch (CPU-capable; about 2.8 GB of wheels from PyPI, ~3 min cold) so that CI runs the
 # agent's benchmark code path on a tiny shape, the same code the GPU nodes run.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,exact,bench,plot]'
+	$(BIN)/pip install --quiet -e '.[dev,exact,bench,cluster,plot]'
 	touch $@
 
 cluster-bin:

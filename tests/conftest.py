@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from vibe import api
 from vibe.cluster.testing import TEST_NODES_LABEL, wait_for
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def namespace(kube: ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     core = client.CoreV1Api(kube)
     base = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())[:40].strip("-")
     name = f"t-{base}-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"vibe.dev/test": "true"}}})
+    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
 
     def default_sa() -> bool:
         try:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from vibe.agent.node import Event
 from vibe.agent.profile import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, build_status
+from vibe.api import MOEDEPLOYMENT_PLURAL
 from vibe.kubeclient import as_dict
 
 log = logging.getLogger("vibe.agent.publish")
@@ -163,7 +164,7 @@ class KubePublisher:
 
     def moedeployments(self) -> list[dict[str, Any]]:
         self._go()
-        got = as_dict(self.custom.list_cluster_custom_object(GROUP, VERSION, "moedeployments"))
+        got = as_dict(self.custom.list_cluster_custom_object(GROUP, VERSION, MOEDEPLOYMENT_PLURAL))
         return list(got.get("items") or [])
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from vibe import api
 from vibe.cluster.controlplane import Cluster
 from vibe.cluster.paths import clusters_root
 from vibe.cluster.processes import alive, file_lock
@@ -25,7 +26,7 @@ from vibe.cluster.processes import alive, file_lock
 T = TypeVar("T")
 
 # Label the ``gpu_nodes`` fixture puts on the nodes it makes (value: their name prefix), for selectors.
-TEST_NODES_LABEL = "vibe.dev/test-nodes"
+TEST_NODES_LABEL = api.PREFIX + "test-nodes"
 
 # The project's CRDs (the repository's crds/, next to vibe/).
 CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
@@ -126,15 +127,15 @@ def apply_crds(api: Any) -> None:
     wait_for(established, timeout=30, what="CRDs established")
     # Discovery can lag the Established condition by a moment; wait until a list works.
     custom = client.CustomObjectsApi(api)
-    wait_for(lambda: _lists(custom), timeout=30, what="vibe.dev resources served")
+    wait_for(lambda: _lists(custom), timeout=30, what=f"{api.GROUP} resources served")
 
 
 def _lists(custom: Any) -> bool:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        custom.list_cluster_custom_object("vibe.dev", "v1alpha1", "moedeployments", limit=1)
-        custom.list_cluster_custom_object("vibe.dev", "v1alpha1", "gpuprofiles", limit=1)
+        custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.MOEDEPLOYMENT_PLURAL, limit=1)
+        custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.GPUPROFILE_PLURAL, limit=1)
         return True
     except ApiException:
         return False

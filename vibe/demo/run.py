@@ -25,14 +25,33 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from vibe import api
+from vibe.api import GPUPROFILE_PLURAL, GROUP, MOEDEPLOYMENT_PLURAL, VERSION
 from vibe.cluster.processes import free_port
 from vibe.cluster.testing import wait_for
 
 HERE = Path(__file__).resolve().parent
+#: The chart of a source checkout (the demo installs the chart next to the code it runs).
 CHART = HERE.parent.parent / "charts" / "vibe"
-GROUP, VERSION = "vibe.dev", "v1alpha1"
+
+
+def find_chart() -> Path:
+    """The Helm chart to install: ``$VIBE_CHART``, else the checkout's ``charts/vibe``.
+
+    A wheel carries the Python package only (no chart, no Go modules for the control plane): the demo
+    then says where to point it instead of failing inside helm.
+    """
+    chart = Path(os.environ.get("VIBE_CHART") or CHART)
+    if not (chart / "Chart.yaml").is_file():
+        raise DemoError(
+            f"no Helm chart at {chart}: `vibe demo` runs from a source checkout (make demo), or set "
+            "VIBE_CHART to the charts/vibe directory of one"
+        )
+    return chart
+
+
 SYSTEM_NS, DEMO_NS, RELEASE = "vibe-system", "vibe-demo", "vibe"
-NODES, GPUS_PER_NODE, POOL = 8, 8, {"vibe.dev/pool": "demo"}
+NODES, GPUS_PER_NODE, POOL = 8, 8, {api.PREFIX + "pool": "demo"}
 LOADS_CM = "deepseek-v3-expert-loads"
 
 console = Console(stderr=True, highlight=False)
@@ -181,7 +200,7 @@ class Demo:
             "upgrade",
             "--install",
             RELEASE,
-            str(CHART),
+            str(find_chart()),
             "--namespace",
             SYSTEM_NS,
             "--create-namespace",
@@ -245,7 +264,9 @@ class Demo:
 
         def profiles() -> list[dict[str, Any]] | None:
             agent.check()
-            items = custom.list_namespaced_custom_object(GROUP, VERSION, SYSTEM_NS, "gpuprofiles")["items"]
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, SYSTEM_NS, GPUPROFILE_PLURAL)[
+                "items"
+            ]
             return items if len(items) >= NODES else None
 
         items = wait_for(profiles, 120, what=f"{NODES} GPUProfiles")
@@ -321,9 +342,11 @@ class Demo:
         doc = yaml.safe_load((HERE / "moedeployment.yaml").read_text())
         custom = client.CustomObjectsApi(self.api)
         with suppress(client.ApiException):
-            custom.delete_namespaced_custom_object(GROUP, VERSION, DEMO_NS, "moedeployments", "deepseek-v3")
+            custom.delete_namespaced_custom_object(
+                GROUP, VERSION, DEMO_NS, MOEDEPLOYMENT_PLURAL, "deepseek-v3"
+            )
             wait_for(lambda: not self._get_moed(), 60, what="the previous demo's MoEDeployment to go")
-        custom.create_namespaced_custom_object(GROUP, VERSION, DEMO_NS, "moedeployments", doc)
+        custom.create_namespaced_custom_object(GROUP, VERSION, DEMO_NS, MOEDEPLOYMENT_PLURAL, doc)
         self.say("MoEDeployment deepseek-v3 created (policy vibe, minGain 2 %, no cooldown for the demo)")
 
     def _get_moed(self) -> dict[str, Any] | None:
@@ -331,7 +354,7 @@ class Demo:
 
         try:
             return client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-                GROUP, VERSION, DEMO_NS, "moedeployments", "deepseek-v3"
+                GROUP, VERSION, DEMO_NS, MOEDEPLOYMENT_PLURAL, "deepseek-v3"
             )
         except client.ApiException as e:
             if e.status == 404:
@@ -408,7 +431,8 @@ class Demo:
         ann = cm.metadata.annotations or {}
         self.say(
             f"ConfigMap {cm.metadata.name}: keys {sorted(cm.data)}; generation "
-            f"{ann.get('vibe.dev/placement-generation')}; hash {ann.get('vibe.dev/content-hash', '')[:19]}…"
+            f"{ann.get(api.ANNOTATION_PLACEMENT_GENERATION)}; "
+            f"hash {ann.get(api.ANNOTATION_CONTENT_HASH, '')[:19]}…"
         )
         m = metrics(op_port)
         self.say(
@@ -430,7 +454,9 @@ class Demo:
         def drifted() -> dict[str, Any] | None:
             for p in self.processes:
                 p.check()
-            prof = custom.get_namespaced_custom_object(GROUP, VERSION, SYSTEM_NS, "gpuprofiles", "gpu-node-3")
+            prof = custom.get_namespaced_custom_object(
+                GROUP, VERSION, SYSTEM_NS, GPUPROFILE_PLURAL, "gpu-node-3"
+            )
             gpu = next(g for g in prof["spec"]["gpus"] if g["index"] == 2)
             return gpu if gpu.get("drift", {}).get("state") == "Drifted" else None
 

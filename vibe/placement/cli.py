@@ -152,8 +152,8 @@ def _plan(
     from vibe.placement.incremental import replace_incremental
     from vibe.placement.inputs import load_json, read_fleet, read_loads, read_placement
 
-    if policy not in POLICIES or policy == "random":
-        names = ", ".join(p for p in POLICIES if p != "random")
+    if policy not in POLICIES:
+        names = ", ".join(POLICIES)
         raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {names})")
     if fmt not in FORMATS:
         raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")

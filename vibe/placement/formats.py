@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from vibe.api import API_VERSION
 from vibe.placement.curves import Fleet
 from vibe.placement.engine import Result
 from vibe.placement.errors import PlacementError
 
-API_VERSION = "vibe.dev/v1alpha1"
 KIND = "ExpertPlacement"
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import typer
 
+from vibe import api as api_names
 from vibe.kubeclient import as_dict
 from vibe.serving.errors import ServingError
 
@@ -63,7 +64,7 @@ def _settings(
     num_layers: int | None,
     first_moe_layer: int | None,
 ) -> Any:
-    from vibe.serving.engine import EngineSettings, model_layout
+    from vibe.serving.engine_fit import EngineSettings, model_layout
 
     layout: dict[str, int] = model_layout(model_config) if model_config else {}
     return EngineSettings(
@@ -331,7 +332,7 @@ def _policy_picker(
     report: Any,
 ) -> Any:
     """A function returning the policy to use now: MoEDeployment ``spec.serving`` first, flags second."""
-    from vibe.serving import kube, policies
+    from vibe.serving import kube, update_policies
 
     def restart_for(kind_name: str | None) -> tuple[Any, str]:
         if api is None or not namespace:
@@ -356,7 +357,7 @@ def _policy_picker(
             chosen = serving.get("onUpdate", chosen)
             endpoint = serving.get("endpoint", endpoint)
         restart, label = restart_for(target) if chosen == "restart" else (None, "")
-        return policies.make_policy(chosen, report, restart, label, endpoint, http_document, token)
+        return update_policies.make_policy(chosen, report, restart, label, endpoint, http_document, token)
 
     return pick
 
@@ -366,7 +367,7 @@ def _moedeployment_serving(api: Any, namespace: str, name: str) -> dict:
 
     try:
         obj = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-            "vibe.dev", "v1alpha1", namespace, "moedeployments", name
+            api_names.GROUP, api_names.VERSION, namespace, api_names.MOEDEPLOYMENT_PLURAL, name
         )
     except k8s.ApiException as e:
         raise ServingError(
@@ -412,7 +413,7 @@ def export_loads_cmd(
 ) -> None:
     """Job/sidecar: turn SGLang's expert-distribution dump into the MoEDeployment's load ConfigMap."""
     _setup_logging(verbose)
-    from vibe.serving import engine, kube, loads
+    from vibe.serving import engine_fit, kube, loads
 
     try:
         if (dump is None) == (engine_url is None):
@@ -424,7 +425,7 @@ def export_loads_cmd(
         if not configmap and not out:
             raise ServingError("InvalidArgument", "give --configmap and/or --out")
         if model_config and first_moe_layer is None and moe_layers is None:
-            first_moe_layer = engine.model_layout(model_config)["first_moe_layer"]
+            first_moe_layer = engine_fit.model_layout(model_config)["first_moe_layer"]
         api = kube.client(kubeconfig) if configmap else None
         if configmap and not namespace:
             raise ServingError("InvalidArgument", "--namespace (or POD_NAMESPACE) is needed with --configmap")

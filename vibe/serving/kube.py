@@ -21,14 +21,12 @@ import os
 import time
 from typing import Any
 
+from vibe.api import LWS_API_GROUP, LWS_API_VERSION, LWS_LABEL_NAME, LWS_PLURAL, TEMPLATE_ANNOTATION
 from vibe.kubeclient import as_dict
-from vibe.serving.contract import TEMPLATE_ANNOTATION
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 
-LWS_GROUP, LWS_VERSION, LWS_PLURAL = "leaderworkerset.x-k8s.io", "v1", "leaderworkersets"
-LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "LeaderWorkerSet")
 
 
@@ -119,7 +117,7 @@ def _read_workload(api: Any, namespace: str, kind: str, name: str) -> dict:
         if kind == "LeaderWorkerSet":
             return as_dict(
                 k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-                    LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, name
+                    LWS_API_GROUP, LWS_API_VERSION, namespace, LWS_PLURAL, name
                 )
             )
         apps = k8s.AppsV1Api(api)
@@ -138,8 +136,8 @@ def _patch_workload(api: Any, namespace: str, kind: str, name: str, body: dict) 
 
     if kind == "LeaderWorkerSet":
         k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
-            LWS_GROUP,
-            LWS_VERSION,
+            LWS_API_GROUP,
+            LWS_API_VERSION,
             namespace,
             LWS_PLURAL,
             name,
@@ -213,8 +211,8 @@ def discover_workload(api: Any, namespace: str, pod_name: str) -> tuple[str, str
     except k8s.ApiException as e:
         raise _api_error(e, f"reading pod {namespace}/{pod_name}") from None
     labels = pod.metadata.labels or {}
-    if LWS_NAME_LABEL in labels:
-        return "LeaderWorkerSet", labels[LWS_NAME_LABEL]
+    if LWS_LABEL_NAME in labels:
+        return "LeaderWorkerSet", labels[LWS_LABEL_NAME]
     for ref in pod.metadata.owner_references or []:
         if ref.kind in ("StatefulSet", "DaemonSet"):
             return ref.kind, ref.name

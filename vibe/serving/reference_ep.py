@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vibe.serving import emit
-from vibe.serving.engine import EngineSettings
+from vibe.serving.engine_fit import EngineSettings
 from vibe.serving.errors import ServingError
 
 if TYPE_CHECKING:
