@@ -28,7 +28,7 @@ from rich.table import Table
 from vibe import api
 from vibe.api import GPUPROFILE_PLURAL, GROUP, MOEDEPLOYMENT_PLURAL, VERSION
 from vibe.cluster.processes import free_port
-from vibe.cluster.testing import wait_for
+from vibe.cluster.waiting import wait_for
 
 HERE = Path(__file__).resolve().parent
 #: The chart of a source checkout (the demo installs the chart next to the code it runs).
