@@ -424,6 +424,7 @@ class Demo:
             )
         table.add_row("lower bound", f"{bound * 1e3:.3f}", "", "", "")
         console.print(table)
+        self.say(simulated_impact())
         cm = client.CoreV1Api(self.api).read_namespaced_config_map(
             st.get("configMap", "deepseek-v3-placement"), DEMO_NS
         )
@@ -515,6 +516,22 @@ class Demo:
             f"vibe_drift_events_total={metric(m, 'vibe_drift_events_total'):.0f}, "
             f"vibe_placement_generation={metric(m, 'vibe_placement_generation', name='deepseek-v3'):.0f}"
         )
+
+
+def simulated_impact() -> str:
+    """One line from ``vibe simulate`` on the demo's own inputs (its fleet file, loads and slots)."""
+    try:
+        from vibe.agent.simulate import load_fleet
+        from vibe.placement.curves import Fleet, GPUCurve, reference_curve
+        from vibe.placement.synthetic import skewed_loads
+        from vibe.simulate.impact import impact_line
+
+        t, s = reference_curve(7168, 2048, "fp8")
+        sim = load_fleet(HERE / "fleet.yaml")
+        gpus = [GPUCurve(f"{n}/{g.index}", n, t, s / g.speed) for n, gs in sim.nodes.items() for g in gs]
+        return impact_line(skewed_loads(58, 256, mean_tokens=512.0, seed=3), Fleet(tuple(gpus)), 5)
+    except Exception as e:  # the figure is a bonus: never let it stop the demo
+        return f"simulated serving impact unavailable ({type(e).__name__}: {e})"
 
 
 @contextmanager

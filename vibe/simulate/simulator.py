@@ -285,13 +285,14 @@ class Simulator:
     ) -> PolicyRun:
         prep = self.prepare(policy)
         s = self.s
-        if not s.disaggregated:
+        if not s.disaggregated:  # one group: colocated, or a prefill or decode group measured alone
+            name = s.groups[0].name
             r = run(
                 requests.arrival,
                 requests.prompt,
                 requests.output,
                 prep.groups[0],
-                "colocated",
+                name if name in ("prefill", "decode") else "colocated",
                 seed=s.seed,
                 progress=progress,
             )
