@@ -16,6 +16,7 @@ import typer.core
 import typer.main
 
 from vibe import __version__
+from vibe.clikit import EXIT_CODES_HELP
 
 # Typer vendors click; its command, context and formatter types are these (not a separate `click`).
 click = typer.core._click
@@ -76,6 +77,7 @@ app = typer.Typer(
     name="vibe",
     cls=LazyGroup,
     help="Place MoE experts on GPUs by measured speed (ViBE) — operator, agent, planner and local cluster.",
+    epilog=EXIT_CODES_HELP + " docs/cli.md has the conventions every command follows.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts show [layers][experts] shapes literally

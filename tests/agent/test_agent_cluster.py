@@ -1,6 +1,6 @@
 """Simulated agents against the real API server: GPUProfiles stored, heartbeats, scheduled drift, Events.
 
-Uses the session's local control plane (tests/conftest.py) and the repository's CRDs (crds/), so the API
+Uses the session's local control plane (tests/cluster_plugin.py) and the repository's CRDs (crds/), so the API
 server's own schema validation and pruning judge every object the agent writes.
 """
 
@@ -25,7 +25,8 @@ from vibe.agent.node import AgentConfig, NodeAgent
 from vibe.agent.publish import KubePublisher
 from vibe.agent.runner import Runner, RunnerConfig
 from vibe.agent.simulate import SimProfiler, SimTelemetry, parse_fleet
-from vibe.cluster.testing import apply_crds, wait_for
+from vibe.cluster.crds import apply_crds
+from vibe.cluster.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

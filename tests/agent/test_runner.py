@@ -17,7 +17,7 @@ from vibe.agent.node import AgentConfig, NodeAgent
 from vibe.agent.publish import DirPublisher, RateLimiter
 from vibe.agent.runner import Runner, RunnerConfig
 from vibe.agent.simulate import SimProfiler, SimTelemetry, parse_fleet
-from vibe.cluster.testing import wait_for
+from vibe.cluster.waiting import wait_for
 
 
 class RecordingPublisher:

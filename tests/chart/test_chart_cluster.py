@@ -25,11 +25,12 @@ from typing import Any
 import pytest
 import yaml
 from chart_helpers import CHART, ROOT, Helm, find, health, kubectl, leftovers, one, parse_docs, values_args
+from cluster_plugin import TEST_NODES_LABEL
 
 from vibe import api
 from vibe.cluster.identity import service_account_kubeconfig
 from vibe.cluster.processes import free_port
-from vibe.cluster.testing import TEST_NODES_LABEL, wait_for
+from vibe.cluster.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

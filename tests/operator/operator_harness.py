@@ -21,7 +21,7 @@ from typing import Any
 
 from vibe import api
 from vibe.cluster.processes import free_port
-from vibe.cluster.testing import wait_for
+from vibe.cluster.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 G, V = api.GROUP, api.VERSION

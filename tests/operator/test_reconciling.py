@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
 from operator_harness import G, V
 
 from vibe import api
-from vibe.cluster.testing import TEST_NODES_LABEL, apply_crds
+from vibe.cluster.crds import apply_crds
 from vibe.operator.compute import Computer
 from vibe.operator.gpus import profile_snapshot
 from vibe.operator.kube import Kube

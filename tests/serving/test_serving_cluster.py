@@ -12,7 +12,7 @@ from serving_helpers import placement_data, settings
 from typer.testing import CliRunner
 
 from vibe import api
-from vibe.cluster.testing import wait_for
+from vibe.cluster.waiting import wait_for
 from vibe.serving import contract, kube, sidecar, state, update_policies
 from vibe.serving.cli import app
 from vibe.serving.errors import ServingError
@@ -152,9 +152,9 @@ def test_sidecar_in_api_mode_rolls_the_deployment(kube_api, namespace: str, tmp_
 
 def test_follow_gpus_orders_ranks_by_where_the_pods_run(kube_api, namespace: str, gpu_nodes) -> None:
     """A 2-pod StatefulSet on 2 fake 8-GPU nodes: engine ranks are (node of pod-index w, GPU i)."""
+    from cluster_plugin import TEST_NODES_LABEL
     from kubernetes import client
 
-    from vibe.cluster.testing import TEST_NODES_LABEL
     from vibe.serving import rankmap
 
     nodes = gpu_nodes(2, gpus_per_node=8, taint=True)
@@ -219,7 +219,7 @@ def test_sidecar_takes_its_policy_from_the_moedeployment(kube_api, namespace: st
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from vibe.cluster.testing import apply_crds
+    from vibe.cluster.crds import apply_crds
     from vibe.serving.cli import _policy_picker
 
     apply_crds(kube_api)

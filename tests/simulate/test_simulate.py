@@ -208,8 +208,9 @@ def test_a_drift_run_from_the_command(files: dict[str, str], tmp_path: Path) -> 
 )
 def test_bad_input_is_one_line(files: dict[str, str], extra: tuple[str, ...], message: str) -> None:
     res = CliRunner().invoke(app, cli(files, *extra))
-    assert res.exit_code == 2, res.output
-    assert res.output.startswith("error: ") and message in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("vibe simulate: ") and len(res.output.strip().splitlines()) == 1
+    assert message in res.output and "Traceback" not in res.output
 
 
 def test_plot(files: dict[str, str], tmp_path: Path) -> None:

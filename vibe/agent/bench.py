@@ -65,10 +65,21 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 from vibe.agent.shapes import TOKEN_GRID, ExpertShape
 from vibe.agent.telemetry import BENIGN_REASONS, NoTelemetry, Sample, TelemetrySource
+
+if TYPE_CHECKING:  # torch is imported where it runs (the package imports without it)
+    from typing import TypeAlias
+
+    from torch import Tensor
+    from torch import device as Device
+
+    #: What an expert call takes: [n, hidden] activations, or (fused fp8) quantised rows, their scales,
+    #: the group's row offsets and n.
+    CallInput: TypeAlias = Tensor | tuple[Tensor, Tensor, Tensor, int]
 
 #: Largest finite value of float8 e4m3 (the scale maps a tensor's amax onto it).
 FP8_MAX = 448.0
@@ -208,9 +219,9 @@ class ExpertBank:
 
     def __init__(
         self,
-        torch: Any,
+        torch: ModuleType,
         shape: ExpertShape,
-        device: Any,
+        device: Device,
         experts: int,
         max_tokens: int,
         seed: int,
@@ -225,7 +236,7 @@ class ExpertBank:
         act_dtype = torch.float16 if shape.dtype == "fp16" else torch.bfloat16
         self.act_dtype = act_dtype
 
-        def rand(*size: int, std: float) -> Any:
+        def rand(*size: int, std: float) -> Tensor:
             return torch.randn(*size, generator=gen, device=device, dtype=torch.float32).mul_(std)
 
         # Weights scaled like a trained layer (std 1/sqrt(fan_in)); activations ~N(0, 1).
@@ -240,10 +251,10 @@ class ExpertBank:
         if self.grouped:
             experts = -(-max(experts, FP8_GROUP) // FP8_GROUP) * FP8_GROUP
         self.distinct = experts
-        self.w13: list[Any] = []
-        self.w2: list[Any] = []
-        self.s13: list[Any] = []
-        self.s2: list[Any] = []
+        self.w13: list[Tensor] = []
+        self.w2: list[Tensor] = []
+        self.s13: list[Tensor] = []
+        self.s2: list[Tensor] = []
         for _ in range(experts):
             w13 = rand(2 * i, h, std=h**-0.5)
             w2 = rand(h, i, std=i**-0.5)
@@ -284,7 +295,7 @@ class ExpertBank:
         """Distinct calls to cycle (experts; fused fp8: groups of FP8_GROUP experts)."""
         return self.distinct // self.per_call
 
-    def inputs(self, n: int) -> Any:
+    def inputs(self, n: int) -> CallInput:
         """What ``__call__`` takes for n tokens (made here, outside any timed call)."""
         if self.grouped:
             m = -(-n // 16) * 16 if self.pad16 else n  # padded rows are computed and dropped
@@ -295,7 +306,7 @@ class ExpertBank:
             return (self.xq[: ends[-1]], self.xs[: ends[-1]], offs, n)
         return self.x[:n]
 
-    def __call__(self, e: int, x: Any) -> Any:
+    def __call__(self, e: int, x: CallInput) -> Tensor:
         """Run expert ``e`` over ``inputs(n)``; returns [n, hidden] in the activation dtype.
 
         Fused fp8: runs experts ``e * FP8_GROUP ..`` (FP8_GROUP of them) over n tokens each and returns
@@ -304,13 +315,14 @@ class ExpertBank:
         torch = self.torch
         i = self.shape.intermediate_size
         if self.grouped:
-            xq, xs, offs, n = x
+            xq, xs, offs, n = cast("tuple[Tensor, Tensor, Tensor, int]", x)
             sl = slice(e * FP8_GROUP, (e + 1) * FP8_GROUP)
             h = self._gmm8(xq, xs, self.w13[0][sl], self.s13[0][sl], offs)
             a = torch.nn.functional.silu(h[:, :i]) * h[:, i:]
             aq, as_ = _quantize_rows(torch, a)
             y = self._gmm8(aq, as_, self.w2[0][sl], self.s2[0][sl], offs)
             return y.view(FP8_GROUP, -1, y.shape[-1])[:, :n]
+        x = cast("Tensor", x)
         if not self.fp8:
             h = torch.matmul(x, self.w13[e].t())
             a = torch.nn.functional.silu(h[:, :i]) * h[:, i:]
@@ -319,13 +331,13 @@ class ExpertBank:
         a = torch.nn.functional.silu(h[:, :i]) * h[:, i:]
         return self._mm8(a, self.w2[e], self.s2[e])
 
-    def _gmm8(self, xq: Any, xs: Any, wq: Any, ws: Any, offs: Any) -> Any:
+    def _gmm8(self, xq: Tensor, xs: Tensor, wq: Tensor, ws: Tensor, offs: Tensor) -> Tensor:
         """One fused fp8 grouped GEMM: [g*n, k] fp8 x [g, k, m] fp8 (group ends ``offs``) -> [g*n, m] bf16."""
         return self.torch._scaled_grouped_mm(
             xq, wq, scale_a=xs, scale_b=ws, offs=offs, out_dtype=self.torch.bfloat16
         )
 
-    def _mm8(self, x: Any, wq: Any, ws: Any) -> Any:
+    def _mm8(self, x: Tensor, wq: Tensor, ws: Tensor) -> Tensor:
         """fp8 GEMM with dynamic per-tensor activation quantisation: [n, k] x [m, k]ᵀ -> [n, m] bf16."""
         torch = self.torch
         xq, xs = _quantize(torch, x)
@@ -344,7 +356,7 @@ class ExpertBank:
             return self._mm8(x, wq, ws)
 
 
-def _quantize(torch: Any, t: Any) -> tuple[Any, Any]:
+def _quantize(torch: ModuleType, t: Tensor) -> tuple[Tensor, Tensor]:
     """Per-tensor dynamic fp8 e4m3 quantisation: (t / s).to(fp8), s = amax / 448 (float32 scalar tensor).
 
     Four small kernels (amax as an inf-norm reduction, scale, divide, cast); serving engines fuse this
@@ -355,7 +367,7 @@ def _quantize(torch: Any, t: Any) -> tuple[Any, Any]:
     return (t / scale).to(torch.float8_e4m3fn), scale
 
 
-def _quantize_rows(torch: Any, t: Any) -> tuple[Any, Any]:
+def _quantize_rows(torch: ModuleType, t: Tensor) -> tuple[Tensor, Tensor]:
     """Row-wise fp8 e4m3 quantisation of [R, C]: ([R, C] fp8, [R] float32 scales, amax / 448 per row)."""
     amax = t.abs().amax(dim=1).float()
     scale = (amax / FP8_MAX).clamp_(min=1e-12)
@@ -363,7 +375,7 @@ def _quantize_rows(torch: Any, t: Any) -> tuple[Any, Any]:
 
 
 @functools.cache
-def _fused_fp8_probe(torch: Any, device: str) -> tuple[str, bool]:
+def _fused_fp8_probe(torch: ModuleType, device: str) -> tuple[str, bool]:
     """(why not, or "" when it runs; whether token counts must be padded to a multiple of 16)."""
     dev = torch.device(device)
     if dev.type != "cuda":
@@ -387,12 +399,12 @@ def _fused_fp8_probe(torch: Any, device: str) -> tuple[str, bool]:
     return why, False
 
 
-def fused_fp8_supported(torch: Any, device: Any) -> str:
+def fused_fp8_supported(torch: ModuleType, device: Device) -> str:
     """ "" when the fused fp8 grouped GEMM (``torch._scaled_grouped_mm``) runs on ``device``, else why not."""
     return _fused_fp8_probe(torch, str(device))[0]
 
 
-def fp8_supported(torch: Any, device: Any) -> str:
+def fp8_supported(torch: ModuleType, device: Device) -> str:
     """ "" when fp8 GEMMs run on ``device``, else why not."""
     if not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
         return f"torch {torch.__version__} has no float8_e4m3fn/_scaled_mm"
@@ -419,7 +431,7 @@ def fp8_supported(torch: Any, device: Any) -> str:
 class Timer:
     """Times a sequence of calls on a device: CUDA events on a GPU, ``perf_counter`` on the CPU."""
 
-    def __init__(self, torch: Any, device: Any):
+    def __init__(self, torch: ModuleType, device: Device):
         self.torch = torch
         self.device = device
         self.cuda = device.type == "cuda"
@@ -485,7 +497,7 @@ class Timer:
 class Heater:
     """A big bf16 GEMM loop that draws the GPU's full power (the pre-heat and the per-point re-heat)."""
 
-    def __init__(self, torch: Any, device: Any, size: int, seed: int = 0) -> None:
+    def __init__(self, torch: ModuleType, device: Device, size: int, seed: int = 0) -> None:
         self.torch = torch
         gen = torch.Generator(device=device).manual_seed(seed + 1)
         self.a = torch.randn(size, size, generator=gen, device=device, dtype=torch.bfloat16)
@@ -587,7 +599,7 @@ def measure_point(
     )
 
 
-def experts_for(torch: Any, device: Any, shape: ExpertShape, cfg: BenchConfig) -> int:
+def experts_for(torch: ModuleType, device: Device, shape: ExpertShape, cfg: BenchConfig) -> int:
     """Distinct experts to cycle: >= min_experts and >= l2_multiple x L2, within the memory budget."""
     per = shape.weight_bytes()
     want = cfg.min_experts
@@ -673,14 +685,14 @@ def _settled(trace: list[tuple[float, int]], now: float, cfg: BenchConfig) -> bo
 # -- a full profile and a canary ---------------------------------------------------------------------
 
 
-def resolve_device(torch: Any, device: str | None) -> Any:
+def resolve_device(torch: ModuleType, device: str | None) -> Device:
     """``cuda:N``, ``cpu`` or None (the first GPU if any, else the CPU)."""
     if device:
         return torch.device(device)
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
-def nvml_index_for(torch: Any, device: Any, telemetry: TelemetrySource) -> int | None:
+def nvml_index_for(torch: ModuleType, device: Device, telemetry: TelemetrySource) -> int | None:
     """The NVML index of a CUDA device (matched by UUID, else by PCI bus id, else by ordinal)."""
     if device.type != "cuda" or not telemetry.available:
         return None
@@ -799,7 +811,9 @@ def profile_device(
     return result
 
 
-def _bank(torch: Any, dev: Any, shape: ExpertShape, cfg: BenchConfig, max_tokens: int) -> ExpertBank | None:
+def _bank(
+    torch: ModuleType, dev: Device, shape: ExpertShape, cfg: BenchConfig, max_tokens: int
+) -> ExpertBank | None:
     experts = experts_for(torch, dev, shape, cfg)
     if experts < 1:
         return None

@@ -27,8 +27,9 @@ from rich.table import Table
 
 from vibe import api
 from vibe.api import GPUPROFILE_PLURAL, GROUP, MOEDEPLOYMENT_PLURAL, VERSION
+from vibe.clikit import fail
 from vibe.cluster.processes import free_port
-from vibe.cluster.testing import wait_for
+from vibe.cluster.waiting import wait_for
 
 HERE = Path(__file__).resolve().parent
 #: The chart of a source checkout (the demo installs the chart next to the code it runs).
@@ -50,6 +51,7 @@ def find_chart() -> Path:
     return chart
 
 
+COMMAND = "vibe demo"
 SYSTEM_NS, DEMO_NS, RELEASE = "vibe-system", "vibe-demo", "vibe"
 NODES, GPUS_PER_NODE, POOL = 8, 8, {api.PREFIX + "pool": "demo"}
 LOADS_CM = "deepseek-v3-expert-loads"
@@ -560,12 +562,14 @@ def demo(
         with workdir(cluster) as wd:
             Demo(cluster, wd, keep=keep).run()
     except (DemoError, TimeoutError) as e:
-        console.print(f"[red]demo failed:[/red] {e}")
-        raise typer.Exit(1) from e
+        fail("DemoFailed", f"demo failed: {e}", command=COMMAND)
     except Exception as e:  # a bug or an API error: one line, and where to look, not a traceback
-        console.print(f"[red]demo failed:[/red] {type(e).__name__}: {e}")
-        console.print("  (component logs are under the demo's work directory; `vibe cluster down` cleans up)")
-        raise typer.Exit(1) from e
+        fail(
+            "DemoFailed",
+            f"demo failed: {type(e).__name__}: {e} (component logs are under the demo's work directory; "
+            "`vibe cluster down` cleans up)",
+            command=COMMAND,
+        )
 
 
 def _vibe_command() -> str:

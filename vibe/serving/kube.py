@@ -30,12 +30,12 @@ log = logging.getLogger(__name__)
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "LeaderWorkerSet")
 
 
-def client(kubeconfig: str | None = None) -> Any:
-    """An ``ApiClient``: in-cluster config when running in a pod, else the kubeconfig."""
+def client(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None) -> Any:
+    """An ``ApiClient``: in-cluster config when running in a pod, else the kubeconfig (and its context)."""
     from vibe.kubeclient import CredentialsError, api_client
 
     try:
-        return api_client(kubeconfig)
+        return api_client(None if kubeconfig is None else str(kubeconfig), context=context)
     except CredentialsError as e:
         raise ServingError("NoCredentials", str(e)) from None
 

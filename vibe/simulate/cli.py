@@ -5,19 +5,23 @@ Role: the serving-level face of the placement library. It reads the same loads a
 SGLang-like engine serving Poisson requests at each rate (``vibe.simulate``).
 
 Heavy imports happen inside the command, so ``vibe --help`` stays fast. Bad input ends as one
-``error: ...`` line on stderr and exit status 2, never a traceback.
+``vibe simulate: <Reason>: <message>`` line on stderr and exit status 1, never a traceback
+(``vibe.clikit``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from vibe.clikit import failures
+
+COMMAND = "vibe simulate"
 
 
 def simulate(
@@ -51,7 +55,7 @@ def simulate(
         "added: vibe re-placed by the operator after the drift).",
     ),
     rates: str = typer.Option("0.5,1,2,4,8", help="Request rates to simulate, requests per second."),
-    requests: int = typer.Option(500, "--requests", "-n", help="Requests per run."),
+    requests: int = typer.Option(500, "--requests", help="Requests per run."),
     seed: int = typer.Option(0, help="Seed of the requests and the routing noise (same seed, same JSON)."),
     prompt_tokens: float = typer.Option(1000, help="Mean prompt tokens."),
     output_tokens: float = typer.Option(200, help="Mean output tokens."),
@@ -94,22 +98,12 @@ def simulate(
     non-expert time (attention over the batch's KV, dense layers) measured on an H200. Every modelling
     constant, with its source, is in the --json output.
     """
-    try:
-        _simulate(**{k: v for k, v in locals().items()})
-    except typer.Exit:
-        raise
-    except Exception as e:  # one line, never a traceback (VIBE_DEBUG=1 shows it)
-        if os.environ.get("VIBE_DEBUG"):
-            raise
-        from vibe.placement.errors import PlacementError
-        from vibe.simulate.engine import SimulationError
-        from vibe.simulate.models import ModelError
+    from vibe.placement.errors import PlacementError
 
-        if isinstance(e, (PlacementError, SimulationError, ModelError, ValueError)):
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-        typer.echo(f"error: internal error ({type(e).__name__}: {e})", err=True)
-        raise typer.Exit(1) from None
+    # PlacementError carries its reason; the simulator's own errors (SimulationError, ModelError) and
+    # the flags' parse errors are ValueErrors: InvalidInput
+    with failures(COMMAND, PlacementError, ValueError):
+        _simulate(**{k: v for k, v in locals().items()})
 
 
 def parse_drift(text: str) -> Any:
