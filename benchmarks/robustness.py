@@ -274,7 +274,7 @@ def _one_operator(
     core: Any, custom: Any, op: OperatorRun, ns: str, churn_ns: str, pool: str, pods: int
 ) -> dict:
     """CPU under pod churn, then a small deployment's latency while one at the limit is placed."""
-    from vibe.cluster.testing import wait_for
+    from vibe.cluster.waiting import wait_for
 
     time.sleep(8)  # started, caches filled
     cpu0, t0 = _cpu_seconds(op.proc.pid), time.monotonic()
@@ -324,7 +324,7 @@ def cluster_part(baseline_src: Path, pods: int, name: str) -> dict[str, Any]:
     from kubernetes import client
 
     from vibe.cluster import Cluster, create_gpu_nodes
-    from vibe.cluster.testing import apply_crds
+    from vibe.cluster.crds import apply_crds
 
     sys.path.insert(0, str(ROOT / "tests" / "operator"))
     from operator_builders import profile_body

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from operator_builders import deployment_body, profile_body
 
-from vibe.cluster.testing import wait_for
+from vibe.cluster.waiting import wait_for
 from vibe.operator import metrics
 from vibe.operator.compute import LARGE_UNITS, Computer, Lane, WorkerLost, spec_units
 from vibe.operator.gpus import profile_snapshot, resolve

@@ -30,7 +30,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from vibe.operator import api, metrics, output
+from vibe import api
+from vibe.operator import metrics, output, refusals
 from vibe.operator import status as status_mod
 from vibe.operator.clock import iso
 from vibe.operator.clock import now as clock_now
@@ -102,10 +103,10 @@ async def reconcile(
                 outcome = "conflict"
         return shared.settings.backoff_initial_s
     except ApiException as e:
-        if not api.refused(e):
+        if not refusals.refused(e):
             raise
         outcome = "refused"
-        return await _report_refusal(shared, namespace, name, api.problem(e, "a read or status write"))
+        return await _report_refusal(shared, namespace, name, refusals.problem(e, "a read or status write"))
     finally:
         metrics.RECONCILE.labels(outcome).observe(time.perf_counter() - started)
 
@@ -166,7 +167,7 @@ async def _reconcile_once(
             profile_ttl_s=cfg.profile_ttl_s,
         )
         if isinstance(loads_obj, ApiException):
-            raise api.problem(loads_obj, f"reading the load ConfigMap {spec.workload.config_map}")
+            raise refusals.problem(loads_obj, f"reading the load ConfigMap {spec.workload.config_map}")
         obs.loads = await asyncio.to_thread(_loads, spec, namespace, loads_obj)
         inputs = Inputs(spec, obs.resolution, obs.loads)
         t_read = time.perf_counter()
@@ -177,7 +178,7 @@ async def _reconcile_once(
         if plan.action != WRITE and current is not None and current.annotations_edited:
             plan.action, core = WRITE, output.core_data(current.data)  # same data, annotations repaired
         if plan.action == WRITE:
-            assert core is not None
+            assert core is not None  # compute renders the data whenever the plan writes
             obs.in_service, wrote = await _write(kube, body, inputs, plan, core, current, old_status, now)
             if tampered and shared.post_event is not None:
                 shared.post_event(
@@ -192,10 +193,10 @@ async def _reconcile_once(
             )  # fmt: skip
     except Problem as p:
         obs.problem = p
-    except ApiException as e:  # a 4xx: the API server or an admission policy refused; say why
-        if not api.refused(e):
+    except ApiException as refused:  # a 4xx: the API server or an admission policy refused; say why
+        if not refusals.refused(refused):
             raise
-        obs.problem = api.problem(e, "a read or write of this deployment's placement")
+        obs.problem = refusals.problem(refused, "a read or write of this deployment's placement")
     new_status, events = status_mod.observe(old_status, obs, now=iso(now))
     if not wrote:  # a write Event only for a data change
         events = [
@@ -214,7 +215,7 @@ async def _reconcile_once(
         metrics.ERRORS.labels(obs.problem.reason).inc()
         return min(cfg.backoff_max_s, cfg.backoff_initial_s * 2 ** (n - 1)), "problem"
     shared.failures.pop(key, None)
-    return _next_look(obs, now, cfg), "written" if wrote else "unchanged"
+    return _next_look(obs, now), "written" if wrote else "unchanged"
 
 
 #: Problems of the placement work that the same inputs would meet again.
@@ -284,7 +285,7 @@ async def _refusal_as_value(coro: Any) -> Any:
     try:
         return await coro
     except ApiException as e:
-        if not api.refused(e):
+        if not refusals.refused(e):
             raise
         return e
 
@@ -319,7 +320,7 @@ async def _report_refusal(shared: Shared, namespace: str, name: str, problem: Pr
         if patch:
             await shared.kube.patch_deployment_status(namespace, name, patch)
     except ApiException as e:
-        if not api.refused(e):
+        if not refusals.refused(e):
             raise
     return delay
 
@@ -410,10 +411,13 @@ def _tampered(current: InService | None, old_status: Mapping[str, Any], cm_name:
 def _ours(cm_obj: Mapping[str, Any] | None, name: str) -> bool:
     """A ConfigMap this operator wrote for a MoEDeployment of this name (e.g. a deleted-and-recreated one)."""
     labels = ((cm_obj or {}).get("metadata") or {}).get("labels") or {}
-    return labels.get("app.kubernetes.io/managed-by") == "vibe" and labels.get(output.L_DEPLOYMENT) == name
+    return (
+        labels.get(api.LABEL_MANAGED_BY) == api.MANAGED_BY_OPERATOR
+        and labels.get(output.L_DEPLOYMENT) == name
+    )
 
 
-def _next_look(obs: status_mod.Observation, now: dt.datetime, cfg: OperatorSettings) -> float | None:
+def _next_look(obs: status_mod.Observation, now: dt.datetime) -> float | None:
     """Seconds until a cooldown ends or a used GPU profile turns stale, whichever is first."""
     times = []
     if obs.plan is not None and obs.plan.retry_at is not None:
