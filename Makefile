@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,exact,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,exact,bench,podresources]'
 	touch $@
 
 cluster-bin:

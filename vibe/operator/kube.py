@@ -22,6 +22,8 @@ from kubernetes.client.exceptions import ApiException
 from vibe.kubeclient import api_client
 
 GROUP, VERSION, PLURAL = "vibe.dev", "v1alpha1", "moedeployments"
+#: The label selector of the agents' Leases (vibe.agent.profile.build_lease).
+AGENT_LEASES = "app.kubernetes.io/managed-by=vibe-agent"
 
 
 #: Ask for PartialObjectMetadata(List): names and labels without the rest of the object.
@@ -120,6 +122,32 @@ class Kube:
                 return None
             raise
         return dict(json.loads(rsp.data)["metadata"].get("labels") or {})
+
+    # ---- the agents' liveness Leases (profile namespace)
+
+    async def agent_leases(self, namespace: str) -> dict[str, dict[str, Any]] | None:
+        """Node name -> the agent's Lease spec (``renewTime``, ``leaseDurationSeconds``); None when Leases
+        cannot be read (403: a chart from before Leases; the profiles' own heartbeats are used then).
+
+        One list filtered by label, served from the API server's watch cache (``resource_version="0"``):
+        at 1,000 nodes ~300 KB per reconcile, against a watch event per node every heartbeat period.
+        """
+        from kubernetes.client import CoordinationV1Api
+
+        try:
+            rsp = await asyncio.to_thread(
+                CoordinationV1Api(self.api).list_namespaced_lease,
+                namespace,
+                label_selector=AGENT_LEASES,
+                resource_version="0",
+                _preload_content=False,
+            )
+        except ApiException as e:
+            if e.status == 403:
+                return None
+            raise
+        items = json.loads(rsp.data).get("items") or ()
+        return {i["metadata"]["name"]: dict(i.get("spec") or {}) for i in items}
 
     # ---- cluster-level helpers used at startup
 
