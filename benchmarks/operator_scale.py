@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vibe.cluster.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -391,7 +392,7 @@ class Operator:
 
     def __init__(self, env: dict[str, str], solve_budget: float) -> None:
         self.env = {**env, "PYTHONUNBUFFERED": "1"}
-        self.metrics_port, self.health_port = _free_port(), _free_port()
+        self.metrics_port, self.health_port = free_port(), free_port()
         self.solve_budget = solve_budget
         self.log = Path(tempfile.mkstemp(prefix="vibe-operator-bench-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
@@ -510,12 +511,6 @@ def _vm(pid: int, key: str) -> float:
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -37,6 +38,21 @@ if TYPE_CHECKING:
     from vibe.cluster import Cluster
 
 TEST_CLUSTER = os.environ.get("VIBE_TEST_CLUSTER", "vibe-test")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # tests/ is not a package: pytest imports each test module by its basename, so two folders holding
+    # the same basename break collection with an obscure "import file mismatch". Say it plainly.
+    seen: dict[str, Path] = {}
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        if path.name == "conftest.py":
+            continue
+        if path.name in seen:
+            raise pytest.UsageError(
+                f"tests/ modules need unique basenames: {seen[path.name]} and {path} (prefix the area: "
+                f"test_<area>_*.py)"
+            )
+        seen[path.name] = path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

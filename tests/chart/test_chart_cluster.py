@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -28,6 +27,7 @@ import yaml
 from chart_helpers import CHART, ROOT, Helm, find, health, kubectl, leftovers, one, parse_docs, values_args
 
 from vibe.cluster.identity import service_account_kubeconfig
+from vibe.cluster.processes import free_port
 from vibe.cluster.testing import TEST_NODES_LABEL, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -43,12 +43,6 @@ FOREIGN_PROFILE = {
 
 
 # ---- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sa_kubeconfig(kube: Any, cluster: Any, namespace: str, sa: str, path: Path) -> Path:

@@ -137,3 +137,12 @@ def test_exact_refuses_large_instances():
     with pytest.raises(PlacementError) as e:
         solve(loads, h100_fleet(32), 9, "exact")
     assert e.value.reason == "InstanceTooLarge"
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0, float("nan")])
+def test_a_bad_time_budget_is_named_as_such(budget: float) -> None:
+    """A bad budget is the caller's setting, not its loads: the reason says which (was InvalidLoads)."""
+    loads = skewed_loads(2, 16, mean_tokens=64.0, seed=0)
+    with pytest.raises(PlacementError) as e:
+        solve(loads, h100_fleet(4), 5, "vibe", time_budget_s=budget)
+    assert e.value.reason == "InvalidBudget" and "budget" in str(e.value)

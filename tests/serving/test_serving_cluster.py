@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from vibe.cluster.testing import wait_for
 from vibe.serving import contract, kube, policies, sidecar, state
 from vibe.serving.cli import app
+from vibe.serving.errors import ServingError
 
 pytestmark = pytest.mark.cluster
 
@@ -205,6 +206,10 @@ def test_follow_gpus_orders_ranks_by_where_the_pods_run(kube_api, namespace: str
     node_of = {p.metadata.name: p.spec.node_name for p in core.list_namespaced_pod(namespace).items}
     assert gpus == [(node_of["engine-0"], i) for i in range(8)] + [(node_of["engine-1"], i) for i in range(8)]
     assert {node_of["engine-0"], node_of["engine-1"]} == set(nodes)
+    # A group bigger than what is scheduled: the timeout says pods are unscheduled, not a bad volume.
+    with pytest.raises(ServingError) as e:
+        rankmap.engine_gpus(kube_api, namespace, "engine-1", gpus_per_pod=8, group_size=3, timeout=0)
+    assert e.value.reason == "PodsNotScheduled" and "only 2 of 3 pods" in str(e.value)
 
 
 def test_sidecar_takes_its_policy_from_the_moedeployment(kube_api, namespace: str) -> None:

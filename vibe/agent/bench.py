@@ -16,7 +16,7 @@ What is timed is the expert FFN as a serving engine runs it (SGLang/vLLM MoE lay
   (benchmarks/results/gpu-h100-*/README.md). The fp8 curves compare GPUs consistently; they are an
   upper bound on what a fused fp8 engine takes.
 
-Measured the way the cost model needs it (DESIGN.md, shared H100 data):
+Measured the way the cost model needs it (ARCHITECTURE.md, "The cost model"; the measured H100 clock ramp):
 
 * random data, never zeros (zeros are cheaper: the power draw, hence the clock under the cap, differs);
 * several distinct experts cycled call after call, enough that their weights are several times the L2

@@ -114,11 +114,9 @@ class KubePublisher:
         self.component = component
         self.uids: dict[tuple[str, str], str] = {}
         self.owners: dict[str, dict[str, Any]] = {}  # node -> its ownerReference (once the Node was read)
-        self.requests = 0
 
     def _go(self) -> None:
         self.limiter.acquire()
-        self.requests += 1
 
     def read(self, namespace: str, node: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -196,7 +194,7 @@ class KubePublisher:
 
         self._go()
         try:
-            rsp = self.core.read_node(node, _preload_content=False)
+            rsp: Any = self.core.read_node(node, _preload_content=False)
         except ApiException as e:
             if e.status in (403, 404):
                 log.info(
@@ -248,7 +246,6 @@ class DirPublisher:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.requests = 0
 
     def _path(self, namespace: str, node: str) -> Path:
         return self.root / namespace / f"{node}.json"

@@ -76,7 +76,7 @@ class Runner:
         self.published: set[str] = set()  # nodes whose profile exists (Events and conditions may go)
         self.unsent: dict[str, list] = {}  # Events of a failed publish, sent with the next one
         self.applied: dict[str, str] = {}  # node -> hash of the body last applied (unchanged: not sent)
-        self.sent_conditions: dict[str, list] = {}  # node -> the status conditions last applied
+        self.sent_conditions: dict[str, list[dict[str, Any]]] = {}  # node -> status conditions last applied
         self.failures: dict[str, int] = {}  # node -> profile writes failed in a row
         self.retry_at: dict[str, float] = {}  # node -> monotonic time before which no write is retried
         self.errors = 0
@@ -190,7 +190,7 @@ class Runner:
                 digest = hashlib.sha256(json.dumps(b, sort_keys=True).encode()).hexdigest()
                 if self.applied.get(a.node) != digest:
                     body = b
-        conditions = a.condition_list()
+        conditions: list[dict[str, Any]] | None = a.condition_list()
         if conditions == self.sent_conditions.get(a.node, []):
             conditions = None
         retry = self.unsent.pop(a.node, [])
@@ -203,7 +203,12 @@ class Runner:
         self.pending[a.node] = self.pool.submit(self._send, a, body, digest, conditions, events)
 
     def _send(
-        self, a: NodeAgent, body: dict | None, digest: str, conditions: list | None, events: list
+        self,
+        a: NodeAgent,
+        body: dict[str, Any] | None,
+        digest: str,
+        conditions: list[dict[str, Any]] | None,
+        events: list[Any],
     ) -> None:
         pub = self.publisher
         assert pub is not None

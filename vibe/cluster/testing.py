@@ -9,7 +9,6 @@ Kept in the package, like ``kopf.testing``, so every test folder can import them
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import time
@@ -21,7 +20,7 @@ import yaml
 
 from vibe.cluster.controlplane import Cluster
 from vibe.cluster.paths import clusters_root
-from vibe.cluster.processes import alive
+from vibe.cluster.processes import alive, file_lock
 
 T = TypeVar("T")
 
@@ -93,16 +92,8 @@ def _own_exe() -> str:
 OWNED_BY_TESTS = "started-by-tests"
 
 
-@contextlib.contextmanager
-def _users_lock(name: str) -> Iterator[None]:
-    root = clusters_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.users.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _users_lock(name: str) -> contextlib.AbstractContextManager[None]:
+    return file_lock(clusters_root() / f".{name}.users.lock")
 
 
 def apply_crds(api: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from vibe.cluster.processes import free_port
 from vibe.cluster.testing import wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -40,12 +40,6 @@ console = Console(stderr=True, highlight=False)
 
 class DemoError(RuntimeError):
     """A step failed; the message says which and where its logs are."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

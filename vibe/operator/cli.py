@@ -80,7 +80,6 @@ def run(
         solve_budget_s=solve_budget,
         resync_s=resync,
         **({"compute_processes": compute_processes} if compute_processes is not None else {}),
-        namespaces=tuple(namespaces),
     )
     from vibe.kubeclient import CredentialsError, api_client
 

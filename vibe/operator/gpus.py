@@ -29,7 +29,7 @@ import numpy as np
 
 from vibe.operator.clock import parse_time
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DeploymentSpec, fingerprint, plain
+from vibe.operator.spec import DeploymentSpec, fingerprint
 from vibe.placement.curves import DTYPE_BYTES, Fleet, GPUCurve, scale_curve
 from vibe.placement.errors import PlacementError
 
@@ -70,7 +70,6 @@ class ProfileSnapshot:
     gpus: tuple[ProfileGPU, ...]  # by index
     source: str
     heartbeat: dt.datetime | None
-    spec_hash: str
     pods: Mapping[tuple[str, str], tuple[str, ...]] | None = None  # (ns, pod) -> GPU UUIDs, when reported
 
     def stale(self, now: dt.datetime, ttl_s: float) -> bool:
@@ -133,7 +132,7 @@ def profile_snapshot(body: Mapping[str, Any]) -> ProfileSnapshot:
     """A GPUProfile object as a snapshot; malformed GPUs/curves are dropped (the CRD refuses most)."""
     spec = body.get("spec") or {}
     status = body.get("status") or {}
-    gpus = []
+    gpus: list[ProfileGPU] = []
     for g in spec.get("gpus") or ():
         curves = []
         for c in g.get("curves") or ():
@@ -173,7 +172,6 @@ def profile_snapshot(body: Mapping[str, Any]) -> ProfileSnapshot:
         gpus=tuple(sorted(gpus, key=lambda x: x.index)),
         source=str(spec.get("source") or "measured"),
         heartbeat=parse_time(status.get("heartbeatTime")),
-        spec_hash=fingerprint(plain(spec)),
     )
 
 
@@ -280,7 +278,7 @@ def resolve(
     want = spec.gpus.count
     profiles, notes = trusted(profiles)
     if spec.gpus.pod_selector is not None:
-        refs, why = _pod_gpus(spec, namespace, pods, profiles, nodes, notes)
+        refs, why = _pod_gpus(spec, namespace, pods, profiles, notes)
     else:
         refs, why = _node_gpus(spec, nodes, profiles)
     if len(refs) < want:
@@ -316,7 +314,9 @@ def resolve(
     )
 
 
-def curve_for(gpu: ProfileGPU, shape: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray, tuple]:
+def curve_for(
+    gpu: ProfileGPU, shape: tuple[int, int, str]
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, str]]:
     """(tokens, seconds, measured shape): the exact shape, else the closest by weight bytes, scaled."""
     if not gpu.curves:
         raise Problem("InvalidGPUProfile", f"GPU {gpu.index} ({gpu.uuid or 'no uuid'}) has no curves")
@@ -384,7 +384,6 @@ def _pod_gpus(
     namespace: str,
     pods: Iterable[PodSnapshot],
     profiles: Mapping[str, ProfileSnapshot],
-    nodes: Mapping[str, Mapping[str, str]],
     notes: list[str],
 ) -> tuple[list[GPURef], str]:
     """The pods' GPUs in rank order (appends to ``notes`` when some were guessed)."""

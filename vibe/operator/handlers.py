@@ -32,7 +32,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -133,18 +133,23 @@ async def shut_down(memo: kopf.Memo, **_: Any) -> None:
 
 def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
     with contextlib.suppress(LookupError, RuntimeError):  # outside Kopf's context (unit tests)
-        kopf.event(dict(body), type=type_, reason=reason, message=message[:1024])
+        kopf.event(cast(kopf.Body, dict(body)), type=type_, reason=reason, message=message[:1024])
 
 
 # --------------------------------------------------------------------------------------------------
 # Indices
 
 
+# Kopf's callback types: its protocols type ``namespace`` as ``str | None`` (cluster-scoped resources
+# have none); every resource watched here is namespaced, so the handlers take ``str`` and the
+# registrations carry a ``type: ignore[arg-type]`` for that one difference.
+
+
 def _in_profile_namespace(namespace: str, memo: kopf.Memo, **_: Any) -> bool:
-    return namespace == memo.vibe.settings.profile_namespace
+    return bool(namespace == memo.vibe.settings.profile_namespace)
 
 
-@kopf.index(*GPUP, when=_in_profile_namespace)
+@kopf.index(*GPUP, when=_in_profile_namespace)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def vibe_profiles(
     body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any
 ) -> dict[str, ProfileSnapshot] | None:
@@ -169,26 +174,28 @@ def vibe_profiles(
     return {snap.node: snap}
 
 
-@kopf.index("pods")
+@kopf.index("pods")  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def vibe_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any] | None:
     snap = pod_snapshot(body)
     return {namespace: snap} if snap is not None else None
 
 
-@kopf.index(*MOED)
-def vibe_deployments_by_node(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[str, tuple]:
+@kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
+def vibe_deployments_by_node(
+    namespace: str, name: str, status: kopf.Status, **_: Any
+) -> dict[str, tuple[str, str]]:
     return {n: (namespace, name) for n in status.get("nodes") or ()}
 
 
-@kopf.index(*MOED)
+@kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def vibe_deployments_by_config_map(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
-) -> dict[tuple, tuple]:
+) -> dict[tuple[str, str], tuple[str, str]]:
     ref = (spec.get("workload") or {}).get("configMapRef") or {}
     return {(namespace, ref["name"]): (namespace, name)} if ref.get("name") else {}
 
 
-@kopf.index(*MOED)
+@kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def vibe_deployments(
     namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[str, DeploymentRef]:
@@ -208,10 +215,10 @@ def _world(kwargs: Mapping[str, Any]) -> World:
     )
 
 
-class _Single(Mapping):
+class _Single(Mapping[Any, Any]):
     """A Kopf index whose keys each hold one value (a node's labels, its profile) as a plain mapping."""
 
-    def __init__(self, index: kopf.Index) -> None:
+    def __init__(self, index: kopf.Index[Any, Any]) -> None:
         self._index = index
 
     def __getitem__(self, key: Any) -> Any:
@@ -226,7 +233,7 @@ class _Single(Mapping):
         return len(self._index)
 
 
-def _lookup(index: kopf.Index, key: Any) -> set[tuple[str, str]]:
+def _lookup(index: kopf.Index[Any, tuple[str, str]], key: Any) -> set[tuple[str, str]]:
     return set(index.get(key, ()))
 
 
@@ -238,7 +245,7 @@ def _all_deployments(kwargs: Mapping[str, Any]) -> list[DeploymentRef]:
 # The worker
 
 
-@kopf.daemon(*MOED, cancellation_timeout=10.0)
+@kopf.daemon(*MOED, cancellation_timeout=10.0)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 async def worker(
     namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
@@ -270,7 +277,7 @@ async def worker(
 # Watchers: who to wake
 
 
-@kopf.on.event(*MOED)
+@kopf.on.event(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def deployment_changed(
     event: kopf.RawEvent, namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -287,7 +294,7 @@ def deployment_changed(
         state.wake(key)
 
 
-@kopf.on.event(*GPUP, when=_in_profile_namespace)
+@kopf.on.event(*GPUP, when=_in_profile_namespace)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 async def profile_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A profile's spec changed (drift) or it turned stale or fresh again: wake the deployments using its
     node. A profile appeared or went away, or a deployment still waits for GPUs: also wake those whose
@@ -315,7 +322,7 @@ async def profile_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo
         state.wake(key)
 
 
-@kopf.on.event("configmaps")
+@kopf.on.event("configmaps")  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def config_map_changed(
     event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
 ) -> None:
@@ -333,7 +340,7 @@ def config_map_changed(
             state.wake(key)
 
 
-@kopf.on.event("pods")
+@kopf.on.event("pods")  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def pod_changed(
     event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
 ) -> None:

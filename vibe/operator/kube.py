@@ -77,22 +77,22 @@ class Kube:
         name = body["metadata"]["name"]
         try:
             if body["metadata"].get("resourceVersion"):
-                rsp = await asyncio.to_thread(
+                rsp: Any = await asyncio.to_thread(
                     self.core.replace_namespaced_config_map,
                     name,
                     namespace,
-                    dict(body),
+                    _raw(body),
                     _preload_content=False,
                 )
             else:
                 rsp = await asyncio.to_thread(
-                    self.core.create_namespaced_config_map, namespace, dict(body), _preload_content=False
+                    self.core.create_namespaced_config_map, namespace, _raw(body), _preload_content=False
                 )
         except ApiException as e:
             if e.status == 409:
                 raise Conflict(f"ConfigMap {namespace}/{name} changed meanwhile") from None
             raise
-        return json.loads(rsp.data)
+        return _json(rsp)
 
     # ---- Nodes (metadata only: the API server filters by label and sends no status)
 
@@ -102,7 +102,7 @@ class Kube:
         # resource_version "0": served from the API server's watch cache, not read through from etcd
         # (with 1,000 nodes a storage read decodes every node to filter by label). It may lag by the
         # watch delay; reconciles are level-based, so the next one sees what this one missed.
-        rsp = await asyncio.to_thread(
+        rsp: Any = await asyncio.to_thread(
             self.core.list_node,
             label_selector=sel,
             resource_version="0",
@@ -114,7 +114,7 @@ class Kube:
 
     async def one_node_labels(self, name: str) -> dict[str, str] | None:
         try:
-            rsp = await asyncio.to_thread(
+            rsp: Any = await asyncio.to_thread(
                 self.core.read_node, name, _preload_content=False, _headers=_METADATA_ONE
             )
         except ApiException as e:
@@ -135,7 +135,7 @@ class Kube:
         from kubernetes.client import CoordinationV1Api
 
         try:
-            rsp = await asyncio.to_thread(
+            rsp: Any = await asyncio.to_thread(
                 CoordinationV1Api(self.api).list_namespaced_lease,
                 namespace,
                 label_selector=AGENT_LEASES,
@@ -146,8 +146,8 @@ class Kube:
             if e.status == 403:
                 return None
             raise
-        items = json.loads(rsp.data).get("items") or ()
-        return {i["metadata"]["name"]: dict(i.get("spec") or {}) for i in items}
+        items = _json(rsp).get("items") or ()
+        return {str(i["metadata"]["name"]): dict(i.get("spec") or {}) for i in items}
 
     # ---- cluster-level helpers used at startup
 
@@ -183,11 +183,22 @@ def new_api_client() -> client.ApiClient:
     return api_client(pool_maxsize=64)  # one connection per concurrent reconcile thread
 
 
+def _json(rsp: Any) -> dict[str, Any]:
+    """The JSON object of a raw (``_preload_content=False``) response."""
+    out: dict[str, Any] = json.loads(rsp.data)
+    return out
+
+
+def _raw(body: Mapping[str, Any]) -> Any:
+    """A plain dict where the generated client's signature names a model class (it serialises either)."""
+    return dict(body)
+
+
 async def _read(fn: Any, *args: Any) -> dict[str, Any] | None:
     try:
-        rsp = await asyncio.to_thread(fn, *args, _preload_content=False)
+        rsp: Any = await asyncio.to_thread(fn, *args, _preload_content=False)
     except ApiException as e:
         if e.status == 404:
             return None
         raise
-    return json.loads(rsp.data)
+    return _json(rsp)

@@ -37,7 +37,7 @@ class Problem(Exception):
         self.reason = reason
         self.message = message
 
-    def __reduce__(self) -> tuple:  # picklable across the compute pool
+    def __reduce__(self) -> tuple[type[Problem], tuple[str, str]]:  # picklable across the compute pool
         return (type(self), (self.reason, self.message))
 
     @classmethod

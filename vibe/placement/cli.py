@@ -12,8 +12,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import typer
+
+if TYPE_CHECKING:
+    from vibe.placement.engine import Result
 
 
 def plan(
@@ -156,7 +160,7 @@ def _plan(
     if slots_per_gpu < 1:
         raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
     if not (time_budget > 0):
-        raise PlacementError("InvalidLoads", "--time-budget must be positive")
+        raise PlacementError("InvalidBudget", f"--time-budget must be positive, not {time_budget:g}")
     if max_moves is not None and current_path is None:
         raise PlacementError("InvalidPlacement", "--max-moves needs --current")
     load_arr = read_loads(load_json(loads_path, "loads"), tokens_per_step=tokens_per_step, top_k=top_k)
@@ -212,7 +216,14 @@ def _plan(
 
 
 def _table(
-    results: dict, chosen, shape, num_gpus: int, slots: int, *, to_stderr: bool, written: str | None
+    results: dict[str, Result],
+    chosen: Result,
+    shape: tuple[int, int],
+    num_gpus: int,
+    slots: int,
+    *,
+    to_stderr: bool,
+    written: str | None,
 ) -> None:
     from rich import box
     from rich.console import Console
@@ -223,7 +234,7 @@ def _table(
     layers, experts = shape
     title = f"{layers} layers x {experts} experts on {num_gpus} GPUs x {slots} slots"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for col, just in (
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
         ("policy", "left"),
         ("step ms", "right"),
         ("speedup", "right"),
@@ -232,7 +243,8 @@ def _table(
         ("gap", "right"),
         ("solve s", "right"),
         ("moves", "right"),
-    ):
+    )
+    for col, just in columns:
         table.add_column(col, justify=just, no_wrap=True)
     ref = results.get("token-balanced")
     for name, r in results.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class Result:
     gpu_times_s: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     layer_bounds_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     converged: bool = True
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def solve(
@@ -103,12 +104,15 @@ def solve(
     if policy not in POLICIES:
         raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
     if not (np.isfinite(time_budget_s) and time_budget_s > 0):
-        raise PlacementError("InvalidLoads", "time budget must be a positive number of seconds")
+        raise PlacementError(
+            "InvalidBudget",
+            f"the solve time budget must be a positive number of seconds, not {time_budget_s}",
+        )
     num_layers, e = loads.shape
     g, s = len(fleet), slots_per_gpu
     table = fleet.table
     converged = True
-    info: dict = {}
+    info: dict[str, Any] = {}
     bounds = None
     if policy == "linear":
         phy = policies.linear(num_layers, e, g, s)
@@ -169,7 +173,7 @@ def vibe(
     g, s = len(fleet), slots_per_gpu
     table = fleet.table
     ref = int(np.argsort(table.floor, kind="stable")[g // 2])  # a median-speed GPU prices "work"
-    starts = []
+    starts: list[np.ndarray] = []
     for counts in (
         policies.replicate_by_tokens(loads, g * s),
         policies.replicate_by_work(loads, g * s, table, ref),
@@ -201,7 +205,7 @@ def make_result(
     *,
     current: Placement | None = None,
     converged: bool = True,
-    info: dict | None = None,
+    info: dict[str, Any] | None = None,
     bounds: np.ndarray | None = None,
 ) -> Result:
     """Price a placement and wrap it with its bound (shared by every policy)."""

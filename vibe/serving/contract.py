@@ -1,6 +1,6 @@
 """What the serving side expects of the ``<name>-placement`` ConfigMap: keys, annotations, hash, generation.
 
-The operator writes the ConfigMap whole, in one update (DESIGN.md, "Output: the placement ConfigMap").
+The operator writes the ConfigMap whole, in one update (ARCHITECTURE.md, "Invariants"; docs/serving.md).
 Serving pods see it two ways:
 
 * through the API (``vibe serving watch --source api``): the object carries the annotations

@@ -171,7 +171,7 @@ def run_init(
             )
         if time.monotonic() > deadline:
             raise ServingError(
-                "UnreadableVolume",
+                "StaleVolume",
                 f"the mounted placement is still generation {gen} after {wait_seconds:.0f}s, this pod"
                 f" expects {expect_generation} (kubelet has not synced the ConfigMap volume)",
             )

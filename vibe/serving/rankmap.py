@@ -106,7 +106,7 @@ def engine_gpus(
             break
         if time.monotonic() > deadline:
             raise ServingError(
-                "UnreadableVolume",
+                "PodsNotScheduled",
                 f"only {len(placed)} of {size} pods of the group were scheduled after {timeout:.0f}s",
             )
         time.sleep(poll)
