@@ -61,7 +61,7 @@ def test_install_from_the_packaged_tgz(
     release = f"p{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(kube)
     try:
-        h.run(
+        args = [
             "install",
             release,
             str(tgz),
@@ -69,7 +69,12 @@ def test_install_from_the_packaged_tgz(
             namespace,
             "--set",
             f"operator.peering.name={release}",
-        )
+        ]
+        notes = h.run(*args).stdout.split("NOTES:", 1)[1]
+        # How to check that each agent sees its node's GPUs, and that the runtime must be the default.
+        assert '.status.conditions[?(@.type=="GPUsVisible")].status' in notes
+        assert "--field-selector reason=GPUVisibilityMismatch" in notes
+        assert "agent.runtimeClassName is empty" in notes
         status = h.run("status", release, "--namespace", namespace).stdout
         assert "STATUS: deployed" in status
 
