@@ -62,6 +62,8 @@ def cmd_loads(a: argparse.Namespace) -> None:
     else:
         lo, hi = (float(x) for x in a.skew.split(","))
         loads = skewed_loads(a.layers, a.experts, mean_tokens=a.mean_tokens, skew=(lo, hi), seed=a.seed)
+    if a.tokens_per_step:  # vibe plan's rescaling: each layer routes tokens_per_step * top_k tokens
+        loads = read_loads({"loads": loads.tolist()}, tokens_per_step=a.tokens_per_step, top_k=a.top_k)
     Path(a.out).write_text(json.dumps({"loads": loads.tolist()}) + "\n")
     print(f"loads {loads.shape[0]}x{loads.shape[1]}, {loads.sum(axis=1).mean():.0f} tokens/layer -> {a.out}")
 
@@ -440,6 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mean-tokens", type=float, default=256.0, help="mean tokens per expert per step")
     p.add_argument("--skew", default="2,4", help="max/mean per layer drawn from this range")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens-per-step", type=float, help="rescale: tokens per forward step, all ranks")
+    p.add_argument("--top-k", type=int, default=8, help="with --tokens-per-step")
     p.add_argument("-o", "--out", required=True)
     p.set_defaults(fn=cmd_loads)
 

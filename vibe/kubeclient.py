@@ -9,7 +9,7 @@ so each command can print that line and exit non-zero instead of a traceback.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -52,3 +52,10 @@ def api_client(
     if pool_maxsize:
         cfg.connection_pool_maxsize = pool_maxsize
     return client.ApiClient(cfg)
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """A custom-object response as the JSON object it is (the generated client declares ``object``)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object from the API server, got {type(value).__name__}")
+    return value

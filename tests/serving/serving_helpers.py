@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from vibe.serving import contract
-from vibe.serving.engine import EngineSettings
+from vibe.serving.engine_fit import EngineSettings
 
 E, G, S, L = 8, 4, 3, 3
 P = G * S

@@ -17,6 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch.distributed")
 
+from random_policy import solve_random  # noqa: E402
+
 from vibe.operator import output  # noqa: E402
 from vibe.placement.engine import solve  # noqa: E402
 from vibe.placement.inputs import read_fleet  # noqa: E402
@@ -61,8 +63,8 @@ def volumes(tmp_path_factory, inputs):
     loads, fleet = inputs
     root = tmp_path_factory.mktemp("volumes")
     results = {
-        "random-0": solve(loads, fleet, S, "random", seed=0),
-        "random-1": solve(loads, fleet, S, "random", seed=1),
+        "random-0": solve_random(loads, fleet, S, seed=0),
+        "random-1": solve_random(loads, fleet, S, seed=1),
         "token-balanced": solve(loads, fleet, S, "token-balanced"),
         "vibe": solve(loads, fleet, S, "vibe"),
     }

@@ -12,7 +12,7 @@ from serving_helpers import KubeletVolume, placement_data, settings
 
 from vibe.serving import contract, emit, sidecar, state
 from vibe.serving.errors import ServingError
-from vibe.serving.policies import Update
+from vibe.serving.update_policies import Update
 
 H = "h"
 

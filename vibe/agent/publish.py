@@ -36,6 +36,8 @@ from vibe.agent.profile import (
     build_status,
     node_facts,
 )
+from vibe.api import MOEDEPLOYMENT_PLURAL
+from vibe.kubeclient import as_dict
 
 log = logging.getLogger("vibe.agent.publish")
 
@@ -128,8 +130,9 @@ class KubePublisher:
             if e.status == 404:
                 return None
             raise
-        self.uids[(namespace, node)] = obj["metadata"].get("uid", "")
-        return obj
+        got = as_dict(obj)
+        self.uids[(namespace, node)] = got["metadata"].get("uid", "")
+        return got
 
     def apply(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
@@ -233,11 +236,11 @@ class KubePublisher:
             "count": 1,
         }
         self._go()
-        self.core.create_namespaced_event(namespace, body)
+        self.core.create_namespaced_event(namespace, body)  # type: ignore[arg-type]  # a dict serialises too
 
     def moedeployments(self) -> list[dict[str, Any]]:
         self._go()
-        got = self.custom.list_cluster_custom_object(GROUP, VERSION, "moedeployments")
+        got = as_dict(self.custom.list_cluster_custom_object(GROUP, VERSION, MOEDEPLOYMENT_PLURAL))
         return list(got.get("items") or [])
 
 

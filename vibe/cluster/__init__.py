@@ -3,9 +3,10 @@
 Real Kubernetes binaries built from Go modules (hack/build-cluster.sh), run as local processes bound to
 127.0.0.1, with kwok standing in for kubelets and fake GPU nodes standing in for a fleet.
 
-Layers, importing downward only: `paths` (where files go) → `binaries` (what runs), `pki` (certificates),
-`processes` (start/stop, free ports, file locks), `nodes` (fake GPU nodes) → `controlplane` (`Cluster`:
-up, down, status) → `identity` (ServiceAccount kubeconfigs) → `cli` (`vibe cluster ...`).
+Layers, importing downward only: `paths` (where files go) → `binaries` (what runs), `pki`
+(certificates), `processes` (start/stop, free ports, file locks), `waiting` (``wait_for``), `nodes` (fake
+GPU nodes) → `controlplane` (`Cluster`: up, down, status) → `identity` (ServiceAccount kubeconfigs),
+`crds` (the repository's CRDs, for the tests and benchmarks) → `cli` (`vibe cluster ...`).
 
 The names below are re-exported lazily (PEP 562), so ``vibe.cluster.processes`` imports nothing but the
 standard library (no ``cryptography``, no Kubernetes client).
@@ -25,6 +26,8 @@ _EXPORTS = {
     "gpu_node_body": "nodes",
     "wait_nodes_ready": "nodes",
     "DEFAULT_CLUSTER": "paths",
+    "apply_crds": "crds",
+    "wait_for": "waiting",
 }
 
 __all__ = [
@@ -32,9 +35,11 @@ __all__ = [
     "Cluster",
     "ClusterError",
     "Status",
+    "apply_crds",
     "create_gpu_nodes",
     "delete_fake_nodes",
     "gpu_node_body",
+    "wait_for",
     "wait_nodes_ready",
 ]
 
@@ -53,5 +58,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from vibe.cluster.controlplane import Cluster, ClusterError, Status
+    from vibe.cluster.crds import apply_crds
     from vibe.cluster.nodes import create_gpu_nodes, delete_fake_nodes, gpu_node_body, wait_nodes_ready
     from vibe.cluster.paths import DEFAULT_CLUSTER
+    from vibe.cluster.waiting import wait_for

@@ -20,12 +20,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from vibe import api
+
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 # On every node made here, so tests and demos can find (and delete) them.
-FAKE_NODE_LABEL = "vibe.dev/fake-node"
+FAKE_NODE_LABEL = api.LABEL_FAKE_NODE
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 

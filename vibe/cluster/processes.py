@@ -78,7 +78,7 @@ class Proc:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Proc:
-        return cls(str(data["name"]), int(data["pid"]), str(data["exe"]), str(data["log"]))  # type: ignore[arg-type]
+        return cls(str(data["name"]), int(str(data["pid"])), str(data["exe"]), str(data["log"]))
 
 
 def spawn(name: str, argv: list[str], log: Path, cwd: Path) -> Proc:

@@ -20,7 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-TYPES = ("Ready", "Degraded", "Drifted")
+from vibe.api import CONDITION_TYPES
+
+TYPES = CONDITION_TYPES
 
 
 @dataclass(frozen=True)

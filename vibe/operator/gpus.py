@@ -27,15 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from vibe.api import LWS_LABEL_GROUP_INDEX, LWS_LABEL_WORKER_INDEX, STS_LABEL_POD_INDEX
 from vibe.operator.clock import parse_time
 from vibe.operator.problems import Problem
 from vibe.operator.spec import DeploymentSpec, fingerprint
 from vibe.placement.curves import DTYPE_BYTES, Fleet, GPUCurve, scale_curve
 from vibe.placement.errors import PlacementError
-
-LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
-LWS_GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
-STS_POD_INDEX = "apps.kubernetes.io/pod-index"
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,10 +193,10 @@ def pod_rank(meta: Mapping[str, Any]) -> tuple[int, int, str]:
     """(group, worker, name): LeaderWorkerSet indices, else the StatefulSet ordinal, else name order."""
     labels = meta.get("labels") or {}
     name = str(meta.get("name") or "")
-    if LWS_WORKER_INDEX in labels:
-        return (_int(labels.get(LWS_GROUP_INDEX), 0), _int(labels[LWS_WORKER_INDEX], 0), name)
-    if STS_POD_INDEX in labels:
-        return (0, _int(labels[STS_POD_INDEX], 0), name)
+    if LWS_LABEL_WORKER_INDEX in labels:
+        return (_int(labels.get(LWS_LABEL_GROUP_INDEX), 0), _int(labels[LWS_LABEL_WORKER_INDEX], 0), name)
+    if STS_LABEL_POD_INDEX in labels:
+        return (0, _int(labels[STS_LABEL_POD_INDEX], 0), name)
     owners = meta.get("ownerReferences") or ()
     m = re.search(r"-(\d+)$", name)
     if m and any(o.get("kind") == "StatefulSet" for o in owners):

@@ -36,6 +36,7 @@ from typing import Any, cast
 
 import kopf
 
+from vibe import api
 from vibe.operator import metrics
 from vibe.operator import settings as settings_mod
 from vibe.operator.clock import now as clock_now
@@ -49,14 +50,14 @@ from vibe.operator.gpus import (
     pod_snapshot,
     profile_snapshot,
 )
-from vibe.operator.kube import GROUP, VERSION, Kube
+from vibe.operator.kube import Kube
 from vibe.operator.reconciling import Shared, World, reconcile
 from vibe.operator.settings import OperatorSettings
 from vibe.operator.spec import fingerprint, plain
 
-MOED = (GROUP, VERSION, "moedeployments")
-GPUP = (GROUP, VERSION, "gpuprofiles")
-TRIGGER_ANNOTATION = "vibe.dev/reconcile-trigger"
+MOED = (api.GROUP, api.VERSION, api.MOEDEPLOYMENT_PLURAL)
+GPUP = (api.GROUP, api.VERSION, api.GPUPROFILE_PLURAL)
+TRIGGER_ANNOTATION = api.ANNOTATION_RECONCILE_TRIGGER
 
 logger = logging.getLogger("vibe.operator")
 
@@ -104,10 +105,10 @@ class DeploymentRef:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg = settings_mod.CURRENT or OperatorSettings.from_env()
-    settings.persistence.finalizer = "vibe.dev/worker"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vibe.dev")
+    settings.persistence.finalizer = api.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="vibe.dev", key="last-handled-configuration"
+        prefix=api.KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # Events come from the reconciler, not from log lines
     settings.posting.reporting_component = "vibe-operator"

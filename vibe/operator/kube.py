@@ -19,12 +19,12 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from vibe.api import GROUP, VERSION
+from vibe.api import MOEDEPLOYMENT_PLURAL as PLURAL
 from vibe.kubeclient import api_client
 
-GROUP, VERSION, PLURAL = "vibe.dev", "v1alpha1", "moedeployments"
 #: The label selector of the agents' Leases (vibe.agent.profile.build_lease).
 AGENT_LEASES = "app.kubernetes.io/managed-by=vibe-agent"
-
 
 #: Ask for PartialObjectMetadata(List): names and labels without the rest of the object.
 _METADATA_ONLY = {

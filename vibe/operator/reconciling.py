@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vibe import api
 from vibe.operator import metrics, output
 from vibe.operator import status as status_mod
 from vibe.operator.clock import iso
@@ -247,7 +248,10 @@ async def _write(
 def _ours(cm_obj: Mapping[str, Any] | None, name: str) -> bool:
     """A ConfigMap this operator wrote for a MoEDeployment of this name (e.g. a deleted-and-recreated one)."""
     labels = ((cm_obj or {}).get("metadata") or {}).get("labels") or {}
-    return labels.get("app.kubernetes.io/managed-by") == "vibe" and labels.get(output.L_DEPLOYMENT) == name
+    return (
+        labels.get(api.LABEL_MANAGED_BY) == api.MANAGED_BY_OPERATOR
+        and labels.get(output.L_DEPLOYMENT) == name
+    )
 
 
 def _next_look(obs: status_mod.Observation, now: dt.datetime) -> float | None:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vibe.serving import emit
-from vibe.serving.engine import EngineSettings
+from vibe.serving.engine_fit import EngineSettings
 from vibe.serving.errors import ServingError
 
 if TYPE_CHECKING:
@@ -197,7 +197,9 @@ def _seed(*parts: int) -> int:
 _WEIGHT, _INPUT, _ROUTE = 1, 2, 3
 
 
-def expert_weights(shape: LayerShape, layer: int, expert: int, device: Any) -> tuple[Any, Any]:
+def expert_weights(
+    shape: LayerShape, layer: int, expert: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(w13 [2I, H], w2 [H, I]) of one logical expert, the same on every rank that holds it.
 
     Drawn N(0, 1/fan_in) as the agent's benchmark draws them, in fp32 on ``device`` from a generator
@@ -212,7 +214,9 @@ def expert_weights(shape: LayerShape, layer: int, expert: int, device: Any) -> t
     return w13.to(shape.torch_dtype()), w2.to(shape.torch_dtype())
 
 
-def layer_input(shape: LayerShape, layer: int, rank: int, tokens: int, device: Any) -> Any:
+def layer_input(
+    shape: LayerShape, layer: int, rank: int, tokens: int, device: torch.device | str
+) -> torch.Tensor:
     """[T, H] rank ``rank``'s tokens entering layer ``layer`` (N(0, 1), seeded)."""
     import torch
 
@@ -223,7 +227,7 @@ def layer_input(shape: LayerShape, layer: int, rank: int, tokens: int, device: A
 
 def route(
     probs: np.ndarray, shape: LayerShape, layer: int, rank: int, step: int, tokens: int
-) -> tuple[Any, Any]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [T, k] int64, weights [T, k] fp32) on the CPU: k distinct experts per token, sampled.
 
     Each token draws ``top_k`` experts without replacement with probabilities ``probs`` (the layer's
@@ -256,7 +260,7 @@ def tokens_per_rank(loads: np.ndarray, top_k: int, ep_size: int) -> int:
 # -- the layer ----------------------------------------------------------------------------------------------
 
 
-def grouped_mm_usable(device: Any, dtype: Any) -> bool:
+def grouped_mm_usable(device: torch.device | str, dtype: torch.dtype) -> bool:
     """Whether ``torch._grouped_mm`` runs here: a CUDA device of compute capability >= 9.0, bf16."""
     import torch
 
@@ -291,7 +295,7 @@ class EPLayerStack:
         placement: ServingPlacement,
         shape: LayerShape,
         rank: int,
-        device: Any,
+        device: torch.device | str,
         grouped: bool | None = None,
     ) -> None:
         import torch
@@ -304,8 +308,8 @@ class EPLayerStack:
         log2phy, cnt = placement.log2phy()
         self.log2phy = torch.as_tensor(log2phy, device=device)
         self.logcnt = torch.as_tensor(cnt, device=device)
-        self.w13: list[Any] = []  # per layer [S, 2I, H]
-        self.w2: list[Any] = []  # per layer [S, H, I]
+        self.w13: list[torch.Tensor] = []  # per layer [S, 2I, H]
+        self.w2: list[torch.Tensor] = []  # per layer [S, H, I]
         mine = placement.phy2log[:, rank * self.slots : (rank + 1) * self.slots]
         for layer in range(placement.num_layers):
             pairs = [expert_weights(shape, layer, int(e), device) for e in mine[layer]]
@@ -313,7 +317,7 @@ class EPLayerStack:
             self.w2.append(torch.stack([b for _, b in pairs]))
             del pairs
 
-    def experts(self, layer: int, x: Any, counts: Any) -> Any:
+    def experts(self, layer: int, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """[N, H] -> [N, H]: SwiGLU FFN of each local slot over its rows of ``x`` (grouped by slot)."""
         import torch
         import torch.nn.functional as F
@@ -334,7 +338,14 @@ class EPLayerStack:
             start += n
         return out
 
-    def forward(self, layer: int, x: Any, ids: Any, weights: Any, marks: list[Any] | None = None) -> Any:
+    def forward(
+        self,
+        layer: int,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        weights: torch.Tensor,
+        marks: list[Any] | None = None,
+    ) -> torch.Tensor:
         """The layer on this rank's tokens: x [T, H], ids [T, k], weights [T, k] -> [T, H].
 
         ``marks``: four CUDA events (or None) recorded before dispatch, after dispatch, after the
@@ -391,8 +402,14 @@ class EPLayerStack:
 
 
 def dense_reference(
-    shape: LayerShape, probs: np.ndarray, layer: int, rank: int, step: int, tokens: int, device: Any = "cpu"
-) -> Any:
+    shape: LayerShape,
+    probs: np.ndarray,
+    layer: int,
+    rank: int,
+    step: int,
+    tokens: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """[T, H] what rank ``rank``'s tokens should come out as: every expert computed once, no placement."""
     import torch
     import torch.nn.functional as F
@@ -463,7 +480,7 @@ def run_rank(rank: int, cfg: RunConfig) -> None:
         init_method=cfg.init_method,
         rank=rank,
         world_size=world,
-        **({"device_id": device} if device.type == "cuda" else {}),
+        **({"device_id": device} if device.type == "cuda" else {}),  # type: ignore[arg-type]
     )
     probs = profile(cfg.loads)
     result: dict[str, Any] = {"rank": rank, "device": str(device), "placements": {}}
@@ -506,7 +523,12 @@ def run_rank(rank: int, cfg: RunConfig) -> None:
 
 
 def _timed(
-    stack: EPLayerStack, cfg: RunConfig, probs: np.ndarray, inputs: list[Any], rank: int, device: Any
+    stack: EPLayerStack,
+    cfg: RunConfig,
+    probs: np.ndarray,
+    inputs: list[torch.Tensor],
+    rank: int,
+    device: torch.device | str,
 ) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
@@ -520,7 +542,7 @@ def _timed(
         for step in range(cfg.warmup + cfg.steps)
     ]
     phases = [Phases() for _ in range(layers)]
-    counts: list[list[Any]] = [[] for _ in range(layers)]
+    counts: list[list[torch.Tensor]] = [[] for _ in range(layers)]
     marks = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(layers)]
     for step in range(cfg.warmup + cfg.steps):
         dist.barrier()
