@@ -20,7 +20,7 @@ from chart_helpers import CHART, Helm, leftovers
 from vibe.agent.profile import build_lease, build_profile
 from vibe.agent.publish import KubePublisher
 from vibe.cluster.identity import service_account_kubeconfig
-from vibe.cluster.testing import wait_for
+from vibe.cluster.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -113,6 +113,18 @@ def test_an_agent_writes_only_its_own_nodes_profile_and_lease(
         custom_a = client.CustomObjectsApi(api_a)
         evil = build_profile("evil-node", namespace, [])
         evil["spec"]["nodeName"] = node_b
+
+        def enforced() -> bool:
+            """The API server loads a new policy asynchronously: wait until a dry run is refused."""
+            from kubernetes.client.exceptions import ApiException
+
+            try:
+                custom_a.create_namespaced_custom_object(G, V, namespace, "gpuprofiles", evil, dry_run="All")
+            except ApiException as e:
+                return e.status == 403
+            return False
+
+        wait_for(enforced, timeout=30, interval=0.5, what="the node restriction policy in force")
         msg = refused(custom_a.create_namespaced_custom_object, G, V, namespace, "gpuprofiles", evil)
         assert f"vibe agent on node {node_a} may write only the GPUProfile and Lease named {node_a}" in msg
         msg = refused(pub_a.apply, build_profile(node_b, namespace, []))  # B's own profile

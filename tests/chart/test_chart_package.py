@@ -18,7 +18,7 @@ import pytest
 import yaml
 from chart_helpers import CHART, Helm, kubectl, leftovers
 
-from vibe.cluster.testing import wait_for
+from vibe.cluster.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
