@@ -19,6 +19,7 @@ REASONS = (
     "InfeasibleSlots",
     "UnknownPolicy",
     "UnknownFormat",
+    "InvalidDispatch",
     "InstanceTooLarge",
     "UnreadableFile",
     "MissingDependency",

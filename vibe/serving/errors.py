@@ -15,6 +15,7 @@ REASONS = (
     "UnreadableVolume",  # the volume kept changing under the reader, or a file is not JSON
     "HashMismatch",  # the data does not match its content hash
     "PlacementMismatch",  # the placement does not fit the engine's EP size / redundant experts / layers
+    "UnsupportedArchitecture",  # the engine ignores a placement for this model (vibe.serving.sglang)
     "InvalidDump",  # an expert-distribution dump of an unexpected shape
     "InvalidArgument",  # a flag combination that cannot work
     "ApplyFailed",  # the policy (restart patch, HTTP call, Event) failed
