@@ -11,15 +11,15 @@ BIN    := $(VENV)/bin
 demo: setup
 	$(BIN)/vibe demo
 
-## test: the whole test suite (what CI runs)
-test: setup
-	$(BIN)/ruff check .
+## test: every check, then the whole test suite (what CI runs; CONTRIBUTING.md says what each guards)
+test: setup lint
 	$(BIN)/pytest
 
 setup: venv cluster-bin
 
 venv: $(VENV)/.installed
 
+# `cluster` brings what the local control plane needs (the demo and the tests run it).
 # `bench` brings torch (CPU-capable; about 2.8 GB of wheels from PyPI, ~3 min cold) so that CI runs the
 # agent's benchmark code path on a tiny shape, the same code the GPU nodes run.
 # `sglang`: the pinned SGLang wheel without its GPU dependencies (the extra lists the few it imports on
@@ -29,16 +29,19 @@ SGLANG_VERSION := $(shell sed -n 's/^SGLANG_VERSION = "\(.*\)"/\1/p' vibe/servin
 $(VENV)/.installed: pyproject.toml vibe/serving/sglang.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,exact,bench,sglang]'
+	$(BIN)/pip install --quiet -e '.[dev,exact,bench,cluster,plot,sglang]'
 	$(BIN)/pip install --quiet --no-deps 'sglang==$(SGLANG_VERSION)'
 	touch $@
 
 cluster-bin:
 	hack/build-cluster.sh
 
+## lint: ruff (lint and format), mypy (types) and import-linter (the layers of ARCHITECTURE.md)
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	-$(BIN)/vibe cluster down

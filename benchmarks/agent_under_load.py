@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from vibe.cluster.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE = "gpu-under-load"
@@ -61,12 +62,6 @@ def scrape(port: int) -> dict[str, float]:
             else:
                 out.setdefault(s.name, s.value)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:

@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,11 +39,14 @@ from typing import Any
 
 import numpy as np
 
+from vibe import api
+from vibe.cluster.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-G, V = "vibe.dev", "v1alpha1"
+G, V = api.GROUP, api.VERSION
 NS, PROFILE_NS = "vibe-bench", "vibe-system"
-POOL = "vibe.dev/bench-pool"
+POOL = api.PREFIX + "bench-pool"
 
 MODELS = {
     "deepseek-v3": {
@@ -120,9 +122,9 @@ def profile_body(node: str, speeds: list[float]) -> dict[str, Any]:
             }
         )
     return {
-        "apiVersion": f"{G}/{V}",
-        "kind": "GPUProfile",
-        "metadata": {"name": node, "namespace": PROFILE_NS, "labels": {"vibe.dev/node": node}},
+        "apiVersion": api.API_VERSION,
+        "kind": api.GPUPROFILE_KIND,
+        "metadata": {"name": node, "namespace": PROFILE_NS, "labels": {api.LABEL_NODE: node}},
         "spec": {"nodeName": node, "source": "simulated", "agentVersion": "bench", "gpus": gpus},
     }
 
@@ -143,7 +145,7 @@ def main() -> int:
     from kubernetes.client.exceptions import ApiException
 
     from vibe.cluster import Cluster, create_gpu_nodes
-    from vibe.cluster.testing import apply_crds
+    from vibe.cluster.crds import apply_crds
 
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     cluster = Cluster(args.cluster)
@@ -188,17 +190,23 @@ def main() -> int:
             body = profile_body(node, speeds)
             try:
                 custom.create_namespaced_custom_object(
-                    G, V, PROFILE_NS, "gpuprofiles", body, _preload_content=False
+                    G, V, PROFILE_NS, api.GPUPROFILE_PLURAL, body, _preload_content=False
                 )
             except ApiException as e:
                 if e.status != 409:
                     raise
                 custom.patch_namespaced_custom_object(
-                    G, V, PROFILE_NS, "gpuprofiles", node, {"spec": body["spec"]}, _preload_content=False
+                    G,
+                    V,
+                    PROFILE_NS,
+                    api.GPUPROFILE_PLURAL,
+                    node,
+                    {"spec": body["spec"]},
+                    _preload_content=False,
                 )
             status = {"status": {"heartbeatTime": heartbeat, "heartbeatSeconds": 30}}
             custom.patch_namespaced_custom_object_status(
-                G, V, PROFILE_NS, "gpuprofiles", node, status, _preload_content=False
+                G, V, PROFILE_NS, api.GPUPROFILE_PLURAL, node, status, _preload_content=False
             )
 
         with ThreadPoolExecutor(16) as pool:
@@ -223,7 +231,7 @@ def main() -> int:
         say(f"creating {len(plan)} MoEDeployments")
         t0 = time.monotonic()
         for d in plan:
-            custom.create_namespaced_custom_object(G, V, NS, "moedeployments", moed_body(d))
+            custom.create_namespaced_custom_object(G, V, NS, api.MOEDEPLOYMENT_PLURAL, moed_body(d))
         ready_at = wait_all_ready(custom, [d["name"] for d in plan], t0, timeout=900)
         t_all_ready = max(ready_at.values())
         load_ready = os.getloadavg()[0]
@@ -237,14 +245,16 @@ def main() -> int:
             node = nodes_of[d["pool"]][0]
             before = snapshot(core, custom)
             gen, rv = generation(core, f"{d['name']}-placement")
-            body = custom.get_namespaced_custom_object(G, V, PROFILE_NS, "gpuprofiles", node)
+            body = custom.get_namespaced_custom_object(G, V, PROFILE_NS, api.GPUPROFILE_PLURAL, node)
             spec = body["spec"]
             g0 = spec["gpus"][0]
             g0["drift"] = {"state": "Drifted", "timeScale": 1.5, "reason": "benchmark: HwSlowdown"}
             for c in g0["curves"]:
                 c["seconds"] = [float(f"{s * 1.5:.6g}") for s in c["seconds"]]
             t = time.monotonic()
-            custom.patch_namespaced_custom_object(G, V, PROFILE_NS, "gpuprofiles", node, {"spec": spec})
+            custom.patch_namespaced_custom_object(
+                G, V, PROFILE_NS, api.GPUPROFILE_PLURAL, node, {"spec": spec}
+            )
             if not watch_generation(core, f"{d['name']}-placement", gen, rv, timeout=60):
                 raise SystemExit(f"drift on {node} did not re-place {d['name']} within 60 s")
             latency = time.monotonic() - t
@@ -301,25 +311,25 @@ def main() -> int:
 def reset(core: Any, custom: Any) -> None:
     """Remove a previous run's MoEDeployments (no operator runs now: drop its finalizer) and ConfigMaps."""
     items = json.loads(
-        custom.list_namespaced_custom_object(G, V, NS, "moedeployments", _preload_content=False).data
+        custom.list_namespaced_custom_object(G, V, NS, api.MOEDEPLOYMENT_PLURAL, _preload_content=False).data
     )
     for m in items["items"]:
         name = m["metadata"]["name"]
         custom.patch_namespaced_custom_object(
-            G, V, NS, "moedeployments", name, {"metadata": {"finalizers": None}}
+            G, V, NS, api.MOEDEPLOYMENT_PLURAL, name, {"metadata": {"finalizers": None}}
         )
-        custom.delete_namespaced_custom_object(G, V, NS, "moedeployments", name)
+        custom.delete_namespaced_custom_object(G, V, NS, api.MOEDEPLOYMENT_PLURAL, name)
     core.delete_collection_namespaced_config_map(NS, label_selector="app.kubernetes.io/managed-by=vibe")
     while json.loads(
-        custom.list_namespaced_custom_object(G, V, NS, "moedeployments", _preload_content=False).data
+        custom.list_namespaced_custom_object(G, V, NS, api.MOEDEPLOYMENT_PLURAL, _preload_content=False).data
     )["items"]:
         time.sleep(0.2)
 
 
 def moed_body(d: dict[str, Any]) -> dict[str, Any]:
     return {
-        "apiVersion": f"{G}/{V}",
-        "kind": "MoEDeployment",
+        "apiVersion": api.API_VERSION,
+        "kind": api.MOEDEPLOYMENT_KIND,
         "metadata": {"name": d["name"]},
         "spec": {
             "model": dict(MODELS[d["model"]]),
@@ -335,7 +345,7 @@ def wait_all_ready(custom: Any, names: list[str], t0: float, timeout: float) -> 
     while len(ready) < len(names):
         if time.monotonic() - t0 > timeout:
             raise SystemExit(f"only {len(ready)} of {len(names)} Ready after {timeout:.0f} s")
-        rsp = custom.list_namespaced_custom_object(G, V, NS, "moedeployments", _preload_content=False)
+        rsp = custom.list_namespaced_custom_object(G, V, NS, api.MOEDEPLOYMENT_PLURAL, _preload_content=False)
         now = time.monotonic() - t0
         for item in json.loads(rsp.data)["items"]:
             name = item["metadata"]["name"]
@@ -351,7 +361,7 @@ def wait_all_ready(custom: Any, names: list[str], t0: float, timeout: float) -> 
 def snapshot(core: Any, custom: Any) -> dict[str, tuple[str, str]]:
     """deployment -> (its resourceVersion, its placement ConfigMap's): what a reconcile would change."""
     moeds = json.loads(
-        custom.list_namespaced_custom_object(G, V, NS, "moedeployments", _preload_content=False).data
+        custom.list_namespaced_custom_object(G, V, NS, api.MOEDEPLOYMENT_PLURAL, _preload_content=False).data
     )
     cms = json.loads(core.list_namespaced_config_map(NS, _preload_content=False).data)
     cm_rv = {c["metadata"]["name"]: c["metadata"]["resourceVersion"] for c in cms["items"]}
@@ -366,7 +376,7 @@ def snapshot(core: Any, custom: Any) -> dict[str, tuple[str, str]]:
 
 def generation(core: Any, name: str) -> tuple[int, str]:
     meta = json.loads(core.read_namespaced_config_map(name, NS, _preload_content=False).data)["metadata"]
-    return int(meta["annotations"]["vibe.dev/placement-generation"]), meta["resourceVersion"]
+    return int(meta["annotations"][api.ANNOTATION_PLACEMENT_GENERATION]), meta["resourceVersion"]
 
 
 def watch_generation(core: Any, name: str, gen: int, rv: str, timeout: float) -> bool:
@@ -380,7 +390,7 @@ def watch_generation(core: Any, name: str, gen: int, rv: str, timeout: float) ->
     )  # fmt: skip
     for ev in stream:
         ann = ev["object"].metadata.annotations or {}
-        if int(ann.get("vibe.dev/placement-generation", gen)) > gen:
+        if int(ann.get(api.ANNOTATION_PLACEMENT_GENERATION, gen)) > gen:
             w.stop()
             return True
     return False
@@ -391,7 +401,7 @@ class Operator:
 
     def __init__(self, env: dict[str, str], solve_budget: float) -> None:
         self.env = {**env, "PYTHONUNBUFFERED": "1"}
-        self.metrics_port, self.health_port = _free_port(), _free_port()
+        self.metrics_port, self.health_port = free_port(), free_port()
         self.solve_budget = solve_budget
         self.log = Path(tempfile.mkstemp(prefix="vibe-operator-bench-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
@@ -510,12 +520,6 @@ def _vm(pid: int, key: str) -> float:
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

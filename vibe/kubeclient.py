@@ -9,15 +9,23 @@ so each command can print that line and exit non-zero instead of a traceback.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 
 class CredentialsError(RuntimeError):
     """No usable Kubernetes credentials (neither a pod's service account nor a kubeconfig)."""
 
 
-def api_client(kubeconfig: str | None = None, *, pool_maxsize: int | None = None) -> Any:
+def api_client(
+    kubeconfig: str | None = None, *, context: str | None = None, pool_maxsize: int | None = None
+) -> ApiClient:
     """A ``kubernetes.client.ApiClient``: the given kubeconfig, else in-cluster, else the default kubeconfig.
+
+    ``context``: the kubeconfig context to use (default: its current context); giving one skips the
+    in-cluster service account, as ``kubectl --context`` does.
 
     ``pool_maxsize``: HTTP connections kept per host (urllib3's default is 4; a process that runs many
     calls at once in threads wants one per thread).
@@ -27,8 +35,8 @@ def api_client(kubeconfig: str | None = None, *, pool_maxsize: int | None = None
 
     cfg = client.Configuration()
     try:
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        if kubeconfig or context:
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
         else:
             try:
                 config.load_incluster_config(client_configuration=cfg)
@@ -44,3 +52,10 @@ def api_client(kubeconfig: str | None = None, *, pool_maxsize: int | None = None
     if pool_maxsize:
         cfg.connection_pool_maxsize = pool_maxsize
     return client.ApiClient(cfg)
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """A custom-object response as the JSON object it is (the generated client declares ``object``)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object from the API server, got {type(value).__name__}")
+    return value

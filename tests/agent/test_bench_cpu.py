@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 
 from typer.testing import CliRunner  # noqa: E402
 
-from vibe.agent.bench import canary, fp8_supported, profile_device  # noqa: E402
+from vibe.agent.bench import canary, contended_seconds, fp8_supported, profile_device  # noqa: E402
 from vibe.agent.cli import app  # noqa: E402
 from vibe.agent.node import AgentConfig, NodeAgent  # noqa: E402
 from vibe.agent.profiler import TorchProfiler, outcome_from_bench  # noqa: E402
@@ -47,6 +47,17 @@ def test_profile_on_cpu() -> None:
     out = outcome_from_bench(res, None)
     assert all(list(c.seconds) == sorted(c.seconds) for c in out.curves)  # isotonic
     json.dumps(res.as_dict())  # the results file is plain JSON
+    # No contention window on the CPU (no GPU time slices): the median stands, nothing flagged shared.
+    assert all(p.window_s is None and not p.shared and p.median_s == p.seconds for p in bf16.points)
+
+
+def test_a_shared_gpu_reports_the_window_time() -> None:
+    # A co-tenant makes the window's time per call exceed the median: that is the GPU's speed for
+    # serving. Within the calls' own spread (5 %) the median stands.
+    assert contended_seconds(40e-6, 160e-6, 0.05) == (160e-6, True)
+    assert contended_seconds(40e-6, 41e-6, 0.05) == (40e-6, False)
+    assert contended_seconds(40e-6, 30e-6, 0.05) == (40e-6, False)  # never faster than the median
+    assert contended_seconds(40e-6, None, 0.05) == (40e-6, False)  # no window (CPU, canary)
 
 
 def test_the_ffn_is_swiglu() -> None:
@@ -131,6 +142,45 @@ def test_one_shape_on_a_gpu() -> None:
         telemetry=NvmlTelemetry.open(),
     )
     assert res.preheat["settled"] in (True, False) and all(p.cv < 0.2 for p in res.curves[0].points)
+
+
+def test_fp8_falls_back_to_the_unfused_kernel_with_a_note_where_no_fused_one_runs() -> None:
+    from vibe.agent.bench import KERNEL_BF16, KERNEL_FP8_UNFUSED, fused_fp8_supported
+
+    cpu = torch.device("cpu")
+    assert fused_fp8_supported(torch, cpu) == "no fused fp8 grouped GEMM on cpu"
+    if fp8_supported(torch, cpu):
+        pytest.skip("this torch has no fp8 GEMM on the CPU")
+    res = profile_device(TINY, device="cpu", cfg=CFG)
+    assert [c.kernel for c in res.curves] == [KERNEL_BF16, KERNEL_FP8_UNFUSED]
+    assert any("fp8 measured unfused" in n and "on cpu" in n for n in res.notes)
+
+
+@pytest.mark.gpu
+def test_the_fused_fp8_expert_matches_bf16_on_a_gpu() -> None:
+    """The grouped fp8 path computes the same SwiGLU FFN as bf16 (within fp8 rounding), at every n."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from vibe.agent.bench import FP8_GROUP, KERNEL_FP8_GROUPED, ExpertBank, fused_fp8_supported
+
+    dev = torch.device("cuda:0")
+    if fused_fp8_supported(torch, dev):
+        pytest.skip(fused_fp8_supported(torch, dev))
+    bank = ExpertBank(torch, ExpertShape(256, 128, "fp8"), dev, experts=2, max_tokens=64, seed=0)
+    assert bank.kernel == KERNEL_FP8_GROUPED and len(bank) == 1 and bank.distinct == FP8_GROUP
+    for n in (1, 5, 16, 64):
+        y = bank(0, bank.inputs(n)).float()  # experts 0..7, n tokens each
+        assert y.shape == (FP8_GROUP, n, 256)
+        xq, xs, _offs, _n = bank.inputs(n)
+        rows = xq.shape[0] // FP8_GROUP
+        for j in range(FP8_GROUP):
+            x = xq[j * rows : j * rows + n].float() * xs[j * rows : j * rows + n, None]
+            e = j
+            w13 = bank.w13[0][e].float().t() * bank.s13[0][e][:, None]
+            w2 = bank.w2[0][e].float().t() * bank.s2[0][e][:, None]
+            h = x @ w13.t()
+            ref = (torch.nn.functional.silu(h[:, :128]) * h[:, 128:]) @ w2.t()
+            assert (y[j] - ref).norm() / ref.norm() < 0.1
 
 
 def test_the_package_imports_without_heavy_modules() -> None:

@@ -10,6 +10,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vibe import api
 from vibe.agent.drift import Baseline
 from vibe.agent.profile import (
     BASELINE_ANNOTATION,
@@ -55,11 +56,11 @@ def record(index: int = 0, scale: float = 1.0, speed: float = 1.0) -> GPURecord:
 
 def test_body_has_the_contract_fields() -> None:
     body = build_profile("node-7", "vibe-system", [record(0), record(1, scale=1.25)], agent_version="0.1.0")
-    assert body["apiVersion"] == "vibe.dev/v1alpha1" and body["kind"] == "GPUProfile"
+    assert body["apiVersion"] == api.API_VERSION and body["kind"] == api.GPUPROFILE_KIND
     assert body["metadata"]["name"] == "node-7" and body["metadata"]["namespace"] == "vibe-system"
     assert body["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "vibe-agent",
-        "vibe.dev/node": "node-7",
+        api.LABEL_NODE: "node-7",
     }
     spec = body["spec"]
     assert spec["nodeName"] == "node-7" and spec["source"] == "measured" and spec["agentVersion"] == "0.1.0"

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from vibe import api
 from vibe.agent.node import AgentConfig, NodeAgent
 from vibe.agent.publish import DirPublisher, RateLimiter
 from vibe.agent.runner import Runner, RunnerConfig
 from vibe.agent.simulate import SimProfiler, SimTelemetry, parse_fleet
-from vibe.cluster.testing import wait_for
+from vibe.cluster.waiting import wait_for
 
 
 class RecordingPublisher:
@@ -94,7 +95,7 @@ def test_publishes_once_then_only_on_change() -> None:
         r.tick()
     r.flush()
     assert pub.count("apply", "n0") == 2 and pub.count("apply", "n2") == 2 and pub.count("apply", "n1") == 3
-    assert '"calibrated":true' in pub.objects["n0"]["metadata"]["annotations"]["vibe.dev/baseline"]
+    assert '"calibrated":true' in pub.objects["n0"]["metadata"]["annotations"][api.ANNOTATION_BASELINE]
     assert pub.count("event:GPUDrifted", "n1") == 1
     assert pub.objects["n1"]["spec"]["gpus"][0]["drift"]["state"] == "Drifted"
     r.close()
@@ -181,7 +182,7 @@ def test_dir_publisher_writes_objects_and_events(tmp_path: Path) -> None:
         r.tick()
     r.close()
     obj = json.loads((tmp_path / "ns" / "n0.json").read_text())
-    assert obj["kind"] == "GPUProfile" and obj["status"]["heartbeatSeconds"] == 30
+    assert obj["kind"] == api.GPUPROFILE_KIND and obj["status"]["heartbeatSeconds"] == 30
     assert obj["spec"]["gpus"][1]["drift"]["state"] == "Drifted"
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [e["reason"] for e in events if e["node"] == "n0"].count("GPUDrifted") == 1

@@ -1,7 +1,7 @@
 """Helpers for the chart tests: find (or build) helm, render the chart, walk what it rendered.
 
 helm comes from the same place as the rest of the local control plane: built from the Go module pinned
-in hack/tools/helm by hack/build-cluster.sh and cached by version (``vibe.cluster.binaries``). Nothing is
+in hack/k8s/go.mod by hack/build-cluster.sh and cached by version (``vibe.cluster.binaries``). Nothing is
 skipped when it is missing: it is built, as CI builds it.
 """
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from chart_helpers import ARGOCD_HEALTH_LUA, ROOT, health
 
+from vibe import api
 from vibe.operator.conditions import Condition, merge
 
 LUA = ARGOCD_HEALTH_LUA
@@ -27,8 +28,8 @@ NOW = "2026-11-23T12:00:00Z"
 
 def moed(generation: int = 1, status: Mapping[str, Any] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "apiVersion": "vibe.dev/v1alpha1",
-        "kind": "MoEDeployment",
+        "apiVersion": api.API_VERSION,
+        "kind": api.MOEDEPLOYMENT_KIND,
         "metadata": {"name": "dsv3", "namespace": "ml", "generation": generation},
         "spec": {"model": {"layers": 58, "experts": 256}},
     }

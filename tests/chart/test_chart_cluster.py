@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -26,29 +25,26 @@ from typing import Any
 import pytest
 import yaml
 from chart_helpers import CHART, ROOT, Helm, find, health, kubectl, leftovers, one, parse_docs, values_args
+from cluster_plugin import TEST_NODES_LABEL
 
+from vibe import api
 from vibe.cluster.identity import service_account_kubeconfig
-from vibe.cluster.testing import TEST_NODES_LABEL, wait_for
+from vibe.cluster.processes import free_port
+from vibe.cluster.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-G, V = "vibe.dev", "v1alpha1"
+G, V = api.GROUP, api.VERSION
 # A GPUProfile neither identity may create where the refusal tests try it.
 FOREIGN_PROFILE = {
-    "apiVersion": f"{G}/{V}",
-    "kind": "GPUProfile",
+    "apiVersion": api.API_VERSION,
+    "kind": api.GPUPROFILE_KIND,
     "metadata": {"name": "x"},
     "spec": {"nodeName": "x", "gpus": []},
 }
 
 
 # ---- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sa_kubeconfig(kube: Any, cluster: Any, namespace: str, sa: str, path: Path) -> Path:
@@ -162,7 +158,7 @@ def user_namespace(kube: Any) -> Iterator[str]:
 
     core = client.CoreV1Api(kube)
     name = f"ml-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"vibe.dev/test": "true"}}})
+    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
     try:
         yield name
     finally:
@@ -172,8 +168,8 @@ def user_namespace(kube: Any) -> Iterator[str]:
 def moedeployment_yaml(name: str, selector: Mapping[str, str]) -> str:
     return yaml.safe_dump(
         {
-            "apiVersion": f"{G}/{V}",
-            "kind": "MoEDeployment",
+            "apiVersion": api.API_VERSION,
+            "kind": api.MOEDEPLOYMENT_KIND,
             "metadata": {"name": name},
             "spec": {
                 "model": {
@@ -287,7 +283,7 @@ def test_install_and_run_with_exactly_the_charts_rbac(
         def profiles_published() -> bool:
             for p in procs:
                 p.alive()
-            got = custom.list_namespaced_custom_object(G, V, namespace, "gpuprofiles")["items"]
+            got = custom.list_namespaced_custom_object(G, V, namespace, api.GPUPROFILE_PLURAL)["items"]
             beating = {o["metadata"]["name"] for o in got if (o.get("status") or {}).get("heartbeatTime")}
             return beating == set(nodes)
 
@@ -335,14 +331,14 @@ def test_install_and_run_with_exactly_the_charts_rbac(
 
             def ready() -> Mapping[str, Any] | None:
                 operator.alive()
-                obj = custom.get_namespaced_custom_object(G, V, ml, "moedeployments", "tiny")
+                obj = custom.get_namespaced_custom_object(G, V, ml, api.MOEDEPLOYMENT_PLURAL, "tiny")
                 c = condition(obj, "Ready")
                 return obj if c and c["status"] == "True" else None
 
             try:
                 obj = wait_for(ready, timeout=120, what="MoEDeployment Ready")
             except TimeoutError:
-                obj = custom.get_namespaced_custom_object(G, V, ml, "moedeployments", "tiny")
+                obj = custom.get_namespaced_custom_object(G, V, ml, api.MOEDEPLOYMENT_PLURAL, "tiny")
                 pytest.fail(
                     f"not Ready: {obj.get('status')}\n--- operator:\n{operator.problems()}"
                     f"\n--- agent:\n{procs[0].problems()}"
@@ -382,7 +378,9 @@ def test_install_and_run_with_exactly_the_charts_rbac(
             diff = kubectl(cluster, "diff", "-n", ml, "-f", "-", stdin=doc, check=False)
             assert diff.returncode == 0 and not diff.stdout, diff.stdout + diff.stderr
             # The operator never wrote the spec: what was applied is there as applied (plus defaults).
-            live_spec = custom.get_namespaced_custom_object(G, V, ml, "moedeployments", "tiny")["spec"]
+            live_spec = custom.get_namespaced_custom_object(G, V, ml, api.MOEDEPLOYMENT_PLURAL, "tiny")[
+                "spec"
+            ]
             assert contains(live_spec, yaml.safe_load(doc)["spec"])
 
             # Metrics, as the chart's Services expose them: the active replica has the deployment's
@@ -407,7 +405,7 @@ def test_install_and_run_with_exactly_the_charts_rbac(
             kubectl(cluster, "apply", "-n", ml, "-f", "-", stdin=yaml.safe_dump(broken))
 
             def degraded() -> Mapping[str, Any] | None:
-                obj = custom.get_namespaced_custom_object(G, V, ml, "moedeployments", "broken")
+                obj = custom.get_namespaced_custom_object(G, V, ml, api.MOEDEPLOYMENT_PLURAL, "broken")
                 c = condition(obj, "Degraded")
                 return obj if c and c["status"] == "True" else None
 
@@ -450,19 +448,27 @@ def _agent_is_refused(api: Any, agent_ns: str, other_ns: str, node: str) -> None
         core.create_namespaced_pod, agent_ns, {"metadata": {"name": "p"}, "spec": {"containers": []}}
     )
     assert forbidden(apps.list_namespaced_daemon_set, agent_ns)
-    assert forbidden(custom.create_namespaced_custom_object, G, V, other_ns, "gpuprofiles", FOREIGN_PROFILE)
-    assert forbidden(custom.delete_namespaced_custom_object, G, V, agent_ns, "gpuprofiles", node)
+    assert forbidden(
+        custom.create_namespaced_custom_object, G, V, other_ns, api.GPUPROFILE_PLURAL, FOREIGN_PROFILE
+    )
+    assert forbidden(custom.delete_namespaced_custom_object, G, V, agent_ns, api.GPUPROFILE_PLURAL, node)
     assert forbidden(
         custom.patch_namespaced_custom_object,
         G,
         V,
         other_ns,
-        "moedeployments",
+        api.MOEDEPLOYMENT_PLURAL,
         "tiny",
         {"metadata": {"labels": {"agent": "was-here"}}},
     )
     assert forbidden(
-        custom.patch_namespaced_custom_object_status, G, V, other_ns, "moedeployments", "tiny", {"status": {}}
+        custom.patch_namespaced_custom_object_status,
+        G,
+        V,
+        other_ns,
+        api.MOEDEPLOYMENT_PLURAL,
+        "tiny",
+        {"status": {}},
     )
     assert forbidden(
         core.create_namespaced_event,
@@ -471,9 +477,10 @@ def _agent_is_refused(api: Any, agent_ns: str, other_ns: str, node: str) -> None
     )
     # ... while what it needs works with the same token.
     assert (
-        custom.get_namespaced_custom_object(G, V, agent_ns, "gpuprofiles", node)["spec"]["nodeName"] == node
+        custom.get_namespaced_custom_object(G, V, agent_ns, api.GPUPROFILE_PLURAL, node)["spec"]["nodeName"]
+        == node
     )
-    assert custom.list_cluster_custom_object(G, V, "moedeployments")["items"]
+    assert custom.list_cluster_custom_object(G, V, api.MOEDEPLOYMENT_PLURAL)["items"]
 
 
 def _operator_is_refused(api: Any, release_ns: str, other_ns: str, node: str) -> None:
@@ -484,8 +491,10 @@ def _operator_is_refused(api: Any, release_ns: str, other_ns: str, node: str) ->
     assert forbidden(core.list_namespaced_secret, other_ns)
     assert forbidden(core.patch_node, node, {"metadata": {"labels": {"operator": "was-here"}}})
     assert forbidden(core.delete_namespaced_config_map, "tiny-placement", other_ns)
-    assert forbidden(custom.create_namespaced_custom_object, G, V, release_ns, "gpuprofiles", FOREIGN_PROFILE)
-    assert forbidden(custom.delete_namespaced_custom_object, G, V, other_ns, "moedeployments", "tiny")
+    assert forbidden(
+        custom.create_namespaced_custom_object, G, V, release_ns, api.GPUPROFILE_PLURAL, FOREIGN_PROFILE
+    )
+    assert forbidden(custom.delete_namespaced_custom_object, G, V, other_ns, api.MOEDEPLOYMENT_PLURAL, "tiny")
     assert forbidden(apps.list_namespaced_deployment, other_ns)
     assert forbidden(
         core.create_namespaced_pod, other_ns, {"metadata": {"name": "p"}, "spec": {"containers": []}}

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from chart_helpers import CHART, ROOT, kubectl
 
+from vibe import api
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -42,5 +44,5 @@ def test_examples_apply_idempotently(cluster: Any, namespace: str, server_side: 
     assert all(line.endswith(f" {want}") for line in second), second
     diff = kubectl(cluster, "diff", *mode, "-n", namespace, *args[len(mode) + 3 :], check=False)
     assert diff.returncode == 0 and diff.stdout == "", diff.stdout + diff.stderr
-    got = kubectl(cluster, "get", "moedeployments", "-n", namespace, "-o", "name").stdout.split()
+    got = kubectl(cluster, "get", api.MOEDEPLOYMENT_PLURAL, "-n", namespace, "-o", "name").stdout.split()
     assert len(got) == len(EXAMPLES)

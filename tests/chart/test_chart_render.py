@@ -26,6 +26,8 @@ from chart_helpers import (
     triples,
 )
 
+from vibe import api
+
 VALUE_FILES = sorted(VALUES_DIR.glob("*.yaml"))
 VARIANTS = [pytest.param([], id="default")] + [pytest.param([f], id=f.stem) for f in VALUE_FILES]
 CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -41,9 +43,9 @@ OPERATOR_CLUSTER = triples(
 )
 OPERATOR_NAMESPACED = triples(
     {
-        ("vibe.dev", "moedeployments"): ["get", "list", "watch", "patch"],
-        ("vibe.dev", "moedeployments/status"): ["get", "patch"],
-        ("vibe.dev", "gpuprofiles"): ["get", "list", "watch"],
+        (api.GROUP, api.MOEDEPLOYMENT_PLURAL): ["get", "list", "watch", "patch"],
+        (api.GROUP, api.MOEDEPLOYMENT_PLURAL + "/status"): ["get", "patch"],
+        (api.GROUP, api.GPUPROFILE_PLURAL): ["get", "list", "watch"],
         ("", "configmaps"): ["get", "list", "watch", "create", "update"],
         ("", "pods"): ["get", "list", "watch"],
         ("", "events"): ["create"],
@@ -55,12 +57,12 @@ OPERATOR_CLUSTER_PEERING = triples(
 OPERATOR_NS_PEERING = triples({("kopf.dev", "kopfpeerings"): ["get", "list", "watch", "create", "patch"]})
 AGENT_NAMESPACED = triples(
     {
-        ("vibe.dev", "gpuprofiles"): ["get", "list", "watch", "create", "patch"],
-        ("vibe.dev", "gpuprofiles/status"): ["get", "patch"],
+        (api.GROUP, api.GPUPROFILE_PLURAL): ["get", "list", "watch", "create", "patch"],
+        (api.GROUP, api.GPUPROFILE_PLURAL + "/status"): ["get", "patch"],
         ("", "events"): ["create"],
     }
 )
-AGENT_CLUSTER = triples({("vibe.dev", "moedeployments"): ["get", "list", "watch"]})
+AGENT_CLUSTER = triples({(api.GROUP, api.MOEDEPLOYMENT_PLURAL): ["get", "list", "watch"]})
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 

@@ -102,8 +102,9 @@ def test_up_cleans_the_state_of_a_dead_cluster(scratch_cluster: Cluster) -> None
 
 
 def test_a_shared_test_cluster_stops_when_its_last_session_leaves(scratch_cluster: Cluster) -> None:
+    from cluster_plugin import shared_cluster
+
     from vibe.cluster.paths import clusters_root
-    from vibe.cluster.testing import shared_cluster
 
     name = scratch_cluster.name
     other_session = subprocess.Popen(["sleep", "120"])

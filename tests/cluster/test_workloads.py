@@ -7,8 +7,9 @@ import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
+from cluster_plugin import TEST_NODES_LABEL
 
-from vibe.cluster.testing import TEST_NODES_LABEL, wait_for
+from vibe.cluster.waiting import wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -42,7 +42,7 @@ def test_demo_places_detects_drift_and_replaces(cluster_binaries: object) -> Non
 
         with Cluster(NAME).api_client() as api:
             moed = client.CustomObjectsApi(api).get_namespaced_custom_object(
-                "vibe.dev", "v1alpha1", "vibe-demo", "moedeployments", "deepseek-v3"
+                api.GROUP, api.VERSION, "vibe-demo", api.MOEDEPLOYMENT_PLURAL, "deepseek-v3"
             )
             st = moed["status"]
             assert st["placementGeneration"] == 2
@@ -52,10 +52,10 @@ def test_demo_places_detects_drift_and_replaces(cluster_binaries: object) -> Non
             ready = next(c for c in st["conditions"] if c["type"] == "Ready")
             assert ready["status"] == "True"
             cm = client.CoreV1Api(api).read_namespaced_config_map("deepseek-v3-placement", "vibe-demo")
-            assert cm.metadata.annotations["vibe.dev/placement-generation"] == "2"
+            assert cm.metadata.annotations[api.ANNOTATION_PLACEMENT_GENERATION] == "2"
             assert {"placement.json", "sglang-expert-location.json"} <= set(cm.data)
             profile = client.CustomObjectsApi(api).get_namespaced_custom_object(
-                "vibe.dev", "v1alpha1", "vibe-system", "gpuprofiles", "gpu-node-3"
+                api.GROUP, api.VERSION, "vibe-system", api.GPUPROFILE_PLURAL, "gpu-node-3"
             )
             gpu2 = next(g for g in profile["spec"]["gpus"] if g["index"] == 2)
             assert gpu2["drift"]["state"] == "Drifted"

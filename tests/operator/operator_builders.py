@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from vibe import api
 from vibe.placement.curves import reference_curve
 
 DSV3 = {
@@ -63,9 +64,9 @@ def profile_body(
             gpu["memoryBytes"] = memory_bytes
         entries.append(gpu)
     body: dict[str, Any] = {
-        "apiVersion": "vibe.dev/v1alpha1",
-        "kind": "GPUProfile",
-        "metadata": {"name": node, "namespace": namespace, "labels": {"vibe.dev/node": node}},
+        "apiVersion": api.API_VERSION,
+        "kind": api.GPUPROFILE_KIND,
+        "metadata": {"name": node, "namespace": namespace, "labels": {api.LABEL_NODE: node}},
         "spec": {"nodeName": node, "source": "simulated", "agentVersion": "test", "gpus": entries},
     }
     if heartbeat is not None:
@@ -90,8 +91,8 @@ def deployment_body(
     }
     body_spec.update(spec)
     return {
-        "apiVersion": "vibe.dev/v1alpha1",
-        "kind": "MoEDeployment",
+        "apiVersion": api.API_VERSION,
+        "kind": api.MOEDEPLOYMENT_KIND,
         "metadata": {"name": name},
         "spec": body_spec,
     }

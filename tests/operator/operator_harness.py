@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,16 +19,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from vibe.cluster.testing import wait_for
+from vibe import api
+from vibe.cluster.processes import free_port
+from vibe.cluster.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-G, V = "vibe.dev", "v1alpha1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+G, V = api.GROUP, api.VERSION
 
 
 class OperatorProcess:
@@ -152,33 +147,39 @@ class Objects:
         name = body["metadata"]["name"]
         status = body.pop("status", None)
         try:
-            self.custom.create_namespaced_custom_object(G, V, self.profile_ns, "gpuprofiles", body)
+            self.custom.create_namespaced_custom_object(G, V, self.profile_ns, api.GPUPROFILE_PLURAL, body)
         except ApiException as e:
             if e.status != 409:
                 raise
             self.custom.patch_namespaced_custom_object(
-                G, V, self.profile_ns, "gpuprofiles", name, {"spec": body["spec"]}
+                G, V, self.profile_ns, api.GPUPROFILE_PLURAL, name, {"spec": body["spec"]}
             )
         if status:
             self.custom.patch_namespaced_custom_object_status(
-                G, V, self.profile_ns, "gpuprofiles", name, {"status": status}
+                G, V, self.profile_ns, api.GPUPROFILE_PLURAL, name, {"status": status}
             )
 
     def patch_profile_spec(self, name: str, spec: Mapping[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(G, V, self.profile_ns, "gpuprofiles", name, {"spec": spec})
+        self.custom.patch_namespaced_custom_object(
+            G, V, self.profile_ns, api.GPUPROFILE_PLURAL, name, {"spec": spec}
+        )
 
     # MoEDeployments
     def create(self, body: Mapping[str, Any]) -> dict:
-        return self.custom.create_namespaced_custom_object(G, V, self.ns, "moedeployments", dict(body))
+        return self.custom.create_namespaced_custom_object(
+            G, V, self.ns, api.MOEDEPLOYMENT_PLURAL, dict(body)
+        )
 
     def get(self, name: str) -> dict:
-        return self.custom.get_namespaced_custom_object(G, V, self.ns, "moedeployments", name)
+        return self.custom.get_namespaced_custom_object(G, V, self.ns, api.MOEDEPLOYMENT_PLURAL, name)
 
     def patch(self, name: str, patch: Mapping[str, Any]) -> dict:
-        return self.custom.patch_namespaced_custom_object(G, V, self.ns, "moedeployments", name, dict(patch))
+        return self.custom.patch_namespaced_custom_object(
+            G, V, self.ns, api.MOEDEPLOYMENT_PLURAL, name, dict(patch)
+        )
 
     def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(G, V, self.ns, "moedeployments", name)
+        self.custom.delete_namespaced_custom_object(G, V, self.ns, api.MOEDEPLOYMENT_PLURAL, name)
 
     # ConfigMaps
     def put_loads(self, name: str, text: str, key: str = "loads.json") -> None:
@@ -232,7 +233,7 @@ class Objects:
     def wait_generation(self, name: str, generation: int, timeout: float = 60) -> dict:
         def check() -> dict | None:
             cm = self.config_map(f"{name}-placement")
-            if cm and int(cm["metadata"]["annotations"]["vibe.dev/placement-generation"]) >= generation:
+            if cm and int(cm["metadata"]["annotations"][api.ANNOTATION_PLACEMENT_GENERATION]) >= generation:
                 return cm
             return None
 

@@ -15,10 +15,13 @@ import uuid
 from typing import Any
 
 import pytest
+from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, now_iso, profile_body
 from operator_harness import Objects, running_operator
 
-from vibe.cluster.testing import TEST_NODES_LABEL, apply_crds, wait_for
+from vibe import api
+from vibe.cluster.crds import apply_crds
+from vibe.cluster.waiting import wait_for
 from vibe.placement.synthetic import skewed_loads
 from vibe.serving.contract import content_hash
 
@@ -46,7 +49,7 @@ def profile_ns(kube: Any) -> Any:
 
     core = client.CoreV1Api(kube)
     name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"vibe.dev/test": "true"}}})
+    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
     yield name
     core.delete_namespace(name)
 
@@ -102,8 +105,8 @@ def test_create_writes_every_format_and_becomes_ready(objs: Objects, fleet: Any,
     ]
     ann = cm["metadata"]["annotations"]
     core = {k: v for k, v in cm["data"].items() if k != "placement-meta.json"}
-    assert ann["vibe.dev/content-hash"] == content_hash(core)
-    assert ann["vibe.dev/placement-generation"] == "1"
+    assert ann[api.ANNOTATION_CONTENT_HASH] == content_hash(core)
+    assert ann[api.ANNOTATION_PLACEMENT_GENERATION] == "1"
     assert json.loads(cm["data"]["placement-meta.json"]) == {
         "contentHash": content_hash(core),
         "placementGeneration": 1,
@@ -159,7 +162,7 @@ def test_create_writes_every_format_and_becomes_ready(objs: Objects, fleet: Any,
     rv = cm["metadata"]["resourceVersion"]
     unchanged = 'vibe_reconcile_duration_seconds_count{outcome="unchanged"}'
     before = operator.count(unchanged)
-    objs.patch("dsv3", {"metadata": {"annotations": {"vibe.dev/reconcile-trigger": "1"}}})
+    objs.patch("dsv3", {"metadata": {"annotations": {api.ANNOTATION_RECONCILE_TRIGGER: "1"}}})
     wait_for(lambda: operator.count(unchanged) > before, timeout=30, what="an unchanged reconcile")
     assert objs.config_map("dsv3-placement")["metadata"]["resourceVersion"] == rv
     assert objs.get("dsv3")["metadata"]["generation"] == 1  # the operator never writes spec

@@ -12,10 +12,13 @@ import uuid
 from typing import Any
 
 import pytest
+from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
 from operator_harness import Objects, OperatorProcess
 
-from vibe.cluster.testing import TEST_NODES_LABEL, apply_crds, wait_for
+from vibe import api
+from vibe.cluster.crds import apply_crds
+from vibe.cluster.waiting import wait_for
 from vibe.placement.synthetic import skewed_loads
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -27,7 +30,7 @@ def profile_ns(kube: Any) -> Any:
 
     core = client.CoreV1Api(kube)
     name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"vibe.dev/test": "true"}}})
+    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
     apply_crds(kube)
     yield name
     core.delete_namespace(name)
@@ -57,7 +60,7 @@ def _generations(objs: Objects, n: int) -> dict[str, tuple[int | None, int | Non
     for i in range(n):
         cm = objs.config_map(f"m{i}-placement")
         st = objs.get(f"m{i}").get("status") or {}
-        gen = int(cm["metadata"]["annotations"]["vibe.dev/placement-generation"]) if cm else None
+        gen = int(cm["metadata"]["annotations"][api.ANNOTATION_PLACEMENT_GENERATION]) if cm else None
         out[f"m{i}"] = (gen, st.get("placementGeneration"))
     return out
 
@@ -101,7 +104,7 @@ def test_killed_mid_way_converges_without_duplicate_generation(
         unchanged = 'vibe_reconcile_duration_seconds_count{outcome="unchanged"}'
         before = restarted.count(unchanged)
         for i in range(n):
-            objs.patch(f"m{i}", {"metadata": {"annotations": {"vibe.dev/reconcile-trigger": "again"}}})
+            objs.patch(f"m{i}", {"metadata": {"annotations": {api.ANNOTATION_RECONCILE_TRIGGER: "again"}}})
         wait_for(lambda: restarted.count(unchanged) >= before + n, timeout=60,
                  what=f"{n} unchanged reconciles\n{restarted.tail()}")  # fmt: skip
         assert rvs == {i: objs.config_map(f"m{i}-placement")["metadata"]["resourceVersion"] for i in range(n)}

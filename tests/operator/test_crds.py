@@ -13,7 +13,8 @@ import pytest
 from operator_builders import deployment_body, profile_body
 from operator_harness import G, V
 
-from vibe.cluster.testing import apply_crds
+from vibe import api
+from vibe.cluster.crds import apply_crds
 
 pytestmark = pytest.mark.cluster
 
@@ -77,7 +78,7 @@ BAD_DEPLOYMENTS = [
 )
 def test_bad_moedeployment_is_refused(crds, kube, namespace, path, value, message):
     body = _with(deployment_body("bad", count=8, slots=2), path, value)
-    code, text = _create(kube, namespace, "moedeployments", body)
+    code, text = _create(kube, namespace, api.MOEDEPLOYMENT_PLURAL, body)
     assert code == 422, text
     assert message in text
 
@@ -85,20 +86,20 @@ def test_bad_moedeployment_is_refused(crds, kube, namespace, path, value, messag
 def test_pod_selector_needs_a_selector_and_values_for_in(crds, kube, namespace):
     body = deployment_body("bad", count=8, slots=2)
     body["spec"]["gpus"] = {"podSelector": {}, "count": 8, "slotsPerGPU": 2}
-    code, text = _create(kube, namespace, "moedeployments", body)
+    code, text = _create(kube, namespace, api.MOEDEPLOYMENT_PLURAL, body)
     assert code == 422 and "gpus.podSelector needs matchLabels or matchExpressions" in text
     body["spec"]["gpus"]["podSelector"] = {"matchExpressions": [{"key": "app", "operator": "In"}]}
-    code, text = _create(kube, namespace, "moedeployments", body)
+    code, text = _create(kube, namespace, api.MOEDEPLOYMENT_PLURAL, body)
     assert code == 422 and "In and NotIn need values" in text
 
 
 def test_good_moedeployment_gets_defaults(crds, kube, namespace):
     from kubernetes import client
 
-    code, text = _create(kube, namespace, "moedeployments", deployment_body("good", count=8, slots=2))
+    code, text = _create(kube, namespace, api.MOEDEPLOYMENT_PLURAL, deployment_body("good", count=8, slots=2))
     assert code == 201, text
     got = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        G, V, namespace, "moedeployments", "good"
+        G, V, namespace, api.MOEDEPLOYMENT_PLURAL, "good"
     )
     spec = got["spec"]
     assert spec["policy"] == "vibe" and spec["output"] == {"formats": ["vibe", "sglang"]}
@@ -111,11 +112,16 @@ def test_examples_are_valid(crds, kube, namespace):
     import yaml
     from operator_harness import ROOT
 
-    for path in sorted((ROOT / "examples").glob("*.yaml")):
+    created = []
+    for path in sorted((ROOT / "examples").glob("**/*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc.get("kind") == "MoEDeployment":
-                code, text = _create(kube, namespace, "moedeployments", doc)
+                doc.setdefault("metadata", {}).pop("namespace", None)
+                code, text = _create(kube, namespace, api.MOEDEPLOYMENT_PLURAL, doc)
                 assert code == 201, f"{path.name}: {text}"
+                created.append(path.name)
+    # the three model examples and the SGLang one at least: a glob that finds nothing must not pass
+    assert len(created) >= 4, created
 
 
 def test_bad_gpuprofile_is_refused(crds, kube, namespace):
@@ -123,19 +129,19 @@ def test_bad_gpuprofile_is_refused(crds, kube, namespace):
     body.pop("status")
     bad = copy.deepcopy(body)
     bad["spec"]["gpus"][0]["curves"][0]["seconds"].pop()
-    code, text = _create(kube, namespace, "gpuprofiles", bad)
+    code, text = _create(kube, namespace, api.GPUPROFILE_PLURAL, bad)
     assert code == 422 and "curves[].tokens and curves[].seconds must have the same length" in text
     bad = copy.deepcopy(body)
     bad["spec"]["gpus"][1]["index"] = 0
-    code, text = _create(kube, namespace, "gpuprofiles", bad)
+    code, text = _create(kube, namespace, api.GPUPROFILE_PLURAL, bad)
     assert code == 422 and "gpus[].index values must be unique" in text
     bad = copy.deepcopy(body)
     bad["spec"]["gpus"][0]["curves"][0]["seconds"][0] = 0
-    code, text = _create(kube, namespace, "gpuprofiles", bad)
+    code, text = _create(kube, namespace, api.GPUPROFILE_PLURAL, bad)
     assert code == 422 and "should be greater than 0" in text
     bad = copy.deepcopy(body)
     del bad["spec"]["nodeName"]
-    code, text = _create(kube, namespace, "gpuprofiles", bad)
+    code, text = _create(kube, namespace, api.GPUPROFILE_PLURAL, bad)
     assert code == 422 and "spec.nodeName: Required value" in text
-    code, text = _create(kube, namespace, "gpuprofiles", body)
+    code, text = _create(kube, namespace, api.GPUPROFILE_PLURAL, body)
     assert code == 201, text

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from operator_builders import deployment_body, profile_body
 
+from vibe import api
 from vibe.operator.gpus import pod_snapshot, profile_snapshot, resolve
 from vibe.operator.problems import Problem
 from vibe.operator.spec import parse_spec
@@ -89,7 +90,7 @@ def pod(name: str, node: str, labels: dict, owner: str | None = None):
 
 def test_pods_rank_by_lws_index_and_share_nodes_disjointly():
     nodes, profiles = world(n_nodes=2, gpus=4)
-    lws = "leaderworkerset.sigs.k8s.io/worker-index"
+    lws = api.LWS_LABEL_WORKER_INDEX
     pods = [
         pod("p-b", "n0", {"app": "m", lws: "1"}),
         pod("p-a", "n0", {"app": "m", lws: "0"}),

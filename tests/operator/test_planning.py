@@ -209,3 +209,22 @@ def test_problem_pickles_across_the_compute_pool():
 
     p = pickle.loads(pickle.dumps(Problem("InvalidLoads", "x y")))
     assert (p.reason, p.message) == ("InvalidLoads", "x y")
+
+
+def test_a_placement_in_service_of_another_shape_is_solved_again_not_a_crash():
+    """Same spec, new loads, but the ConfigMap's placement has another slot count than the GPUs give
+    (edited, or written by an older version): re-solve. Before, the drift path priced ``None`` and the
+    reconcile died with AttributeError on every retry."""
+    import dataclasses
+
+    from vibe.placement import Placement
+
+    cur, _ = in_service(inputs())
+    import numpy as np
+
+    phy = cur.placement.phy2log  # 8 GPUs x 3 slots; the same experts on 8 GPUs x 4 slots:
+    other = Placement(np.concatenate([phy, phy[:, :8]], axis=1), 4, cur.placement.num_experts)
+    cur = dataclasses.replace(cur, placement=other)
+    p, _ = compute(inputs(loads_seed=7), cur, None, NOW, 0.2)
+    assert p.action == WRITE and p.reason == "Placed"
+    assert "does not fit" in p.message

@@ -16,10 +16,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
 from operator_harness import G, V
 
-from vibe.cluster.testing import TEST_NODES_LABEL, apply_crds
+from vibe import api
+from vibe.cluster.crds import apply_crds
 from vibe.operator.compute import Computer
 from vibe.operator.gpus import profile_snapshot
 from vibe.operator.kube import Kube
@@ -57,7 +59,7 @@ class Setup:
             G,
             V,
             namespace,
-            "moedeployments",
+            api.MOEDEPLOYMENT_PLURAL,
             deployment_body("m", selector=selector, count=8, slots=3, **spec),
         )
         self.kube = RacingKube(kube)
@@ -74,7 +76,7 @@ class Setup:
         return asyncio.run(reconcile(self.shared, self.world, self.ns, "m"))
 
     def deployment(self) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(G, V, self.ns, "moedeployments", "m")
+        return self.custom.get_namespaced_custom_object(G, V, self.ns, api.MOEDEPLOYMENT_PLURAL, "m")
 
     def conditions(self) -> dict[str, tuple[str, str]]:
         return {c["type"]: (c["status"], c["reason"]) for c in self.deployment()["status"]["conditions"]}
@@ -83,7 +85,7 @@ class Setup:
         return self.core.read_namespaced_config_map("m-placement", self.ns)
 
     def generation(self) -> int:
-        return int(self.placement().metadata.annotations["vibe.dev/placement-generation"])
+        return int(self.placement().metadata.annotations[api.ANNOTATION_PLACEMENT_GENERATION])
 
     def has_placement(self) -> bool:
         return any(
@@ -111,7 +113,7 @@ def test_a_conflicting_write_rereads_and_makes_no_duplicate_generation(kube, nam
 
     # Someone edits it between this replica's read and its write: the write is refused, re-read, redone.
     s.custom.patch_namespaced_custom_object(
-        G, V, s.ns, "moedeployments", "m", {"spec": {"gpus": {"slotsPerGPU": 4}}}
+        G, V, s.ns, api.MOEDEPLOYMENT_PLURAL, "m", {"spec": {"gpus": {"slotsPerGPU": 4}}}
     )
 
     def someone_edits_it(body: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from vibe.placement.cli import plan
+from vibe.placement.errors import REASONS as PLACEMENT_REASONS
 from vibe.placement.synthetic import skewed_loads
 
 app = typer.Typer()
@@ -129,20 +130,44 @@ def _bad(files, tmp: Path, what: str) -> list[str]:
         ("non-monotone curve", "not monotone"),
         ("empty curve", "empty"),
         ("too few slots", "cannot hold 16 experts"),
-        ("unknown policy", "unknown policy 'magic'"),
-        ("unknown format", "unknown format 'yaml'"),
         ("missing file", "cannot read loads file"),
         ("not json", "not valid JSON"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(files, tmp_path, what, words):
+def test_bad_input_is_one_line_and_exit_1(files, tmp_path, what, words):
     r = run(*_bad(files, tmp_path, what))
-    assert r.exit_code == 2, r.output
+    assert r.exit_code == 1, r.output
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("vibe plan: "), r.stderr
+    reason = lines[0].split(": ")[1]
+    assert reason in PLACEMENT_REASONS, lines[0]
     assert words in lines[0]
     assert "Traceback" not in r.output
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("what", "flag", "words"),
+    [
+        ("unknown policy", "--policy", "'magic' is not one of"),
+        ("unknown format", "--format", "'yaml' is not one of"),
+    ],
+)
+def test_a_choice_outside_the_list_is_a_usage_error(files, tmp_path, what, flag, words):
+    r = run(*_bad(files, tmp_path, what))
+    assert r.exit_code == 2, r.output
+    assert flag in r.stderr and words in r.stderr and "Traceback" not in r.output
+    assert r.stdout == ""
+
+
+def test_help_shows_the_policy_and_format_choices():
+    env = {**os.environ, "COLUMNS": "200"}
+    r = subprocess.run(
+        [sys.executable, "-m", "vibe.cli", "plan", "--help"], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert "<round-robin|linear|token-balanced|vibe|exact>" in r.stdout
+    assert "<placement|sglang|eplb>" in r.stdout
 
 
 @pytest.mark.parametrize("fmt", ["placement", "sglang", "eplb"])
@@ -169,8 +194,9 @@ def test_the_installed_command(files):
     ok = subprocess.run([*vibe, *inputs, "-s", "5", "-o", out], capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run([*vibe, *inputs, "-s", "1"], capture_output=True, text=True, env=env)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.returncode == 1
+    assert bad.stderr.strip().startswith("vibe plan: InfeasibleSlots: ")
+    assert len(bad.stderr.strip().splitlines()) == 1
     helptext = subprocess.run([*vibe, "--help"], capture_output=True, text=True, env=env)
     assert helptext.returncode == 0
     assert "--slots-per-gpu" in helptext.stdout and "--current" in helptext.stdout

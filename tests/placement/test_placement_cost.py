@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from placement_helpers import instances
+from random_policy import random_placement
 
 from vibe.placement import Fleet, GPUCurve, Placement, PlacementError, evaluate
-from vibe.placement.policies import random_placement
 
 
 def _fleet() -> Fleet:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from placement_helpers import h100_fleet4, instances
+from random_policy import solve_random
 
 from vibe.placement import COMPARED, PlacementError, solve, to_placement_json
 from vibe.placement.engine import token_balanced
@@ -42,8 +43,7 @@ def eplb_style_reference(loads: np.ndarray, num_gpus: int, slots: int) -> np.nda
 def test_every_policy_places_every_expert_in_exactly_s_slots(inst):
     loads, fleet, s = inst
     layers, e = loads.shape
-    for policy in (*COMPARED, "random"):
-        r = solve(loads, fleet, s, policy)
+    for r in [*(solve(loads, fleet, s, p) for p in COMPARED), solve_random(loads, fleet, s)]:
         phy = r.placement.phy2log
         assert phy.shape == (layers, len(fleet) * s)  # exactly S slots on every GPU
         assert phy.dtype == np.int64
@@ -137,3 +137,12 @@ def test_exact_refuses_large_instances():
     with pytest.raises(PlacementError) as e:
         solve(loads, h100_fleet(32), 9, "exact")
     assert e.value.reason == "InstanceTooLarge"
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0, float("nan")])
+def test_a_bad_time_budget_is_named_as_such(budget: float) -> None:
+    """A bad budget is the caller's setting, not its loads: the reason says which (was InvalidLoads)."""
+    loads = skewed_loads(2, 16, mean_tokens=64.0, seed=0)
+    with pytest.raises(PlacementError) as e:
+        solve(loads, h100_fleet(4), 5, "vibe", time_budget_s=budget)
+    assert e.value.reason == "InvalidBudget" and "budget" in str(e.value)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from vibe.serving import contract
-from vibe.serving.engine import EngineSettings
+from vibe.serving.engine_fit import EngineSettings
 
 E, G, S, L = 8, 4, 3, 3
 P = G * S
@@ -29,7 +29,7 @@ def phy2log(shift: int = 0) -> list[list[int]]:
 
 
 def placement_data(generation: int = 1, shift: int = 0, meta: bool = True, gpus: int = G) -> dict[str, str]:
-    """ConfigMap data as the operator writes it (keys per DESIGN.md, plus placement-meta.json)."""
+    """ConfigMap data as the operator writes it (keys per vibe.serving.contract, plus placement-meta.json)."""
     p2l = phy2log(shift)
     placement = {
         "gpus": [{"node": f"n{g // 2}", "uuid": f"GPU-{g}"} for g in range(gpus)],

@@ -11,9 +11,11 @@ import pytest
 from serving_helpers import placement_data, settings
 from typer.testing import CliRunner
 
-from vibe.cluster.testing import wait_for
-from vibe.serving import contract, kube, policies, sidecar, state
+from vibe import api
+from vibe.cluster.waiting import wait_for
+from vibe.serving import contract, kube, sidecar, state, update_policies
 from vibe.serving.cli import app
+from vibe.serving.errors import ServingError
 
 pytestmark = pytest.mark.cluster
 
@@ -61,7 +63,7 @@ def test_export_loads_applies_the_load_configmap(
     cm = core.read_namespaced_config_map("loads", namespace)
     assert json.loads(cm.data["loads.json"]) == {"loads": [[4.0, 8.0, 12.0]] * 3}
     assert cm.data["notes"] == "keep"
-    assert cm.metadata.annotations["vibe.dev/loads-forward-passes"] == "4"
+    assert cm.metadata.annotations[api.ANNOTATION_LOADS_FORWARD_PASSES] == "4"
     managers = {(m.manager, m.operation) for m in cm.metadata.managed_fields}
     assert ("vibe-loads", "Apply") in managers
 
@@ -116,7 +118,7 @@ def test_sidecar_in_api_mode_rolls_the_deployment(kube_api, namespace: str, tmp_
     def report(type_: str, reason: str, message: str) -> None:
         kube.emit_event(kube_api, namespace, involved, reason, message, type_)
 
-    restart = policies.RestartPolicy(
+    restart = update_policies.RestartPolicy(
         lambda gen: kube.restart_workload(kube_api, namespace, "Deployment", "engine", gen),
         "Deployment/engine",
     )
@@ -150,9 +152,9 @@ def test_sidecar_in_api_mode_rolls_the_deployment(kube_api, namespace: str, tmp_
 
 def test_follow_gpus_orders_ranks_by_where_the_pods_run(kube_api, namespace: str, gpu_nodes) -> None:
     """A 2-pod StatefulSet on 2 fake 8-GPU nodes: engine ranks are (node of pod-index w, GPU i)."""
+    from cluster_plugin import TEST_NODES_LABEL
     from kubernetes import client
 
-    from vibe.cluster.testing import TEST_NODES_LABEL
     from vibe.serving import rankmap
 
     nodes = gpu_nodes(2, gpus_per_node=8, taint=True)
@@ -205,6 +207,10 @@ def test_follow_gpus_orders_ranks_by_where_the_pods_run(kube_api, namespace: str
     node_of = {p.metadata.name: p.spec.node_name for p in core.list_namespaced_pod(namespace).items}
     assert gpus == [(node_of["engine-0"], i) for i in range(8)] + [(node_of["engine-1"], i) for i in range(8)]
     assert {node_of["engine-0"], node_of["engine-1"]} == set(nodes)
+    # A group bigger than what is scheduled: the timeout says pods are unscheduled, not a bad volume.
+    with pytest.raises(ServingError) as e:
+        rankmap.engine_gpus(kube_api, namespace, "engine-1", gpus_per_pod=8, group_size=3, timeout=0)
+    assert e.value.reason == "PodsNotScheduled" and "only 2 of 3 pods" in str(e.value)
 
 
 def test_sidecar_takes_its_policy_from_the_moedeployment(kube_api, namespace: str) -> None:
@@ -213,14 +219,14 @@ def test_sidecar_takes_its_policy_from_the_moedeployment(kube_api, namespace: st
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from vibe.cluster.testing import apply_crds
+    from vibe.cluster.crds import apply_crds
     from vibe.serving.cli import _policy_picker
 
     apply_crds(kube_api)
     custom = client.CustomObjectsApi(kube_api)
     body = {
-        "apiVersion": "vibe.dev/v1alpha1",
-        "kind": "MoEDeployment",
+        "apiVersion": api.API_VERSION,
+        "kind": api.MOEDEPLOYMENT_KIND,
         "metadata": {"name": "dsv3"},
         "spec": {
             "model": {"layers": 2, "experts": 8, "topK": 2, "hiddenSize": 64, "expertIntermediateSize": 32},
@@ -229,21 +235,25 @@ def test_sidecar_takes_its_policy_from_the_moedeployment(kube_api, namespace: st
         },
     }
     with pytest.raises(ApiException) as refused:  # http without an endpoint: the API server says no
-        custom.create_namespaced_custom_object("vibe.dev", "v1alpha1", namespace, "moedeployments", body)
+        custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.MOEDEPLOYMENT_PLURAL, body
+        )
     assert refused.value.status == 422 and "serving.endpoint is required" in refused.value.body
     body["spec"]["serving"]["endpoint"] = "http://127.0.0.1:9/expert-location"
-    custom.create_namespaced_custom_object("vibe.dev", "v1alpha1", namespace, "moedeployments", body)
+    custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MOEDEPLOYMENT_PLURAL, body)
 
     pick = _policy_picker(kube_api, namespace, "dsv3", "report", None, None, "sglang", None, lambda *a: None)
     chosen = pick()
-    assert isinstance(chosen, policies.HttpPolicy) and chosen.url == "http://127.0.0.1:9/expert-location"
+    assert (
+        isinstance(chosen, update_policies.HttpPolicy) and chosen.url == "http://127.0.0.1:9/expert-location"
+    )
 
     custom.patch_namespaced_custom_object(
-        "vibe.dev",
-        "v1alpha1",
+        api.GROUP,
+        api.VERSION,
         namespace,
-        "moedeployments",
+        api.MOEDEPLOYMENT_PLURAL,
         "dsv3",
         {"spec": {"serving": {"onUpdate": "report"}}},
     )
-    assert isinstance(pick(), policies.ReportPolicy)
+    assert isinstance(pick(), update_policies.ReportPolicy)

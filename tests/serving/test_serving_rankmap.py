@@ -7,7 +7,7 @@ import json
 import pytest
 from serving_helpers import G, S, phy2log, placement_data, settings
 
-from vibe.serving import contract, emit, engine, rankmap
+from vibe.serving import contract, emit, engine_fit, rankmap
 from vibe.serving.errors import ServingError
 
 # The placement's rank order: nodes sorted by name, GPUs by index (2 nodes x 2 GPUs).
@@ -40,7 +40,7 @@ def test_swapped_nodes_move_whole_gpus() -> None:
         original = phy2log()[layer]
         assert row[0:S] == original[2 * S : 3 * S] and row[2 * S : 3 * S] == original[0:S]
     # The permuted EPLB tensors are still self-consistent (log2phy renumbered, logcnt unchanged).
-    assert engine.fit_eplb(out.eplb, settings()) == out.eplb
+    assert engine_fit.fit_eplb(out.eplb, settings()) == out.eplb
 
 
 def test_gpu_not_in_the_placement_is_refused() -> None:

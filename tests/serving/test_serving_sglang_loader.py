@@ -25,7 +25,7 @@ from vibe.placement import engine as placement_engine
 from vibe.placement import formats
 from vibe.placement.dispatch import static_dispatch_choices
 from vibe.placement.synthetic import h100_fleet, skewed_loads
-from vibe.serving.engine import EngineSettings, fit_sglang, model_layout
+from vibe.serving.engine_fit import EngineSettings, fit_sglang, model_layout
 from vibe.serving.sglang import EXPERT_LOCATION_ARCHITECTURES, SGLANG_VERSION
 
 HERE = Path(__file__).resolve().parent

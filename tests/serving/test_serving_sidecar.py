@@ -12,7 +12,7 @@ from serving_helpers import KubeletVolume, placement_data, settings
 
 from vibe.serving import contract, emit, sidecar, state
 from vibe.serving.errors import ServingError
-from vibe.serving.policies import Update
+from vibe.serving.update_policies import Update
 
 H = "h"
 
@@ -104,10 +104,11 @@ def test_init_waits_for_the_expected_generation(volume: KubeletVolume, tmp_path:
 
 def test_init_times_out_behind_and_rolls_forward_when_ahead(volume: KubeletVolume, tmp_path: Path) -> None:
     volume.write(placement_data(generation=1))
-    with pytest.raises(ServingError, match="still generation 1 after 0s"):
+    with pytest.raises(ServingError, match="still generation 1 after 0s") as e:
         emit.run_init(
             str(volume.root), settings(), str(tmp_path / "o.json"), expect_generation=2, wait_seconds=0
         )
+    assert e.value.reason == "StaleVolume"  # readable, only behind: the reason says so
     volume.write(placement_data(generation=5))
     bumped = []
     with pytest.raises(ServingError, match="already holds 5"):

@@ -8,15 +8,24 @@ What is timed is the expert FFN as a serving engine runs it (SGLang/vLLM MoE lay
 
 * bf16/fp16: ``h = x @ W13ᵀ`` (gate and up fused into one [2I, H] GEMM), ``a = silu(h[:, :I]) * h[:, I:]``,
   ``y = a @ W2ᵀ``.
-* fp8 (e4m3, GPUs with fp8 tensor cores): the activations are quantised on the fly with a per-tensor
-  dynamic scale (amax, scale, cast), both GEMMs run through ``torch._scaled_mm`` with bf16 output, and
-  the SiLU x mul output is quantised again before the down GEMM. Serving kernels (DeepGEMM, CUTLASS)
-  use finer scale blocks and fuse the quantisation; this torch-level path pays for four small kernels
-  per GEMM instead, which on an H100 makes fp8 slower than bf16 for the DeepSeek-V3 and Qwen3 experts
-  (benchmarks/results/gpu-h100-*/README.md). The fp8 curves compare GPUs consistently; they are an
-  upper bound on what a fused fp8 engine takes.
+* fp8 (e4m3, GPUs with fp8 tensor cores), as an engine pays it where the GPU has a fused fp8 grouped
+  GEMM (``torch._scaled_grouped_mm``: Hopper, torch >= 2.8): weights quantised once with row-wise
+  (per output channel) scales, the tokens arrive already quantised with row-wise (per token) scales (as
+  DeepEP's fp8 dispatch delivers them), both GEMMs run as ONE grouped fp8 GEMM each with bf16 output,
+  and the SiLU x mul output is re-quantised per token before the down GEMM (a few small torch kernels
+  that an engine fuses into its activation kernel). An engine runs all of a rank's experts in one
+  grouped GEMM, so these fixed costs are shared; the benchmark does the same: each call runs
+  ``FP8_GROUP`` experts over n tokens each, and a point is the call's time / ``FP8_GROUP`` (timed one
+  expert per call, the grouped kernel's setup and the re-quantisation made fp8 cost 2.3x bf16 at one
+  token on an H200: benchmarks/results/gpu-h200-2026-12-01/first-attempt/). bf16 stays one expert per
+  call: on an H200 one grouped bf16 GEMM of a rank's experts took 0.94-1.10x the sum of these.
+  Elsewhere (no such kernel: Ada, older torch, the CPU) fp8 falls back to the old path, with a note in
+  the result: per-tensor dynamic activation scales computed per call (amax, scale, cast) and
+  ``torch._scaled_mm``; that pays four small kernels per GEMM, which on an H100 made fp8 slower than
+  bf16 (benchmarks/results/gpu-h100-*/README.md): an upper bound on what a fused fp8 engine takes.
+  ``CurveResult.kernel`` says which path a curve was measured with.
 
-Measured the way the cost model needs it (DESIGN.md, shared H100 data):
+Measured the way the cost model needs it (ARCHITECTURE.md, "The cost model"; the measured H100 clock ramp):
 
 * random data, never zeros (zeros are cheaper: the power draw, hence the clock under the cap, differs);
 * several distinct experts cycled call after call, enough that their weights are several times the L2
@@ -34,7 +43,16 @@ Measured the way the cost model needs it (DESIGN.md, shared H100 data):
   calls;
 * NVML telemetry read before and after every point; if the clock-event reasons changed (a thermal
   slowdown began, the power cap let go), the point is retried (``max_retries`` times, then kept and
-  flagged).
+  flagged);
+* a co-tenant (another process on the same GPU: a noisy neighbour, a time-sliced tenant) does not make
+  kernels slower, it makes them wait: the GPU runs one context at a time in slices of milliseconds, so
+  most of a point's 25 short calls run whole inside the agent's slice and the median never sees the
+  neighbour (measured on an H200 with a neighbour at 90 % duty: the layer's step 4.3x slower, the
+  median curve within 4 %: benchmarks/results/ep-layer-h200-2026-12-01/). So after the median, each
+  point runs a window of back-to-back calls at least ``window_s`` long (several time slices) bracketed
+  by two events; the window's time per call is what a process on that GPU gets. When it exceeds the
+  median by more than ``shared_threshold`` (calls alone vary by cv <= 3 %), the point is reported at the
+  window's time and flagged ``shared``: the GPU is shared and that is its speed for serving.
 
 ``torch`` is imported inside the functions, so the package imports without it.
 """
@@ -47,16 +65,35 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 from vibe.agent.shapes import TOKEN_GRID, ExpertShape
 from vibe.agent.telemetry import BENIGN_REASONS, NoTelemetry, Sample, TelemetrySource
+
+if TYPE_CHECKING:  # torch is imported where it runs (the package imports without it)
+    from typing import TypeAlias
+
+    from torch import Tensor
+    from torch import device as Device
+
+    #: What an expert call takes: [n, hidden] activations, or (fused fp8) quantised rows, their scales,
+    #: the group's row offsets and n.
+    CallInput: TypeAlias = Tensor | tuple[Tensor, Tensor, Tensor, int]
 
 #: Largest finite value of float8 e4m3 (the scale maps a tensor's amax onto it).
 FP8_MAX = 448.0
 
 #: progress(event, info): "preheat", "shape", "point", "skip", "done" (for the CLI's progress bar).
 Progress = Callable[[str, dict[str, Any]], None]
+
+#: Experts per fused fp8 call (a rank holds 8-36 experts; a point is the call's time / FP8_GROUP).
+FP8_GROUP = 8
+
+#: The kernels a curve can be measured with (``CurveResult.kernel``).
+KERNEL_BF16 = "matmul"
+KERNEL_FP8_GROUPED = f"fp8 _scaled_grouped_mm, row-wise scales, {FP8_GROUP} experts per call"
+KERNEL_FP8_UNFUSED = "fp8 _scaled_mm, per-tensor scales quantised per call"
 
 
 @dataclass
@@ -76,6 +113,9 @@ class BenchConfig:
     reheat_s: float = 0.05  # heater GEMMs before every point (GPU only; 0 = none)
     heater_size: int = 8192  # the heater multiplies two [size, size] bf16 matrices
     max_retries: int = 2  # per point, when clock-event reasons changed during it
+    window_s: float = 0.02  # contention window per point on a GPU (0 = none): several time slices
+    window_max_calls: int = 2000  # calls in a window, at most
+    shared_threshold: float = 0.05  # window time per call over the median beyond which the GPU is shared
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,7 +130,7 @@ class PointResult:
     """One (shape, tokens) point: statistics over ``repeats`` timed calls."""
 
     tokens: int
-    seconds: float  # median
+    seconds: float  # median, or the contention window's time when the GPU is shared (``shared``)
     cv: float  # coefficient of variation of the calls
     min_s: float
     max_s: float
@@ -99,6 +139,17 @@ class PointResult:
     reasons_before: list[str] = field(default_factory=list)
     reasons_after: list[str] = field(default_factory=list)
     sm_clock_hz: int | None = None  # after the point
+    median_s: float | None = None  # median of the calls (= seconds unless shared)
+    window_s: float | None = None  # seconds per expert over the contention window (GPU only)
+    shared: bool = False  # the window was slower than the median: ``seconds`` is the window's
+
+
+def contended_seconds(median_s: float, window_s: float | None, threshold: float) -> tuple[float, bool]:
+    """The point's time and whether the GPU was shared: the window's time per call when it exceeds the
+    median by more than ``threshold`` (a co-tenant took slices of the window), else the median."""
+    if window_s is not None and window_s > median_s * (1.0 + threshold):
+        return window_s, True
+    return median_s, False
 
 
 @dataclass
@@ -110,6 +161,7 @@ class CurveResult:
     experts: int = 0  # distinct experts cycled
     skipped: str = ""
     padded_rows: int = 0  # fp8 GEMMs that needed M padded to 16 rows (counts, for the record)
+    kernel: str = ""  # what ran: KERNEL_BF16, KERNEL_FP8_GROUPED or KERNEL_FP8_UNFUSED
 
     @property
     def tokens(self) -> list[int]:
@@ -159,9 +211,23 @@ class BenchResult:
 
 
 class ExpertBank:
-    """``experts`` distinct random experts of one shape on one device, and the FFN that runs them."""
+    """``experts`` distinct random experts of one shape on one device, and the FFN that runs them.
 
-    def __init__(self, torch: Any, shape: ExpertShape, device: Any, experts: int, max_tokens: int, seed: int):
+    ``fp8_kernel`` (fp8 shapes only): ``KERNEL_FP8_GROUPED`` or ``KERNEL_FP8_UNFUSED``; None picks the
+    grouped kernel where ``fused_fp8_supported`` says it runs on ``device``.
+    """
+
+    def __init__(
+        self,
+        torch: ModuleType,
+        shape: ExpertShape,
+        device: Device,
+        experts: int,
+        max_tokens: int,
+        seed: int,
+        fp8_kernel: str | None = None,
+        pad16: bool | None = None,
+    ):
         self.torch = torch
         self.shape = shape
         self.device = device
@@ -170,20 +236,37 @@ class ExpertBank:
         act_dtype = torch.float16 if shape.dtype == "fp16" else torch.bfloat16
         self.act_dtype = act_dtype
 
-        def rand(*size: int, std: float) -> Any:
+        def rand(*size: int, std: float) -> Tensor:
             return torch.randn(*size, generator=gen, device=device, dtype=torch.float32).mul_(std)
 
         # Weights scaled like a trained layer (std 1/sqrt(fan_in)); activations ~N(0, 1).
         self.x = rand(max_tokens, h, std=1.0).to(act_dtype)
         self.fp8 = shape.dtype == "fp8"
-        self.w13: list[Any] = []
-        self.w2: list[Any] = []
-        self.s13: list[Any] = []
-        self.s2: list[Any] = []
+        if self.fp8 and fp8_kernel is None:
+            fp8_kernel = KERNEL_FP8_UNFUSED if fused_fp8_supported(torch, device) else KERNEL_FP8_GROUPED
+        self.kernel = (fp8_kernel or KERNEL_FP8_UNFUSED) if self.fp8 else KERNEL_BF16
+        self.grouped = self.kernel == KERNEL_FP8_GROUPED
+        self.pad16 = False
+        self.per_call = FP8_GROUP if self.grouped else 1  # experts one call runs
+        if self.grouped:
+            experts = -(-max(experts, FP8_GROUP) // FP8_GROUP) * FP8_GROUP
+        self.distinct = experts
+        self.w13: list[Tensor] = []
+        self.w2: list[Tensor] = []
+        self.s13: list[Tensor] = []
+        self.s2: list[Tensor] = []
         for _ in range(experts):
             w13 = rand(2 * i, h, std=h**-0.5)
             w2 = rand(h, i, std=i**-0.5)
-            if self.fp8:
+            if self.grouped:
+                # [N, K] row-wise quantised, scales [N] float32 (stacked below).
+                q13, s13 = _quantize_rows(torch, w13)
+                q2, s2 = _quantize_rows(torch, w2)
+                self.w13.append(q13)
+                self.w2.append(q2)
+                self.s13.append(s13)
+                self.s2.append(s2)
+            elif self.fp8:
                 q13, s13 = _quantize(torch, w13)
                 q2, s2 = _quantize(torch, w2)
                 self.w13.append(q13)
@@ -194,19 +277,52 @@ class ExpertBank:
                 self.w13.append(w13.to(act_dtype))
                 self.w2.append(w2.to(act_dtype))
             del w13, w2
+        if self.grouped:
+            # One [E, K, N] column-major operand per GEMM (the [E, N, K] stack, transposed) and its [E, N]
+            # scales; a group is a slice of FP8_GROUP experts.
+            self.w13 = [torch.stack(self.w13).transpose(-2, -1)]
+            self.w2 = [torch.stack(self.w2).transpose(-2, -1)]
+            self.s13 = [torch.stack(self.s13)]
+            self.s2 = [torch.stack(self.s2)]
+            # The tokens arrive quantised (fp8 dispatch), so quantising x is not timed.
+            rows = FP8_GROUP * (max_tokens + 15)
+            self.xq, self.xs = _quantize_rows(torch, rand(rows, h, std=1.0).to(act_dtype))
+            self.pad16 = _fused_fp8_probe(torch, str(device))[1] if pad16 is None else pad16
         self.padded = 0
         self._pad_small = False
 
     def __len__(self) -> int:
-        return len(self.w13)
+        """Distinct calls to cycle (experts; fused fp8: groups of FP8_GROUP experts)."""
+        return self.distinct // self.per_call
 
-    def inputs(self, n: int) -> Any:
+    def inputs(self, n: int) -> CallInput:
+        """What ``__call__`` takes for n tokens (made here, outside any timed call)."""
+        if self.grouped:
+            m = -(-n // 16) * 16 if self.pad16 else n  # padded rows are computed and dropped
+            if m != n:
+                self.padded += 1
+            ends = [m * (k + 1) for k in range(FP8_GROUP)]
+            offs = self.torch.tensor(ends, dtype=self.torch.int32, device=self.device)
+            return (self.xq[: ends[-1]], self.xs[: ends[-1]], offs, n)
         return self.x[:n]
 
-    def __call__(self, e: int, x: Any) -> Any:
-        """Run expert ``e`` over ``x`` [n, hidden]; returns [n, hidden] in the activation dtype."""
+    def __call__(self, e: int, x: CallInput) -> Tensor:
+        """Run expert ``e`` over ``inputs(n)``; returns [n, hidden] in the activation dtype.
+
+        Fused fp8: runs experts ``e * FP8_GROUP ..`` (FP8_GROUP of them) over n tokens each and returns
+        [FP8_GROUP, n, hidden].
+        """
         torch = self.torch
         i = self.shape.intermediate_size
+        if self.grouped:
+            xq, xs, offs, n = cast("tuple[Tensor, Tensor, Tensor, int]", x)
+            sl = slice(e * FP8_GROUP, (e + 1) * FP8_GROUP)
+            h = self._gmm8(xq, xs, self.w13[0][sl], self.s13[0][sl], offs)
+            a = torch.nn.functional.silu(h[:, :i]) * h[:, i:]
+            aq, as_ = _quantize_rows(torch, a)
+            y = self._gmm8(aq, as_, self.w2[0][sl], self.s2[0][sl], offs)
+            return y.view(FP8_GROUP, -1, y.shape[-1])[:, :n]
+        x = cast("Tensor", x)
         if not self.fp8:
             h = torch.matmul(x, self.w13[e].t())
             a = torch.nn.functional.silu(h[:, :i]) * h[:, i:]
@@ -215,7 +331,13 @@ class ExpertBank:
         a = torch.nn.functional.silu(h[:, :i]) * h[:, i:]
         return self._mm8(a, self.w2[e], self.s2[e])
 
-    def _mm8(self, x: Any, wq: Any, ws: Any) -> Any:
+    def _gmm8(self, xq: Tensor, xs: Tensor, wq: Tensor, ws: Tensor, offs: Tensor) -> Tensor:
+        """One fused fp8 grouped GEMM: [g*n, k] fp8 x [g, k, m] fp8 (group ends ``offs``) -> [g*n, m] bf16."""
+        return self.torch._scaled_grouped_mm(
+            xq, wq, scale_a=xs, scale_b=ws, offs=offs, out_dtype=self.torch.bfloat16
+        )
+
+    def _mm8(self, x: Tensor, wq: Tensor, ws: Tensor) -> Tensor:
         """fp8 GEMM with dynamic per-tensor activation quantisation: [n, k] x [m, k]ᵀ -> [n, m] bf16."""
         torch = self.torch
         xq, xs = _quantize(torch, x)
@@ -234,7 +356,7 @@ class ExpertBank:
             return self._mm8(x, wq, ws)
 
 
-def _quantize(torch: Any, t: Any) -> tuple[Any, Any]:
+def _quantize(torch: ModuleType, t: Tensor) -> tuple[Tensor, Tensor]:
     """Per-tensor dynamic fp8 e4m3 quantisation: (t / s).to(fp8), s = amax / 448 (float32 scalar tensor).
 
     Four small kernels (amax as an inf-norm reduction, scale, divide, cast); serving engines fuse this
@@ -245,7 +367,44 @@ def _quantize(torch: Any, t: Any) -> tuple[Any, Any]:
     return (t / scale).to(torch.float8_e4m3fn), scale
 
 
-def fp8_supported(torch: Any, device: Any) -> str:
+def _quantize_rows(torch: ModuleType, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Row-wise fp8 e4m3 quantisation of [R, C]: ([R, C] fp8, [R] float32 scales, amax / 448 per row)."""
+    amax = t.abs().amax(dim=1).float()
+    scale = (amax / FP8_MAX).clamp_(min=1e-12)
+    return (t / scale[:, None]).to(torch.float8_e4m3fn), scale
+
+
+@functools.cache
+def _fused_fp8_probe(torch: ModuleType, device: str) -> tuple[str, bool]:
+    """(why not, or "" when it runs; whether token counts must be padded to a multiple of 16)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return f"no fused fp8 grouped GEMM on {dev.type}", False
+    if not hasattr(torch, "_scaled_grouped_mm"):
+        return f"torch {torch.__version__} has no _scaled_grouped_mm", False
+    cc = torch.cuda.get_device_capability(dev)
+    if cc < (9, 0):
+        return f"compute capability {cc[0]}.{cc[1]}: torch's fused fp8 grouped GEMM needs 9.0+", False
+    shape = ExpertShape(64, 32, "fp8")
+    why = ""
+    for pad in (False, True):  # ragged token counts first; else padded to 16 rows, as engines pad
+        try:
+            bank = ExpertBank(torch, shape, dev, 1, 16, 0, fp8_kernel=KERNEL_FP8_GROUPED, pad16=pad)
+            for n in (16, 1):
+                bank(0, bank.inputs(n))
+            torch.cuda.synchronize(dev)
+            return "", pad
+        except Exception as e:  # a torch or GPU without the kernel for these shapes
+            why = f"fp8 grouped GEMM failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return why, False
+
+
+def fused_fp8_supported(torch: ModuleType, device: Device) -> str:
+    """ "" when the fused fp8 grouped GEMM (``torch._scaled_grouped_mm``) runs on ``device``, else why not."""
+    return _fused_fp8_probe(torch, str(device))[0]
+
+
+def fp8_supported(torch: ModuleType, device: Device) -> str:
     """ "" when fp8 GEMMs run on ``device``, else why not."""
     if not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
         return f"torch {torch.__version__} has no float8_e4m3fn/_scaled_mm"
@@ -255,9 +414,12 @@ def fp8_supported(torch: Any, device: Any) -> str:
             return f"compute capability {cc[0]}.{cc[1]} has no fp8 tensor cores (needs 8.9+)"
     try:
         shape = ExpertShape(32, 32, "fp8")
-        bank = ExpertBank(torch, shape, device, experts=1, max_tokens=16, seed=0)
-        bank(0, bank.inputs(16))
-        bank(0, bank.inputs(1))
+        if fused_fp8_supported(torch, device):  # "" = the fused kernel runs: fp8 does
+            bank = ExpertBank(
+                torch, shape, device, experts=1, max_tokens=16, seed=0, fp8_kernel=KERNEL_FP8_UNFUSED
+            )
+            bank(0, bank.inputs(16))
+            bank(0, bank.inputs(1))
     except Exception as e:  # an old torch or cuBLAS without fp8 for this GPU
         return f"fp8 GEMM failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return ""
@@ -269,7 +431,7 @@ def fp8_supported(torch: Any, device: Any) -> str:
 class Timer:
     """Times a sequence of calls on a device: CUDA events on a GPU, ``perf_counter`` on the CPU."""
 
-    def __init__(self, torch: Any, device: Any):
+    def __init__(self, torch: ModuleType, device: Device):
         self.torch = torch
         self.device = device
         self.cuda = device.type == "cuda"
@@ -315,11 +477,27 @@ class Timer:
             torch.cuda.synchronize(self.device)
             return [start.elapsed_time(end) / 1e3 for start, end in events]
 
+    def time_window(self, fn: Callable[[int], Any], count: int, lead: Callable[[], Any]) -> float:
+        """Seconds from the start of the first to the end of the last of ``count`` calls queued back to
+        back behind ``lead`` (GPU only): the GPU never waits for the CPU inside the window, so any gap
+        in it is time the GPU gave another context."""
+        torch = self.torch
+        with torch.cuda.device(self.device):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            lead()
+            start.record()
+            for k in range(count):
+                fn(k)
+            end.record()
+            torch.cuda.synchronize(self.device)
+            return float(start.elapsed_time(end)) / 1e3
+
 
 class Heater:
     """A big bf16 GEMM loop that draws the GPU's full power (the pre-heat and the per-point re-heat)."""
 
-    def __init__(self, torch: Any, device: Any, size: int, seed: int = 0) -> None:
+    def __init__(self, torch: ModuleType, device: Device, size: int, seed: int = 0) -> None:
         self.torch = torch
         gen = torch.Generator(device=device).manual_seed(seed + 1)
         self.a = torch.randn(size, size, generator=gen, device=device, dtype=torch.bfloat16)
@@ -383,14 +561,30 @@ def measure_point(
             lead = functools.partial(timer.hold, queue_s)
         before = telemetry.sample(nvml_index) if nvml_index is not None else Sample(time=time.time())
         times = timer.time_calls(lambda k: bank(k % experts, x), cfg.repeats, lead)
+        times = [t / bank.per_call for t in times]  # per expert (fused fp8 runs a group per call)
         after = telemetry.sample(nvml_index) if nvml_index is not None else Sample(time=time.time())
         changed = _reasons(before) != _reasons(after)
         if not changed or attempt == cfg.max_retries:
             break
+    median = statistics.median(times)
+    window = None
+    if timer.cuda and hold and cfg.window_s > 0 and median > 0:
+        # The contention window (module docstring). Its lead holds the GPU while the CPU queues the
+        # calls that it issues slower than the GPU runs them, so no gap in the window is the CPU's.
+        call_s = median * bank.per_call
+        count = max(cfg.repeats, min(cfg.window_max_calls, math.ceil(cfg.window_s / call_s)))
+        cpu_s = statistics.median(cpu) if cpu else 0.0
+        hold_s = 0.002 + 1.5 * count * max(0.0, cpu_s - 0.5 * call_s)
+        if heater is not None and cfg.reheat_s > 0:
+            wlead = functools.partial(heater.run, heater.iters_for(max(cfg.reheat_s, hold_s)))
+        else:
+            wlead = functools.partial(timer.hold, hold_s)
+        window = timer.time_window(lambda k: bank(k % experts, x), count, wlead) / count / bank.per_call
+    seconds, shared = contended_seconds(median, window, cfg.shared_threshold)
     mean = statistics.fmean(times)
     return PointResult(
         tokens=n,
-        seconds=statistics.median(times),
+        seconds=seconds,
         cv=(statistics.pstdev(times) / mean) if mean > 0 else 0.0,
         min_s=min(times),
         max_s=max(times),
@@ -399,10 +593,13 @@ def measure_point(
         reasons_before=before.reasons,
         reasons_after=after.reasons,
         sm_clock_hz=after.sm_clock_hz,
+        median_s=median,
+        window_s=window,
+        shared=shared,
     )
 
 
-def experts_for(torch: Any, device: Any, shape: ExpertShape, cfg: BenchConfig) -> int:
+def experts_for(torch: ModuleType, device: Device, shape: ExpertShape, cfg: BenchConfig) -> int:
     """Distinct experts to cycle: >= min_experts and >= l2_multiple x L2, within the memory budget."""
     per = shape.weight_bytes()
     want = cfg.min_experts
@@ -488,14 +685,14 @@ def _settled(trace: list[tuple[float, int]], now: float, cfg: BenchConfig) -> bo
 # -- a full profile and a canary ---------------------------------------------------------------------
 
 
-def resolve_device(torch: Any, device: str | None) -> Any:
+def resolve_device(torch: ModuleType, device: str | None) -> Device:
     """``cuda:N``, ``cpu`` or None (the first GPU if any, else the CPU)."""
     if device:
         return torch.device(device)
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
-def nvml_index_for(torch: Any, device: Any, telemetry: TelemetrySource) -> int | None:
+def nvml_index_for(torch: ModuleType, device: Device, telemetry: TelemetrySource) -> int | None:
     """The NVML index of a CUDA device (matched by UUID, else by PCI bus id, else by ordinal)."""
     if device.type != "cuda" or not telemetry.available:
         return None
@@ -548,6 +745,13 @@ def profile_device(
     no_fp8 = fp8_supported(torch, dev) if any(s.dtype == "fp8" for s in shapes) else ""
     if no_fp8:
         result.notes.append(f"fp8 skipped: {no_fp8}")
+    elif any(s.dtype == "fp8" for s in shapes):
+        no_fused = fused_fp8_supported(torch, dev)
+        if no_fused:
+            result.notes.append(
+                f"fp8 measured unfused (per-call quantisation, _scaled_mm), slower than an engine's fused "
+                f"fp8: {no_fused}"
+            )
     max_tokens = max(cfg.tokens)
 
     # On a CPU a token heater keeps the code path the same (tests, CI); there is no clock to settle.
@@ -568,7 +772,8 @@ def profile_device(
             if progress:
                 progress("skip", {"shape": shape, "why": curve.skipped, "points": len(cfg.tokens)})
             continue
-        curve.experts = len(bank)
+        curve.experts = bank.distinct
+        curve.kernel = bank.kernel
         if progress:
             progress("shape", {"shape": shape, "experts": len(bank)})
         for n in cfg.tokens:
@@ -582,6 +787,15 @@ def profile_device(
             torch.cuda.empty_cache()
 
     del heater
+    shared = [p for c in result.curves for p in c.points if p.shared]
+    if shared:
+        worst = max(p.seconds / (p.median_s or p.seconds) for p in shared)
+        total = sum(len(c.points) for c in result.curves)
+        result.notes.append(
+            f"GPU shared with another context: {len(shared)} of {total} points ran slower over a "
+            f"{cfg.window_s * 1e3:.0f} ms window than call by call (up to x{worst:.2f}); those points "
+            "report the window's time, what a serving process on this GPU gets"
+        )
     if nvml_index is not None:
         result.telemetry_after = telemetry.sample(nvml_index).as_dict()
         # The drift baseline: the clock the points ran at (re-heated: the capped clock). Serving at full
@@ -597,7 +811,9 @@ def profile_device(
     return result
 
 
-def _bank(torch: Any, dev: Any, shape: ExpertShape, cfg: BenchConfig, max_tokens: int) -> ExpertBank | None:
+def _bank(
+    torch: ModuleType, dev: Device, shape: ExpertShape, cfg: BenchConfig, max_tokens: int
+) -> ExpertBank | None:
     experts = experts_for(torch, dev, shape, cfg)
     if experts < 1:
         return None

@@ -21,6 +21,10 @@ from typing import Annotated, Any
 
 import typer
 
+from vibe.clikit import ContextOpt, KubeconfigOpt, LogFormat, LogFormatOpt, fail, setup_logging
+
+COMMAND = "vibe agent"
+
 app = typer.Typer(
     help="The per-node GPU agent: benchmark, telemetry, drift, GPUProfile.",
     no_args_is_help=True,
@@ -56,12 +60,8 @@ def _shapes(shape: list[str] | None, no_defaults: bool) -> list:
     return shapes
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _logging(verbose: bool, log_format: LogFormat = LogFormat.text) -> None:
+    setup_logging(verbose, log_format)
 
 
 # -- run -----------------------------------------------------------------------------------------------
@@ -108,9 +108,8 @@ def run(
         Path | None,
         typer.Option(help="Write profiles and events under this directory instead of the cluster."),
     ] = None,
-    kubeconfig: Annotated[
-        Path | None, typer.Option(help="Kubeconfig (default: in-cluster, then ~/.kube).")
-    ] = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
     qps: Annotated[
         float, typer.Option(help="API requests per second, at most (all simulated nodes together).")
     ] = 20.0,
@@ -121,9 +120,10 @@ def run(
     once: Annotated[bool, typer.Option(help="One step: benchmark/resume, publish, exit.")] = False,
     seed: Annotated[int | None, typer.Option(help="Override the fleet file's seed (simulation).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run the agent: benchmark GPUs when free, watch telemetry, publish GPUProfiles, export metrics."""
-    _logging(verbose)
+    _logging(verbose, log_format)
     log = logging.getLogger("vibe.agent")
     from vibe import __version__
     from vibe.agent.drift import DriftConfig
@@ -192,10 +192,9 @@ def run(
         from vibe.kubeclient import CredentialsError, api_client
 
         try:
-            api = api_client(str(kubeconfig) if kubeconfig is not None else None)
+            api = api_client(str(kubeconfig) if kubeconfig is not None else None, context=context)
         except CredentialsError as e:
-            log.error("%s (or --output DIR to write profiles to files)", e)
-            raise typer.Exit(1) from None
+            fail("NoCredentials", f"{e} (or --output DIR to write profiles to files)", command=COMMAND)
         publisher = KubePublisher(api, qps=qps, burst=burst)
 
     server = None
@@ -269,7 +268,7 @@ def bench(
     """
     from rich.console import Console
 
-    from vibe.agent.bench import BenchConfig, canary
+    from vibe.agent.bench import TOKEN_GRID, BenchConfig, canary
     from vibe.agent.telemetry import NvmlTelemetry, own_pids
 
     console = Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 140)
@@ -277,13 +276,14 @@ def bench(
     try:
         import torch
     except ImportError:
-        console.print(
-            "[red]torch is not installed[/]: pip install 'vibe-operator\\[bench]' (or use the agent image)"
+        fail(
+            "MissingDependency",
+            "torch is not installed: pip install 'vibe-operator[bench]' (or use the agent image)",
+            command=COMMAND,
         )
-        raise typer.Exit(1) from None
     try:
         grid = tuple(int(t) for t in tokens.split(",")) if tokens else None
-        cfg = BenchConfig(repeats=repeats, preheat_max_s=preheat_max, **({"tokens": grid} if grid else {}))
+        cfg = BenchConfig(repeats=repeats, preheat_max_s=preheat_max, tokens=grid or TOKEN_GRID)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     devices = device or (
@@ -403,7 +403,9 @@ def _print_result(console: Any, res: Any) -> None:
     if not shown:
         return
     table = Table(
-        "tokens", *[c.shape.label.replace("/", "\n", 1) for c in shown], title="µs per expert call (median)"
+        "tokens",
+        *[c.shape.label.replace("/", "\n", 1) for c in shown],
+        title="µs per expert call (median; window time where shared)",
     )
     for k, n in enumerate(shown[0].tokens):
         table.add_row(
@@ -411,6 +413,7 @@ def _print_result(console: Any, res: Any) -> None:
         )
     table.add_row("max cv", *[f"{max(p.cv for p in c.points):.3f}" for c in shown])
     table.add_row("retries", *[str(sum(p.retries for p in c.points)) for c in shown])
+    table.add_row("shared", *[str(sum(p.shared for p in c.points)) for c in shown])
     console.print(table)
 
 
@@ -451,8 +454,7 @@ def telemetry(
     console = Console()
     tel = NvmlTelemetry.open()
     if not tel.available:
-        console.print(f"[red]no GPU telemetry:[/] {tel.error}")
-        raise typer.Exit(1)
+        fail("NoTelemetry", f"no GPU telemetry: {tel.error}", command=COMMAND)
     gpus = tel.gpus()
     while True:
         rows = []

@@ -126,28 +126,28 @@ class AgentCollector:
                 xid.add_metric(lab, c.xids)
                 if g.max_sm_clock_hz is not None:
                     sm_max.add_metric(lab, g.max_sm_clock_hz)
-                s = agent.last.get(i)
-                if s is None:
+                sample = agent.last.get(i)
+                if sample is None:
                     continue
-                _opt(sm, lab, s.sm_clock_hz)
-                _opt(mem, lab, s.mem_clock_hz)
-                _opt(power, lab, s.power_w)
-                _opt(limit, lab, s.power_limit_w)
-                _opt(temp, lab, s.temperature_c)
-                _opt(util, lab, None if s.utilization_pct is None else s.utilization_pct / 100.0)
-                _opt(procs, lab, s.compute_processes)
-                if s.clock_event_reasons is not None:
-                    active = set(s.reasons)
+                _opt(sm, lab, sample.sm_clock_hz)
+                _opt(mem, lab, sample.mem_clock_hz)
+                _opt(power, lab, sample.power_w)
+                _opt(limit, lab, sample.power_limit_w)
+                _opt(temp, lab, sample.temperature_c)
+                _opt(util, lab, None if sample.utilization_pct is None else sample.utilization_pct / 100.0)
+                _opt(procs, lab, sample.compute_processes)
+                if sample.clock_event_reasons is not None:
+                    active = set(sample.reasons)
                     for r in REASON_NAMES:
                         reasons.add_metric([*lab, r], 1 if r in active else 0)
-                if s.power_violation_s is not None:
-                    throttle.add_metric([*lab, "power"], s.power_violation_s)
-                if s.thermal_violation_s is not None:
-                    throttle.add_metric([*lab, "thermal"], s.thermal_violation_s)
-                if s.ecc_uncorrected is not None:
-                    ecc.add_metric([*lab, "uncorrected"], s.ecc_uncorrected)
-                if s.ecc_corrected is not None:
-                    ecc.add_metric([*lab, "corrected"], s.ecc_corrected)
+                if sample.power_violation_s is not None:
+                    throttle.add_metric([*lab, "power"], sample.power_violation_s)
+                if sample.thermal_violation_s is not None:
+                    throttle.add_metric([*lab, "thermal"], sample.thermal_violation_s)
+                if sample.ecc_uncorrected is not None:
+                    ecc.add_metric([*lab, "uncorrected"], sample.ecc_uncorrected)
+                if sample.ecc_corrected is not None:
+                    ecc.add_metric([*lab, "corrected"], sample.ecc_corrected)
 
         yield from (info, nvml, speed, scale, drifted, drift_events, ffn, sm, sm_max, mem, power, limit, temp)
         yield from (util, reasons, throttle, ecc, xid, procs, bench_ts, bench_s, canary, canaries)

@@ -85,7 +85,6 @@ class GPUCounters:
     canaries: int = 0
     last_canary: float = 0.0
     xids: int = 0
-    last_xid: int | None = None
     deferred: bool = False  # a benchmark is waiting for the GPU to be free
 
 
@@ -170,7 +169,6 @@ class NodeAgent:
             if s.xids:
                 c = self.counters[i]
                 c.xids += len(s.xids)
-                c.last_xid = s.xids[-1]
                 self.events.append(Event("GPUXid", f"GPU {i}: XID {', '.join(map(str, s.xids))}", "Warning"))
             self._maybe_benchmark(i, s)
             self._detect(i, s)

@@ -25,17 +25,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vibe import api
 from vibe.agent.drift import Baseline
 from vibe.agent.shapes import ExpertShape
 from vibe.agent.telemetry import GPUInfo, Sample, reason_mask
 
-GROUP = "vibe.dev"
-VERSION = "v1alpha1"
-PLURAL = "gpuprofiles"
-KIND = "GPUProfile"
-FIELD_MANAGER = "vibe-agent"
-BASELINE_ANNOTATION = "vibe.dev/baseline"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "vibe-agent"}
+# The GPUProfile's names (their one spelling is in ``vibe.api``).
+GROUP = api.GROUP
+VERSION = api.VERSION
+PLURAL = api.GPUPROFILE_PLURAL
+KIND = api.GPUPROFILE_KIND
+FIELD_MANAGER = api.FIELD_MANAGER_AGENT
+BASELINE_ANNOTATION = api.ANNOTATION_BASELINE
+MANAGED_BY = {api.LABEL_MANAGED_BY: api.MANAGED_BY_AGENT}
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ def build_profile(
         "metadata": {
             "name": node,
             "namespace": namespace,
-            "labels": {**MANAGED_BY, "vibe.dev/node": node[:63]},
+            "labels": {**MANAGED_BY, api.LABEL_NODE: node[:63]},
             "annotations": {BASELINE_ANNOTATION: baseline_annotation(records)},
         },
         "spec": spec,

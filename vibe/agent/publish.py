@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 from vibe.agent.node import Event
 from vibe.agent.profile import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, build_status
+from vibe.api import MOEDEPLOYMENT_PLURAL
+from vibe.kubeclient import as_dict
 
 log = logging.getLogger("vibe.agent.publish")
 
@@ -81,11 +83,9 @@ class KubePublisher:
         self.limiter = RateLimiter(qps, burst)
         self.component = component
         self.uids: dict[tuple[str, str], str] = {}
-        self.requests = 0
 
     def _go(self) -> None:
         self.limiter.acquire()
-        self.requests += 1
 
     def read(self, namespace: str, node: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -97,8 +97,9 @@ class KubePublisher:
             if e.status == 404:
                 return None
             raise
-        self.uids[(namespace, node)] = obj["metadata"].get("uid", "")
-        return obj
+        got = as_dict(obj)
+        self.uids[(namespace, node)] = got["metadata"].get("uid", "")
+        return got
 
     def apply(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
@@ -159,11 +160,11 @@ class KubePublisher:
             "count": 1,
         }
         self._go()
-        self.core.create_namespaced_event(namespace, body)
+        self.core.create_namespaced_event(namespace, body)  # type: ignore[arg-type]  # a dict serialises too
 
     def moedeployments(self) -> list[dict[str, Any]]:
         self._go()
-        got = self.custom.list_cluster_custom_object(GROUP, VERSION, "moedeployments")
+        got = as_dict(self.custom.list_cluster_custom_object(GROUP, VERSION, MOEDEPLOYMENT_PLURAL))
         return list(got.get("items") or [])
 
 
@@ -172,7 +173,6 @@ class DirPublisher:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.requests = 0
 
     def _path(self, namespace: str, node: str) -> Path:
         return self.root / namespace / f"{node}.json"

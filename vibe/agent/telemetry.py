@@ -161,7 +161,7 @@ class NvmlTelemetry:
     SLOW_EVERY_S = 10.0
 
     def __init__(self, lib: Any | None, error: str = "") -> None:
-        self._nvml = lib
+        self._nvml: Any = lib  # the pynvml module (untyped), or None without NVML
         self.error = error
         self._slow: dict[int, tuple[float, dict[str, Any]]] = {}
         self._handles: dict[int, Any] = {}
@@ -176,7 +176,9 @@ class NvmlTelemetry:
         """Initialise NVML; never raises. ``lib`` replaces the ``pynvml`` module (tests)."""
         try:
             if lib is None:
-                import pynvml as lib  # nvidia-ml-py
+                import pynvml  # nvidia-ml-py
+
+                lib = pynvml
             lib.nvmlInit()
         except ImportError as e:
             return cls(None, f"nvidia-ml-py is not installed ({e})")

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vibe.clikit import fail
 from vibe.cluster.paths import DEFAULT_CLUSTER
 
 app = typer.Typer(
@@ -27,9 +28,9 @@ app = typer.Typer(
 # soft_wrap: never break a path or a command line that someone will copy.
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-NameOption = typer.Option(
-    DEFAULT_CLUSTER, "--name", "-n", help="Cluster name (one state directory per name)."
-)
+COMMAND = "vibe cluster"
+# --name only: -n means --namespace on every vibe command (docs/cli.md).
+NameOption = typer.Option(DEFAULT_CLUSTER, "--name", help="Cluster name (one state directory per name).")
 
 
 @app.command()
@@ -61,9 +62,8 @@ def up(
                 nodes=nodes, gpus_per_node=gpus_per_node, build=build, progress=progress, timeout=timeout
             )
         except (ClusterError, BinariesMissing) as exc:
-            err.print("[red]vibe cluster up failed:[/red]", end=" ")
-            err.print(str(exc), markup=False)
-            raise typer.Exit(1) from None
+            spinner.stop()
+            fail(type(exc).__name__, str(exc), command=COMMAND)
     if started:
         err.print(
             f"cluster [bold]{name}[/bold] is up in {time.monotonic() - t0:.1f}s; state in {cluster.dir}"
@@ -103,8 +103,7 @@ def status(name: str = NameOption) -> None:
 
     st = Cluster(name).status()
     if not st.exists:
-        err.print(f"cluster [bold]{name}[/bold] is not running (`vibe cluster up` starts it)")
-        raise typer.Exit(1)
+        fail("NotRunning", f"cluster {name} is not running (`vibe cluster up` starts it)", command=COMMAND)
     table = Table(
         title=f"cluster {name}: {'[green]ready' if st.ready else '[red]not ready'}[/]", title_justify="left"
     )
@@ -117,6 +116,9 @@ def status(name: str = NameOption) -> None:
     err.print(f"server {st.server}  versions {', '.join(f'{k} {v}' for k, v in sorted(st.versions.items()))}")
     err.print(f"state and logs in {st.state_dir}")
     if not st.ready:
-        err.print("some component is down: `vibe cluster up` cleans the stale state and starts afresh")
-        raise typer.Exit(1)
+        fail(
+            "NotReady",
+            "some component is down: `vibe cluster up` cleans the stale state and starts afresh",
+            command=COMMAND,
+        )
     typer.echo(_export_lines(st.export_line))

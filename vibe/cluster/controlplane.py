@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import shlex
@@ -29,7 +28,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,8 +38,9 @@ import yaml
 
 from vibe.cluster import binaries as bins
 from vibe.cluster import pki as pkimod
+from vibe.cluster.nodes import create_gpu_nodes, node_name, node_names
 from vibe.cluster.paths import DEFAULT_CLUSTER, check_name, clusters_root, state_dir
-from vibe.cluster.processes import LOCALHOST, Proc, alive, free_ports, port_in_use, spawn, stop
+from vibe.cluster.processes import LOCALHOST, Proc, alive, file_lock, free_ports, port_in_use, spawn, stop
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -115,16 +115,8 @@ class Cluster:
         tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         tmp.replace(self._state_path())
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        root = clusters_root()
-        root.mkdir(parents=True, exist_ok=True)
-        with open(root / f".{self.name}.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(clusters_root() / f".{self.name}.lock")
 
     # -- status -------------------------------------------------------------------------------------
 
@@ -468,8 +460,6 @@ class Cluster:
 
     def _ensure_nodes(self, n: int, gpus_per_node: int, say: Progress) -> None:
         """Create whichever of ``gpu-node-0`` .. ``gpu-node-<n-1>`` do not exist yet."""
-        from vibe.cluster.nodes import create_gpu_nodes, node_name, node_names
-
         with self.api_client() as api:
             existing = node_names(api)
             missing = [i for i in range(n) if node_name("gpu-node", i) not in existing]

@@ -26,7 +26,9 @@ def service_account_kubeconfig(
     token = (
         client.CoreV1Api(api)
         .create_namespaced_service_account_token(
-            service_account, namespace, {"spec": {"expirationSeconds": seconds}}
+            service_account,
+            namespace,
+            {"spec": {"expirationSeconds": seconds}},  # type: ignore[arg-type]
         )
         .status.token
     )

@@ -20,12 +20,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from vibe import api
+
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 # On every node made here, so tests and demos can find (and delete) them.
-FAKE_NODE_LABEL = "vibe.dev/fake-node"
+FAKE_NODE_LABEL = api.LABEL_FAKE_NODE
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 
@@ -209,7 +211,7 @@ def create_gpu_nodes(
     product: str = "NVIDIA-H100-80GB-HBM3",
     labels: Mapping[str, str] | None = None,
     *,
-    api: ApiClient | None = None,
+    api: ApiClient,
     prefix: str = "gpu-node",
     start: int = 0,
     taint: bool | Sequence[Mapping[str, str]] = False,
@@ -223,13 +225,9 @@ def create_gpu_nodes(
 
     ``labels`` are added to every node (e.g. ``{"pool": "moe-a"}`` for a MoEDeployment's nodeSelector).
     ``taint=True`` adds ``nvidia.com/gpu=present:NoSchedule``; a list gives the taints explicitly.
-    ``api`` defaults to the default local cluster's admin client. kwok marks the nodes Ready within
-    about a second; use :func:`wait_nodes_ready` to wait for it.
+    ``api`` is an admin client of the cluster (``Cluster.api_client()``). kwok marks the nodes Ready
+    within about a second; use :func:`wait_nodes_ready` to wait for it.
     """
-    if api is None:
-        from vibe.cluster.controlplane import Cluster
-
-        api = Cluster().api_client()
     taints: Sequence[Mapping[str, str]] = [GPU_TAINT] if taint is True else (taint or [])
     bodies = (
         gpu_node_body(

@@ -17,10 +17,15 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+try:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+except ImportError as e:  # the runtime images install vibe without the local cluster's extra
+    raise ImportError(
+        f"the local control plane needs the 'cluster' extra: pip install 'vibe-operator[cluster]' ({e})"
+    ) from e
 
 # The first address of the service CIDR given to the API server (`--service-cluster-ip-range`).
 SERVICE_CIDR = "10.96.0.0/16"

@@ -4,17 +4,21 @@ Each component runs in its own session (so it outlives the ``vibe cluster up`` t
 terminal's Ctrl-C does not reach it), with stdin closed and stdout+stderr appended to its log file.
 A PID alone is not proof of life: PIDs get reused, and a child the caller never waited for lingers as a
 zombie. ``alive`` therefore checks that the PID still runs the recorded executable and is not a zombie.
+
+Also the two OS helpers every starter of local processes shares (the demo, the tests, the benchmarks):
+``free_port`` and ``file_lock``. Standard library only, so a GPU benchmark may import it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,22 +39,29 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def free_port() -> int:
+    """One TCP port free on 127.0.0.1 right now (for a process about to listen on it)."""
+    return free_ports(1)[0]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created, with its directory, if missing) for the block:
+    serialises processes that share a cluster's state (``up``/``down``, test sessions)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def port_in_use(port: int) -> bool:
     """Whether something listens on 127.0.0.1:``port``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         return s.connect_ex((LOCALHOST, port)) == 0
-
-
-def wait_port(port: int, timeout: float, pid: int | None = None, exe: str | None = None) -> None:
-    """Block until 127.0.0.1:``port`` accepts connections; fail early if ``pid`` dies."""
-    deadline = time.monotonic() + timeout
-    while not port_in_use(port):
-        if pid is not None and not alive(pid, exe):
-            raise RuntimeError(f"process {pid} exited before listening on port {port}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing listens on {LOCALHOST}:{port} after {timeout:.0f}s")
-        time.sleep(0.05)
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ class Proc:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Proc:
-        return cls(str(data["name"]), int(data["pid"]), str(data["exe"]), str(data["log"]))  # type: ignore[arg-type]
+        return cls(str(data["name"]), int(str(data["pid"])), str(data["exe"]), str(data["log"]))
 
 
 def spawn(name: str, argv: list[str], log: Path, cwd: Path) -> Proc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +25,35 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from vibe.cluster.testing import wait_for
+from vibe import api
+from vibe.api import GPUPROFILE_PLURAL, GROUP, MOEDEPLOYMENT_PLURAL, VERSION
+from vibe.clikit import fail
+from vibe.cluster.processes import free_port
+from vibe.cluster.waiting import wait_for
 
 HERE = Path(__file__).resolve().parent
+#: The chart of a source checkout (the demo installs the chart next to the code it runs).
 CHART = HERE.parent.parent / "charts" / "vibe"
-GROUP, VERSION = "vibe.dev", "v1alpha1"
+
+
+def find_chart() -> Path:
+    """The Helm chart to install: ``$VIBE_CHART``, else the checkout's ``charts/vibe``.
+
+    A wheel carries the Python package only (no chart, no Go modules for the control plane): the demo
+    then says where to point it instead of failing inside helm.
+    """
+    chart = Path(os.environ.get("VIBE_CHART") or CHART)
+    if not (chart / "Chart.yaml").is_file():
+        raise DemoError(
+            f"no Helm chart at {chart}: `vibe demo` runs from a source checkout (make demo), or set "
+            "VIBE_CHART to the charts/vibe directory of one"
+        )
+    return chart
+
+
+COMMAND = "vibe demo"
 SYSTEM_NS, DEMO_NS, RELEASE = "vibe-system", "vibe-demo", "vibe"
-NODES, GPUS_PER_NODE, POOL = 8, 8, {"vibe.dev/pool": "demo"}
+NODES, GPUS_PER_NODE, POOL = 8, 8, {api.PREFIX + "pool": "demo"}
 LOADS_CM = "deepseek-v3-expert-loads"
 
 console = Console(stderr=True, highlight=False)
@@ -40,12 +61,6 @@ console = Console(stderr=True, highlight=False)
 
 class DemoError(RuntimeError):
     """A step failed; the message says which and where its logs are."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -187,7 +202,7 @@ class Demo:
             "upgrade",
             "--install",
             RELEASE,
-            str(CHART),
+            str(find_chart()),
             "--namespace",
             SYSTEM_NS,
             "--create-namespace",
@@ -198,7 +213,7 @@ class Demo:
             "3m",
         )
         pods = client.CoreV1Api(self.api).list_namespaced_pod(SYSTEM_NS).items
-        running = sum(1 for p in pods if p.status.phase == "Running")
+        running = len([p for p in pods if p.status.phase == "Running"])
         self.say(f"release {RELEASE!r} installed in {SYSTEM_NS}: {running}/{len(pods)} pods Running")
         self.say("(those pods are kwok's stand-ins: the real operator and agent run next as local processes,")
         self.say(" each authenticated as the chart's ServiceAccount, so exactly the chart's RBAC applies)")
@@ -251,7 +266,9 @@ class Demo:
 
         def profiles() -> list[dict[str, Any]] | None:
             agent.check()
-            items = custom.list_namespaced_custom_object(GROUP, VERSION, SYSTEM_NS, "gpuprofiles")["items"]
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, SYSTEM_NS, GPUPROFILE_PLURAL)[
+                "items"
+            ]
             return items if len(items) >= NODES else None
 
         items = wait_for(profiles, 120, what=f"{NODES} GPUProfiles")
@@ -327,9 +344,11 @@ class Demo:
         doc = yaml.safe_load((HERE / "moedeployment.yaml").read_text())
         custom = client.CustomObjectsApi(self.api)
         with suppress(client.ApiException):
-            custom.delete_namespaced_custom_object(GROUP, VERSION, DEMO_NS, "moedeployments", "deepseek-v3")
+            custom.delete_namespaced_custom_object(
+                GROUP, VERSION, DEMO_NS, MOEDEPLOYMENT_PLURAL, "deepseek-v3"
+            )
             wait_for(lambda: not self._get_moed(), 60, what="the previous demo's MoEDeployment to go")
-        custom.create_namespaced_custom_object(GROUP, VERSION, DEMO_NS, "moedeployments", doc)
+        custom.create_namespaced_custom_object(GROUP, VERSION, DEMO_NS, MOEDEPLOYMENT_PLURAL, doc)
         self.say("MoEDeployment deepseek-v3 created (policy vibe, minGain 2 %, no cooldown for the demo)")
 
     def _get_moed(self) -> dict[str, Any] | None:
@@ -337,7 +356,7 @@ class Demo:
 
         try:
             return client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-                GROUP, VERSION, DEMO_NS, "moedeployments", "deepseek-v3"
+                GROUP, VERSION, DEMO_NS, MOEDEPLOYMENT_PLURAL, "deepseek-v3"
             )
         except client.ApiException as e:
             if e.status == 404:
@@ -407,13 +426,15 @@ class Demo:
             )
         table.add_row("lower bound", f"{bound * 1e3:.3f}", "", "", "")
         console.print(table)
+        self.say(simulated_impact())
         cm = client.CoreV1Api(self.api).read_namespaced_config_map(
             st.get("configMap", "deepseek-v3-placement"), DEMO_NS
         )
         ann = cm.metadata.annotations or {}
         self.say(
             f"ConfigMap {cm.metadata.name}: keys {sorted(cm.data)}; generation "
-            f"{ann.get('vibe.dev/placement-generation')}; hash {ann.get('vibe.dev/content-hash', '')[:19]}…"
+            f"{ann.get(api.ANNOTATION_PLACEMENT_GENERATION)}; "
+            f"hash {ann.get(api.ANNOTATION_CONTENT_HASH, '')[:19]}…"
         )
         m = metrics(op_port)
         self.say(
@@ -435,7 +456,9 @@ class Demo:
         def drifted() -> dict[str, Any] | None:
             for p in self.processes:
                 p.check()
-            prof = custom.get_namespaced_custom_object(GROUP, VERSION, SYSTEM_NS, "gpuprofiles", "gpu-node-3")
+            prof = custom.get_namespaced_custom_object(
+                GROUP, VERSION, SYSTEM_NS, GPUPROFILE_PLURAL, "gpu-node-3"
+            )
             gpu = next(g for g in prof["spec"]["gpus"] if g["index"] == 2)
             return gpu if gpu.get("drift", {}).get("state") == "Drifted" else None
 
@@ -497,6 +520,22 @@ class Demo:
         )
 
 
+def simulated_impact() -> str:
+    """One line from ``vibe simulate`` on the demo's own inputs (its fleet file, loads and slots)."""
+    try:
+        from vibe.agent.simulate import load_fleet
+        from vibe.placement.curves import Fleet, GPUCurve, reference_curve
+        from vibe.placement.synthetic import skewed_loads
+        from vibe.simulate.impact import impact_line
+
+        t, s = reference_curve(7168, 2048, "fp8")
+        sim = load_fleet(HERE / "fleet.yaml")
+        gpus = [GPUCurve(f"{n}/{g.index}", n, t, s / g.speed) for n, gs in sim.nodes.items() for g in gs]
+        return impact_line(skewed_loads(58, 256, mean_tokens=512.0, seed=3), Fleet(tuple(gpus)), 5)
+    except Exception as e:  # the figure is a bonus: never let it stop the demo
+        return f"simulated serving impact unavailable ({type(e).__name__}: {e})"
+
+
 @contextmanager
 def workdir(cluster_name: str) -> Iterator[Path]:
     from vibe.cluster.paths import state_dir
@@ -523,12 +562,14 @@ def demo(
         with workdir(cluster) as wd:
             Demo(cluster, wd, keep=keep).run()
     except (DemoError, TimeoutError) as e:
-        console.print(f"[red]demo failed:[/red] {e}")
-        raise typer.Exit(1) from e
+        fail("DemoFailed", f"demo failed: {e}", command=COMMAND)
     except Exception as e:  # a bug or an API error: one line, and where to look, not a traceback
-        console.print(f"[red]demo failed:[/red] {type(e).__name__}: {e}")
-        console.print("  (component logs are under the demo's work directory; `vibe cluster down` cleans up)")
-        raise typer.Exit(1) from e
+        fail(
+            "DemoFailed",
+            f"demo failed: {type(e).__name__}: {e} (component logs are under the demo's work directory; "
+            "`vibe cluster down` cleans up)",
+            command=COMMAND,
+        )
 
 
 def _vibe_command() -> str:

@@ -17,6 +17,10 @@ from typing import Annotated
 
 import typer
 
+from vibe.clikit import LogFormat, LogFormatOpt, fail
+
+COMMAND = "vibe operator"
+
 
 def run(
     namespace: Annotated[
@@ -58,6 +62,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More logging.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Debug logging (Kopf's too).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run the vibe operator: place MoE experts for every MoEDeployment, re-place on drift."""
     import asyncio
@@ -80,18 +85,21 @@ def run(
         solve_budget_s=solve_budget,
         resync_s=resync,
         **({"compute_processes": compute_processes} if compute_processes is not None else {}),
-        namespaces=tuple(namespaces),
     )
     from vibe.kubeclient import CredentialsError, api_client
 
     try:  # Kopf logs in by itself, with a traceback per retry: say it once, plainly, and stop
         api_client().close()
     except CredentialsError as e:
-        typer.echo(f"vibe operator: {e}", err=True)
-        raise typer.Exit(1) from None
+        fail("NoCredentials", str(e), command=COMMAND)
     import vibe.operator.handlers  # noqa: F401  (registers the handlers)
 
-    kopf.configure(verbose=verbose, debug=debug, quiet=quiet)
+    kopf.configure(
+        verbose=verbose,
+        debug=debug,
+        quiet=quiet,
+        log_format=kopf.LogFormat.JSON if log_format is LogFormat.json else kopf.LogFormat.FULL,
+    )
     if not (verbose or debug):  # one "Handler ... succeeded" line per watch event is noise at scale
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if peering and not standalone:

@@ -20,7 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-TYPES = ("Ready", "Degraded", "Drifted")
+from vibe.api import CONDITION_TYPES
+
+TYPES = CONDITION_TYPES
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ def merge(
     ``lastTransitionTime`` is kept from the existing condition of the same type when its status did not
     change, else set to ``now`` (RFC 3339, seconds). Conditions of types not in ``new`` are kept as is.
     """
-    old = {c.get("type"): dict(c) for c in existing or () if isinstance(c, Mapping) and c.get("type")}
+    old: dict[str, dict[str, Any]] = {
+        str(c["type"]): dict(c) for c in existing or () if isinstance(c, Mapping) and c.get("type")
+    }
     out: dict[str, dict[str, Any]] = dict(old)
     for c in new:
         prev = old.get(c.type)
@@ -58,7 +62,7 @@ def merge(
             "observedGeneration": int(generation),
             "reason": c.reason,
             "message": one_line(c.message),
-            "lastTransitionTime": now if changed else prev["lastTransitionTime"],
+            "lastTransitionTime": now if changed or prev is None else prev["lastTransitionTime"],
         }
     order = [t for t in TYPES if t in out] + sorted(t for t in out if t not in TYPES)
     return [out[t] for t in order]

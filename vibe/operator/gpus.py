@@ -26,15 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from vibe.api import LWS_LABEL_GROUP_INDEX, LWS_LABEL_WORKER_INDEX, STS_LABEL_POD_INDEX
 from vibe.operator.clock import parse_time
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DeploymentSpec, fingerprint, plain
+from vibe.operator.spec import DeploymentSpec, fingerprint
 from vibe.placement.curves import DTYPE_BYTES, Fleet, GPUCurve, scale_curve
 from vibe.placement.errors import PlacementError
-
-LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
-LWS_GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
-STS_POD_INDEX = "apps.kubernetes.io/pod-index"
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +66,6 @@ class ProfileSnapshot:
     gpus: tuple[ProfileGPU, ...]  # by index
     source: str
     heartbeat: dt.datetime | None
-    spec_hash: str
 
     def stale(self, now: dt.datetime, ttl_s: float) -> bool:
         return self.heartbeat is not None and (now - self.heartbeat).total_seconds() > ttl_s
@@ -131,7 +127,7 @@ def profile_snapshot(body: Mapping[str, Any]) -> ProfileSnapshot:
     """A GPUProfile object as a snapshot; malformed GPUs/curves are dropped (the CRD refuses most)."""
     spec = body.get("spec") or {}
     status = body.get("status") or {}
-    gpus = []
+    gpus: list[ProfileGPU] = []
     for g in spec.get("gpus") or ():
         curves = []
         for c in g.get("curves") or ():
@@ -161,7 +157,6 @@ def profile_snapshot(body: Mapping[str, Any]) -> ProfileSnapshot:
         gpus=tuple(sorted(gpus, key=lambda x: x.index)),
         source=str(spec.get("source") or "measured"),
         heartbeat=parse_time(status.get("heartbeatTime")),
-        spec_hash=fingerprint(plain(spec)),
     )
 
 
@@ -186,10 +181,10 @@ def pod_rank(meta: Mapping[str, Any]) -> tuple[int, int, str]:
     """(group, worker, name): LeaderWorkerSet indices, else the StatefulSet ordinal, else name order."""
     labels = meta.get("labels") or {}
     name = str(meta.get("name") or "")
-    if LWS_WORKER_INDEX in labels:
-        return (_int(labels.get(LWS_GROUP_INDEX), 0), _int(labels[LWS_WORKER_INDEX], 0), name)
-    if STS_POD_INDEX in labels:
-        return (0, _int(labels[STS_POD_INDEX], 0), name)
+    if LWS_LABEL_WORKER_INDEX in labels:
+        return (_int(labels.get(LWS_LABEL_GROUP_INDEX), 0), _int(labels[LWS_LABEL_WORKER_INDEX], 0), name)
+    if STS_LABEL_POD_INDEX in labels:
+        return (0, _int(labels[STS_LABEL_POD_INDEX], 0), name)
     owners = meta.get("ownerReferences") or ()
     m = re.search(r"-(\d+)$", name)
     if m and any(o.get("kind") == "StatefulSet" for o in owners):
@@ -221,7 +216,7 @@ def resolve(
     want = spec.gpus.count
     notes: list[str] = []
     if spec.gpus.pod_selector is not None:
-        refs, why = _pod_gpus(spec, namespace, pods, profiles, nodes)
+        refs, why = _pod_gpus(spec, namespace, pods, profiles)
     else:
         refs, why = _node_gpus(spec, nodes, profiles)
     if len(refs) < want:
@@ -257,7 +252,9 @@ def resolve(
     )
 
 
-def curve_for(gpu: ProfileGPU, shape: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray, tuple]:
+def curve_for(
+    gpu: ProfileGPU, shape: tuple[int, int, str]
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, str]]:
     """(tokens, seconds, measured shape): the exact shape, else the closest by weight bytes, scaled."""
     if not gpu.curves:
         raise Problem("InvalidGPUProfile", f"GPU {gpu.index} ({gpu.uuid or 'no uuid'}) has no curves")
@@ -325,7 +322,6 @@ def _pod_gpus(
     namespace: str,
     pods: Iterable[PodSnapshot],
     profiles: Mapping[str, ProfileSnapshot],
-    nodes: Mapping[str, Mapping[str, str]],
 ) -> tuple[list[GPURef], str]:
     selector = spec.gpus.pod_selector or {}
     matched = sorted(

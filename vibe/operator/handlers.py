@@ -33,10 +33,11 @@ import contextlib
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
+from vibe import api
 from vibe.operator import metrics
 from vibe.operator import settings as settings_mod
 from vibe.operator.clock import now as clock_now
@@ -50,14 +51,14 @@ from vibe.operator.gpus import (
     pod_snapshot,
     profile_snapshot,
 )
-from vibe.operator.kube import GROUP, VERSION, Kube
+from vibe.operator.kube import Kube
 from vibe.operator.reconciling import Shared, World, reconcile
 from vibe.operator.settings import OperatorSettings
 from vibe.operator.spec import fingerprint, plain
 
-MOED = (GROUP, VERSION, "moedeployments")
-GPUP = (GROUP, VERSION, "gpuprofiles")
-TRIGGER_ANNOTATION = "vibe.dev/reconcile-trigger"
+MOED = (api.GROUP, api.VERSION, api.MOEDEPLOYMENT_PLURAL)
+GPUP = (api.GROUP, api.VERSION, api.GPUPROFILE_PLURAL)
+TRIGGER_ANNOTATION = api.ANNOTATION_RECONCILE_TRIGGER
 
 logger = logging.getLogger("vibe.operator")
 
@@ -105,10 +106,10 @@ class DeploymentRef:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg = settings_mod.CURRENT or OperatorSettings.from_env()
-    settings.persistence.finalizer = "vibe.dev/worker"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vibe.dev")
+    settings.persistence.finalizer = api.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="vibe.dev", key="last-handled-configuration"
+        prefix=api.KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # Events come from the reconciler, not from log lines
     settings.posting.reporting_component = "vibe-operator"
@@ -134,18 +135,23 @@ async def shut_down(memo: kopf.Memo, **_: Any) -> None:
 
 def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
     with contextlib.suppress(LookupError, RuntimeError):  # outside Kopf's context (unit tests)
-        kopf.event(dict(body), type=type_, reason=reason, message=message[:1024])
+        kopf.event(cast(kopf.Body, dict(body)), type=type_, reason=reason, message=message[:1024])
 
 
 # --------------------------------------------------------------------------------------------------
 # Indices
 
 
+# Kopf's callback types: its protocols type ``namespace`` as ``str | None`` (cluster-scoped resources
+# have none); every resource watched here is namespaced, so the handlers take ``str`` and the
+# registrations carry a ``type: ignore[arg-type]`` for that one difference.
+
+
 def _in_profile_namespace(namespace: str, memo: kopf.Memo, **_: Any) -> bool:
-    return namespace == memo.vibe.settings.profile_namespace
+    return bool(namespace == memo.vibe.settings.profile_namespace)
 
 
-@kopf.index(*GPUP, when=_in_profile_namespace)
+@kopf.index(*GPUP, when=_in_profile_namespace)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def vibe_profiles(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> dict[str, ProfileSnapshot]:
     # Parse the spec only when it changed (metadata.generation); heartbeats only update the timestamp.
     state: State = memo.vibe
@@ -159,26 +165,28 @@ def vibe_profiles(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -
     return {snap.node: snap}
 
 
-@kopf.index("pods")
+@kopf.index("pods")  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def vibe_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any] | None:
     snap = pod_snapshot(body)
     return {namespace: snap} if snap is not None else None
 
 
-@kopf.index(*MOED)
-def vibe_deployments_by_node(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[str, tuple]:
+@kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
+def vibe_deployments_by_node(
+    namespace: str, name: str, status: kopf.Status, **_: Any
+) -> dict[str, tuple[str, str]]:
     return {n: (namespace, name) for n in status.get("nodes") or ()}
 
 
-@kopf.index(*MOED)
+@kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def vibe_deployments_by_config_map(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
-) -> dict[tuple, tuple]:
+) -> dict[tuple[str, str], tuple[str, str]]:
     ref = (spec.get("workload") or {}).get("configMapRef") or {}
     return {(namespace, ref["name"]): (namespace, name)} if ref.get("name") else {}
 
 
-@kopf.index(*MOED)
+@kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def vibe_deployments(
     namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[str, DeploymentRef]:
@@ -198,10 +206,10 @@ def _world(kwargs: Mapping[str, Any]) -> World:
     )
 
 
-class _Single(Mapping):
+class _Single(Mapping[Any, Any]):
     """A Kopf index whose keys each hold one value (a node's labels, its profile) as a plain mapping."""
 
-    def __init__(self, index: kopf.Index) -> None:
+    def __init__(self, index: kopf.Index[Any, Any]) -> None:
         self._index = index
 
     def __getitem__(self, key: Any) -> Any:
@@ -216,7 +224,7 @@ class _Single(Mapping):
         return len(self._index)
 
 
-def _lookup(index: kopf.Index, key: Any) -> set[tuple[str, str]]:
+def _lookup(index: kopf.Index[Any, tuple[str, str]], key: Any) -> set[tuple[str, str]]:
     return set(index.get(key, ()))
 
 
@@ -228,7 +236,7 @@ def _all_deployments(kwargs: Mapping[str, Any]) -> list[DeploymentRef]:
 # The worker
 
 
-@kopf.daemon(*MOED, cancellation_timeout=10.0)
+@kopf.daemon(*MOED, cancellation_timeout=10.0)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 async def worker(
     namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
@@ -266,7 +274,7 @@ async def worker(
 # Watchers: who to wake
 
 
-@kopf.on.event(*MOED)
+@kopf.on.event(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def deployment_changed(
     event: kopf.RawEvent, namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -283,7 +291,7 @@ def deployment_changed(
         state.wake(key)
 
 
-@kopf.on.event(*GPUP, when=_in_profile_namespace)
+@kopf.on.event(*GPUP, when=_in_profile_namespace)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 async def profile_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A profile's spec changed (drift) or it turned stale or fresh again: wake the deployments using its
     node. A profile appeared or went away, or a deployment still waits for GPUs: also wake those whose
@@ -311,7 +319,7 @@ async def profile_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo
         state.wake(key)
 
 
-@kopf.on.event("configmaps")
+@kopf.on.event("configmaps")  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def config_map_changed(
     event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
 ) -> None:
@@ -329,7 +337,7 @@ def config_map_changed(
             state.wake(key)
 
 
-@kopf.on.event("pods")
+@kopf.on.event("pods")  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def pod_changed(
     event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
 ) -> None:

@@ -19,10 +19,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from vibe.api import GROUP, VERSION
+from vibe.api import MOEDEPLOYMENT_PLURAL as PLURAL
 from vibe.kubeclient import api_client
-
-GROUP, VERSION, PLURAL = "vibe.dev", "v1alpha1", "moedeployments"
-
 
 #: Ask for PartialObjectMetadata(List): names and labels without the rest of the object.
 _METADATA_ONLY = {
@@ -75,22 +74,22 @@ class Kube:
         name = body["metadata"]["name"]
         try:
             if body["metadata"].get("resourceVersion"):
-                rsp = await asyncio.to_thread(
+                rsp: Any = await asyncio.to_thread(
                     self.core.replace_namespaced_config_map,
                     name,
                     namespace,
-                    dict(body),
+                    _raw(body),
                     _preload_content=False,
                 )
             else:
                 rsp = await asyncio.to_thread(
-                    self.core.create_namespaced_config_map, namespace, dict(body), _preload_content=False
+                    self.core.create_namespaced_config_map, namespace, _raw(body), _preload_content=False
                 )
         except ApiException as e:
             if e.status == 409:
                 raise Conflict(f"ConfigMap {namespace}/{name} changed meanwhile") from None
             raise
-        return json.loads(rsp.data)
+        return _json(rsp)
 
     # ---- Nodes (metadata only: the API server filters by label and sends no status)
 
@@ -100,7 +99,7 @@ class Kube:
         # resource_version "0": served from the API server's watch cache, not read through from etcd
         # (with 1,000 nodes a storage read decodes every node to filter by label). It may lag by the
         # watch delay; reconciles are level-based, so the next one sees what this one missed.
-        rsp = await asyncio.to_thread(
+        rsp: Any = await asyncio.to_thread(
             self.core.list_node,
             label_selector=sel,
             resource_version="0",
@@ -112,7 +111,7 @@ class Kube:
 
     async def one_node_labels(self, name: str) -> dict[str, str] | None:
         try:
-            rsp = await asyncio.to_thread(
+            rsp: Any = await asyncio.to_thread(
                 self.core.read_node, name, _preload_content=False, _headers=_METADATA_ONE
             )
         except ApiException as e:
@@ -155,11 +154,22 @@ def new_api_client() -> client.ApiClient:
     return api_client(pool_maxsize=64)  # one connection per concurrent reconcile thread
 
 
+def _json(rsp: Any) -> dict[str, Any]:
+    """The JSON object of a raw (``_preload_content=False``) response."""
+    out: dict[str, Any] = json.loads(rsp.data)
+    return out
+
+
+def _raw(body: Mapping[str, Any]) -> Any:
+    """A plain dict where the generated client's signature names a model class (it serialises either)."""
+    return dict(body)
+
+
 async def _read(fn: Any, *args: Any) -> dict[str, Any] | None:
     try:
-        rsp = await asyncio.to_thread(fn, *args, _preload_content=False)
+        rsp: Any = await asyncio.to_thread(fn, *args, _preload_content=False)
     except ApiException as e:
         if e.status == 404:
             return None
         raise
-    return json.loads(rsp.data)
+    return _json(rsp)

@@ -23,30 +23,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vibe import api
+from vibe.api import FORMAT_KEYS, KEY_META
 from vibe.operator.clock import parse_time
-from vibe.operator.spec import FORMAT_KEYS, fingerprint
+from vibe.operator.spec import fingerprint
 from vibe.placement.cost import Placement
 from vibe.placement.errors import PlacementError
-from vibe.serving.contract import ANNOTATION_GENERATION, ANNOTATION_HASH, KEY_META, content_hash
+from vibe.serving.contract import content_hash
 
-PREFIX = "vibe.dev/"
-A_GENERATION = ANNOTATION_GENERATION
-A_HASH = ANNOTATION_HASH
-A_PLACEMENT_KEY = PREFIX + "placement-key"
-A_GPUS = PREFIX + "inputs-gpus"
-A_CURVES = PREFIX + "inputs-curves"
-A_LOADS = PREFIX + "inputs-loads"
-A_PLACED_AT = PREFIX + "placed-at"
-A_SUMMARY = PREFIX + "summary"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "vibe"}
-L_DEPLOYMENT = PREFIX + "moedeployment"
+# The ConfigMap's annotations and labels (their names live in ``vibe.api``).
+PREFIX = api.PREFIX
+A_GENERATION = api.ANNOTATION_PLACEMENT_GENERATION
+A_HASH = api.ANNOTATION_CONTENT_HASH
+A_PLACEMENT_KEY = api.ANNOTATION_PLACEMENT_KEY
+A_GPUS = api.ANNOTATION_INPUTS_GPUS
+A_CURVES = api.ANNOTATION_INPUTS_CURVES
+A_LOADS = api.ANNOTATION_INPUTS_LOADS
+A_PLACED_AT = api.ANNOTATION_PLACED_AT
+A_SUMMARY = api.ANNOTATION_SUMMARY
+MANAGED_BY = {api.LABEL_MANAGED_BY: api.MANAGED_BY_OPERATOR}
+L_DEPLOYMENT = api.LABEL_MOEDEPLOYMENT
 
 #: A ConfigMap holds at most 1 MiB; leave room for metadata.
 MAX_DATA_BYTES = 1_000_000
 
 
-def config_map_name(deployment: str) -> str:
-    return f"{deployment}-placement"
+config_map_name = api.placement_config_map_name
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import datetime as dt
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from vibe.operator.problems import Problem
 from vibe.operator.spec import DeploymentSpec
 from vibe.operator.workload import Loads
 from vibe.placement.errors import PlacementError
+
+if TYPE_CHECKING:
+    from vibe.placement.engine import Result
 
 BASELINE_POLICY = "token-balanced"
 
@@ -68,8 +71,8 @@ class Plan:
     action: str
     reason: str
     message: str
-    result: Any = None
-    baseline: Any = None
+    result: Result | None = None
+    baseline: Result | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, Any] | None = None  # the drift evaluation to show in status (None: not drifted)
     retry_at: dt.datetime | None = None  # when to look again (cooldown end)
@@ -108,11 +111,12 @@ def _plan(
     if have is not None and have.phy2log.shape != (spec.model.layers, len(fleet) * s):
         have = None  # another EP size or slot count: nothing to align to
 
-    # 1. Nothing usable in service, or the spec changed: solve from scratch.
-    if current is None or current.placement is None or current.keys.placement != keys.placement:
+    # 1. Nothing usable in service (none, unreadable, or of another shape than the GPUs now give), or the
+    #    spec changed: solve from scratch.
+    if current is None or have is None or current.keys.placement != keys.placement:
         result = solve(loads.tokens, fleet, s, spec.policy, time_budget_s=budget, current=have)
         baseline = _baseline(result, loads, fleet, s)
-        why = "first placement" if current is None else _why_resolve(current)
+        why = "first placement" if current is None else _why_resolve(current, keys)
         return _write(inputs, "Placed", why, result, baseline, drift=None)
 
     # 2. Same inputs: nothing to do.
@@ -211,7 +215,9 @@ def prior_drift_or_none(prior: Mapping[str, Any] | None) -> dict[str, Any] | Non
     return dict(prior) if prior and prior.get("decision") in (BELOW_THRESHOLD, COOLDOWN) else None
 
 
-def summary_of(result: Any, baseline: Any, *, reason: str, message: str, inputs: Inputs) -> dict[str, Any]:
+def summary_of(
+    result: Result, baseline: Result, *, reason: str, message: str, inputs: Inputs
+) -> dict[str, Any]:
     """The predicted figures of a written placement (stored in the ConfigMap, shown in status)."""
     gain = 1.0 - result.step_time_s / baseline.step_time_s if baseline.step_time_s > 0 else 0.0
     layers = len(result.layer_times_s) or 1
@@ -242,10 +248,10 @@ def _write(
     inputs: Inputs,
     reason: str,
     why: str,
-    result: Any,
-    baseline: Any,
+    result: Result,
+    baseline: Result,
     *,
-    drift: dict | None,
+    drift: dict[str, Any] | None,
     kind: str = "",
     gain: float = 0.0,
 ) -> Plan:
@@ -291,9 +297,11 @@ def _token_balanced(key: str, tokens: np.ndarray, num_gpus: int, slots: int) -> 
 _TB_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
 
 
-def _why_resolve(current: InService) -> str:
+def _why_resolve(current: InService, keys: InputKeys) -> str:
     if current.placement is None:
         return f"re-placed: the ConfigMap in service is unusable ({current.unreadable or 'no placement key'})"
+    if current.keys.placement == keys.placement:
+        return "re-placed: the placement in service does not fit the deployment's GPUs and slots"
     return "re-placed after a spec change"
 
 

@@ -8,22 +8,12 @@ retries with backoff. Anything else is a bug and stays an ordinary exception.
 
 from __future__ import annotations
 
+from vibe.api import PROBLEM_REASONS
 from vibe.placement.errors import REASONS as PLACEMENT_REASONS
 from vibe.placement.errors import PlacementError
 
 #: Reasons a Problem may carry (besides the placement engine's, which pass through unchanged).
-REASONS = (
-    "InsufficientGPUs",
-    "InfeasibleSlots",
-    "InvalidGPUProfile",
-    "StaleGPUProfile",
-    "ConfigMapNotFound",
-    "ConfigMapKeyNotFound",
-    "InvalidLoads",
-    "ShapeMismatch",
-    "PlacementConflict",
-    "OutputTooLarge",
-)
+REASONS = PROBLEM_REASONS
 
 
 class Problem(Exception):
@@ -37,7 +27,7 @@ class Problem(Exception):
         self.reason = reason
         self.message = message
 
-    def __reduce__(self) -> tuple:  # picklable across the compute pool
+    def __reduce__(self) -> tuple[type[Problem], tuple[str, str]]:  # picklable across the compute pool
         return (type(self), (self.reason, self.message))
 
     @classmethod

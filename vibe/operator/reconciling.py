@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vibe import api
 from vibe.operator import metrics, output
 from vibe.operator import status as status_mod
 from vibe.operator.clock import iso
@@ -141,6 +142,7 @@ async def _reconcile_once(
         obs.plan = plan
         t_plan = time.perf_counter()
         if plan.action == WRITE:
+            assert core is not None  # compute renders the data whenever the plan writes
             obs.in_service, wrote = await _write(kube, body, inputs, plan, core, current, old_status, now)
             logger.info(
                 "%s/%s: placement generation %d (%s): read %.2f s, plan %.2f s, write %.2f s",
@@ -167,7 +169,7 @@ async def _reconcile_once(
         metrics.ERRORS.labels(obs.problem.reason).inc()
         return min(cfg.backoff_max_s, cfg.backoff_initial_s * 2 ** (n - 1)), "problem"
     shared.failures.pop(key, None)
-    return _next_look(obs, now, cfg), "written" if wrote else "unchanged"
+    return _next_look(obs, now), "written" if wrote else "unchanged"
 
 
 def _loads(spec: DeploymentSpec, namespace: str, obj: Mapping[str, Any] | None) -> Loads:
@@ -195,7 +197,7 @@ async def _write(
     """Write the ConfigMap (whole); returns (what it now holds, whether the data changed)."""
     meta = owner["metadata"]
     same = current is not None and output.core_data(current.data) == core
-    if same:
+    if current is not None and same:
         generation = current.generation
         placed_at = current.annotations.get(output.A_PLACED_AT) or iso(now)
     else:
@@ -245,10 +247,13 @@ async def _write(
 def _ours(cm_obj: Mapping[str, Any] | None, name: str) -> bool:
     """A ConfigMap this operator wrote for a MoEDeployment of this name (e.g. a deleted-and-recreated one)."""
     labels = ((cm_obj or {}).get("metadata") or {}).get("labels") or {}
-    return labels.get("app.kubernetes.io/managed-by") == "vibe" and labels.get(output.L_DEPLOYMENT) == name
+    return (
+        labels.get(api.LABEL_MANAGED_BY) == api.MANAGED_BY_OPERATOR
+        and labels.get(output.L_DEPLOYMENT) == name
+    )
 
 
-def _next_look(obs: status_mod.Observation, now: dt.datetime, cfg: OperatorSettings) -> float | None:
+def _next_look(obs: status_mod.Observation, now: dt.datetime) -> float | None:
     """Seconds until a cooldown ends or a used GPU profile turns stale, whichever is first."""
     times = []
     if obs.plan is not None and obs.plan.retry_at is not None:

@@ -31,8 +31,6 @@ class OperatorSettings:
     backoff_max_s: float = 300.0
     #: Worker processes for placement work (0: threads in the operator's process).
     compute_processes: int = field(default_factory=lambda: default_compute_processes())
-    #: Namespaces watched for MoEDeployments (empty: all).
-    namespaces: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls) -> OperatorSettings:

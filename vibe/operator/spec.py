@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Output formats and the ConfigMap key each one writes.
-FORMAT_KEYS = {"vibe": "placement.json", "sglang": "sglang-expert-location.json", "eplb": "eplb.json"}
 DEFAULT_FORMATS = ("vibe", "sglang")
 DEFAULT_LOADS_KEY = "loads.json"
 #: Tokens per step assumed for uniform loads (no load profile given).

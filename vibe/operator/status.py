@@ -123,7 +123,7 @@ def _drift_of(obs: Observation, old: Mapping[str, Any]) -> dict[str, Any] | None
 
 
 def _conditions(
-    obs: Observation, cm: InService | None, current: bool, drift: Mapping | None
+    obs: Observation, cm: InService | None, current: bool, drift: Mapping[str, Any] | None
 ) -> list[Condition]:
     notes = _notes(obs)
     p = obs.problem
@@ -175,7 +175,7 @@ def _conditions(
 
 
 def _events(
-    old: Mapping[str, Any], new: Mapping[str, Any], obs: Observation, drift: Mapping | None
+    old: Mapping[str, Any], new: Mapping[str, Any], obs: Observation, drift: Mapping[str, Any] | None
 ) -> list[Event]:
     events: list[Event] = []
     plan = obs.plan
@@ -206,7 +206,7 @@ def _events(
 
 
 def _notes(obs: Observation) -> list[str]:
-    notes = []
+    notes: list[str] = []
     if obs.resolution is not None:
         notes.extend(obs.resolution.notes)
     if obs.loads is not None and obs.loads.note:

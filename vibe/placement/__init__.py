@@ -23,7 +23,7 @@ The names below are re-exported lazily (PEP 562), so importing the ``vibe`` CLI 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "lower_bound": "bounds",
@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f"vibe.placement.{_EXPORTS[name]}"), name)
         globals()[name] = value

@@ -88,7 +88,7 @@ def _expert_bound(loads: np.ndarray, table: CurveTable, s: int, iters: int = 64)
     """
     num_layers = loads.shape[0]
     p = table.num_gpus * s
-    positive = loads > 0
+    positive = np.asarray(loads > 0)
     lo = np.zeros(num_layers)
     hi = loads.max(axis=1) + 1.0  # one replica each: feasible since P >= E
     for _ in range(iters):
@@ -97,7 +97,8 @@ def _expert_bound(loads: np.ndarray, table: CurveTable, s: int, iters: int = 64)
         feasible = need.sum(axis=1) <= p
         hi = np.where(feasible, mid, hi)
         lo = np.where(feasible, lo, mid)
-    others = np.where(positive.all(axis=1)[:, None], (s - 1) * table.floor[None, :], 0.0)  # [L, G]
+    full = np.asarray(positive.all(axis=1))
+    others = np.where(full[:, None], (s - 1) * table.floor[None, :], 0.0)  # [L, G]
     at_lo = table.all_gpus(lo).T  # [L, G]
     return np.where(lo > 0, (at_lo + others).min(axis=1), 0.0)
 

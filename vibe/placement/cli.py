@@ -3,92 +3,125 @@
 Role: the offline face of the placement library (what the operator does on every reconcile, done by
 hand): read loads and a fleet, solve, write one of the output formats, print a short table.
 
-Heavy imports (numpy, rich) happen inside the command, so ``vibe --help`` stays fast. Every bad input
-ends as one ``error: ...`` line on stderr and exit status 2, never a traceback.
+``vibe --help`` never imports this module (the root registers it lazily); rich is imported only to print
+the table. Every bad input ends as one ``vibe plan: <Reason>: <message>`` line on stderr and exit status
+1, a bad flag as Click's usage error and exit status 2, never a traceback (``vibe.clikit``).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from vibe.clikit import failures
+from vibe.placement.engine import PolicyName
+from vibe.placement.formats import FormatName
+
+if TYPE_CHECKING:
+    from vibe.placement.engine import Result
+
+
+COMMAND = "vibe plan"
+
 
 def plan(
-    loads: str = typer.Option(
-        ...,
-        "--loads",
-        "-l",
-        metavar="LOADS.json",
-        help="Expert loads: {'loads': [[...]]} as [layers][experts] tokens per expert per forward step, "
-        "or SGLang's recorder output {'logical_count': ...} ([layers][experts], or [steps][layers][experts] "
-        "averaged over steps).",
-    ),
-    fleet: str = typer.Option(
-        ...,
-        "--fleet",
-        "-f",
-        metavar="FLEET.json",
-        help="The expert-parallel GPUs in rank order: {'gpus': [{'id', 'node', 'tokens': [...], "
-        "'seconds': [...]}]} (seconds for ONE expert over n tokens), or per GPU a 'roofline' "
-        "{floorSeconds, secondsPerToken} or 'reference' {hiddenSize, intermediateSize, dtype}, "
-        "with an optional 'timeScale' slowdown.",
-    ),
-    slots_per_gpu: int = typer.Option(
-        ..., "--slots-per-gpu", "-s", help="Physical expert slots per GPU per layer; slots x GPUs >= experts."
-    ),
-    policy: str = typer.Option(
-        "vibe",
-        "--policy",
-        "-p",
-        help="vibe (fastest predicted step: hardware-aware replication, binning and local search), "
-        "token-balanced (DeepSeek EPLB-style, balances tokens), round-robin, linear (engine defaults), "
-        "or exact (OR-Tools CP-SAT per layer, small instances only).",
-    ),
-    fmt: str = typer.Option(
-        "placement",
-        "--format",
-        "-F",
-        help="Output: placement (vibe's canonical placement.json), sglang (--init-expert-location file) "
-        "or eplb (phy2log / log2phy / logcnt).",
-    ),
-    output: str | None = typer.Option(
-        None,
-        "--output",
-        "-o",
-        metavar="OUT.json",
-        help="Write here; without it the file goes to stdout and the table to stderr.",
-    ),
-    current: str | None = typer.Option(
-        None,
-        "--current",
-        "-c",
-        metavar="PLACEMENT.json",
-        help="The placement in service (any of the three formats): re-place incrementally, moving few "
-        "experts, and report the moves.",
-    ),
-    max_moves: int | None = typer.Option(
-        None, "--max-moves", help="With --current: change at most this many slots."
-    ),
-    tokens_per_step: float | None = typer.Option(
-        None,
-        "--tokens-per-step",
-        help="Treat the loads as relative frequencies and rescale each layer to this many tokens per "
-        "forward step (times --top-k).",
-    ),
-    top_k: int | None = typer.Option(
-        None, "--top-k", help="Experts each token is routed to (for --tokens-per-step)."
-    ),
-    time_budget: float = typer.Option(
-        1.0,
-        "--time-budget",
-        help="Search budget in seconds (a deterministic work budget: same inputs, same bytes).",
-    ),
-    compare: bool = typer.Option(
-        True, "--compare/--no-compare", help="Also solve with the other policies and show them side by side."
-    ),
+    loads: Annotated[
+        Path,
+        typer.Option(
+            "--loads",
+            "-l",
+            metavar="LOADS.json",
+            help="Expert loads: {'loads': [[...]]} as [layers][experts] tokens per expert per forward step, "
+            "or SGLang's recorder output {'logical_count': ...} ([layers][experts], or "
+            "[steps][layers][experts] averaged over steps).",
+        ),
+    ],
+    fleet: Annotated[
+        Path,
+        typer.Option(
+            "--fleet",
+            "-f",
+            metavar="FLEET.json",
+            help="The expert-parallel GPUs in rank order: {'gpus': [{'id', 'node', 'tokens': [...], "
+            "'seconds': [...]}]} (seconds for ONE expert over n tokens), or per GPU a 'roofline' "
+            "{floorSeconds, secondsPerToken} or 'reference' {hiddenSize, intermediateSize, dtype}, "
+            "with an optional 'timeScale' slowdown.",
+        ),
+    ],
+    slots_per_gpu: Annotated[
+        int,
+        typer.Option(
+            "--slots-per-gpu", "-s", help="Physical expert slots per GPU per layer; slots x GPUs >= experts."
+        ),
+    ],
+    policy: Annotated[
+        PolicyName,
+        typer.Option(
+            "--policy",
+            "-p",
+            help="vibe (fastest predicted step: hardware-aware replication, binning and local search), "
+            "token-balanced (DeepSeek EPLB-style, balances tokens), round-robin, linear (engine defaults), "
+            "or exact (OR-Tools CP-SAT per layer, small instances only).",
+        ),
+    ] = "vibe",
+    fmt: Annotated[
+        FormatName,
+        typer.Option(
+            "--format",
+            "-F",
+            help="Output: placement (vibe's canonical placement.json), sglang (--init-expert-location file) "
+            "or eplb (phy2log / log2phy / logcnt).",
+        ),
+    ] = "placement",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="OUT.json",
+            help="Write the placement file here; without it the file goes to stdout and the table to stderr.",
+        ),
+    ] = None,
+    current: Annotated[
+        Path | None,
+        typer.Option(
+            "--current",
+            "-c",
+            metavar="PLACEMENT.json",
+            help="The placement in service (any of the three formats): re-place incrementally, moving few "
+            "experts, and report the moves.",
+        ),
+    ] = None,
+    max_moves: Annotated[
+        int | None, typer.Option("--max-moves", help="With --current: change at most this many slots.")
+    ] = None,
+    tokens_per_step: Annotated[
+        float | None,
+        typer.Option(
+            "--tokens-per-step",
+            help="Treat the loads as relative frequencies and rescale each layer to this many tokens per "
+            "forward step (times --top-k).",
+        ),
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Experts each token is routed to (for --tokens-per-step).")
+    ] = None,
+    time_budget: Annotated[
+        float,
+        typer.Option(
+            "--time-budget",
+            help="Search budget in seconds (a deterministic work budget: same inputs, same bytes).",
+        ),
+    ] = 1.0,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare/--no-compare", help="Also solve with the other policies and show them side by side."
+        ),
+    ] = True,
 ) -> None:
     """Compute an expert placement from measured GPU speeds and expert loads.
 
@@ -97,33 +130,23 @@ def plan(
     table shows, per policy, the step time, the imbalance (max / mean GPU time, averaged over layers),
     the provable lower bound and the gap to it, the solve time and (with --current) the slots moved.
     """
-    try:
+    from vibe.placement.errors import PlacementError
+
+    with failures(COMMAND, PlacementError):
         _plan(
-            loads,
-            fleet,
+            str(loads),
+            str(fleet),
             slots_per_gpu,
             policy,
             fmt,
-            output,
-            current,
+            None if output is None else str(output),
+            None if current is None else str(current),
             max_moves,
             tokens_per_step,
             top_k,
             time_budget,
             compare,
         )
-    except typer.Exit:
-        raise
-    except Exception as e:  # one line, never a traceback (VIBE_DEBUG=1 shows it)
-        from vibe.placement.errors import PlacementError
-
-        if os.environ.get("VIBE_DEBUG"):
-            raise
-        if isinstance(e, PlacementError):
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-        typer.echo(f"error: internal error ({type(e).__name__}: {e})", err=True)
-        raise typer.Exit(1) from None
 
 
 def _plan(
@@ -148,15 +171,15 @@ def _plan(
     from vibe.placement.incremental import replace_incremental
     from vibe.placement.inputs import load_json, read_fleet, read_loads, read_placement
 
-    if policy not in POLICIES or policy == "random":
-        names = ", ".join(p for p in POLICIES if p != "random")
+    if policy not in POLICIES:
+        names = ", ".join(POLICIES)
         raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {names})")
     if fmt not in FORMATS:
         raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if slots_per_gpu < 1:
         raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
     if not (time_budget > 0):
-        raise PlacementError("InvalidLoads", "--time-budget must be positive")
+        raise PlacementError("InvalidBudget", f"--time-budget must be positive, not {time_budget:g}")
     if max_moves is not None and current_path is None:
         raise PlacementError("InvalidPlacement", "--max-moves needs --current")
     load_arr = read_loads(load_json(loads_path, "loads"), tokens_per_step=tokens_per_step, top_k=top_k)
@@ -212,7 +235,14 @@ def _plan(
 
 
 def _table(
-    results: dict, chosen, shape, num_gpus: int, slots: int, *, to_stderr: bool, written: str | None
+    results: dict[str, Result],
+    chosen: Result,
+    shape: tuple[int, int],
+    num_gpus: int,
+    slots: int,
+    *,
+    to_stderr: bool,
+    written: str | None,
 ) -> None:
     from rich import box
     from rich.console import Console
@@ -223,7 +253,7 @@ def _table(
     layers, experts = shape
     title = f"{layers} layers x {experts} experts on {num_gpus} GPUs x {slots} slots"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for col, just in (
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
         ("policy", "left"),
         ("step ms", "right"),
         ("speedup", "right"),
@@ -232,7 +262,8 @@ def _table(
         ("gap", "right"),
         ("solve s", "right"),
         ("moves", "right"),
-    ):
+    )
+    for col, just in columns:
         table.add_column(col, justify=just, no_wrap=True)
     ref = results.get("token-balanced")
     for name, r in results.items():

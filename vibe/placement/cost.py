@@ -1,7 +1,7 @@
 """A placement and the one evaluator that prices it.
 
 Every policy, every bound check, every report and the operator's drift decision price placements
-here, so "predicted time" means the same thing everywhere (DESIGN.md, "The cost model"):
+here, so "predicted time" means the same thing everywhere (ARCHITECTURE.md, "The cost model"):
 
 * a slot holding expert e, which has ``r_e`` replicas in the layer, serves ``load_e / r_e`` tokens
   (engines split an expert's tokens evenly over its replicas; SGLang's static dispatch does not quite:
@@ -68,11 +68,11 @@ class Placement:
 
     @property
     def num_layers(self) -> int:
-        return self.phy2log.shape[0]
+        return int(self.phy2log.shape[0])
 
     @property
     def num_slots(self) -> int:
-        return self.phy2log.shape[1]
+        return int(self.phy2log.shape[1])
 
     @property
     def num_gpus(self) -> int:
@@ -235,7 +235,7 @@ def check_shapes(
     return loads
 
 
-def check_loads(loads) -> np.ndarray:
+def check_loads(loads: object) -> np.ndarray:
     """[L, E] float64 loads, finite and >= 0, or a PlacementError saying what is wrong."""
     arr = numbers_array(loads)
     if arr is None:

@@ -3,7 +3,7 @@
 Role in the data flow: the agent measures ``t_g(n)`` on each GPU (or the operator falls back to a scaled
 reference curve), and everything in ``vibe.placement`` prices a placement through these curves.
 
-The curve model (the cost model of DESIGN.md, made precise):
+The curve model (the cost model of ARCHITECTURE.md, made precise):
 
 * ``t_g(0) = 0``: a slot whose expert gets no tokens costs nothing.
 * ``0 < n <= tokens[0]``: flat at ``seconds[0]`` (below the first measured point the kernel is bound by
@@ -260,7 +260,7 @@ def numbers_array(values: Any) -> np.ndarray | None:
 
 
 @functools.cache
-def _reference_data() -> dict:
+def _reference_data() -> dict[str, Any]:
     text = resources.files("vibe.placement").joinpath("data/h100_expert_ffn.json").read_text()
     return json.loads(text)
 
@@ -292,8 +292,8 @@ def reference_curve(
     steady = _reference_data()["steady"]
     want = hidden_size * intermediate_size * DTYPE_BYTES[dtype]
 
-    def size(v: dict) -> float:
-        return v["hiddenSize"] * v["intermediateSize"] * DTYPE_BYTES[v["dtype"]]
+    def size(v: dict[str, Any]) -> float:
+        return float(v["hiddenSize"] * v["intermediateSize"] * DTYPE_BYTES[v["dtype"]])
 
     name = min(sorted(steady), key=lambda k: (abs(np.log(size(steady[k]) / want)), k))
     ref = steady[name]

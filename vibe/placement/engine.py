@@ -13,7 +13,9 @@ and never accepting a worsening move makes ``vibe`` never slower than ``token-ba
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -24,12 +26,11 @@ from vibe.placement.curves import Fleet
 from vibe.placement.errors import PlacementError
 from vibe.placement.search import EVALS_PER_SECOND, SearchState, improve, kick
 
-#: Policies ``solve`` knows, in the order reports list them.
-POLICIES = ("round-robin", "linear", "token-balanced", "vibe", "exact", "random")
+#: The name of a policy ``solve`` knows (the MoEDeployment CRD's ``spec.policy`` enum is exactly these).
+PolicyName = Literal["round-robin", "linear", "token-balanced", "vibe", "exact"]
 
-#: Policies a comparison table shows by default (``exact`` needs OR-Tools and a small instance;
-#: ``random`` is for tests).
-COMPARED = ("round-robin", "linear", "token-balanced", "vibe")
+#: Policies a comparison table shows by default (``exact`` needs OR-Tools and a small instance).
+COMPARED: tuple[PolicyName, ...] = ("round-robin", "linear", "token-balanced", "vibe")
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Result:
     gpu_times_s: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     layer_bounds_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     converged: bool = True
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def solve(
@@ -90,7 +91,7 @@ def solve(
         policy: one of ``POLICIES``.
         time_budget_s: search budget for ``vibe`` (as a deterministic work budget, see ``search.py``)
             and ``exact`` (as CP-SAT's deterministic time).
-        seed: for ``random`` only; every other policy is deterministic.
+        seed: the seed of ``vibe``'s kicks (every policy is deterministic for a given seed).
         current: the placement in service, if any: the result's slots are then ordered within each GPU
             to keep experts where they already are, and ``moves`` counts the copies needed.
     Returns:
@@ -103,31 +104,13 @@ def solve(
     if policy not in POLICIES:
         raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
     if not (np.isfinite(time_budget_s) and time_budget_s > 0):
-        raise PlacementError("InvalidLoads", "time budget must be a positive number of seconds")
-    num_layers, e = loads.shape
-    g, s = len(fleet), slots_per_gpu
-    table = fleet.table
-    converged = True
-    info: dict = {}
-    bounds = None
-    if policy == "linear":
-        phy = policies.linear(num_layers, e, g, s)
-    elif policy == "round-robin":
-        phy = policies.round_robin(num_layers, e, g, s)
-    elif policy == "random":
-        phy = policies.random_placement(num_layers, e, g, s, np.random.default_rng(seed))
-    elif policy == "token-balanced":
-        phy = token_balanced(loads, g, s)
-    elif policy == "vibe":
-        bounds = layer_lower_bounds(loads, table, s)
-        phy, converged = vibe(loads, fleet, s, time_budget_s=time_budget_s, seed=seed, bounds=bounds)
-    else:  # exact
-        from vibe.placement.exact import solve_exact
-
-        bounds = layer_lower_bounds(loads, table, s)
-        start, _ = vibe(loads, fleet, s, time_budget_s=time_budget_s, seed=seed, bounds=bounds)
-        phy, info = solve_exact(loads, table, s, start, time_budget_s=time_budget_s)
-    placement = Placement(phy, s, e)
+        raise PlacementError(
+            "InvalidBudget",
+            f"the solve time budget must be a positive number of seconds, not {time_budget_s}",
+        )
+    s = slots_per_gpu
+    built = POLICIES[policy](loads, fleet, s, time_budget_s, seed)
+    placement = Placement(built.phy, s, loads.shape[1])
     if current is not None:
         placement = align_to(placement, current)
     return make_result(
@@ -137,10 +120,66 @@ def solve(
         fleet,
         started,
         current=current,
-        converged=converged,
-        info=info,
-        bounds=bounds,
+        converged=built.converged,
+        info=built.info,
+        bounds=built.bounds,
     )
+
+
+# ---- the policy registry: name -> how it builds a placement
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a policy built: [L, P] phy2log, whether its search converged, facts for ``Result.info``, and
+    the per-layer lower bounds when it computed them anyway (``make_result`` computes them otherwise)."""
+
+    phy: np.ndarray
+    converged: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+    bounds: np.ndarray | None = None
+
+
+#: A policy: (loads [L, E], fleet, slots per GPU, time budget in seconds, seed) -> what it built.
+Policy = Callable[[np.ndarray, Fleet, int, float, int], Built]
+
+
+def _linear(loads: np.ndarray, fleet: Fleet, s: int, budget: float, seed: int) -> Built:
+    return Built(policies.linear(loads.shape[0], loads.shape[1], len(fleet), s))
+
+
+def _round_robin(loads: np.ndarray, fleet: Fleet, s: int, budget: float, seed: int) -> Built:
+    return Built(policies.round_robin(loads.shape[0], loads.shape[1], len(fleet), s))
+
+
+def _token_balanced(loads: np.ndarray, fleet: Fleet, s: int, budget: float, seed: int) -> Built:
+    return Built(token_balanced(loads, len(fleet), s))
+
+
+def _vibe(loads: np.ndarray, fleet: Fleet, s: int, budget: float, seed: int) -> Built:
+    bounds = layer_lower_bounds(loads, fleet.table, s)
+    phy, converged = vibe(loads, fleet, s, time_budget_s=budget, seed=seed, bounds=bounds)
+    return Built(phy, converged, bounds=bounds)
+
+
+def _exact(loads: np.ndarray, fleet: Fleet, s: int, budget: float, seed: int) -> Built:
+    from vibe.placement.exact import solve_exact
+
+    bounds = layer_lower_bounds(loads, fleet.table, s)
+    start, _ = vibe(loads, fleet, s, time_budget_s=budget, seed=seed, bounds=bounds)
+    phy, info = solve_exact(loads, fleet.table, s, start, time_budget_s=budget)
+    return Built(phy, info=info, bounds=bounds)
+
+
+#: Policies ``solve`` knows, in the order reports list them (``PolicyName`` spelled as a registry).
+POLICIES: dict[str, Policy] = {
+    "round-robin": _round_robin,
+    "linear": _linear,
+    "token-balanced": _token_balanced,
+    "vibe": _vibe,
+    "exact": _exact,
+}
+assert tuple(POLICIES) == get_args(PolicyName), "POLICIES and PolicyName must name the same policies"
 
 
 def token_balanced(loads: np.ndarray, num_gpus: int, slots_per_gpu: int) -> np.ndarray:
@@ -169,7 +208,7 @@ def vibe(
     g, s = len(fleet), slots_per_gpu
     table = fleet.table
     ref = int(np.argsort(table.floor, kind="stable")[g // 2])  # a median-speed GPU prices "work"
-    starts = []
+    starts: list[np.ndarray] = []
     for counts in (
         policies.replicate_by_tokens(loads, g * s),
         policies.replicate_by_work(loads, g * s, table, ref),
@@ -201,7 +240,7 @@ def make_result(
     *,
     current: Placement | None = None,
     converged: bool = True,
-    info: dict | None = None,
+    info: dict[str, Any] | None = None,
     bounds: np.ndarray | None = None,
 ) -> Result:
     """Price a placement and wrap it with its bound (shared by every policy)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 #: The reasons in use; the operator may switch on them.
 REASONS = (
     "InvalidLoads",
+    "InvalidBudget",
     "InvalidCurve",
     "InvalidFleet",
     "InvalidPlacement",
@@ -42,5 +43,5 @@ class PlacementError(ValueError):
         self.reason = reason
         self.message = message
 
-    def __reduce__(self):  # keep picklable with two arguments
+    def __reduce__(self) -> tuple[type[PlacementError], tuple[str, str]]:  # picklable with two arguments
         return (type(self), (self.reason, self.message))

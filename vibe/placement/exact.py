@@ -18,6 +18,8 @@ layers CP-SAT proved optimal and the sum of its per-layer bounds.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from vibe.placement.curves import CurveTable
@@ -37,7 +39,7 @@ def solve_exact(
     hint: np.ndarray,
     *,
     time_budget_s: float,
-) -> tuple[np.ndarray, dict]:
+) -> tuple[np.ndarray, dict[str, Any]]:
     """[L, P] placement from CP-SAT per layer (falling back to ``hint`` where CP-SAT finds nothing better).
 
     Args:
@@ -70,43 +72,43 @@ def solve_exact(
         cost = table.all_gpus(w[:, None] / ks[None, :])  # [G, E, K]
         icost = np.floor(cost * SCALE).astype(np.int64)
         m = cp_model.CpModel()
-        z = [[m.NewBoolVar(f"z{i}_{k}") for k in ks] for i in range(e)]
+        z = [[m.new_bool_var(f"z{i}_{k}") for k in ks] for i in range(e)]
         y = [
-            [[m.NewIntVar(0, min(s, int(k)), f"y{i}_{j}_{k}") for k in ks] for j in range(g)]
+            [[m.new_int_var(0, min(s, int(k)), f"y{i}_{j}_{k}") for k in ks] for j in range(g)]
             for i in range(e)
         ]
         for i in range(e):
-            m.AddExactlyOne(z[i])
+            m.add_exactly_one(z[i])
             for ki, k in enumerate(ks):
-                m.Add(sum(y[i][j][ki] for j in range(g)) == int(k) * z[i][ki])
-        m.Add(sum(int(k) * z[i][ki] for i in range(e) for ki, k in enumerate(ks)) == p)
+                m.add(sum(y[i][j][ki] for j in range(g)) == int(k) * z[i][ki])
+        m.add(sum(int(k) * z[i][ki] for i in range(e) for ki, k in enumerate(ks)) == p)
         horizon = int(icost.sum(axis=(1, 2)).max()) + 1
-        t = m.NewIntVar(0, horizon, "T")
+        t = m.new_int_var(0, horizon, "T")
         for j in range(g):
-            m.Add(sum(y[i][j][ki] for i in range(e) for ki in range(kmax)) == s)
-            m.Add(sum(int(icost[j, i, ki]) * y[i][j][ki] for i in range(e) for ki in range(kmax)) <= t)
-        m.Minimize(t)
+            m.add(sum(y[i][j][ki] for i in range(e) for ki in range(kmax)) == s)
+            m.add(sum(int(icost[j, i, ki]) * y[i][j][ki] for i in range(e) for ki in range(kmax)) <= t)
+        m.minimize(t)
         # warm start from the hint
         hp = hint[layer].reshape(g, s)
         cnt = np.bincount(hint[layer], minlength=e)
         for i in range(e):
             for ki, k in enumerate(ks):
                 on = int(cnt[i] == k)
-                m.AddHint(z[i][ki], on)
+                m.add_hint(z[i][ki], on)
                 for j in range(g):
-                    m.AddHint(y[i][j][ki], int((hp[j] == i).sum()) if on else 0)
+                    m.add_hint(y[i][j][ki], int((hp[j] == i).sum()) if on else 0)
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = 1
         solver.parameters.max_deterministic_time = max(0.05, time_budget_s / num_layers)
         solver.parameters.random_seed = 0
-        status = solver.Solve(m)
+        status = solver.solve(m)
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            bound_total += solver.BestObjectiveBound() / SCALE
+            bound_total += solver.best_objective_bound / SCALE
             optimal += int(status == cp_model.OPTIMAL)
             slots = []
             for j in range(g):
                 for i in range(e):
                     for ki in range(kmax):
-                        slots += [i] * int(solver.Value(y[i][j][ki]))
+                        slots += [i] * int(solver.value(y[i][j][ki]))
             out[layer] = np.array(slots, dtype=np.int64)
     return out, {"optimalLayers": optimal, "cpsatBoundSeconds": bound_total}

@@ -17,13 +17,13 @@ content hash tells whether anything changed.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal, get_args
 
+from vibe.api import API_VERSION, KEY_EPLB, KEY_PLACEMENT, KEY_SGLANG
 from vibe.placement.curves import Fleet
 from vibe.placement.engine import Result
 from vibe.placement.errors import PlacementError
 
-API_VERSION = "vibe.dev/v1alpha1"
 KIND = "ExpertPlacement"
 
 
@@ -107,7 +107,12 @@ def to_eplb(result: Result) -> bytes:
     )
 
 
-FORMATS = {"placement": "placement.json", "sglang": "sglang-expert-location.json", "eplb": "eplb.json"}
+#: The name of an output format (``vibe plan --format``).
+FormatName = Literal["placement", "sglang", "eplb"]
+
+#: Output format -> the file name (and placement ConfigMap key) it is written under.
+FORMATS = {"placement": KEY_PLACEMENT, "sglang": KEY_SGLANG, "eplb": KEY_EPLB}
+assert tuple(FORMATS) == get_args(FormatName), "FORMATS and FormatName must name the same formats"
 
 
 def render(fmt: str, result: Result, fleet: Fleet, *, baseline: Result | None = None) -> bytes:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ def replace_incremental(
 
 def _trajectories(
     state: SearchState, orig: np.ndarray, cap: int, max_evals: float
-) -> tuple[list[list[tuple]], np.ndarray, np.ndarray, bool]:
+) -> tuple[list[list[tuple[Any, ...]]], np.ndarray, np.ndarray, bool]:
     """Walk every layer greedily from the current placement (all layers batched).
 
     Returns:
@@ -113,7 +114,7 @@ def _trajectories(
     """
     num_layers = state.T.shape[0]
     rows_all = np.arange(num_layers)
-    steps: list[list[tuple]] = [[] for _ in range(num_layers)]
+    steps: list[list[tuple[Any, ...]]] = [[] for _ in range(num_layers)]
     moves = [[0] for _ in range(num_layers)]
     times = [[float(t)] for t in state.layer_times()]
     active = np.ones(num_layers, dtype=bool)
@@ -239,7 +240,7 @@ def _hull(m: np.ndarray, g: np.ndarray) -> list[tuple[int, float, int]]:
     return hull
 
 
-def _replay(state: SearchState, steps: list[list[tuple]], chosen: np.ndarray) -> None:
+def _replay(state: SearchState, steps: list[list[tuple[Any, ...]]], chosen: np.ndarray) -> None:
     """Apply each layer's first ``chosen[l]`` steps, step by step across layers."""
     for k in range(int(chosen.max(initial=0))):
         take = [layer for layer in range(len(steps)) if chosen[layer] > k]
@@ -255,7 +256,7 @@ def _replay(state: SearchState, steps: list[list[tuple]], chosen: np.ndarray) ->
             state.apply_retargets(lay, args[:, 0], args[:, 1], args[:, 2])
 
 
-def _delta(orig: np.ndarray, now: np.ndarray, rows: np.ndarray, changes: list[tuple]) -> np.ndarray:
+def _delta(orig: np.ndarray, now: np.ndarray, rows: np.ndarray, changes: list[tuple[Any, ...]]) -> np.ndarray:
     """[A] change in slots differing from ``orig`` if slots (g, s) take experts e (arrays over layers)."""
     d = np.zeros(rows.size, dtype=np.int64)
     for g, s, e in changes:

@@ -62,7 +62,7 @@ def load_json(path: str | Path, what: str) -> Any:
 
 
 def read_loads(
-    obj: dict | list, *, tokens_per_step: float | None = None, top_k: int | None = None
+    obj: dict[str, Any] | list[Any], *, tokens_per_step: float | None = None, top_k: int | None = None
 ) -> np.ndarray:
     """[L, E] float64 tokens per expert per forward step, from our JSON or SGLang's recorder output."""
     steps = None
@@ -117,13 +117,13 @@ def read_loads(
     return loads
 
 
-def read_fleet(obj: dict) -> Fleet:
+def read_fleet(obj: dict[str, Any]) -> Fleet:
     """A Fleet (rank order) from ``{"gpus": [...]}``; see the module docstring for the GPU entries."""
     if not isinstance(obj, dict) or not isinstance(obj.get("gpus"), list):
         raise PlacementError("InvalidFleet", "fleet JSON needs a 'gpus' list in expert-parallel rank order")
     if not obj["gpus"]:
         raise PlacementError("InvalidFleet", "the fleet has no GPUs")
-    default = {k: obj[k] for k in ("curve", "roofline", "reference") if k in obj}
+    default: dict[str, Any] = {k: obj[k] for k in ("curve", "roofline", "reference") if k in obj}
     gpus = []
     for rank, entry in enumerate(obj["gpus"]):
         if not isinstance(entry, dict):
@@ -155,7 +155,7 @@ def read_fleet(obj: dict) -> Fleet:
     return Fleet(tuple(gpus))
 
 
-def _curve_of(entry: dict, default: dict, gid: str) -> tuple[Any, Any]:
+def _curve_of(entry: dict[str, Any], default: dict[str, Any], gid: str) -> tuple[Any, Any]:
     if "tokens" in entry or "seconds" in entry:
         if "tokens" not in entry or "seconds" not in entry:
             raise PlacementError("InvalidCurve", f"GPU {gid!r} needs both 'tokens' and 'seconds'")
@@ -200,7 +200,7 @@ def _for_gpu(gid: str, make: Callable[..., Any], *args: Any, **kwargs: Any) -> A
 
 
 def read_placement(
-    obj: dict, *, slots_per_gpu: int | None = None, num_experts: int | None = None
+    obj: dict[str, Any], *, slots_per_gpu: int | None = None, num_experts: int | None = None
 ) -> Placement:
     """A Placement from our placement.json, an SGLang expert-location file or an EPLB file.
 
@@ -238,4 +238,4 @@ def read_placement(
         raise PlacementError(
             "ShapeMismatch", f"the current placement has {s} slots per GPU, not {slots_per_gpu}"
         )
-    return Placement(phy, s, e)
+    return Placement(np.asarray(phy), s, e)

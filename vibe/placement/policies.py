@@ -174,15 +174,3 @@ def _list_schedule(
 def replica_costs(loads: np.ndarray, counts: np.ndarray, table: CurveTable) -> np.ndarray:
     """[L, G, E] seconds one replica of each expert takes on each GPU, given replica counts [L, E]."""
     return np.moveaxis(table.all_gpus(loads / counts), 0, 1)
-
-
-def random_placement(
-    num_layers: int, num_experts: int, num_gpus: int, slots_per_gpu: int, rng: np.random.Generator
-) -> np.ndarray:
-    """[L, P] int64: a uniformly shuffled feasible placement (every expert once, the rest at random)."""
-    p = num_gpus * slots_per_gpu
-    out = np.empty((num_layers, p), dtype=np.int64)
-    for layer in range(num_layers):
-        extra = rng.integers(0, num_experts, size=p - num_experts)
-        out[layer] = rng.permutation(np.concatenate([np.arange(num_experts), extra]))
-    return out

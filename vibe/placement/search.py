@@ -172,7 +172,9 @@ class SearchState:
         h, j = np.divmod(rem, s)
         return flat[rows, best], b, i, h, j
 
-    def apply_swaps(self, layers, b, i, g, j) -> None:
+    def apply_swaps(
+        self, layers: np.ndarray, b: np.ndarray, i: np.ndarray, g: np.ndarray, j: np.ndarray
+    ) -> None:
         """Exchange slot (b, i) and slot (g, j) in each given layer (replica counts unchanged)."""
         x = self.phy[layers, b, i].copy()
         y = self.phy[layers, g, j].copy()
@@ -232,7 +234,9 @@ class SearchState:
             np.concatenate([y1.reshape(a, -1), y2.reshape(a, -1), y3], axis=1),
         )
 
-    def eval_retargets(self, layers, ga, sa, y) -> tuple[np.ndarray, np.ndarray]:
+    def eval_retargets(
+        self, layers: np.ndarray, ga: np.ndarray, sa: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """New GPU times after re-targeting slot (ga, sa) to expert y, for [A, N] candidates.
 
         Returns:
@@ -275,12 +279,12 @@ class SearchState:
         score[~changed[rows, :, b]] = np.inf
         score[~np.isfinite(score)] = np.inf
         best = score.argmin(axis=1)
-        out = (score[rows, best], ga[rows, best], sa[rows, best], y[rows, best])
+        out: tuple[np.ndarray, ...] = (score[rows, best], ga[rows, best], sa[rows, best], y[rows, best])
         if with_layer_max:
             out = (*out, new_t[rows, best].max(axis=1))
         return out
 
-    def apply_retargets(self, layers, ga, sa, y) -> None:
+    def apply_retargets(self, layers: np.ndarray, ga: np.ndarray, sa: np.ndarray, y: np.ndarray) -> None:
         """Slot (ga, sa) of each given layer takes a replica of y (layers distinct)."""
         x = self.phy[layers, ga, sa].copy()
         self.phy[layers, ga, sa] = y

@@ -16,13 +16,15 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
+from vibe import api as api_names
+from vibe.clikit import ContextOpt, KubeconfigOpt, fail, namespace_option, setup_logging
+from vibe.kubeclient import as_dict
 from vibe.serving.errors import ServingError
 
 app = typer.Typer(
@@ -32,26 +34,17 @@ app = typer.Typer(
 )
 log = logging.getLogger("vibe.serving")
 
-TERMINATION_LOG = "/dev/termination-log"
+COMMAND = "vibe serving"
+NAMESPACE = namespace_option("Namespace of the ConfigMaps (in a pod: POD_NAMESPACE).", envvar="POD_NAMESPACE")
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(verbose)
 
 
-def _fail(e: ServingError) -> typer.Exit:
-    line = f"vibe serving: {e.reason}: {e.message}"
-    typer.echo(line, err=True)
-    try:
-        if os.path.exists(TERMINATION_LOG) and os.access(TERMINATION_LOG, os.W_OK):
-            Path(TERMINATION_LOG).write_text(line + "\n", encoding="utf-8")
-    except OSError:
-        pass
-    return typer.Exit(1)
+def _fail(e: ServingError) -> NoReturn:
+    """``vibe serving: <Reason>: <message>`` on stderr and in the termination log; exit 1."""
+    fail(e.reason, e.message, command=COMMAND)
 
 
 def _settings(
@@ -63,7 +56,7 @@ def _settings(
     first_moe_layer: int | None,
     architecture: str | None = None,
 ) -> Any:
-    from vibe.serving.engine import EngineSettings, model_layout
+    from vibe.serving.engine_fit import EngineSettings, model_layout
 
     layout: dict[str, Any] = model_layout(model_config) if model_config else {}
     return EngineSettings(
@@ -159,6 +152,8 @@ def init_cmd(
     gpus_per_pod: int = GPUS_PER_POD,
     group_size: int | None = GROUP_SIZE,
     verbose: bool = VERBOSE,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
     """Init container: write the engine's placement file from the mounted ConfigMap, or fail clearly."""
     _setup_logging(verbose)
@@ -169,7 +164,7 @@ def init_cmd(
             ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer, architecture
         )
         expected = _optional_int(expect_generation, "--expect-generation")
-        on_newer = _roll_forward_hook() if roll_forward else None
+        on_newer = _roll_forward_hook(kubeconfig, context) if roll_forward else None
         applied = emit.run_init(
             placement_dir,
             settings,
@@ -179,21 +174,31 @@ def init_cmd(
             expect_generation=expected,
             wait_seconds=wait_seconds,
             on_newer=on_newer,
-            engine_gpus=(lambda: _engine_gpus(None, gpus_per_pod, group_size)) if follow_gpus else None,
+            engine_gpus=(
+                (lambda: _engine_gpus(None, gpus_per_pod, group_size, kubeconfig, context))
+                if follow_gpus
+                else None
+            ),
         )
     except ServingError as e:
-        raise _fail(e) from None
+        _fail(e)
     typer.echo(json.dumps({"placementGeneration": applied.generation, "dataHash": applied.data_hash}))
 
 
-def _engine_gpus(api: Any, gpus_per_pod: int, group_size: int | None) -> list[tuple[str, int]]:
+def _engine_gpus(
+    api: Any,
+    gpus_per_pod: int,
+    group_size: int | None,
+    kubeconfig: Path | None = None,
+    context: str | None = None,
+) -> list[tuple[str, int]]:
     from vibe.serving import kube, rankmap
 
     pod, ns = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
     if not pod or not ns:
         raise ServingError("InvalidArgument", "--follow-gpus needs POD_NAME and POD_NAMESPACE (Downward API)")
     try:
-        api = api or kube.client()
+        api = api or kube.client(kubeconfig, context)
     except Exception as e:
         raise ServingError("ApplyFailed", f"--follow-gpus needs the Kubernetes API: {e}") from None
     gpus = rankmap.engine_gpus(api, ns, pod, gpus_per_pod, group_size)
@@ -201,7 +206,7 @@ def _engine_gpus(api: Any, gpus_per_pod: int, group_size: int | None) -> list[tu
     return gpus
 
 
-def _roll_forward_hook() -> Any:
+def _roll_forward_hook(kubeconfig: Path | None = None, context: str | None = None) -> Any:
     from vibe.serving import kube
 
     def bump(generation: int) -> None:
@@ -210,7 +215,7 @@ def _roll_forward_hook() -> Any:
             log.warning("cannot roll forward: POD_NAME/POD_NAMESPACE not set (Downward API)")
             return
         try:
-            api = kube.client()
+            api = kube.client(kubeconfig, context)
             kind, name = kube.discover_workload(api, ns, pod)
             if kube.restart_workload(api, ns, kind, name, generation):
                 log.info("rolled %s/%s forward to placement generation %d", kind, name, generation)
@@ -229,7 +234,7 @@ def watch_cmd(
     ),
     placement_dir: str = MOUNT,
     configmap: str | None = typer.Option(None, "--configmap", help="<name>-placement (for --source api)."),
-    namespace: str | None = typer.Option(None, "--namespace", envvar="POD_NAMESPACE"),
+    namespace: Annotated[str | None, NAMESPACE] = None,
     state_dir: str = STATE_DIR,
     documents: str = typer.Option(
         "sglang", "--documents", help="Engine documents to check: sglang, eplb, both."
@@ -257,6 +262,8 @@ def watch_cmd(
     gpus_per_pod: int = GPUS_PER_POD,
     group_size: int | None = GROUP_SIZE,
     verbose: bool = VERBOSE,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
     """Sidecar: apply newer placements with the MoEDeployment's policy; never an older or half-written one."""
     _setup_logging(verbose)
@@ -274,7 +281,7 @@ def watch_cmd(
         api = None
         needs_api = source == "api" or policy == "restart" or moedeployment is not None
         try:
-            api = kube.client()
+            api = kube.client(kubeconfig, context)
         except Exception as e:
             if needs_api:
                 raise ServingError("ApplyFailed", f"no Kubernetes API access: {e}") from None
@@ -282,8 +289,8 @@ def watch_cmd(
         if api is not None and not namespace:
             raise ServingError("InvalidArgument", "--namespace (or POD_NAMESPACE) is needed with API access")
         if source == "api":
-            if not configmap:
-                raise ServingError("InvalidArgument", "--source api needs --configmap")
+            if not configmap or not namespace:
+                raise ServingError("InvalidArgument", "--source api needs --configmap and --namespace")
             observe = sidecar.observe_api(api, namespace, configmap)
         elif source == "file":
             observe = sidecar.observe_volume(placement_dir)
@@ -294,10 +301,10 @@ def watch_cmd(
         pick = _policy_picker(
             api, namespace, moedeployment, policy, url, target, http_document, token, report
         )
-        gpus = _engine_gpus(api, gpus_per_pod, group_size) if follow_gpus else None
+        gpus = _engine_gpus(api, gpus_per_pod, group_size, kubeconfig, context) if follow_gpus else None
         watcher = sidecar.Watcher(observe, settings, docs, pick, report, state_dir, gpus)
     except ServingError as e:
-        raise _fail(e) from None
+        _fail(e)
     if once:
         typer.echo(watcher.step())
         return
@@ -340,7 +347,7 @@ def _policy_picker(
     report: Any,
 ) -> Any:
     """A function returning the policy to use now: MoEDeployment ``spec.serving`` first, flags second."""
-    from vibe.serving import kube, policies
+    from vibe.serving import kube, update_policies
 
     def restart_for(kind_name: str | None) -> tuple[Any, str]:
         if api is None or not namespace:
@@ -365,7 +372,7 @@ def _policy_picker(
             chosen = serving.get("onUpdate", chosen)
             endpoint = serving.get("endpoint", endpoint)
         restart, label = restart_for(target) if chosen == "restart" else (None, "")
-        return policies.make_policy(chosen, report, restart, label, endpoint, http_document, token)
+        return update_policies.make_policy(chosen, report, restart, label, endpoint, http_document, token)
 
     return pick
 
@@ -375,13 +382,13 @@ def _moedeployment_serving(api: Any, namespace: str, name: str) -> dict:
 
     try:
         obj = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-            "vibe.dev", "v1alpha1", namespace, "moedeployments", name
+            api_names.GROUP, api_names.VERSION, namespace, api_names.MOEDEPLOYMENT_PLURAL, name
         )
     except k8s.ApiException as e:
         raise ServingError(
             "ApplyFailed", f"reading MoEDeployment {namespace}/{name}: HTTP {e.status}"
         ) from None
-    serving = (obj.get("spec") or {}).get("serving") or {}
+    serving = (as_dict(obj).get("spec") or {}).get("serving") or {}
     return serving if isinstance(serving, dict) else {}
 
 
@@ -393,7 +400,7 @@ def export_loads_cmd(
     key: str = typer.Option(
         "loads.json", "--key", help="Key in the ConfigMap (spec.workload.configMapRef.key)."
     ),
-    namespace: str | None = typer.Option(None, "--namespace", envvar="POD_NAMESPACE"),
+    namespace: Annotated[str | None, NAMESPACE] = None,
     dump: str | None = typer.Option(None, "--dump", help="An SGLang dump (.pt, needs torch) or JSON export."),
     engine_url: str | None = typer.Option(
         None, "--engine-url", help="Poll the engine's recorder instead (e.g. http://127.0.0.1:30000)."
@@ -416,12 +423,13 @@ def export_loads_cmd(
     keep_dumps: bool = typer.Option(
         False, "--keep-dumps", help="Keep processed .pt files (default: delete)."
     ),
-    kubeconfig: str | None = typer.Option(None, "--kubeconfig"),
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
     verbose: bool = VERBOSE,
 ) -> None:
     """Job/sidecar: turn SGLang's expert-distribution dump into the MoEDeployment's load ConfigMap."""
     _setup_logging(verbose)
-    from vibe.serving import engine, kube, loads
+    from vibe.serving import engine_fit, kube, loads
 
     try:
         if (dump is None) == (engine_url is None):
@@ -433,8 +441,8 @@ def export_loads_cmd(
         if not configmap and not out:
             raise ServingError("InvalidArgument", "give --configmap and/or --out")
         if model_config and first_moe_layer is None and moe_layers is None:
-            first_moe_layer = engine.model_layout(model_config)["first_moe_layer"]
-        api = kube.client(kubeconfig) if configmap else None
+            first_moe_layer = engine_fit.model_layout(model_config)["first_moe_layer"]
+        api = kube.client(kubeconfig, context) if configmap else None
         if configmap and not namespace:
             raise ServingError("InvalidArgument", "--namespace (or POD_NAMESPACE) is needed with --configmap")
 
@@ -446,7 +454,7 @@ def export_loads_cmd(
             doc = loads.loads_document(result)
             if out:
                 Path(out).write_text(doc + "\n", encoding="utf-8")
-            if configmap:
+            if configmap and namespace:
                 annotations = {loads.ANNOTATION_SOURCE: "sglang-expert-distribution-recorder"}
                 if result.passes is not None:
                     annotations[loads.ANNOTATION_PASSES] = str(result.passes)
@@ -491,4 +499,4 @@ def export_loads_cmd(
             if once:
                 return
     except ServingError as e:
-        raise _fail(e) from None
+        _fail(e)

@@ -1,6 +1,6 @@
 """What the serving side expects of the ``<name>-placement`` ConfigMap: keys, annotations, hash, generation.
 
-The operator writes the ConfigMap whole, in one update (DESIGN.md, "Output: the placement ConfigMap").
+The operator writes the ConfigMap whole, in one update (ARCHITECTURE.md, "Invariants"; docs/serving.md).
 Serving pods see it two ways:
 
 * through the API (``vibe serving watch --source api``): the object carries the annotations
@@ -26,19 +26,19 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from vibe import api
 from vibe.serving.errors import ServingError
 
-#: ConfigMap keys (one per requested output format), as the operator writes them.
-KEY_PLACEMENT = "placement.json"
-KEY_SGLANG = "sglang-expert-location.json"
-KEY_EPLB = "eplb.json"
-#: The key that carries generation and hash into volumes (annotations are not projected).
-KEY_META = "placement-meta.json"
-
-ANNOTATION_HASH = "vibe.dev/content-hash"
-ANNOTATION_GENERATION = "vibe.dev/placement-generation"
-#: The pod-template annotation the rollout-restart policy sets (like ``kubectl rollout restart``).
-TEMPLATE_ANNOTATION = "vibe.dev/placement-generation"
+#: ConfigMap keys and annotations (their one spelling is in ``vibe.api``), re-exported for the serving side:
+#: one key per requested output format, the meta key that carries generation and hash into volumes
+#: (annotations are not projected), and the pod-template annotation the rollout-restart policy sets.
+KEY_PLACEMENT = api.KEY_PLACEMENT
+KEY_SGLANG = api.KEY_SGLANG
+KEY_EPLB = api.KEY_EPLB
+KEY_META = api.KEY_META
+ANNOTATION_HASH = api.ANNOTATION_CONTENT_HASH
+ANNOTATION_GENERATION = api.ANNOTATION_PLACEMENT_GENERATION
+TEMPLATE_ANNOTATION = api.TEMPLATE_ANNOTATION
 
 
 def content_hash(data: Mapping[str, str]) -> str:

@@ -5,8 +5,8 @@ against its own launch settings, from a path it can be pointed at with a flag:
 
 1. read every key from one kubelet snapshot (``snapshot.read_snapshot``);
 2. check the declared content hash, if the operator declared one (``contract.stamp_from_data``);
-3. fit each requested engine file (``engine.fit_sglang``, ``engine.fit_eplb``): any mismatch stops here,
-   with the init container's exit code and one log line, instead of inside the engine's model loader;
+3. fit each requested engine file (``engine_fit.fit_sglang``, ``engine_fit.fit_eplb``): any mismatch stops
+   here, with the init container's exit code and one log line, instead of inside the engine's model loader;
 4. write the files atomically and record the applied generation for the sidecar (``state``).
 
 ``prepare`` is pure (data in, documents out) so the sidecar runs the very same checks before it asks
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vibe.serving import contract, engine, rankmap, snapshot, state
+from vibe.serving import contract, engine_fit, rankmap, snapshot, state
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _load_key(data: dict[str, str], key: str, hint: str) -> Any:
 
 def prepare(
     data: dict[str, str],
-    settings: engine.EngineSettings,
+    settings: engine_fit.EngineSettings,
     sglang: bool = False,
     eplb: bool = False,
     engine_gpus: list[tuple[str, int]] | None = None,
@@ -67,7 +67,7 @@ def prepare(
     if not (sglang or eplb):
         raise ServingError("InvalidArgument", "ask for at least one engine file (--sglang-out or --eplb-out)")
     if contract.KEY_PLACEMENT in data:
-        engine.check_gpu_count(_load_key(data, contract.KEY_PLACEMENT, ""), settings)
+        engine_fit.check_gpu_count(_load_key(data, contract.KEY_PLACEMENT, ""), settings)
     if engine_gpus is not None:
         placed = rankmap.placement_gpus(
             _load_key(data, contract.KEY_PLACEMENT, "add 'vibe' to spec.output.formats")
@@ -75,14 +75,14 @@ def prepare(
     out_sglang = out_eplb = None
     if sglang:
         doc = _load_key(data, contract.KEY_SGLANG, "add 'sglang' to the MoEDeployment's spec.output.formats")
-        out_sglang = engine.fit_sglang(doc, settings)
+        out_sglang = engine_fit.fit_sglang(doc, settings)
         if engine_gpus is not None:
             slots = len(out_sglang["physical_to_logical_map"][0]) // settings.ep_size
             perm = rankmap.slot_permutation(placed, engine_gpus, slots)
             out_sglang = rankmap.permute_sglang(out_sglang, perm)
     if eplb:
         doc = _load_key(data, contract.KEY_EPLB, "add 'eplb' to the MoEDeployment's spec.output.formats")
-        out_eplb = engine.fit_eplb(doc, settings)
+        out_eplb = engine_fit.fit_eplb(doc, settings)
         if engine_gpus is not None:
             slots = len(out_eplb["phy2log"][0]) // settings.ep_size
             perm = rankmap.slot_permutation(placed, engine_gpus, slots)
@@ -126,7 +126,7 @@ def _save_pt(doc: dict, path: Path) -> None:
 
 def run_init(
     mount: str,
-    settings: engine.EngineSettings,
+    settings: engine_fit.EngineSettings,
     sglang_out: str | None = None,
     eplb_out: str | None = None,
     state_dir: str | None = None,
@@ -171,7 +171,7 @@ def run_init(
             )
         if time.monotonic() > deadline:
             raise ServingError(
-                "UnreadableVolume",
+                "StaleVolume",
                 f"the mounted placement is still generation {gen} after {wait_seconds:.0f}s, this pod"
                 f" expects {expect_generation} (kubelet has not synced the ConfigMap volume)",
             )

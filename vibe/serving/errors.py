@@ -13,6 +13,8 @@ from __future__ import annotations
 REASONS = (
     "MissingPlacement",  # the mounted ConfigMap lacks the key the engine needs
     "UnreadableVolume",  # the volume kept changing under the reader, or a file is not JSON
+    "StaleVolume",  # the mounted ConfigMap is still behind the generation this pod was rolled out for
+    "PodsNotScheduled",  # the engine group's pods were not all scheduled in time (ranks unknown)
     "HashMismatch",  # the data does not match its content hash
     "PlacementMismatch",  # the placement does not fit the engine's EP size / redundant experts / layers
     "UnsupportedArchitecture",  # the engine ignores a placement for this model (vibe.serving.sglang)

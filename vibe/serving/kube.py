@@ -21,22 +21,21 @@ import os
 import time
 from typing import Any
 
-from vibe.serving.contract import TEMPLATE_ANNOTATION
+from vibe.api import LWS_API_GROUP, LWS_API_VERSION, LWS_LABEL_NAME, LWS_PLURAL, TEMPLATE_ANNOTATION
+from vibe.kubeclient import as_dict
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 
-LWS_GROUP, LWS_VERSION, LWS_PLURAL = "leaderworkerset.x-k8s.io", "v1", "leaderworkersets"
-LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "LeaderWorkerSet")
 
 
-def client(kubeconfig: str | None = None) -> Any:
-    """An ``ApiClient``: in-cluster config when running in a pod, else the kubeconfig."""
+def client(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None) -> Any:
+    """An ``ApiClient``: in-cluster config when running in a pod, else the kubeconfig (and its context)."""
     from vibe.kubeclient import CredentialsError, api_client
 
     try:
-        return api_client(kubeconfig)
+        return api_client(None if kubeconfig is None else str(kubeconfig), context=context)
     except CredentialsError as e:
         raise ServingError("NoCredentials", str(e)) from None
 
@@ -116,8 +115,10 @@ def _read_workload(api: Any, namespace: str, kind: str, name: str) -> dict:
 
     try:
         if kind == "LeaderWorkerSet":
-            return k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-                LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, name
+            return as_dict(
+                k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+                    LWS_API_GROUP, LWS_API_VERSION, namespace, LWS_PLURAL, name
+                )
             )
         apps = k8s.AppsV1Api(api)
         reader = {
@@ -135,8 +136,8 @@ def _patch_workload(api: Any, namespace: str, kind: str, name: str, body: dict) 
 
     if kind == "LeaderWorkerSet":
         k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
-            LWS_GROUP,
-            LWS_VERSION,
+            LWS_API_GROUP,
+            LWS_API_VERSION,
             namespace,
             LWS_PLURAL,
             name,
@@ -210,8 +211,8 @@ def discover_workload(api: Any, namespace: str, pod_name: str) -> tuple[str, str
     except k8s.ApiException as e:
         raise _api_error(e, f"reading pod {namespace}/{pod_name}") from None
     labels = pod.metadata.labels or {}
-    if LWS_NAME_LABEL in labels:
-        return "LeaderWorkerSet", labels[LWS_NAME_LABEL]
+    if LWS_LABEL_NAME in labels:
+        return "LeaderWorkerSet", labels[LWS_LABEL_NAME]
     for ref in pod.metadata.owner_references or []:
         if ref.kind in ("StatefulSet", "DaemonSet"):
             return ref.kind, ref.name

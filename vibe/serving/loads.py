@@ -36,15 +36,16 @@ from pathlib import Path
 
 import numpy as np
 
+from vibe import api
 from vibe.serving import torchfile
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 
-FIELD_MANAGER = "vibe-loads"
+FIELD_MANAGER = api.FIELD_MANAGER_LOADS
 DUMP_GLOB = "expert_distribution_recorder_*.pt"
-ANNOTATION_PASSES = "vibe.dev/loads-forward-passes"
-ANNOTATION_SOURCE = "vibe.dev/loads-source"
+ANNOTATION_PASSES = api.ANNOTATION_LOADS_FORWARD_PASSES
+ANNOTATION_SOURCE = api.ANNOTATION_LOADS_SOURCE
 
 
 def read_dump(path: str | os.PathLike[str]) -> np.ndarray:
@@ -62,7 +63,8 @@ def read_dump(path: str | os.PathLike[str]) -> np.ndarray:
         obj = _load_pt(path)
         count = obj.get("logical_count") if isinstance(obj, dict) else obj
         if count is None:
-            raise ServingError("InvalidDump", f"{path} has no logical_count (keys: {sorted(obj)})")
+            keys = sorted(obj) if isinstance(obj, dict) else []
+            raise ServingError("InvalidDump", f"{path} has no logical_count (keys: {keys})")
         count = count.cpu().numpy() if hasattr(count, "cpu") else count
     else:
         try:

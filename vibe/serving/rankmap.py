@@ -22,14 +22,16 @@ import logging
 import time
 from typing import Any
 
+from vibe.api import (
+    LWS_ANNOTATION_SIZE,
+    LWS_LABEL_GROUP_INDEX,
+    LWS_LABEL_NAME,
+    LWS_LABEL_WORKER_INDEX,
+    STS_LABEL_POD_INDEX,
+)
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
-
-LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
-LWS_GROUP = "leaderworkerset.sigs.k8s.io/group-index"
-LWS_WORKER = "leaderworkerset.sigs.k8s.io/worker-index"
-STS_INDEX = "apps.kubernetes.io/pod-index"
 
 
 def placement_gpus(placement_doc: Any) -> list[tuple[str, int]]:
@@ -73,11 +75,12 @@ def engine_gpus(
     core = k8s.CoreV1Api(api)
     me = core.read_namespaced_pod(pod_name, namespace)
     labels = me.metadata.labels or {}
-    if LWS_NAME in labels:
-        selector = f"{LWS_NAME}={labels[LWS_NAME]},{LWS_GROUP}={labels.get(LWS_GROUP, '0')}"
-        index_label = LWS_WORKER
-        size = int((me.metadata.annotations or {}).get("leaderworkerset.sigs.k8s.io/size", "0"))
-    elif STS_INDEX in labels:
+    if LWS_LABEL_NAME in labels:
+        group = labels.get(LWS_LABEL_GROUP_INDEX, "0")
+        selector = f"{LWS_LABEL_NAME}={labels[LWS_LABEL_NAME]},{LWS_LABEL_GROUP_INDEX}={group}"
+        index_label = LWS_LABEL_WORKER_INDEX
+        size = int((me.metadata.annotations or {}).get(LWS_ANNOTATION_SIZE, "0"))
+    elif STS_LABEL_POD_INDEX in labels:
         owner = next((r.name for r in me.metadata.owner_references or [] if r.kind == "StatefulSet"), None)
         if owner is None:
             raise ServingError(
@@ -85,7 +88,7 @@ def engine_gpus(
             )
         sts = k8s.AppsV1Api(api).read_namespaced_stateful_set(owner, namespace)
         selector = ",".join(f"{k}={v}" for k, v in sorted((sts.spec.selector.match_labels or {}).items()))
-        index_label, size = STS_INDEX, int(sts.spec.replicas or 0)
+        index_label, size = STS_LABEL_POD_INDEX, int(sts.spec.replicas or 0)
     else:
         raise ServingError(
             "InvalidArgument",
@@ -101,12 +104,14 @@ def engine_gpus(
             for p in core.list_namespaced_pod(namespace, label_selector=selector).items
             if not p.metadata.deletion_timestamp
         ]
-        placed = {int(p.metadata.labels[index_label]): p.spec.node_name for p in pods if p.spec.node_name}
+        placed = {
+            int((p.metadata.labels or {})[index_label]): p.spec.node_name for p in pods if p.spec.node_name
+        }
         if len(placed) >= size and set(range(size)) <= set(placed):
             break
         if time.monotonic() > deadline:
             raise ServingError(
-                "UnreadableVolume",
+                "PodsNotScheduled",
                 f"only {len(placed)} of {size} pods of the group were scheduled after {timeout:.0f}s",
             )
         time.sleep(poll)

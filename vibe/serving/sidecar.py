@@ -23,9 +23,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vibe.serving import contract, emit, engine, snapshot, state
+from vibe.serving import contract, emit, engine_fit, snapshot, state
 from vibe.serving.errors import ServingError
-from vibe.serving.policies import Policy, Reporter, Update
+from vibe.serving.update_policies import Policy, Reporter, Update
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Watcher:
     def __init__(
         self,
         observe: Callable[[], Observation],
-        settings: engine.EngineSettings,
+        settings: engine_fit.EngineSettings,
         documents: tuple[str, ...],
         policy: Callable[[], Policy],
         report: Reporter,

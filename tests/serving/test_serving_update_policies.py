@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from vibe.serving import policies
+from vibe.serving import update_policies as policies
 from vibe.serving.errors import ServingError
 
 UPDATE = policies.Update(7, "abc123", {"sglang": {"physical_to_logical_map": [[0, 1]]}})

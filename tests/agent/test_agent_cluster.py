@@ -1,6 +1,6 @@
 """Simulated agents against the real API server: GPUProfiles stored, heartbeats, scheduled drift, Events.
 
-Uses the session's local control plane (tests/conftest.py) and the repository's CRDs (crds/), so the API
+Uses the session's local control plane (tests/cluster_plugin.py) and the repository's CRDs (crds/), so the API
 server's own schema validation and pruning judge every object the agent writes.
 """
 
@@ -20,16 +20,18 @@ from typing import Any
 import pytest
 import yaml
 
+from vibe import api
 from vibe.agent.node import AgentConfig, NodeAgent
 from vibe.agent.publish import KubePublisher
 from vibe.agent.runner import Runner, RunnerConfig
 from vibe.agent.simulate import SimProfiler, SimTelemetry, parse_fleet
-from vibe.cluster.testing import apply_crds, wait_for
+from vibe.cluster.crds import apply_crds
+from vibe.cluster.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-G, V, PLURAL = "vibe.dev", "v1alpha1", "gpuprofiles"
+G, V, PLURAL = api.GROUP, api.VERSION, api.GPUPROFILE_PLURAL
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def test_scheduled_drift_updates_the_profile_and_posts_events(
         return next((e for e in events(kube, namespace) if e.reason == "GPUDrifted"), None)
 
     ev = wait_for(drift_event, timeout=10, what="GPUDrifted Event")
-    assert ev.type == "Warning" and ev.involved_object.kind == "GPUProfile"
+    assert ev.type == "Warning" and ev.involved_object.kind == api.GPUPROFILE_KIND
     assert ev.involved_object.name == "sim-1" and ev.involved_object.uid == after["metadata"]["uid"]
     assert ev.reporting_component == "vibe-agent" and ev.source.component == "vibe-agent"
     bench = [e for e in events(kube, namespace) if e.reason == "Benchmarked"]
@@ -201,8 +203,10 @@ def test_moedeployment_shapes_are_benchmarked(kube: Any, namespace: str, crds: N
     dep = yaml.safe_load((ROOT / "examples" / "qwen3-235b.yaml").read_text())
     dep["metadata"] = {"name": "odd-shape", "namespace": namespace}
     dep["spec"]["model"].update({"hiddenSize": 5120, "expertIntermediateSize": 1536, "dtype": "fp8"})
-    dep["spec"]["gpus"]["nodeSelector"] = {"vibe.dev/none": "none"}
-    client.CustomObjectsApi(kube).create_namespaced_custom_object(G, V, namespace, "moedeployments", dep)
+    dep["spec"]["gpus"]["nodeSelector"] = {api.PREFIX + "none": "none"}
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        G, V, namespace, api.MOEDEPLOYMENT_PLURAL, dep
+    )
     runner, _ = sim_runner(kube, namespace, {"nodes": [{"name": "sh", "gpus": 1}]})
     runner.cfg.shapes_seconds = 300
     runner.start()

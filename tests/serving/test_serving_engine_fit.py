@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from serving_helpers import E, G, L, P, phy2log, placement_data, settings
 
-from vibe.serving import contract, emit, engine
+from vibe.serving import contract, emit
+from vibe.serving.engine_fit import EngineSettings, fit_eplb, fit_sglang, model_layout
 from vibe.serving.errors import ServingError
 
 
@@ -19,7 +20,7 @@ def mismatch(fn, *a, match: str) -> None:
 
 
 def test_sglang_pads_the_dense_layers_with_the_trivial_map() -> None:
-    out = engine.fit_sglang({"physical_to_logical_map": phy2log(), "extra": 1}, settings())
+    out = fit_sglang({"physical_to_logical_map": phy2log(), "extra": 1}, settings())
     assert list(out) == ["physical_to_logical_map"]  # SGLang's init_by_mapping(**data) takes only this key
     rows = out["physical_to_logical_map"]
     assert len(rows) == L + 1
@@ -29,20 +30,18 @@ def test_sglang_pads_the_dense_layers_with_the_trivial_map() -> None:
 
 def test_sglang_rows_already_covering_every_layer_pass_unchanged() -> None:
     full = [[p % E for p in range(P)], *phy2log()]
-    assert engine.fit_sglang({"physical_to_logical_map": full}, settings())["physical_to_logical_map"] == full
+    assert fit_sglang({"physical_to_logical_map": full}, settings())["physical_to_logical_map"] == full
 
 
 def test_sglang_without_layer_count_passes_rows_as_they_are(caplog) -> None:
-    out = engine.fit_sglang(
-        {"physical_to_logical_map": phy2log()}, settings(num_layers=None, first_moe_layer=0)
-    )
+    out = fit_sglang({"physical_to_logical_map": phy2log()}, settings(num_layers=None, first_moe_layer=0))
     assert out["physical_to_logical_map"] == phy2log()
     assert "layer count unknown" in caplog.text
 
 
 def test_wrong_redundant_experts() -> None:
     mismatch(
-        engine.fit_sglang,
+        fit_sglang,
         {"physical_to_logical_map": phy2log()},
         settings(redundant_experts=8),
         match=r"12 physical slots .* 8 experts \+ 8 redundant = 16; set --ep-num-redundant-experts 4",
@@ -50,67 +49,71 @@ def test_wrong_redundant_experts() -> None:
 
 
 def test_wrong_ep_size() -> None:
-    mismatch(
-        engine.fit_sglang, {"physical_to_logical_map": phy2log()}, settings(ep_size=5), match="EP size 5"
-    )
+    mismatch(fit_sglang, {"physical_to_logical_map": phy2log()}, settings(ep_size=5), match="EP size 5")
 
 
 def test_wrong_layer_count() -> None:
     mismatch(
-        engine.fit_sglang, {"physical_to_logical_map": phy2log()}, settings(num_layers=7), match="3 layers"
+        fit_sglang,
+        {"physical_to_logical_map": phy2log()},
+        settings(num_layers=7),
+        match="3 layers",
     )
 
 
 def test_expert_out_of_range_and_missing_expert() -> None:
     rows = phy2log()
     rows[1][0] = E  # 8 is not an expert when 8 of 12 slots are logical
-    mismatch(engine.fit_sglang, {"physical_to_logical_map": rows}, settings(), match="layer 2 names expert 8")
+    mismatch(fit_sglang, {"physical_to_logical_map": rows}, settings(), match="layer 2 names expert 8")
     rows = phy2log()
     rows[0] = [0] * P
-    mismatch(engine.fit_sglang, {"physical_to_logical_map": rows}, settings(), match="without a slot")
+    mismatch(fit_sglang, {"physical_to_logical_map": rows}, settings(), match="without a slot")
 
 
 def test_ragged_and_non_integer_maps() -> None:
     rows = phy2log()
     rows[2] = rows[2][:-1]
-    mismatch(engine.fit_sglang, {"physical_to_logical_map": rows}, settings(), match="row 2 has 11")
-    mismatch(engine.fit_sglang, {"physical_to_logical_map": [[0.5] * P]}, settings(), match="non-integer")
-    mismatch(engine.fit_sglang, {"nope": 1}, settings(), match="no physical_to_logical_map")
+    mismatch(fit_sglang, {"physical_to_logical_map": rows}, settings(), match="row 2 has 11")
+    mismatch(fit_sglang, {"physical_to_logical_map": [[0.5] * P]}, settings(), match="non-integer")
+    mismatch(fit_sglang, {"nope": 1}, settings(), match="no physical_to_logical_map")
 
 
 def test_deepseek_v3_shape() -> None:
     """58 MoE layers x (256 + 32) slots on EP 32 -> 61 rows, 9 slots per rank (SGLang's p // 9)."""
     experts, redundant, ep = 256, 32, 32
     rows = [[p % experts for p in range(experts + redundant)] for _ in range(58)]
-    s = engine.EngineSettings(ep, redundant, num_experts=experts, num_layers=61, first_moe_layer=3)
-    out = engine.fit_sglang({"physical_to_logical_map": rows}, s)["physical_to_logical_map"]
+    s = EngineSettings(ep, redundant, num_experts=experts, num_layers=61, first_moe_layer=3)
+    out = fit_sglang({"physical_to_logical_map": rows}, s)["physical_to_logical_map"]
     assert len(out) == 61 and all(len(r) == 288 for r in out)
     mismatch(
-        engine.fit_sglang, {"physical_to_logical_map": rows}, engine.EngineSettings(64, 32, 256), match="64"
+        fit_sglang,
+        {"physical_to_logical_map": rows},
+        EngineSettings(64, 32, 256),
+        match="64",
     )
 
 
 def test_model_layout_from_a_deepseek_config(tmp_path: Path) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"num_hidden_layers": 61, "n_routed_experts": 256, "first_k_dense_replace": 3}))
-    assert engine.model_layout(cfg) == {"num_layers": 61, "num_experts": 256, "first_moe_layer": 3}
+    assert model_layout(cfg) == {"num_layers": 61, "num_experts": 256, "first_moe_layer": 3}
     cfg.write_text(json.dumps({"text_config": {"num_hidden_layers": 94, "num_experts": 128}}))
-    assert engine.model_layout(cfg) == {"num_layers": 94, "num_experts": 128, "first_moe_layer": 0}
+    assert model_layout(cfg) == {"num_layers": 94, "num_experts": 128, "first_moe_layer": 0}
     cfg.write_text(json.dumps({"num_hidden_layers": 48, "num_experts": 128, "decoder_sparse_step": 2}))
     with pytest.raises(ServingError, match="interleave"):
-        engine.model_layout(cfg)
+        model_layout(cfg)
     with pytest.raises(ServingError, match="cannot read"):
-        engine.model_layout(tmp_path / "missing.json")
+        model_layout(tmp_path / "missing.json")
 
 
 def test_eplb_tensors_are_checked() -> None:
     doc = json.loads(placement_data()[contract.KEY_EPLB])
-    assert engine.fit_eplb(doc, settings()) == doc
+    assert fit_eplb(doc, settings()) == doc
     bad = dict(doc, logcnt=[[1] * E for _ in range(L)])
-    mismatch(engine.fit_eplb, bad, settings(), match="logcnt disagrees")
+    mismatch(fit_eplb, bad, settings(), match="logcnt disagrees")
     bad = dict(doc, log2phy=[row[:-1] for row in doc["log2phy"]])
-    mismatch(engine.fit_eplb, bad, settings(), match="log2phy layer 0")
-    mismatch(engine.fit_eplb, doc, settings(num_layers=9), match="8 MoE layers")
+    mismatch(fit_eplb, bad, settings(), match="log2phy layer 0")
+    mismatch(fit_eplb, doc, settings(num_layers=9), match="8 MoE layers")
 
 
 def test_gpu_count_must_be_the_ep_size() -> None:
@@ -129,9 +132,9 @@ def test_prepare_names_the_missing_format() -> None:
 
 def test_settings_are_validated() -> None:
     with pytest.raises(ServingError):
-        engine.EngineSettings(0)
+        EngineSettings(0)
     with pytest.raises(ServingError):
-        engine.EngineSettings(4, num_layers=3, first_moe_layer=3)
+        EngineSettings(4, num_layers=3, first_moe_layer=3)
 
 
 def test_fit_sglang_refuses_architectures_without_the_hook() -> None:
@@ -139,8 +142,8 @@ def test_fit_sglang_refuses_architectures_without_the_hook() -> None:
 
     doc = {"physical_to_logical_map": phy2log()}
     for arch in ("DeepseekV3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM", None):
-        assert engine.fit_sglang(doc, settings(architecture=arch))["physical_to_logical_map"]
+        assert fit_sglang(doc, settings(architecture=arch))["physical_to_logical_map"]
     assert "MixtralForCausalLM" not in EXPERT_LOCATION_ARCHITECTURES
     with pytest.raises(ServingError) as e:
-        engine.fit_sglang(doc, settings(architecture="MixtralForCausalLM"))
+        fit_sglang(doc, settings(architecture="MixtralForCausalLM"))
     assert e.value.reason == "UnsupportedArchitecture" and "MixtralForCausalLM" in e.value.message

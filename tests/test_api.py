@@ -1,0 +1,50 @@
+"""``vibe.api`` names what the CRDs define, and the policy registry is what the CRD accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+
+from vibe import api
+from vibe.placement.engine import POLICIES, PolicyName
+
+CRDS = Path(__file__).resolve().parents[1] / "crds"
+
+
+def _crd(plural: str) -> dict[str, Any]:
+    for path in CRDS.glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["spec"]["names"]["plural"] == plural and doc["spec"]["group"] == api.GROUP:
+                return doc
+    raise AssertionError(f"no CRD {plural}.{api.GROUP} in {CRDS}")
+
+
+def _schema(crd: dict[str, Any]) -> dict[str, Any]:
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == api.VERSION]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def test_the_api_names_are_the_crds_names() -> None:
+    for plural, kind in (
+        (api.MOEDEPLOYMENT_PLURAL, api.MOEDEPLOYMENT_KIND),
+        (api.GPUPROFILE_PLURAL, api.GPUPROFILE_KIND),
+    ):
+        crd = _crd(plural)
+        assert crd["metadata"]["name"] == f"{plural}.{api.GROUP}"
+        assert crd["spec"]["names"]["kind"] == kind
+        assert [v["name"] for v in crd["spec"]["versions"] if v.get("storage")] == [api.VERSION]
+    assert f"{api.GROUP}/{api.VERSION}" == api.API_VERSION
+
+
+def test_the_crds_policy_enum_is_the_policy_registry() -> None:
+    policy = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["spec"]["properties"]["policy"]
+    assert policy["enum"] == list(POLICIES) == list(get_args(PolicyName))
+    assert policy["default"] in POLICIES
+
+
+def test_the_crds_output_formats_are_the_configmap_keys() -> None:
+    spec = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["spec"]["properties"]
+    formats = spec["output"]["properties"]["formats"]["items"]["enum"]
+    assert sorted(formats) == sorted(api.FORMAT_KEYS)

@@ -1,0 +1,129 @@
+"""The names of vibe's Kubernetes API, spelled once: group, version, kinds, plurals, labels, annotations,
+ConfigMap keys, condition types and reasons, and the rank labels of the workloads serving pods run in.
+
+Role: the one vocabulary the operator, the agent, the serving helpers, the demo, the benchmarks and the
+tests share, so that a name cannot drift between the component that writes it and the one that reads it.
+The CRDs under ``crds/`` are the source of truth for the resources; ``tests/test_api.py`` checks that
+these names match them. Pure constants: this module imports nothing of vibe and nothing of Kubernetes,
+so every layer (placement included) may import it.
+"""
+
+from __future__ import annotations
+
+# ---- the group and its resources
+
+GROUP = "vibe.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+MOEDEPLOYMENT_KIND = "MoEDeployment"
+MOEDEPLOYMENT_PLURAL = "moedeployments"
+GPUPROFILE_KIND = "GPUProfile"
+GPUPROFILE_PLURAL = "gpuprofiles"
+
+#: Prefix of every label and annotation vibe owns.
+PREFIX = f"{GROUP}/"
+
+# ---- annotations
+
+#: On the placement ConfigMap (written by the operator; ``vibe.serving.contract`` reads them).
+ANNOTATION_CONTENT_HASH = PREFIX + "content-hash"
+ANNOTATION_PLACEMENT_GENERATION = PREFIX + "placement-generation"
+#: On the placement ConfigMap: what the operator remembers between reconciles (``vibe.operator.output``).
+ANNOTATION_PLACEMENT_KEY = PREFIX + "placement-key"
+ANNOTATION_INPUTS_GPUS = PREFIX + "inputs-gpus"
+ANNOTATION_INPUTS_CURVES = PREFIX + "inputs-curves"
+ANNOTATION_INPUTS_LOADS = PREFIX + "inputs-loads"
+ANNOTATION_PLACED_AT = PREFIX + "placed-at"
+ANNOTATION_SUMMARY = PREFIX + "summary"
+#: On a serving workload's pod template: the generation it rolled out for (the ``restart`` update policy).
+TEMPLATE_ANNOTATION = ANNOTATION_PLACEMENT_GENERATION
+#: On a MoEDeployment: changing it makes the operator reconcile again.
+ANNOTATION_RECONCILE_TRIGGER = PREFIX + "reconcile-trigger"
+#: On a GPUProfile: the agent's calibrated baseline (``vibe.agent.profile``).
+ANNOTATION_BASELINE = PREFIX + "baseline"
+#: On a load ConfigMap written by ``vibe serving export-loads``.
+ANNOTATION_LOADS_FORWARD_PASSES = PREFIX + "loads-forward-passes"
+ANNOTATION_LOADS_SOURCE = PREFIX + "loads-source"
+
+#: Kopf keeps its progress and last-handled state under this prefix, and this finalizer.
+KOPF_PREFIX = GROUP
+FINALIZER = PREFIX + "worker"
+
+# ---- labels
+
+#: On the placement ConfigMap: the MoEDeployment it belongs to.
+LABEL_MOEDEPLOYMENT = PREFIX + "moedeployment"
+#: On a GPUProfile: its node.
+LABEL_NODE = PREFIX + "node"
+#: On the local control plane's fake GPU nodes.
+LABEL_FAKE_NODE = PREFIX + "fake-node"
+#: ``app.kubernetes.io/managed-by``, with the value each writer sets.
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY_OPERATOR = "vibe"
+MANAGED_BY_AGENT = "vibe-agent"
+
+# ---- server-side apply field managers
+
+FIELD_MANAGER_AGENT = "vibe-agent"
+FIELD_MANAGER_LOADS = "vibe-loads"
+
+# ---- the placement ConfigMap
+
+
+def placement_config_map_name(deployment: str) -> str:
+    """The name of the ConfigMap the operator writes a MoEDeployment's placement into."""
+    return f"{deployment}-placement"
+
+
+#: Its keys: one per output format the MoEDeployment asks for, and the meta key.
+KEY_PLACEMENT = "placement.json"
+KEY_SGLANG = "sglang-expert-location.json"
+KEY_EPLB = "eplb.json"
+#: The key that carries generation and hash into volumes (kubelet projects no annotations).
+KEY_META = "placement-meta.json"
+#: ``spec.output.formats`` entry -> ConfigMap key.
+FORMAT_KEYS = {"vibe": KEY_PLACEMENT, "sglang": KEY_SGLANG, "eplb": KEY_EPLB}
+
+# ---- status conditions of a MoEDeployment (``vibe.operator.conditions``)
+
+CONDITION_READY = "Ready"
+CONDITION_DEGRADED = "Degraded"
+CONDITION_DRIFTED = "Drifted"
+CONDITION_TYPES = (CONDITION_READY, CONDITION_DEGRADED, CONDITION_DRIFTED)
+
+#: Reasons the operator sets when all is well or nothing is known yet.
+REASON_PLACED = "Placed"
+REASON_PENDING = "Pending"
+REASON_INPUTS_HEALTHY = "InputsHealthy"
+REASON_NO_DRIFT = "NoDrift"
+REASON_REPLACED = "Replaced"
+
+#: Reasons of an input problem the operator cannot fix (``vibe.operator.problems.Problem``), besides the
+#: placement library's (``vibe.placement.errors.REASONS``), which pass through unchanged.
+PROBLEM_REASONS = (
+    "InsufficientGPUs",
+    "InfeasibleSlots",
+    "InvalidGPUProfile",
+    "StaleGPUProfile",
+    "ConfigMapNotFound",
+    "ConfigMapKeyNotFound",
+    "InvalidLoads",
+    "ShapeMismatch",
+    "PlacementConflict",
+    "OutputTooLarge",
+)
+
+# ---- the workloads serving pods run in: how a pod's expert-parallel rank is read
+
+#: LeaderWorkerSet's API (leaderworkerset.x-k8s.io), whose pod template the ``restart`` policy patches.
+LWS_API_GROUP = "leaderworkerset.x-k8s.io"
+LWS_API_VERSION = "v1"
+LWS_PLURAL = "leaderworkersets"
+#: Labels and the annotation LeaderWorkerSet puts on its pods.
+LWS_LABEL_NAME = "leaderworkerset.sigs.k8s.io/name"
+LWS_LABEL_GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
+LWS_LABEL_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+LWS_ANNOTATION_SIZE = "leaderworkerset.sigs.k8s.io/size"
+#: The StatefulSet pod ordinal label (Kubernetes >= 1.28).
+STS_LABEL_POD_INDEX = "apps.kubernetes.io/pod-index"

@@ -1,0 +1,320 @@
+"""``vibe simulate``: TTFT, TPOT, throughput, SLO attainment and goodput per placement policy.
+
+Role: the serving-level face of the placement library. It reads the same loads and fleet files as
+``vibe plan`` (same validation, same errors), places the experts with each policy, and simulates an
+SGLang-like engine serving Poisson requests at each rate (``vibe.simulate``).
+
+Heavy imports happen inside the command, so ``vibe --help`` stays fast. Bad input ends as one
+``vibe simulate: <Reason>: <message>`` line on stderr and exit status 1, never a traceback
+(``vibe.clikit``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from vibe.clikit import failures
+
+COMMAND = "vibe simulate"
+
+
+def simulate(
+    loads: str = typer.Option(
+        ...,
+        "--loads",
+        "-l",
+        metavar="LOADS.json",
+        help="Expert loads, as for vibe plan: each layer's "
+        "routing distribution (any scale; the simulated batches set the token counts). With "
+        "--mode disaggregated: the decode group's loads.",
+    ),
+    fleet: str = typer.Option(
+        ...,
+        "--fleet",
+        "-f",
+        metavar="FLEET.json",
+        help="The expert-parallel GPUs and their curves, as for "
+        "vibe plan (with --mode disaggregated: the decode group).",
+    ),
+    slots_per_gpu: int = typer.Option(..., "--slots-per-gpu", "-s", help="Expert slots per GPU per layer."),
+    model: str = typer.Option(
+        "deepseek-v3",
+        "--model",
+        "-m",
+        help="Non-expert shape: deepseek-v3, qwen3-235b, mixtral-8x7b, or a Hugging Face config.json path.",
+    ),
+    policies: str = typer.Option(
+        "round-robin,token-balanced,vibe",
+        help="Comma-separated policies (with --drift, vibe+replace is "
+        "added: vibe re-placed by the operator after the drift).",
+    ),
+    rates: str = typer.Option("0.5,1,2,4,8", help="Request rates to simulate, requests per second."),
+    requests: int = typer.Option(500, "--requests", help="Requests per run."),
+    seed: int = typer.Option(0, help="Seed of the requests and the routing noise (same seed, same JSON)."),
+    prompt_tokens: float = typer.Option(1000, help="Mean prompt tokens."),
+    output_tokens: float = typer.Option(200, help="Mean output tokens."),
+    length_spread: float = typer.Option(
+        0.5, help="Lengths uniform within mean x (1 +- spread); 0 = fixed lengths."
+    ),
+    burstiness: float = typer.Option(1.0, help="Gamma shape of the arrival gaps: 1 Poisson, < 1 bursty."),
+    slo_ttft_ms: float = typer.Option(2000, help="TTFT SLO, milliseconds."),
+    slo_tpot_ms: float = typer.Option(100, help="TPOT SLO, milliseconds."),
+    mode: str = typer.Option("colocated", help="colocated, or disaggregated (PD: separate groups)."),
+    prefill_loads: str | None = typer.Option(None, help="PD: the prefill group's loads file."),
+    prefill_fleet: str | None = typer.Option(None, help="PD: the prefill group's fleet file."),
+    prefill_slots_per_gpu: int | None = typer.Option(None, help="PD: the prefill group's slots per GPU."),
+    gpu: str = typer.Option(
+        "h200", help="GPU of the non-expert curves and memory: h200 (measured) or h100 (scaled from it)."
+    ),
+    gpu_memory_gib: float | None = typer.Option(None, help="GPU memory, GiB (default: the GPU's)."),
+    chunk_tokens: int = typer.Option(8192, help="Chunked-prefill tokens per GPU per step."),
+    max_running: int = typer.Option(256, help="Running requests per GPU, at most."),
+    mixed_chunk: bool = typer.Option(False, help="Decode tokens ride in prefill steps (SGLang mixed chunk)."),
+    plan_tokens: float | None = typer.Option(
+        None, help="Tokens per step the policies plan for (default: the group's full budget)."
+    ),
+    drift: list[str] = typer.Option(
+        [], help="'at=SECONDS,gpu=ID,factor=F': the GPU slows by F from then (repeatable)."
+    ),
+    replace_after_s: float = typer.Option(60.0, help="vibe+replace: seconds from drift to re-placement."),
+    replace_cost: str = typer.Option(
+        "moves", help="restart (the group is down --restart-s) or moves (weight copies pause it)."
+    ),
+    restart_s: float | None = typer.Option(None, help="Seconds a restart takes (default: constants)."),
+    timeline_bin_s: float = typer.Option(10.0, help="With --drift: P90 TTFT per window of this length."),
+    json_out: str | None = typer.Option(None, "--json", metavar="OUT.json", help="Write every result here."),
+    plot: str | None = typer.Option(None, "--plot", metavar="OUT.png", help="Draw the results (matplotlib)."),
+) -> None:
+    """Simulate serving with each placement policy: TTFT, TPOT, throughput, SLO attainment, goodput.
+
+    A step costs, on the one cost model: per MoE layer the slowest GPU's expert time from its curve
+    (routed tokens drawn per step from the layer's load profile), dispatch and combine, plus the
+    non-expert time (attention over the batch's KV, dense layers) measured on an H200. Every modelling
+    constant, with its source, is in the --json output.
+    """
+    from vibe.placement.errors import PlacementError
+
+    # PlacementError carries its reason; the simulator's own errors (SimulationError, ModelError) and
+    # the flags' parse errors are ValueErrors: InvalidInput
+    with failures(COMMAND, PlacementError, ValueError):
+        _simulate(**{k: v for k, v in locals().items()})
+
+
+def parse_drift(text: str) -> Any:
+    from vibe.simulate.simulator import DriftEvent
+
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, val = part.partition("=")
+        if not sep:
+            raise ValueError(f"--drift {text!r}: want at=SECONDS,gpu=ID,factor=F")
+        fields[key.strip()] = val.strip()
+    try:
+        ev = DriftEvent(float(fields["at"]), fields["gpu"], float(fields["factor"]))
+    except (KeyError, ValueError):
+        raise ValueError(f"--drift {text!r}: want at=SECONDS,gpu=ID,factor=F") from None
+    if not (ev.at_s >= 0 and ev.factor > 0):
+        raise ValueError(f"--drift {text!r}: at must be >= 0 and factor > 0")
+    return ev
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers, not {text!r}") from None
+    if not out or any(not (x > 0) for x in out):
+        raise ValueError(f"{what} must be positive numbers")
+    return sorted(set(out))
+
+
+def _simulate(**o: Any) -> None:
+    from vibe.placement.inputs import load_json, read_fleet, read_loads
+    from vibe.simulate.engine import EngineConfig
+    from vibe.simulate.models import resolve
+    from vibe.simulate.report import sweep
+    from vibe.simulate.simulator import POLICIES, REPLACE, GroupSpec, Settings, Simulator
+    from vibe.simulate.workload import Workload
+
+    m = resolve(o["model"])
+    rates = _numbers(o["rates"], "--rates")
+    names = [p.strip() for p in o["policies"].split(",") if p.strip()]
+    for p in names:
+        if p not in (*POLICIES, REPLACE):
+            raise ValueError(f"unknown policy {p!r} (one of {', '.join((*POLICIES, REPLACE))})")
+    drift = tuple(parse_drift(d) for d in o["drift"])
+    if drift and REPLACE not in names:
+        names.append(REPLACE)
+    if REPLACE in names and not drift:
+        raise ValueError(f"{REPLACE} needs --drift")
+    if o["replace_cost"] not in ("restart", "moves"):
+        raise ValueError("--replace-cost is restart or moves")
+    if o["mode"] not in ("colocated", "disaggregated"):
+        raise ValueError("--mode is colocated or disaggregated")
+    if o["gpu"] not in ("h200", "h100"):
+        raise ValueError("--gpu is h200 or h100")
+    decode = GroupSpec(
+        "colocated" if o["mode"] == "colocated" else "decode",
+        read_loads(load_json(o["loads"], "loads")),
+        read_fleet(load_json(o["fleet"], "fleet")),
+        o["slots_per_gpu"],
+        o["plan_tokens"],
+    )
+    groups: tuple[GroupSpec, ...] = (decode,)
+    if o["mode"] == "disaggregated":
+        if not (o["prefill_loads"] and o["prefill_fleet"] and o["prefill_slots_per_gpu"]):
+            raise ValueError(
+                "--mode disaggregated needs --prefill-loads, --prefill-fleet, --prefill-slots-per-gpu"
+            )
+        pre = GroupSpec(
+            "prefill",
+            read_loads(load_json(o["prefill_loads"], "prefill loads")),
+            read_fleet(load_json(o["prefill_fleet"], "prefill fleet")),
+            o["prefill_slots_per_gpu"],
+            o["plan_tokens"],
+        )
+        groups = (pre, decode)
+    settings = Settings(
+        model=m,
+        groups=groups,
+        engine=EngineConfig(o["chunk_tokens"], o["max_running"], o["mixed_chunk"]),
+        gpu=o["gpu"],
+        gpu_memory_bytes=o["gpu_memory_gib"] * 2**30 if o["gpu_memory_gib"] else None,
+        drift=drift,
+        replace_after_s=o["replace_after_s"],
+        replace_cost=o["replace_cost"],
+        restart_s=o["restart_s"],
+        seed=o["seed"],
+    )
+    base = Workload(
+        rates[0],
+        o["requests"],
+        o["prompt_tokens"],
+        o["output_tokens"],
+        o["length_spread"],
+        o["burstiness"],
+        o["seed"],
+    )
+    sim = Simulator(settings)
+    progress = _Progress(len(rates) * len(names))
+    doc = sweep(
+        sim,
+        names,
+        rates,
+        base,
+        slo_ttft_s=o["slo_ttft_ms"] / 1e3,
+        slo_tpot_s=o["slo_tpot_ms"] / 1e3,
+        timeline_bin_s=o["timeline_bin_s"] if drift else None,
+        progress=progress,
+    )
+    progress.close()
+    doc["settings"] = {
+        "model": m.name,
+        "mode": o["mode"],
+        "gpu": o["gpu"],
+        "groups": [{"name": g.name, "gpus": len(g.fleet), "slotsPerGPU": g.slots_per_gpu} for g in groups],
+        "requests": o["requests"],
+        "seed": o["seed"],
+        "promptTokens": o["prompt_tokens"],
+        "outputTokens": o["output_tokens"],
+        "lengthSpread": o["length_spread"],
+        "burstiness": o["burstiness"],
+        "engine": {
+            "chunkTokens": o["chunk_tokens"],
+            "maxRunning": o["max_running"],
+            "mixedChunk": o["mixed_chunk"],
+        },
+        "drift": [{"at_s": d.at_s, "gpu": d.gpu, "factor": d.factor} for d in drift],
+        "replaceAfterS": o["replace_after_s"] if drift else None,
+        "replaceCost": o["replace_cost"] if drift else None,
+    }
+    print_tables(doc)
+    if o["json_out"]:
+        Path(o["json_out"]).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    if o["plot"]:
+        from vibe.simulate.plot import draw
+
+        draw(doc, o["plot"])
+
+
+class _Progress:
+    """One status line on stderr for long runs (rewritten on a terminal, every 10 s otherwise)."""
+
+    def __init__(self, runs: int) -> None:
+        self.runs = runs
+        self.seen: set[tuple[str, float]] = set()
+        self.tty = sys.stderr.isatty()
+        self.last = time.monotonic()
+        self.start = self.last
+        self.shown = False
+
+    def __call__(self, policy: str, rate: float, done: int, total: int, t: float) -> None:
+        self.seen.add((policy, rate))
+        now = time.monotonic()
+        if now - self.start < 2.0 or (not self.tty and now - self.last < 10.0):
+            return
+        self.last = now
+        line = (
+            f"run {len(self.seen)}/{self.runs}: {policy} at {rate:g} req/s, "
+            f"{done}/{total} requests done, {t:.0f} s simulated"
+        )
+        sys.stderr.write(("\r" + line.ljust(100)) if self.tty else line + "\n")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown and self.tty:
+            sys.stderr.write("\n")
+
+
+def print_tables(doc: dict[str, Any]) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.width = max(console.width, 110)
+    rates = sorted({r["rate"] for r in doc["runs"]})
+    for rate in rates:
+        t = Table(title=f"{rate:g} requests/s", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("policy", "TTFT p50", "p90", "p99", "TPOT p50", "p90", "tokens/s", "SLO attainment"):
+            t.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+        for r in doc["runs"]:
+            if r["rate"] != rate:
+                continue
+            t.add_row(
+                r["policy"],
+                f"{r['ttft_p50_s'] * 1e3:.0f} ms",
+                f"{r['ttft_p90_s'] * 1e3:.0f} ms",
+                f"{r['ttft_p99_s'] * 1e3:.0f} ms",
+                f"{r['tpot_p50_s'] * 1e3:.1f} ms",
+                f"{r['tpot_p90_s'] * 1e3:.1f} ms",
+                f"{r['throughput_tokens_s']:.0f}",
+                f"{r['slo_attainment'] * 100:.1f}%",
+            )
+        console.print(t)
+    slo = doc["slo"]
+    good = ", ".join(f"{p} {v:g} req/s" if v is not None else f"{p} none" for p, v in doc["goodput"].items())
+    console.print(
+        f"goodput (highest rate with >= {slo['goodput_attainment'] * 100:.0f}% of requests within TTFT "
+        f"{slo['ttft_s'] * 1e3:g} ms and TPOT {slo['tpot_s'] * 1e3:g} ms): {good}",
+        soft_wrap=True,
+    )
+    for policy, info in doc["placements"].items():
+        for group, g in info.items():
+            r = g.get("replace")
+            if r:
+                pay = f"{r['payback_s']:.0f} s" if r["payback_s"] is not None else "never"
+                console.print(
+                    f"{policy} ({group}): re-placed at {r['at_s']:g} s moving {r['moved_experts']} experts, "
+                    f"paused {r['pause_s']:.2f} s ({r['cost']}); mean step {r['step_before_s'] * 1e3:.1f} -> "
+                    f"{r['step_after_s'] * 1e3:.1f} ms ({r['gain'] * 100:+.1f}%): pays back after {pay} "
+                    "of drift",
+                    soft_wrap=True,
+                )
