@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 
 from typer.testing import CliRunner  # noqa: E402
 
-from vibe.agent.bench import canary, fp8_supported, profile_device  # noqa: E402
+from vibe.agent.bench import canary, contended_seconds, fp8_supported, profile_device  # noqa: E402
 from vibe.agent.cli import app  # noqa: E402
 from vibe.agent.node import AgentConfig, NodeAgent  # noqa: E402
 from vibe.agent.profiler import TorchProfiler, outcome_from_bench  # noqa: E402
@@ -47,6 +47,17 @@ def test_profile_on_cpu() -> None:
     out = outcome_from_bench(res, None)
     assert all(list(c.seconds) == sorted(c.seconds) for c in out.curves)  # isotonic
     json.dumps(res.as_dict())  # the results file is plain JSON
+    # No contention window on the CPU (no GPU time slices): the median stands, nothing flagged shared.
+    assert all(p.window_s is None and not p.shared and p.median_s == p.seconds for p in bf16.points)
+
+
+def test_a_shared_gpu_reports_the_window_time() -> None:
+    # A co-tenant makes the window's time per call exceed the median: that is the GPU's speed for
+    # serving. Within the calls' own spread (5 %) the median stands.
+    assert contended_seconds(40e-6, 160e-6, 0.05) == (160e-6, True)
+    assert contended_seconds(40e-6, 41e-6, 0.05) == (40e-6, False)
+    assert contended_seconds(40e-6, 30e-6, 0.05) == (40e-6, False)  # never faster than the median
+    assert contended_seconds(40e-6, None, 0.05) == (40e-6, False)  # no window (CPU, canary)
 
 
 def test_the_ffn_is_swiglu() -> None:

@@ -432,7 +432,9 @@ def _print_result(console: Any, res: Any) -> None:
     if not shown:
         return
     table = Table(
-        "tokens", *[c.shape.label.replace("/", "\n", 1) for c in shown], title="µs per expert call (median)"
+        "tokens",
+        *[c.shape.label.replace("/", "\n", 1) for c in shown],
+        title="µs per expert call (median; window time where shared)",
     )
     for k, n in enumerate(shown[0].tokens):
         table.add_row(
@@ -440,6 +442,7 @@ def _print_result(console: Any, res: Any) -> None:
         )
     table.add_row("max cv", *[f"{max(p.cv for p in c.points):.3f}" for c in shown])
     table.add_row("retries", *[str(sum(p.retries for p in c.points)) for c in shown])
+    table.add_row("shared", *[str(sum(p.shared for p in c.points)) for c in shown])
     console.print(table)
 
 

@@ -13,7 +13,8 @@ vibe.operator.handlers``.
 * ``worker`` (a Kopf daemon per MoEDeployment): waits to be woken (or for its next due time) and runs
   ``reconciling.reconcile``. One worker per object serialises its reconciles and coalesces bursts of
   changes into one pass; Kopf stops the workers when the object goes away and when peering pauses this
-  replica, so a standby replica writes nothing.
+  replica, so a standby replica writes nothing, and a stopping worker drops the object's metric series,
+  so only the active replica exports them (the alerts need no aggregation across replicas).
 * Watchers (``on.event``; they never write to what they watch, so GPUProfiles, ConfigMaps, Nodes and
   Pods stay untouched): each works out which deployments a change affects from the indices and wakes
   only those. A GPUProfile ``spec`` change (not its heartbeat) wakes the deployments using that node; a
@@ -256,22 +257,28 @@ async def worker(
     waker.set()  # reconcile once on start (creation, operator restart, takeover from a peer)
     delay: float | None = None
     world = _world(kwargs)
-    while not stopped:
-        timeout = state.settings.resync_s if delay is None else min(delay, state.settings.resync_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waker.wait(), timeout=timeout)
-        if stopped:
-            break
-        waker.clear()
-        try:
-            delay = await reconcile(state, world, namespace, name)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # an API error or a bug: log, count, back off; never kill the worker
-            n = state.failures[key] = state.failures.get(key, 0) + 1
-            delay = min(state.settings.backoff_max_s, state.settings.backoff_initial_s * 2 ** (n - 1))
-            metrics.ERRORS.labels(type(e).__name__).inc()
-            logger.exception("%s/%s: reconcile failed (retry in %.0f s)", namespace, name, delay)
+    try:
+        while not stopped:
+            timeout = state.settings.resync_s if delay is None else min(delay, state.settings.resync_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waker.wait(), timeout=timeout)
+            if stopped:
+                break
+            waker.clear()
+            try:
+                delay = await reconcile(state, world, namespace, name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # an API error or a bug: log, count, back off; never kill the worker
+                n = state.failures[key] = state.failures.get(key, 0) + 1
+                delay = min(state.settings.backoff_max_s, state.settings.backoff_initial_s * 2 ** (n - 1))
+                metrics.ERRORS.labels(type(e).__name__).inc()
+                logger.exception("%s/%s: reconcile failed (retry in %.0f s)", namespace, name, delay)
+    finally:
+        # Only the replica that owns the object exports its series. A worker stops when peering pauses
+        # this replica (a higher-priority peer took over), when the object goes away and at shutdown:
+        # the series go with it, so a standby never shows a stale Ready=1 beside the active replica.
+        metrics.forget(namespace, name)
 
 
 # --------------------------------------------------------------------------------------------------
