@@ -22,10 +22,15 @@ venv: $(VENV)/.installed
 # `cluster` brings what the local control plane needs (the demo and the tests run it).
 # `bench` brings torch (CPU-capable; about 2.8 GB of wheels from PyPI, ~3 min cold) so that CI runs the
 # agent's benchmark code path on a tiny shape, the same code the GPU nodes run.
-$(VENV)/.installed: pyproject.toml
+# `sglang`: the pinned SGLang wheel without its GPU dependencies (the extra lists the few it imports on
+# CPU), so the tests run vibe's placement file through SGLang's own loader.
+SGLANG_VERSION := $(shell sed -n 's/^SGLANG_VERSION = "\(.*\)"/\1/p' vibe/serving/sglang.py)
+
+$(VENV)/.installed: pyproject.toml vibe/serving/sglang.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,exact,bench,cluster,plot]'
+	$(BIN)/pip install --quiet -e '.[dev,exact,bench,cluster,plot,sglang,podresources]'
+	$(BIN)/pip install --quiet --no-deps 'sglang==$(SGLANG_VERSION)'
 	touch $@
 
 cluster-bin:

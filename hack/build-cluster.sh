@@ -7,12 +7,16 @@
 #                            kwok (fake nodes and pods) and helm, on the same k8s.io libraries
 #   hack/tools/kine/go.mod   kine (etcd API on SQLite; pure Go with CGO off), on its own: its etcd and
 #                            database dependencies would otherwise upgrade the control plane's
+#   hack/tools/prometheus/go.mod
+#                            prometheus and promtool (the chart's alerts: `promtool test rules` and a
+#                            real Prometheus scraping the operator and agent), on their own for the same
+#                            reason; built with -tags remove_all_sd (static and file targets only)
 #
 # Each lands in $VIBE_BIN_DIR/<component>-<version>/ (default ${XDG_CACHE_HOME:-$HOME/.cache}/vibe/bin).
 # What is already there is skipped (no network needed then), so re-running is cheap; a half-finished
 # build never lands there (it is built in a temporary directory and renamed into place).
 #
-# Usage: hack/build-cluster.sh [kubernetes|kine|kwok|helm ...]   (no argument: all of them)
+# Usage: hack/build-cluster.sh [kubernetes|kine|kwok|helm|prometheus ...]   (no argument: all of them)
 # Env:   VIBE_BIN_DIR     where to cache (see above)
 #        VIBE_BUILD_JOBS  parallel compile jobs (default: number of CPUs)
 #        VIBE_FORCE=1     rebuild even if cached
@@ -87,7 +91,8 @@ install_component() {
   tmp="$(mktemp -d "$BIN_ROOT/.build-$name-$ver.XXXXXX")"
   # shellcheck disable=SC2064
   trap "rm -rf '$tmp'" EXIT
-  (cd "$moddir" && go build -mod=readonly -p "$JOBS" -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "$@")
+  (cd "$moddir" && go build -mod=readonly -p "$JOBS" -trimpath ${BUILD_TAGS:+-tags "$BUILD_TAGS"} \
+    -ldflags "-s -w $ldflags" -o "$tmp/" "$@")
   STEP="install $name $ver into $dest"
   rm -rf "$dest"
   mv "$tmp" "$dest"
@@ -173,16 +178,35 @@ build_helm() {
   install_component helm "$ver" "$dir" helm_ldflags helm.sh/helm/v3/cmd/helm
 }
 
+prometheus_ldflags() {
+  # What Prometheus' own .promu.yml sets; the module's v0.3MM.P tag is Prometheus 3.MM.P.
+  local pver="${2#v0.}"
+  pver="$((10#${pver%%.*} / 100)).$((10#${pver%%.*} % 100)).${pver#*.}"
+  release_meta "$1" github.com/prometheus/prometheus "$2"
+  printf '%s' "-X github.com/prometheus/common/version.Version=$pver -X github.com/prometheus/common/version.Branch=HEAD"
+  [[ -z "$META_COMMIT" ]] || printf '%s' " -X github.com/prometheus/common/version.Revision=$META_COMMIT"
+  printf '%s' " -X github.com/prometheus/common/version.BuildDate=${META_TIME:-unknown}"
+}
+
+build_prometheus() {
+  local dir="$HACK/tools/prometheus" ver
+  STEP="read prometheus version from hack/tools/prometheus/go.mod"
+  ver="$(version "$dir" github.com/prometheus/prometheus)"
+  BUILD_TAGS="remove_all_sd" install_component prometheus "$ver" "$dir" prometheus_ldflags \
+    github.com/prometheus/prometheus/cmd/prometheus \
+    github.com/prometheus/prometheus/cmd/promtool
+}
+
 components=("$@")
 # Kubernetes first: kwok and helm then reuse most of its compiled packages.
-[[ ${#components[@]} -gt 0 ]] || components=(kubernetes kwok kine helm)
+[[ ${#components[@]} -gt 0 ]] || components=(kubernetes kwok kine helm prometheus)
 say "$(go version | cut -d' ' -f3-) -> $BIN_ROOT (components: ${components[*]})"
 for c in "${components[@]}"; do
   case "$c" in
-    kubernetes | kine | kwok | helm) "build_$c" ;;
+    kubernetes | kine | kwok | helm | prometheus) "build_$c" ;;
     *)
       STEP="parse arguments"
-      say "unknown component '$c' (want kubernetes, kine, kwok or helm)"
+      say "unknown component '$c' (want kubernetes, kine, kwok, helm or prometheus)"
       exit 2
       ;;
   esac

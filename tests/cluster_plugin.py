@@ -163,13 +163,20 @@ def shared_cluster(
     was already running when no registered session had started it (someone ran ``vibe cluster up``)
     is left alone, and so is any with ``keep`` (``VIBE_KEEP_CLUSTER=1``).
     """
-    from vibe.cluster import Cluster
+    from vibe.cluster import Cluster, ClusterError
 
     cluster = Cluster(name)
     users = clusters_root() / f".{name}.users"
     me = users / str(os.getpid())
     with _users_lock(name):
-        started = cluster.up(progress=progress)
+        try:
+            started = cluster.up(progress=progress)
+        except ClusterError as exc:
+            # `up` keeps a cluster it cannot restart (its data may matter); a test cluster's does not.
+            if progress:
+                progress(f"{exc}\ntest cluster {name!r}: removing it and starting a new one")
+            cluster.down()
+            started = cluster.up(progress=progress)
         users.mkdir(parents=True, exist_ok=True)
         if started:
             (users / OWNED_BY_TESTS).touch()

@@ -1,18 +1,21 @@
 """`vibe cluster up|status|down` on clusters of their own (not the session's): a second `up` says the
-cluster runs, `down` leaves no process, port or file behind, and `up` cleans a dead cluster's state."""
+cluster runs, `down` leaves no process, port or file behind, and `up` restarts what died in a cluster
+that was up, keeping its data, or refuses with a message (never wiping it)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from vibe.cluster import Cluster
+from vibe.cluster import Cluster, ClusterError
 from vibe.cluster.processes import alive, port_in_use
+from vibe.cluster.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -84,21 +87,80 @@ def test_up_twice_status_then_down_leaves_nothing(scratch_cluster: Cluster) -> N
     assert "not running" in after.stderr
 
 
-def test_up_cleans_the_state_of_a_dead_cluster(scratch_cluster: Cluster) -> None:
+def _put_config_map(c: Cluster, name: str) -> None:
+    from kubernetes import client
+
+    api = c.api_client()
+    try:
+        client.CoreV1Api(api).create_namespaced_config_map("default", {"metadata": {"name": name}})
+    finally:
+        api.close()
+
+
+def _has_config_map(c: Cluster, name: str) -> bool:
+    from kubernetes import client
+
+    api = c.api_client()
+    try:
+        return any(
+            cm.metadata.name == name
+            for cm in client.CoreV1Api(api).list_namespaced_config_map("default").items
+        )
+    finally:
+        api.close()
+
+
+def test_up_restarts_dead_components_and_keeps_the_data(scratch_cluster: Cluster) -> None:
+    """Issue 15 #12: `up` after a component of a running cluster died wiped the database silently."""
     assert scratch_cluster.up() is True
+    _put_config_map(scratch_cluster, "survives")
     old = scratch_cluster.status()
     os.kill(old.pids["kube-apiserver"], signal.SIGKILL)
-    st = scratch_cluster.status()
+    st = wait_for(
+        lambda: (s := scratch_cluster.status()).processes["kube-apiserver"] is False and s, timeout=10
+    )
     assert st.exists and not st.running and not st.ready
     assert st.processes["kube-apiserver"] is False
 
     messages: list[str] = []
     assert scratch_cluster.up(progress=messages.append) is True
-    assert any("stale" in m and "kube-apiserver" in m for m in messages), messages
-    assert not [n for n, pid in old.pids.items() if alive(pid)]
+    assert any("restarting kube-apiserver" in m and "data kept" in m for m in messages), messages
     new = scratch_cluster.status()
     assert new.ready
-    assert not set(new.pids.values()) & set(old.pids.values())
+    assert new.pids["kube-apiserver"] != old.pids["kube-apiserver"]
+    assert {n: p for n, p in new.pids.items() if n != "kube-apiserver"} == {
+        n: p for n, p in old.pids.items() if n != "kube-apiserver"
+    }
+    assert _has_config_map(scratch_cluster, "survives")
+
+    # The storage and the API server gone together (the database file stays): both come back with it.
+    again = scratch_cluster.status()
+    for name in ("kube-apiserver", "kine"):
+        os.kill(again.pids[name], signal.SIGKILL)
+    wait_for(lambda: not scratch_cluster.status().running, timeout=10, what="kine and the API server gone")
+    assert scratch_cluster.up(progress=messages.append) is True
+    assert scratch_cluster.status().ready
+    assert _has_config_map(scratch_cluster, "survives")
+
+
+def test_up_refuses_to_wipe_a_cluster_it_cannot_restart(scratch_cluster: Cluster) -> None:
+    assert scratch_cluster.up() is True
+    _put_config_map(scratch_cluster, "survives")
+    st = scratch_cluster.status()
+    port = st.ports["kube-controller-manager"]
+    os.kill(st.pids["kube-controller-manager"], signal.SIGKILL)
+    wait_for(lambda: not port_in_use(port), timeout=10, what="the controller manager's port to close")
+    with socket.socket() as squatter:  # another process took the port meanwhile
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(ClusterError) as e:
+            scratch_cluster.up()
+    msg = str(e.value)
+    assert "kube-controller-manager" in msg and "holds the port" in msg and "data is kept" in msg
+    assert (scratch_cluster.dir / "db" / "state.db").exists()
+    assert scratch_cluster.up() is True  # the port is free again: restarted, data there
+    assert scratch_cluster.status().ready and _has_config_map(scratch_cluster, "survives")
 
 
 def test_a_shared_test_cluster_stops_when_its_last_session_leaves(scratch_cluster: Cluster) -> None:

@@ -131,3 +131,43 @@ def test_two_peered_replicas_write_each_placement_once(cluster, kube, namespace,
     finally:
         a.kill()
         b.stop()
+
+
+def test_only_the_active_replica_exports_a_deployments_series(
+    cluster, kube, namespace, profile_ns, gpu_nodes
+):
+    """A replica paused by a higher-priority peer drops its per-deployment series (issue 11: a stale
+    standby's Ready=1 hid VibePlacementNotReady, so the rules took the most favourable value)."""
+    peering = f"vibe-{uuid.uuid4().hex[:6]}"
+    labels = {f'namespace="{namespace}"', 'name="m0"'}
+
+    def series(op: OperatorProcess, name: str) -> list[str]:
+        return [
+            line
+            for line in op.metrics().splitlines()
+            if line.startswith(name + "{") and labels <= set(line.split("}")[0].split("{")[1].split(","))
+        ]
+
+    low = OperatorProcess(cluster.kubeconfig, profile_ns, "--peering", peering, "--priority", "50").start()
+    high = OperatorProcess(cluster.kubeconfig, profile_ns, "--peering", peering, "--priority", "100")
+    try:
+        objs = _setup(kube, namespace, profile_ns, gpu_nodes, 1)
+        objs.log = low.tail
+        objs.wait_condition("m0", "Ready", "True", timeout=120)
+        wait_for(lambda: series(low, "vibe_deployment_ready"), timeout=30, what=f"m0's series\n{low.tail()}")
+        assert series(low, "vibe_deployment_ready")[0].endswith(" 1.0")
+        # A higher-priority replica starts: the first pauses and its series go; the new one exports them.
+        high.start()
+        objs.log = lambda: low.tail(30) + "\n---- high ----\n" + high.tail(30)
+        wait_for(
+            lambda: series(high, "vibe_deployment_ready"),
+            timeout=60,
+            what=f"m0 on the active replica\n{high.tail()}",
+        )
+        wait_for(lambda: not series(low, "vibe_deployment_ready"), timeout=30,
+                 what=f"the paused replica to drop m0's series\n{low.tail()}")  # fmt: skip
+        assert not series(low, "vibe_placement_imbalance_ratio")
+        assert series(high, "vibe_deployment_ready")[0].endswith(" 1.0")
+    finally:
+        high.stop()
+        low.stop()

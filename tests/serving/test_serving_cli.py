@@ -88,3 +88,49 @@ def test_export_loads_to_a_file(tmp_path: Path) -> None:
         app, ["export-loads", "--dump", str(dump), "--engine-url", "http://x", "--out", str(out)]
     )
     assert both.exit_code == 1 and "exactly one of --dump and --engine-url" in both.output
+
+
+def test_init_refuses_an_architecture_sglang_ignores(volume: KubeletVolume, tmp_path: Path) -> None:
+    """Mixtral's SGLang model class has no expert-location hook: SGLang would ignore the file, so init
+    refuses it (from the model's config.json, or --architecture), and takes DeepSeek-V3's."""
+    volume.write(placement_data(generation=3))
+    config = tmp_path / "config.json"
+    base = [
+        "init",
+        "--ep-size",
+        "4",
+        "--redundant-experts",
+        "4",
+        "--placement-dir",
+        str(volume.root),
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--sglang-out",
+        str(tmp_path / "loc.json"),
+    ]
+    config.write_text(
+        json.dumps({"architectures": ["MixtralForCausalLM"], "num_hidden_layers": 3, "num_local_experts": 8})
+    )
+    refused = runner.invoke(app, [*base, "--model-config", str(config)])
+    assert refused.exit_code == 1
+    line = refused.output.strip().splitlines()[-1]
+    assert line.startswith(
+        "vibe serving: UnsupportedArchitecture: SGLang 0.5.23 ignores --init-expert-location"
+    )
+    assert "MixtralForCausalLM" in line and "get_model_config_for_expert_location" in line
+    assert not (tmp_path / "loc.json").exists()
+    flag = runner.invoke(app, [*base, "--num-experts", "8", "--architecture", "MixtralForCausalLM"])
+    assert flag.exit_code == 1 and "UnsupportedArchitecture" in flag.output
+    config.write_text(
+        json.dumps(
+            {
+                "architectures": ["DeepseekV3ForCausalLM"],
+                "num_hidden_layers": 4,
+                "n_routed_experts": 8,
+                "first_k_dense_replace": 1,
+            }
+        )
+    )
+    taken = runner.invoke(app, [*base, "--model-config", str(config)])
+    assert taken.exit_code == 0, taken.output
+    assert len(json.loads((tmp_path / "loc.json").read_text())["physical_to_logical_map"]) == 4

@@ -135,3 +135,15 @@ def test_settings_are_validated() -> None:
         EngineSettings(0)
     with pytest.raises(ServingError):
         EngineSettings(4, num_layers=3, first_moe_layer=3)
+
+
+def test_fit_sglang_refuses_architectures_without_the_hook() -> None:
+    from vibe.serving.sglang import EXPERT_LOCATION_ARCHITECTURES
+
+    doc = {"physical_to_logical_map": phy2log()}
+    for arch in ("DeepseekV3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM", None):
+        assert fit_sglang(doc, settings(architecture=arch))["physical_to_logical_map"]
+    assert "MixtralForCausalLM" not in EXPERT_LOCATION_ARCHITECTURES
+    with pytest.raises(ServingError) as e:
+        fit_sglang(doc, settings(architecture="MixtralForCausalLM"))
+    assert e.value.reason == "UnsupportedArchitecture" and "MixtralForCausalLM" in e.value.message

@@ -79,3 +79,23 @@ def test_rbac_covers_the_policy_target(lws: dict) -> None:
     role = next(d for d in docs if d["kind"] == "Role")
     lws_rule = next(r for r in role["rules"] if "leaderworkersets" in r["resources"])
     assert lws["metadata"]["name"] in lws_rule["resourceNames"] and "patch" in lws_rule["verbs"]
+
+
+# The Hugging Face architecture (config.json) of each model the examples name.
+ARCHITECTURES = {
+    "deepseek-ai/DeepSeek-V3": "DeepseekV3ForCausalLM",
+    "Qwen/Qwen3-235B-A22B": "Qwen3MoeForCausalLM",
+    "mistralai/Mixtral-8x7B-v0.1": "MixtralForCausalLM",
+}
+
+
+@pytest.mark.parametrize("path", [*sorted(EXAMPLES.parent.glob("*.yaml")), EXAMPLES / "moedeployment.yaml"])
+def test_examples_ask_sglang_files_only_for_models_sglang_applies_them_to(path: Path) -> None:
+    from vibe.serving.sglang import EXPERT_LOCATION_ARCHITECTURES
+
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc or doc.get("kind") != "MoEDeployment":
+            continue
+        arch = ARCHITECTURES[doc["spec"]["model"]["name"]]
+        if "sglang" in doc["spec"]["output"]["formats"]:
+            assert arch in EXPERT_LOCATION_ARCHITECTURES, f"{path.name}: SGLang ignores the file for {arch}"

@@ -1,7 +1,8 @@
 """The binaries the local control plane runs, and how to get them.
 
 Versions have one source of truth: the wrapper Go modules under ``hack/`` (``hack/k8s/go.mod`` pins
-k8s.io/kubernetes, kwok and helm; ``hack/tools/kine/go.mod`` pins kine). ``hack/build-cluster.sh``
+k8s.io/kubernetes, kwok and helm; ``hack/tools/kine/go.mod`` pins kine; ``hack/tools/prometheus/go.mod``
+pins prometheus and promtool, for the alert tests). ``hack/build-cluster.sh``
 builds them into ``<bin root>/<component>-<version>/``; this module reads the same go.mod files to know
 where to look, and runs the script when something is missing.
 """
@@ -30,10 +31,11 @@ COMPONENTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "kine": ("tools/kine", "github.com/k3s-io/kine", ("kine",)),
     "kwok": ("k8s", "sigs.k8s.io/kwok", ("kwok",)),
     "helm": ("k8s", "helm.sh/helm/v3", ("helm",)),
+    "prometheus": ("tools/prometheus", "github.com/prometheus/prometheus", ("prometheus", "promtool")),
 }
 
 
-# What `up` needs; helm is built by hack/build-cluster.sh too, for the chart tests and the demo.
+# What `up` needs; helm (chart tests, demo) and prometheus (alert tests) are built by the script too.
 RUNTIME = ("kubernetes", "kine", "kwok")
 
 

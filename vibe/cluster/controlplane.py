@@ -180,9 +180,12 @@ class Cluster:
     ) -> bool:
         """Bring the cluster up (building missing binaries when ``build``) with ``nodes`` fake GPU nodes.
 
-        Returns True when it started the cluster, False when it was already running and ready (then only
-        missing nodes ``gpu-node-<i>`` are added). State left by a cluster whose processes died is
-        cleaned first. Raises `ClusterError` (after stopping what it started) when a component fails.
+        Returns True when it started (or restarted part of) the cluster, False when it was already running
+        and ready (then only missing nodes ``gpu-node-<i>`` are added). A cluster that was up and lost
+        processes keeps its database: the dead components are restarted on their old ports and files
+        (``_revive``), or `ClusterError` says why they cannot be and that the data is kept. Only a start
+        that never finished is removed (saying so). Raises `ClusterError` (after stopping what it started)
+        when a component fails.
         """
         say = progress or (lambda _msg: None)
         with self._locked():
@@ -195,10 +198,18 @@ class Cluster:
                 if nodes:
                     self._ensure_nodes(nodes, gpus_per_node, say)
                 return False
+            state = self._load_state() or {}
+            if st.exists and state.get("complete"):
+                # A cluster that was up holds data (its database): never wipe it here. Restart what died,
+                # or say why not and leave everything in place for `vibe cluster down`.
+                self._revive(state, st, say, timeout)
+                if nodes:
+                    self._ensure_nodes(nodes, gpus_per_node, say)
+                return True
             if st.exists:
                 dead = [n for n, ok in st.processes.items() if not ok]
-                why = f"dead: {', '.join(dead)}" if dead else "incomplete or not ready"
-                say(f"cleaning stale state of cluster {self.name!r} ({why})")
+                why = f"dead: {', '.join(dead)}" if dead else "never finished starting"
+                say(f"removing the half-started cluster {self.name!r} ({why}; it never became ready)")
                 self._teardown()
             binaries = bins.ensure(build_missing=build, on_line=say, components=bins.RUNTIME)
             t0 = time.monotonic()
@@ -269,7 +280,7 @@ class Cluster:
 
         def launch(name: str, argv: list[str]) -> Proc:
             proc = spawn(name, argv, self.log_dir / f"{name}.log", cwd=self.dir)
-            state["processes"].append(proc.to_json())
+            state["processes"].append({**proc.to_json(), "argv": argv})
             self._save_state(state)
             return proc
 
@@ -410,6 +421,68 @@ class Cluster:
             raise ClusterError(f"kwok exited at start: {self._tail(kwok)}")
         state["complete"] = True
         self._save_state(state)
+
+    def _revive(self, state: dict[str, Any], st: Status, say: Progress, timeout: float) -> None:
+        """Restart the dead components of a cluster that was up, with their recorded command lines (same
+        ports, certificates and database), in start order; raise `ClusterError` when that cannot work."""
+        entries = {e["name"]: e for e in state.get("processes", [])}
+        dead = [n for n in state.get("components", []) if not st.processes.get(n, False)]
+        keep = f"its data is kept in {self.dir}; `vibe cluster down` removes the cluster and its data"
+        if not dead:
+            raise ClusterError(
+                f"cluster {self.name!r}: every process runs but the API server at {st.server} does not answer"
+                f" /readyz (logs: {self.log_dir}); {keep}"
+            )
+        missing = [n for n in dead if not entries.get(n, {}).get("argv")]
+        if missing:
+            raise ClusterError(
+                f"cluster {self.name!r}: {', '.join(dead)} died and this cluster's state does not record how"
+                f" to restart {', '.join(missing)} (started by an older vibe); {keep}"
+            )
+        ports = state.get("ports", {})
+
+        def busy_ports() -> list[str]:
+            return [f"{n} (port {ports[n]})" for n in dead if n in ports and port_in_use(int(ports[n]))]
+
+        settle = time.monotonic() + 5.0  # a process killed a moment ago may still be closing its sockets
+        while (busy := busy_ports()) and time.monotonic() < settle:
+            time.sleep(0.2)
+        if busy:
+            raise ClusterError(
+                f"cluster {self.name!r}: cannot restart {', '.join(busy)}: another process holds the port;"
+                f" {keep}"
+            )
+        say(f"cluster {self.name!r}: restarting {', '.join(dead)} (the rest runs; data kept)")
+        deadline = time.monotonic() + timeout
+        server = str(state["server"])
+        checks: dict[str, Callable[[], bool]] = {
+            "kine": lambda: port_in_use(int(ports["kine"])),
+            "kube-apiserver": lambda: self._get(f"{server}/readyz", 2.0)[0] == 200,
+            "kube-controller-manager": lambda: (
+                self._get(f"https://{LOCALHOST}:{ports['kube-controller-manager']}/healthz", 2.0)[0] == 200
+            ),
+            "kube-scheduler": lambda: (
+                self._get(f"https://{LOCALHOST}:{ports['kube-scheduler']}/healthz", 2.0)[0] == 200
+            ),
+        }
+        try:
+            for name in dead:
+                argv = [str(a) for a in entries[name]["argv"]]
+                proc = spawn(name, argv, self.log_dir / f"{name}.log", cwd=self.dir)
+                state["processes"] = [e for e in state["processes"] if e["name"] != name]
+                state["processes"].append({**proc.to_json(), "argv": argv})
+                self._save_state(state)
+                check = checks.get(name)
+                if check is not None:
+                    self._wait(check, proc, deadline, f"{name} after a restart")
+            if not self._wait_ready(max(1.0, deadline - time.monotonic())):
+                raise ClusterError(f"the API server at {server} does not answer /readyz")
+        except (ClusterError, TimeoutError, OSError) as exc:
+            raise ClusterError(
+                f"cluster {self.name!r}: restarting {', '.join(dead)} failed: {exc}\n(logs: {self.log_dir};"
+                f" {keep})"
+            ) from exc
+        say(f"cluster {self.name!r} is running again ({server})")
 
     def _wait(self, check: Callable[[], bool], proc: Proc, deadline: float, what: str) -> None:
         while True:

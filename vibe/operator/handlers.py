@@ -17,11 +17,13 @@ vibe.operator.handlers``.
 * ``worker`` (a Kopf daemon per MoEDeployment): waits to be woken (or for its next due time) and runs
   ``reconciling.reconcile``. One worker per object serialises its reconciles and coalesces bursts of
   changes into one pass; Kopf stops the workers when peering pauses this replica, so a standby replica
-  writes nothing. The daemon carries **no finalizer** (unlike Kopf's default for daemons): nothing needs
-  cleaning up when a MoEDeployment goes (its ConfigMap is owner-referenced), and a finalizer would
-  make ``kubectl delete`` of the object, or of its namespace, hang while the operator is down. A
-  worker ends by itself when its object is gone (its DELETED event wakes it; ``reconciling.Gone``);
-  a finalizer left by an older version is removed by Kopf on the next event.
+  writes nothing, and a stopping worker drops the object's metric series, so only the active replica
+  exports them (the alerts need no aggregation across replicas). The daemon carries **no finalizer**
+  (unlike Kopf's default for daemons): nothing needs cleaning up when a MoEDeployment goes (its
+  ConfigMap is owner-referenced), and a finalizer would make ``kubectl delete`` of the object, or of its
+  namespace, hang while the operator is down. A worker ends by itself when its object is gone (its
+  DELETED event wakes it; ``reconciling.Gone``); a finalizer left by an older version is removed by
+  Kopf on the next event.
 * Watchers (``on.event``; they never write to what they watch): each works out which deployments a
   change affects and wakes only those. A GPUProfile ``spec`` change (not its heartbeat) wakes the
   deployments using that node; a placement ConfigMap deleted or written by someone else wakes its
@@ -179,9 +181,20 @@ def _in_profile_namespace(namespace: str, memo: kopf.Memo, **_: Any) -> bool:
 
 
 @kopf.index(*GPUP, when=_in_profile_namespace)  # type: ignore[arg-type]  # see "Kopf's callback types" above
-def vibe_profiles(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> dict[str, ProfileSnapshot]:
+def vibe_profiles(
+    body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any
+) -> dict[str, ProfileSnapshot] | None:
     # Parse the spec only when it changed (metadata.generation); heartbeats only update the timestamp.
     state: State = memo.vibe
+    node = (body.get("spec") or {}).get("nodeName")
+    if node and node != meta["name"]:
+        # One profile per node, named after it: a profile speaking for another node is ignored (an
+        # agent's token may write only its own node's profile; see the chart's node restriction).
+        key = ("gpup-misnamed", meta["name"])
+        if state.seen.get(key) != node:
+            logger.warning("GPUProfile %s says nodeName %s: ignored (they must agree)", meta["name"], node)
+        state.seen[key] = node
+        return None
     tag = (meta.get("uid"), meta.get("generation"))
     cached = state.profile_cache.get(meta["name"])
     if cached is not None and cached[0] == tag:
@@ -252,32 +265,38 @@ async def worker(
     waker.set()  # reconcile once on start (creation, operator restart, takeover from a peer)
     delay: float | None = None
     world = _world(kwargs)
-    while not stopped:
-        timeout = state.settings.resync_s if delay is None else min(delay, state.settings.resync_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waker.wait(), timeout=timeout)
-        if stopped:
-            break
-        waker.clear()
-        try:
-            delay = await reconcile(state, world, namespace, name, uid)
-        except asyncio.CancelledError:
-            raise
-        except Gone:
-            if state.watches is not None:
-                state.watches.drop(key)
-            return
-        except Exception as e:  # an API error or a bug: log, count, back off; never kill the worker
-            n = state.failures[key] = state.failures.get(key, 0) + 1
-            delay = min(state.settings.backoff_max_s, state.settings.backoff_initial_s * 2 ** (n - 1))
-            metrics.ERRORS.labels(type(e).__name__).inc()
-            if isinstance(e, ApiException):  # the API server unavailable or failing: one line, said once
-                said = f"{e.status} {e.reason}"
-                log = logger.debug if state.said.get(key) == said else logger.error
-                state.said[key] = said
-                log("%s/%s: the API server answered %s (retry in %.0f s)", namespace, name, said, delay)
-            else:  # a bug: the traceback helps
-                logger.exception("%s/%s: reconcile failed (retry in %.0f s)", namespace, name, delay)
+    try:
+        while not stopped:
+            timeout = state.settings.resync_s if delay is None else min(delay, state.settings.resync_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waker.wait(), timeout=timeout)
+            if stopped:
+                break
+            waker.clear()
+            try:
+                delay = await reconcile(state, world, namespace, name, uid)
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                if state.watches is not None:
+                    state.watches.drop(key)
+                return
+            except Exception as e:  # an API error or a bug: log, count, back off; never kill the worker
+                n = state.failures[key] = state.failures.get(key, 0) + 1
+                delay = min(state.settings.backoff_max_s, state.settings.backoff_initial_s * 2 ** (n - 1))
+                metrics.ERRORS.labels(type(e).__name__).inc()
+                if isinstance(e, ApiException):  # the API server failing: one line, said once
+                    said = f"{e.status} {e.reason}"
+                    log = logger.debug if state.said.get(key) == said else logger.error
+                    state.said[key] = said
+                    log("%s/%s: the API server answered %s (retry in %.0f s)", namespace, name, said, delay)
+                else:  # a bug: the traceback helps
+                    logger.exception("%s/%s: reconcile failed (retry in %.0f s)", namespace, name, delay)
+    finally:
+        # Only the replica that owns the object exports its series. A worker stops when peering pauses
+        # this replica (a higher-priority peer took over), when the object goes away and at shutdown:
+        # the series go with it, so a standby never shows a stale Ready=1 beside the active replica.
+        metrics.forget(namespace, name)
 
 
 def _without_finalizer(fn: Any) -> None:

@@ -4,7 +4,8 @@ Every policy, every bound check, every report and the operator's drift decision 
 here, so "predicted time" means the same thing everywhere (ARCHITECTURE.md, "The cost model"):
 
 * a slot holding expert e, which has ``r_e`` replicas in the layer, serves ``load_e / r_e`` tokens
-  (engines split an expert's tokens evenly over its replicas);
+  (engines split an expert's tokens evenly over its replicas; SGLang's static dispatch does not quite:
+  ``evaluate(..., dispatch="sglang-static")`` prices it, see ``dispatch.py``);
 * GPU g's layer time is the sum of ``t_g`` over its S slots;
 * a layer takes as long as its slowest GPU (expert parallelism synchronises every layer);
 * a model step is the sum of its layers.
@@ -131,11 +132,32 @@ class Evaluation:
     imbalance: float
 
 
-def evaluate(placement: Placement, loads: np.ndarray, fleet: Fleet) -> Evaluation:
-    """Price a placement: the cost model above, vectorised over all slots of all layers."""
+def evaluate(
+    placement: Placement,
+    loads: np.ndarray,
+    fleet: Fleet,
+    *,
+    dispatch: str = "even",
+    gpus_per_node: int | None = None,
+) -> Evaluation:
+    """Price a placement: the cost model above, vectorised over all slots of all layers.
+
+    ``dispatch`` other than ``even`` replaces the even split of an expert's tokens over its replicas by
+    what the engine does (``vibe.placement.dispatch``: ``sglang-static``, with ``gpus_per_node`` or, by
+    default, the fleet's nodes); the solvers always optimise for ``even``.
+    """
     loads = check_shapes(loads, fleet, placement.slots_per_gpu, placement)
-    gpu_times = gpu_times_of(placement.phy2log, loads, fleet.table, placement.slots_per_gpu)
-    return evaluation_of(gpu_times)
+    if dispatch == "even":
+        gpu_times = gpu_times_of(placement.phy2log, loads, fleet.table, placement.slots_per_gpu)
+        return evaluation_of(gpu_times)
+    from vibe.placement.dispatch import gpus_per_node_of, slot_tokens
+
+    per_node = gpus_per_node or gpus_per_node_of([g.node for g in fleet.gpus])
+    tokens = slot_tokens(placement.phy2log, loads, placement.slots_per_gpu, dispatch, gpus_per_node=per_node)
+    num_layers, p = tokens.shape
+    gpu = np.arange(p) // placement.slots_per_gpu
+    cost = fleet.table(gpu[None, :], tokens)
+    return evaluation_of(cost.reshape(num_layers, placement.num_gpus, placement.slots_per_gpu).sum(axis=2))
 
 
 def evaluation_of(gpu_times: np.ndarray) -> Evaluation:

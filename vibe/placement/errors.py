@@ -20,6 +20,7 @@ REASONS = (
     "InfeasibleSlots",
     "UnknownPolicy",
     "UnknownFormat",
+    "InvalidDispatch",
     "InstanceTooLarge",
     "UnreadableFile",
     "MissingDependency",

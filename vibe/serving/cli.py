@@ -54,11 +54,13 @@ def _settings(
     num_experts: int | None,
     num_layers: int | None,
     first_moe_layer: int | None,
+    architecture: str | None = None,
 ) -> Any:
     from vibe.serving.engine_fit import EngineSettings, model_layout
 
-    layout: dict[str, int] = model_layout(model_config) if model_config else {}
+    layout: dict[str, Any] = model_layout(model_config) if model_config else {}
     return EngineSettings(
+        architecture=architecture or layout.get("architecture"),
         ep_size=ep_size,
         redundant_experts=redundant_experts,
         num_experts=num_experts if num_experts is not None else layout.get("num_experts"),
@@ -89,6 +91,12 @@ NUM_LAYERS = typer.Option(
     None, "--num-layers", help="Layers the engine counts, dense included (SGLang: num_hidden_layers)."
 )
 FIRST_MOE = typer.Option(None, "--first-moe-layer", help="Dense layers before the first MoE layer.")
+ARCHITECTURE = typer.Option(
+    None,
+    "--architecture",
+    help="The model's architecture (config.json architectures[0]; default: from --model-config). SGLang"
+    " applies a placement only to architectures with an expert-location hook: others are refused.",
+)
 MOUNT = typer.Option(
     "/etc/vibe/placement", "--placement-dir", help="Mount path of the <name>-placement ConfigMap."
 )
@@ -125,6 +133,7 @@ def init_cmd(
     num_experts: int | None = NUM_EXPERTS,
     num_layers: int | None = NUM_LAYERS,
     first_moe_layer: int | None = FIRST_MOE,
+    architecture: str | None = ARCHITECTURE,
     expect_generation: str | None = typer.Option(
         None,
         "--expect-generation",
@@ -152,7 +161,7 @@ def init_cmd(
 
     try:
         settings = _settings(
-            ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer
+            ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer, architecture
         )
         expected = _optional_int(expect_generation, "--expect-generation")
         on_newer = _roll_forward_hook(kubeconfig, context) if roll_forward else None
@@ -248,6 +257,7 @@ def watch_cmd(
     num_experts: int | None = NUM_EXPERTS,
     num_layers: int | None = NUM_LAYERS,
     first_moe_layer: int | None = FIRST_MOE,
+    architecture: str | None = ARCHITECTURE,
     follow_gpus: bool = FOLLOW_GPUS,
     gpus_per_pod: int = GPUS_PER_POD,
     group_size: int | None = GROUP_SIZE,
@@ -261,7 +271,7 @@ def watch_cmd(
 
     try:
         settings = _settings(
-            ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer
+            ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer, architecture
         )
         docs = ("sglang", "eplb") if documents == "both" else tuple(d.strip() for d in documents.split(","))
         if not set(docs) <= {"sglang", "eplb"}:

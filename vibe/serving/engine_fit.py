@@ -10,8 +10,11 @@ starts, with one line naming both numbers.
 SGLang (``python/sglang/srt/eplb/expert_location.py`` in sgl-project/sglang):
 
 * ``--init-expert-location FILE.json`` is read with ``json.loads`` and, when it has the key
-  ``physical_to_logical_map``, passed as ``ExpertLocationMetadata.init_by_mapping(server_args,
-  model_config, **data)`` -- so the file must hold *that one key only* (any other key is a TypeError);
+  ``physical_to_logical_map``, passed as ``ExpertLocationMetadata.init_by_mapping(model_config, **data,
+  moe_ep_rank=...)`` -- so the file must hold *that one key only* (any other key is a TypeError); CI
+  feeds ``fit_sglang``'s output through that loader of the pinned SGLang;
+* it is applied only for architectures whose model class has ``get_model_config_for_expert_location``
+  (``vibe.serving.sglang``): for others SGLang ignores the file, so ``fit_sglang`` refuses them;
 * the map is ``[num_layers, num_physical_experts]`` where ``num_layers`` is the model's
   ``num_hidden_layers`` (61 for DeepSeek-V3, dense layers included: the model's
   ``get_model_config_for_expert_location``) and ``num_physical_experts = n_routed_experts +
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from vibe.serving.errors import ServingError
+from vibe.serving.sglang import SGLANG_VERSION, check_architecture
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ class EngineSettings:
         num_experts: logical routed experts (``n_routed_experts``), or None when unknown.
         num_layers: rows the engine expects (SGLang: ``num_hidden_layers``), or None when unknown.
         first_moe_layer: dense layers before the first MoE layer (``first_k_dense_replace``).
+        architecture: the model's Hugging Face architecture (``config.json`` ``architectures[0]``), or
+            None when unknown.
     """
 
     ep_size: int
@@ -57,6 +63,7 @@ class EngineSettings:
     num_experts: int | None = None
     num_layers: int | None = None
     first_moe_layer: int = 0
+    architecture: str | None = None
 
     def __post_init__(self) -> None:
         if self.ep_size < 1:
@@ -74,11 +81,12 @@ class EngineSettings:
             )
 
 
-def model_layout(config_path: str | Path) -> dict[str, int]:
+def model_layout(config_path: str | Path) -> dict[str, Any]:
     """Layers, experts and first MoE layer from a Hugging Face ``config.json``.
 
     Returns:
-        ``{"num_layers", "num_experts", "first_moe_layer"}``.
+        ``{"num_layers", "num_experts", "first_moe_layer"}``, plus ``"architecture"`` (str) when the
+        config names one.
 
     Raises:
         ServingError(InvalidArgument): unreadable config, or a layout with MoE layers interleaved with
@@ -88,6 +96,8 @@ def model_layout(config_path: str | Path) -> dict[str, int]:
         cfg = json.loads(Path(config_path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ServingError("InvalidArgument", f"cannot read model config {config_path}: {e}") from None
+    archs = cfg.get("architectures")
+    architecture = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     if isinstance(cfg.get("text_config"), dict):  # multimodal wrappers keep the LM's config inside
         cfg = cfg["text_config"]
     layers = cfg.get("num_hidden_layers")
@@ -107,11 +117,14 @@ def model_layout(config_path: str | Path) -> dict[str, int]:
             f"{config_path}: MoE layers interleave with dense ones; pass --num-layers/--first-moe-layer"
             " only if the placement already covers every engine layer",
         )
-    return {
+    layout: dict[str, Any] = {
         "num_layers": layers,
         "num_experts": experts,
         "first_moe_layer": int(cfg.get("first_k_dense_replace", 0)),
     }
+    if architecture is not None:
+        layout["architecture"] = architecture
+    return layout
 
 
 def _int_matrix(value: Any, name: str, where: str) -> list[list[int]]:
@@ -182,6 +195,14 @@ def fit_sglang(doc: Any, settings: EngineSettings, where: str = "sglang-expert-l
         ``{"physical_to_logical_map": [num_layers][num_physical]}``, padded with trivial dense-layer rows
         when the placement covers MoE layers only.
     """
+    if settings.architecture is None:
+        log.warning(
+            "%s: model architecture unknown (no --model-config/--architecture): SGLang %s applies the"
+            " file only for models with an expert-location hook (vibe.serving.sglang)",
+            where,
+            SGLANG_VERSION,
+        )
+    check_architecture(settings.architecture)
     if not isinstance(doc, dict) or "physical_to_logical_map" not in doc:
         raise ServingError("PlacementMismatch", f"{where}: no physical_to_logical_map")
     rows = _int_matrix(doc["physical_to_logical_map"], "physical_to_logical_map", where)

@@ -17,6 +17,7 @@ REASONS = (
     "PodsNotScheduled",  # the engine group's pods were not all scheduled in time (ranks unknown)
     "HashMismatch",  # the data does not match its content hash
     "PlacementMismatch",  # the placement does not fit the engine's EP size / redundant experts / layers
+    "UnsupportedArchitecture",  # the engine ignores a placement for this model (vibe.serving.sglang)
     "InvalidDump",  # an expert-distribution dump of an unexpected shape
     "InvalidArgument",  # a flag combination that cannot work
     "ApplyFailed",  # the policy (restart patch, HTTP call, Event) failed
