@@ -433,11 +433,15 @@ def test_install_and_run_with_exactly_the_charts_rbac(
     assert leftovers(cluster, release) == []
 
 
-def _agent_is_refused(api: Any, agent_ns: str, other_ns: str, node: str) -> None:
+def _agent_is_refused(as_user: Any, agent_ns: str, other_ns: str, node: str) -> None:
     """The agent's identity may write GPUProfiles and Events in its namespace, and nothing else."""
     from kubernetes import client
 
-    core, custom, apps = client.CoreV1Api(api), client.CustomObjectsApi(api), client.AppsV1Api(api)
+    core, custom, apps = (
+        client.CoreV1Api(as_user),
+        client.CustomObjectsApi(as_user),
+        client.AppsV1Api(as_user),
+    )
     cm = {"metadata": {"name": "agent-was-here"}, "data": {"a": "b"}}
     assert forbidden(core.create_namespaced_config_map, agent_ns, cm)
     assert forbidden(core.create_namespaced_config_map, other_ns, cm)
@@ -483,11 +487,15 @@ def _agent_is_refused(api: Any, agent_ns: str, other_ns: str, node: str) -> None
     assert custom.list_cluster_custom_object(G, V, api.MOEDEPLOYMENT_PLURAL)["items"]
 
 
-def _operator_is_refused(api: Any, release_ns: str, other_ns: str, node: str) -> None:
+def _operator_is_refused(as_user: Any, release_ns: str, other_ns: str, node: str) -> None:
     """The operator's identity reads and writes what reconciling needs, and nothing else."""
     from kubernetes import client
 
-    core, custom, apps = client.CoreV1Api(api), client.CustomObjectsApi(api), client.AppsV1Api(api)
+    core, custom, apps = (
+        client.CoreV1Api(as_user),
+        client.CustomObjectsApi(as_user),
+        client.AppsV1Api(as_user),
+    )
     assert forbidden(core.list_namespaced_secret, other_ns)
     assert forbidden(core.patch_node, node, {"metadata": {"labels": {"operator": "was-here"}}})
     assert forbidden(core.delete_namespaced_config_map, "tiny-placement", other_ns)
