@@ -31,6 +31,9 @@ vibe.operator.handlers``.
   generation or its ``vibe.dev/reconcile-trigger`` annotation changed (status patches by the worker
   itself do not). The memory of what a watcher last saw holds live objects only.
 
+Kopf logs in through ``login`` (``@kopf.on.login``): the credentials of ``vibe operator --kubeconfig
+--context``, the same as the reconciler's client.
+
 Kopf persistence goes under ``vibe.dev/`` annotations (no ``status.kopf``); handler log lines are not
 posted as Events (only the Events the reconciler chooses).
 """
@@ -60,7 +63,8 @@ from vibe.operator.gpus import (
     matches_labels,
     profile_snapshot,
 )
-from vibe.operator.kube import Kube
+from vibe.operator.kube import Kube, new_api_client
+from vibe.operator.login import connection_info
 from vibe.operator.reconciling import Gone, Shared, World, reconcile
 from vibe.operator.settings import OperatorSettings
 from vibe.operator.watches import Watches
@@ -129,7 +133,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 60
     memo.vibe = State(
         settings=cfg,
-        kube=Kube(),
+        kube=Kube(new_api_client(cfg.kubeconfig, cfg.context)),
         computer=Computer(cfg.compute_processes),
         post_event=_post_event,
     )
@@ -139,9 +143,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         f"{k}={v}" for k, v in output.MANAGED_BY.items()
     )
     # Its own client: each watch holds a connection for its whole request (up to a minute).
-    memo.vibe.watches = Watches(api_client(pool_maxsize=1024, flag=None), memo.vibe.wake)
+    memo.vibe.watches = Watches(
+        api_client(cfg.kubeconfig, context=cfg.context, pool_maxsize=1024), memo.vibe.wake
+    )
     metrics.serve(cfg.metrics_port)
     await memo.vibe.computer.warm()
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """Kopf's credentials: ``vibe operator --kubeconfig --context``, the reconciler's too (``login``)."""
+    cfg = settings_mod.CURRENT or OperatorSettings.from_env()
+    return connection_info(cfg, trust_env=settings.networking.trust_env)
 
 
 @kopf.on.cleanup()
