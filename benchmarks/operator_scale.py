@@ -150,11 +150,11 @@ def main() -> int:
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     cluster = Cluster(args.cluster)
     started = cluster.up(progress=say)
-    api = cluster.api_client()
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    kube = cluster.api_client()
+    core, custom = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
     op = None
     try:
-        apply_crds(api)  # and wait until they are served
+        apply_crds(kube)  # and wait until they are served
         for ns in (NS, PROFILE_NS):
             _ignore_conflict(lambda ns=ns: core.create_namespace({"metadata": {"name": ns}}))
         reset(core, custom)  # a kept cluster may hold a previous run's objects
@@ -171,9 +171,11 @@ def main() -> int:
         nodes_of: dict[str, list[str]] = {}
         for d in plan:
             prefix, labels = f"bench-{d['pool']}", {POOL: d["pool"]}
-            nodes_of[d["pool"]] = create_gpu_nodes(d["ep"] // gpn, gpn, api=api, prefix=prefix, labels=labels)
+            nodes_of[d["pool"]] = create_gpu_nodes(
+                d["ep"] // gpn, gpn, api=kube, prefix=prefix, labels=labels
+            )
         spare = create_gpu_nodes(
-            args.nodes - used, gpn, api=api, prefix="bench-spare", labels={POOL: "spare"}
+            args.nodes - used, gpn, api=kube, prefix="bench-spare", labels={POOL: "spare"}
         )
         all_nodes = [n for ns in nodes_of.values() for n in ns] + spare
         t_nodes = time.monotonic() - t
@@ -273,7 +275,7 @@ def main() -> int:
     finally:
         if op is not None:
             op.stop()
-        api.close()
+        kube.close()
         if started and not args.keep:
             cluster.down()
 

@@ -57,6 +57,8 @@ class FakeNvml:
         self.reasons = [0x4] * gpus
         self.pids: list[list[int]] = [[] for _ in range(gpus)]
         self.xids: list[list[int]] = [[] for _ in range(gpus)]
+        self.driver_version = "580.95.05"
+        self.cuda_driver_version = 13000
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -75,6 +77,14 @@ class FakeNvml:
 
     def nvmlDeviceGetCount(self) -> int:
         return self.n
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._count("driver")
+        return self.driver_version
+
+    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
+        self._count("cuda-driver")
+        return self.cuda_driver_version
 
     def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
         if i in self.lost_handles:

@@ -28,7 +28,8 @@ def test_run_simulated_fleet_to_files(tmp_path: Path) -> None:
     assert body["spec"]["source"] == "simulated" and len(body["spec"]["gpus"]) == 8
     speeds = [g["relativeSpeed"] for g in body["spec"]["gpus"]]
     assert min(speeds) == pytest.approx(0.62, abs=0.03)  # the outlier of the example fleet
-    assert body["status"]["heartbeatSeconds"] == 30
+    lease = json.loads((tmp_path / "leases" / "vibe-system" / "gpu-node-2.json").read_text())
+    assert lease["kind"] == "Lease" and lease["spec"]["leaseDurationSeconds"] == 30
 
 
 def test_run_one_node_of_a_fleet(tmp_path: Path) -> None:
@@ -51,7 +52,8 @@ def test_run_for_a_while_with_metrics(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     body = json.loads((tmp_path / "out" / "vibe-system" / "a.json").read_text())
     assert body["spec"]["gpus"][1]["drift"]["state"] == "Drifted"
-    assert body["status"]["heartbeatSeconds"] == 2
+    lease = json.loads((tmp_path / "out" / "leases" / "vibe-system" / "a.json").read_text())
+    assert lease["spec"]["leaseDurationSeconds"] == 2 and lease["spec"]["renewTime"].endswith("Z")
 
 
 @pytest.mark.parametrize(

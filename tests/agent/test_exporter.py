@@ -70,7 +70,7 @@ def test_values_match_the_agent_state() -> None:
     for t in range(20):
         now[0] = t
         agent.step()
-    fams = families(render(AgentCollector(lambda: [agent])))
+    fams = families(render(AgentCollector(lambda: [agent], curves=True)))
 
     def value(name: str, gpu: str, **extra: str) -> float:
         for s in fams[name.removesuffix("_total")].samples:
@@ -103,10 +103,10 @@ def test_values_match_the_agent_state() -> None:
     assert got == pytest.approx(curve.seconds[-1] * rec.time_scale)
 
 
-def test_curves_can_be_turned_off() -> None:
+def test_curves_are_off_by_default() -> None:
     agent, _ = sim_agent()
     agent.step()
-    fams = families(render(AgentCollector(lambda: [agent], curves=False)))
+    fams = families(render(AgentCollector(lambda: [agent])))
     assert not fams["vibe_gpu_expert_ffn_seconds"].samples
     assert fams["vibe_gpu_relative_speed"].samples
 
@@ -139,3 +139,35 @@ def test_http_endpoint() -> None:
     finally:
         server.shutdown()
     assert "vibe_gpu_relative_speed" in families(body)
+
+
+#: Series per GPU of each exporter setting: the numbers docs/operations.md ("Agent metrics") documents.
+SERIES_PER_GPU = {
+    "default": ({}, 31),
+    "--curve-metrics": ({"curves": True}, 115),
+    "--no-telemetry-metrics": ({"telemetry": False}, 20),
+    "--curve-metrics --no-telemetry-metrics": ({"curves": True, "telemetry": False}, 104),
+}
+
+
+@pytest.mark.parametrize("setting", list(SERIES_PER_GPU))
+def test_series_per_gpu_of_each_setting(setting: str) -> None:
+    """Counted on a node of 4 GPUs with the default 6 shapes; the per-node series are counted apart."""
+    kwargs, per_gpu = SERIES_PER_GPU[setting]
+    fleet = parse_fleet({"nodes": [{"name": "n", "gpus": 4}], "seed": 1})
+    now = [0.0]
+    gpus = fleet.nodes["n"]
+    agent = NodeAgent("n", SimTelemetry(gpus, lambda: now[0]), SimProfiler(gpus, lambda: now[0]))
+    agent.step()
+    fams = families(render(AgentCollector(lambda: [agent], **kwargs)))
+    by_gpu: dict[str, int] = {}
+    per_node = 0
+    for f in fams.values():
+        for s in f.samples:
+            if "UUID" in s.labels:
+                by_gpu[s.labels["UUID"]] = by_gpu.get(s.labels["UUID"], 0) + 1
+            else:
+                per_node += 1
+    assert sorted(by_gpu.values()) == [per_gpu] * 4, by_gpu
+    assert per_node <= 4  # vibe_agent_info, vibe_agent_telemetry_available, the GPU visibility gauges
+    assert bool(fams["vibe_gpu_expert_ffn_seconds"].samples) is bool(kwargs.get("curves"))

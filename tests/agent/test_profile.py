@@ -16,8 +16,11 @@ from vibe.agent.profile import (
     BASELINE_ANNOTATION,
     Curve,
     GPURecord,
+    NodeFacts,
+    build_lease,
     build_profile,
     build_status,
+    condition,
     isotonic,
     parse_time,
     records_from_profile,
@@ -100,7 +103,7 @@ def test_body_validates_against_the_crd_schema_fields() -> None:
     assert set(g["telemetry"]) <= set(gpu_schema["telemetry"]["properties"])
     assert set(g["drift"]) <= set(gpu_schema["drift"]["properties"])
     assert set(g["curves"][0]) <= set(gpu_schema["curves"]["items"]["properties"])
-    assert set(build_status("n", "ns", 0, 30)["status"]) <= set(schema["properties"]["status"]["properties"])
+    assert set(build_status("n", "ns", [])["status"]) <= set(schema["properties"]["status"]["properties"])
 
 
 def test_same_records_same_bytes() -> None:
@@ -133,10 +136,32 @@ def test_unknown_gpus_and_broken_curves_are_dropped() -> None:
     assert records_from_profile({"spec": {}}, []) == {}
 
 
-def test_status_is_the_heartbeat() -> None:
-    st_ = build_status("n", "ns", 1_795_000_000.0, 30)
-    assert st_["status"] == {"heartbeatTime": "2026-11-18T11:06:40Z", "heartbeatSeconds": 30}
+def test_status_holds_conditions_and_the_lease_the_heartbeat() -> None:
+    cond = condition("GPUsVisible", False, "GPUCountMismatch", "m", 1_795_000_000.0)
+    st_ = build_status("n", "ns", [cond])
+    assert st_["status"] == {
+        "conditions": [
+            {
+                "type": "GPUsVisible",
+                "status": "False",
+                "reason": "GPUCountMismatch",
+                "message": "m",
+                "lastTransitionTime": "2026-11-18T11:06:40Z",
+            }
+        ]
+    }
     assert "spec" not in st_
+    owner = NodeFacts("n", "u-1").owner
+    lease = build_lease("n", "ns", 1_795_000_000.25, 30, owner)
+    assert lease["apiVersion"] == "coordination.k8s.io/v1" and lease["metadata"]["name"] == "n"
+    assert lease["spec"] == {
+        "holderIdentity": "vibe-agent/n",
+        "leaseDurationSeconds": 30,
+        "renewTime": "2026-11-18T11:06:40.250000Z",
+    }
+    assert lease["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": "n", "uid": "u-1"}
+    ]
 
 
 def test_relative_speed_of_the_reference_is_one_and_scales() -> None:

@@ -31,6 +31,8 @@ class RecordingPublisher:
         self.objects: dict[str, dict] = dict(existing or {})
         self.deployments = deployments or []
         self.fail = False
+        self.statuses: dict[str, list] = {}
+        self.nodes: dict[str, Any] = {}
 
     def _log(self, kind: str, node: str) -> None:
         with self.lock:
@@ -49,6 +51,19 @@ class RecordingPublisher:
 
     def heartbeat(self, namespace: str, node: str, when: float, every_s: int) -> None:
         self._log("heartbeat", node)
+
+    def exists(self, namespace: str, node: str) -> bool:
+        self._log("exists", node)
+        return node in self.objects
+
+    def status(self, namespace: str, node: str, conditions: list) -> None:
+        if self.fail:
+            raise ConnectionError("API server restarting")
+        self._log("status", node)
+        self.statuses[node] = conditions
+
+    def node(self, node: str) -> Any:
+        return self.nodes.get(node)
 
     def event(self, namespace: str, node: str, ev: Any) -> None:
         self._log(f"event:{ev.reason}", node)
@@ -144,7 +159,7 @@ def test_events_wait_for_the_profile_and_failures_retry() -> None:
     agents, now = fleet_agents(nodes=1)
     pub = RecordingPublisher()
     pub.fail = True
-    r = Runner(agents, pub, RunnerConfig(heartbeat_seconds=0, shapes_seconds=0))
+    r = Runner(agents, pub, RunnerConfig(heartbeat_seconds=0, shapes_seconds=0, retry_max_s=0))
     r.start()
     r.flush()
     assert pub.count("apply") == 0 and r.errors >= 1
@@ -182,7 +197,8 @@ def test_dir_publisher_writes_objects_and_events(tmp_path: Path) -> None:
         r.tick()
     r.close()
     obj = json.loads((tmp_path / "ns" / "n0.json").read_text())
-    assert obj["kind"] == api.GPUPROFILE_KIND and obj["status"]["heartbeatSeconds"] == 30
+    assert obj["kind"] == api.GPUPROFILE_KIND and obj["status"]["conditions"][0]["type"] == "GPUsVisible"
+    assert (tmp_path / "leases" / "ns" / "n0.json").exists()
     assert obj["spec"]["gpus"][1]["drift"]["state"] == "Drifted"
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [e["reason"] for e in events if e["node"] == "n0"].count("GPUDrifted") == 1
@@ -203,3 +219,108 @@ def test_rate_limiter() -> None:
     for _ in range(15):
         lim.acquire()
     assert time.monotonic() - t0 == pytest.approx(10 / 50, abs=0.08)
+
+
+def test_an_unchanged_profile_is_not_sent_again() -> None:
+    agents, now = fleet_agents(nodes=1)
+    pub = RecordingPublisher()
+    r = Runner(agents, pub, RunnerConfig(heartbeat_seconds=0, shapes_seconds=0))
+    r.start()
+    r.flush()
+    assert pub.count("apply") == 1
+    agents[0].dirty = True  # something asked for a publish, but the content is the same
+    for t in range(1, 5):
+        now[0] = t
+        r.tick()
+    r.flush()
+    assert pub.count("apply") == 1
+    r.close()
+
+
+def test_failing_profile_writes_back_off_and_never_stop_the_lease() -> None:
+    """A profile the API server keeps refusing (422): writes back off (1, 2, 4 s ...), the Lease goes on."""
+    agents, _ = fleet_agents(nodes=1)
+    pub = RecordingPublisher()
+    pub.fail = True
+    r = Runner(agents, pub, RunnerConfig(heartbeat_seconds=1, shapes_seconds=0, poll_seconds=0.05))
+    r.start()
+    th = threading.Thread(target=r.run, kwargs={"duration": 3.5}, daemon=True)
+    th.start()
+    th.join(10)
+    beats = pub.count("heartbeat")
+    r.close()
+    assert beats >= 3  # one a second, with no profile at all
+    assert r.errors <= 3  # tries at ~0, 1, 3 s: not one per 50 ms tick (70)
+
+
+def test_a_deleted_profile_is_recreated() -> None:
+    """A 404 (the CRD was re-created, or someone deleted the object) is noticed and the profile applied."""
+    agents, _ = fleet_agents(nodes=1)
+    pub = RecordingPublisher()
+    # Few ticks (no serving-clock calibration): only the 404 can cause a second apply.
+    r = Runner(
+        agents, pub, RunnerConfig(heartbeat_seconds=1, shapes_seconds=0, poll_seconds=0.5, exists_every=1)
+    )
+    r.start()
+    assert pub.count("apply") == 1
+    del pub.objects["n0"]
+    th = threading.Thread(target=r.run, kwargs={"duration": 3.0}, daemon=True)
+    th.start()
+    th.join(10)
+    r.close()
+    assert pub.count("exists") >= 1 and pub.count("apply") == 2
+    assert "n0" in pub.objects
+
+
+def dep(name: str, h: int, i: int, selector: dict | None = None, nodes: list | None = None) -> dict:
+    return {
+        "metadata": {"name": name, "namespace": "ml"},
+        "spec": {
+            "model": {"hiddenSize": h, "expertIntermediateSize": i, "dtype": "bf16"},
+            "gpus": {"nodeSelector": selector or {"pool": "a"}},
+        },
+        "status": {"nodes": nodes or []},
+    }
+
+
+def test_shapes_only_of_deployments_selecting_the_node_capped_then_pruned() -> None:
+    from vibe.agent.profile import NodeFacts
+    from vibe.agent.runner import MAX_CURVES
+
+    agents, now = fleet_agents(nodes=2, gpus=1)
+    flood = [dep(f"d{k}", 1024 + 64 * k, 512, {"pool": "a"}) for k in range(16)]  # 16 x 2 dtypes = 32 new
+    other = [dep("elsewhere", 3000, 1000, {"pool": "c"}), dep("placed", 3072, 1024, {"pool": "b"}, ["n1"])]
+    pub = RecordingPublisher(deployments=flood + other)
+    pub.nodes = {
+        "n0": NodeFacts("n0", "uid-0", {"pool": "a"}, None),
+        "n1": NodeFacts("n1", "uid-1", {"pool": "b"}, None),
+    }
+    r = Runner(agents, pub, RunnerConfig(heartbeat_seconds=0, shapes_seconds=1))
+    r.start()
+    r.flush()
+    n0 = agents[0]
+    assert len(n0.shapes) == MAX_CURVES and len(pub.objects["n0"]["spec"]["gpus"][0]["curves"]) == MAX_CURVES
+    capped = {c["type"]: c for c in pub.statuses["n0"]}["ShapesCapped"]
+    assert (
+        capped["status"] == "True"
+        and capped["reason"] == "TooManyShapes"
+        and "6 expert shape(s)" in capped["message"]
+    )
+    assert pub.count("event:ShapesCapped", "n0") == 1
+    # n1 benchmarks the defaults and the one deployment placed on it, not the pool-a flood nor "elsewhere".
+    keys1 = {(c["hiddenSize"], c["intermediateSize"]) for c in pub.objects["n1"]["spec"]["gpus"][0]["curves"]}
+    assert (3072, 1024) in keys1 and (3000, 1000) not in keys1 and (1024, 512) not in keys1
+    assert {c["type"]: c for c in pub.statuses["n1"]}["ShapesCapped"]["status"] == "False"
+    assert pub.objects["n0"]["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": "n0", "uid": "uid-0"}
+    ]
+    # The flood goes away: the next refresh prunes the curves and clears the condition, no restart.
+    pub.deployments = other
+    time.sleep(1.05)
+    now[0] = 1
+    r.refresh_shapes()
+    r.tick()
+    r.flush()
+    r.close()
+    assert len(pub.objects["n0"]["spec"]["gpus"][0]["curves"]) == 6  # the default shapes
+    assert {c["type"]: c for c in pub.statuses["n0"]}["ShapesCapped"]["status"] == "False"

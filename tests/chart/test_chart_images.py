@@ -40,18 +40,51 @@ def test_dockerfile_matches_the_chart(component: str) -> None:
     exposed = {int(p) for ln in final if ln.startswith("EXPOSE") for p in ln.split()[1:]}
     ports = {values["metrics"]["port"]} | ({values["health"]["port"]} if "health" in values else set())
     assert exposed == ports
-    assert values["image"]["repository"] == f"vibe/{component}"
+    assert values["image"]["repository"] == f"vibe-{component}"
     assert not re.search(r"^\s*(ADD|RUN .*curl|RUN .*wget)", dockerfile.read_text(), re.MULTILINE)
     ignore = (IMAGES / component / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") :][:1] == ["*"] and "!vibe/" in ignore and "!pyproject.toml" in ignore
 
 
-def test_agent_image_is_cuda_based_with_torch() -> None:
+def test_agent_image_has_one_cuda_torchs() -> None:
+    """No CUDA base under torch's own CUDA libraries (CUDA twice); torch pinned with its CUDA variant."""
     text = (IMAGES / "agent" / "Dockerfile").read_text()
     froms = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
-    assert froms and all(f.startswith("nvidia/cuda:") for f in froms)
-    assert "'.[bench]'" in text
+    assert froms and all(f.startswith("python:") for f in froms)
+    assert "\"torch==${TORCH_VERSION}\" '.[bench,podresources]'" in text
+    assert "torch.version.cuda" in text and "${TORCH_CUDA}" in text
     assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in text
+
+
+def test_default_images_are_fully_qualified_with_the_app_version(helm: Helm) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    registry = VALUES["imageRegistry"]
+    images = {c["name"]: c["image"] for _, spec in pod_specs(helm.template()) for c in spec["containers"]}
+    assert images == {
+        "operator": f"{registry}/vibe-operator:{chart['appVersion']}",
+        "agent": f"{registry}/vibe-agent:{chart['appVersion']}",
+    }
+    # A registry host (with a dot) as the first path component: no runtime resolves it to Docker Hub.
+    assert "." in registry.split("/")[0]
+    assert "imageRegistry" in (IMAGES / "README.md").read_text()
+    other = {
+        c["name"]: c["image"]
+        for _, spec in pod_specs(
+            helm.template(
+                {
+                    "imageRegistry": "reg.local:5000/ml",
+                    "agent": {
+                        "image": {"registry": "other.io/x", "tag": "t", "digest": "sha256:" + "a" * 64}
+                    },
+                }
+            )
+        )
+        for c in spec["containers"]
+    }
+    assert other == {
+        "operator": f"reg.local:5000/ml/vibe-operator:{chart['appVersion']}",
+        "agent": "other.io/x/vibe-agent:t@sha256:" + "a" * 64,
+    }
 
 
 @pytest.mark.parametrize("files", [[], [VALUES_DIR / "namespaced.yaml"], [VALUES_DIR / "full.yaml"]])

@@ -59,10 +59,16 @@ AGENT_NAMESPACED = triples(
     {
         (api.GROUP, api.GPUPROFILE_PLURAL): ["get", "list", "watch", "create", "patch"],
         (api.GROUP, api.GPUPROFILE_PLURAL + "/status"): ["get", "patch"],
+        ("coordination.k8s.io", "leases"): ["get", "create", "patch"],
         ("", "events"): ["create"],
     }
 )
-AGENT_CLUSTER = triples({(api.GROUP, api.MOEDEPLOYMENT_PLURAL): ["get", "list", "watch"]})
+# Its own Node (owner references, GPU count check): get only; RBAC cannot say "its own", the policy can't
+# either for reads, and a Node's labels and capacity are no secret.
+AGENT_CLUSTER = triples(
+    {(api.GROUP, api.MOEDEPLOYMENT_PLURAL): ["get", "list", "watch"], ("", "nodes"): ["get"]}
+)
+OPERATOR_LEASES = triples({("coordination.k8s.io", "leases"): ["get", "list"]})
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 
@@ -108,6 +114,10 @@ def test_default_objects(default: list[dict]) -> None:
         ("ClusterRoleBinding", "vibe-agent"),
         ("Role", "vibe-agent"),
         ("RoleBinding", "vibe-agent"),
+        ("Role", "vibe-operator-leases"),
+        ("RoleBinding", "vibe-operator-leases"),
+        ("ValidatingAdmissionPolicy", "vibe-agent-node-restriction"),
+        ("ValidatingAdmissionPolicyBinding", "vibe-agent-node-restriction"),
         ("Deployment", "vibe-operator"),
         ("DaemonSet", "vibe-agent"),
         ("Service", "vibe-operator-metrics"),
@@ -118,7 +128,12 @@ def test_default_objects(default: list[dict]) -> None:
     }, sorted(kinds)
     # Namespaced objects go to the release namespace; no Namespace object is rendered.
     for o in default:
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"):
+        cluster_scoped = (
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+            "ClusterKopfPeering",
+        )
+        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", *cluster_scoped):
             assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]
 
 
@@ -200,8 +215,10 @@ def test_pods_are_locked_down(helm: Helm, files: list[Path]) -> None:
 def test_agent_takes_no_gpu_from_the_scheduler(default: list[dict]) -> None:
     ds = one(default, "DaemonSet", "vibe-agent")
     spec = ds["spec"]["template"]["spec"]
-    assert spec["runtimeClassName"] == "nvidia"
+    assert "runtimeClassName" not in spec  # the node's default runtime (the GPU Operator's setup)
+    assert spec["priorityClassName"] == "system-node-critical"  # not evicted from a packed GPU node
     (c,) = spec["containers"]
+    assert "--metrics-port=9435" in c["args"] and "--curve-metrics" not in c["args"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert "utility" in env["NVIDIA_DRIVER_CAPABILITIES"] and "compute" in env["NVIDIA_DRIVER_CAPABILITIES"]
@@ -217,11 +234,15 @@ def test_agent_takes_no_gpu_from_the_scheduler(default: list[dict]) -> None:
 
 def test_images_default_to_app_version(default: list[dict], helm: Helm) -> None:
     images = {c["image"] for _, spec in pod_specs(default) for c in spec["containers"]}
-    assert images == {f"vibe/operator:{APP_VERSION}", f"vibe/agent:{APP_VERSION}"}
+    registry = "registry.example.com/vibe"  # the documented placeholder (values.yaml, images/README.md)
+    assert images == {f"{registry}/vibe-operator:{APP_VERSION}", f"{registry}/vibe-agent:{APP_VERSION}"}
     full = helm.template(files=[VALUES_DIR / "full.yaml"])
     images = {c["image"] for _, spec in pod_specs(full) for c in spec["containers"]}
-    assert f"acme/vibe-operator:0.1.0-rc1@sha256:{'0123456789abcdef' * 4}" in images
-    assert f"vibe/agent:{APP_VERSION}@sha256:{'fedcba9876543210' * 4}" in images
+    op = f"registry.acme.internal:5000/ml/vibe-operator:0.1.0-rc1@sha256:{'0123456789abcdef' * 4}"
+    assert op in images
+    assert (
+        f"registry.acme.internal:5000/vibe/vibe-agent:{APP_VERSION}@sha256:{'fedcba9876543210' * 4}" in images
+    )
 
 
 def test_operator_args(default: list[dict], helm: Helm) -> None:
@@ -285,6 +306,7 @@ def test_rbac_cluster_wide(default: list[dict]) -> None:
         OPERATOR_CLUSTER | OPERATOR_CLUSTER_PEERING | OPERATOR_NAMESPACED
     )
     assert rules_of(one(default, "Role", "vibe-agent", NAMESPACE)) == AGENT_NAMESPACED
+    assert rules_of(one(default, "Role", "vibe-operator-leases", NAMESPACE)) == OPERATOR_LEASES
     agent_cluster = rules_of(one(default, "ClusterRole", "vibe-agent"))
     assert agent_cluster == AGENT_CLUSTER
     assert not {v for _, _, v in agent_cluster} & WRITE_VERBS, "the agent writes nothing cluster-wide"
@@ -296,9 +318,8 @@ def test_rbac_cluster_wide(default: list[dict]) -> None:
                 "kind": role_kind,
                 "name": b["metadata"]["name"],
             }
-            assert b["subjects"] == [
-                {"kind": "ServiceAccount", "name": b["metadata"]["name"], "namespace": NAMESPACE}
-            ]
+            sa = b["metadata"]["name"].removesuffix("-leases")
+            assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
 
 
 def test_rbac_namespaced(helm: Helm) -> None:

@@ -128,3 +128,76 @@ def test_unscheduled_or_finished_pods_are_ignored():
         pod_snapshot({"metadata": {"name": "p"}, "spec": {"nodeName": "n"}, "status": {"phase": "Failed"}})
         is None
     )
+
+
+def test_staleness_comes_from_the_agents_lease():
+    """The agent renews a Lease and no longer rewrites the profile's status: renewTime is the heartbeat."""
+    from vibe.operator.gpus import with_leases
+
+    nodes, profiles = world(heartbeat=None)  # profiles written by a Lease-era agent: no status heartbeat
+    old = (NOW - dt.timedelta(seconds=900)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    fresh = NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    leases = {"n0": {"renewTime": old, "leaseDurationSeconds": 30}, "n1": {"renewTime": fresh}}
+    spec = parse_spec(deployment_body("x", count=12)["spec"])
+    res = resolve(
+        spec, namespace="ns", nodes=nodes, profiles=with_leases(profiles, leases), now=NOW, profile_ttl_s=300
+    )
+    assert res.stale_nodes == ("n0",)
+    assert res.stale_at is not None and res.stale_at > NOW  # n1's Lease + TTL
+    # Without Leases (403: a chart from before them) the profiles' own heartbeats decide, as before.
+    assert with_leases(profiles, None) is profiles
+
+
+def test_gpu_uuids_claimed_by_two_nodes_are_ignored():
+    """A node that claims another node's GPU (a spoofing agent, a cloned image) takes nobody's GPUs."""
+    nodes, profiles = world(n_nodes=2, gpus=4)
+    liar = profile_body("n1", gpus=4)
+    liar["spec"]["gpus"][3]["uuid"] = "GPU-n0-0"
+    profiles["n1"] = profile_snapshot(liar)
+    spec = parse_spec(deployment_body("x", count=6)["spec"])
+    res = resolve(spec, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300)
+    assert [g.id for g in res.gpus] == ["n0/1", "n0/2", "n0/3", "n1/0", "n1/1", "n1/2"]
+    assert "GPU-n0-0 on n0, n1" in res.notes[0]
+    with pytest.raises(Problem) as e:
+        resolve(
+            parse_spec(deployment_body("x", count=8)["spec"]),
+            namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300,
+        )  # fmt: skip
+    assert e.value.reason == "InsufficientGPUs" and "claimed by more than one GPUProfile" in e.value.message
+
+
+def test_pods_take_the_gpus_the_kubelet_gave_them_and_the_rule_is_a_noted_fallback():
+    """The agent reported (kubelet pod-resources) that p-a holds GPUs 2 and 3 of n0 and p-b GPU 0 and 1:
+    the gpusPerPod rule would have given p-a 0 and 1. p-c on n1 is not reported: the rule, with a note."""
+    nodes, _ = world(n_nodes=2, gpus=4)
+    body_n0 = profile_body("n0", gpus=4)
+    body_n0["spec"]["pods"] = [
+        {"namespace": "ns", "name": "p-a", "gpus": ["GPU-n0-3", "GPU-n0-2"]},
+        {"namespace": "ns", "name": "p-b", "gpus": ["GPU-n0-0", "GPU-n0-1"]},
+        {"namespace": "other", "name": "p-a", "gpus": []},
+    ]
+    profiles = {"n0": profile_snapshot(body_n0), "n1": profile_snapshot(profile_body("n1", gpus=4))}
+    lws = "leaderworkerset.sigs.k8s.io/worker-index"
+    pods = [
+        pod("p-b", "n0", {"app": "m", lws: "1"}),
+        pod("p-a", "n0", {"app": "m", lws: "0"}),
+        pod("p-c", "n1", {"app": "m", lws: "2"}),
+    ]
+    body = deployment_body("x", count=6)
+    body["spec"]["gpus"] = {
+        "podSelector": {"matchLabels": {"app": "m"}},
+        "gpusPerPod": 2,
+        "count": 6,
+        "slotsPerGPU": 3,
+    }
+    res = resolve(
+        parse_spec(body["spec"]),
+        namespace="ns",
+        nodes=nodes,
+        profiles=profiles,
+        pods=pods,
+        now=NOW,
+        profile_ttl_s=300,
+    )
+    assert [g.id for g in res.gpus] == ["n0/2", "n0/3", "n0/0", "n0/1", "n1/0", "n1/1"]
+    assert any("1 pod(s) assumed by the gpusPerPod rule (p-c)" in n for n in res.notes)

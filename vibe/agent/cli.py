@@ -79,10 +79,21 @@ def run(
         Path | None,
         typer.Option(help="Simulate the GPUs of a fleet file (YAML/JSON; every node in it, or only --node)."),
     ] = None,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port (0: off).")] = 9400,
+    metrics_port: Annotated[
+        int, typer.Option(help="Prometheus /metrics port (0: off; not 9400, dcgm-exporter's).")
+    ] = 9435,
     metrics_addr: Annotated[str, typer.Option(help="Address the metrics server binds.")] = "0.0.0.0",
     curve_metrics: Annotated[
-        bool, typer.Option(help="Export vibe_gpu_expert_ffn_seconds (84 series per GPU).")
+        bool,
+        typer.Option(
+            help="Export vibe_gpu_expert_ffn_seconds (+14 series per GPU and shape: 84 by default)."
+        ),
+    ] = False,
+    telemetry_metrics: Annotated[
+        bool,
+        typer.Option(
+            help="Export clocks, power, temperature, throttling, ECC (off where dcgm-exporter runs)."
+        ),
     ] = True,
     heartbeat_seconds: Annotated[int, typer.Option(help="GPUProfile status heartbeat period.")] = 30,
     poll_seconds: Annotated[float, typer.Option(help="Telemetry poll and drift check period.")] = 1.0,
@@ -104,6 +115,13 @@ def run(
     force_bench: Annotated[
         bool, typer.Option(help="Benchmark even while other processes use a GPU (disturbs serving!).")
     ] = False,
+    pod_resources_socket: Annotated[
+        str,
+        typer.Option(
+            help="The kubelet's pod-resources socket: publish each pod's GPUs (empty: off; needs the "
+            "podresources extra)."
+        ),
+    ] = "",
     output: Annotated[
         Path | None,
         typer.Option(help="Write profiles and events under this directory instead of the cluster."),
@@ -171,15 +189,18 @@ def run(
         log.info("simulating %d node(s), %d GPU(s)", len(agents), sum(len(a.infos) for a in agents))
     else:
         from vibe.agent.bench import BenchConfig
+        from vibe.agent.cuda import driver_problem, torch_cuda
         from vibe.agent.profiler import TorchProfiler
         from vibe.agent.telemetry import NvmlTelemetry
 
         telemetry = NvmlTelemetry.open()
         if not telemetry.available:
             log.error("no GPU telemetry (%s); use --simulate FILE on a node without GPUs", telemetry.error)
-        agents.append(
-            NodeAgent(node_name, telemetry, TorchProfiler(telemetry, BenchConfig()), cfg, version=__version__)
-        )
+        too_old = driver_problem(telemetry.driver(), *torch_cuda())
+        if too_old:
+            log.error("%s", too_old)
+        profiler = TorchProfiler(telemetry, BenchConfig(), disabled=too_old or "")
+        agents.append(NodeAgent(node_name, telemetry, profiler, cfg, version=__version__))
         log.info("node %s: %d GPU(s)", node_name, len(agents[0].infos))
 
     publisher: Any
@@ -202,12 +223,19 @@ def run(
         from vibe.agent.exporter import AgentCollector, serve
 
         server = serve(
-            AgentCollector(lambda: agents, curves=curve_metrics, version=__version__),
+            AgentCollector(
+                lambda: agents, curves=curve_metrics, telemetry=telemetry_metrics, version=__version__
+            ),
             metrics_port,
             metrics_addr,
         )
         log.info("metrics on %s:%d/metrics", metrics_addr, metrics_port)
 
+    reader = None
+    if pod_resources_socket and simulate is None:
+        from vibe.agent.podresources import PodResourcesReader
+
+        reader = PodResourcesReader(pod_resources_socket)
     runner = Runner(
         agents,
         publisher,
@@ -217,6 +245,7 @@ def run(
             shapes_seconds=300.0 if follow_deployments else 0.0,
         ),
         base_shapes=shapes,
+        pod_resources=reader,
     )
     signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
     try:

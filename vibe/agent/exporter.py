@@ -9,10 +9,12 @@ Per-GPU series carry the labels that join with dcgm-exporter (``UUID``, ``gpu``,
 ``node`` and ``source`` (measured | simulated), so ``vibe_gpu_relative_speed * on (UUID) group_left
 DCGM_FI_DEV_SM_CLOCK`` works.
 
-``vibe_gpu_expert_ffn_seconds`` has one series per (GPU, shape, token count): 6 shapes x 14 points = 84 per
-GPU. That is fine for a node's 8 GPUs, not for a 1,000-node simulation, so it can be turned off
-(``curves=False``); the other families stay (~37 series per GPU: one process simulating 1,000 nodes
-renders ~300k series, ~15 s per scrape, so run such a process with metrics off).
+Series per GPU (counted by tests/agent/test_exporter.py, documented in docs/operations.md): the default
+exports what only vibe knows (speed, drift, benchmarks, canaries, clock-event reasons, processes, XIDs)
+plus the NVML telemetry dcgm-exporter also exports (clocks, power, temperature, utilisation,
+throttling, ECC: ``telemetry=False`` drops those where dcgm-exporter runs).
+``vibe_gpu_expert_ffn_seconds`` (``curves=True``) adds one series per (GPU, shape, token count): 6 shapes
+x 14 points = 84 per GPU, the same numbers as the GPUProfile, so it is off by default.
 """
 
 from __future__ import annotations
@@ -30,10 +32,16 @@ class AgentCollector:
     """A prometheus-client collector over node agents (``agents`` is called at every scrape)."""
 
     def __init__(
-        self, agents: Callable[[], Iterable[NodeAgent]], *, curves: bool = True, version: str = ""
+        self,
+        agents: Callable[[], Iterable[NodeAgent]],
+        *,
+        curves: bool = False,
+        telemetry: bool = True,
+        version: str = "",
     ) -> None:
         self.agents = agents
         self.curves = curves
+        self.telemetry = telemetry
         self.version = version
 
     def describe(self) -> list:
@@ -55,6 +63,14 @@ class AgentCollector:
         )
         nvml = GaugeMetricFamily(
             "vibe_agent_telemetry_available", "1 when GPU telemetry (NVML) works", labels=["node"]
+        )
+        visible = GaugeMetricFamily(
+            "vibe_agent_gpus_visible", "GPUs the agent sees through NVML", labels=["node"]
+        )
+        expected = GaugeMetricFamily(
+            "vibe_agent_gpus_expected",
+            "GPUs the node says it has (GFD nvidia.com/gpu.count, else the nvidia.com/gpu capacity)",
+            labels=["node"],
         )
         speed = gauge(
             "vibe_gpu_relative_speed", "Reference H100 time / this GPU's time, drift included (1 = nominal)"
@@ -100,6 +116,9 @@ class AgentCollector:
             src = agent.source
             info.add_metric([self.version, agent.node, src], 1)
             nvml.add_metric([agent.node], 1 if agent.telemetry.available else 0)
+            visible.add_metric([agent.node], len(agent.infos))
+            if agent.expected_gpus is not None:
+                expected.add_metric([agent.node], agent.expected_gpus)
             for i, rec in list(agent.records.items()):
                 g = rec.info
                 lab = [g.uuid, str(g.index), g.product, agent.node, src]
@@ -124,22 +143,23 @@ class AgentCollector:
                 canary.add_metric(lab, c.canary_seconds_total)
                 canaries.add_metric(lab, c.canaries)
                 xid.add_metric(lab, c.xids)
-                if g.max_sm_clock_hz is not None:
-                    sm_max.add_metric(lab, g.max_sm_clock_hz)
                 sample = agent.last.get(i)
                 if sample is None:
                     continue
+                _opt(procs, lab, sample.compute_processes)
+                if sample.clock_event_reasons is not None:
+                    active = set(sample.reasons)
+                    for r in REASON_NAMES:
+                        reasons.add_metric([*lab, r], 1 if r in active else 0)
+                if not self.telemetry:
+                    continue  # what dcgm-exporter exports too: clocks, power, temperature, throttling, ECC
+                _opt(sm_max, lab, g.max_sm_clock_hz)
                 _opt(sm, lab, sample.sm_clock_hz)
                 _opt(mem, lab, sample.mem_clock_hz)
                 _opt(power, lab, sample.power_w)
                 _opt(limit, lab, sample.power_limit_w)
                 _opt(temp, lab, sample.temperature_c)
                 _opt(util, lab, None if sample.utilization_pct is None else sample.utilization_pct / 100.0)
-                _opt(procs, lab, sample.compute_processes)
-                if sample.clock_event_reasons is not None:
-                    active = set(sample.reasons)
-                    for r in REASON_NAMES:
-                        reasons.add_metric([*lab, r], 1 if r in active else 0)
                 if sample.power_violation_s is not None:
                     throttle.add_metric([*lab, "power"], sample.power_violation_s)
                 if sample.thermal_violation_s is not None:
@@ -149,7 +169,23 @@ class AgentCollector:
                 if sample.ecc_corrected is not None:
                     ecc.add_metric([*lab, "corrected"], sample.ecc_corrected)
 
-        yield from (info, nvml, speed, scale, drifted, drift_events, ffn, sm, sm_max, mem, power, limit, temp)
+        yield from (
+            info,
+            nvml,
+            visible,
+            expected,
+            speed,
+            scale,
+            drifted,
+            drift_events,
+            ffn,
+            sm,
+            sm_max,
+            mem,
+            power,
+            limit,
+            temp,
+        )
         yield from (util, reasons, throttle, ecc, xid, procs, bench_ts, bench_s, canary, canaries)
 
 

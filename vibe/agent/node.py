@@ -42,7 +42,14 @@ from vibe.agent.drift import (
     estimate_scale,
     is_busy,
 )
-from vibe.agent.profile import GPURecord, build_profile, records_from_profile, relative_speed
+from vibe.agent.profile import (
+    GPURecord,
+    NodeFacts,
+    build_profile,
+    condition,
+    records_from_profile,
+    relative_speed,
+)
 from vibe.agent.profiler import ProfileOutcome, Profiler
 from vibe.agent.shapes import ExpertShape, default_shapes
 from vibe.agent.telemetry import SLOWDOWN_REASONS, GPUInfo, Sample, TelemetrySource, own_pids
@@ -119,6 +126,10 @@ class NodeAgent:
         self.dirty = True
         self.own = own_pids()
         self.shapes = list(self.cfg.shapes)
+        self.facts: NodeFacts | None = None  # the Node, once read (owner reference, GPU count check)
+        self.conditions: dict[str, dict[str, Any]] = {}  # type -> metav1.Condition, in status
+        self.expected_gpus: int | None = None  # what the node says it has (GFD count, else capacity)
+        self.pods: list[dict[str, Any]] | None = None  # pod -> GPU UUIDs from kubelet pod-resources
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -130,6 +141,10 @@ class NodeAgent:
         """
         if not body:
             return 0
+        for c in (body.get("status") or {}).get("conditions") or ():
+            mine = self.conditions.get(str(c.get("type")))
+            if mine is not None and mine["status"] == c.get("status") and c.get("lastTransitionTime"):
+                mine["lastTransitionTime"] = c["lastTransitionTime"]  # the same state since then
         old = records_from_profile(body, list(self.infos.values()))
         now = self.clock()
         n = 0
@@ -148,8 +163,127 @@ class NodeAgent:
         self.dirty = True
         return n
 
-    def set_shapes(self, shapes: Sequence[ExpertShape]) -> None:
+    def set_shapes(self, shapes: Sequence[ExpertShape], dropped: Sequence[ExpertShape] = ()) -> None:
+        """Benchmark ``shapes`` from now on and prune curves of any other shape; ``dropped`` are shapes in
+        use that did not fit under the CRD's cap (condition ``ShapesCapped``)."""
         self.shapes = list(shapes)
+        keep = {s.key for s in self.shapes}
+        for rec in self.records.values():
+            kept = [c for c in rec.curves if c.shape.key in keep]
+            if len(kept) != len(rec.curves):
+                rec.curves = kept
+                self.dirty = True
+        if dropped:
+            few = ", ".join(s.label for s in list(dropped)[:5]) + (" ..." if len(dropped) > 5 else "")
+            msg = (
+                f"{len(dropped)} expert shape(s) of the MoEDeployments selecting this node are not "
+                f"benchmarked: at most {len(self.shapes)} curves per GPU fit in a GPUProfile ({few}); "
+                "the operator scales the closest measured curve for them"
+            )
+            self._set_condition("ShapesCapped", True, "TooManyShapes", msg, "Warning")
+        else:
+            self._set_condition(
+                "ShapesCapped", False, "AllShapesProfiled", "every shape in use is benchmarked"
+            )
+
+    def set_node(self, facts: NodeFacts | None) -> None:
+        """The Node as read at start (None: unreadable): owner reference and the GPU visibility check.
+
+        NVML's GPUs are compared with GPU feature discovery's ``nvidia.com/gpu.count`` label and the
+        ``nvidia.com/gpu`` capacity (divided by the GFD ``nvidia.com/gpu.replicas`` label under time
+        slicing; left out under MIG, where it counts instances). A disagreement means the agent's
+        container does not see what the node has (a runtime that injected no devices, an ignored
+        NVIDIA_VISIBLE_DEVICES, ...): condition ``GPUsVisible=False``, a Warning Event and the metrics
+        ``vibe_agent_gpus_visible``/``vibe_agent_gpus_expected``, and the profile is published even
+        with no GPUs so the condition can be seen.
+        """
+        self.facts = facts
+        self.dirty = True
+        seen = len(self.infos)
+        if facts is None:
+            self.expected_gpus = None
+            msg = f"NVML shows {seen} GPU(s); the Node could not be read to compare"
+            self._set_condition("GPUsVisible", None, "NodeUnreadable", msg)
+            return
+        labels = facts.labels
+        capacity = facts.gpu_capacity
+        if (
+            capacity is not None
+            and "nvidia.com/mig.strategy" in labels
+            and labels["nvidia.com/mig.strategy"] != "none"
+        ):
+            capacity = None  # MIG: the capacity counts instances (or is 0 with the mixed strategy)
+        try:
+            replicas = max(1, int(labels.get("nvidia.com/gpu.replicas", "1")))
+        except ValueError:
+            replicas = 1
+        per_gpu = None if capacity is None else capacity // replicas
+        said = []
+        if facts.gfd_count is not None:
+            said.append(f"GFD label nvidia.com/gpu.count={facts.gfd_count}")
+        if capacity is not None:
+            said.append(
+                f"capacity nvidia.com/gpu={capacity}"
+                + (f" ({replicas} replicas each)" if replicas > 1 else "")
+            )
+        expected = facts.gfd_count if facts.gfd_count is not None else per_gpu
+        self.expected_gpus = expected
+        if expected is None:
+            msg = f"NVML shows {seen} GPU(s); the Node has no nvidia.com/gpu capacity or GFD count to compare"
+            self._set_condition("GPUsVisible", None, "NodeHasNoGPUCount", msg)
+            return
+        agree = seen == expected and (per_gpu is None or per_gpu == seen)
+        what = f"NVML shows {seen} GPU(s); the node has {' and '.join(said)}"
+        if agree:
+            self._set_condition("GPUsVisible", True, "GPUCountMatches", what)
+        else:
+            self._set_condition(
+                "GPUsVisible",
+                False,
+                "GPUCountMismatch",
+                f"{what}: the agent does not see the node's GPUs (runtime class, NVIDIA_VISIBLE_DEVICES, "
+                "device plugin or MIG settings; docs/operations.md, GPU setups)",
+                "Warning",
+                event="GPUVisibilityMismatch",
+            )
+
+    @property
+    def capped(self) -> bool:
+        c = self.conditions.get("ShapesCapped")
+        return c is not None and c["status"] == "True"
+
+    @property
+    def publish_empty(self) -> bool:
+        """Publish a profile without GPUs: only to show that the agent sees fewer GPUs than the node has."""
+        c = self.conditions.get("GPUsVisible")
+        return c is not None and c["status"] == "False"
+
+    def condition_list(self) -> list[dict[str, Any]]:
+        return [self.conditions[k] for k in sorted(self.conditions)]
+
+    def _set_condition(
+        self,
+        type_: str,
+        status: bool | None,
+        reason: str,
+        message: str,
+        ev_type: str = "Normal",
+        event: str = "",
+    ) -> None:
+        old = self.conditions.get(type_)
+        new = condition(type_, status, reason, message, self.clock())
+        if old is not None and (old["status"], old["reason"], old["message"]) == (
+            new["status"],
+            reason,
+            new["message"],
+        ):
+            return
+        if old is not None and old["status"] == new["status"]:
+            new["lastTransitionTime"] = old["lastTransitionTime"]
+        self.conditions[type_] = new
+        if status is False or (type_ == "ShapesCapped" and status):
+            self.events.append(Event(event or type_, message, ev_type))
+            log.warning("node %s: %s", self.node, message)
 
     def body(self) -> dict[str, Any]:
         return build_profile(
@@ -158,6 +292,8 @@ class NodeAgent:
             list(self.records.values()),
             source=self.source,
             agent_version=self.version,
+            owner=self.facts.owner if self.facts is not None and self.facts.uid else None,
+            pods=self.pods,
         )
 
     # -- the 1 Hz step -------------------------------------------------------------------------------
@@ -190,6 +326,8 @@ class NodeAgent:
         )
         if not (missing or due or not rec.curves):
             return
+        if getattr(self.profiler, "disabled", ""):
+            return  # said once at start (a driver too old for torch's CUDA): telemetry only
         shapes = self.shapes if (due or not rec.curves) else missing
         others = s.other_processes(self.own)
         if not (cfg.force_bench or self.profiler.non_intrusive or others == 0):

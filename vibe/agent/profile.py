@@ -13,6 +13,11 @@ now", per the contract); ``relativeSpeed`` is divided by it likewise.
 
 The benchmark-time telemetry the drift detector compares against (SM and memory clocks, power limit) is
 kept in the annotation ``vibe.dev/baseline``, because ``spec.gpus[].telemetry`` is refreshed on drift.
+
+Liveness is not in the GPUProfile: ``build_lease`` renders the node's Lease (coordination.k8s.io/v1,
+named after the node), renewed every heartbeat period; the profile's ``status`` holds only conditions
+(``GPUsVisible``, ``ShapesCapped``), written when they change. Both objects carry an owner reference to
+their Node when the agent could read it, so they go when the node goes.
 """
 
 from __future__ import annotations
@@ -38,6 +43,43 @@ KIND = api.GPUPROFILE_KIND
 FIELD_MANAGER = api.FIELD_MANAGER_AGENT
 BASELINE_ANNOTATION = api.ANNOTATION_BASELINE
 MANAGED_BY = {api.LABEL_MANAGED_BY: api.MANAGED_BY_AGENT}
+GPU_RESOURCE = "nvidia.com/gpu"
+GFD_COUNT_LABEL = "nvidia.com/gpu.count"
+GFD_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the agent reads of its Node: identity for owner references, what the cluster expects of it."""
+
+    name: str
+    uid: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    gpu_capacity: int | None = None  # status.capacity["nvidia.com/gpu"] (the device plugin's count)
+
+    @property
+    def owner(self) -> dict[str, Any]:
+        # No blockOwnerDeletion: that would need the finalizers permission on Nodes.
+        return {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.uid}
+
+    @property
+    def gfd_count(self) -> int | None:
+        try:
+            return int(self.labels[GFD_COUNT_LABEL])
+        except (KeyError, ValueError):
+            return None
+
+
+def node_facts(body: Mapping[str, Any]) -> NodeFacts:
+    meta = body.get("metadata") or {}
+    cap = ((body.get("status") or {}).get("capacity") or {}).get(GPU_RESOURCE)
+    try:
+        gpus = int(str(cap)) if cap is not None else None
+    except ValueError:
+        gpus = None
+    return NodeFacts(
+        str(meta.get("name") or ""), str(meta.get("uid") or ""), dict(meta.get("labels") or {}), gpus
+    )
 
 
 @dataclass(frozen=True)
@@ -247,33 +289,83 @@ def build_profile(
     *,
     source: str = "measured",
     agent_version: str = "",
+    owner: Mapping[str, Any] | None = None,
+    pods: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The GPUProfile body to server-side apply (spec and metadata; the heartbeat goes to status)."""
+    """The GPUProfile body to server-side apply (spec and metadata; conditions go to status).
+
+    ``owner``: the Node's owner reference (the profile is deleted with the node); ``pods``: the GPUs each
+    pod on the node holds (kubelet pod-resources), published when known.
+    """
     spec: dict[str, Any] = {"nodeName": node, "source": source}
     if agent_version:
         spec["agentVersion"] = agent_version
     spec["gpus"] = [gpu_entry(r) for r in sorted(records, key=lambda r: r.info.index) if r.curves]
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "metadata": {
-            "name": node,
-            "namespace": namespace,
-            "labels": {**MANAGED_BY, api.LABEL_NODE: node[:63]},
-            "annotations": {BASELINE_ANNOTATION: baseline_annotation(records)},
-        },
-        "spec": spec,
+    if pods is not None:
+        spec["pods"] = [dict(p) for p in pods]
+    meta: dict[str, Any] = {
+        "name": node,
+        "namespace": namespace,
+        "labels": {**MANAGED_BY, api.LABEL_NODE: node[:63]},
+        "annotations": {BASELINE_ANNOTATION: baseline_annotation(records)},
     }
+    if owner:
+        meta["ownerReferences"] = [dict(owner)]
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": meta, "spec": spec}
 
 
-def build_status(node: str, namespace: str, heartbeat: float, heartbeat_seconds: int) -> dict[str, Any]:
-    """The status apply: the heartbeat the operator uses to tell a stale profile."""
+def build_status(node: str, namespace: str, conditions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The status apply: the profile's conditions (liveness is the Lease's, see ``build_lease``)."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {"name": node, "namespace": namespace},
-        "status": {"heartbeatTime": rfc3339(heartbeat), "heartbeatSeconds": int(heartbeat_seconds)},
+        "status": {"conditions": [dict(c) for c in conditions]},
     }
+
+
+def micro_time(t: float) -> str:
+    """A metav1.MicroTime: RFC 3339 with microseconds, UTC."""
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def build_lease(
+    node: str, namespace: str, when: float, heartbeat_seconds: int, owner: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The node's liveness Lease: renewed every ``heartbeat_seconds``; the operator reads ``renewTime``."""
+    meta: dict[str, Any] = {
+        "name": node,
+        "namespace": namespace,
+        "labels": {**MANAGED_BY, "vibe.dev/node": node[:63]},
+    }
+    if owner:
+        meta["ownerReferences"] = [dict(owner)]
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": meta,
+        "spec": {
+            "holderIdentity": f"vibe-agent/{node}"[:253],
+            "leaseDurationSeconds": int(heartbeat_seconds),
+            "renewTime": micro_time(when),
+        },
+    }
+
+
+def condition(
+    type_: str, status: bool | None, reason: str, message: str, when: float, generation: int = 0
+) -> dict[str, Any]:
+    """One metav1.Condition (status True, False or Unknown for None)."""
+    c: dict[str, Any] = {
+        "type": type_,
+        "status": "Unknown" if status is None else ("True" if status else "False"),
+        "reason": reason,
+        "message": message[:1024],
+        "lastTransitionTime": rfc3339(when),
+    }
+    if generation:
+        c["observedGeneration"] = generation
+    return c
 
 
 # -- reading back (agent restart) -------------------------------------------------------------------

@@ -55,7 +55,10 @@ class TorchProfiler:
         cfg: Any = None,
         progress: Any = None,
         devices: dict[int, str] | None = None,
+        disabled: str = "",
     ) -> None:
+        #: Why this profiler cannot benchmark (a driver too old for torch's CUDA); the agent then waits.
+        self.disabled = disabled
         self.telemetry = telemetry
         self.cfg = cfg
         self.progress = progress

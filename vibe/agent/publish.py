@@ -1,11 +1,15 @@
-"""Publishing: GPUProfiles (server-side apply), heartbeats, Events, and reading MoEDeployment shapes.
+"""Publishing: GPUProfiles (server-side apply), liveness Leases, Events, and reading what the agent needs.
 
 Role in the data flow: the agent's only contact with the API server. ``KubePublisher`` applies a node's
-GPUProfile with field manager ``vibe-agent`` (creates or updates; re-applying identical content is a
-no-op on the server, so a restarted agent does not churn the object), applies the heartbeat to the
-``status`` subresource, posts core/v1 Events about the GPUProfile, and lists MoEDeployments for their
-model shapes. All calls pass through one token bucket (``qps``/``burst``), so a process simulating
-1,000 nodes stays a polite client. ``DirPublisher`` writes the same objects to files (no cluster).
+GPUProfile with field manager ``vibe-agent`` (creates or updates; the runner sends it only when its
+content changed), applies its conditions to the ``status`` subresource when they change, renews the
+node's Lease (coordination.k8s.io, named after the node, in the profile namespace: the heartbeat the
+operator judges staleness by, a ~300-byte write instead of rewriting a ~35 KB profile), checks with a
+metadata-only read that the profile still exists (a re-created CRD takes every profile with it), reads
+its Node (UID for the owner references, ``nvidia.com/gpu`` capacity and GFD labels), posts core/v1
+Events about the GPUProfile, and lists MoEDeployments for their model shapes. All calls pass through one
+token bucket (``qps``/``burst``), so a process simulating 1,000 nodes stays a polite client.
+``DirPublisher`` writes the same objects to files (no cluster).
 
 The Kubernetes client is imported inside the methods, so the agent's benchmark path never needs it.
 """
@@ -21,7 +25,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vibe.agent.node import Event
-from vibe.agent.profile import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, build_status
+from vibe.agent.profile import (
+    FIELD_MANAGER,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    NodeFacts,
+    build_lease,
+    build_status,
+    node_facts,
+)
 from vibe.api import MOEDEPLOYMENT_PLURAL
 from vibe.kubeclient import as_dict
 
@@ -30,12 +44,30 @@ log = logging.getLogger("vibe.agent.publish")
 APPLY = "application/apply-patch+yaml"  # JSON is YAML: the body is sent as JSON
 
 
+#: Accept header of a metadata-only read (PartialObjectMetadata): the name and UID, not the 35 KB body.
+METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"}
+
+
 class Publisher(Protocol):
     def read(self, namespace: str, node: str) -> dict[str, Any] | None: ...
 
     def apply(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
-    def heartbeat(self, namespace: str, node: str, when: float, every_s: int) -> None: ...
+    def heartbeat(self, namespace: str, node: str, when: float, every_s: int) -> None:
+        """Renew the node's liveness Lease (created when missing)."""
+        ...
+
+    def exists(self, namespace: str, node: str) -> bool:
+        """Whether the node's GPUProfile exists (a cheap read)."""
+        ...
+
+    def status(self, namespace: str, node: str, conditions: list[dict[str, Any]]) -> None:
+        """Apply the GPUProfile's status conditions."""
+        ...
+
+    def node(self, node: str) -> NodeFacts | None:
+        """The Node's UID, labels and GPU capacity; None when it cannot be read (simulated, no access)."""
+        ...
 
     def event(self, namespace: str, node: str, ev: Event) -> None: ...
 
@@ -83,6 +115,7 @@ class KubePublisher:
         self.limiter = RateLimiter(qps, burst)
         self.component = component
         self.uids: dict[tuple[str, str], str] = {}
+        self.owners: dict[str, dict[str, Any]] = {}  # node -> its ownerReference (once the Node was read)
 
     def _go(self) -> None:
         self.limiter.acquire()
@@ -122,6 +155,30 @@ class KubePublisher:
         return obj
 
     def heartbeat(self, namespace: str, node: str, when: float, every_s: int) -> None:
+        from kubernetes import client
+
+        body = build_lease(node, namespace, when, every_s, self.owners.get(node))
+        coord = client.CoordinationV1Api(self.api_client)
+        self._go()
+        coord.patch_namespaced_lease(
+            node, namespace, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY
+        )
+
+    def exists(self, namespace: str, node: str) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        self._go()
+        try:
+            self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, node, _preload_content=False, _headers=METADATA_ONLY
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def status(self, namespace: str, node: str, conditions: list[dict[str, Any]]) -> None:
         self._go()
         self.custom.patch_namespaced_custom_object_status(
             GROUP,
@@ -129,11 +186,30 @@ class KubePublisher:
             namespace,
             PLURAL,
             node,
-            build_status(node, namespace, when, every_s),
+            build_status(node, namespace, conditions),
             field_manager=FIELD_MANAGER,
             force=True,
             _content_type=APPLY,
         )
+
+    def node(self, node: str) -> NodeFacts | None:
+        from kubernetes.client.exceptions import ApiException
+
+        self._go()
+        try:
+            rsp: Any = self.core.read_node(node, _preload_content=False)
+        except ApiException as e:
+            if e.status in (403, 404):
+                log.info(
+                    "node %s: cannot read the Node (%d); no owner reference, no GPU count check",
+                    node,
+                    e.status,
+                )
+                return None
+            raise
+        facts = node_facts(json.loads(rsp.data))
+        self.owners[node] = facts.owner
+        return facts
 
     def event(self, namespace: str, node: str, ev: Event) -> None:
         now = dt.datetime.now(dt.timezone.utc)
@@ -191,11 +267,22 @@ class DirPublisher:
         return obj
 
     def heartbeat(self, namespace: str, node: str, when: float, every_s: int) -> None:
+        p = self.root / "leases" / namespace / f"{node}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(build_lease(node, namespace, when, every_s, None), indent=1, sort_keys=True))
+
+    def exists(self, namespace: str, node: str) -> bool:
+        return self._path(namespace, node).exists()
+
+    def status(self, namespace: str, node: str, conditions: list[dict[str, Any]]) -> None:
         obj = self.read(namespace, node)
         if obj is None:
             return
-        obj["status"] = build_status(node, namespace, when, every_s)["status"]
+        obj["status"] = build_status(node, namespace, conditions)["status"]
         self._path(namespace, node).write_text(json.dumps(obj, indent=1, sort_keys=True))
+
+    def node(self, node: str) -> NodeFacts | None:
+        return None
 
     def event(self, namespace: str, node: str, ev: Event) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
 """Which expert shapes the agent benchmarks, and at which token counts.
 
 Role in the data flow: the first input of a benchmark. The agent measures the expert FFN of every model
-a MoEDeployment in the cluster serves (read from ``spec.model``), plus the defaults below so a profile is
-useful before any MoEDeployment exists. The operator matches a curve to a model by
-(hiddenSize, intermediateSize, dtype), so that triple is the identity of a shape; ``name`` is a label.
+a MoEDeployment selecting its node serves (read from ``spec.model``), plus the defaults below so a
+profile is useful before any MoEDeployment exists, at most as many as a GPUProfile holds per GPU
+(``shapes_for_node``): shapes nobody on this node uses any more are pruned. The operator matches a curve
+to a model by (hiddenSize, intermediateSize, dtype), so that triple is the identity of a shape; ``name``
+is a label.
 
 Token counts are log-spaced powers of two from 1 to 8192: the curve is flat (weight streaming) up to a
 knee near 256 tokens and linear after, and the placement cost model interpolates between points, so
@@ -117,6 +119,42 @@ def shapes_from_moedeployments(bodies: Iterable[Mapping[str, Any]]) -> list[Expe
         if h > 0 and i > 0:
             out.append(ExpertShape(h, i, dtype, name))
     return dedupe(out)
+
+
+def selects_node(body: Mapping[str, Any], node: str, labels: Mapping[str, str] | None) -> bool:
+    """Whether a MoEDeployment uses (or may use) ``node``: its ``status.nodes`` name it, or its
+    ``spec.gpus.nodeSelector`` matches the node's labels. ``labels`` None (the Node could not be read):
+    every deployment counts, as before the agent could tell. A podSelector deployment counts once the
+    operator has placed it on the node (its pods' nodes are in ``status.nodes``)."""
+    if node in ((body.get("status") or {}).get("nodes") or ()):
+        return True
+    if labels is None:
+        return True
+    selector = ((body.get("spec") or {}).get("gpus") or {}).get("nodeSelector")
+    if not isinstance(selector, Mapping):
+        return False
+    return all(labels.get(str(k)) == str(v) for k, v in selector.items())
+
+
+def shapes_for_node(
+    bodies: Iterable[Mapping[str, Any]],
+    node: str,
+    labels: Mapping[str, str] | None,
+    base: Iterable[ExpertShape],
+    cap: int,
+) -> tuple[list[ExpertShape], list[ExpertShape]]:
+    """(shapes to benchmark, shapes in use that did not fit): ``base`` first, then every shape of the
+    deployments selecting ``node`` in each default dtype (deployments in name order, so the cut is
+    stable), at most ``cap`` in all (the CRD's curves per GPU)."""
+    mine = sorted(
+        (b for b in bodies if selects_node(b, node, labels)),
+        key=lambda b: (
+            str((b.get("metadata") or {}).get("namespace")),
+            str((b.get("metadata") or {}).get("name")),
+        ),
+    )
+    wanted = dedupe([*base, *with_all_dtypes(shapes_from_moedeployments(mine))])
+    return wanted[:cap], wanted[cap:]
 
 
 def default_shapes() -> list[ExpertShape]:

@@ -190,6 +190,12 @@ class NvmlTelemetry:
     def available(self) -> bool:
         return self._nvml is not None
 
+    def driver(self) -> Any:
+        """The driver's version and CUDA version (``vibe.agent.cuda.DriverInfo``; None without NVML)."""
+        from vibe.agent.cuda import DriverInfo, nvml_driver
+
+        return DriverInfo(None, None) if self._nvml is None else nvml_driver(self._nvml)
+
     def close(self) -> None:
         if self._nvml is None:
             return

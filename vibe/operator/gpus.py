@@ -7,9 +7,10 @@ Rank order (the order SGLang and EPLB number expert-parallel ranks in):
 
 * ``nodeSelector``: matching nodes sorted by name, each node's GPUs by index, the first ``count``.
 * ``podSelector``: matching running pods sorted by (LeaderWorkerSet group index, worker index) or, for a
-  StatefulSet, the pod ordinal; each pod takes the next ``gpusPerPod`` GPUs of its node's profile (pods
-  sharing a node get disjoint GPUs in rank order: the device plugin's real assignment is not visible
-  through the API, and a pod's GPUs on an 8-GPU node are interchangeable for pricing unless they differ).
+  StatefulSet, the pod ordinal; each pod's GPUs are those the kubelet assigned it, as the agent read them
+  from the pod-resources API (GPUProfile ``spec.pods``), in index order. A pod the agent did not report
+  (pod-resources off, or not read yet) takes the next ``gpusPerPod`` GPUs of its node not held by
+  another pod, and the Ready message says so: that rule guesses the device plugin's assignment.
 
 Curves: the GPU's curve for the model's expert shape (hidden, intermediate, dtype) when measured, else
 its closest measured shape scaled with ``vibe.placement``'s reference scaling (``curve_source="scaled"``,
@@ -21,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,7 @@ class ProfileSnapshot:
     gpus: tuple[ProfileGPU, ...]  # by index
     source: str
     heartbeat: dt.datetime | None
+    pods: Mapping[tuple[str, str], tuple[str, ...]] | None = None  # (ns, pod) -> GPU UUIDs, when reported
 
     def stale(self, now: dt.datetime, ttl_s: float) -> bool:
         return self.heartbeat is not None and (now - self.heartbeat).total_seconds() > ttl_s
@@ -152,7 +154,17 @@ def profile_snapshot(body: Mapping[str, Any]) -> ProfileSnapshot:
                 curves=tuple(curves),
             )
         )
+    pods = None
+    if isinstance(spec.get("pods"), list):
+        pods = {
+            (str(p.get("namespace") or ""), str(p.get("name") or "")): tuple(
+                str(u) for u in p.get("gpus") or ()
+            )
+            for p in spec["pods"]
+            if isinstance(p, Mapping)
+        }
     return ProfileSnapshot(
+        pods=pods,
         node=str(spec.get("nodeName") or body.get("metadata", {}).get("name", "")),
         gpus=tuple(sorted(gpus, key=lambda x: x.index)),
         source=str(spec.get("source") or "measured"),
@@ -192,6 +204,53 @@ def pod_rank(meta: Mapping[str, Any]) -> tuple[int, int, str]:
     return (0, 1 << 30, name)
 
 
+def with_leases(
+    profiles: Mapping[str, ProfileSnapshot], leases: Mapping[str, Mapping[str, Any]] | None
+) -> Mapping[str, ProfileSnapshot]:
+    """The profiles with each node's liveness from its agent's Lease (``renewTime``).
+
+    A node without a Lease keeps the profile's own ``status.heartbeatTime`` (agents from before Leases;
+    none: never stale), as does every node when ``leases`` is None (they could not be read).
+    """
+    if not leases:
+        return profiles
+    out = dict(profiles)
+    for node, snap in profiles.items():
+        spec = leases.get(node)
+        if spec is None:
+            continue
+        renewed = parse_time(spec.get("renewTime"))
+        if renewed is not None:
+            out[node] = replace(snap, heartbeat=renewed)
+    return out
+
+
+def trusted(profiles: Mapping[str, ProfileSnapshot]) -> tuple[dict[str, ProfileSnapshot], list[str]]:
+    """The profiles without the GPUs whose UUID more than one node claims, and a note naming them.
+
+    A GPU UUID is hardware identity: two nodes claiming one means one of them lies (or a disk image was
+    cloned with a profile in it), and there is no telling which, so neither node's claim is used.
+    """
+    owners: dict[str, set[str]] = {}
+    for node, snap in profiles.items():
+        for g in snap.gpus:
+            if g.uuid:
+                owners.setdefault(g.uuid, set()).add(node)
+    dup = {u for u, nodes in owners.items() if len(nodes) > 1}
+    if not dup:
+        return dict(profiles), []
+    out = {}
+    for node, snap in profiles.items():
+        keep = tuple(g for g in snap.gpus if g.uuid not in dup)
+        out[node] = snap if len(keep) == len(snap.gpus) else replace(snap, gpus=keep)
+    first = sorted(dup)[0]
+    note = (
+        f"{len(dup)} GPU UUID(s) claimed by more than one GPUProfile are ignored "
+        f"(e.g. {first} on {', '.join(sorted(owners[first]))})"
+    )
+    return out, [note]
+
+
 # --------------------------------------------------------------------------------------------------
 # Resolution
 
@@ -214,13 +273,13 @@ def resolve(
         pods: running pods in ``namespace`` (podSelector mode).
     """
     want = spec.gpus.count
-    notes: list[str] = []
+    profiles, notes = trusted(profiles)
     if spec.gpus.pod_selector is not None:
-        refs, why = _pod_gpus(spec, namespace, pods, profiles)
+        refs, why = _pod_gpus(spec, namespace, pods, profiles, notes)
     else:
         refs, why = _node_gpus(spec, nodes, profiles)
     if len(refs) < want:
-        raise Problem("InsufficientGPUs", f"{why}; gpus.count is {want}")
+        raise Problem("InsufficientGPUs", f"{why}; gpus.count is {want}" + "".join(f"; {n}" for n in notes))
     refs = refs[:want]
     by_node = {r.node: profiles[r.node] for r in refs}
     _check_memory(spec, refs, by_node)
@@ -322,28 +381,50 @@ def _pod_gpus(
     namespace: str,
     pods: Iterable[PodSnapshot],
     profiles: Mapping[str, ProfileSnapshot],
+    notes: list[str],
 ) -> tuple[list[GPURef], str]:
+    """The pods' GPUs in rank order (appends to ``notes`` when some were guessed)."""
     selector = spec.gpus.pod_selector or {}
     matched = sorted(
         (p for p in pods if p.namespace == namespace and matches_selector(selector, p.labels)),
         key=lambda p: p.rank,
     )
     per_pod = spec.gpus.gpus_per_pod
-    taken: dict[str, int] = {}
-    refs: list[GPURef] = []
-    short = []
+    # GPUs the kubelet assigned (reported by the agent) are taken first, whatever the rank order.
+    taken: dict[str, set[int]] = {}
     for p in matched:
         prof = profiles.get(p.node)
-        start = taken.get(p.node, 0)
-        gpus = prof.gpus[start : start + per_pod] if prof else ()
-        if len(gpus) < per_pod:
-            short.append(f"{p.name} on {p.node}")
-            break  # ranks must stay contiguous: later pods cannot fill this pod's place
-        taken[p.node] = start + per_pod
+        if prof is not None and prof.pods is not None and (p.namespace, p.name) in prof.pods:
+            own = set(prof.pods[(p.namespace, p.name)])
+            taken.setdefault(p.node, set()).update(g.index for g in prof.gpus if g.uuid in own)
+    refs: list[GPURef] = []
+    short = []
+    guessed = []
+    for p in matched:
+        prof = profiles.get(p.node)
+        if prof is not None and prof.pods is not None and (p.namespace, p.name) in prof.pods:
+            own = set(prof.pods[(p.namespace, p.name)])
+            gpus = [g for g in prof.gpus if g.uuid in own]
+            if not gpus:
+                short.append(f"{p.name} on {p.node}")
+                break
+        else:
+            held = taken.setdefault(p.node, set())
+            gpus = [g for g in (prof.gpus if prof else ()) if g.index not in held][:per_pod]
+            if len(gpus) < per_pod:
+                short.append(f"{p.name} on {p.node}")
+                break  # ranks must stay contiguous: later pods cannot fill this pod's place
+            held.update(g.index for g in gpus)
+            guessed.append(p.name)
         refs.extend(GPURef(p.node, g.index, g.uuid) for g in gpus)
     why = f"gpus.podSelector matches {len(matched)} running pods x {per_pod} GPUs = {len(refs)} profiled GPUs"
     if short:
         why += f" (no GPUProfile with enough GPUs for pod {short[0]})"
+    if guessed:
+        notes.append(
+            f"GPUs of {len(guessed)} pod(s) assumed by the gpusPerPod rule ({_few(guessed)}): their "
+            "agents did not report the kubelet's assignment (agent.podResources.enabled)"
+        )
     return refs, why
 
 

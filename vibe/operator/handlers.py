@@ -152,9 +152,20 @@ def _in_profile_namespace(namespace: str, memo: kopf.Memo, **_: Any) -> bool:
 
 
 @kopf.index(*GPUP, when=_in_profile_namespace)  # type: ignore[arg-type]  # see "Kopf's callback types" above
-def vibe_profiles(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> dict[str, ProfileSnapshot]:
+def vibe_profiles(
+    body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any
+) -> dict[str, ProfileSnapshot] | None:
     # Parse the spec only when it changed (metadata.generation); heartbeats only update the timestamp.
     state: State = memo.vibe
+    node = (body.get("spec") or {}).get("nodeName")
+    if node and node != meta["name"]:
+        # One profile per node, named after it: a profile speaking for another node is ignored (an
+        # agent's token may write only its own node's profile; see the chart's node restriction).
+        key = ("gpup-misnamed", meta["name"])
+        if state.seen.get(key) != node:
+            logger.warning("GPUProfile %s says nodeName %s: ignored (they must agree)", meta["name"], node)
+        state.seen[key] = node
+        return None
     tag = (meta.get("uid"), meta.get("generation"))
     cached = state.profile_cache.get(meta["name"])
     if cached is not None and cached[0] == tag:

@@ -23,6 +23,9 @@ from vibe.api import GROUP, VERSION
 from vibe.api import MOEDEPLOYMENT_PLURAL as PLURAL
 from vibe.kubeclient import api_client
 
+#: The label selector of the agents' Leases (vibe.agent.profile.build_lease).
+AGENT_LEASES = "app.kubernetes.io/managed-by=vibe-agent"
+
 #: Ask for PartialObjectMetadata(List): names and labels without the rest of the object.
 _METADATA_ONLY = {
     "Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
@@ -119,6 +122,32 @@ class Kube:
                 return None
             raise
         return dict(json.loads(rsp.data)["metadata"].get("labels") or {})
+
+    # ---- the agents' liveness Leases (profile namespace)
+
+    async def agent_leases(self, namespace: str) -> dict[str, dict[str, Any]] | None:
+        """Node name -> the agent's Lease spec (``renewTime``, ``leaseDurationSeconds``); None when Leases
+        cannot be read (403: a chart from before Leases; the profiles' own heartbeats are used then).
+
+        One list filtered by label, served from the API server's watch cache (``resource_version="0"``):
+        at 1,000 nodes ~300 KB per reconcile, against a watch event per node every heartbeat period.
+        """
+        from kubernetes.client import CoordinationV1Api
+
+        try:
+            rsp: Any = await asyncio.to_thread(
+                CoordinationV1Api(self.api).list_namespaced_lease,
+                namespace,
+                label_selector=AGENT_LEASES,
+                resource_version="0",
+                _preload_content=False,
+            )
+        except ApiException as e:
+            if e.status == 403:
+                return None
+            raise
+        items = _json(rsp).get("items") or ()
+        return {str(i["metadata"]["name"]): dict(i.get("spec") or {}) for i in items}
 
     # ---- cluster-level helpers used at startup
 

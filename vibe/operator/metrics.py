@@ -97,7 +97,25 @@ def forget(namespace: str, name: str) -> None:
         _clear(metric, (namespace, name))
 
 
+#: Label names after (namespace, name) of the per-deployment families that have more.
+_EXTRA_LABELS: dict[Any, tuple[str, ...]] = {
+    DEGRADED: ("reason",),
+    WRITES: ("reason",),
+    DRIFT: ("kind", "decision"),
+}
+
+
 def _clear(metric: Any, prefix: tuple[str, ...]) -> None:
-    for labels in list(metric._metrics):  # prometheus_client keeps children keyed by label tuples
-        if labels[: len(prefix)] == prefix:
-            metric.remove(*labels)
+    """Remove every child of ``metric`` whose first label values are ``prefix``, with prometheus_client's
+    public API: the children are read from ``collect()`` (a Counter also yields ``_created`` samples with
+    the same labels) and removed with ``remove()``."""
+    names = (*_L, *_EXTRA_LABELS.get(metric, ()))
+    children = {
+        tuple(sample.labels[n] for n in names)
+        for family in metric.collect()
+        for sample in family.samples
+        if all(n in sample.labels for n in names)
+    }
+    for values in children:
+        if values[: len(prefix)] == prefix:
+            metric.remove(*values)

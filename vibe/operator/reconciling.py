@@ -34,7 +34,7 @@ from vibe.operator import status as status_mod
 from vibe.operator.clock import iso
 from vibe.operator.clock import now as clock_now
 from vibe.operator.compute import Computer
-from vibe.operator.gpus import PodSnapshot, ProfileSnapshot, resolve
+from vibe.operator.gpus import PodSnapshot, ProfileSnapshot, resolve, with_leases
 from vibe.operator.kube import Conflict, Kube
 from vibe.operator.output import InService
 from vibe.operator.planning import WRITE, Inputs, Plan
@@ -124,11 +124,12 @@ async def _reconcile_once(
                 f"ConfigMap {cm_name} exists and is not managed by this MoEDeployment; delete or rename it",
             )
         nodes = await kube.node_labels(spec.gpus.node_selector) if spec.gpus.node_selector is not None else {}
+        leases = await kube.agent_leases(cfg.profile_namespace)
         obs.resolution = resolve(
             spec,
             namespace=namespace,
             nodes=nodes,
-            profiles=world.profiles,
+            profiles=with_leases(world.profiles, leases),
             pods=world.pods.get(namespace, ()),
             now=now,
             profile_ttl_s=cfg.profile_ttl_s,

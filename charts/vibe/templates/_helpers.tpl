@@ -79,13 +79,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- default .Release.Namespace .Values.operator.profileNamespace }}
 {{- end }}
 
-{{/* repository[:tag][@digest]; the tag defaults to the chart's appVersion. Pass an image dict + ctx. */}}
+{{/* registry/repository[:tag][@digest], fully qualified: the registry defaults to .Values.imageRegistry,
+the tag to the chart's appVersion. Pass an image dict + ctx. */}}
 {{- define "vibe.image" -}}
 {{- $tag := default .ctx.Chart.AppVersion .image.tag }}
+{{- $registry := trimSuffix "/" (default .ctx.Values.imageRegistry .image.registry) }}
+{{- $ref := printf "%s/%s:%s" $registry .image.repository $tag }}
 {{- if .image.digest }}
-{{- printf "%s:%s@%s" .image.repository $tag .image.digest }}
+{{- printf "%s@%s" $ref .image.digest }}
 {{- else }}
-{{- printf "%s:%s" .image.repository $tag }}
+{{- $ref }}
 {{- end }}
 {{- end }}
 
