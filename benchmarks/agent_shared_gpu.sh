@@ -16,10 +16,10 @@ PY=${PY:-python3}
 DEV=${DEV:-cuda:0}
 SHAPE=${SHAPE:-ds=7168x2048:bf16}
 run() { echo "+ $*" >&2; "$@"; }
-bench() { run $PY -m vibe.agent bench --device $DEV --no-default-shapes --shape $SHAPE -q --out "$O/bench-$1.json"; }
+bench() { run $PY -m vibe.agent bench --device $DEV --no-default-shapes --shape $SHAPE -q -o "$O/bench-$1.json"; }
 
 # The default profile once, idle: what the contention window costs a full profile.
-[ "$DEV" = cpu ] || run $PY -m vibe.agent bench --device $DEV -q --out "$O/bench-default-idle.json"
+[ "$DEV" = cpu ] || run $PY -m vibe.agent bench --device $DEV -q -o "$O/bench-default-idle.json"
 bench idle
 for nb in 50:4096 90:8192; do
   duty=${nb%%:*} size=${nb##*:}

@@ -76,7 +76,7 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NODE_NAME": NODE}
     log = (args.out / "agent.log").open("w")
     agent = subprocess.Popen(
-        [sys.executable, "-m", "vibe.agent", "run", "--output", str(args.out / "profiles"),
+        [sys.executable, "-m", "vibe.agent", "run", "--out-dir", str(args.out / "profiles"),
          "--metrics-port", str(port), "--metrics-addr", "127.0.0.1", "--poll-seconds", "1",
          "--no-curve-metrics", "--duration", "600"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,

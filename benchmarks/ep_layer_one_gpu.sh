@@ -30,12 +30,12 @@ SMI=$!
 
 # 1. the agent measures the idle GPU, then the GPU with the neighbour running
 run $PY -m vibe.agent bench --device $DEV --no-default-shapes --shape ds=$SHAPE --node h200 -q \
-  --out "$O/bench-idle.json" --profile-out "$O/profile-idle.json"
+  -o "$O/bench-idle.json" --profile-out "$O/profile-idle.json"
 $PY $B neighbour --device $DEV $NB --size $NBSIZE >"$O/neighbour-bench.log" 2>&1 &
 NBPID=$!
 sleep 3
 run $PY -m vibe.agent bench --device $DEV --no-default-shapes --shape ds=$SHAPE --node h200 -q \
-  --out "$O/bench-neighbour.json" --profile-out "$O/profile-neighbour.json"
+  -o "$O/bench-neighbour.json" --profile-out "$O/profile-neighbour.json"
 kill -TERM $NBPID; wait $NBPID
 
 # 2. fleet files from the agent's GPUProfiles; loads; placements as the operator writes them

@@ -345,7 +345,7 @@ def item5() -> tuple[str, dict[str, Any]]:
         "test_identical_gpus_and_uniform_loads_give_every_policy_the_same_service (within 5 %)",
         "test_at_a_low_rate_ttft_is_one_prefill",
         "test_more_load_never_lowers_ttft (P50 and P90, rates 1..4096)",
-        "test_the_same_seed_gives_identical_json (byte-identical --json; another seed differs)",
+        "test_the_same_seed_gives_identical_json (byte-identical --output; another seed differs)",
     ]
     lines = ["## 5. Sanity (tests)", "", "`.venv/bin/python -m pytest tests/simulate -q`: " + summary, ""]
     lines += [f"- {t}" for t in tests] + [""]

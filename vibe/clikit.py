@@ -134,6 +134,7 @@ KubeconfigOpt = Annotated[
     Path | None,
     typer.Option(
         "--kubeconfig",
+        dir_okay=False,
         help="Kubeconfig file (default: in-cluster service account, then $KUBECONFIG or ~/.kube/config).",
     ),
 ]

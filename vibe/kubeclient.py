@@ -12,23 +12,20 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kubernetes.client import ApiClient
+    from kubernetes.client import ApiClient, Configuration
 
 
 class CredentialsError(RuntimeError):
     """No usable Kubernetes credentials (neither a pod's service account nor a kubeconfig)."""
 
 
-def api_client(
-    kubeconfig: str | None = None, *, context: str | None = None, pool_maxsize: int | None = None
-) -> ApiClient:
-    """A ``kubernetes.client.ApiClient``: the given kubeconfig, else in-cluster, else the default kubeconfig.
+def configuration(kubeconfig: str | None = None, *, context: str | None = None) -> Configuration:
+    """The ``kubernetes.client.Configuration`` of the given kubeconfig, else in-cluster, else the default
+    kubeconfig (``$KUBECONFIG``, ``~/.kube/config``).
 
     ``context``: the kubeconfig context to use (default: its current context); giving one skips the
-    in-cluster service account, as ``kubectl --context`` does.
-
-    ``pool_maxsize``: HTTP connections kept per host (urllib3's default is 4; a process that runs many
-    calls at once in threads wants one per thread).
+    in-cluster service account, as ``kubectl --context`` does. The operator hands the same
+    configuration to Kopf (its login handler), so both use one set of credentials.
     """
     import yaml
     from kubernetes import client, config
@@ -49,6 +46,20 @@ def api_client(
             f"no Kubernetes credentials: not running in a pod (no service account token) and no usable "
             f"kubeconfig at {where} ({detail}); pass --kubeconfig or set KUBECONFIG"
         ) from None
+    return cfg
+
+
+def api_client(
+    kubeconfig: str | None = None, *, context: str | None = None, pool_maxsize: int | None = None
+) -> ApiClient:
+    """A ``kubernetes.client.ApiClient`` of ``configuration(kubeconfig, context=context)``.
+
+    ``pool_maxsize``: HTTP connections kept per host (urllib3's default is 4; a process that runs many
+    calls at once in threads wants one per thread).
+    """
+    from kubernetes import client
+
+    cfg = configuration(kubeconfig, context=context)
     if pool_maxsize:
         cfg.connection_pool_maxsize = pool_maxsize
     return client.ApiClient(cfg)

@@ -20,7 +20,7 @@ def invoke(*args: str) -> object:
 
 
 def test_run_simulated_fleet_to_files(tmp_path: Path) -> None:
-    r = invoke("run", "--simulate", str(FLEET), "--output", str(tmp_path), "--once", "--metrics-port", "0")
+    r = invoke("run", "--simulate", str(FLEET), "--out-dir", str(tmp_path), "--once", "--metrics-port", "0")
     assert r.exit_code == 0, r.output
     files = sorted(p.name for p in (tmp_path / "vibe-system").iterdir())
     assert files == [f"gpu-node-{k}.json" for k in range(8)]
@@ -34,7 +34,7 @@ def test_run_simulated_fleet_to_files(tmp_path: Path) -> None:
 
 def test_run_one_node_of_a_fleet(tmp_path: Path) -> None:
     """A DaemonSet pod simulates its own node: the file's node of that name, else the first node's GPUs."""
-    args = ["run", "--simulate", str(FLEET), "--output", str(tmp_path), "--once", "--metrics-port", "0"]
+    args = ["run", "--simulate", str(FLEET), "--out-dir", str(tmp_path), "--once", "--metrics-port", "0"]
     assert invoke(*args, "--node", "gpu-node-5").exit_code == 0
     assert invoke(*args, "--node", "kind-worker", "-n", "other").exit_code == 0
     assert [p.name for p in (tmp_path / "vibe-system").iterdir()] == ["gpu-node-5.json"]
@@ -46,7 +46,7 @@ def test_run_for_a_while_with_metrics(tmp_path: Path) -> None:
     fleet = tmp_path / "f.yaml"
     fleet.write_text("nodes: [{name: a, gpus: [1.0, 0.9]}]\ndrift: [{at: 1s, gpu: 1, timeScale: 1.5}]\n")
     r = invoke(
-        "run", "--simulate", str(fleet), "--output", str(tmp_path / "out"), "--duration", "6",
+        "run", "--simulate", str(fleet), "--out-dir", str(tmp_path / "out"), "--duration", "6",
         "--poll-seconds", "0.5", "--metrics-port", "0", "--heartbeat-seconds", "2",
     )  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -59,8 +59,8 @@ def test_run_for_a_while_with_metrics(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["run", "--simulate", "missing.yaml", "--output", "x"], "missing.yaml"),
-        (["run", "--shape", "7168by2048", "--output", "x"], "bad shape"),
+        (["run", "--simulate", "missing.yaml", "--out-dir", "x"], "missing.yaml"),
+        (["run", "--shape", "7168by2048", "--out-dir", "x"], "bad shape"),
         (["bench", "--shape", "0x5"], "sizes must be positive"),
     ],
 )

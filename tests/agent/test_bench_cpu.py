@@ -106,7 +106,7 @@ def test_bench_command_on_cpu(tmp_path: Path) -> None:
         "20",
         "--canaries",
         "1",
-        "--out",
+        "--output",
         str(out),
         "--profile-out",
         str(prof),

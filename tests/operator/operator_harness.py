@@ -30,8 +30,12 @@ G, V = api.GROUP, api.VERSION
 class OperatorProcess:
     """``python -m vibe.operator`` against the test cluster."""
 
-    def __init__(self, kubeconfig: Path, profile_namespace: str, *extra: str) -> None:
+    def __init__(
+        self, kubeconfig: Path, profile_namespace: str, *extra: str, env: Mapping[str, str] | None = None
+    ) -> None:
+        """``env``: the process's environment on top of this one (default: ``KUBECONFIG=kubeconfig``)."""
         self.kubeconfig = kubeconfig
+        self.env = dict(env) if env is not None else {"KUBECONFIG": str(kubeconfig)}
         self.profile_namespace = profile_namespace
         self.extra = list(extra)
         self.metrics_port = free_port()
@@ -51,7 +55,7 @@ class OperatorProcess:
         ]  # fmt: skip
         if "--peering" not in self.extra:
             args.append("--standalone")
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         fh = self.log.open("ab")
         self.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         wait_for(self.live, timeout=60, interval=0.2, what=f"operator liveness\n{self.tail()}")
@@ -111,8 +115,10 @@ def count_metric(text: str, series: str) -> float:
 
 
 @contextlib.contextmanager
-def running_operator(kubeconfig: Path, profile_namespace: str, *extra: str) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kubeconfig, profile_namespace, *extra).start()
+def running_operator(
+    kubeconfig: Path, profile_namespace: str, *extra: str, env: Mapping[str, str] | None = None
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kubeconfig, profile_namespace, *extra, env=env).start()
     try:
         yield op
     finally:

@@ -81,11 +81,11 @@ def test_export_loads_to_a_file(tmp_path: Path) -> None:
     dump = tmp_path / "dump.json"
     dump.write_text(json.dumps({"logical_count": count.tolist()}))
     out = tmp_path / "loads.json"
-    result = runner.invoke(app, ["export-loads", "--dump", str(dump), "--out", str(out)])
+    result = runner.invoke(app, ["export-loads", "--dump", str(dump), "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text()) == {"loads": [[8.0] * 5, [8.0] * 5]}
     both = runner.invoke(
-        app, ["export-loads", "--dump", str(dump), "--engine-url", "http://x", "--out", str(out)]
+        app, ["export-loads", "--dump", str(dump), "--engine-url", "http://x", "--output", str(out)]
     )
     assert both.exit_code == 1 and "exactly one of --dump and --engine-url" in both.output
 

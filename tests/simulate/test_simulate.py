@@ -163,7 +163,7 @@ def cli(files: dict[str, str], *extra: str) -> list[str]:
 
 def test_the_command_on_tiny_inputs(files: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "a.json"
-    res = CliRunner().invoke(app, cli(files, "--json", str(out)))
+    res = CliRunner().invoke(app, cli(files, "--output", str(out)))
     assert res.exit_code == 0, res.output
     assert "goodput" in res.output and "2 requests/s" in res.output
     doc = json.loads(out.read_text())
@@ -177,7 +177,7 @@ def test_the_command_on_tiny_inputs(files: dict[str, str], tmp_path: Path) -> No
 def test_the_same_seed_gives_identical_json(files: dict[str, str], tmp_path: Path) -> None:
     a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
     for path, seed in ((a, "1"), (b, "1"), (c, "2")):
-        res = CliRunner().invoke(app, cli(files, "--seed", seed, "--json", str(path)))
+        res = CliRunner().invoke(app, cli(files, "--seed", seed, "--output", str(path)))
         assert res.exit_code == 0, res.output
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
@@ -186,7 +186,7 @@ def test_the_same_seed_gives_identical_json(files: dict[str, str], tmp_path: Pat
 def test_a_drift_run_from_the_command(files: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "d.json"
     extra = ("--drift", "at=2,gpu=n/0,factor=3", "--replace-after-s", "1", "--timeline-bin-s", "1")
-    res = CliRunner().invoke(app, cli(files, *extra, "--json", str(out), "--replace-cost", "restart"))
+    res = CliRunner().invoke(app, cli(files, *extra, "--output", str(out), "--replace-cost", "restart"))
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     assert "vibe+replace" in doc["goodput"] and doc["ttft_over_time"]["vibe+replace"]["20"]["t_s"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -36,6 +37,7 @@ ShapeOpt = Annotated[
     typer.Option(
         "--shape",
         "-s",
+        metavar="[NAME=]HxI[:DTYPE]",
         help="Extra expert shape [name=]HIDDENxINTERMEDIATE[:bf16|fp16|fp8|all] (repeatable; default all).",
     ),
 ]
@@ -45,6 +47,13 @@ NoDefaultsOpt = Annotated[
         "--no-default-shapes", help="Only the --shape shapes (defaults: DeepSeek-V3, Qwen3-235B, Mixtral)."
     ),
 ]
+
+
+def parse_device(text: str) -> str:
+    """``--device``: ``cuda``, ``cuda:N`` or ``cpu`` (what ``torch.device`` takes for a benchmark)."""
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text.strip()):
+        raise typer.BadParameter(f"{text!r} is not cuda:N or cpu")
+    return text.strip()
 
 
 def _shapes(shape: list[str] | None, no_defaults: bool) -> list:
@@ -77,7 +86,11 @@ def run(
     ] = "vibe-system",
     simulate: Annotated[
         Path | None,
-        typer.Option(help="Simulate the GPUs of a fleet file (YAML/JSON; every node in it, or only --node)."),
+        typer.Option(
+            dir_okay=False,
+            metavar="FLEET.yaml",
+            help="Simulate the GPUs of a fleet file (YAML/JSON; every node in it, or only --node).",
+        ),
     ] = None,
     metrics_port: Annotated[
         int, typer.Option(help="Prometheus /metrics port (0: off; not 9400, dcgm-exporter's).")
@@ -122,9 +135,13 @@ def run(
             "podresources extra)."
         ),
     ] = "",
-    output: Annotated[
+    out_dir: Annotated[
         Path | None,
-        typer.Option(help="Write profiles and events under this directory instead of the cluster."),
+        typer.Option(
+            "--out-dir",
+            file_okay=False,
+            help="Write profiles and events under this directory instead of the cluster.",
+        ),
     ] = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -204,10 +221,10 @@ def run(
         log.info("node %s: %d GPU(s)", node_name, len(agents[0].infos))
 
     publisher: Any
-    if output is not None:
+    if out_dir is not None:
         from vibe.agent.publish import DirPublisher
 
-        publisher = DirPublisher(output)
+        publisher = DirPublisher(out_dir)
     else:
         from vibe.agent.publish import KubePublisher
         from vibe.kubeclient import CredentialsError, api_client
@@ -215,7 +232,7 @@ def run(
         try:
             api = api_client(str(kubeconfig) if kubeconfig is not None else None, context=context)
         except CredentialsError as e:
-            fail("NoCredentials", f"{e} (or --output DIR to write profiles to files)", command=COMMAND)
+            fail("NoCredentials", f"{e} (or --out-dir DIR to write profiles to files)", command=COMMAND)
         publisher = KubePublisher(api, qps=qps, burst=burst)
 
     server = None
@@ -268,7 +285,13 @@ def run(
 def bench(
     device: Annotated[
         list[str] | None,
-        typer.Option("--device", "-d", help="cuda:N or cpu (repeatable; default: every GPU, else the CPU)."),
+        typer.Option(
+            "--device",
+            "-d",
+            parser=parse_device,
+            metavar="cuda:N|cpu",
+            help="Device to benchmark (repeatable; default: every GPU, else the CPU).",
+        ),
     ] = None,
     shape: ShapeOpt = None,
     no_default_shapes: NoDefaultsOpt = False,
@@ -283,9 +306,19 @@ def bench(
     canaries: Annotated[
         int, typer.Option(help="Then time this many canaries of the first shape (their cost).")
     ] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write the full results (JSON) to this file.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", dir_okay=False, metavar="OUT.json", help="Write the full results (JSON) here."
+        ),
+    ] = None,
     profile_out: Annotated[
-        Path | None, typer.Option(help="Write the GPUProfile this node would publish (JSON) to this file.")
+        Path | None,
+        typer.Option(
+            dir_okay=False,
+            metavar="PROFILE.json",
+            help="Write the GPUProfile this node would publish (JSON) here.",
+        ),
     ] = None,
     node: Annotated[str | None, typer.Option(help="Node name in the written GPUProfile.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
@@ -355,10 +388,10 @@ def bench(
         }
     elif telemetry.error:
         results["telemetry"] = {"error": telemetry.error}
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, default=str))
-        console.print(f"results: {out}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=1, default=str))
+        console.print(f"results: {output}")
     if profile_out is not None:
         _write_profile(profile_out, node, last, telemetry)
         console.print(f"profile: {profile_out}")

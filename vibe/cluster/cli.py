@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -30,18 +31,24 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 COMMAND = "vibe cluster"
 # --name only: -n means --namespace on every vibe command (docs/cli.md).
-NameOption = typer.Option(DEFAULT_CLUSTER, "--name", help="Cluster name (one state directory per name).")
+NameOpt = Annotated[str, typer.Option("--name", help="Cluster name (one state directory per name).")]
 
 
 @app.command()
 def up(
-    nodes: int = typer.Option(0, "--nodes", min=0, help="Fake GPU nodes to create (gpu-node-0 ...)."),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node", min=0, help="nvidia.com/gpu per fake node."),
-    name: str = NameOption,
-    build: bool = typer.Option(
-        True, "--build/--no-build", help="Build missing binaries (hack/build-cluster.sh)."
-    ),
-    timeout: float = typer.Option(120.0, help="Seconds to wait for the control plane to become ready."),
+    nodes: Annotated[
+        int, typer.Option("--nodes", min=0, help="Fake GPU nodes to create (gpu-node-0 ...).")
+    ] = 0,
+    gpus_per_node: Annotated[
+        int, typer.Option("--gpus-per-node", min=0, help="nvidia.com/gpu per fake node.")
+    ] = 8,
+    name: NameOpt = DEFAULT_CLUSTER,
+    build: Annotated[
+        bool, typer.Option("--build/--no-build", help="Build missing binaries (hack/build-cluster.sh).")
+    ] = True,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the control plane to become ready.")
+    ] = 120.0,
 ) -> None:
     """Start the local control plane (building its binaries if needed); print the shell exports."""
     from vibe.cluster.binaries import BinariesMissing
@@ -85,7 +92,7 @@ def _export_lines(export_kubeconfig: str) -> str:
 
 
 @app.command()
-def down(name: str = NameOption) -> None:
+def down(name: NameOpt = DEFAULT_CLUSTER) -> None:
     """Stop every process of the cluster and remove its state (certificates, database, logs)."""
     from vibe.cluster.controlplane import Cluster
 
@@ -97,7 +104,7 @@ def down(name: str = NameOption) -> None:
 
 
 @app.command()
-def status(name: str = NameOption) -> None:
+def status(name: NameOpt = DEFAULT_CLUSTER) -> None:
     """Show the cluster's processes; print the exports and exit 0 only when it is ready."""
     from vibe.cluster.controlplane import Cluster
 

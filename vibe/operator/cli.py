@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from vibe.clikit import LogFormat, LogFormatOpt, fail
+from vibe.clikit import ContextOpt, KubeconfigOpt, LogFormat, LogFormatOpt, fail
 
 COMMAND = "vibe operator"
 
@@ -26,7 +26,10 @@ def run(
     namespace: Annotated[
         list[str] | None,
         typer.Option(
-            "--namespace", "-n", help="Watch MoEDeployments in this namespace (repeatable; default: all)."
+            "--namespace",
+            "-n",
+            metavar="NAMESPACE",
+            help="Watch MoEDeployments in this namespace (repeatable; default: all).",
         ),
     ] = None,
     profile_namespace: Annotated[
@@ -63,6 +66,8 @@ def run(
     debug: Annotated[bool, typer.Option("--debug", help="Debug logging (Kopf's too).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
     log_format: LogFormatOpt = LogFormat.text,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
     """Run the vibe operator: place MoE experts for every MoEDeployment, re-place on drift."""
     import asyncio
@@ -78,18 +83,21 @@ def run(
     namespaces = sorted(set(namespace or ()))
     if namespaces and profile_namespace not in namespaces:
         namespaces.append(profile_namespace)  # Kopf applies --namespace to every namespaced resource
-    settings_mod.CURRENT = settings_mod.OperatorSettings(
+    cfg = settings_mod.CURRENT = settings_mod.OperatorSettings(
         profile_namespace=profile_namespace,
         profile_ttl_s=profile_ttl,
         metrics_port=metrics_port,
         solve_budget_s=solve_budget,
         resync_s=resync,
         **({"compute_processes": compute_processes} if compute_processes is not None else {}),
+        kubeconfig=str(kubeconfig) if kubeconfig is not None else None,
+        context=context,
     )
-    from vibe.kubeclient import CredentialsError, api_client
+    from vibe.kubeclient import CredentialsError
+    from vibe.operator.kube import new_api_client
 
-    try:  # Kopf logs in by itself, with a traceback per retry: say it once, plainly, and stop
-        api_client().close()
+    try:  # no credentials: say it once, plainly, and stop (Kopf's login would retry with tracebacks)
+        api = new_api_client(cfg.kubeconfig, cfg.context)
     except CredentialsError as e:
         fail("NoCredentials", str(e), command=COMMAND)
     import vibe.operator.handlers  # noqa: F401  (registers the handlers)
@@ -103,9 +111,10 @@ def run(
     if not (verbose or debug):  # one "Handler ... succeeded" line per watch event is noise at scale
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if peering and not standalone:
-        asyncio.run(Kube().ensure_peering(peering, namespaces))
+        asyncio.run(Kube(api).ensure_peering(peering, namespaces))
         if priority is None:
             priority = random.randint(1, 2**30)
+    api.close()
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,

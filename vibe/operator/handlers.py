@@ -22,6 +22,9 @@ vibe.operator.handlers``.
   matches. A MoEDeployment's own event wakes it when its generation or its
   ``vibe.dev/reconcile-trigger`` annotation changed (status patches by the worker itself do not).
 
+Kopf logs in through ``login`` (``@kopf.on.login``): the credentials of ``vibe operator --kubeconfig
+--context``, the same as the reconciler's client.
+
 Kopf persistence goes under ``vibe.dev/`` annotations (no ``status.kopf``); handler log lines are not
 posted as Events (only the Events the reconciler chooses).
 """
@@ -51,7 +54,8 @@ from vibe.operator.gpus import (
     pod_snapshot,
     profile_snapshot,
 )
-from vibe.operator.kube import Kube
+from vibe.operator.kube import Kube, new_api_client
+from vibe.operator.login import connection_info
 from vibe.operator.reconciling import Shared, World, reconcile
 from vibe.operator.settings import OperatorSettings
 from vibe.operator.spec import fingerprint, plain
@@ -119,12 +123,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 60
     memo.vibe = State(
         settings=cfg,
-        kube=Kube(),
+        kube=Kube(new_api_client(cfg.kubeconfig, cfg.context)),
         computer=Computer(cfg.compute_processes),
         post_event=_post_event,
     )
     metrics.serve(cfg.metrics_port)
     await memo.vibe.computer.warm()
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """Kopf's credentials: ``vibe operator --kubeconfig --context``, the reconciler's too (``login``)."""
+    cfg = settings_mod.CURRENT or OperatorSettings.from_env()
+    return connection_info(cfg, trust_env=settings.networking.trust_env)
 
 
 @kopf.on.cleanup()

@@ -178,9 +178,10 @@ class Kube:
                 raise
 
 
-def new_api_client() -> client.ApiClient:
-    """An API client from the in-cluster service account, else the kubeconfig (``$KUBECONFIG``)."""
-    return api_client(pool_maxsize=64)  # one connection per concurrent reconcile thread
+def new_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """An API client of the given kubeconfig and context, else the in-cluster service account, else
+    ``$KUBECONFIG`` (``vibe.kubeclient``)."""
+    return api_client(kubeconfig, context=context, pool_maxsize=64)  # one connection per reconcile thread
 
 
 def _json(rsp: Any) -> dict[str, Any]:

@@ -31,6 +31,10 @@ class OperatorSettings:
     backoff_max_s: float = 300.0
     #: Worker processes for placement work (0: threads in the operator's process).
     compute_processes: int = field(default_factory=lambda: default_compute_processes())
+    #: Credentials of Kopf's watches and of the reconciler's client (``vibe.kubeclient``): a kubeconfig
+    #: file and a context in it; ``None``: in-cluster service account, then ``$KUBECONFIG``.
+    kubeconfig: str | None = None
+    context: str | None = None
 
     @classmethod
     def from_env(cls) -> OperatorSettings:

@@ -33,6 +33,7 @@ def plan(
         typer.Option(
             "--loads",
             "-l",
+            dir_okay=False,
             metavar="LOADS.json",
             help="Expert loads: {'loads': [[...]]} as [layers][experts] tokens per expert per forward step, "
             "or SGLang's recorder output {'logical_count': ...} ([layers][experts], or "
@@ -44,6 +45,7 @@ def plan(
         typer.Option(
             "--fleet",
             "-f",
+            dir_okay=False,
             metavar="FLEET.json",
             help="The expert-parallel GPUs in rank order: {'gpus': [{'id', 'node', 'tokens': [...], "
             "'seconds': [...]}]} (seconds for ONE expert over n tokens), or per GPU a 'roofline' "
@@ -81,6 +83,7 @@ def plan(
         typer.Option(
             "--output",
             "-o",
+            dir_okay=False,
             metavar="OUT.json",
             help="Write the placement file here; without it the file goes to stdout and the table to stderr.",
         ),
@@ -90,6 +93,7 @@ def plan(
         typer.Option(
             "--current",
             "-c",
+            dir_okay=False,
             metavar="PLACEMENT.json",
             help="The placement in service (any of the three formats): re-place incrementally, moving few "
             "experts, and report the moves.",

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 
@@ -50,7 +50,7 @@ def _fail(e: ServingError) -> NoReturn:
 def _settings(
     ep_size: int,
     redundant_experts: int,
-    model_config: str | None,
+    model_config: str | Path | None,
     num_experts: int | None,
     num_layers: int | None,
     first_moe_layer: int | None,
@@ -79,79 +79,126 @@ def _optional_int(value: str | None, name: str) -> int | None:
 
 
 # Options shared by init and watch (the engine as launched).
-EP_SIZE = typer.Option(
-    ..., "--ep-size", help="Expert-parallel size (SGLang: --ep-size; = --tp-size with DeepEP)."
-)
-REDUNDANT = typer.Option(0, "--redundant-experts", help="SGLang's --ep-num-redundant-experts.")
-MODEL_CONFIG = typer.Option(
-    None, "--model-config", help="The model's config.json: layers, experts, first_k_dense_replace."
-)
-NUM_EXPERTS = typer.Option(None, "--num-experts", help="Routed experts (overrides --model-config).")
-NUM_LAYERS = typer.Option(
-    None, "--num-layers", help="Layers the engine counts, dense included (SGLang: num_hidden_layers)."
-)
-FIRST_MOE = typer.Option(None, "--first-moe-layer", help="Dense layers before the first MoE layer.")
-ARCHITECTURE = typer.Option(
-    None,
-    "--architecture",
-    help="The model's architecture (config.json architectures[0]; default: from --model-config). SGLang"
-    " applies a placement only to architectures with an expert-location hook: others are refused.",
-)
-MOUNT = typer.Option(
-    "/etc/vibe/placement", "--placement-dir", help="Mount path of the <name>-placement ConfigMap."
-)
-STATE_DIR = typer.Option(
-    "/var/run/vibe", "--state-dir", help="emptyDir shared by init and sidecar (applied state)."
-)
-VERBOSE = typer.Option(False, "--verbose", "-v")
-FOLLOW_GPUS = typer.Option(
-    False,
-    "--follow-gpus/--no-follow-gpus",
-    help="Move each GPU's slots to the engine rank running on it (LeaderWorkerSet/StatefulSet; RBAC).",
-)
-GPUS_PER_POD = typer.Option(
-    8, "--gpus-per-pod", help="GPUs each pod drives (all of its node's, in index order)."
-)
-GROUP_SIZE = typer.Option(
-    None, "--group-size", help="Pods per engine group (default: from the LWS/StatefulSet)."
-)
+EpSizeOpt = Annotated[
+    int, typer.Option("--ep-size", help="Expert-parallel size (SGLang: --ep-size; = --tp-size with DeepEP).")
+]
+RedundantOpt = Annotated[
+    int, typer.Option("--redundant-experts", help="SGLang's --ep-num-redundant-experts.")
+]
+ModelConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-config",
+        dir_okay=False,
+        metavar="CONFIG.json",
+        help="The model's config.json: layers, experts, first_k_dense_replace.",
+    ),
+]
+NumExpertsOpt = Annotated[
+    int | None, typer.Option("--num-experts", help="Routed experts (overrides --model-config).")
+]
+NumLayersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-layers", help="Layers the engine counts, dense included (SGLang: num_hidden_layers)."
+    ),
+]
+FirstMoeOpt = Annotated[
+    int | None, typer.Option("--first-moe-layer", help="Dense layers before the first MoE layer.")
+]
+ArchitectureOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--architecture",
+        help="The model's architecture (config.json architectures[0]; default: from --model-config). SGLang"
+        " applies a placement only to architectures with an expert-location hook: others are refused.",
+    ),
+]
+PlacementDirOpt = Annotated[
+    Path,
+    typer.Option("--placement-dir", file_okay=False, help="Mount path of the <name>-placement ConfigMap."),
+]
+StateDirOpt = Annotated[
+    Path,
+    typer.Option("--state-dir", file_okay=False, help="emptyDir shared by init and sidecar (applied state)."),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+FollowGpusOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow-gpus/--no-follow-gpus",
+        help="Move each GPU's slots to the engine rank running on it (LeaderWorkerSet/StatefulSet; RBAC).",
+    ),
+]
+GpusPerPodOpt = Annotated[
+    int, typer.Option("--gpus-per-pod", help="GPUs each pod drives (all of its node's, in index order).")
+]
+GroupSizeOpt = Annotated[
+    int | None,
+    typer.Option("--group-size", help="Pods per engine group (default: from the LWS/StatefulSet)."),
+]
+NamespaceOpt = Annotated[str | None, NAMESPACE]
+MOUNT = Path("/etc/vibe/placement")
+STATE_DIR = Path("/var/run/vibe")
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 @app.command("init")
 def init_cmd(
-    ep_size: int = EP_SIZE,
-    redundant_experts: int = REDUNDANT,
-    placement_dir: str = MOUNT,
-    sglang_out: str | None = typer.Option(
-        None, "--sglang-out", help="Write SGLang's --init-expert-location JSON here."
-    ),
-    eplb_out: str | None = typer.Option(
-        None, "--eplb-out", help="Write EPLB tensors here (.json, or .pt with torch)."
-    ),
-    state_dir: str = STATE_DIR,
-    model_config: str | None = MODEL_CONFIG,
-    num_experts: int | None = NUM_EXPERTS,
-    num_layers: int | None = NUM_LAYERS,
-    first_moe_layer: int | None = FIRST_MOE,
-    architecture: str | None = ARCHITECTURE,
-    expect_generation: str | None = typer.Option(
-        None,
-        "--expect-generation",
-        envvar="VIBE_EXPECT_GENERATION",
-        help="Generation this pod was rolled out for (Downward API: the template annotation); empty = any.",
-    ),
-    wait_seconds: float = typer.Option(
-        180.0, "--wait-seconds", help="How long to wait for the volume to catch up."
-    ),
-    roll_forward: bool = typer.Option(
-        False,
-        "--roll-forward/--no-roll-forward",
-        help="If the volume is already newer than --expect-generation, bump the workload (needs RBAC).",
-    ),
-    follow_gpus: bool = FOLLOW_GPUS,
-    gpus_per_pod: int = GPUS_PER_POD,
-    group_size: int | None = GROUP_SIZE,
-    verbose: bool = VERBOSE,
+    ep_size: EpSizeOpt,
+    redundant_experts: RedundantOpt = 0,
+    placement_dir: PlacementDirOpt = MOUNT,
+    sglang_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--sglang-out",
+            dir_okay=False,
+            metavar="FILE.json",
+            help="Write SGLang's --init-expert-location JSON here.",
+        ),
+    ] = None,
+    eplb_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--eplb-out",
+            dir_okay=False,
+            metavar="FILE.json|FILE.pt",
+            help="Write EPLB tensors here (.json, or .pt with torch).",
+        ),
+    ] = None,
+    state_dir: StateDirOpt = STATE_DIR,
+    model_config: ModelConfigOpt = None,
+    num_experts: NumExpertsOpt = None,
+    num_layers: NumLayersOpt = None,
+    first_moe_layer: FirstMoeOpt = None,
+    architecture: ArchitectureOpt = None,
+    expect_generation: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-generation",
+            envvar="VIBE_EXPECT_GENERATION",
+            metavar="GENERATION",
+            help="Generation this pod was rolled out for (Downward API: the template annotation); "
+            "empty = any.",
+        ),
+    ] = None,
+    wait_seconds: Annotated[
+        float, typer.Option("--wait-seconds", help="How long to wait for the volume to catch up.")
+    ] = 180.0,
+    roll_forward: Annotated[
+        bool,
+        typer.Option(
+            "--roll-forward/--no-roll-forward",
+            help="If the volume is already newer than --expect-generation, bump the workload (needs RBAC).",
+        ),
+    ] = False,
+    follow_gpus: FollowGpusOpt = False,
+    gpus_per_pod: GpusPerPodOpt = 8,
+    group_size: GroupSizeOpt = None,
+    verbose: VerboseOpt = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
@@ -166,11 +213,11 @@ def init_cmd(
         expected = _optional_int(expect_generation, "--expect-generation")
         on_newer = _roll_forward_hook(kubeconfig, context) if roll_forward else None
         applied = emit.run_init(
-            placement_dir,
+            str(placement_dir),
             settings,
-            sglang_out=sglang_out,
-            eplb_out=eplb_out,
-            state_dir=state_dir,
+            sglang_out=_str(sglang_out),
+            eplb_out=_str(eplb_out),
+            state_dir=str(state_dir),
             expect_generation=expected,
             wait_seconds=wait_seconds,
             on_newer=on_newer,
@@ -227,41 +274,58 @@ def _roll_forward_hook(kubeconfig: Path | None = None, context: str | None = Non
 
 @app.command("watch")
 def watch_cmd(
-    ep_size: int = EP_SIZE,
-    redundant_experts: int = REDUNDANT,
-    source: str = typer.Option(
-        "file", "--source", help="file (the mounted volume) or api (the ConfigMap object)."
-    ),
-    placement_dir: str = MOUNT,
-    configmap: str | None = typer.Option(None, "--configmap", help="<name>-placement (for --source api)."),
-    namespace: Annotated[str | None, NAMESPACE] = None,
-    state_dir: str = STATE_DIR,
-    documents: str = typer.Option(
-        "sglang", "--documents", help="Engine documents to check: sglang, eplb, both."
-    ),
-    policy: str = typer.Option(
-        "report", "--policy", help="restart | http | report (spec.serving.onUpdate wins)."
-    ),
-    moedeployment: str | None = typer.Option(
-        None, "--moedeployment", help="Read the policy from this MoEDeployment's spec.serving each time."
-    ),
-    target: str | None = typer.Option(
-        None, "--target", help="Workload to restart, Kind/name (default: this pod's owner, via POD_NAME)."
-    ),
-    url: str | None = typer.Option(None, "--url", help="Endpoint for the http policy."),
-    http_document: str = typer.Option("sglang", "--http-document", help="Document the http policy POSTs."),
-    token_file: str | None = typer.Option(None, "--token-file", help="Bearer token for the http policy."),
-    interval: float = typer.Option(10.0, "--interval", help="Seconds between looks."),
-    once: bool = typer.Option(False, "--once", help="One look, then exit (tests, debugging)."),
-    model_config: str | None = MODEL_CONFIG,
-    num_experts: int | None = NUM_EXPERTS,
-    num_layers: int | None = NUM_LAYERS,
-    first_moe_layer: int | None = FIRST_MOE,
-    architecture: str | None = ARCHITECTURE,
-    follow_gpus: bool = FOLLOW_GPUS,
-    gpus_per_pod: int = GPUS_PER_POD,
-    group_size: int | None = GROUP_SIZE,
-    verbose: bool = VERBOSE,
+    ep_size: EpSizeOpt,
+    redundant_experts: RedundantOpt = 0,
+    source: Annotated[
+        Literal["file", "api"],
+        typer.Option("--source", help="file (the mounted volume) or api (the ConfigMap object)."),
+    ] = "file",
+    placement_dir: PlacementDirOpt = MOUNT,
+    configmap: Annotated[
+        str | None, typer.Option("--configmap", help="<name>-placement (for --source api).")
+    ] = None,
+    namespace: NamespaceOpt = None,
+    state_dir: StateDirOpt = STATE_DIR,
+    documents: Annotated[
+        Literal["sglang", "eplb", "both"],
+        typer.Option("--documents", help="Engine documents to check."),
+    ] = "sglang",
+    policy: Annotated[
+        Literal["restart", "http", "report"],
+        typer.Option("--policy", help="What to do with a newer placement (spec.serving.onUpdate wins)."),
+    ] = "report",
+    moedeployment: Annotated[
+        str | None,
+        typer.Option(
+            "--moedeployment", help="Read the policy from this MoEDeployment's spec.serving each time."
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            metavar="KIND/NAME",
+            help="Workload to restart (default: this pod's owner, via POD_NAME).",
+        ),
+    ] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Endpoint for the http policy.")] = None,
+    http_document: Annotated[
+        Literal["sglang", "eplb"], typer.Option("--http-document", help="Document the http policy POSTs.")
+    ] = "sglang",
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", dir_okay=False, help="Bearer token for the http policy.")
+    ] = None,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between looks.")] = 10.0,
+    once: Annotated[bool, typer.Option("--once", help="One look, then exit (tests, debugging).")] = False,
+    model_config: ModelConfigOpt = None,
+    num_experts: NumExpertsOpt = None,
+    num_layers: NumLayersOpt = None,
+    first_moe_layer: FirstMoeOpt = None,
+    architecture: ArchitectureOpt = None,
+    follow_gpus: FollowGpusOpt = False,
+    gpus_per_pod: GpusPerPodOpt = 8,
+    group_size: GroupSizeOpt = None,
+    verbose: VerboseOpt = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
@@ -273,11 +337,7 @@ def watch_cmd(
         settings = _settings(
             ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer, architecture
         )
-        docs = ("sglang", "eplb") if documents == "both" else tuple(d.strip() for d in documents.split(","))
-        if not set(docs) <= {"sglang", "eplb"}:
-            raise ServingError(
-                "InvalidArgument", f"--documents takes sglang, eplb or both, got {documents!r}"
-            )
+        docs = ("sglang", "eplb") if documents == "both" else (documents,)
         api = None
         needs_api = source == "api" or policy == "restart" or moedeployment is not None
         try:
@@ -292,17 +352,15 @@ def watch_cmd(
             if not configmap or not namespace:
                 raise ServingError("InvalidArgument", "--source api needs --configmap and --namespace")
             observe = sidecar.observe_api(api, namespace, configmap)
-        elif source == "file":
-            observe = sidecar.observe_volume(placement_dir)
         else:
-            raise ServingError("InvalidArgument", f"--source takes file or api, got {source!r}")
+            observe = sidecar.observe_volume(str(placement_dir))
         report = _reporter(api, namespace, configmap)
-        token = Path(token_file).read_text(encoding="utf-8").strip() if token_file else None
+        token = token_file.read_text(encoding="utf-8").strip() if token_file else None
         pick = _policy_picker(
             api, namespace, moedeployment, policy, url, target, http_document, token, report
         )
         gpus = _engine_gpus(api, gpus_per_pod, group_size, kubeconfig, context) if follow_gpus else None
-        watcher = sidecar.Watcher(observe, settings, docs, pick, report, state_dir, gpus)
+        watcher = sidecar.Watcher(observe, settings, docs, pick, report, str(state_dir), gpus)
     except ServingError as e:
         _fail(e)
     if once:
@@ -394,42 +452,65 @@ def _moedeployment_serving(api: Any, namespace: str, name: str) -> dict:
 
 @app.command("export-loads")
 def export_loads_cmd(
-    configmap: str | None = typer.Option(
-        None, "--configmap", help="Load ConfigMap to write (server-side apply)."
-    ),
-    key: str = typer.Option(
-        "loads.json", "--key", help="Key in the ConfigMap (spec.workload.configMapRef.key)."
-    ),
-    namespace: Annotated[str | None, NAMESPACE] = None,
-    dump: str | None = typer.Option(None, "--dump", help="An SGLang dump (.pt, needs torch) or JSON export."),
-    engine_url: str | None = typer.Option(
-        None, "--engine-url", help="Poll the engine's recorder instead (e.g. http://127.0.0.1:30000)."
-    ),
-    recorder_dir: str | None = typer.Option(
-        None, "--recorder-dir", help="The engine's SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR (shared emptyDir)."
-    ),
-    interval: float = typer.Option(
-        600.0, "--interval", help="Seconds between dumps when polling the engine."
-    ),
-    once: bool = typer.Option(False, "--once", help="With --engine-url: one window, then exit."),
-    min_passes: int = typer.Option(
-        100, "--min-passes", help="Skip windows with fewer forward passes (idle engine)."
-    ),
-    steps: int | None = typer.Option(None, "--steps", help="Forward passes to divide by (default: counted)."),
-    model_config: str | None = MODEL_CONFIG,
-    first_moe_layer: int | None = FIRST_MOE,
-    moe_layers: int | None = typer.Option(None, "--moe-layers", help="Keep this many trailing layers."),
-    out: str | None = typer.Option(None, "--out", help="Also write the loads JSON to this file."),
-    keep_dumps: bool = typer.Option(
-        False, "--keep-dumps", help="Keep processed .pt files (default: delete)."
-    ),
+    configmap: Annotated[
+        str | None, typer.Option("--configmap", help="Load ConfigMap to write (server-side apply).")
+    ] = None,
+    key: Annotated[
+        str, typer.Option("--key", help="Key in the ConfigMap (spec.workload.configMapRef.key).")
+    ] = "loads.json",
+    namespace: NamespaceOpt = None,
+    dump: Annotated[
+        Path | None,
+        typer.Option(
+            "--dump", dir_okay=False, metavar="DUMP.pt|DUMP.json", help="An SGLang dump (.pt) or JSON export."
+        ),
+    ] = None,
+    engine_url: Annotated[
+        str | None,
+        typer.Option(
+            "--engine-url", help="Poll the engine's recorder instead (e.g. http://127.0.0.1:30000)."
+        ),
+    ] = None,
+    recorder_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--recorder-dir",
+            file_okay=False,
+            help="The engine's SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR (shared emptyDir).",
+        ),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between dumps when polling the engine.")
+    ] = 600.0,
+    once: Annotated[bool, typer.Option("--once", help="With --engine-url: one window, then exit.")] = False,
+    min_passes: Annotated[
+        int, typer.Option("--min-passes", help="Skip windows with fewer forward passes (idle engine).")
+    ] = 100,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Forward passes to divide by (default: counted).")
+    ] = None,
+    model_config: ModelConfigOpt = None,
+    first_moe_layer: FirstMoeOpt = None,
+    moe_layers: Annotated[
+        int | None, typer.Option("--moe-layers", help="Keep this many trailing layers.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", dir_okay=False, metavar="LOADS.json", help="Also write the loads JSON here."
+        ),
+    ] = None,
+    keep_dumps: Annotated[
+        bool, typer.Option("--keep-dumps", help="Keep processed .pt files (default: delete).")
+    ] = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
-    verbose: bool = VERBOSE,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Job/sidecar: turn SGLang's expert-distribution dump into the MoEDeployment's load ConfigMap."""
     _setup_logging(verbose)
-    from vibe.serving import engine_fit, kube, loads
+    from vibe.serving import engine_fit, kube
+    from vibe.serving.export import Exporter
 
     try:
         if (dump is None) == (engine_url is None):
@@ -438,65 +519,29 @@ def export_loads_cmd(
             raise ServingError(
                 "InvalidArgument", "--engine-url needs --recorder-dir (where rank 0 writes dumps)"
             )
-        if not configmap and not out:
-            raise ServingError("InvalidArgument", "give --configmap and/or --out")
+        if not configmap and not output:
+            raise ServingError("InvalidArgument", "give --configmap and/or --output")
         if model_config and first_moe_layer is None and moe_layers is None:
             first_moe_layer = engine_fit.model_layout(model_config)["first_moe_layer"]
-        api = kube.client(kubeconfig, context) if configmap else None
-        if configmap and not namespace:
-            raise ServingError("InvalidArgument", "--namespace (or POD_NAMESPACE) is needed with --configmap")
-
-        def publish(path: Path) -> bool:
-            result = loads.to_loads(loads.read_dump(path), steps, first_moe_layer, moe_layers)
-            if dump is None and result.passes is not None and result.passes < min_passes:
-                log.info("window had %d forward passes (< %d); not publishing", result.passes, min_passes)
-                return False
-            doc = loads.loads_document(result)
-            if out:
-                Path(out).write_text(doc + "\n", encoding="utf-8")
-            if configmap and namespace:
-                annotations = {loads.ANNOTATION_SOURCE: "sglang-expert-distribution-recorder"}
-                if result.passes is not None:
-                    annotations[loads.ANNOTATION_PASSES] = str(result.passes)
-                kube.apply_configmap(api, namespace, configmap, {key: doc}, loads.FIELD_MANAGER, annotations)
-            log.info(
-                "loads %dx%d (dropped %d dense layers, %s passes) -> %s",
-                *result.loads.shape,
-                result.dropped_layers,
-                result.passes,
-                f"{namespace}/{configmap}:{key}" if configmap else out,
-            )
-            return True
-
+        exporter = Exporter(
+            output=output,
+            configmap=configmap,
+            namespace=namespace,
+            key=key,
+            api=kube.client(kubeconfig, context) if configmap else None,
+            steps=steps,
+            first_moe_layer=first_moe_layer,
+            moe_layers=moe_layers,
+            min_passes=min_passes,
+        )
         if dump is not None:
-            publish(Path(dump))
+            exporter.publish(dump)
             return
         assert engine_url is not None and recorder_dir is not None
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        recording = False
-        while True:
-            try:
-                if not recording:  # first time, or the engine restarted and forgot
-                    loads.start_recording(engine_url)
-                    recording = True
-                if stop.wait(interval):
-                    return
-                path = loads.dump_recording(engine_url, recorder_dir)
-                try:
-                    publish(path)
-                finally:
-                    if not keep_dumps:
-                        path.unlink(missing_ok=True)
-            except ServingError as e:
-                if once:
-                    raise
-                recording = False
-                log.warning("%s: %s (retrying in %.0fs)", e.reason, e.message, min(interval, 30.0))
-                if stop.wait(min(interval, 30.0)):
-                    return
-                continue
-            if once:
-                return
+        exporter.follow(
+            engine_url, recorder_dir, interval=interval, stop=stop, once=once, keep_dumps=keep_dumps
+        )
     except ServingError as e:
         _fail(e)

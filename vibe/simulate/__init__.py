@@ -10,7 +10,7 @@ the ``vibe simulate`` command. Modules, each importing only those above it:
                  dispatch/combine time through the placement library's one evaluator, per-step routing noise
 * ``engine``     an SGLang-like scheduler: continuous batching, chunked prefill, running cap, KV capacity
 * ``simulator``  policies x groups (colocated or PD-disaggregated), drift and re-placement
-* ``report``     metrics, goodput, the ``--json`` document
+* ``report``     metrics, goodput, the ``--output`` document
 * ``plot``, ``cli``  ``--plot`` and ``vibe simulate``
 
 Why a simulator of its own: no public serving simulator models expert parallelism (Vidur has no MoE/EP),

@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -25,78 +25,133 @@ COMMAND = "vibe simulate"
 
 
 def simulate(
-    loads: str = typer.Option(
-        ...,
-        "--loads",
-        "-l",
-        metavar="LOADS.json",
-        help="Expert loads, as for vibe plan: each layer's "
-        "routing distribution (any scale; the simulated batches set the token counts). With "
-        "--mode disaggregated: the decode group's loads.",
-    ),
-    fleet: str = typer.Option(
-        ...,
-        "--fleet",
-        "-f",
-        metavar="FLEET.json",
-        help="The expert-parallel GPUs and their curves, as for "
-        "vibe plan (with --mode disaggregated: the decode group).",
-    ),
-    slots_per_gpu: int = typer.Option(..., "--slots-per-gpu", "-s", help="Expert slots per GPU per layer."),
-    model: str = typer.Option(
-        "deepseek-v3",
-        "--model",
-        "-m",
-        help="Non-expert shape: deepseek-v3, qwen3-235b, mixtral-8x7b, or a Hugging Face config.json path.",
-    ),
-    policies: str = typer.Option(
-        "round-robin,token-balanced,vibe",
-        help="Comma-separated policies (with --drift, vibe+replace is "
-        "added: vibe re-placed by the operator after the drift).",
-    ),
-    rates: str = typer.Option("0.5,1,2,4,8", help="Request rates to simulate, requests per second."),
-    requests: int = typer.Option(500, "--requests", help="Requests per run."),
-    seed: int = typer.Option(0, help="Seed of the requests and the routing noise (same seed, same JSON)."),
-    prompt_tokens: float = typer.Option(1000, help="Mean prompt tokens."),
-    output_tokens: float = typer.Option(200, help="Mean output tokens."),
-    length_spread: float = typer.Option(
-        0.5, help="Lengths uniform within mean x (1 +- spread); 0 = fixed lengths."
-    ),
-    burstiness: float = typer.Option(1.0, help="Gamma shape of the arrival gaps: 1 Poisson, < 1 bursty."),
-    slo_ttft_ms: float = typer.Option(2000, help="TTFT SLO, milliseconds."),
-    slo_tpot_ms: float = typer.Option(100, help="TPOT SLO, milliseconds."),
-    mode: str = typer.Option("colocated", help="colocated, or disaggregated (PD: separate groups)."),
-    prefill_loads: str | None = typer.Option(None, help="PD: the prefill group's loads file."),
-    prefill_fleet: str | None = typer.Option(None, help="PD: the prefill group's fleet file."),
-    prefill_slots_per_gpu: int | None = typer.Option(None, help="PD: the prefill group's slots per GPU."),
-    gpu: str = typer.Option(
-        "h200", help="GPU of the non-expert curves and memory: h200 (measured) or h100 (scaled from it)."
-    ),
-    gpu_memory_gib: float | None = typer.Option(None, help="GPU memory, GiB (default: the GPU's)."),
-    chunk_tokens: int = typer.Option(8192, help="Chunked-prefill tokens per GPU per step."),
-    max_running: int = typer.Option(256, help="Running requests per GPU, at most."),
-    mixed_chunk: bool = typer.Option(False, help="Decode tokens ride in prefill steps (SGLang mixed chunk)."),
-    plan_tokens: float | None = typer.Option(
-        None, help="Tokens per step the policies plan for (default: the group's full budget)."
-    ),
-    drift: list[str] = typer.Option(
-        [], help="'at=SECONDS,gpu=ID,factor=F': the GPU slows by F from then (repeatable)."
-    ),
-    replace_after_s: float = typer.Option(60.0, help="vibe+replace: seconds from drift to re-placement."),
-    replace_cost: str = typer.Option(
-        "moves", help="restart (the group is down --restart-s) or moves (weight copies pause it)."
-    ),
-    restart_s: float | None = typer.Option(None, help="Seconds a restart takes (default: constants)."),
-    timeline_bin_s: float = typer.Option(10.0, help="With --drift: P90 TTFT per window of this length."),
-    json_out: str | None = typer.Option(None, "--json", metavar="OUT.json", help="Write every result here."),
-    plot: str | None = typer.Option(None, "--plot", metavar="OUT.png", help="Draw the results (matplotlib)."),
+    loads: Annotated[
+        Path,
+        typer.Option(
+            "--loads",
+            "-l",
+            dir_okay=False,
+            metavar="LOADS.json",
+            help="Expert loads, as for vibe plan: each layer's routing distribution (any scale; the "
+            "simulated batches set the token counts). With --mode disaggregated: the decode group's loads.",
+        ),
+    ],
+    fleet: Annotated[
+        Path,
+        typer.Option(
+            "--fleet",
+            "-f",
+            dir_okay=False,
+            metavar="FLEET.json",
+            help="The expert-parallel GPUs and their curves, as for vibe plan (with --mode disaggregated: "
+            "the decode group).",
+        ),
+    ],
+    slots_per_gpu: Annotated[
+        int, typer.Option("--slots-per-gpu", "-s", help="Expert slots per GPU per layer.")
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="deepseek-v3|qwen3-235b|mixtral-8x7b|CONFIG.json",
+            help="Non-expert shape: a known model, or a Hugging Face config.json path.",
+        ),
+    ] = "deepseek-v3",
+    policies: Annotated[
+        str,
+        typer.Option(
+            metavar="POLICY,...",
+            help="Comma-separated policies: round-robin, token-balanced, vibe (with --drift, vibe+replace "
+            "is added: vibe re-placed by the operator after the drift).",
+        ),
+    ] = "round-robin,token-balanced,vibe",
+    rates: Annotated[
+        str, typer.Option(metavar="RATE,...", help="Request rates to simulate, requests per second.")
+    ] = "0.5,1,2,4,8",
+    requests: Annotated[int, typer.Option("--requests", help="Requests per run.")] = 500,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the requests and the routing noise (same seed, same JSON).")
+    ] = 0,
+    prompt_tokens: Annotated[float, typer.Option(help="Mean prompt tokens.")] = 1000,
+    output_tokens: Annotated[float, typer.Option(help="Mean output tokens.")] = 200,
+    length_spread: Annotated[
+        float, typer.Option(help="Lengths uniform within mean x (1 +- spread); 0 = fixed lengths.")
+    ] = 0.5,
+    burstiness: Annotated[
+        float, typer.Option(help="Gamma shape of the arrival gaps: 1 Poisson, < 1 bursty.")
+    ] = 1.0,
+    slo_ttft_ms: Annotated[float, typer.Option(help="TTFT SLO, milliseconds.")] = 2000,
+    slo_tpot_ms: Annotated[float, typer.Option(help="TPOT SLO, milliseconds.")] = 100,
+    mode: Annotated[
+        Literal["colocated", "disaggregated"],
+        typer.Option(help="One group, or prefill and decode in separate groups (PD)."),
+    ] = "colocated",
+    prefill_loads: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="PD: the prefill group's loads file.")
+    ] = None,
+    prefill_fleet: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="PD: the prefill group's fleet file.")
+    ] = None,
+    prefill_slots_per_gpu: Annotated[
+        int | None, typer.Option(help="PD: the prefill group's slots per GPU.")
+    ] = None,
+    gpu: Annotated[
+        Literal["h200", "h100"],
+        typer.Option(
+            help="GPU of the non-expert curves and memory: h200 (measured) or h100 (scaled from it)."
+        ),
+    ] = "h200",
+    gpu_memory_gib: Annotated[
+        float | None, typer.Option(help="GPU memory, GiB (default: the GPU's).")
+    ] = None,
+    chunk_tokens: Annotated[int, typer.Option(help="Chunked-prefill tokens per GPU per step.")] = 8192,
+    max_running: Annotated[int, typer.Option(help="Running requests per GPU, at most.")] = 256,
+    mixed_chunk: Annotated[
+        bool, typer.Option(help="Decode tokens ride in prefill steps (SGLang mixed chunk).")
+    ] = False,
+    plan_tokens: Annotated[
+        float | None,
+        typer.Option(help="Tokens per step the policies plan for (default: the group's full budget)."),
+    ] = None,
+    drift: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="at=SECONDS,gpu=ID,factor=F",
+            help="The GPU slows by factor F from then (repeatable).",
+        ),
+    ] = None,
+    replace_after_s: Annotated[
+        float, typer.Option(help="vibe+replace: seconds from drift to re-placement.")
+    ] = 60.0,
+    replace_cost: Annotated[
+        Literal["restart", "moves"],
+        typer.Option(help="restart (the group is down --restart-s) or moves (weight copies pause it)."),
+    ] = "moves",
+    restart_s: Annotated[
+        float | None, typer.Option(help="Seconds a restart takes (default: constants).")
+    ] = None,
+    timeline_bin_s: Annotated[
+        float, typer.Option(help="With --drift: P90 TTFT per window of this length.")
+    ] = 10.0,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", dir_okay=False, metavar="OUT.json", help="Write every result here (JSON)."
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", dir_okay=False, metavar="OUT.png", help="Draw the results (matplotlib)."),
+    ] = None,
 ) -> None:
     """Simulate serving with each placement policy: TTFT, TPOT, throughput, SLO attainment, goodput.
 
     A step costs, on the one cost model: per MoE layer the slowest GPU's expert time from its curve
     (routed tokens drawn per step from the layer's load profile), dispatch and combine, plus the
     non-expert time (attention over the batch's KV, dense layers) measured on an H200. Every modelling
-    constant, with its source, is in the --json output.
+    constant, with its source, is in the --output JSON.
     """
     from vibe.placement.errors import PlacementError
 
@@ -148,17 +203,11 @@ def _simulate(**o: Any) -> None:
     for p in names:
         if p not in (*POLICIES, REPLACE):
             raise ValueError(f"unknown policy {p!r} (one of {', '.join((*POLICIES, REPLACE))})")
-    drift = tuple(parse_drift(d) for d in o["drift"])
+    drift = tuple(parse_drift(d) for d in o["drift"] or ())
     if drift and REPLACE not in names:
         names.append(REPLACE)
     if REPLACE in names and not drift:
         raise ValueError(f"{REPLACE} needs --drift")
-    if o["replace_cost"] not in ("restart", "moves"):
-        raise ValueError("--replace-cost is restart or moves")
-    if o["mode"] not in ("colocated", "disaggregated"):
-        raise ValueError("--mode is colocated or disaggregated")
-    if o["gpu"] not in ("h200", "h100"):
-        raise ValueError("--gpu is h200 or h100")
     decode = GroupSpec(
         "colocated" if o["mode"] == "colocated" else "decode",
         read_loads(load_json(o["loads"], "loads")),
@@ -235,12 +284,12 @@ def _simulate(**o: Any) -> None:
         "replaceCost": o["replace_cost"] if drift else None,
     }
     print_tables(doc)
-    if o["json_out"]:
-        Path(o["json_out"]).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    if o["output"]:
+        Path(o["output"]).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     if o["plot"]:
         from vibe.simulate.plot import draw
 
-        draw(doc, o["plot"])
+        draw(doc, str(o["plot"]))
 
 
 class _Progress:

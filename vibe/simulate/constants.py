@@ -1,6 +1,6 @@
 """Every modelling constant of the simulator, with its value, unit and source.
 
-Role: one table that ``--json`` writes under ``constants`` and docs/serving.md prints, so that no number
+Role: one table that ``--output`` writes under ``constants`` and docs/serving.md prints, so that no number
 in a simulated result is hidden. Measured values point at the committed data file they come from;
 datasheet and public figures name their source; assumptions say so. None was tuned to hit a reported
 figure (benchmarks/results/serving.md, item 4).

@@ -1,7 +1,7 @@
 """``vibe simulate --plot``: attainment vs rate, the TTFT CDF per policy, and TTFT over time after drift.
 
 matplotlib is an optional extra (``pip install 'vibe-operator[plot]'``); without it the command says so
-in one line. Draws from the ``--json`` document only, so a saved result can be re-drawn.
+in one line. Draws from the ``--output`` document only, so a saved result can be re-drawn.
 """
 
 from __future__ import annotations

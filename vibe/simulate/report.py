@@ -24,7 +24,7 @@ GOODPUT_ATTAINMENT = 0.9
 
 
 def metrics(run: PolicyRun, slo_ttft_s: float, slo_tpot_s: float) -> dict[str, Any]:
-    """The per-run keys of ``--json`` (module doc)."""
+    """The per-run keys of ``--output`` (module doc)."""
     req = run.requests
     ttft = run.first - req.arrival
     many = req.output > 1
@@ -89,7 +89,7 @@ def sweep(
     timeline_bin_s: float | None = None,
     progress: Callable[[str, float, int, int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Every policy at every rate on the same seeded requests: the ``--json`` document (no wall times)."""
+    """Every policy at every rate on the same seeded requests: the ``--output`` document (no wall times)."""
     rows: list[dict[str, Any]] = []
     timelines: dict[str, dict[str, Any]] = {}
     for rate in rates:
