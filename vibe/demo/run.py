@@ -285,6 +285,10 @@ class Demo:
             "--create-namespace",
             "--set",
             f"operator.watchNamespaces={{{DEMO_NS}}}",
+            # One simulated agent process publishes all 8 nodes' GPUProfiles, which the chart's node
+            # restriction (each agent writes only its own node's profile) rightly refuses.
+            "--set",
+            "agent.nodeRestriction.enabled=false",
             "--wait",
             "--timeout",
             "3m",
@@ -293,7 +297,8 @@ class Demo:
         running = len([p for p in pods if p.status.phase == "Running"])
         self.say(f"release {RELEASE!r} installed in {SYSTEM_NS}: {running}/{len(pods)} pods Running")
         self.say("(those pods are kwok's stand-ins: the real operator and agent run next as local processes,")
-        self.say(" each authenticated as the chart's ServiceAccount, so exactly the chart's RBAC applies)")
+        self.say(" each authenticated as the chart's ServiceAccount, so exactly the chart's RBAC applies;")
+        self.say(" the agents' node restriction is off: one simulated agent publishes every node)")
 
     def kubeconfig_for(self, sa_suffix: str) -> Path:
         from vibe.cluster.identity import service_account_kubeconfig
