@@ -10,10 +10,8 @@ with torch but no Kubernetes client.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-import signal
 import socket
 import sys
 import time
@@ -159,14 +157,13 @@ def run(
 ) -> None:
     """Run the agent: benchmark GPUs when free, watch telemetry, publish GPUProfiles, export metrics."""
     _logging(verbose, log_format)
-    log = logging.getLogger("vibe.agent")
-    from vibe import __version__
+    from vibe.agent import wiring
     from vibe.agent.drift import DriftConfig
-    from vibe.agent.node import AgentConfig, NodeAgent
-    from vibe.agent.runner import Runner, RunnerConfig
+    from vibe.agent.node import AgentConfig
+    from vibe.agent.runner import RunnerConfig
+    from vibe.kubeclient import CredentialsError
 
     shapes = _shapes(shape, no_default_shapes)
-    node_name = node or os.environ.get("NODE_NAME") or socket.gethostname()
     cfg = AgentConfig(
         namespace=namespace,
         heartbeat_seconds=heartbeat_seconds,
@@ -177,83 +174,20 @@ def run(
         max_profile_age_s=max_profile_age_hours * 3600,
         force_bench=force_bench,
     )
-    agents: list[NodeAgent] = []
     if simulate is not None:
-        from vibe.agent.simulate import SimProfiler, SimTelemetry, SimulationError, load_fleet
+        from vibe.agent.simulate import SimulationError
 
         try:
-            fleet = load_fleet(simulate, seed=seed)
+            agents = wiring.simulated(simulate, cfg, node=node, seed=seed)
         except (OSError, SimulationError) as e:
             raise typer.BadParameter(str(e), param_hint="--simulate") from None
-        t0: list[float] = []
-
-        def clock() -> float:
-            """Seconds since the first step: the drift schedule's "at" counts from when the agent runs."""
-            if not t0:
-                t0.append(time.monotonic())
-            return time.monotonic() - t0[0]
-
-        names = fleet.node_names()
-        if node:  # one node of the fleet (a DaemonSet pod), or the first node's GPUs under this name
-            gpus = fleet.nodes.get(node) or fleet.nodes[names[0]]
-            selected = {node: gpus}
-        else:
-            selected = fleet.nodes
-        for name, gpus in selected.items():
-            agents.append(
-                NodeAgent(name, SimTelemetry(gpus, clock), SimProfiler(gpus, clock), cfg, version=__version__)
-            )
-        log.info("simulating %d node(s), %d GPU(s)", len(agents), sum(len(a.infos) for a in agents))
     else:
-        from vibe.agent.bench import BenchConfig
-        from vibe.agent.cuda import driver_problem, torch_cuda
-        from vibe.agent.profiler import TorchProfiler
-        from vibe.agent.telemetry import NvmlTelemetry
-
-        telemetry = NvmlTelemetry.open()
-        if not telemetry.available:
-            log.error("no GPU telemetry (%s); use --simulate FILE on a node without GPUs", telemetry.error)
-        too_old = driver_problem(telemetry.driver(), *torch_cuda())
-        if too_old:
-            log.error("%s", too_old)
-        profiler = TorchProfiler(telemetry, BenchConfig(), disabled=too_old or "")
-        agents.append(NodeAgent(node_name, telemetry, profiler, cfg, version=__version__))
-        log.info("node %s: %d GPU(s)", node_name, len(agents[0].infos))
-
-    publisher: Any
-    if out_dir is not None:
-        from vibe.agent.publish import DirPublisher
-
-        publisher = DirPublisher(out_dir)
-    else:
-        from vibe.agent.publish import KubePublisher
-        from vibe.kubeclient import CredentialsError, api_client
-
-        try:
-            api = api_client(str(kubeconfig) if kubeconfig is not None else None, context=context)
-        except CredentialsError as e:
-            fail("NoCredentials", f"{e} (or --out-dir DIR to write profiles to files)", command=COMMAND)
-        publisher = KubePublisher(api, qps=qps, burst=burst)
-
-    server = None
-    if metrics_port:
-        from vibe.agent.exporter import AgentCollector, serve
-
-        server = serve(
-            AgentCollector(
-                lambda: agents, curves=curve_metrics, telemetry=telemetry_metrics, version=__version__
-            ),
-            metrics_port,
-            metrics_addr,
-        )
-        log.info("metrics on %s:%d/metrics", metrics_addr, metrics_port)
-
-    reader = None
-    if pod_resources_socket and simulate is None:
-        from vibe.agent.podresources import PodResourcesReader
-
-        reader = PodResourcesReader(pod_resources_socket)
-    runner = Runner(
+        agents = wiring.on_gpus(node or os.environ.get("NODE_NAME") or socket.gethostname(), cfg)
+    try:
+        publisher = wiring.publisher(out_dir, kubeconfig, context, qps=qps, burst=burst)
+    except CredentialsError as e:
+        fail("NoCredentials", f"{e} (or --out-dir DIR to write profiles to files)", command=COMMAND)
+    wiring.run(
         agents,
         publisher,
         RunnerConfig(
@@ -261,21 +195,12 @@ def run(
             heartbeat_seconds=heartbeat_seconds,
             shapes_seconds=300.0 if follow_deployments else 0.0,
         ),
-        base_shapes=shapes,
-        pod_resources=reader,
+        shapes,
+        metrics=wiring.Metrics(metrics_port, metrics_addr, curve_metrics, telemetry_metrics),
+        pod_resources_socket=pod_resources_socket if simulate is None else "",
+        once=once,
+        duration=duration,
     )
-    signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
-    try:
-        runner.start()
-        if not once:
-            runner.run(duration)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        runner.close()
-        if server is not None:
-            server.shutdown()
-    log.info("stopped after %d step(s), %d publish error(s)", runner.steps, runner.errors)
 
 
 # -- bench -----------------------------------------------------------------------------------------------

@@ -30,13 +30,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from vibe.cluster import binaries as bins
+from vibe.cluster import components as comps
 from vibe.cluster import pki as pkimod
 from vibe.cluster.nodes import create_gpu_nodes, node_name, node_names
 from vibe.cluster.paths import DEFAULT_CLUSTER, check_name, clusters_root, state_dir
@@ -47,15 +47,6 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 STATE_FILE = "state.json"
-POD_CIDR = "10.244.0.0/16"
-# Clients of the API server are the only load on it here; their default client-side limits (20 qps)
-# would make a 1,000-node benchmark measure the rate limiter.
-CLIENT_QPS, CLIENT_BURST = 1000, 2000
-# kine's own default SQLite parameters (WAL, immediate transactions), spelled out with an explicit path.
-KINE_SQLITE_OPTIONS = (
-    "?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL"
-    "&_txlock=immediate&_stmt_cache_size=20&cache=shared"
-)
 
 
 class ClusterError(RuntimeError):
@@ -232,45 +223,23 @@ class Cluster:
             return True
 
     def _start(self, binaries: bins.Binaries, say: Progress, timeout: float) -> None:
+        """Start the components in order (``components`` builds each command line), each after the one
+        it needs is ready; record every process in the state file as it starts."""
         deadline = time.monotonic() + timeout
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
         self.log_dir.mkdir(exist_ok=True)
         say("generating certificates")
         p = pkimod.generate(self.dir / "pki", self.name)
-        kine_port, api_port, kcm_port, sched_port = free_ports(4)
-        server = f"https://{LOCALHOST}:{api_port}"
+        lay = comps.Layout(self.dir, p, self.kubeconfig, binaries, comps.Ports(*free_ports(4)))
+        server = lay.server
         self._write_kubeconfig(p, server)
-        sched_config = self.dir / "kube-scheduler.yaml"
-        sched_config.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "kubescheduler.config.k8s.io/v1",
-                    "kind": "KubeSchedulerConfiguration",
-                    "clientConnection": {
-                        "kubeconfig": str(self.kubeconfig),
-                        "qps": CLIENT_QPS,
-                        "burst": CLIENT_BURST,
-                    },
-                    "leaderElection": {"leaderElect": False},
-                }
-            )
-        )
-        stages = self.dir / "kwok-stages.yaml"
-        stages.write_text(resources.files("vibe.cluster").joinpath("data/kwok-stages.yaml").read_text())
-
-        components = ["kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
         state: dict[str, Any] = {
             "name": self.name,
             "server": server,
             "kubeconfig": str(self.kubeconfig),
-            "ports": {
-                "kine": kine_port,
-                "kube-apiserver": api_port,
-                "kube-controller-manager": kcm_port,
-                "kube-scheduler": sched_port,
-            },
-            "components": components,
+            "ports": lay.ports.as_dict(),
+            "components": list(comps.COMPONENTS),
             "processes": [],
             "versions": binaries.versions,
             "started_at": time.time(),
@@ -284,135 +253,31 @@ class Cluster:
             self._save_state(state)
             return proc
 
-        kv = self.kubeconfig
-        serving = [f"--tls-cert-file={p.serving_cert}", f"--tls-private-key-file={p.serving_key}"]
-        delegated = [f"--authentication-kubeconfig={kv}", f"--authorization-kubeconfig={kv}"]
+        def healthy(url: str) -> Callable[[], bool]:
+            return lambda: self._get(url, 2.0)[0] == 200
 
         say("starting kine (SQLite)")
-        (self.dir / "db").mkdir(exist_ok=True)
-        kine = launch(
-            "kine",
-            [
-                str(binaries["kine"]),
-                f"--endpoint=sqlite://{self.dir / 'db' / 'state.db'}{KINE_SQLITE_OPTIONS}",
-                f"--listen-address={LOCALHOST}:{kine_port}",
-                "--metrics-bind-address=0",  # 0: no metrics server
-            ],
-        )
-        self._wait(lambda: port_in_use(kine_port), kine, deadline, "kine listening")
+        kine = launch("kine", comps.kine(lay))
+        self._wait(lambda: port_in_use(lay.ports.kine), kine, deadline, "kine listening")
 
         say("starting kube-apiserver")
-        apiserver = launch(
-            "kube-apiserver",
-            [
-                str(binaries["kube-apiserver"]),
-                f"--etcd-servers=http://{LOCALHOST}:{kine_port}",
-                f"--bind-address={LOCALHOST}",
-                f"--advertise-address={LOCALHOST}",
-                f"--secure-port={api_port}",
-                *serving,
-                f"--client-ca-file={p.ca_cert}",
-                # Front-proxy settings every real cluster has; without them the controller manager and
-                # the scheduler log an error about a missing request-header CA every few seconds.
-                f"--requestheader-client-ca-file={p.front_proxy_ca}",
-                f"--requestheader-allowed-names={pkimod.FRONT_PROXY_CLIENT}",
-                "--requestheader-username-headers=X-Remote-User",
-                "--requestheader-group-headers=X-Remote-Group",
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                f"--proxy-client-cert-file={p.front_proxy_cert}",
-                f"--proxy-client-key-file={p.front_proxy_key}",
-                f"--service-account-key-file={p.sa_pub}",
-                f"--service-account-signing-key-file={p.sa_key}",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-cluster-ip-range={pkimod.SERVICE_CIDR}",
-                "--authorization-mode=RBAC",
-                # Fake nodes are created Ready (vibe.cluster.nodes); without this plugin they are not
-                # first tainted not-ready for the controller manager to untaint one by one, which took
-                # a minute for a thousand nodes on two cores. A node that stops renewing its Lease is
-                # still tainted by the controller manager, as in any cluster.
-                "--disable-admission-plugins=TaintNodesByCondition",
-                "--allow-privileged=true",
-                # The `kubernetes` Service would get 127.0.0.1 as its endpoint, which validation refuses;
-                # nothing runs inside this cluster to use it anyway.
-                "--endpoint-reconciler-type=none",
-                # A test and benchmark cluster: no fairness queues between its few clients.
-                "--enable-priority-and-fairness=false",
-                "--max-requests-inflight=0",
-                "--max-mutating-requests-inflight=0",
-                "--profiling=false",
-                f"--cert-dir={self.dir / 'pki'}",
-            ],
-        )
+        apiserver = launch("kube-apiserver", comps.apiserver(lay))
         say("waiting for kube-apiserver /readyz")
-        self._wait(
-            lambda: self._get(f"{server}/readyz", 2.0)[0] == 200,
-            apiserver,
-            deadline,
-            "kube-apiserver /readyz",
-        )
+        self._wait(healthy(f"{server}/readyz"), apiserver, deadline, "kube-apiserver /readyz")
 
         say("starting kube-controller-manager, kube-scheduler and kwok")
-        kcm = launch(
-            "kube-controller-manager",
-            [
-                str(binaries["kube-controller-manager"]),
-                f"--kubeconfig={kv}",
-                *delegated,
-                *serving,
-                f"--bind-address={LOCALHOST}",
-                f"--secure-port={kcm_port}",
-                "--leader-elect=false",
-                f"--root-ca-file={p.ca_cert}",
-                f"--service-account-private-key-file={p.sa_key}",
-                f"--cluster-signing-cert-file={p.ca_cert}",
-                f"--cluster-signing-key-file={p.ca_key}",
-                "--use-service-account-credentials=false",
-                f"--kube-api-qps={CLIENT_QPS}",
-                f"--kube-api-burst={CLIENT_BURST}",
-                "--profiling=false",
-            ],
-        )
-        sched = launch(
-            "kube-scheduler",
-            [
-                str(binaries["kube-scheduler"]),
-                f"--config={sched_config}",
-                *delegated,
-                *serving,
-                f"--bind-address={LOCALHOST}",
-                f"--secure-port={sched_port}",
-                "--profiling=false",
-            ],
-        )
-        kwok = launch(
-            "kwok",
-            [
-                str(binaries["kwok"]),
-                f"--kubeconfig={kv}",
-                f"--config={stages}",
-                "--manage-all-nodes=false",
-                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                f"--cidr={POD_CIDR}",
-                "--node-lease-duration-seconds=40",
-            ],
-        )
+        kcm = launch("kube-controller-manager", comps.controller_manager(lay))
+        sched = launch("kube-scheduler", comps.scheduler(lay))
+        kwok = launch("kwok", comps.kwok(lay))
         say("waiting for the controller manager and the scheduler")
-        self._wait(
-            lambda: self._get(f"https://{LOCALHOST}:{kcm_port}/healthz", 2.0)[0] == 200,
-            kcm,
-            deadline,
-            "kube-controller-manager /healthz",
-        )
-        self._wait(
-            lambda: self._get(f"https://{LOCALHOST}:{sched_port}/healthz", 2.0)[0] == 200,
-            sched,
-            deadline,
-            "kube-scheduler /healthz",
-        )
+        kcm_url = f"https://{LOCALHOST}:{lay.ports.controller_manager}/healthz"
+        self._wait(healthy(kcm_url), kcm, deadline, "kube-controller-manager /healthz")
+        sched_url = f"https://{LOCALHOST}:{lay.ports.scheduler}/healthz"
+        self._wait(healthy(sched_url), sched, deadline, "kube-scheduler /healthz")
         # Pods are refused until their namespace's `default` ServiceAccount exists; the controller manager
         # makes it. Waiting for it here means the cluster is usable the moment `up` returns.
         self._wait(
-            lambda: self._get(f"{server}/api/v1/namespaces/default/serviceaccounts/default", 2.0)[0] == 200,
+            healthy(f"{server}/api/v1/namespaces/default/serviceaccounts/default"),
             kcm,
             deadline,
             "the default ServiceAccount (kube-controller-manager)",

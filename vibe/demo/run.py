@@ -138,6 +138,7 @@ class Demo:
         started = time.monotonic()
         try:
             self.control_plane()
+            self.clean_previous_run()
             self.install_chart()
             agent_port = self.start_agent()
             op_port = self.start_operator()
@@ -175,6 +176,82 @@ class Demo:
             f"{', '.join(names)}"
         )
 
+    def clean_previous_run(self) -> None:
+        """Start from a clean state on a cluster an earlier demo kept (the README invites keeping it): its
+        GPUProfiles still show the throttled GPU, and its MoEDeployment, placement at generation 2 and
+        Events would make this run's story wrong (issue 15 #13). The cluster and the release stay."""
+        from kubernetes import client
+
+        custom = client.CustomObjectsApi(self.api)
+        core = client.CoreV1Api(self.api)
+        try:
+            core.read_namespace(DEMO_NS)
+            had_demo = True
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+            had_demo = False
+        profiles = (
+            [
+                o["metadata"]["name"]
+                for o in custom.list_namespaced_custom_object(GROUP, VERSION, SYSTEM_NS, GPUPROFILE_PLURAL)[
+                    "items"
+                ]
+            ]
+            if self._served(GPUPROFILE_PLURAL)
+            else []
+        )
+        if not had_demo and not profiles:
+            return
+        self.step("Clean up what the previous demo run left on this cluster")
+        if had_demo and self._served(MOEDEPLOYMENT_PLURAL):
+            for obj in custom.list_namespaced_custom_object(GROUP, VERSION, DEMO_NS, MOEDEPLOYMENT_PLURAL)[
+                "items"
+            ]:
+                # The last run's operator is gone: its finalizer has nothing to clean (the placement
+                # ConfigMap is owner-referenced), and it would hold the namespace's deletion forever.
+                name = obj["metadata"]["name"]
+                with suppress(client.ApiException):
+                    custom.patch_namespaced_custom_object(
+                        GROUP,
+                        VERSION,
+                        DEMO_NS,
+                        MOEDEPLOYMENT_PLURAL,
+                        name,
+                        {"metadata": {"finalizers": None}},
+                    )
+        if had_demo:
+            with suppress(client.ApiException):
+                core.delete_namespace(DEMO_NS)
+
+            def namespace_gone() -> bool:
+                try:
+                    core.read_namespace(DEMO_NS)
+                    return False
+                except client.ApiException as e:
+                    return e.status == 404
+
+            wait_for(namespace_gone, 120, what=f"namespace {DEMO_NS} of the previous run to go")
+        for name in profiles:
+            with suppress(client.ApiException):
+                custom.delete_namespaced_custom_object(GROUP, VERSION, SYSTEM_NS, GPUPROFILE_PLURAL, name)
+        self.say(
+            f"removed namespace {DEMO_NS} (MoEDeployment, placement, loads, Events) and {len(profiles)}"
+            " GPUProfiles of the previous run; the cluster and the chart's release stay"
+        )
+
+    def _served(self, plural: str) -> bool:
+        """Whether the CRD of ``plural`` exists (a fresh cluster has none before the chart)."""
+        from kubernetes import client
+
+        try:
+            client.ApiextensionsV1Api(self.api).read_custom_resource_definition(f"{plural}.{GROUP}")
+        except client.ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
     def helm(self, *args: str) -> str:
         from vibe.cluster.binaries import ensure
 
@@ -208,6 +285,10 @@ class Demo:
             "--create-namespace",
             "--set",
             f"operator.watchNamespaces={{{DEMO_NS}}}",
+            # One simulated agent process publishes all 8 nodes' GPUProfiles, which the chart's node
+            # restriction (each agent writes only its own node's profile) rightly refuses.
+            "--set",
+            "agent.nodeRestriction.enabled=false",
             "--wait",
             "--timeout",
             "3m",
@@ -216,7 +297,8 @@ class Demo:
         running = len([p for p in pods if p.status.phase == "Running"])
         self.say(f"release {RELEASE!r} installed in {SYSTEM_NS}: {running}/{len(pods)} pods Running")
         self.say("(those pods are kwok's stand-ins: the real operator and agent run next as local processes,")
-        self.say(" each authenticated as the chart's ServiceAccount, so exactly the chart's RBAC applies)")
+        self.say(" each authenticated as the chart's ServiceAccount, so exactly the chart's RBAC applies;")
+        self.say(" the agents' node restriction is off: one simulated agent publishes every node)")
 
     def kubeconfig_for(self, sa_suffix: str) -> Path:
         from vibe.cluster.identity import service_account_kubeconfig
