@@ -312,3 +312,48 @@ def test_watch_memory_holds_live_objects_only(kube: Any, namespace: str):
 
     watch = asyncio.run(main())
     assert watch.marks == {} and woken and all(k == (namespace, "m") for k in woken)
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. RBAC missing: one line and an exit, not a minute of retries and a traceback per kind
+
+
+def test_a_missing_permission_is_one_line_and_an_exit(cluster: Any, kube: Any, namespace: str, tmp_path: Any):
+    import subprocess
+    import sys
+
+    from kubernetes import client
+
+    from vibe.cluster.identity import service_account_kubeconfig
+    from vibe.operator.permissions import NEEDS
+
+    core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "op"}})
+    role = f"{namespace}-almost"
+    rules = [  # everything the operator needs but listing pods
+        {"apiGroups": [n.group], "verbs": [n.verb],
+         "resources": [f"{n.resource}/{n.subresource}" if n.subresource else n.resource]}
+        for n in NEEDS
+        if (n.verb, n.resource) != ("list", "pods")
+    ]  # fmt: skip
+    rbac.create_cluster_role({"metadata": {"name": role}, "rules": rules})
+    binding = {"metadata": {"name": role}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+               "kind": "ClusterRole", "name": role},
+               "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": namespace}]}  # fmt: skip
+    rbac.create_cluster_role_binding(binding)
+    try:
+        kc = service_account_kubeconfig(kube, cluster.kubeconfig, namespace, "op", tmp_path / "op.kubeconfig")
+        env = {**os.environ, "KUBECONFIG": str(kc)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "vibe.operator", "--standalone", "--metrics-port", "0"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        rbac.delete_cluster_role_binding(role)
+        rbac.delete_cluster_role(role)
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode != 0 and "Traceback" not in out, out
+    assert out.splitlines()[-1].startswith(
+        "vibe operator: Forbidden: this identity may not list pods cluster-wide"
+    ), out
+    assert "configmaps" not in out and len(out.splitlines()) <= 2, out

@@ -100,6 +100,20 @@ def run(
         api = new_api_client(cfg.kubeconfig, cfg.context)
     except CredentialsError as e:
         fail("NoCredentials", str(e), command=COMMAND)
+    from vibe.operator.permissions import missing
+
+    try:  # a missing permission: say which, once, and stop (Kopf would retry, then exit with tracebacks)
+        lacking = asyncio.run(missing(api, namespaces))
+    except Exception as e:  # the API server unreachable: Kopf waits for it, as before
+        logging.getLogger("vibe.operator").warning("cannot check the operator's permissions now: %s", e)
+        lacking = []
+    if lacking:
+        fail(
+            "Forbidden",
+            f"this identity may not {'; '.join(lacking)} (the chart's RBAC grants these: see "
+            "docs/operations.md, RBAC)",
+            command=COMMAND,
+        )
     import vibe.operator.handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(
