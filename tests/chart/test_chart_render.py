@@ -125,6 +125,11 @@ def test_default_objects(default: list[dict]) -> None:
         ("PodDisruptionBudget", "vibe-operator"),
         ("ClusterKopfPeering", "vibe"),
         ("ConfigMap", "vibe-dashboard"),
+        # the pre-upgrade hook that upgrades the CRDs (crds.upgrade.enabled)
+        ("ServiceAccount", "vibe-crds-upgrade"),
+        ("ClusterRole", "vibe-crds-upgrade"),
+        ("ClusterRoleBinding", "vibe-crds-upgrade"),
+        ("Job", "vibe-crds-upgrade"),
     }, sorted(kinds)
     # Namespaced objects go to the release namespace; no Namespace object is rendered.
     for o in default:
