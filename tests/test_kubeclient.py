@@ -52,3 +52,16 @@ def test_commands_without_credentials_exit_non_zero_without_a_traceback(
     assert proc.returncode != 0, out
     assert "Traceback" not in out, out
     assert "no Kubernetes credentials" in out and str(tmp_path / "none") in out, out
+    # it suggests only options the command has (it once told `vibe operator` users to pass a
+    # --kubeconfig the operator did not have)
+    command = [a for a in argv if not a.startswith("-")][: 2 if argv[0] != "operator" else 1]
+    help_text = subprocess.run(
+        [sys.executable, "-m", "vibe", *command, "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    for flag in ("--kubeconfig", "--context"):
+        if flag in out:
+            assert flag in help_text, f"the message suggests {flag}, which `vibe {' '.join(command)}` lacks"

@@ -114,6 +114,9 @@ PROBLEM_REASONS = (
     "ShapeMismatch",
     "PlacementConflict",
     "OutputTooLarge",
+    "InstanceTooLarge",
+    "Forbidden",
+    "APIRefused",
 )
 
 # ---- the workloads serving pods run in: how a pod's expert-parallel rank is read

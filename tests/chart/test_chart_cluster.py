@@ -423,7 +423,7 @@ def test_install_and_run_with_exactly_the_charts_rbac(
             _agent_is_refused(api_client(agent_kc), namespace, ml, nodes[0])
             _operator_is_refused(api_client(op_kc), namespace, ml, nodes[0])
 
-            # Deleting works while the operator runs (it removes its finalizer).
+            # Deleting works (the operator puts no finalizer on it).
             kubectl(cluster, "delete", "-n", ml, "moedeployment", "tiny", "--wait=true", "--timeout=60s")
 
         # Nothing was refused along the way: the chart's RBAC is enough for everything they did.
@@ -505,6 +505,20 @@ def _operator_is_refused(user: Any, release_ns: str, other_ns: str, node: str) -
         core.create_namespaced_pod, other_ns, {"metadata": {"name": "p"}, "spec": {"containers": []}}
     )
     assert core.read_node(node).metadata.name == node
+    # Its role may create and update ConfigMaps (placements go to every namespace it serves); the
+    # chart's ValidatingAdmissionPolicy narrows that to its own placement ConfigMaps (issue 15: it
+    # could write any ConfigMap, kube-system's included).
+    cm = {"metadata": {"name": "operator-was-here"}, "data": {"a": "b"}}
+    assert forbidden(core.create_namespaced_config_map, "kube-system", cm)
+    assert forbidden(core.create_namespaced_config_map, other_ns, cm)
+    labelled = {"metadata": {"name": "x-placement", "labels": {"app.kubernetes.io/managed-by": "vibe"}}}
+    assert forbidden(core.create_namespaced_config_map, other_ns, labelled)  # no MoEDeployment owns it
+    root_ca = core.read_namespaced_config_map("kube-root-ca.crt", other_ns)  # RBAC allows the update
+    root_ca.metadata.labels = {"app.kubernetes.io/managed-by": "vibe"}
+    assert forbidden(core.replace_namespaced_config_map, "kube-root-ca.crt", other_ns, root_ca)
+    placement = core.read_namespaced_config_map("tiny-placement", other_ns)  # its own: allowed
+    placement.metadata.annotations["vibe.dev/policy-test"] = "1"
+    core.replace_namespaced_config_map("tiny-placement", other_ns, placement)
 
 
 # ---- upgrade and uninstall

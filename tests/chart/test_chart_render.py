@@ -125,6 +125,8 @@ def test_default_objects(default: list[dict]) -> None:
         ("PodDisruptionBudget", "vibe-operator"),
         ("ClusterKopfPeering", "vibe"),
         ("ConfigMap", "vibe-dashboard"),
+        ("ValidatingAdmissionPolicy", "vibe-operator-configmaps"),
+        ("ValidatingAdmissionPolicyBinding", "vibe-operator-configmaps"),
         # the pre-upgrade hook that upgrades the CRDs (crds.upgrade.enabled)
         ("ServiceAccount", "vibe-crds-upgrade"),
         ("ClusterRole", "vibe-crds-upgrade"),
@@ -132,13 +134,10 @@ def test_default_objects(default: list[dict]) -> None:
         ("Job", "vibe-crds-upgrade"),
     }, sorted(kinds)
     # Namespaced objects go to the release namespace; no Namespace object is rendered.
+    cluster_scoped = ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "ValidatingAdmissionPolicy",
+                      "ValidatingAdmissionPolicyBinding")  # fmt: skip
     for o in default:
-        cluster_scoped = (
-            "ValidatingAdmissionPolicy",
-            "ValidatingAdmissionPolicyBinding",
-            "ClusterKopfPeering",
-        )
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", *cluster_scoped):
+        if o["kind"] not in cluster_scoped:
             assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]
 
 
@@ -343,6 +342,24 @@ def test_rbac_namespaced(helm: Helm) -> None:
     peerings = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in find(full, "KopfPeering")}
     assert peerings == {("ml-serving", "vibe-ha"), (NAMESPACE, "vibe-ha")}
     assert not find(full, "ClusterKopfPeering")
+
+
+def test_operator_configmap_writes_are_limited_to_its_placements(default: list[dict], helm: Helm) -> None:
+    """RBAC grants create/update on configmaps; the policy narrows it to the operator's own placement
+    ConfigMaps, for the operator's ServiceAccount only (the cluster test tries it for real)."""
+    policy = one(default, "ValidatingAdmissionPolicy", "vibe-operator-configmaps")
+    (cond,) = policy["spec"]["matchConditions"]
+    assert (
+        cond["expression"]
+        == f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:vibe-operator"'
+    )
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    binding = one(default, "ValidatingAdmissionPolicyBinding", "vibe-operator-configmaps")
+    assert binding["spec"] == {"policyName": "vibe-operator-configmaps", "validationActions": ["Deny"]}
+    off = helm.template({"operator": {"configMapPolicy": {"enabled": False}}})
+    assert not [
+        o for o in find(off, "ValidatingAdmissionPolicy") if o["metadata"]["name"].endswith("-configmaps")
+    ]
 
 
 def test_rbac_off(helm: Helm) -> None:

@@ -70,6 +70,22 @@ BAD_DEPLOYMENTS = [
     ("spec.workload.configMapRef", {"key": "x"}, "spec.workload.configMapRef.name: Required value"),
     ("spec.serving", {"onUpdate": "http"}, "serving.endpoint is required when serving.onUpdate is http"),
     ("spec.serving.onUpdate", "reload", 'spec.serving.onUpdate: Unsupported value: "reload"'),
+    # names and keys the API server could not route or label with (issue 15: 403/400/422 at reconcile)
+    ("metadata.name", "m" * 64, "metadata.name must be at most 63 characters"),
+    ("spec.workload.configMapRef", {"name": "a/b"}, "spec.workload.configMapRef.name in body should match"),
+    ("spec.workload.configMapRef", {"name": ".."}, "spec.workload.configMapRef.name in body should match"),
+    ("spec.workload.configMapRef", {"name": "l", "key": "a b"}, "configMapRef.key in body should match"),
+    ("spec.gpus.nodeSelector", {"bad key!": "x"}, "gpus.nodeSelector keys must be label keys"),
+    ("spec.gpus.nodeSelector", {"pool": "bad value!"}, "spec.gpus.nodeSelector.pool in body should match"),
+    # instances the placement solver cannot handle in an operator's memory (issue 15: 22 GB, OOM)
+    ("spec", {"model": {"layers": 1024, "experts": 4096, "topK": 8, "hiddenSize": 64,
+                        "expertIntermediateSize": 16},
+              "gpus": {"nodeSelector": {"a": "b"}, "count": 64, "slotsPerGPU": 64}},
+     "the instance is too large for the placement solver"),
+    ("spec.gpus", {"nodeSelector": {"a": "b"}, "count": 512, "slotsPerGPU": 1024},
+     "must be <= 262144 physical slots"),
+    ("spec.drift.replacementCostSeconds", -1, "spec.drift.replacementCostSeconds: Invalid value"),
+    ("spec.drift.holdingSeconds", 1, "spec.drift.holdingSeconds: Invalid value"),
 ]  # fmt: skip
 
 
@@ -81,6 +97,39 @@ def test_bad_moedeployment_is_refused(crds, kube, namespace, path, value, messag
     code, text = _create(kube, namespace, api.MOEDEPLOYMENT_PLURAL, body)
     assert code == 422, text
     assert message in text
+
+
+def test_pod_selector_keys_are_label_keys(crds, kube, namespace):
+    body = deployment_body("bad", count=8, slots=2)
+    body["spec"]["gpus"] = {"podSelector": {"matchLabels": {"a b": "x"}}, "count": 8, "slotsPerGPU": 2}
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 422 and "matchLabels keys must be label keys" in text
+    body["spec"]["gpus"]["podSelector"] = {"matchExpressions": [{"key": "a b", "operator": "Exists"}]}
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 422 and "key in body should match" in text
+
+
+def test_the_largest_admissible_instance_is_admitted(crds, kube, namespace):
+    """Kimi-K2-sized (61 x 384 experts on 384 GPUs x 2 slots, 45 M units) passes; one more layer of
+    experts does not. The CRD's bound is the operator's (vibe.operator.compute.MAX_UNITS)."""
+    import re
+
+    from operator_harness import ROOT
+
+    from vibe.operator.compute import MAX_UNITS, instance_units
+
+    crd = (ROOT / "crds" / "moedeployment.yaml").read_text()
+    assert re.search(rf"<= {MAX_UNITS}\b", crd), "the CRD's CEL bound differs from compute.MAX_UNITS"
+    model = {"layers": 61, "experts": 384, "topK": 8, "hiddenSize": 7168, "expertIntermediateSize": 2048}
+    body = deployment_body("kimi", count=384, slots=2, model=model)
+    assert instance_units(61, 384, 384, 2) <= MAX_UNITS < instance_units(61, 384, 384, 3)
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 201, text
+    body = deployment_body("kimi-3", count=384, slots=3, model=model)
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 422 and "too large for the placement solver" in text
+    code, text = _create(kube, namespace, "moedeployments", deployment_body("m" * 63, count=8, slots=2))
+    assert code == 201, text
 
 
 def test_pod_selector_needs_a_selector_and_values_for_in(crds, kube, namespace):
@@ -103,7 +152,7 @@ def test_good_moedeployment_gets_defaults(crds, kube, namespace):
     )
     spec = got["spec"]
     assert spec["policy"] == "vibe" and spec["output"] == {"formats": ["vibe", "sglang"]}
-    assert spec["drift"] == {"minGain": 0.03, "cooldownSeconds": 300}
+    assert spec["drift"] == {"minGain": 0.03, "cooldownSeconds": 300, "holdingSeconds": 3600}
     assert spec["model"]["dtype"] == "fp8"
     assert "serving" not in spec  # unset: the serving sidecar's own --policy flag decides
 

@@ -201,3 +201,14 @@ def test_pods_take_the_gpus_the_kubelet_gave_them_and_the_rule_is_a_noted_fallba
     )
     assert [g.id for g in res.gpus] == ["n0/2", "n0/3", "n0/0", "n0/1", "n1/0", "n1/1"]
     assert any("1 pod(s) assumed by the gpusPerPod rule (p-c)" in n for n in res.notes)
+
+
+@pytest.mark.parametrize(("scale", "shown"), [(1e-300, "e-30"), (1e30, "e+2")])
+def test_absurd_curves_are_refused_as_absurd(scale: float, shown: str):
+    """1e-300 s or 1e30 s per expert is a corrupt profile or a unit mistake, not a fast or slow GPU."""
+    nodes, profiles = world(slow={0: scale})
+    spec = parse_spec(deployment_body("x", count=4)["spec"])
+    with pytest.raises(Problem) as e:
+        resolve(spec, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300)
+    assert e.value.reason == "InvalidCurve" and "absurd" in e.value.message and shown in e.value.message
+    assert "GPU 'n0/0'" in e.value.message

@@ -15,7 +15,16 @@ from operator_builders import deployment_body, profile_body
 from vibe.operator import output
 from vibe.operator.compute import compute
 from vibe.operator.gpus import profile_snapshot, resolve
-from vibe.operator.planning import BELOW_THRESHOLD, COOLDOWN, NOTHING, REPLACED, WRITE, Inputs, plan
+from vibe.operator.planning import (
+    BELOW_THRESHOLD,
+    COOLDOWN,
+    NOT_WORTH,
+    NOTHING,
+    REPLACED,
+    WRITE,
+    Inputs,
+    plan,
+)
 from vibe.operator.problems import Problem
 from vibe.operator.spec import parse_spec
 from vibe.operator.workload import Loads, from_config_map, uniform
@@ -133,6 +142,32 @@ def test_cooldown_defers_then_replaces():
     assert (later.action, later.reason) == (WRITE, REPLACED)
 
 
+def test_a_replacement_that_costs_more_than_it_saves_is_not_made():
+    """onUpdate restart costs 300 s of serving by default: a gain that saves less over the holding
+    time is reported (ReplacementNotWorthIt, with the figures), not acted on; with the cost set to 0 or
+    a long enough holding time the same drift re-places, and status says it was worth it."""
+    cur, _ = in_service(inputs())
+    drift = {"minGain": 0.01, "cooldownSeconds": 0, "holdingSeconds": 600}
+    body = deployment_body("m", workload={"configMapRef": {"name": "l"}}, drift=drift,
+                           serving={"onUpdate": "restart"})  # fmt: skip
+    inp = inputs(body, slow={"n0": {0: 2.0}})
+    assert inp.spec.replacement_cost_s == 300
+    p = plan(inp, cur, prior_drift=None, now=NOW)
+    assert (p.action, p.reason) == (NOTHING, NOT_WORTH) and p.evaluated_drift
+    gain = p.drift["gain"]
+    assert 0.01 < gain < 0.5 and p.drift["costSeconds"] == 300
+    assert p.drift["savedSeconds"] == pytest.approx(gain * 600, rel=1e-5)
+    assert "not worth it" in p.message and "onUpdate restart" in p.message
+    assert plan(inp, cur, prior_drift=p.drift, now=NOW).reason == NOT_WORTH  # not re-evaluated
+    hold = {**drift, "holdingSeconds": int(300 / gain) + 60}
+    body["spec"]["drift"] = hold
+    worth = plan(inputs(body, slow={"n0": {0: 2.0}}), cur, prior_drift=None, now=NOW)
+    assert (worth.action, worth.reason) == (WRITE, REPLACED) and "worth it" in worth.message
+    body["spec"]["drift"] = {**drift, "replacementCostSeconds": 0}
+    free = plan(inputs(body, slow={"n0": {0: 2.0}}), cur, prior_drift=None, now=NOW)
+    assert (free.action, free.reason) == (WRITE, REPLACED)
+
+
 def test_max_moves_bounds_the_replacement():
     cur, _ = in_service(inputs())
     body = deployment_body("m", workload={"configMapRef": {"name": "l"}},
@@ -169,7 +204,7 @@ def test_config_map_edited_by_hand_is_replaced():
     back = output.read_back(
         obj, layers=m.layers, experts=m.experts, slots_per_gpu=inp.spec.gpus.slots_per_gpu
     )
-    assert back.placement is None and "content-hash" in back.unreadable
+    assert back.placement is None and "content hash" in back.unreadable
     p = plan(inp, back, prior_drift=None, now=NOW)
     assert p.action == WRITE and "unusable" in p.message
 
@@ -200,6 +235,13 @@ def test_loads_from_config_maps():
     sglang = {"logical_count": [[[1.0] * 16] * 4] * 2}  # the recorder's [steps][layers][experts]
     got = from_config_map(spec, "ns", {"loads.json": json.dumps(sglang)})
     assert got.tokens.shape == (4, 16) and got.source == "ns/l:loads.json"
+    with pytest.raises(Problem, match="every layer received no tokens") as e:
+        from_config_map(spec, "ns", {"loads.json": json.dumps({"loads": [[0.0] * 16] * 4})})
+    assert e.value.reason == "InvalidLoads"
+    with pytest.raises(Problem, match=r"layer\(s\) 2 received no tokens"):
+        from_config_map(
+            spec, "ns", {"loads.json": json.dumps({"loads": [[1.0] * 16] * 2 + [[0.0] * 16, [1.0] * 16]})}
+        )
     u = uniform(spec)
     assert u.tokens.shape == (4, 16) and u.tokens[0, 0] == 4096 * 4 / 16 and "uniform" in u.note
 

@@ -70,7 +70,7 @@ class Setup:
             computer=Computer(0),
             post_event=lambda body, type_, reason, message: self.events.append((type_, reason)),
         )
-        self.world = World(profiles={n: profile_snapshot(profile_body(n, gpus=4)) for n in nodes}, pods={})
+        self.world = World(profiles={n: profile_snapshot(profile_body(n, gpus=4)) for n in nodes})
 
     def reconcile(self) -> float | None:
         return asyncio.run(reconcile(self.shared, self.world, self.ns, "m"))

@@ -119,3 +119,24 @@ def test_write_posts_one_event_and_drift_below_threshold_another():
 def test_merge_patch_deletes_fields_that_went_away():
     assert merge_patch({"a": 1, "drift": {"x": 1}}, {"a": 1}) == {"drift": None}
     assert merge_patch({"a": 1}, {"a": 2}) == {"a": 2}
+
+
+def test_ready_message_counts_the_gpus_of_the_placement_when_resolution_failed():
+    cm = in_service(generation=3)
+    obs = Observation(2, KEY, "m-placement", cm, problem=Problem("InsufficientGPUs", "2 of 8 GPUs"))
+    status, _ = observe({}, obs, now="T")
+    ready = status["conditions"][0]
+    assert ready["status"] == "True" and "?" not in ready["message"] and "on 2 GPUs" in ready["message"]
+
+
+def test_drifted_true_always_has_a_message():
+    """A drift evaluation read back from status without its message (as the CRD pruned it before it
+    had the field) still explains itself."""
+    cm = in_service()
+    prior = {"kind": "WorkloadDrift", "decision": "DriftBelowThreshold", "loss": 0.02, "gain": 0.01,
+             "inputHash": "h"}  # fmt: skip
+    plan = Plan(NOTHING, "DriftBelowThreshold", "already evaluated", summary=cm.summary, drift=prior)
+    status, _ = observe({}, Observation(1, KEY, "m-placement", cm, plan=plan), now="T")
+    drifted = next(c for c in status["conditions"] if c["type"] == "Drifted")
+    assert drifted["status"] == "True" and drifted["message"]
+    assert "2.0%" in drifted["message"] and "DriftBelowThreshold" in drifted["message"]

@@ -3,24 +3,33 @@
 Role: the operator's wiring; no decisions here. Run with ``vibe operator`` or ``kopf run -m
 vibe.operator.handlers``.
 
+* What Kopf watches: MoEDeployments, GPUProfiles (kept only in the profile namespace) and the
+  placement ConfigMaps (label ``app.kubernetes.io/managed-by=vibe``, filtered by the API server).
+  Nothing else: every Pod or ConfigMap of the cluster would cost a watch event per change, used or not
+  (15-38 % of a core under churn of unrelated pods), and would have the operator read every
+  ConfigMap's data. The load ConfigMap and the serving pods a deployment depends on get their own
+  narrow watches (``watches``: one ConfigMap by name, the pods of one selector), declared by each
+  reconcile; nodes are not watched at all: each reconcile lists the nodes its selector matches (the
+  API server filters, metadata only); node label changes are seen at the next resync or profile change.
 * Indices (Kopf keeps them current from watches, and starts handlers only once they are filled):
-  ``vibe_profiles`` (node -> GPUProfile snapshot, profile namespace only), ``vibe_pods`` (namespace ->
-  running pod snapshots), and three over MoEDeployments: by node they use (from ``status.nodes``), by
-  load ConfigMap they reference, and all of them (for selector matches). Nodes are not watched: each
-  reconcile lists the nodes its selector matches (the API server filters, metadata only), because a
-  node cache costs one watch event per node status update, which at 1,000 nodes kept a third of a core
-  busy for nothing; node label changes are therefore seen at the next resync or profile change.
+  ``vibe_profiles`` (node -> GPUProfile snapshot) and two over MoEDeployments: by node they use (from
+  ``status.nodes``) and all of them (for node selector matches).
 * ``worker`` (a Kopf daemon per MoEDeployment): waits to be woken (or for its next due time) and runs
   ``reconciling.reconcile``. One worker per object serialises its reconciles and coalesces bursts of
-  changes into one pass; Kopf stops the workers when the object goes away and when peering pauses this
-  replica, so a standby replica writes nothing, and a stopping worker drops the object's metric series,
-  so only the active replica exports them (the alerts need no aggregation across replicas).
-* Watchers (``on.event``; they never write to what they watch, so GPUProfiles, ConfigMaps, Nodes and
-  Pods stay untouched): each works out which deployments a change affects from the indices and wakes
-  only those. A GPUProfile ``spec`` change (not its heartbeat) wakes the deployments using that node; a
-  load ConfigMap's data change those referencing it; a serving pod's placement those whose pod selector
-  matches. A MoEDeployment's own event wakes it when its generation or its
-  ``vibe.dev/reconcile-trigger`` annotation changed (status patches by the worker itself do not).
+  changes into one pass; Kopf stops the workers when peering pauses this replica, so a standby replica
+  writes nothing, and a stopping worker drops the object's metric series, so only the active replica
+  exports them (the alerts need no aggregation across replicas). The daemon carries **no finalizer**
+  (unlike Kopf's default for daemons): nothing needs cleaning up when a MoEDeployment goes (its
+  ConfigMap is owner-referenced), and a finalizer would make ``kubectl delete`` of the object, or of its
+  namespace, hang while the operator is down. A worker ends by itself when its object is gone (its
+  DELETED event wakes it; ``reconciling.Gone``); a finalizer left by an older version is removed by
+  Kopf on the next event.
+* Watchers (``on.event``; they never write to what they watch): each works out which deployments a
+  change affects and wakes only those. A GPUProfile ``spec`` change (not its heartbeat) wakes the
+  deployments using that node; a placement ConfigMap deleted or written by someone else wakes its
+  deployment, which restores it within seconds. A MoEDeployment's own event wakes it when its
+  generation or its ``vibe.dev/reconcile-trigger`` annotation changed (status patches by the worker
+  itself do not). The memory of what a watcher last saw holds live objects only.
 
 Kopf logs in through ``login`` (``@kopf.on.login``): the credentials of ``vibe operator --kubeconfig
 --context``, the same as the reconciler's client.
@@ -39,9 +48,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from vibe import api
-from vibe.operator import metrics
+from vibe.kubeclient import api_client
+from vibe.operator import metrics, output
 from vibe.operator import settings as settings_mod
 from vibe.operator.clock import now as clock_now
 from vibe.operator.clock import parse_time
@@ -50,15 +61,13 @@ from vibe.operator.conditions import is_true
 from vibe.operator.gpus import (
     ProfileSnapshot,
     matches_labels,
-    matches_selector,
-    pod_snapshot,
     profile_snapshot,
 )
 from vibe.operator.kube import Kube, new_api_client
 from vibe.operator.login import connection_info
-from vibe.operator.reconciling import Shared, World, reconcile
+from vibe.operator.reconciling import Gone, Shared, World, reconcile
 from vibe.operator.settings import OperatorSettings
-from vibe.operator.spec import fingerprint, plain
+from vibe.operator.watches import Watches
 
 MOED = (api.GROUP, api.VERSION, api.MOEDEPLOYMENT_PLURAL)
 GPUP = (api.GROUP, api.VERSION, api.GPUPROFILE_PLURAL)
@@ -79,9 +88,11 @@ class State(Shared):
         self.wakers.setdefault(key, asyncio.Event()).set()
 
     def changed(self, key: Any, value: Any) -> bool:
-        """Record ``value`` for ``key``; True when it differs from the last one recorded."""
-        old = self.seen.get(key, _MISSING)
-        self.seen[key] = value
+        """Record ``value`` for ``key``; True when it differs from the last one recorded. ``None`` means
+        the object was deleted: its entry is dropped (the memory holds live objects only)."""
+        old = self.seen.pop(key, _MISSING) if value is None else self.seen.get(key, _MISSING)
+        if value is not None:
+            self.seen[key] = value
         return old is not _MISSING and old != value
 
 
@@ -95,7 +106,6 @@ class DeploymentRef:
     namespace: str
     name: str
     node_selector: Mapping[str, str] | None
-    pod_selector: Mapping[str, Any] | None
     ready: bool
 
     @property
@@ -110,7 +120,7 @@ class DeploymentRef:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg = settings_mod.CURRENT or OperatorSettings.from_env()
-    settings.persistence.finalizer = api.FINALIZER
+    settings.persistence.finalizer = api.FINALIZER  # none is added; this name lets Kopf remove old ones
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=api.KOPF_PREFIX, key="last-handled-configuration"
@@ -127,6 +137,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         computer=Computer(cfg.compute_processes),
         post_event=_post_event,
     )
+    # Watch only the placement ConfigMaps (labelled by this operator) through Kopf; the load ConfigMaps
+    # and serving pods a deployment depends on get their own narrow watches (``watches``).
+    settings.watching.label_selectors["configmaps"] = ",".join(
+        f"{k}={v}" for k, v in output.MANAGED_BY.items()
+    )
+    # Its own client: each watch holds a connection for its whole request (up to a minute).
+    memo.vibe.watches = Watches(
+        api_client(cfg.kubeconfig, context=cfg.context, pool_maxsize=1024), memo.vibe.wake
+    )
     metrics.serve(cfg.metrics_port)
     await memo.vibe.computer.warm()
 
@@ -142,6 +161,18 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 async def shut_down(memo: kopf.Memo, **_: Any) -> None:
     if getattr(memo, "vibe", None) is not None:
         memo.vibe.computer.close()
+        if memo.vibe.watches is not None:
+            memo.vibe.watches.close()
+
+
+@kopf.on.probe(id="placementWorkers")
+def placement_workers(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """Liveness: fails (HTTP 500) when a placement worker pool is broken and cannot be rebuilt."""
+    computer = memo.vibe.computer
+    lanes = {n: {"healthy": lane.healthy, "restarts": lane.restarts} for n, lane in computer.lanes.items()}
+    if not computer.healthy:
+        raise kopf.PermanentError(f"placement worker pool cannot be rebuilt: {lanes}")
+    return lanes
 
 
 def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -187,12 +218,6 @@ def vibe_profiles(
     return {snap.node: snap}
 
 
-@kopf.index("pods")  # type: ignore[arg-type]  # see "Kopf's callback types" above
-def vibe_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any] | None:
-    snap = pod_snapshot(body)
-    return {namespace: snap} if snap is not None else None
-
-
 @kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def vibe_deployments_by_node(
     namespace: str, name: str, status: kopf.Status, **_: Any
@@ -201,31 +226,16 @@ def vibe_deployments_by_node(
 
 
 @kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
-def vibe_deployments_by_config_map(
-    namespace: str, name: str, spec: kopf.Spec, **_: Any
-) -> dict[tuple[str, str], tuple[str, str]]:
-    ref = (spec.get("workload") or {}).get("configMapRef") or {}
-    return {(namespace, ref["name"]): (namespace, name)} if ref.get("name") else {}
-
-
-@kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 def vibe_deployments(
     namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[str, DeploymentRef]:
-    gpus = spec.get("gpus") or {}
-    ns, ps = gpus.get("nodeSelector"), gpus.get("podSelector")
+    ns = (spec.get("gpus") or {}).get("nodeSelector")
     ready = is_true(status.get("conditions"), "Ready")
-    ref = DeploymentRef(
-        namespace, name, dict(ns) if ns is not None else None, plain(ps) if ps is not None else None, ready
-    )
-    return {"all": ref}
+    return {"all": DeploymentRef(namespace, name, dict(ns) if ns is not None else None, ready)}
 
 
 def _world(kwargs: Mapping[str, Any]) -> World:
-    return World(
-        profiles=_Single(kwargs["vibe_profiles"]),
-        pods=kwargs["vibe_pods"],
-    )
+    return World(profiles=_Single(kwargs["vibe_profiles"]))
 
 
 class _Single(Mapping[Any, Any]):
@@ -260,7 +270,7 @@ def _all_deployments(kwargs: Mapping[str, Any]) -> list[DeploymentRef]:
 
 @kopf.daemon(*MOED, cancellation_timeout=10.0)  # type: ignore[arg-type]  # see "Kopf's callback types" above
 async def worker(
-    namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
+    namespace: str, name: str, uid: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
     state: State = memo.vibe
     key = (namespace, name)
@@ -277,19 +287,41 @@ async def worker(
                 break
             waker.clear()
             try:
-                delay = await reconcile(state, world, namespace, name)
+                delay = await reconcile(state, world, namespace, name, uid)
             except asyncio.CancelledError:
                 raise
+            except Gone:
+                if state.watches is not None:
+                    state.watches.drop(key)
+                return
             except Exception as e:  # an API error or a bug: log, count, back off; never kill the worker
                 n = state.failures[key] = state.failures.get(key, 0) + 1
                 delay = min(state.settings.backoff_max_s, state.settings.backoff_initial_s * 2 ** (n - 1))
                 metrics.ERRORS.labels(type(e).__name__).inc()
-                logger.exception("%s/%s: reconcile failed (retry in %.0f s)", namespace, name, delay)
+                if isinstance(e, ApiException):  # the API server failing: one line, said once
+                    said = f"{e.status} {e.reason}"
+                    log = logger.debug if state.said.get(key) == said else logger.error
+                    state.said[key] = said
+                    log("%s/%s: the API server answered %s (retry in %.0f s)", namespace, name, said, delay)
+                else:  # a bug: the traceback helps
+                    logger.exception("%s/%s: reconcile failed (retry in %.0f s)", namespace, name, delay)
     finally:
         # Only the replica that owns the object exports its series. A worker stops when peering pauses
         # this replica (a higher-priority peer took over), when the object goes away and at shutdown:
         # the series go with it, so a standby never shows a stale Ready=1 beside the active replica.
         metrics.forget(namespace, name)
+
+
+def _without_finalizer(fn: Any) -> None:
+    """Register ``fn``'s daemon as needing no finalizer (Kopf's ``daemon()`` always asks for one)."""
+    registry = kopf.get_default_registry()
+    handlers = registry._spawning._handlers
+    for i, h in enumerate(handlers):
+        if getattr(h, "fn", None) is fn:
+            handlers[i] = replace(h, requires_finalizer=False)
+
+
+_without_finalizer(worker)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,9 +335,15 @@ def deployment_changed(
     state: State = memo.vibe
     key = (namespace, name)
     if event["type"] == "DELETED":
-        state.wakers.pop(key, None)
+        waker = state.wakers.pop(key, None)
+        if waker is not None:
+            waker.set()  # its worker looks once more, finds it gone, and ends
         state.seen.pop(("moed", key), None)
         state.failures.pop(key, None)
+        state.hopeless.pop(key, None)
+        state.said.pop(key, None)
+        if state.watches is not None:
+            state.watches.drop(key)
         metrics.forget(namespace, name)
         return
     mark = (meta.get("uid"), meta.get("generation"), (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION))
@@ -326,6 +364,8 @@ async def profile_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo
     kind = event["type"]
     meta = body["metadata"]
     mark = None if kind == "DELETED" else (meta.get("uid"), meta.get("generation"), stale)
+    if kind == "DELETED":
+        state.profile_cache.pop(str(meta.get("name")), None)
     if not state.changed(("gpup", node), mark) and kind != "ADDED":
         return
     keys = _lookup(kwargs["vibe_deployments_by_node"], node)
@@ -341,37 +381,14 @@ async def profile_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo
         state.wake(key)
 
 
-@kopf.on.event("configmaps")  # type: ignore[arg-type]  # see "Kopf's callback types" above
-def config_map_changed(
-    event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+@kopf.on.event("configmaps", labels=output.MANAGED_BY)  # type: ignore[arg-type]  # see "Kopf's callback types" above
+def placement_changed(
+    event: kopf.RawEvent, namespace: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any
 ) -> None:
-    keys = _lookup(kwargs["vibe_deployments_by_config_map"], (namespace, name))
-    if not keys:
+    """A placement ConfigMap was deleted or edited by hand: wake its deployment, which restores it
+    within seconds. The operator's own writes are always intact (``output.as_written``): no wake."""
+    owner = (meta.get("labels") or {}).get(output.L_DEPLOYMENT)
+    if not owner or event["type"] is None:  # the initial listing: every worker reconciles on start
         return
-    state: State = memo.vibe
-    mark = (
-        None
-        if event["type"] == "DELETED"
-        else fingerprint([plain(body.get("data") or {}), plain(body.get("binaryData") or {})])
-    )
-    if state.changed(("cm", namespace, name), mark) or event["type"] in ("ADDED", "DELETED"):
-        for key in keys:
-            state.wake(key)
-
-
-@kopf.on.event("pods")  # type: ignore[arg-type]  # see "Kopf's callback types" above
-def pod_changed(
-    event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
-) -> None:
-    podsel = [d for d in _all_deployments(kwargs) if d.pod_selector is not None and d.namespace == namespace]
-    if not podsel:
-        return
-    state: State = memo.vibe
-    snap = None if event["type"] == "DELETED" else pod_snapshot(body)
-    mark = None if snap is None else (snap.node, snap.rank, fingerprint(dict(snap.labels)))
-    if not state.changed(("pod", namespace, name), mark) or event["type"] is None:
-        return
-    labels = dict(body.get("metadata", {}).get("labels") or {})
-    for d in podsel:
-        if matches_selector(d.pod_selector or {}, labels):
-            state.wake(d.key)
+    if event["type"] == "DELETED" or not output.as_written(body):
+        memo.vibe.wake((namespace, str(owner)))

@@ -94,6 +94,15 @@ class Kube:
             raise
         return _json(rsp)
 
+    # ---- Pods (podSelector mode: the API server filters by the selector)
+
+    async def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The pods of ``namespace`` matching the label selector query ``selector``, as plain dicts."""
+        rsp: Any = await asyncio.to_thread(
+            self.core.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False
+        )
+        return list(json.loads(rsp.data).get("items") or ())
+
     # ---- Nodes (metadata only: the API server filters by label and sends no status)
 
     async def node_labels(self, selector: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:

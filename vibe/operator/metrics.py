@@ -63,6 +63,19 @@ ERRORS = Counter(
     "vibe_reconcile_errors", "Reconciles that ended in a problem or an error", ("reason",), registry=REGISTRY
 )
 
+WORKER_RESTARTS = Counter(
+    "vibe_placement_worker_restarts",
+    "Placement worker pools rebuilt after a worker process died or overran its deadline (label: lane)",
+    ("lane",),
+    registry=REGISTRY,
+)
+COMPUTE_HEALTHY = Gauge(
+    "vibe_placement_workers_healthy",
+    "1 while the placement worker pool of a lane works (0: it cannot be rebuilt; liveness fails)",
+    ("lane",),
+    registry=REGISTRY,
+)
+
 
 def serve(port: int) -> None:
     if port:

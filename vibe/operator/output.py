@@ -8,7 +8,10 @@ generation into volumes (kubelet projects data, not annotations).
 Everything the operator must remember between reconciles lives here, written in the same update as the
 data, so a restart (or another replica) resumes from the cluster, never from memory:
 
-* ``vibe.dev/placement-generation``: increments only when the data (without the meta key) changes;
+* ``placement-meta.json`` (a data key): the content hash and the placement generation, which increments
+  only when the data (without the meta key) changes. The generation is read from here, and only when
+  the hash it declares is the data's: the ``vibe.dev/placement-generation`` and ``-content-hash``
+  annotations are copies for people and tools, and a hand edit of them is repaired, never trusted;
 * ``vibe.dev/placement-key``, ``-gpus``, ``-curves``, ``-loads``: fingerprints of the spec fields and
   inputs the placement was computed from (a mismatch is what "drift" means);
 * ``vibe.dev/placed-at``: when the data last changed (the drift cooldown counts from it);
@@ -86,6 +89,14 @@ class InService:
     def owned_by(self, uid: str) -> bool:
         return uid in self.owner_uids
 
+    @property
+    def annotations_edited(self) -> bool:
+        """Intact data whose generation or hash annotation says something else (edited by hand)."""
+        return self.intact and (
+            self.annotations.get(A_GENERATION) != str(self.generation)
+            or self.annotations.get(A_HASH) != self.content_hash
+        )
+
 
 def core_data(data: Mapping[str, str]) -> dict[str, str]:
     """The data without the meta key (what the content hash and the generation are about)."""
@@ -145,10 +156,7 @@ def read_back(
     meta = obj.get("metadata") or {}
     ann = dict(meta.get("annotations") or {})
     data = dict(obj.get("data") or {})
-    try:
-        generation = int(ann.get(A_GENERATION, "0"))
-    except ValueError:
-        generation = 0
+    generation, declared = _meta_of(data)
     try:
         summary = json.loads(ann.get(A_SUMMARY) or "{}")
     except json.JSONDecodeError:
@@ -160,15 +168,15 @@ def read_back(
         annotations=ann,
         owner_uids=tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or () if o.get("uid")),
         generation=generation,
-        content_hash=ann.get(A_HASH, ""),
+        content_hash=declared,
         keys=InputKeys(
             ann.get(A_PLACEMENT_KEY, ""), ann.get(A_GPUS, ""), ann.get(A_CURVES, ""), ann.get(A_LOADS, "")
         ),
         placed_at=parse_time(ann.get(A_PLACED_AT)),
         summary=summary if isinstance(summary, dict) else {},
     )
-    if content_hash(core_data(data)) != found.content_hash:
-        found.unreadable = "its data does not match its vibe.dev/content-hash (edited by hand?)"
+    if not declared or content_hash(core_data(data)) != declared:
+        found.unreadable = f"its data does not match the content hash in {KEY_META} (edited by hand?)"
         return found
     found.intact = True
     try:
@@ -180,6 +188,32 @@ def read_back(
         found.placement = None
         found.unreadable = "its placement has another number of layers"
     return found
+
+
+def as_written(obj: Mapping[str, Any]) -> bool:
+    """Whether a placement ConfigMap is as this operator writes them: its data hashes to what its meta
+    key declares, and the generation and hash annotations agree with it. Cheap (one hash, no parse):
+    the watch on placement ConfigMaps uses it to tell a hand edit from the operator's own writes."""
+    data = dict(obj.get("data") or {})
+    generation, declared = _meta_of(data)
+    ann = (obj.get("metadata") or {}).get("annotations") or {}
+    return (
+        bool(declared)
+        and content_hash(core_data(data)) == declared
+        and ann.get(A_HASH) == declared
+        and ann.get(A_GENERATION) == str(generation)
+    )
+
+
+def _meta_of(data: Mapping[str, str]) -> tuple[int, str]:
+    """(placement generation, content hash) declared by the data's meta key; (0, "") if unreadable."""
+    try:
+        meta = json.loads(data.get(KEY_META) or "{}")
+        generation = int(meta.get("placementGeneration") or 0)
+        declared = str(meta.get("contentHash") or "")
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+        return 0, ""
+    return max(0, generation), declared
 
 
 def placement_of(data: Mapping[str, str], *, experts: int, slots_per_gpu: int) -> Placement | None:

@@ -13,9 +13,12 @@ The reconciler gathers ``Inputs`` (spec, resolved GPUs, loads) and the ``InServi
    GPUs, so re-place incrementally from it right away (no gain threshold, no cooldown). ``GPUsChanged``.
 5. The loads or the curves changed (workload or performance drift): price the placement in service
    under the new inputs, compute the best incremental re-placement (``maxMoves``), and re-place only if
-   ``gain = 1 - new / current >= minGain`` and the cooldown since ``placed-at`` has passed; else report
-   ``Drifted`` with the measured loss. An evaluation already made for the same inputs is not repeated
-   (unless it was waiting on the cooldown and the cooldown is over).
+   ``gain = 1 - new / current >= minGain``, the re-placement pays for itself (``gain x holdingSeconds``,
+   the serving time it saves while it holds, exceeds ``replacementCostSeconds``, the serving time a
+   restart or an expert move costs; its default follows ``serving.onUpdate``) and the cooldown since
+   ``placed-at`` has passed; else report ``Drifted`` with the measured loss and why. An evaluation
+   already made for the same inputs is not repeated (unless it was waiting on the cooldown and the
+   cooldown is over).
 
 Every result is priced against the token-balanced (EPLB-style) baseline on the same inputs.
 """
@@ -50,6 +53,7 @@ NOTHING = "nothing"
 #: Drift decisions (also Event reasons).
 REPLACED = "Replaced"
 BELOW_THRESHOLD = "DriftBelowThreshold"
+NOT_WORTH = "ReplacementNotWorthIt"
 COOLDOWN = "CooldownActive"
 
 
@@ -166,6 +170,8 @@ def _plan(
         f"{new.moves} moves would take {_ms(new.step_time_s)} (gain {_pct(gain)}, minGain "
         f"{_pct(spec.drift.min_gain)})"
     )
+    cost, hold = spec.replacement_cost_s, float(spec.drift.holding_seconds)
+    saved = max(0.0, gain) * hold
     drift = {
         "kind": kind,
         "inputHash": keys.all,
@@ -173,6 +179,8 @@ def _plan(
         "loss": _r(loss),
         "gain": _r(gain),
         "moves": int(new.moves),
+        "costSeconds": _r(cost),
+        "savedSeconds": _r(saved),
     }
     if gain <= 0 or gain < spec.drift.min_gain:
         return Plan(
@@ -183,6 +191,25 @@ def _plan(
             evaluated_drift=True,
             drift={**drift, "decision": BELOW_THRESHOLD, "message": figures},
         )
+    source = (
+        "" if spec.drift.replacement_cost_seconds is not None else f", default for onUpdate {spec.on_update}"
+    )
+    weighed = (
+        f"over the expected holding time of {hold:.0f} s it saves {saved:.0f} s of serving "
+        f"against the {cost:.0f} s a re-placement costs (spec.drift.replacementCostSeconds{source})"
+    )
+    if cost > 0 and saved <= cost:
+        msg = f"{figures}; not worth it: {weighed}"
+        return Plan(
+            NOTHING,
+            NOT_WORTH,
+            msg,
+            summary=current.summary,
+            evaluated_drift=True,
+            drift={**drift, "decision": NOT_WORTH, "message": msg},
+        )
+    if cost > 0:
+        figures = f"{figures}; worth it: {weighed}"
     ready_at = (current.placed_at or now) + dt.timedelta(seconds=spec.drift.cooldown_seconds)
     if now < ready_at:
         msg = f"{figures}; cooldown until {iso(ready_at)}"
@@ -212,7 +239,7 @@ def _plan(
 
 def prior_drift_or_none(prior: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A drift evaluation worth showing in status (one that left the placement as it was), else None."""
-    return dict(prior) if prior and prior.get("decision") in (BELOW_THRESHOLD, COOLDOWN) else None
+    return dict(prior) if prior and prior.get("decision") in (BELOW_THRESHOLD, NOT_WORTH, COOLDOWN) else None
 
 
 def summary_of(

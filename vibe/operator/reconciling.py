@@ -24,24 +24,28 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from vibe import api
-from vibe.operator import metrics, output
+from vibe.operator import metrics, output, refusals
 from vibe.operator import status as status_mod
 from vibe.operator.clock import iso
 from vibe.operator.clock import now as clock_now
 from vibe.operator.compute import Computer
-from vibe.operator.gpus import PodSnapshot, ProfileSnapshot, resolve, with_leases
+from vibe.operator.gpus import PodSnapshot, ProfileSnapshot, pod_snapshot, resolve, with_leases
 from vibe.operator.kube import Conflict, Kube
 from vibe.operator.output import InService
 from vibe.operator.planning import WRITE, Inputs, Plan
 from vibe.operator.problems import Problem
 from vibe.operator.settings import OperatorSettings
 from vibe.operator.spec import DeploymentSpec, parse_spec
+from vibe.operator.watches import Need, Watches, config_map_need, pods_need, selector_string
 from vibe.operator.workload import Loads, from_config_map, uniform
+from vibe.serving.contract import content_hash
 
 logger = logging.getLogger("vibe.operator")
 
@@ -50,12 +54,11 @@ MAX_CONFLICT_RETRIES = 5
 
 @dataclass
 class World:
-    """Read-only views of the watch caches a reconcile resolves GPUs from (nodes are listed per reconcile:
-    the API server filters them by the node selector, and a node cache would cost a watch event per
-    node status update)."""
+    """Read-only view of the watch cache a reconcile resolves GPUs from: the GPUProfiles. Nodes and
+    pods are listed per reconcile, filtered by the API server (by the node selector, the pod selector):
+    a cache of every node or pod costs a watch event per status update of each, used or not."""
 
     profiles: Mapping[str, ProfileSnapshot]
-    pods: Mapping[str, Iterable[PodSnapshot]]  # namespace -> pods
 
 
 @dataclass
@@ -67,33 +70,59 @@ class Shared:
     computer: Computer
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     post_event: Any = None  # (body, type, reason, message) -> None; Kopf's poster in the operator
+    watches: Watches | None = None  # the narrow watches that wake a deployment (None: not watched)
+    #: Deterministic failures of the placement work, by deployment: (input fingerprint, the Problem).
+    #: The same inputs fail the same way, so they are not computed again until they change.
+    hopeless: dict[tuple[str, str], tuple[str, Problem]] = field(default_factory=dict)
+    #: The last refusal logged per deployment (each is said once, not per retry).
+    said: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-async def reconcile(shared: Shared, world: World, namespace: str, name: str) -> float | None:
-    """Reconcile one MoEDeployment; returns seconds until it should be looked at again (None: resync)."""
+class Gone(Exception):
+    """The MoEDeployment a worker serves no longer exists (deleted, or replaced by a new one)."""
+
+
+async def reconcile(
+    shared: Shared, world: World, namespace: str, name: str, uid: str | None = None
+) -> float | None:
+    """Reconcile one MoEDeployment; returns seconds until it should be looked at again (None: resync).
+
+    With ``uid``: raises ``Gone`` when the object is gone or is another object of the same name (its
+    worker then ends: no finalizer holds the object for the worker, see ``handlers``)."""
     started = time.perf_counter()
     outcome = "error"
     try:
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                delay, outcome = await _reconcile_once(shared, world, namespace, name)
+                delay, outcome = await _reconcile_once(shared, world, namespace, name, uid)
+                if outcome == "gone" and uid is not None:
+                    raise Gone(f"{namespace}/{name}")
                 return delay
             except Conflict as e:
                 logger.info("%s/%s: %s; re-reading", namespace, name, e)
                 outcome = "conflict"
         return shared.settings.backoff_initial_s
+    except ApiException as e:
+        if not refusals.refused(e):
+            raise
+        outcome = "refused"
+        return await _report_refusal(shared, namespace, name, refusals.problem(e, "a read or status write"))
     finally:
         metrics.RECONCILE.labels(outcome).observe(time.perf_counter() - started)
 
 
 async def _reconcile_once(
-    shared: Shared, world: World, namespace: str, name: str
+    shared: Shared, world: World, namespace: str, name: str, uid: str | None = None
 ) -> tuple[float | None, str]:
     kube, cfg = shared.kube, shared.settings
     key = (namespace, name)
     t0 = time.perf_counter()
     body = await kube.get_deployment(namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    if (
+        body is None
+        or body["metadata"].get("deletionTimestamp")
+        or (uid is not None and body["metadata"].get("uid") != uid)
+    ):
         return None, "gone"
     meta = body["metadata"]
     old_status = body.get("status") or {}
@@ -101,10 +130,14 @@ async def _reconcile_once(
     spec = parse_spec(body["spec"])
     cm_name = output.config_map_name(name)
     m = spec.model
+    if shared.watches is not None:
+        shared.watches.want(key, _needs(spec, namespace))
     # The placement ConfigMap and the load ConfigMap are read together; parsing runs off the event loop.
     cm_obj, loads_obj = await asyncio.gather(
         kube.get_config_map(namespace, cm_name),
-        kube.get_config_map(namespace, spec.workload.config_map) if spec.workload.config_map else _none(),
+        _refusal_as_value(kube.get_config_map(namespace, spec.workload.config_map))
+        if spec.workload.config_map
+        else _none(),
     )
     current = await asyncio.to_thread(
         output.read_back, cm_obj, layers=m.layers, experts=m.experts, slots_per_gpu=spec.gpus.slots_per_gpu
@@ -130,21 +163,30 @@ async def _reconcile_once(
             namespace=namespace,
             nodes=nodes,
             profiles=with_leases(world.profiles, leases),
-            pods=world.pods.get(namespace, ()),
+            pods=await _pods(kube, spec, namespace),
             now=now,
             profile_ttl_s=cfg.profile_ttl_s,
         )
+        if isinstance(loads_obj, ApiException):
+            raise refusals.problem(loads_obj, f"reading the load ConfigMap {spec.workload.config_map}")
         obs.loads = await asyncio.to_thread(_loads, spec, namespace, loads_obj)
         inputs = Inputs(spec, obs.resolution, obs.loads)
         t_read = time.perf_counter()
-        plan, core = await shared.computer.run(
-            inputs, current, old_status.get("drift"), now, cfg.solve_budget_s
-        )
+        plan, core = await _compute(shared, key, body, inputs, current, old_status, now)
         obs.plan = plan
         t_plan = time.perf_counter()
+        tampered = _tampered(current, old_status, cm_name)
+        if plan.action != WRITE and current is not None and current.annotations_edited:
+            plan.action, core = WRITE, output.core_data(current.data)  # same data, annotations repaired
         if plan.action == WRITE:
             assert core is not None  # compute renders the data whenever the plan writes
             obs.in_service, wrote = await _write(kube, body, inputs, plan, core, current, old_status, now)
+            if tampered and shared.post_event is not None:
+                shared.post_event(
+                    body, "Warning", "PlacementRestored",
+                    f"{tampered}; wrote placement generation {obs.in_service.generation} back"
+                    + (" (the same data)" if not wrote else ""),
+                )  # fmt: skip
             logger.info(
                 "%s/%s: placement generation %d (%s): read %.2f s, plan %.2f s, write %.2f s",
                 namespace, name, obs.in_service.generation, plan.reason, t_read - t0, t_plan - t_read,
@@ -152,6 +194,10 @@ async def _reconcile_once(
             )  # fmt: skip
     except Problem as p:
         obs.problem = p
+    except ApiException as refused:  # a 4xx: the API server or an admission policy refused; say why
+        if not refusals.refused(refused):
+            raise
+        obs.problem = refusals.problem(refused, "a read or write of this deployment's placement")
     new_status, events = status_mod.observe(old_status, obs, now=iso(now))
     if not wrote:  # a write Event only for a data change
         events = [
@@ -173,6 +219,56 @@ async def _reconcile_once(
     return _next_look(obs, now), "written" if wrote else "unchanged"
 
 
+#: Problems of the placement work that the same inputs would meet again.
+DETERMINISTIC = ("InstanceTooLarge", "OutputTooLarge")
+
+
+async def _compute(
+    shared: Shared,
+    key: tuple[str, str],
+    body: Mapping[str, Any],
+    inputs: Inputs,
+    current: InService | None,
+    old_status: Mapping[str, Any],
+    now: dt.datetime,
+) -> tuple[Plan, dict[str, str] | None]:
+    """The placement work, unless the same inputs already failed deterministically (no hot retry)."""
+    fingerprint = inputs.keys.all
+    failed = shared.hopeless.get(key)
+    if failed is not None and failed[0] == fingerprint:
+        raise failed[1]
+    shared.hopeless.pop(key, None)
+
+    def lost(message: str) -> None:
+        if shared.post_event is not None:
+            shared.post_event(body, "Warning", "PlacementWorkerLost", message)
+
+    try:
+        return await shared.computer.run(
+            inputs, current, old_status.get("drift"), now, shared.settings.solve_budget_s, on_lost=lost
+        )
+    except Problem as p:
+        if p.reason in DETERMINISTIC:
+            shared.hopeless[key] = (fingerprint, p)
+        raise
+
+
+def _needs(spec: DeploymentSpec, namespace: str) -> list[Need]:
+    needs = []
+    if spec.workload.config_map:
+        needs.append(config_map_need(namespace, spec.workload.config_map))
+    if spec.gpus.pod_selector is not None:
+        needs.append(pods_need(namespace, spec.gpus.pod_selector))
+    return needs
+
+
+async def _pods(kube: Kube, spec: DeploymentSpec, namespace: str) -> list[PodSnapshot]:
+    if spec.gpus.pod_selector is None:
+        return []
+    items = await kube.pods(namespace, selector_string(spec.gpus.pod_selector))
+    return [p for p in (pod_snapshot(i) for i in items) if p is not None]
+
+
 def _loads(spec: DeploymentSpec, namespace: str, obj: Mapping[str, Any] | None) -> Loads:
     if spec.workload.config_map is None:
         return uniform(spec)
@@ -183,6 +279,51 @@ def _loads(spec: DeploymentSpec, namespace: str, obj: Mapping[str, Any] | None) 
 
 async def _none() -> None:
     return None
+
+
+async def _refusal_as_value(coro: Any) -> Any:
+    """The result, or the API server's 4xx refusal as a value (raised later, where it is a Problem)."""
+    try:
+        return await coro
+    except ApiException as e:
+        if not refusals.refused(e):
+            raise
+        return e
+
+
+async def _report_refusal(shared: Shared, namespace: str, name: str, problem: Problem) -> float:
+    """A refusal outside the reconcile's own error handling (reading the deployment or its placement,
+    writing status): set the condition if status can be written, log it once, back off."""
+    key = (namespace, name)
+    n = shared.failures[key] = shared.failures.get(key, 0) + 1
+    cfg = shared.settings
+    delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * 2 ** (n - 1))
+    metrics.ERRORS.labels(problem.reason).inc()
+    if shared.said.get(key) != problem.message:
+        shared.said[key] = problem.message
+        logger.error("%s/%s: %s (retrying every %.0f-%.0f s; said once)", namespace, name, problem.message,
+                     delay, cfg.backoff_max_s)  # fmt: skip
+    try:
+        body = await shared.kube.get_deployment(namespace, name)
+        if body is None:
+            return delay
+        old = body.get("status") or {}
+        obs = status_mod.Observation(
+            generation=int(body["metadata"].get("generation") or 0),
+            placement_key="",
+            config_map=output.config_map_name(name),
+            in_service=None,
+            problem=problem,
+        )
+        new, _ = status_mod.observe(old, obs, now=iso(clock_now()))
+        keep = {k: v for k, v in new.items() if k in ("conditions", "observedGeneration")}
+        patch = status_mod.merge_patch({k: old.get(k) for k in keep}, keep)
+        if patch:
+            await shared.kube.patch_deployment_status(namespace, name, patch)
+    except ApiException as e:
+        if not refusals.refused(e):
+            raise
+    return delay
 
 
 async def _write(
@@ -197,13 +338,25 @@ async def _write(
 ) -> tuple[InService, bool]:
     """Write the ConfigMap (whole); returns (what it now holds, whether the data changed)."""
     meta = owner["metadata"]
-    same = current is not None and output.core_data(current.data) == core
-    if current is not None and same:
-        generation = current.generation
-        placed_at = current.annotations.get(output.A_PLACED_AT) or iso(now)
+    # The generation: the intact ConfigMap's (read from its data, never from an editable annotation),
+    # or status's (only the operator writes status). The same data as in service, or as status says
+    # was last placed (a ConfigMap deleted or edited by hand and now restored), keeps its generation.
+    known = max(
+        current.generation if current is not None and current.intact else 0,
+        int(old_status.get("placementGeneration") or 0),
+    )
+    same = (current is not None and current.intact and output.core_data(current.data) == core) or (
+        known > 0 and content_hash(core) == old_status.get("contentHash")
+    )
+    if same:
+        generation = known
+        placed_at = (
+            (current.annotations.get(output.A_PLACED_AT) if current is not None else None)
+            or (old_status.get("lastReplacement") or {}).get("time")
+            or iso(now)
+        )
     else:
-        before = max(current.generation if current else 0, int(old_status.get("placementGeneration") or 0))
-        generation = before + 1
+        generation = known + 1
         placed_at = iso(now)
     data, annotations = output.finish(
         core, generation=generation, keys=inputs.keys, placed_at=placed_at, summary=plan.summary
@@ -243,6 +396,17 @@ async def _write(
     )
     assert found is not None
     return found, not same
+
+
+def _tampered(current: InService | None, old_status: Mapping[str, Any], cm_name: str) -> str:
+    """Why the placement ConfigMap is not as the operator left it ("" when it is)."""
+    if current is None:
+        return f"ConfigMap {cm_name} was deleted" if old_status.get("placementGeneration") else ""
+    if not current.intact:
+        return f"ConfigMap {cm_name} was edited by hand ({current.unreadable})"
+    if current.annotations_edited:
+        return f"the annotations of ConfigMap {cm_name} were edited by hand"
+    return ""
 
 
 def _ours(cm_obj: Mapping[str, Any] | None, name: str) -> bool:

@@ -56,11 +56,19 @@ class Workload:
     tokens_per_step: int | None = None
 
 
+#: Serving seconds one re-placement costs, by ``spec.serving.onUpdate`` (when
+#: ``spec.drift.replacementCostSeconds`` is unset): a restart rolls the serving group (minutes for a
+#: DeepSeek-V3-sized model), a live reload moves a few experts, ``report`` changes nothing by itself.
+DEFAULT_REPLACEMENT_COST_S = {"restart": 300, "http": 10, "report": 0, None: 0}
+
+
 @dataclass(frozen=True)
 class Drift:
     min_gain: float = 0.03
     cooldown_seconds: int = 300
     max_moves: int | None = None
+    replacement_cost_seconds: int | None = None
+    holding_seconds: int = 3600
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,14 @@ class DeploymentSpec:
     policy: str = "vibe"
     drift: Drift = field(default_factory=Drift)
     formats: tuple[str, ...] = DEFAULT_FORMATS
+    on_update: str | None = None  # spec.serving.onUpdate
+
+    @property
+    def replacement_cost_s(self) -> float:
+        """Serving seconds one re-placement costs: the spec's, else the default for ``onUpdate``."""
+        if self.drift.replacement_cost_seconds is not None:
+            return float(self.drift.replacement_cost_seconds)
+        return float(DEFAULT_REPLACEMENT_COST_S.get(self.on_update, 0))
 
     @property
     def placement_key(self) -> str:
@@ -127,8 +143,13 @@ def parse_spec(spec: Mapping[str, Any]) -> DeploymentSpec:
             min_gain=float(d.get("minGain", 0.03)),
             cooldown_seconds=int(d.get("cooldownSeconds", 300)),
             max_moves=int(d["maxMoves"]) if d.get("maxMoves") is not None else None,
+            replacement_cost_seconds=(
+                int(d["replacementCostSeconds"]) if d.get("replacementCostSeconds") is not None else None
+            ),
+            holding_seconds=int(d.get("holdingSeconds") or 3600),
         ),
         formats=formats,
+        on_update=str((spec.get("serving") or {}).get("onUpdate") or "") or None,
     )
 
 

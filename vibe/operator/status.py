@@ -133,7 +133,7 @@ def _conditions(
         s = cm.summary
         msg = (
             f"placement generation {cm.generation} in ConfigMap {obs.config_map}: {s.get('policy')} on "
-            f"{len(res.fleet) if res else '?'} GPUs, {_ms(s.get('stepTimeSeconds'))} per step predicted "
+            f"{_gpus_of(cm, res)} GPUs, {_ms(s.get('stepTimeSeconds'))} per step predicted "
             f"(bound {_ms(s.get('lowerBoundSeconds'))}, gap {_pct(s.get('gapToBound'))}), "
             f"{_pct(s.get('gainVsBaseline'))} faster than {(s.get('baseline') or {}).get('policy')}"
         )
@@ -160,7 +160,11 @@ def _conditions(
         out.append(Condition("Degraded", False, "InputsHealthy", "GPU profiles fresh, loads readable"))
 
     if drift is not None:
-        out.append(Condition("Drifted", True, str(drift.get("kind")), str(drift.get("message") or "")))
+        message = str(drift.get("message") or "") or (
+            f"{drift.get('kind')}: the placement in service is predicted {_pct(drift.get('loss'))} slower; "
+            f"decision {drift.get('decision')} (gain {_pct(drift.get('gain'))})"
+        )
+        out.append(Condition("Drifted", True, str(drift.get("kind")), message))
     elif obs.plan is not None:
         replaced = obs.plan.action == WRITE and obs.plan.reason == "Replaced"
         out.append(
@@ -212,6 +216,13 @@ def _notes(obs: Observation) -> list[str]:
     if obs.loads is not None and obs.loads.note:
         notes.append(obs.loads.note)
     return notes
+
+
+def _gpus_of(cm: InService, res: Resolution | None) -> int:
+    """GPUs of the placement in service: resolved now, else as the placement itself says."""
+    if res is not None:
+        return len(res.fleet)
+    return cm.placement.num_gpus if cm.placement is not None else 0
 
 
 def _ms(x: Any) -> str:

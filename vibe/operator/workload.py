@@ -73,6 +73,14 @@ def from_config_map(
     except PlacementError as e:
         raise Problem(e.reason, f"{where} key {key!r}: {e}") from None
     tokens = np.asarray(tokens, dtype=np.float64)
+    idle = np.flatnonzero(tokens.sum(axis=1) <= 0) if tokens.ndim == 2 else np.zeros(0, dtype=int)
+    if tokens.size and idle.size:
+        which = "every layer" if idle.size == tokens.shape[0] else f"layer(s) {_few(idle.tolist())}"
+        raise Problem(
+            "InvalidLoads",
+            f"{where} key {key!r}: {which} received no tokens (all loads zero); a MoE layer routes "
+            "every token to topK experts, so these loads were recorded while no traffic was served",
+        )
     want = (spec.model.layers, spec.model.experts)
     if tokens.shape != want:
         got = "x".join(str(n) for n in tokens.shape)
@@ -81,3 +89,7 @@ def from_config_map(
             f"{where} key {key!r} has loads for {got} (layers x experts); the model has {want[0]}x{want[1]}",
         )
     return Loads(tokens, f"{namespace}/{name}:{key}")
+
+
+def _few(items: list[int], n: int = 5) -> str:
+    return ", ".join(map(str, items[:n])) + (f" and {len(items) - n} more" if len(items) > n else "")

@@ -44,6 +44,11 @@ DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 SCALING_OVERHEAD_S = 10e-6
 
 
+#: Seconds one expert's FFN can plausibly take on one GPU, for any token count and shape: values outside
+#: are not a slow or a fast GPU but a corrupt profile or a unit mistake (ns or ms written as seconds).
+PLAUSIBLE_SECONDS = (1e-12, 1e4)
+
+
 @dataclass(frozen=True, eq=False)
 class GPUCurve:
     """One GPU of an expert-parallel group and its measured expert time curve.
@@ -85,6 +90,14 @@ class GPUCurve:
             raise PlacementError("InvalidCurve", f"{where}: tokens must be > 0 and strictly increasing")
         if seconds[0] <= 0:
             raise PlacementError("InvalidCurve", f"{where}: seconds must be > 0")
+        lo, hi = PLAUSIBLE_SECONDS
+        if seconds[0] < lo or seconds[-1] > hi:
+            bad_s = seconds[0] if seconds[0] < lo else seconds[-1]
+            raise PlacementError(
+                "InvalidCurve",
+                f"{where}: {bad_s:.3g} s for one expert is absurd (an expert FFN takes between "
+                f"{lo:g} s and {hi:g} s on any GPU); the profile is corrupt or in the wrong unit",
+            )
         bad = np.flatnonzero(np.diff(seconds) < 0)
         if bad.size:
             k = int(bad[0])
