@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup venv cluster-bin lint clean
+.PHONY: demo test setup venv cluster-bin lint clean crds
 
 ## demo: install, bring the local control plane up and run the end-to-end demo
 demo: setup
@@ -42,6 +42,12 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+## crds: copy vibe's CRDs (vibe/crds/manifests, the source) to crds/ and charts/vibe/crds/ (checked copies)
+crds:
+	rm -f crds/*.yaml charts/vibe/crds/*.yaml
+	cp vibe/crds/manifests/*.yaml crds/
+	cp vibe/crds/manifests/*.yaml charts/vibe/crds/
 
 clean:
 	-$(BIN)/vibe cluster down

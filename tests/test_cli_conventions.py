@@ -33,6 +33,7 @@ TALKS_TO_API = {
     "vibe serving init",
     "vibe serving watch",
     "vibe serving export-loads",
+    "vibe crds apply",
 }
 
 #: Options whose values are a fixed set: each a Literal or an Enum (so --help lists the values).

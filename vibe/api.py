@@ -67,6 +67,8 @@ MANAGED_BY_AGENT = "vibe-agent"
 
 FIELD_MANAGER_AGENT = "vibe-agent"
 FIELD_MANAGER_LOADS = "vibe-loads"
+#: ``vibe crds apply`` (and the chart's pre-upgrade hook): the owner of every field of vibe's CRDs.
+FIELD_MANAGER_CRDS = "vibe-crds"
 
 # ---- the placement ConfigMap
 

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "app",
         "What serving pods run: engine files, the sidecar, loads back in.",
     ),
+    "crds": ("vibe.crds.cli", "app", "Install or upgrade vibe's CRDs on a cluster (server-side apply)."),
     "cluster": ("vibe.cluster.cli", "app", "The local control plane for the demo and the tests."),
     "demo": ("vibe.demo.run", "demo", "The whole loop on the local control plane, narrated."),
 }

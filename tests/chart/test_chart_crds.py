@@ -1,25 +1,45 @@
-"""The chart's CRDs are the top-level crds/, byte for byte.
+"""vibe's CRDs live once, in the package (vibe/crds/manifests: an installed wheel carries them for
+`vibe crds apply`); the top-level crds/ and the chart's crds/ are copies of them, byte for byte.
 
-Helm installs a chart's `crds/` directory and nothing can template it, so the chart keeps copies. This
-test is what keeps them in sync: after changing a CRD, copy it over (`cp crds/*.yaml charts/vibe/crds/`).
+Helm installs a chart's `crds/` directory and nothing can template it, and `kubectl apply -f crds/` wants
+a plain folder, so both keep copies. This test is what keeps them in sync: after changing a CRD in
+vibe/crds/manifests, `make crds` copies it over.
 """
 
 from __future__ import annotations
 
-import yaml
-from chart_helpers import CHART, CRDS
+from pathlib import Path
 
+import pytest
+import yaml
+from chart_helpers import CHART, CRDS, ROOT
+
+from vibe import crds
+
+SOURCE = ROOT / "vibe" / "crds" / "manifests"
 CHART_CRDS = CHART / "crds"
 
 
-def test_chart_crds_are_the_top_level_crds() -> None:
-    top = {p.name: p.read_bytes() for p in CRDS.glob("*.yaml")}
-    chart = {p.name: p.read_bytes() for p in CHART_CRDS.iterdir()}
-    assert top, "no CRDs in crds/"
-    fix = "run: cp crds/*.yaml charts/vibe/crds/ (and remove files deleted from crds/)"
-    assert sorted(chart) == sorted(top), fix
-    stale = [name for name in top if chart[name] != top[name]]
-    assert not stale, f"charts/vibe/crds differs from crds/ in {stale}; {fix}"
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("copy", [CRDS, CHART_CRDS], ids=["crds", "chart-crds"])
+def test_crd_copies_are_the_package_manifests(copy: Path) -> None:
+    source = _files(SOURCE)
+    assert source, f"no CRDs in {SOURCE}"
+    fix = (
+        f"vibe/crds/manifests is the source: edit there and run `make crds`; if you edited "
+        f"{copy.relative_to(ROOT)}/ instead, copy that file to vibe/crds/manifests/ first"
+    )
+    assert sorted(_files(copy)) == sorted(source), fix
+    stale = [name for name, data in _files(copy).items() if data != source[name]]
+    assert not stale, f"{copy.relative_to(ROOT)} differs from vibe/crds/manifests in {stale}; {fix}"
+
+
+def test_package_reads_the_manifests() -> None:
+    """What `vibe crds apply` applies is those files (read through importlib.resources)."""
+    assert crds.manifest_files() == {n: d.decode() for n, d in sorted(_files(SOURCE).items())}
 
 
 def test_chart_crds_are_crds() -> None:
@@ -35,3 +55,4 @@ def test_chart_crds_are_crds() -> None:
         "kopfpeerings.kopf.dev",
         "clusterkopfpeerings.kopf.dev",
     } <= names
+    assert names == set(crds.names())

@@ -63,6 +63,7 @@ def test_default_images_are_fully_qualified_with_the_app_version(helm: Helm) -> 
     assert images == {
         "operator": f"{registry}/vibe-operator:{chart['appVersion']}",
         "agent": f"{registry}/vibe-agent:{chart['appVersion']}",
+        "crds-upgrade": f"{registry}/vibe-operator:{chart['appVersion']}",  # the pre-upgrade hook
     }
     # A registry host (with a dot) as the first path component: no runtime resolves it to Docker Hub.
     assert "." in registry.split("/")[0]
@@ -84,6 +85,7 @@ def test_default_images_are_fully_qualified_with_the_app_version(helm: Helm) -> 
     assert other == {
         "operator": f"reg.local:5000/ml/vibe-operator:{chart['appVersion']}",
         "agent": "other.io/x/vibe-agent:t@sha256:" + "a" * 64,
+        "crds-upgrade": f"reg.local:5000/ml/vibe-operator:{chart['appVersion']}",
     }
 
 

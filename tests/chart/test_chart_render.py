@@ -127,6 +127,11 @@ def test_default_objects(default: list[dict]) -> None:
         ("ConfigMap", "vibe-dashboard"),
         ("ValidatingAdmissionPolicy", "vibe-operator-configmaps"),
         ("ValidatingAdmissionPolicyBinding", "vibe-operator-configmaps"),
+        # the pre-upgrade hook that upgrades the CRDs (crds.upgrade.enabled)
+        ("ServiceAccount", "vibe-crds-upgrade"),
+        ("ClusterRole", "vibe-crds-upgrade"),
+        ("ClusterRoleBinding", "vibe-crds-upgrade"),
+        ("Job", "vibe-crds-upgrade"),
     }, sorted(kinds)
     # Namespaced objects go to the release namespace; no Namespace object is rendered.
     cluster_scoped = ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "ValidatingAdmissionPolicy",
