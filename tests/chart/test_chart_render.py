@@ -236,6 +236,26 @@ def test_agent_takes_no_gpu_from_the_scheduler(default: list[dict]) -> None:
     assert f"--namespace={NAMESPACE}" in c["args"]
 
 
+def test_the_pod_resources_mapping_runs_the_agent_as_root_without_capabilities(helm: Helm) -> None:
+    # The kubelet's pod-resources socket is root's (srwxr-xr-x): a non-root agent's connect gets EACCES
+    # and the mapping silently falls back. With the mapping on, the container runs as UID 0 but keeps
+    # every other lock (no capabilities, no escalation, read-only root); off, or runAsRoot=false, non-root.
+    def agent(values: dict) -> dict:
+        ds = one(helm.template(values), "DaemonSet", "vibe-agent")
+        (c,) = ds["spec"]["template"]["spec"]["containers"]
+        return c
+
+    on = agent({"agent": {"podResources": {"enabled": True}}})
+    sc = on["securityContext"]
+    assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert any(m["mountPath"] == "/var/lib/kubelet/pod-resources" for m in on["volumeMounts"])
+    for values in ({}, {"agent": {"podResources": {"enabled": True, "runAsRoot": False}}}):
+        sc = agent(values)["securityContext"]
+        assert sc["runAsNonRoot"] is True and "runAsUser" not in sc, values
+
+
 def test_images_default_to_app_version(default: list[dict], helm: Helm) -> None:
     images = {c["image"] for _, spec in pod_specs(default) for c in spec["containers"]}
     registry = "registry.example.com/vibe"  # the documented placeholder (values.yaml, images/README.md)
