@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, get_args
 
-import yaml
-
-from vibe import api
+from vibe import api, crds
 from vibe.placement.engine import POLICIES, PolicyName
-
-CRDS = Path(__file__).resolve().parents[1] / "crds"
 
 
 def _crd(plural: str) -> dict[str, Any]:
-    for path in CRDS.glob("*.yaml"):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc["spec"]["names"]["plural"] == plural and doc["spec"]["group"] == api.GROUP:
-                return doc
-    raise AssertionError(f"no CRD {plural}.{api.GROUP} in {CRDS}")
+    """The CRD as vibe ships it (vibe/crds/manifests; crds/ and the chart's are checked copies)."""
+    for doc in crds.documents():
+        if doc["spec"]["names"]["plural"] == plural and doc["spec"]["group"] == api.GROUP:
+            return doc
+    raise AssertionError(f"no CRD {plural}.{api.GROUP} among vibe's CRDs")
 
 
 def _schema(crd: dict[str, Any]) -> dict[str, Any]:
