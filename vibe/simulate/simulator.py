@@ -212,9 +212,10 @@ class Simulator:
                 if ev.gpu not in fleet.ids:
                     continue
                 fleet = slowed(fleet, ev.gpu, ev.factor)
-                tables.append((ev.at_s, self.table(spec, res.placement, fleet, gi)))
+                drifted = self.table(spec, res.placement, fleet, gi)
+                tables.append((ev.at_s, drifted))
                 if policy == REPLACE:
-                    down, new, r_info = self._replace(spec, res.placement, plan, fleet, ev, gi)
+                    down, new, r_info = self._replace(spec, res.placement, plan, fleet, drifted, ev, gi)
                     tables.append((down[-1][1], new))
                     g_info["replace"] = r_info
             groups.append(
@@ -236,8 +237,16 @@ class Simulator:
         return prepared
 
     def _replace(
-        self, spec: GroupSpec, current: Placement, plan: np.ndarray, drifted: Fleet, ev: DriftEvent, gi: int
+        self,
+        spec: GroupSpec,
+        current: Placement,
+        plan: np.ndarray,
+        drifted: Fleet,
+        old_t: ExpertTable,
+        ev: DriftEvent,
+        gi: int,
     ) -> tuple[list[tuple[float, float]], ExpertTable, dict[str, Any]]:
+        """Re-place ``current`` for the drifted fleet; ``old_t``: current's table on that fleet."""
         s = self.s
         new = replace_incremental(current, plan, drifted, time_budget_s=s.solve_budget_s)
         at = ev.at_s + s.replace_after_s
@@ -255,7 +264,6 @@ class Simulator:
         # worth it? the mean step at the plan scale before and after, on the drifted curves
         tokens = _plan_tokens(s, spec)
         ne = self.nonexpert.step(tokens / len(drifted), 0, 0, 0, 0)
-        old_t = self.table(spec, current, drifted, gi)
         new_t = self.table(spec, new.placement, drifted, gi)
         scale = m.moe_layers / spec.loads.shape[0]
         before = ne + sum(old_t.mean(tokens)) * scale
