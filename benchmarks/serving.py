@@ -290,7 +290,7 @@ def item4() -> tuple[str, dict[str, Any]]:
     )
     req = generate(Workload(1e6, 2000, 2000, 1, spread=0.0))
     for p in ("token-balanced", "linear"):
-        run = pre.run(p, req) if p != "linear" else _run_policy(pre, "linear", req)
+        run = pre.run(p, req)
         span = float(np.nanmax(run.finish) - req.arrival.min())
         out[f"prefill/{p}"] = float(req.prompt.sum()) / span / 4
     # decode: EP72 (9 nodes), 256 requests per GPU at 2000-token context, 100 output tokens; output/s per node
@@ -299,7 +299,7 @@ def item4() -> tuple[str, dict[str, Any]]:
     )
     req = generate(Workload(1e6, 72 * 256, 2000, 100, spread=0.0))
     for p in ("token-balanced", "linear"):
-        run = dec.run(p, req) if p != "linear" else _run_policy(dec, "linear", req)
+        run = dec.run(p, req)
         # steady decode: tokens in the steps where the batch was full (all requests admitted at once)
         span = float(np.nanmax(run.finish) - np.nanmin(run.first))
         out[f"decode/{p}"] = float((req.output - 1).sum()) / span / 9
@@ -327,11 +327,6 @@ def item4() -> tuple[str, dict[str, Any]]:
     lines.append("")
     out["rows"] = [{"figure": a, "simulated": b, "reported": c, "ratio": b / c} for a, b, c in rows]
     return "\n".join(lines), out
-
-
-def _run_policy(s: Simulator, policy: str, req: Any) -> Any:
-    """Run a policy the simulator's POLICIES do not list (solve knows it: 'linear')."""
-    return s.run(policy, req)
 
 
 # -- item 5 ------------------------------------------------------------------------------------------

@@ -260,17 +260,11 @@ class ExpertBank:
         for _ in range(experts):
             w13 = rand(2 * i, h, std=h**-0.5)
             w2 = rand(h, i, std=i**-0.5)
-            if self.grouped:
-                # [N, K] row-wise quantised, scales [N] float32 (stacked below).
-                q13, s13 = _quantize_rows(torch, w13)
-                q2, s2 = _quantize_rows(torch, w2)
-                self.w13.append(q13)
-                self.w2.append(q2)
-                self.s13.append(s13)
-                self.s2.append(s2)
-            elif self.fp8:
-                q13, s13 = _quantize(torch, w13)
-                q2, s2 = _quantize(torch, w2)
+            if self.fp8:
+                # Grouped: [N, K] row-wise quantised, scales [N] float32 (stacked below).
+                quantize = _quantize_rows if self.grouped else _quantize
+                q13, s13 = quantize(torch, w13)
+                q2, s2 = quantize(torch, w2)
                 self.w13.append(q13)
                 self.w2.append(q2)
                 self.s13.append(s13)
@@ -581,12 +575,12 @@ def measure_point(
         chunk = max(1, min(cfg.window_chunk_calls, total))
         cpu_s = statistics.median(cpu) if cpu else 0.0
         hold_s = 0.002 + 1.5 * chunk * cpu_s
+        if heater is not None and cfg.reheat_s > 0:
+            wlead = functools.partial(heater.run, heater.iters_for(hold_s))
+        else:
+            wlead = functools.partial(timer.hold, hold_s)
         spent, calls = 0.0, 0
         while calls < total:
-            if heater is not None and cfg.reheat_s > 0:
-                wlead = functools.partial(heater.run, heater.iters_for(hold_s))
-            else:
-                wlead = functools.partial(timer.hold, hold_s)
             spent += timer.time_window(lambda k: bank(k % experts, x), chunk, wlead)
             calls += chunk
         window = spent / calls / bank.per_call

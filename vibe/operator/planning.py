@@ -182,15 +182,22 @@ def _plan(
         "costSeconds": _r(cost),
         "savedSeconds": _r(saved),
     }
-    if gain <= 0 or gain < spec.drift.min_gain:
+
+    def kept(decision: str, msg: str, retry_at: dt.datetime | None = None) -> Plan:
+        """The placement in service stays: the drift was priced and ``decision`` says why."""
+        retry = {"retryAfter": iso(retry_at)} if retry_at is not None else {}
         return Plan(
             NOTHING,
-            BELOW_THRESHOLD,
-            figures,
+            decision,
+            msg,
             summary=current.summary,
+            retry_at=retry_at,
             evaluated_drift=True,
-            drift={**drift, "decision": BELOW_THRESHOLD, "message": figures},
+            drift={**drift, "decision": decision, **retry, "message": msg},
         )
+
+    if gain <= 0 or gain < spec.drift.min_gain:
+        return kept(BELOW_THRESHOLD, figures)
     source = (
         "" if spec.drift.replacement_cost_seconds is not None else f", default for onUpdate {spec.on_update}"
     )
@@ -199,29 +206,12 @@ def _plan(
         f"against the {cost:.0f} s a re-placement costs (spec.drift.replacementCostSeconds{source})"
     )
     if cost > 0 and saved <= cost:
-        msg = f"{figures}; not worth it: {weighed}"
-        return Plan(
-            NOTHING,
-            NOT_WORTH,
-            msg,
-            summary=current.summary,
-            evaluated_drift=True,
-            drift={**drift, "decision": NOT_WORTH, "message": msg},
-        )
+        return kept(NOT_WORTH, f"{figures}; not worth it: {weighed}")
     if cost > 0:
         figures = f"{figures}; worth it: {weighed}"
     ready_at = (current.placed_at or now) + dt.timedelta(seconds=spec.drift.cooldown_seconds)
     if now < ready_at:
-        msg = f"{figures}; cooldown until {iso(ready_at)}"
-        return Plan(
-            NOTHING,
-            COOLDOWN,
-            msg,
-            summary=current.summary,
-            retry_at=ready_at,
-            evaluated_drift=True,
-            drift={**drift, "decision": COOLDOWN, "retryAfter": iso(ready_at), "message": msg},
-        )
+        return kept(COOLDOWN, f"{figures}; cooldown until {iso(ready_at)}", ready_at)
     baseline = _baseline(new, loads, fleet, s)
     plan = _write(
         inputs,

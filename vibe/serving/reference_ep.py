@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vibe.placement.cost import Placement
 from vibe.serving import emit
 from vibe.serving.engine_fit import EngineSettings
 from vibe.serving.errors import ServingError
@@ -94,18 +95,9 @@ class ServingPlacement:
         return int(self.phy2log.shape[1]) // self.ep_size
 
     def log2phy(self) -> tuple[np.ndarray, np.ndarray]:
-        """([L, E, X] slots of each expert ascending, -1 padded; [L, E] replica counts)."""
-        num_layers, p = self.phy2log.shape
-        cnt = np.stack([np.bincount(row, minlength=self.num_experts) for row in self.phy2log])
-        width = int(cnt.max())
-        out = np.full((num_layers, self.num_experts, width), -1, dtype=np.int64)
-        for layer in range(num_layers):
-            fill = np.zeros(self.num_experts, dtype=np.int64)
-            for slot in range(p):
-                e = self.phy2log[layer, slot]
-                out[layer, e, fill[e]] = slot
-                fill[e] += 1
-        return out, cnt
+        """([L, E, X] slots of each expert ascending, -1 padded; [L, E] replica counts): EPLB's tables."""
+        pl = Placement(self.phy2log, self.slots_per_rank, self.num_experts)
+        return pl.log2phy(), pl.logcnt()
 
 
 def load_placement(

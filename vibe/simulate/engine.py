@@ -168,6 +168,16 @@ def run(
             keep = ~fin
             run_id, run_left, run_ctx = run_id[keep], run_left[keep], run_ctx[keep]
 
+    def decode_step(k: int) -> None:
+        """A step of only the running requests' next tokens (routing sample k)."""
+        nonlocal t, busy, steps
+        b = int(run_id.size)
+        dt = group.step_seconds(t, b, b, float(run_ctx.sum()), 0.0, b, k)
+        t += dt
+        busy += dt
+        steps += 1
+        decode_tokens(t)
+
     while done < n:
         while nxt < n and arrival[order[nxt]] <= t:
             waiting.append(int(order[nxt]))
@@ -194,12 +204,7 @@ def run(
                 if nxt < n:
                     t = max(t, float(arrival[order[nxt]]))
                 continue
-            b = int(run_id.size)
-            dt = group.step_seconds(t, b, b, float(run_ctx.sum()), 0.0, b, k)
-            t += dt
-            busy += dt
-            steps += 1
-            decode_tokens(t)
+            decode_step(k)
         else:
             batch: list[tuple[list[int], int]] = []  # (chunked entry, tokens this step)
             room = budget
@@ -246,12 +251,7 @@ def run(
                 elif ids:
                     start_decoding(ids, t)
             elif mode == "colocated" and run_id.size:
-                b = int(run_id.size)
-                dt = group.step_seconds(t, b, b, float(run_ctx.sum()), 0.0, b, k)
-                t += dt
-                busy += dt
-                steps += 1
-                decode_tokens(t)
+                decode_step(k)
             elif nxt < n:
                 t = max(t, float(arrival[order[nxt]]))
             elif not waiting and not chunked and run_id.size == 0:
