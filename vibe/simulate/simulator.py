@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vibe.placement.cost import Placement, check_shapes, evaluation_of, gpu_times_of
+from vibe.placement.cost import Placement, check_shapes
 from vibe.placement.curves import Fleet, GPUCurve
 from vibe.placement.engine import solve
 from vibe.placement.incremental import replace_incremental
@@ -280,13 +280,6 @@ class Simulator:
             "payback_s": (pause / gain) if gain > 0 else None,
         }
         return [(at, at + pause)], new_t, info
-
-    def predicted(self, spec: GroupSpec, placement: Placement, fleet: Fleet) -> float:
-        """Deterministic step time of a placement at the plan scale (the evaluator on average loads)."""
-        plan = shares_of(spec.loads) * _plan_tokens(self.s, spec) * self.s.model.top_k
-        return evaluation_of(
-            gpu_times_of(placement.phy2log, plan, fleet.table, spec.slots_per_gpu)
-        ).step_time_s
 
     def run(
         self, policy: str, requests: Requests, progress: Callable[[int, int, float], None] | None = None
