@@ -88,14 +88,15 @@ def pod(name: str, node: str, labels: dict, owner: str | None = None):
     return pod_snapshot({"metadata": meta, "spec": {"nodeName": node}, "status": {"phase": "Running"}})
 
 
-def test_pods_rank_by_lws_index_and_share_nodes_disjointly():
-    nodes, profiles = world(n_nodes=2, gpus=4)
+def resolve_three_lws_pods(nodes, profiles, *more):
+    """Resolve 6 GPUs (2 per pod) for the pods labelled app=m: p-a, p-b on n0 (LWS worker index 0, 1),
+    p-c on n1 (index 2), listed out of rank order, plus ``more``."""
     lws = api.LWS_LABEL_WORKER_INDEX
     pods = [
         pod("p-b", "n0", {"app": "m", lws: "1"}),
         pod("p-a", "n0", {"app": "m", lws: "0"}),
         pod("p-c", "n1", {"app": "m", lws: "2"}),
-        pod("other", "n1", {"app": "z", lws: "0"}),
+        *more,
     ]
     body = deployment_body("x", count=6)
     body["spec"]["gpus"] = {
@@ -104,7 +105,7 @@ def test_pods_rank_by_lws_index_and_share_nodes_disjointly():
         "count": 6,
         "slotsPerGPU": 3,
     }
-    res = resolve(
+    return resolve(
         parse_spec(body["spec"]),
         namespace="ns",
         nodes=nodes,
@@ -113,6 +114,12 @@ def test_pods_rank_by_lws_index_and_share_nodes_disjointly():
         now=NOW,
         profile_ttl_s=300,
     )
+
+
+def test_pods_rank_by_lws_index_and_share_nodes_disjointly():
+    nodes, profiles = world(n_nodes=2, gpus=4)
+    other = pod("other", "n1", {"app": "z", api.LWS_LABEL_WORKER_INDEX: "0"})
+    res = resolve_three_lws_pods(nodes, profiles, other)
     assert [g.id for g in res.gpus] == ["n0/0", "n0/1", "n0/2", "n0/3", "n1/0", "n1/1"]
 
 
@@ -177,28 +184,7 @@ def test_pods_take_the_gpus_the_kubelet_gave_them_and_the_rule_is_a_noted_fallba
         {"namespace": "other", "name": "p-a", "gpus": []},
     ]
     profiles = {"n0": profile_snapshot(body_n0), "n1": profile_snapshot(profile_body("n1", gpus=4))}
-    lws = "leaderworkerset.sigs.k8s.io/worker-index"
-    pods = [
-        pod("p-b", "n0", {"app": "m", lws: "1"}),
-        pod("p-a", "n0", {"app": "m", lws: "0"}),
-        pod("p-c", "n1", {"app": "m", lws: "2"}),
-    ]
-    body = deployment_body("x", count=6)
-    body["spec"]["gpus"] = {
-        "podSelector": {"matchLabels": {"app": "m"}},
-        "gpusPerPod": 2,
-        "count": 6,
-        "slotsPerGPU": 3,
-    }
-    res = resolve(
-        parse_spec(body["spec"]),
-        namespace="ns",
-        nodes=nodes,
-        profiles=profiles,
-        pods=pods,
-        now=NOW,
-        profile_ttl_s=300,
-    )
+    res = resolve_three_lws_pods(nodes, profiles)
     assert [g.id for g in res.gpus] == ["n0/2", "n0/3", "n0/0", "n0/1", "n1/0", "n1/1"]
     assert any("1 pod(s) assumed by the gpusPerPod rule (p-c)" in n for n in res.notes)
 

@@ -153,12 +153,13 @@ def simulate(
     non-expert time (attention over the batch's KV, dense layers) measured on an H200. Every modelling
     constant, with its source, is in the --output JSON.
     """
+    options = dict(locals())  # the flags only (taken before the import below adds a local)
     from vibe.placement.errors import PlacementError
 
     # PlacementError carries its reason; the simulator's own errors (SimulationError, ModelError) and
     # the flags' parse errors are ValueErrors: InvalidInput
     with failures(COMMAND, PlacementError, ValueError):
-        _simulate(**{k: v for k, v in locals().items()})
+        _simulate(**options)
 
 
 def parse_drift(text: str) -> Any:
