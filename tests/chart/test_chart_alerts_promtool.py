@@ -42,6 +42,11 @@ def _gpu(i: int, node: str = "gpu-node-1", model: str = H100) -> dict[str, str]:
     }
 
 
+def _target(job: str, pod: str, instance: str, namespace: str = NAMESPACE) -> dict[str, str]:
+    """The labels of a scraped target's ``up`` series."""
+    return {"job": job, "namespace": namespace, "pod": pod, "instance": instance}
+
+
 MOED = {"namespace": "serving", "name": "dsv3", **OP}
 
 # alert[/variant] -> (input series, [(eval time, [(alert labels without severity, how $value renders)])]).
@@ -69,52 +74,15 @@ CASES: dict[str, tuple[list[dict[str, str]], list[tuple[str, list[tuple[dict[str
     ),
     "VibeAgentDown": (
         [
-            _series(
-                "up",
-                {
-                    "job": AGENT_JOB,
-                    "namespace": NAMESPACE,
-                    "pod": "vibe-agent-x1",
-                    "instance": "10.0.1.7:9500",
-                },
-                "0+0x10",
-            ),
-            _series(
-                "up",
-                {
-                    "job": AGENT_JOB,
-                    "namespace": NAMESPACE,
-                    "pod": "vibe-agent-x2",
-                    "instance": "10.0.1.8:9500",
-                },
-                "1+0x10",
-            ),
-            _series(
-                "up",
-                {
-                    "job": AGENT_JOB,
-                    "namespace": "elsewhere",
-                    "pod": "vibe-agent-x3",
-                    "instance": "10.0.1.9:9500",
-                },
-                "0+0x10",
-            ),
+            _series("up", _target(AGENT_JOB, "vibe-agent-x1", "10.0.1.7:9500"), "0+0x10"),
+            _series("up", _target(AGENT_JOB, "vibe-agent-x2", "10.0.1.8:9500"), "1+0x10"),
+            _series("up", _target(AGENT_JOB, "vibe-agent-x3", "10.0.1.9:9500", "elsewhere"), "0+0x10"),
         ],
         [
             ("3m", []),
             (
                 "6m",
-                [
-                    (
-                        {
-                            "job": AGENT_JOB,
-                            "namespace": NAMESPACE,
-                            "pod": "vibe-agent-x1",
-                            "instance": "10.0.1.7:9500",
-                        },
-                        "0",
-                    )
-                ],
+                [(_target(AGENT_JOB, "vibe-agent-x1", "10.0.1.7:9500"), "0")],
             ),
         ],
     ),
@@ -147,34 +115,12 @@ CASES: dict[str, tuple[list[dict[str, str]], list[tuple[str, list[tuple[dict[str
         [("10m", []), ("17m", [({"namespace": NAMESPACE, "job": OP_JOB, "reason": "ApiException"}, "0.1")])],
     ),
     "VibeOperatorDown": (
-        [
-            _series(
-                "up",
-                {
-                    "job": OP_JOB,
-                    "namespace": NAMESPACE,
-                    "pod": "vibe-operator-7d9f-abcde",
-                    "instance": "10.0.0.5:8080",
-                },
-                "1+0x5 0+0x15",
-            )
-        ],
+        [_series("up", _target(OP_JOB, "vibe-operator-7d9f-abcde", "10.0.0.5:8080"), "1+0x5 0+0x15")],
         [("8m", []), ("17m", [({"job": OP_JOB, "namespace": NAMESPACE}, "0")])],
     ),
     # No operator target at all (uninstalled, or its ServiceMonitor lost): the same alert, same labels.
     "VibeOperatorDown/absent": (
-        [
-            _series(
-                "up",
-                {
-                    "job": AGENT_JOB,
-                    "namespace": NAMESPACE,
-                    "pod": "vibe-agent-x1",
-                    "instance": "10.0.1.7:9500",
-                },
-                "1+0x15",
-            )
-        ],
+        [_series("up", _target(AGENT_JOB, "vibe-agent-x1", "10.0.1.7:9500"), "1+0x15")],
         [("5m", []), ("11m", [({"job": OP_JOB, "namespace": NAMESPACE}, "1")])],
     ),
 }

@@ -32,8 +32,9 @@ def test_crd_copies_are_the_package_manifests(copy: Path) -> None:
         f"vibe/crds/manifests is the source: edit there and run `make crds`; if you edited "
         f"{copy.relative_to(ROOT)}/ instead, copy that file to vibe/crds/manifests/ first"
     )
-    assert sorted(_files(copy)) == sorted(source), fix
-    stale = [name for name, data in _files(copy).items() if data != source[name]]
+    copied = _files(copy)
+    assert sorted(copied) == sorted(source), fix
+    stale = [name for name, data in copied.items() if data != source[name]]
     assert not stale, f"{copy.relative_to(ROOT)} differs from vibe/crds/manifests in {stale}; {fix}"
 
 
