@@ -44,6 +44,7 @@ class Kube:
         self.api = api_client or new_api_client()
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.coordination = client.CoordinationV1Api(self.api)
 
     # ---- MoEDeployments
 
@@ -141,11 +142,9 @@ class Kube:
         One list filtered by label, served from the API server's watch cache (``resource_version="0"``):
         at 1,000 nodes ~300 KB per reconcile, against a watch event per node every heartbeat period.
         """
-        from kubernetes.client import CoordinationV1Api
-
         try:
             rsp: Any = await asyncio.to_thread(
-                CoordinationV1Api(self.api).list_namespaced_lease,
+                self.coordination.list_namespaced_lease,
                 namespace,
                 label_selector=AGENT_LEASES,
                 resource_version="0",
