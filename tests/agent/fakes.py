@@ -1,15 +1,56 @@
-"""Test doubles for the agent: a fake ``pynvml`` module and a scriptable telemetry source.
+"""Test doubles for the agent: a fake ``pynvml`` module, a scriptable telemetry source, simulated agents
+and runners run in threads.
 
 Kept as a plain module next to the tests (imported by name: pytest puts this folder on ``sys.path``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
+from vibe.agent.node import AgentConfig, NodeAgent
+from vibe.agent.runner import Runner
+from vibe.agent.simulate import Fleet, SimProfiler, SimTelemetry
 from vibe.agent.telemetry import GPUInfo, Sample, reason_mask
+
+
+def sim_agents(fleet: Fleet, cfg: AgentConfig) -> list[NodeAgent]:
+    """One agent per node of ``fleet`` on simulated telemetry and benchmarks, clocked from now."""
+    t0 = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - t0
+
+    return [
+        NodeAgent(name, SimTelemetry(g, clock), SimProfiler(g, clock), cfg, version="test")
+        for name, g in fleet.nodes.items()
+    ]
+
+
+@contextmanager
+def runner_threads() -> Iterator[Callable[[Runner], Runner]]:
+    """``go(runner)`` starts a runner and runs it in a daemon thread; at exit each is stopped and closed."""
+    started: list[tuple[Runner, threading.Thread]] = []
+
+    def go(runner: Runner) -> Runner:
+        runner.start()
+        th = threading.Thread(target=runner.run, daemon=True)
+        th.start()
+        started.append((runner, th))
+        return runner
+
+    try:
+        yield go
+    finally:
+        for runner, th in started:
+            runner.stop.set()
+            th.join(timeout=10)
+            runner.close()
 
 
 class NVMLError(Exception):

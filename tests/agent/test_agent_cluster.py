@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,13 @@ from typing import Any
 
 import pytest
 import yaml
+from fakes import runner_threads, sim_agents
 
 from vibe import api
 from vibe.agent.node import AgentConfig, NodeAgent
 from vibe.agent.publish import KubePublisher
 from vibe.agent.runner import Runner, RunnerConfig
-from vibe.agent.simulate import SimProfiler, SimTelemetry, parse_fleet
+from vibe.agent.simulate import parse_fleet
 from vibe.cluster.crds import apply_crds
 from vibe.cluster.waiting import wait_for
 
@@ -55,17 +55,7 @@ def events(kube: Any, ns: str) -> list[Any]:
 def sim_runner(
     kube: Any, ns: str, fleet: dict[str, Any], heartbeat: int = 2
 ) -> tuple[Runner, list[NodeAgent]]:
-    parsed = parse_fleet(fleet)
-    t0 = time.monotonic()
-
-    def clock() -> float:
-        return time.monotonic() - t0
-
-    cfg = AgentConfig(namespace=ns, heartbeat_seconds=heartbeat)
-    agents = [
-        NodeAgent(name, SimTelemetry(g, clock), SimProfiler(g, clock), cfg, version="test")
-        for name, g in parsed.nodes.items()
-    ]
+    agents = sim_agents(parse_fleet(fleet), AgentConfig(namespace=ns, heartbeat_seconds=heartbeat))
     pub = KubePublisher(kube, qps=50, burst=100)
     runner = Runner(
         agents, pub, RunnerConfig(poll_seconds=0.5, heartbeat_seconds=heartbeat, shapes_seconds=0)
@@ -76,21 +66,13 @@ def sim_runner(
 @pytest.fixture
 def running(kube: Any, crds: None, namespace: str) -> Iterator[Any]:
     """Start a runner in a thread; yields start(fleet) -> (runner, agents); stops it at the end."""
-    started: list[tuple[Runner, threading.Thread]] = []
+    with runner_threads() as go:
 
-    def start(fleet: dict[str, Any], heartbeat: int = 2) -> tuple[Runner, list[NodeAgent]]:
-        runner, agents = sim_runner(kube, namespace, fleet, heartbeat)
-        runner.start()
-        th = threading.Thread(target=runner.run, daemon=True)
-        th.start()
-        started.append((runner, th))
-        return runner, agents
+        def start(fleet: dict[str, Any], heartbeat: int = 2) -> tuple[Runner, list[NodeAgent]]:
+            runner, agents = sim_runner(kube, namespace, fleet, heartbeat)
+            return go(runner), agents
 
-    yield start
-    for runner, th in started:
-        runner.stop.set()
-        th.join(timeout=10)
-        runner.close()
+        yield start
 
 
 FLEET = {

@@ -13,18 +13,18 @@ and how its objects live with it.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import runner_threads, sim_agents
 
 from vibe.agent.node import AgentConfig, NodeAgent
 from vibe.agent.publish import KubePublisher
 from vibe.agent.runner import MAX_CURVES, Runner, RunnerConfig
-from vibe.agent.simulate import SimProfiler, SimTelemetry, parse_fleet
+from vibe.agent.simulate import parse_fleet
 from vibe.cluster.crds import apply_crds
 from vibe.cluster.waiting import wait_for
 
@@ -61,35 +61,17 @@ def conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def start(kube: Any, crds: None, namespace: str) -> Iterator[Any]:
     """start(nodes: {name: gpus}, **runner_cfg) -> (runner, agents), run in a thread, stopped at the end."""
-    started: list[tuple[Runner, threading.Thread]] = []
+    with runner_threads() as go:
 
-    def run(nodes: dict[str, int], **cfg: Any) -> tuple[Runner, list[NodeAgent]]:
-        fleet = parse_fleet({"seed": 2, "nodes": [{"name": n, "gpus": g} for n, g in nodes.items()]})
-        t0 = time.monotonic()
+        def run(nodes: dict[str, int], **cfg: Any) -> tuple[Runner, list[NodeAgent]]:
+            fleet = parse_fleet({"seed": 2, "nodes": [{"name": n, "gpus": g} for n, g in nodes.items()]})
+            agents = sim_agents(fleet, AgentConfig(namespace=namespace, heartbeat_seconds=1))
+            rcfg = RunnerConfig(poll_seconds=0.5, heartbeat_seconds=1, shapes_seconds=0, exists_every=1)
+            for k, v in cfg.items():
+                setattr(rcfg, k, v)
+            return go(Runner(agents, KubePublisher(kube, qps=50, burst=100), rcfg)), agents
 
-        def clock() -> float:
-            return time.monotonic() - t0
-
-        acfg = AgentConfig(namespace=namespace, heartbeat_seconds=1)
-        agents = [
-            NodeAgent(name, SimTelemetry(g, clock), SimProfiler(g, clock), acfg, version="test")
-            for name, g in fleet.nodes.items()
-        ]
-        rcfg = RunnerConfig(poll_seconds=0.5, heartbeat_seconds=1, shapes_seconds=0, exists_every=1)
-        for k, v in cfg.items():
-            setattr(rcfg, k, v)
-        runner = Runner(agents, KubePublisher(kube, qps=50, burst=100), rcfg)
-        runner.start()
-        th = threading.Thread(target=runner.run, daemon=True)
-        th.start()
-        started.append((runner, th))
-        return runner, agents
-
-    yield run
-    for runner, th in started:
-        runner.stop.set()
-        th.join(timeout=10)
-        runner.close()
+        yield run
 
 
 def test_profile_and_lease_go_with_their_node(kube: Any, namespace: str, gpu_nodes: Any, start: Any) -> None:

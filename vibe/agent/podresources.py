@@ -23,11 +23,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vibe.agent.profile import GPU_RESOURCE
+
 log = logging.getLogger("vibe.agent.podresources")
 
 SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 LIST_METHOD = "/v1.PodResourcesLister/List"
-GPU_RESOURCE = "nvidia.com/gpu"
 
 # (message, [(field, number, type, repeated, message type)]) of the public proto, the fields read here.
 _STRING, _MESSAGE = 9, 11  # FieldDescriptorProto.TYPE_*

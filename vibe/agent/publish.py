@@ -112,6 +112,7 @@ class KubePublisher:
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.coord = client.CoordinationV1Api(api_client)
         self.limiter = RateLimiter(qps, burst)
         self.component = component
         self.uids: dict[tuple[str, str], str] = {}
@@ -155,12 +156,9 @@ class KubePublisher:
         return obj
 
     def heartbeat(self, namespace: str, node: str, when: float, every_s: int) -> None:
-        from kubernetes import client
-
         body = build_lease(node, namespace, when, every_s, self.owners.get(node))
-        coord = client.CoordinationV1Api(self.api_client)
         self._go()
-        coord.patch_namespaced_lease(
+        self.coord.patch_namespaced_lease(
             node, namespace, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY
         )
 

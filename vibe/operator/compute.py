@@ -171,6 +171,12 @@ def _warm() -> int:
     return os.getpid()
 
 
+def _pids(pool: concurrent.futures.Executor | None) -> list[int]:
+    """The worker processes' ids of a process pool (none for a thread pool or no pool)."""
+    procs = getattr(pool, "_processes", None) or {}
+    return [p.pid for p in list(procs.values()) if p.pid]
+
+
 def _single_threaded_math() -> None:
     """One solve per process: BLAS thread pools would only oversubscribe the cores and reserve address
     space. Set before the workers are spawned (they inherit the environment)."""
@@ -225,8 +231,7 @@ class Lane:
         return list(await asyncio.gather(*(loop.run_in_executor(pool, _warm) for _ in range(self.processes))))
 
     def pids(self) -> list[int]:
-        procs = getattr(self.pool, "_processes", None) or {}
-        return [p.pid for p in list(procs.values()) if p.pid is not None]
+        return _pids(self.pool)
 
     async def run(
         self, fn: Callable[..., Any], *args: Any, on_lost: Callable[[str], None] | None = None
@@ -292,7 +297,7 @@ class Lane:
         return self.pool
 
     def _kill(self, pool: concurrent.futures.Executor) -> None:
-        for pid in [p.pid for p in (getattr(pool, "_processes", None) or {}).values() if p.pid]:
+        for pid in _pids(pool):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

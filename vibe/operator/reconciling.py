@@ -156,14 +156,18 @@ async def _reconcile_once(
                 "PlacementConflict",
                 f"ConfigMap {cm_name} exists and is not managed by this MoEDeployment; delete or rename it",
             )
-        nodes = await kube.node_labels(spec.gpus.node_selector) if spec.gpus.node_selector is not None else {}
-        leases = await kube.agent_leases(cfg.profile_namespace)
+        # The three reads the resolution needs are independent: one round trip instead of three.
+        nodes, leases, pods = await asyncio.gather(
+            kube.node_labels(spec.gpus.node_selector) if spec.gpus.node_selector is not None else _empty(),
+            kube.agent_leases(cfg.profile_namespace),
+            _pods(kube, spec, namespace),
+        )
         obs.resolution = resolve(
             spec,
             namespace=namespace,
             nodes=nodes,
             profiles=with_leases(world.profiles, leases),
-            pods=await _pods(kube, spec, namespace),
+            pods=pods,
             now=now,
             profile_ttl_s=cfg.profile_ttl_s,
         )
@@ -279,6 +283,10 @@ def _loads(spec: DeploymentSpec, namespace: str, obj: Mapping[str, Any] | None) 
 
 async def _none() -> None:
     return None
+
+
+async def _empty() -> dict[str, dict[str, str]]:
+    return {}
 
 
 async def _refusal_as_value(coro: Any) -> Any:

@@ -100,7 +100,6 @@ class EngineResult:
     first: np.ndarray
     finish: np.ndarray
     steps: int
-    busy_s: float
 
 
 def run(
@@ -139,7 +138,7 @@ def run(
     run_ctx = np.empty(0, dtype=np.float64)
     kv_used = 0
     nxt = done = steps = 0
-    t = busy = 0.0
+    t = 0.0
     last_report = -1
 
     def start_decoding(ids: list[int], now: float) -> None:
@@ -170,11 +169,10 @@ def run(
 
     def decode_step(k: int) -> None:
         """A step of only the running requests' next tokens (routing sample k)."""
-        nonlocal t, busy, steps
+        nonlocal t, steps
         b = int(run_id.size)
         dt = group.step_seconds(t, b, b, float(run_ctx.sum()), 0.0, b, k)
         t += dt
-        busy += dt
         steps += 1
         decode_tokens(t)
 
@@ -235,7 +233,6 @@ def run(
                 ctx = float(run_ctx.sum()) if mixed else 0.0
                 dt = group.step_seconds(t, tokens + b, b, ctx, pairs, len(completing) + b, k)
                 t += dt
-                busy += dt
                 steps += 1
                 if b:
                     decode_tokens(t)
@@ -261,4 +258,4 @@ def run(
             progress(done, n, t)
     if progress is not None:
         progress(done, n, t)
-    return EngineResult(first, finish, steps, busy)
+    return EngineResult(first, finish, steps)

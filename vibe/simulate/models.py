@@ -16,8 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-#: Bytes per element of the KV cache (SGLang's default KV dtype follows the model's bf16 activations).
-KV_BYTES = 2
+from vibe.simulate.constants import value
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ class ModelShape:
 
     def kv_bytes_per_token(self) -> int:
         """KV cache bytes one token keeps over all layers."""
-        return self.kv_elements_per_token_layer() * self.layers * KV_BYTES
+        return self.kv_elements_per_token_layer() * self.layers * int(value("kv_bytes_per_element"))
 
     def attention_flops_per_pair(self) -> float:
         """FLOPs of one (query, key) pair over all heads of one layer (QK^T and PV, 2 FLOPs per MAC)."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vibe.placement.cost import Placement, check_shapes, evaluation_of, gpu_times_of
+from vibe.placement.cost import Placement, check_shapes
 from vibe.placement.curves import Fleet, GPUCurve
 from vibe.placement.engine import solve
 from vibe.placement.incremental import replace_incremental
@@ -212,9 +212,10 @@ class Simulator:
                 if ev.gpu not in fleet.ids:
                     continue
                 fleet = slowed(fleet, ev.gpu, ev.factor)
-                tables.append((ev.at_s, self.table(spec, res.placement, fleet, gi)))
+                drifted = self.table(spec, res.placement, fleet, gi)
+                tables.append((ev.at_s, drifted))
                 if policy == REPLACE:
-                    down, new, r_info = self._replace(spec, res.placement, plan, fleet, ev, gi)
+                    down, new, r_info = self._replace(spec, res.placement, plan, fleet, drifted, ev, gi)
                     tables.append((down[-1][1], new))
                     g_info["replace"] = r_info
             groups.append(
@@ -236,8 +237,16 @@ class Simulator:
         return prepared
 
     def _replace(
-        self, spec: GroupSpec, current: Placement, plan: np.ndarray, drifted: Fleet, ev: DriftEvent, gi: int
+        self,
+        spec: GroupSpec,
+        current: Placement,
+        plan: np.ndarray,
+        drifted: Fleet,
+        old_t: ExpertTable,
+        ev: DriftEvent,
+        gi: int,
     ) -> tuple[list[tuple[float, float]], ExpertTable, dict[str, Any]]:
+        """Re-place ``current`` for the drifted fleet; ``old_t``: current's table on that fleet."""
         s = self.s
         new = replace_incremental(current, plan, drifted, time_budget_s=s.solve_budget_s)
         at = ev.at_s + s.replace_after_s
@@ -255,7 +264,6 @@ class Simulator:
         # worth it? the mean step at the plan scale before and after, on the drifted curves
         tokens = _plan_tokens(s, spec)
         ne = self.nonexpert.step(tokens / len(drifted), 0, 0, 0, 0)
-        old_t = self.table(spec, current, drifted, gi)
         new_t = self.table(spec, new.placement, drifted, gi)
         scale = m.moe_layers / spec.loads.shape[0]
         before = ne + sum(old_t.mean(tokens)) * scale
@@ -272,13 +280,6 @@ class Simulator:
             "payback_s": (pause / gain) if gain > 0 else None,
         }
         return [(at, at + pause)], new_t, info
-
-    def predicted(self, spec: GroupSpec, placement: Placement, fleet: Fleet) -> float:
-        """Deterministic step time of a placement at the plan scale (the evaluator on average loads)."""
-        plan = shares_of(spec.loads) * _plan_tokens(self.s, spec) * self.s.model.top_k
-        return evaluation_of(
-            gpu_times_of(placement.phy2log, plan, fleet.table, spec.slots_per_gpu)
-        ).step_time_s
 
     def run(
         self, policy: str, requests: Requests, progress: Callable[[int, int, float], None] | None = None
