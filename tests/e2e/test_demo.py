@@ -23,21 +23,26 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 NAME = "vibe-e2e"
 
 
+def _run_demo() -> str:
+    """`vibe demo --keep` on the test's cluster, as a user runs it: its output, once it exited 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "vibe", "demo", "--cluster", NAME, "--keep"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=840,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
 @pytest.mark.timeout(1800)
 def test_demo_places_detects_drift_and_replaces(cluster_binaries: object) -> None:
     from kubernetes import client
 
-    env = {**os.environ, "COLUMNS": "200"}
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "vibe", "demo", "--cluster", NAME, "--keep"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=840,
-        )
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0, out[-6000:]
+        out = _run_demo()
         assert "Traceback" not in out
         for expected in ("Ready after", "token-balanced", "lower bound", "Drifted, timeScale", "re-placed"):
             assert expected in out, f"{expected!r} missing from the demo's output:\n{out[-6000:]}"
@@ -65,15 +70,7 @@ def test_demo_places_detects_drift_and_replaces(cluster_binaries: object) -> Non
 
         # Issue 15 #13: a second run on the kept cluster starts clean and tells the same story (it saw
         # the GPU already drifted, "re-planned 765 s after the drift" and no re-placement).
-        again = subprocess.run(
-            [sys.executable, "-m", "vibe", "demo", "--cluster", NAME, "--keep"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=840,
-        )
-        out2 = again.stdout + again.stderr
-        assert again.returncode == 0, out2[-6000:]
+        out2 = _run_demo()
         assert "Clean up what the previous demo run left" in out2
         assert "removed namespace vibe-demo" in out2
         assert "generation 1 → 2" in out2, out2[-4000:]
