@@ -295,9 +295,7 @@ async def worker(
                     state.watches.drop(key)
                 return
             except Exception as e:  # an API error or a bug: log, count, back off; never kill the worker
-                n = state.failures[key] = state.failures.get(key, 0) + 1
-                delay = min(state.settings.backoff_max_s, state.settings.backoff_initial_s * 2 ** (n - 1))
-                metrics.ERRORS.labels(type(e).__name__).inc()
+                delay = state.failed(key, type(e).__name__)
                 if isinstance(e, ApiException):  # the API server failing: one line, said once
                     said = f"{e.status} {e.reason}"
                     log = logger.debug if state.said.get(key) == said else logger.error

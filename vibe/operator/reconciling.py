@@ -77,6 +77,13 @@ class Shared:
     #: The last refusal logged per deployment (each is said once, not per retry).
     said: dict[tuple[str, str], str] = field(default_factory=dict)
 
+    def failed(self, key: tuple[str, str], error: str) -> float:
+        """Count a failed reconcile of ``key`` (the errors metric, by ``error``); seconds to back off:
+        the first delay, doubling with each failure in a row, capped."""
+        n = self.failures[key] = self.failures.get(key, 0) + 1
+        metrics.ERRORS.labels(error).inc()
+        return min(self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** (n - 1))
+
 
 class Gone(Exception):
     """The MoEDeployment a worker serves no longer exists (deleted, or replaced by a new one)."""
@@ -216,9 +223,7 @@ async def _reconcile_once(
     _record(namespace, name, new_status, obs, wrote)
 
     if obs.problem is not None:
-        n = shared.failures[key] = shared.failures.get(key, 0) + 1
-        metrics.ERRORS.labels(obs.problem.reason).inc()
-        return min(cfg.backoff_max_s, cfg.backoff_initial_s * 2 ** (n - 1)), "problem"
+        return shared.failed(key, obs.problem.reason), "problem"
     shared.failures.pop(key, None)
     return _next_look(obs, now), "written" if wrote else "unchanged"
 
@@ -303,10 +308,8 @@ async def _report_refusal(shared: Shared, namespace: str, name: str, problem: Pr
     """A refusal outside the reconcile's own error handling (reading the deployment or its placement,
     writing status): set the condition if status can be written, log it once, back off."""
     key = (namespace, name)
-    n = shared.failures[key] = shared.failures.get(key, 0) + 1
     cfg = shared.settings
-    delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * 2 ** (n - 1))
-    metrics.ERRORS.labels(problem.reason).inc()
+    delay = shared.failed(key, problem.reason)
     if shared.said.get(key) != problem.message:
         shared.said[key] = problem.message
         logger.error("%s/%s: %s (retrying every %.0f-%.0f s; said once)", namespace, name, problem.message,
