@@ -102,7 +102,7 @@ class Kube:
         rsp: Any = await asyncio.to_thread(
             self.core.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False
         )
-        return list(json.loads(rsp.data).get("items") or ())
+        return list(_json(rsp).get("items") or ())
 
     # ---- Nodes (metadata only: the API server filters by label and sends no status)
 
@@ -119,7 +119,7 @@ class Kube:
             _preload_content=False,
             _headers=_METADATA_ONLY,
         )
-        items = json.loads(rsp.data).get("items") or ()
+        items = _json(rsp).get("items") or ()
         return {i["metadata"]["name"]: dict(i["metadata"].get("labels") or {}) for i in items}
 
     async def one_node_labels(self, name: str) -> dict[str, str] | None:
@@ -131,7 +131,7 @@ class Kube:
             if e.status == 404:
                 return None
             raise
-        return dict(json.loads(rsp.data)["metadata"].get("labels") or {})
+        return dict(_json(rsp)["metadata"].get("labels") or {})
 
     # ---- the agents' liveness Leases (profile namespace)
 
