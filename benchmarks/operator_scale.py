@@ -145,7 +145,7 @@ def main() -> int:
     from kubernetes.client.exceptions import ApiException
 
     from vibe.cluster import Cluster, create_gpu_nodes
-    from vibe.cluster.crds import apply_crds
+    from vibe.crds.apply import apply_crds
 
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     cluster = Cluster(args.cluster)

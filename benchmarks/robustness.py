@@ -324,7 +324,7 @@ def cluster_part(baseline_src: Path, pods: int, name: str) -> dict[str, Any]:
     from kubernetes import client
 
     from vibe.cluster import Cluster, create_gpu_nodes
-    from vibe.cluster.crds import apply_crds
+    from vibe.crds.apply import apply_crds
 
     sys.path.insert(0, str(ROOT / "tests" / "operator"))
     from operator_builders import profile_body

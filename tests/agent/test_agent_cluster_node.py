@@ -25,8 +25,8 @@ from vibe.agent.node import AgentConfig, NodeAgent
 from vibe.agent.publish import KubePublisher
 from vibe.agent.runner import MAX_CURVES, Runner, RunnerConfig
 from vibe.agent.simulate import parse_fleet
-from vibe.cluster.crds import apply_crds
 from vibe.cluster.waiting import wait_for
+from vibe.crds.apply import apply_crds
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

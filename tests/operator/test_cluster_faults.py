@@ -21,8 +21,8 @@ from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
 from operator_harness import Objects, OperatorProcess, running_operator
 
-from vibe.cluster.crds import apply_crds
 from vibe.cluster.waiting import wait_for
+from vibe.crds.apply import apply_crds
 from vibe.placement.synthetic import skewed_loads
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

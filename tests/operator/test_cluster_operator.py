@@ -20,8 +20,8 @@ from operator_builders import deployment_body, now_iso, profile_body
 from operator_harness import Objects, running_operator
 
 from vibe import api
-from vibe.cluster.crds import apply_crds
 from vibe.cluster.waiting import wait_for
+from vibe.crds.apply import apply_crds
 from vibe.placement.synthetic import skewed_loads
 from vibe.serving.contract import content_hash
 

@@ -19,8 +19,8 @@ from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
 from operator_harness import Objects, running_operator
 
-from vibe.cluster.crds import apply_crds
 from vibe.cluster.processes import free_port
+from vibe.crds.apply import apply_crds
 from vibe.placement.synthetic import skewed_loads
 
 pytestmark = pytest.mark.cluster

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from operator_harness import ROOT, OperatorProcess, free_port
 
-from vibe.cluster.crds import apply_crds
 from vibe.cluster.waiting import wait_for
+from vibe.crds.apply import apply_crds
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -17,8 +17,8 @@ from operator_builders import deployment_body, profile_body
 from operator_harness import Objects, OperatorProcess
 
 from vibe import api
-from vibe.cluster.crds import apply_crds
 from vibe.cluster.waiting import wait_for
+from vibe.crds.apply import apply_crds
 from vibe.placement.synthetic import skewed_loads
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

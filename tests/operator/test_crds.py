@@ -14,7 +14,7 @@ from operator_builders import deployment_body, profile_body
 from operator_harness import G, V
 
 from vibe import api
-from vibe.cluster.crds import apply_crds
+from vibe.crds.apply import apply_crds
 
 pytestmark = pytest.mark.cluster
 

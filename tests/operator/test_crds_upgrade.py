@@ -23,7 +23,7 @@ from operator_builders import deployment_body
 
 from vibe import api
 from vibe import crds as manifests
-from vibe.cluster.crds import apply_crds
+from vibe.crds.apply import apply_crds
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

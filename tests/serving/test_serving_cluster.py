@@ -219,7 +219,7 @@ def test_sidecar_takes_its_policy_from_the_moedeployment(kube_api, namespace: st
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from vibe.cluster.crds import apply_crds
+    from vibe.crds.apply import apply_crds
     from vibe.serving.cli import _policy_picker
 
     apply_crds(kube_api)

@@ -26,7 +26,6 @@ _EXPORTS = {
     "gpu_node_body": "nodes",
     "wait_nodes_ready": "nodes",
     "DEFAULT_CLUSTER": "paths",
-    "apply_crds": "crds",
     "wait_for": "waiting",
 }
 
@@ -35,7 +34,6 @@ __all__ = [
     "Cluster",
     "ClusterError",
     "Status",
-    "apply_crds",
     "create_gpu_nodes",
     "delete_fake_nodes",
     "gpu_node_body",
@@ -58,7 +56,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from vibe.cluster.controlplane import Cluster, ClusterError, Status
-    from vibe.cluster.crds import apply_crds
     from vibe.cluster.nodes import create_gpu_nodes, delete_fake_nodes, gpu_node_body, wait_nodes_ready
     from vibe.cluster.paths import DEFAULT_CLUSTER
     from vibe.cluster.waiting import wait_for

@@ -2,7 +2,7 @@
 
 Role: the one way vibe installs or upgrades its CRDs, for ``vibe crds apply`` (by hand, or the chart's
 pre-upgrade hook Job: Helm installs ``crds/`` once and never upgrades it) and for the tests, the demo
-and the benchmarks (through ``vibe.cluster.crds``).
+and the benchmarks.
 
 Server-side apply with field manager ``vibe.api.FIELD_MANAGER_CRDS`` and ``force``: vibe owns its CRDs
 wholly. A CRD first created by someone else (``helm install`` creates ``crds/`` with a plain create, a
