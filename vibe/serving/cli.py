@@ -38,10 +38,6 @@ COMMAND = "vibe serving"
 NAMESPACE = namespace_option("Namespace of the ConfigMaps (in a pod: POD_NAMESPACE).", envvar="POD_NAMESPACE")
 
 
-def _setup_logging(verbose: bool) -> None:
-    setup_logging(verbose)
-
-
 def _fail(e: ServingError) -> NoReturn:
     """``vibe serving: <Reason>: <message>`` on stderr and in the termination log; exit 1."""
     fail(e.reason, e.message, command=COMMAND)
@@ -203,7 +199,7 @@ def init_cmd(
     context: ContextOpt = None,
 ) -> None:
     """Init container: write the engine's placement file from the mounted ConfigMap, or fail clearly."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from vibe.serving import emit
 
     try:
@@ -330,7 +326,7 @@ def watch_cmd(
     context: ContextOpt = None,
 ) -> None:
     """Sidecar: apply newer placements with the MoEDeployment's policy; never an older or half-written one."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from vibe.serving import kube, sidecar
 
     try:
@@ -508,7 +504,7 @@ def export_loads_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Job/sidecar: turn SGLang's expert-distribution dump into the MoEDeployment's load ConfigMap."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from vibe.serving import engine_fit, kube
     from vibe.serving.export import Exporter
 
