@@ -137,7 +137,13 @@ def test_up_restarts_dead_components_and_keeps_the_data(scratch_cluster: Cluster
     again = scratch_cluster.status()
     for name in ("kube-apiserver", "kine"):
         os.kill(again.pids[name], signal.SIGKILL)
-    wait_for(lambda: not scratch_cluster.status().running, timeout=10, what="kine and the API server gone")
+    # Both gone before `up`: `running` turns false with the first, and an `up` that saw the API server
+    # still alive restarted kine alone and waited for a /readyz that never came (seen under load).
+    wait_for(
+        lambda: not any(scratch_cluster.status().processes[n] for n in ("kube-apiserver", "kine")),
+        timeout=10,
+        what="kine and the API server gone",
+    )
     assert scratch_cluster.up(progress=messages.append) is True
     assert scratch_cluster.status().ready
     assert _has_config_map(scratch_cluster, "survives")

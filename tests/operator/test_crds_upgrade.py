@@ -115,7 +115,14 @@ def test_vibe_crds_apply_upgrades_across_a_schema_change(kube: Any, cluster: Any
     experts = deployment_body("x")["spec"]["model"]["experts"]
 
     # Under the old schema: the rule is absent (topK > experts is accepted), model.name is pruned.
-    status, old = create(kube, namespace, with_model("old", topK=experts + 1, name="m", legacyNote="v1"))
+    # The API server validates with the old schema once it has loaded it: wait for that, not a fixed time
+    # (under load the first create still met the current rule: 422 "topK must be <= model.experts").
+    deadline = time.monotonic() + 30
+    while True:
+        status, old = create(kube, namespace, with_model("old", topK=experts + 1, name="m", legacyNote="v1"))
+        if status != 422 or "topK must be" not in str(old) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert status == 201, old
     assert isinstance(old, dict)
     assert "name" not in old["spec"]["model"] and old["spec"]["model"]["legacyNote"] == "v1"
