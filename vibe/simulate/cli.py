@@ -155,6 +155,14 @@ def simulate(
         float | None,
         typer.Option(help="Tokens per step the policies plan for (default: the group's full budget)."),
     ] = None,
+    step_mix: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TOKENS[:WEIGHT],...",
+            help="Plan for the expected step time over this step mix under sampled routing, as "
+            "vibe plan --step-mix (default: the mean-load objective at --plan-tokens).",
+        ),
+    ] = None,
     drift: Annotated[
         list[str] | None,
         typer.Option(
@@ -255,6 +263,7 @@ def _simulate(**o: Any) -> None:
         read_fleet(load_json(o["fleet"], "fleet")),
         o["slots_per_gpu"],
         o["plan_tokens"],
+        o["step_mix"],
     )
     groups: tuple[GroupSpec, ...] = (decode,)
     if o["mode"] == "disaggregated":
@@ -268,6 +277,7 @@ def _simulate(**o: Any) -> None:
             read_fleet(load_json(o["prefill_fleet"], "prefill fleet")),
             o["prefill_slots_per_gpu"],
             o["plan_tokens"],
+            o["step_mix"],
         )
         groups = (pre, decode)
     settings = Settings(

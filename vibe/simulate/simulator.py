@@ -8,6 +8,9 @@ with ``vibe.placement.solve`` (the same solver the operator runs), builds each g
 Placement scale: the loads are read as each layer's routing distribution; a policy plans on them rescaled
 to ``plan_tokens`` tokens per step (default: a colocated or prefill group's full chunked-prefill budget,
 a decode group's full running batch), which matters only for ``vibe`` (the curves are flat then linear).
+With ``plan_step_mix`` (``vibe simulate --step-mix``, as ``vibe plan --step-mix``) the policies are
+priced, and ``vibe`` plans, by the expected step time over that mix under sampled routing instead
+(``vibe.placement.routing``).
 
 Drift (``DriftEvent``): from ``at_s`` one GPU's curve is ``factor`` times slower. Policy ``vibe+replace``
 is ``vibe`` whose placement the operator re-plans ``replace_after_s`` later (detection + planning) on the
@@ -27,6 +30,7 @@ from vibe.placement.cost import Placement, check_shapes
 from vibe.placement.curves import Fleet, GPUCurve
 from vibe.placement.engine import solve
 from vibe.placement.incremental import replace_incremental
+from vibe.placement.routing import routing_from_flags
 from vibe.simulate.constants import value
 from vibe.simulate.costs import CommModel, ExpertTable, NonExpertCost, slowness_of
 from vibe.simulate.engine import EngineConfig, Group, SimulationError, run
@@ -53,6 +57,7 @@ class GroupSpec:
     fleet: Fleet
     slots_per_gpu: int
     plan_tokens: float | None = None
+    plan_step_mix: str | None = None  # "TOKENS[:WEIGHT],...": plan for the expected objective
 
 
 @dataclass(frozen=True)
@@ -241,7 +246,15 @@ class Simulator:
         info: dict[str, Any] = {}
         for gi, spec in enumerate(s.groups):
             plan = shares_of(spec.loads) * _plan_tokens(s, spec) * s.model.top_k
-            res = solve(plan, spec.fleet, spec.slots_per_gpu, base, time_budget_s=s.solve_budget_s)
+            routing = routing_from_flags(spec.loads, spec.plan_step_mix, s.model.top_k, seed=s.seed)
+            res = solve(
+                plan if routing is None else spec.loads,
+                spec.fleet,
+                spec.slots_per_gpu,
+                base,
+                time_budget_s=s.solve_budget_s,
+                routing=routing,
+            )
             # the same routing draws for every policy (common random numbers): salt by group only
             tables = [(0.0, self.table(spec, res.placement, spec.fleet, gi))]
             g_info: dict[str, Any] = {
