@@ -137,22 +137,38 @@ def test_unscheduled_or_finished_pods_are_ignored():
     )
 
 
-def test_staleness_comes_from_the_agents_lease():
-    """The agent renews a Lease and no longer rewrites the profile's status: renewTime is the heartbeat."""
+def test_staleness_is_when_the_operator_saw_the_lease_renewed():
+    """The agent renews a Lease; the operator judges liveness by when it saw ``renewTime`` change, on its
+    own clock, never by the time the agent wrote (issue 20, defect 5): a renewTime in 2096 that no longer
+    changes goes stale after the TTL, and an agent whose clock lags 10 minutes but keeps renewing is
+    fresh."""
     from vibe.operator.gpus import with_leases
+    from vibe.operator.liveness import Liveness
+
+    def stamp(t: dt.datetime) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     nodes, profiles = world(heartbeat=None)  # profiles written by a Lease-era agent: no status heartbeat
-    old = (NOW - dt.timedelta(seconds=900)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    fresh = NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    leases = {"n0": {"renewTime": old, "leaseDurationSeconds": 30}, "n1": {"renewTime": fresh}}
+    live = Liveness()
+    then = NOW - dt.timedelta(seconds=900)
+    ahead = "2096-01-01T00:00:00.000000Z"  # a token may write any renewTime
+    live.observe_leases({"n0": {"renewTime": ahead}, "n1": {"renewTime": stamp(then - LAG)}}, then)
+    renewed = live.observe_leases({"n0": {"renewTime": ahead}, "n1": {"renewTime": stamp(NOW - LAG)}}, NOW)
+    assert renewed == {"n0": then, "n1": NOW}
     spec = parse_spec(deployment_body("x", count=12)["spec"])
     res = resolve(
-        spec, namespace="ns", nodes=nodes, profiles=with_leases(profiles, leases), now=NOW, profile_ttl_s=300
+        spec, namespace="ns", nodes=nodes, profiles=with_leases(profiles, renewed), now=NOW, profile_ttl_s=300
     )
-    assert res.stale_nodes == ("n0",)
-    assert res.stale_at is not None and res.stale_at > NOW  # n1's Lease + TTL
+    assert res.stale_nodes == ("n0",)  # stopped 900 s ago, whatever it wrote
+    assert res.stale_at == NOW + dt.timedelta(seconds=300)  # n1: seen renewed now, + TTL
     # Without Leases (403: a chart from before them) the profiles' own heartbeats decide, as before.
     assert with_leases(profiles, None) is profiles
+    # A Lease that goes away is forgotten (no memory of departed nodes).
+    assert live.observe_leases({"n1": {"renewTime": stamp(NOW)}}, NOW) == {"n1": NOW}
+    assert set(live.seen) == {"lease/n1"}
+
+
+LAG = dt.timedelta(minutes=10)
 
 
 def test_gpu_uuids_claimed_by_two_nodes_are_ignored():

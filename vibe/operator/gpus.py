@@ -205,23 +205,22 @@ def pod_rank(meta: Mapping[str, Any]) -> tuple[int, int, str]:
 
 
 def with_leases(
-    profiles: Mapping[str, ProfileSnapshot], leases: Mapping[str, Mapping[str, Any]] | None
+    profiles: Mapping[str, ProfileSnapshot], renewed: Mapping[str, dt.datetime] | None
 ) -> Mapping[str, ProfileSnapshot]:
-    """The profiles with each node's liveness from its agent's Lease (``renewTime``).
+    """The profiles with each node's liveness from its agent's Lease: ``renewed`` maps a node to when the
+    operator saw its Lease renewed (``liveness.Liveness``, the operator's clock, never the agent's).
 
-    A node without a Lease keeps the profile's own ``status.heartbeatTime`` (agents from before Leases;
-    none: never stale), as does every node when ``leases`` is None (they could not be read).
+    A node without a Lease keeps the profile's own heartbeat (agents from before Leases, also observed
+    by the operator; none: never stale), as does every node when ``renewed`` is None (Leases could not
+    be read).
     """
-    if not leases:
+    if not renewed:
         return profiles
     out = dict(profiles)
     for node, snap in profiles.items():
-        spec = leases.get(node)
-        if spec is None:
-            continue
-        renewed = parse_time(spec.get("renewTime"))
-        if renewed is not None:
-            out[node] = replace(snap, heartbeat=renewed)
+        seen = renewed.get(node)
+        if seen is not None:
+            out[node] = replace(snap, heartbeat=seen)
     return out
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -55,7 +56,6 @@ from vibe.kubeclient import api_client
 from vibe.operator import metrics, output
 from vibe.operator import settings as settings_mod
 from vibe.operator.clock import now as clock_now
-from vibe.operator.clock import parse_time
 from vibe.operator.compute import Computer
 from vibe.operator.conditions import is_true
 from vibe.operator.gpus import (
@@ -210,12 +210,20 @@ def vibe_profiles(
         return None
     tag = (meta.get("uid"), meta.get("generation"))
     cached = state.profile_cache.get(meta["name"])
+    beat = _profile_beat(state, meta["name"], body)  # when it changed, on the operator's clock
     if cached is not None and cached[0] == tag:
-        snap = replace(cached[1], heartbeat=parse_time((body.get("status") or {}).get("heartbeatTime")))
+        snap = replace(cached[1], heartbeat=beat)
     else:
-        snap = profile_snapshot(body)
+        snap = replace(profile_snapshot(body), heartbeat=beat)
     state.profile_cache[meta["name"]] = (tag, snap)
     return {snap.node: snap}
+
+
+def _profile_beat(state: State, name: str, body: Mapping[str, Any]) -> dt.datetime | None:
+    """When the operator saw the profile's ``status.heartbeatTime`` take its current value (the agent's
+    clock is not trusted as a time: ``liveness``); None when it has none."""
+    raw = (body.get("status") or {}).get("heartbeatTime")
+    return state.liveness.observe(f"profile/{name}", raw, clock_now())
 
 
 @kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
@@ -357,13 +365,14 @@ async def profile_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo
     state: State = memo.vibe
     spec = body.get("spec") or {}
     node = str(spec.get("nodeName") or body["metadata"]["name"])
-    beat = parse_time((body.get("status") or {}).get("heartbeatTime"))
-    stale = beat is not None and (clock_now() - beat).total_seconds() > state.settings.profile_ttl_s
     kind = event["type"]
     meta = body["metadata"]
+    beat = None if kind == "DELETED" else _profile_beat(state, str(meta.get("name")), body)
+    stale = beat is not None and (clock_now() - beat).total_seconds() > state.settings.profile_ttl_s
     mark = None if kind == "DELETED" else (meta.get("uid"), meta.get("generation"), stale)
     if kind == "DELETED":
         state.profile_cache.pop(str(meta.get("name")), None)
+        state.liveness.observe(f"profile/{meta.get('name')}", None, clock_now())
     if not state.changed(("gpup", node), mark) and kind != "ADDED":
         return
     keys = _lookup(kwargs["vibe_deployments_by_node"], node)

@@ -38,6 +38,7 @@ from vibe.operator.clock import now as clock_now
 from vibe.operator.compute import Computer
 from vibe.operator.gpus import PodSnapshot, ProfileSnapshot, pod_snapshot, resolve, with_leases
 from vibe.operator.kube import Conflict, Kube
+from vibe.operator.liveness import Liveness
 from vibe.operator.output import InService
 from vibe.operator.planning import WRITE, Inputs, Plan
 from vibe.operator.problems import Problem
@@ -76,6 +77,8 @@ class Shared:
     hopeless: dict[tuple[str, str], tuple[str, Problem]] = field(default_factory=dict)
     #: The last refusal logged per deployment (each is said once, not per retry).
     said: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: When each agent's Lease (or profile heartbeat) was seen to change, on this operator's clock.
+    liveness: Liveness = field(default_factory=Liveness)
 
     def failed(self, key: tuple[str, str], error: str) -> float:
         """Count a failed reconcile of ``key`` (the errors metric, by ``error``); seconds to back off:
@@ -173,7 +176,7 @@ async def _reconcile_once(
             spec,
             namespace=namespace,
             nodes=nodes,
-            profiles=with_leases(world.profiles, leases),
+            profiles=with_leases(world.profiles, shared.liveness.observe_leases(leases, now)),
             pods=pods,
             now=now,
             profile_ttl_s=cfg.profile_ttl_s,

@@ -1,0 +1,129 @@
+"""A compromised or confused node against the operator on the local control plane (issue 20, round 2:
+defects 2, 3, 5 and 8). The agents' writes are made here with the operator's test client: what the
+operator does with a profile does not depend on who wrote it (the chart's node restriction already
+limits an agent to its own node's objects; ``tests/chart/test_chart_node_restriction.py`` tests that
+with real pod-bound tokens).
+
+The module's operator runs with a profile TTL of 8 s and a resync of 10 minutes, so what happens within
+seconds here was caused by a watch or a scheduled look, not by the periodic resync.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from cluster_plugin import TEST_NODES_LABEL
+from operator_builders import deployment_body, now_iso, profile_body
+from operator_harness import Objects, running_operator
+
+from vibe import api
+from vibe.agent.profile import build_lease
+from vibe.crds.apply import apply_crds
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+TTL = 8
+
+
+@pytest.fixture(scope="module")
+def profile_ns(kube: Any) -> Any:
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube)
+    name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
+    apply_crds(kube)
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Any, kube: Any, profile_ns: str) -> Any:
+    args = ("--compute-processes", "1", "--resync", "600", "--profile-ttl", str(TTL))
+    with running_operator(cluster.kubeconfig, profile_ns, *args) as op:
+        yield op
+
+
+@pytest.fixture
+def objs(kube: Any, namespace: str, profile_ns: str, operator: Any) -> Objects:
+    return Objects(kube, namespace, profile_ns, log=operator.tail)
+
+
+@pytest.fixture
+def fleet(gpu_nodes: Any, objs: Objects) -> Any:
+    """``fleet(nodes, gpus, **profile kwargs) -> (nodeSelector, node names)`` with GPUProfiles written."""
+
+    def make(n: int = 2, gpus: int = 4, **kw: Any) -> tuple[dict[str, str], list[str]]:
+        prefix = f"u-{uuid.uuid4().hex[:6]}"
+        names = gpu_nodes(n, prefix=prefix, gpus_per_node=gpus)
+        for node in names:
+            objs.put_profile(profile_body(node, gpus=gpus, **kw))
+        return {TEST_NODES_LABEL: prefix}, names
+
+    return make
+
+
+def put_lease(kube: Any, namespace: str, node: str, renew: float) -> None:
+    """The node's agent Lease with ``renewTime`` = ``renew`` (epoch seconds, the agent's clock)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    coord = client.CoordinationV1Api(kube)
+    body = build_lease(node, namespace, renew, 2, None)
+    try:
+        coord.create_namespaced_lease(namespace, body)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        coord.patch_namespaced_lease(node, namespace, {"spec": body["spec"]})
+
+
+# --------------------------------------------------------------------------------------------------
+# Defect 5: liveness by when the operator saw the heartbeat change, not by the agent's clock
+
+
+def test_a_heartbeat_from_the_future_goes_stale_when_it_stops(objs: Objects, fleet: Any):
+    """A profile heartbeat written an hour ahead (or in 2096) keeps nobody fresh once it stops changing;
+    one written an hour behind is fresh while it keeps changing. The placement stays while stale."""
+    selector, nodes = fleet(2, 4)
+    objs.create(deployment_body("m", selector=selector))
+    objs.wait_condition("m", "Ready", "True")
+    rv = objs.config_map("m-placement")["metadata"]["resourceVersion"]
+    t0 = time.monotonic()
+    objs.put_profile(profile_body(nodes[0], gpus=4, heartbeat="2096-01-01T00:00:00Z"))
+    c = objs.wait_condition("m", "Degraded", "True", "StaleGPUProfile", timeout=TTL + 30)
+    assert time.monotonic() - t0 >= TTL - 1  # stale one TTL after its last change, not at once
+    assert nodes[0] in c["message"] and "keeping placement generation 1" in c["message"]
+    assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == rv
+    # The agent is back with a clock an hour behind: each write is a change, so it is alive.
+    for _ in range(3):
+        objs.put_profile(profile_body(nodes[0], gpus=4, heartbeat=now_iso(-3600)))
+        time.sleep(0.5)
+    objs.wait_condition("m", "Degraded", "False", timeout=30)
+
+
+def test_a_lease_renewed_with_a_lagging_clock_is_fresh_and_one_ahead_goes_stale(
+    objs: Objects, fleet: Any, kube: Any
+):
+    """Leases (what the agents renew): node 0's clock lags 10 minutes but it renews every second for
+    2 TTLs: fresh throughout. Node 1 writes a renewTime in 2096 once and stops: stale after the TTL."""
+    selector, nodes = fleet(2, 4, heartbeat=None)
+    for n in nodes:
+        put_lease(kube, objs.profile_ns, n, time.time())
+    objs.create(deployment_body("m", selector=selector))
+    objs.wait_condition("m", "Ready", "True")
+    put_lease(kube, objs.profile_ns, nodes[1], 3_976_214_400.0)  # 2096-01-01
+    t0 = time.monotonic()
+    stale_seen = None
+    while time.monotonic() - t0 < 2 * TTL + 10:
+        put_lease(kube, objs.profile_ns, nodes[0], time.time() - 600)
+        c = objs.condition("m", "Degraded")
+        if c and c["status"] == "True" and c["reason"] == "StaleGPUProfile":
+            stale_seen = stale_seen or (time.monotonic() - t0, c["message"])
+            assert nodes[0] not in c["message"], c["message"]
+        time.sleep(1.0)
+    assert stale_seen is not None, "node 1 never turned stale"
+    assert stale_seen[0] >= TTL - 1 and nodes[1] in stale_seen[1]
