@@ -53,6 +53,17 @@ def run(
         float, typer.Option(help="Placement search budget per solve, in (deterministic) seconds.")
     ] = 1.0,
     resync: Annotated[float, typer.Option(help="Reconcile every deployment at least this often (s).")] = 60.0,
+    gpu_resource: Annotated[
+        str,
+        typer.Option(
+            help="Node capacity resource counting a node's GPUs; a GPUProfile listing more is not used "
+            '("": no check).'
+        ),
+    ] = "nvidia.com/gpu",
+    gpu_settle: Annotated[
+        float,
+        typer.Option(help="Seconds a change of a node's GPU list must hold before placements follow it."),
+    ] = 30.0,
     compute_processes: Annotated[
         int | None,
         typer.Option(
@@ -89,6 +100,8 @@ def run(
         metrics_port=metrics_port,
         solve_budget_s=solve_budget,
         resync_s=resync,
+        gpu_resource=gpu_resource,
+        gpu_settle_s=gpu_settle,
         **({"compute_processes": compute_processes} if compute_processes is not None else {}),
         kubeconfig=str(kubeconfig) if kubeconfig is not None else None,
         context=context,

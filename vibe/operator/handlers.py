@@ -61,6 +61,7 @@ from vibe.operator.conditions import is_true
 from vibe.operator.gpus import (
     ProfileSnapshot,
     matches_labels,
+    next_snapshot,
     profile_snapshot,
 )
 from vibe.operator.kube import Kube, new_api_client
@@ -213,8 +214,10 @@ def vibe_profiles(
     beat = _profile_beat(state, meta["name"], body)  # when it changed, on the operator's clock
     if cached is not None and cached[0] == tag:
         snap = replace(cached[1], heartbeat=beat)
-    else:
-        snap = replace(profile_snapshot(body), heartbeat=beat)
+    else:  # a spec change: its GPU list, if it changed, counts once it has held still (``settle``)
+        new = replace(profile_snapshot(body), heartbeat=beat)
+        old = cached[1] if cached is not None and cached[1].node == new.node else None
+        snap = next_snapshot(old, new, clock_now(), state.settings.gpu_settle_s)
     state.profile_cache[meta["name"]] = (tag, snap)
     return {snap.node: snap}
 

@@ -26,6 +26,7 @@ Every result is priced against the token-balanced (EPLB-style) baseline on the s
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vibe.api import FORMAT_KEYS
 from vibe.operator.clock import iso, parse_time
 from vibe.operator.gpus import Resolution
 from vibe.operator.output import InputKeys, InService
@@ -137,13 +139,33 @@ def _plan(
             drift=prior_drift_or_none(prior_drift),
         )
 
-    # 4. Other GPUs: re-place onto them now.
+    # A cooldown in progress holds whatever changes meanwhile (loads every second, a GPU back): the
+    # decision is taken again, on the inputs of that moment, when it ends. Re-evaluating each change
+    # wrote status and posted a CooldownActive Event for every one (60 a minute).
+    cooling = _cooling(prior_drift, now)
+    if cooling is not None and (current.keys.gpus == keys.gpus or not _gone(current, res)):
+        return Plan(NOTHING, COOLDOWN, "cooldown", summary=current.summary, drift=cooling,
+                    retry_at=parse_time(cooling.get("retryAfter")))  # fmt: skip
+
+    # 4. Other GPUs: re-place onto them now when a GPU in service is gone; when every one is still there
+    #    (a GPU back, a pod moved), the change waits for the cooldown like any drift.
     if current.keys.gpus != keys.gpus:
+        gone = _gone(current, res)
+        ready_at = (current.placed_at or now) + dt.timedelta(seconds=spec.drift.cooldown_seconds)
+        if not gone and now < ready_at:
+            msg = (
+                "the deployment's GPUs changed and every GPU in service is still there: re-placed "
+                f"when the cooldown ends, {iso(ready_at)}"
+            )
+            held: dict[str, Any] = {"kind": "GPUsChanged", "inputHash": keys.all, "time": iso(now)}
+            held.update(decision=COOLDOWN, retryAfter=iso(ready_at), message=msg)
+            return Plan(NOTHING, COOLDOWN, msg, summary=current.summary, drift=held, retry_at=ready_at)
         result = replace_incremental(
             have, loads.tokens, fleet, max_moves=spec.drift.max_moves, time_budget_s=budget
         )
         baseline = _baseline(result, loads, fleet, s)
-        return _write(inputs, "GPUsChanged", "the deployment's GPUs changed", result, baseline, drift=None)
+        why = "the deployment's GPUs changed" + (f" ({_few_ids(gone)} gone)" if gone else "")
+        return _write(inputs, "GPUsChanged", why, result, baseline, drift=None)
 
     # 5. Drift.
     kind = "WorkloadDrift" if current.keys.loads != keys.loads else "PerformanceDrift"
@@ -225,6 +247,31 @@ def _plan(
     )
     plan.evaluated_drift = True
     return plan
+
+
+def _cooling(prior: Mapping[str, Any] | None, now: dt.datetime) -> dict[str, Any] | None:
+    """The prior decision when it is a cooldown that has not ended yet, else None."""
+    if not prior or prior.get("decision") != COOLDOWN:
+        return None
+    retry = parse_time(prior.get("retryAfter"))
+    return dict(prior) if retry is not None and now < retry else None
+
+
+def _gone(current: InService, res: Resolution) -> set[str]:
+    """The GPUs of the placement in service ("node/index/uuid") that no trusted, settled GPUProfile
+    lists any more. Unknown (the ConfigMap has no placement.json to name them): all of them, so the
+    change is acted on at once, as before."""
+    try:
+        doc = json.loads(current.data.get(FORMAT_KEYS["vibe"]) or "null")
+        ids = {f"{g['id']}/{g.get('uuid', '')}" for g in doc["gpus"]}
+    except (ValueError, RecursionError, TypeError, KeyError, IndexError, AttributeError):
+        return {"(unknown)"}
+    return ids - res.available
+
+
+def _few_ids(ids: set[str], n: int = 3) -> str:
+    items = sorted(i.rsplit("/", 1)[0] for i in ids)
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def prior_drift_or_none(prior: Mapping[str, Any] | None) -> dict[str, Any] | None:
