@@ -4,12 +4,14 @@ operator does with a profile does not depend on who wrote it (the chart's node r
 limits an agent to its own node's objects; ``tests/chart/test_chart_node_restriction.py`` tests that
 with real pod-bound tokens).
 
-The module's operator runs with a profile TTL of 8 s and a resync of 10 minutes, so what happens within
-seconds here was caused by a watch or a scheduled look, not by the periodic resync.
+The module's operator runs with a profile TTL of 8 s, a GPU settle time of 10 s (30 s by default) and a
+resync of 10 minutes, so what happens within seconds here was caused by a watch or a scheduled look, not
+by the periodic resync.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -26,6 +28,7 @@ from vibe.crds.apply import apply_crds
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 TTL = 8
+SETTLE = 10
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,8 @@ def profile_ns(kube: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, kube: Any, profile_ns: str) -> Any:
-    args = ("--compute-processes", "1", "--resync", "600", "--profile-ttl", str(TTL))
+    args = ("--compute-processes", "1", "--resync", "600", "--profile-ttl", str(TTL),
+            "--gpu-settle", str(SETTLE))  # fmt: skip
     with running_operator(cluster.kubeconfig, profile_ns, *args) as op:
         yield op
 
@@ -127,3 +131,116 @@ def test_a_lease_renewed_with_a_lagging_clock_is_fresh_and_one_ahead_goes_stale(
         time.sleep(1.0)
     assert stale_seen is not None, "node 1 never turned stale"
     assert stale_seen[0] >= TTL - 1 and nodes[1] in stale_seen[1]
+
+
+def generation(objs: Objects, name: str) -> int:
+    cm = objs.config_map(f"{name}-placement")
+    return int(cm["metadata"]["annotations"][api.ANNOTATION_PLACEMENT_GENERATION]) if cm else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Defect 2: a node's GPUs are at most its Node's capacity
+
+
+def test_a_profile_with_more_gpus_than_its_node_is_not_believed(objs: Objects, fleet: Any):
+    """Node 0 (capacity 4) publishes 64 GPUs; before, the operator placed 8 ranks on it (4 of them on
+    GPUs that do not exist). Now its profile is not used: the deployment runs on nodes 1 and 2, says so,
+    and a Warning Event names node 0."""
+    selector, nodes = fleet(3, 4)
+    objs.put_profile(profile_body(nodes[0], gpus=64))
+    objs.create(deployment_body("m", selector=selector, count=8))
+    ready = objs.wait_condition("m", "Ready", "True")
+    assert objs.get("m")["status"]["nodes"] == sorted(nodes[1:])
+    assert f"{nodes[0]} (64 GPUs, capacity 4)" in ready["message"]
+    ev = objs.wait_event("m", "GPUProfileDistrusted")
+    assert ev["type"] == "Warning" and nodes[0] in ev["message"]
+    # The agent publishes the truth again: after the settle time node 0 is back (a GPU change where every
+    # GPU in service is still there waits for the cooldown: the placement stays on nodes 1 and 2).
+    objs.put_profile(profile_body(nodes[0], gpus=4))
+    c = objs.wait_condition("m", "Drifted", "True", "GPUsChanged", timeout=SETTLE + 30)
+    assert "cooldown" in c["message"] and generation(objs, "m") == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Defect 3: a flapping GPU moves nothing; a GPU gone is handled after the settle time
+
+
+def test_a_flapping_gpu_moves_nothing_and_a_gpu_gone_is_handled_after_the_settle_time(
+    objs: Objects, fleet: Any
+):
+    """GPU 1 of node 0 leaves and comes back every 2 s for 3 settle times, with cooldownSeconds 300:
+    before, a new placement generation per change (1 -> 31 in 60 s). Now none. Then it stays gone: a new
+    generation (a GPU in service is gone) one settle time later, measured."""
+    selector, nodes = fleet(2, 4)
+    objs.create(deployment_body("m", selector=selector, count=6, drift={"cooldownSeconds": 300}))
+    objs.wait_condition("m", "Ready", "True")
+    full = profile_body(nodes[0], gpus=4)
+    short = json.loads(json.dumps(full))
+    del short["spec"]["gpus"][1]
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < 3 * SETTLE:
+        objs.put_profile(short if i % 2 == 0 else full)
+        i += 1
+        time.sleep(2.0)
+    objs.put_profile(full)
+    time.sleep(3)
+    assert generation(objs, "m") == 1, objs.log()
+    objs.put_profile(short)
+    gone = time.monotonic()
+    cm = objs.wait_generation("m", 2, timeout=SETTLE + 30)
+    took = time.monotonic() - gone
+    print(f"GPU gone -> placement generation 2 in {took:.1f} s (settle time {SETTLE} s)")
+    assert SETTLE - 1 <= took <= SETTLE + 10
+    doc = json.loads(cm["data"]["placement.json"])
+    assert f"{nodes[0]}/1" not in [g["id"] for g in doc["gpus"]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Defect 8: a UUID conflict does not punish the honest node
+
+
+def test_a_node_listing_anothers_gpu_uuids_loses_its_own_not_the_others(objs: Objects, fleet: Any):
+    """Node 2's agent lists node 0's GPU UUIDs; before, node 0's GPUs were dropped (claimed twice) and
+    the 8-GPU deployment on nodes 0 and 1 went InsufficientGPUs. Now node 2 is not believed."""
+    selector, nodes = fleet(3, 4)
+    objs.create(deployment_body("m", selector=selector, count=8))
+    objs.wait_condition("m", "Ready", "True")
+    assert objs.get("m")["status"]["nodes"] == sorted(nodes[:2])
+    liar = profile_body(nodes[2], gpus=4)
+    for i, g in enumerate(liar["spec"]["gpus"]):
+        g["uuid"] = f"GPU-{nodes[0]}-{i}"
+    objs.put_profile(liar)
+    ev = objs.wait_event("m", "GPUProfileDistrusted")
+    assert nodes[2] in ev["message"] and f"of {nodes[0]}" in ev["message"]
+    ready = objs.condition("m", "Ready")
+    assert ready["status"] == "True" and f"GPUProfile(s) of {nodes[2]}" in ready["message"]
+    assert generation(objs, "m") == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Defect 4: unreadable loads are the loads' condition
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000 + "]" * 100_000, '{"loads": [[' + "9" * 5000 + "]]}"],
+    ids=["200kB-deep", "5000-digit-int"],
+)
+def test_unreadable_loads_are_a_condition_for_new_and_placed_deployments(
+    objs: Objects, fleet: Any, text: str
+):
+    """Before: a new MoEDeployment got no status for 30+ minutes, a placed one kept "loads readable",
+    and the log a 33-line traceback a minute."""
+    selector, _ = fleet(2, 4)
+    objs.put_loads("bad", text)
+    objs.create(deployment_body("new", selector=selector, workload={"configMapRef": {"name": "bad"}}))
+    c = objs.wait_condition("new", "Ready", "False", "InvalidLoads")
+    assert "ConfigMap" in c["message"] and "bad" in c["message"]
+    objs.put_loads("good", json.dumps({"loads": [[1.0] * 16] * 4}))
+    objs.create(deployment_body("placed", selector=selector, workload={"configMapRef": {"name": "good"}}))
+    objs.wait_condition("placed", "Ready", "True")
+    objs.put_loads("good", text)
+    c = objs.wait_condition("placed", "Degraded", "True", "InvalidLoads")
+    assert "keeping placement generation 1" in c["message"]
+    assert "Traceback" not in objs.log()
