@@ -12,6 +12,7 @@ duplicate placement generation. ``--standalone`` (the default without ``--peerin
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Annotated
 
@@ -149,4 +150,7 @@ def run(
         peering_name=peering if peering and not standalone else None,
         priority=priority or 0,
         liveness_endpoint=liveness,
+        # The pod's name (the chart sets POD_NAME) as the peering identity: a container restarted in
+        # the same pod replaces its own entry instead of waiting for its dead self's keep-alive to lapse.
+        identity=os.environ.get("POD_NAME") or None,  # type: ignore[arg-type]  # kopf's NewType of str
     )

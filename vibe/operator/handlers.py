@@ -74,6 +74,9 @@ MOED = (api.GROUP, api.VERSION, api.MOEDEPLOYMENT_PLURAL)
 GPUP = (api.GROUP, api.VERSION, api.GPUPROFILE_PLURAL)
 TRIGGER_ANNOTATION = api.ANNOTATION_RECONCILE_TRIGGER
 
+#: Seconds a peering keep-alive holds (Kopf's default is 60).
+PEERING_LIFETIME_S = 20
+
 logger = logging.getLogger("vibe.operator")
 
 
@@ -129,6 +132,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING  # Events come from the reconciler, not from log lines
     settings.posting.reporting_component = "vibe-operator"
     settings.posting.event_name_prefix = "vibe-"
+    # A replica that dies without saying so blocks its peers until its keep-alive lapses: 20 s, not
+    # Kopf's 60 (keep-alives every 10-15 s, one small PATCH each).
+    settings.peering.lifetime = PEERING_LIFETIME_S
     settings.watching.server_timeout = 300  # re-establish watches regularly (kopf's advice)
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
