@@ -376,9 +376,11 @@ async def profile_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo
     node = str(spec.get("nodeName") or body["metadata"]["name"])
     kind = event["type"]
     meta = body["metadata"]
+    ttl = state.settings.profile_ttl_s
     beat = None if kind == "DELETED" else _profile_beat(state, str(meta.get("name")), body)
-    stale = beat is not None and (clock_now() - beat).total_seconds() > state.settings.profile_ttl_s
-    mark = None if kind == "DELETED" else (meta.get("uid"), meta.get("generation"), stale)
+    stale = beat is not None and (clock_now() - beat).total_seconds() > ttl
+    back = state.liveness.returned(f"profile/{meta.get('name')}", ttl)  # a heartbeat after a silence
+    mark = None if kind == "DELETED" else (meta.get("uid"), meta.get("generation"), stale, back)
     if kind == "DELETED":
         state.profile_cache.pop(str(meta.get("name")), None)
         state.liveness.observe(f"profile/{meta.get('name')}", None, clock_now())

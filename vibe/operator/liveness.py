@@ -25,19 +25,32 @@ class Liveness:
 
     def __init__(self) -> None:
         self.seen: dict[str, tuple[str, dt.datetime]] = {}
+        #: Per key: when the value before the current one was first seen (to tell a return from silence).
+        self.before: dict[str, dt.datetime] = {}
 
     def observe(self, node: str, value: Any, now: dt.datetime) -> dt.datetime | None:
         """Record ``node``'s heartbeat value (a renewTime, as written); when it was first seen as it is
         now. ``None`` (no heartbeat written) forgets the node and returns None."""
         if not value:
             self.seen.pop(node, None)
+            self.before.pop(node, None)
             return None
         mark = str(value)
         last = self.seen.get(node)
         if last is not None and last[0] == mark:
             return last[1]
+        if last is not None:
+            self.before[node] = last[1]
         self.seen[node] = (mark, now)
         return now
+
+    def returned(self, node: str, ttl_s: float) -> dt.datetime | None:
+        """When ``node``'s heartbeat changed after a silence longer than ``ttl_s`` (it was stale and is
+        fresh again: the deployments using it must look), else None."""
+        last, before = self.seen.get(node), self.before.get(node)
+        if last is None or before is None or (last[1] - before).total_seconds() <= ttl_s:
+            return None
+        return last[1]
 
     def observe_leases(
         self, leases: Mapping[str, Mapping[str, Any]] | None, now: dt.datetime
@@ -53,4 +66,5 @@ class Liveness:
                 out[node] = seen
         for key in [k for k in self.seen if k.startswith("lease/") and k[6:] not in leases]:
             del self.seen[key]
+            self.before.pop(key, None)
         return out
