@@ -44,6 +44,7 @@ from vibe.api import (
     LWS_LABEL_WORKER_INDEX,
     STS_LABEL_POD_INDEX,
 )
+from vibe.kubeclient import as_dict
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,10 @@ def _dgd_node_count(api: Any, namespace: str, labels: dict[str, str]) -> int:
     if not name or not component:
         return 0
     try:
-        dgd = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-            DGD_API_GROUP, DGD_API_VERSION, namespace, DGD_PLURAL, name
+        dgd = as_dict(
+            k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+                DGD_API_GROUP, DGD_API_VERSION, namespace, DGD_PLURAL, name
+            )
         )
     except k8s.ApiException as e:
         log.warning("cannot read DynamoGraphDeployment %s/%s: HTTP %s", namespace, name, e.status)
