@@ -22,6 +22,7 @@ named with its source file (ai-dynamo/dynamo ``deploy/operator/api/v1beta1/``).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -168,9 +169,20 @@ def test_rbac_names_the_dgds_and_never_what_dynamo_generates() -> None:
 
 def vibe_commands() -> list[tuple[str, list[str]]]:
     out = []
-    for path in sorted(DYNAMO.glob("*.yaml")) + sorted((ROOT / "examples" / "sglang").glob("*.yaml")):
+    examples = ROOT / "examples"
+    for path in (
+        sorted(DYNAMO.glob("*.yaml"))
+        + sorted((examples / "sglang").glob("*.yaml"))
+        + sorted((examples / "llm-d").glob("*.yaml"))
+    ):
         for doc in load(path):
-            for container in _all_containers(doc):
+            # A JSON 6902 patch is a list of ops; a container it adds is an op's value.
+            added = (
+                [op["value"] for op in doc if re.search(r"/(init)?[cC]ontainers/-$", op["path"])]
+                if isinstance(doc, list)
+                else []
+            )
+            for container in _all_containers(doc) + added:
                 cmd = [*container.get("command", []), *container.get("args", [])]
                 # A shell script: each `;`-separated command of it that runs vibe.
                 scripts = (
@@ -201,6 +213,7 @@ def test_every_example_runs_vibe() -> None:
     for want in (
         "dgd-sglang.yaml:vibe-placement",
         "dgd-trtllm.yaml:vibe-loads",
+        "vibe-eplb-patch.yaml:vibe-loads",
         "leaderworkerset.yaml:vibe-watch",
     ):
         assert want in names, names
@@ -361,3 +374,90 @@ def test_the_examples_role_may_patch_its_dgd_and_nothing_dynamo_generates(
     with pytest.raises(ServingError) as e:
         kube.restart_workload(as_pod, namespace, "LeaderWorkerSet", "dsv3-0-decode", 2)
     assert "403" in str(e.value)
+
+
+# ---- examples/llm-d: a kustomize patch of an llm-d vLLM LeaderWorkerSet
+
+LLMD = ROOT / "examples" / "llm-d"
+
+
+@pytest.fixture(scope="module")
+def llmd_rendered() -> list[dict]:
+    """``kubectl kustomize examples/llm-d`` with the pinned kubectl (hack/k8s/go.mod)."""
+    import subprocess
+
+    from vibe.cluster import binaries
+
+    kubectl = binaries.ensure(components=["kubernetes"])["kubectl"]
+    out = subprocess.run(
+        [str(kubectl), "kustomize", str(LLMD)], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def _lws(docs: list[dict]) -> dict:
+    (lws,) = [d for d in docs if d["kind"] == "LeaderWorkerSet"]
+    return lws
+
+
+def test_llmd_patch_adds_vibe_and_changes_nothing_else(llmd_rendered: list[dict]) -> None:
+    from vibe.serving.vllm_eplb import ENV_LOADS_FILE, ENV_PLACEMENT_DIR
+
+    base = _lws(load(LLMD / "decode.yaml"))
+    lws = _lws(llmd_rendered)
+    spec = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
+    base_spec = base["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
+    vllm = spec["containers"][0]
+    # The script is llm-d's, line for line, plus vibe's two flags and nothing else.
+    added = [
+        line
+        for line in vllm["args"][0].splitlines()
+        if line not in base_spec["containers"][0]["args"][0].splitlines()
+    ]
+    assert [a.split()[0] for a in added] == ["--enable-eplb", "--eplb-config"]
+    assert set(base_spec["containers"][0]["args"][0].splitlines()) <= set(vllm["args"][0].splitlines())
+    eplb = json.loads(re.search(r"--eplb-config '([^']+)'", vllm["args"][0]).group(1))
+    env = {e["name"]: e.get("value") for e in vllm["env"]}
+    assert {e["name"] for e in base_spec["containers"][0]["env"]} < set(env)
+
+    moed = next(d for d in llmd_rendered if d["kind"] == "MoEDeployment")
+    gpus, model = moed["spec"]["gpus"], moed["spec"]["model"]
+    size, local = lws["spec"]["leaderWorkerTemplate"]["size"], int(env["DP_SIZE_LOCAL"])
+    assert size * local == gpus["count"] == size * int(vllm["resources"]["limits"]["nvidia.com/gpu"])
+    assert model["experts"] + eplb["num_redundant_experts"] == gpus["slotsPerGPU"] * gpus["count"]
+    # The plugin reads the mounted <moedeployment>-placement; rank 0's window goes to the sidecar.
+    mounts = {m["name"]: m["mountPath"] for m in vllm["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert env[ENV_PLACEMENT_DIR] == mounts["placement"]
+    assert volumes["placement"]["configMap"]["name"] == f"{moed['metadata']['name']}-placement"
+    sidecar = flags(next(c for c in spec["containers"] if c["name"] == "vibe-loads")["command"])
+    assert sidecar["--window-file"] == env[ENV_LOADS_FILE]
+    ref = moed["spec"]["workload"]["configMapRef"]
+    assert (sidecar["--configmap"], sidecar["--key"]) == (ref["name"], ref["key"])
+    assert lws["metadata"]["name"] == base["metadata"]["name"]
+
+
+def test_llmd_render_passes_the_upstream_crds(
+    llmd_rendered: list[dict], kube_api: Any, namespace: str
+) -> None:
+    from kubernetes import client
+    from upstream_crds import LWS_CRD, LWS_MODULE, crd
+
+    from vibe.crds.apply import apply_crds
+
+    apply_crds(kube_api, [crd(LWS_MODULE, LWS_CRD)], field_manager="vibe-tests")
+    apply_crds(kube_api)
+    custom, core = client.CustomObjectsApi(kube_api), client.CoreV1Api(kube_api)
+    strict = {"dry_run": "All", "field_validation": "Strict"}
+    lws = _lws(llmd_rendered)
+    custom.create_namespaced_custom_object(
+        api.LWS_API_GROUP, api.LWS_API_VERSION, namespace, api.LWS_PLURAL, lws, **strict
+    )
+    template = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]
+    core.create_namespaced_pod_template(
+        namespace, {"metadata": {"name": "llmd"}, "template": template}, **strict
+    )
+    moed = next(d for d in llmd_rendered if d["kind"] == "MoEDeployment")
+    custom.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.MOEDEPLOYMENT_PLURAL, moed, **strict
+    )
