@@ -13,16 +13,20 @@ reaches refuses every version and commit of it (HTTP 403), so its examples are c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vibe import api
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "hack" / "upstream-crds"
 
@@ -33,6 +37,44 @@ PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator
 PROMETHEUS_OPERATOR_CRDS = {
     kind: f"example/prometheus-operator-crd/monitoring.coreos.com_{kind.lower()}s.yaml"
     for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+}
+
+
+#: Not upstream: a stand-in for Dynamo's DynamoGraphDeployment CRD (which cannot be had, see above) with
+#: its group, version, kind and plural and a schema that keeps every field, for the tests of vibe's side
+#: of a DGD restart (what the API server accepts, the resourceVersion guard, which components change).
+STAND_IN_DGD_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": f"{api.DGD_PLURAL}.{api.DGD_API_GROUP}"},
+    "spec": {
+        "group": api.DGD_API_GROUP,
+        "names": {
+            "kind": api.DGD_KIND,
+            "listKind": api.DGD_KIND + "List",
+            "plural": api.DGD_PLURAL,
+            "singular": api.DGD_KIND.lower(),
+            "shortNames": ["dgd"],
+        },
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": api.DGD_API_VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        },
+                    }
+                },
+            }
+        ],
+    },
 }
 
 
@@ -81,3 +123,31 @@ def crd(module: str, path: str) -> dict[str, Any]:
     docs = [d for d in yaml.safe_load_all((module_dir(module) / path).read_text()) if d]
     (doc,) = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
     return doc
+
+
+@contextlib.contextmanager
+def installed(api_client: Any, crds: list[dict[str, Any]]) -> Iterator[None]:
+    """Apply ``crds`` (waiting until served) for the duration; remove afterwards those that were not there
+    before, so that tests which need an API group absent (the chart renders monitoring objects only when
+    the cluster serves monitoring.coreos.com) do not depend on the order tests run in."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from vibe.cluster.waiting import wait_for
+    from vibe.crds.apply import apply_crds
+
+    ext = client.ApiextensionsV1Api(api_client)
+    present = {c.metadata.name for c in ext.list_custom_resource_definition().items}
+    apply_crds(api_client, crds, field_manager="vibe-tests")
+    try:
+        yield
+    finally:
+        added = [c["metadata"]["name"] for c in crds if c["metadata"]["name"] not in present]
+        for name in added:
+            with contextlib.suppress(ApiException):
+                ext.delete_custom_resource_definition(name)
+
+        def gone() -> bool:
+            return not {c.metadata.name for c in ext.list_custom_resource_definition().items} & set(added)
+
+        wait_for(gone, timeout=60, what=f"CRDs {', '.join(added)} deleted")

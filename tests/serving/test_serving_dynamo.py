@@ -9,9 +9,10 @@
 * ``restart`` of a LeaderWorkerSet, with LeaderWorkerSet's own CRD (``tests/upstream_crds.py``).
 
 Dynamo's ``DynamoGraphDeployment`` CRD cannot be had here (``tests/upstream_crds.py`` says why), so the
-DGD tests install ``STAND_IN_DGD_CRD``: the same group, version, kind and plural, with a schema that keeps
-every field. What is tested is vibe's side: the patch a real API server accepts, the resourceVersion
-guard, which components change; Dynamo's controller, which rolls the pods, is not run.
+DGD tests install ``upstream_crds.STAND_IN_DGD_CRD`` (fixture ``dgd_crd``): the same group, version,
+kind and plural, with a schema that keeps every field. What is tested is vibe's side: the patch a real
+API server accepts, the resourceVersion guard, which components change; Dynamo's controller, which
+rolls the pods, is not run.
 """
 
 from __future__ import annotations
@@ -21,40 +22,6 @@ import pytest
 from vibe import api
 from vibe.serving import kube, rankmap
 from vibe.serving.errors import ServingError
-
-STAND_IN_DGD_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": f"{api.DGD_PLURAL}.{api.DGD_API_GROUP}"},
-    "spec": {
-        "group": api.DGD_API_GROUP,
-        "names": {
-            "kind": api.DGD_KIND,
-            "listKind": api.DGD_KIND + "List",
-            "plural": api.DGD_PLURAL,
-            "singular": api.DGD_KIND.lower(),
-            "shortNames": ["dgd"],
-        },
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": api.DGD_API_VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                        },
-                    }
-                },
-            }
-        ],
-    },
-}
 
 
 def dgd(name: str) -> dict:
@@ -86,13 +53,6 @@ def annotations(obj: dict) -> dict[str, str | None]:
         .get(api.TEMPLATE_ANNOTATION)
         for c in obj["spec"]["components"]
     }
-
-
-@pytest.fixture
-def dgd_crd(kube_api) -> None:
-    from vibe.crds.apply import apply_crds
-
-    apply_crds(kube_api, [STAND_IN_DGD_CRD], field_manager="vibe-tests")
 
 
 def read_dgd(kube_api, namespace: str, name: str) -> dict:
@@ -238,14 +198,10 @@ def test_grove_ranks_follow_the_cliques_and_the_dgd_node_count(
     )
 
 
-def test_restart_rolls_a_leaderworkerset_of_the_upstream_crd(kube_api, namespace: str) -> None:
+def test_restart_rolls_a_leaderworkerset_of_the_upstream_crd(kube_api, namespace: str, lws_crd) -> None:
     import yaml
     from kubernetes import client
-    from upstream_crds import LWS_CRD, LWS_MODULE, crd
 
-    from vibe.crds.apply import apply_crds
-
-    apply_crds(kube_api, [crd(LWS_MODULE, LWS_CRD)], field_manager="vibe-tests")
     lws = yaml.safe_load(
         """
 apiVersion: leaderworkerset.x-k8s.io/v1
