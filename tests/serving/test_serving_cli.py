@@ -87,7 +87,7 @@ def test_export_loads_to_a_file(tmp_path: Path) -> None:
     both = runner.invoke(
         app, ["export-loads", "--dump", str(dump), "--engine-url", "http://x", "--output", str(out)]
     )
-    assert both.exit_code == 1 and "exactly one of --dump and --engine-url" in both.output
+    assert both.exit_code == 1 and "exactly one of --dump, --stats-dir and --engine-url" in both.output
 
 
 def test_init_refuses_an_architecture_sglang_ignores(volume: KubeletVolume, tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def solve(
         current: the placement in service, if any: the result's slots are then ordered within each GPU
             to keep experts where they already are, and ``moves`` counts the copies needed.
     Returns:
-        Result; ``to_placement_json`` / ``to_sglang`` / ``to_eplb`` serialise it.
+        Result; ``vibe.engines`` serialises it.
     Raises:
         PlacementError: bad shapes, loads, slots or policy.
     """
