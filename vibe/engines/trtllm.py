@@ -249,20 +249,6 @@ def fit(doc: Any, settings: EngineSettings, where: str = KEY) -> dict[str, Any]:
         raise EngineError(
             "PlacementMismatch", f"{where}: num_slots {num_slots} < num_experts {experts} (WideEPMoE asserts)"
         )
-    for layer, row in table.items():
-        bad = sorted({x for x in row if x < 0 or x >= experts})
-        if bad:
-            raise EngineError(
-                "PlacementMismatch",
-                f"{where}: layer {layer} names expert {bad[0]}, outside 0..{experts - 1} (WideEPMoE asserts)",
-            )
-        missing = set(range(experts)).difference(row)
-        if missing:
-            raise EngineError(
-                "PlacementMismatch",
-                f"{where}: layer {layer} leaves expert {min(missing)} without a slot (WideEPMoE asserts"
-                " every expert in every layer)",
-            )
     keys = list(table)
     rows = list(table.values())
     first = settings.first_moe_layer
@@ -290,6 +276,20 @@ def fit(doc: Any, settings: EngineSettings, where: str = KEY) -> dict[str, Any]:
             " raises KeyError for a missing layer"
             + (f" (first missing: {missing_layers[0]})" if missing_layers else ""),
         )
+    for layer, row in out.items():
+        bad = sorted({x for x in row if x < 0 or x >= experts})
+        if bad:
+            raise EngineError(
+                "PlacementMismatch",
+                f"{where}: layer {layer} names expert {bad[0]}, outside 0..{experts - 1} (WideEPMoE asserts)",
+            )
+        missing = set(range(experts)).difference(row)
+        if missing:
+            raise EngineError(
+                "PlacementMismatch",
+                f"{where}: layer {layer} leaves expert {min(missing)} without a slot (WideEPMoE asserts"
+                " every expert in every layer)",
+            )
     return {"num_slots": num_slots, "initial_global_assignments": out, "layer_updates_per_iter": 0}
 
 

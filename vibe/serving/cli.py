@@ -186,6 +186,16 @@ def init_cmd(
             help="Write EPLB tensors here (.json, or .pt with torch).",
         ),
     ] = None,
+    trtllm_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--trtllm-out",
+            dir_okay=False,
+            metavar="FILE.yaml",
+            help="Write TensorRT-LLM's load-balancer YAML here (moe_config.load_balancer), and"
+            " <stem>-extra-engine-args.yaml beside it.",
+        ),
+    ] = None,
     engine_file: Annotated[
         list[str] | None,
         typer.Option(
@@ -239,7 +249,7 @@ def init_cmd(
         )
         expected = _optional_int(expect_generation, "--expect-generation")
         on_newer = _roll_forward_hook(kubeconfig, context) if roll_forward else None
-        outputs = _outputs(engine_file or [], sglang=sglang_out, eplb=eplb_out)
+        outputs = _outputs(engine_file or [], sglang=sglang_out, eplb=eplb_out, trtllm=trtllm_out)
         applied = emit.run_init(
             str(placement_dir),
             settings,
