@@ -265,3 +265,11 @@ def test_unreadable_statistics_are_one_clear_error(tmp_path: Path) -> None:
         trtllm.loads(tmp_path / "c", assignment=lb)
     with pytest.raises(EngineError, match="drop the layer options"):
         trtllm.loads(tmp_path / "c", first_moe_layer=3)
+
+
+def test_a_hand_edited_file_cannot_expand() -> None:
+    """YAML aliases (a billion-laughs edit of the ConfigMap) are refused before anything expands."""
+    bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b]\n"
+    with pytest.raises(ValueError, match="aliases are not allowed"):
+        trtllm.parse(bomb)
+    assert trtllm.parse("num_slots: 4\n") == {"num_slots": 4}

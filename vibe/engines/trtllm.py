@@ -142,11 +142,18 @@ def write(result: Result, fleet: Fleet, baseline: Result | None = None) -> bytes
 
 
 def parse(text: str) -> Any:
-    """The document from the file's text, as the engine reads it (``yaml.safe_load``); ``ValueError``."""
+    """The document from the file's text, as the engine reads it (``yaml.safe_load``), but refusing YAML
+    aliases: a hand-edited ConfigMap must not expand into gigabytes. ``ValueError`` when unreadable."""
     import yaml
 
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("YAML aliases are not allowed")
+            return super().compose_node(parent, index)
+
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=NoAliases)  # a SafeLoader that refuses aliases
     except yaml.YAMLError as e:
         raise ValueError(f"{KEY} is not YAML: {e}") from None
 

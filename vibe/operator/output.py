@@ -139,7 +139,7 @@ def read_back(
     generation, declared = _meta_of(data)
     try:
         summary = json.loads(ann.get(api.ANNOTATION_SUMMARY) or "{}")
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a 5000-digit number, nested too deep: hand-edited
         summary = {}
     found = InService(
         name=str(meta.get("name") or ""),
@@ -164,8 +164,10 @@ def read_back(
     found.intact = True
     try:
         found.placement = placement_of(data, experts=experts, slots_per_gpu=slots_per_gpu)
-    except (PlacementError, ValueError, KeyError, TypeError) as e:
-        found.unreadable = f"cannot read the placement back: {e}"
+    except (PlacementError, ValueError, KeyError, TypeError, RecursionError) as e:
+        found.unreadable = (
+            f"cannot read the placement back: {'nested too deep' if isinstance(e, RecursionError) else e}"
+        )
         return found
     if found.placement is not None and found.placement.num_layers != layers:
         found.placement = None
@@ -194,7 +196,7 @@ def _meta_of(data: Mapping[str, str]) -> tuple[int, str]:
         meta = json.loads(data.get(KEY_META) or "{}")
         generation = int(meta.get("placementGeneration") or 0)
         declared = str(meta.get("contentHash") or "")
-    except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, RecursionError):
         return 0, ""
     return max(0, generation), declared
 
