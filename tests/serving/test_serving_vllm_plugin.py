@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vibe.engines import get
 from vibe.operator.output import InputKeys, finish, render
 from vibe.placement import engine as placement_engine
 from vibe.placement.synthetic import h100_fleet, skewed_loads
@@ -60,7 +61,7 @@ def configmap(generation: int, seed: int, gpus: int = RANKS, layers: int = LAYER
     result = placement_engine.solve(loads, fleet, PHYSICAL // gpus, "vibe", time_budget_s=0.05, seed=seed)
     keys = InputKeys("p", "g", "c", "l")
     data, _ = finish(
-        render(result, fleet, ("vibe", "eplb")),
+        render(result, fleet, ("vibe", "vllm")),
         generation=generation,
         keys=keys,
         placed_at="2026-12-07T00:00:00Z",
@@ -70,7 +71,10 @@ def configmap(generation: int, seed: int, gpus: int = RANKS, layers: int = LAYER
 
 
 def phy2log(data: dict[str, str]) -> list[list[int]]:
-    return [layer["physicalToLogical"] for layer in json.loads(data["placement.json"])["layers"]]
+    """The map the ``vllm`` key holds (the plugin reads it first), checked against placement.json's."""
+    rows = json.loads(data["vllm-eplb.json"])["physical_to_logical_map"]
+    assert rows == [layer["physicalToLogical"] for layer in json.loads(data["placement.json"])["layers"]]
+    return rows
 
 
 def test_the_pinned_vllm_is_the_tested_one() -> None:
@@ -152,10 +156,15 @@ def test_vllms_eplb_moves_experts_to_vibes_placement_live(tmp_path: Path) -> Non
     assert "placement has 4 MoE layers but vLLM's model has 3" in later["log"][0]
     assert all(not r["log"] for r in by_phase["misfit-later"][1:]), "only EP rank 0 logs"
 
-    # the last window, all-reduced over the ranks and folded to logical experts, as tokens per step
+    # the last window, all-reduced over the ranks and folded to logical experts; the vllm record's loads
+    # reader (what `vibe serving export-loads --engine vllm` runs) makes it tokens per step
     last = np.asarray(scenario["phases"][-1]["window_counts"]).sum(axis=(0, 1))  # [layers, physical]
     in_service = np.asarray(by_phase["rollback"][0]["map"])  # the map the window was recorded under
     logical = np.zeros((LAYERS, EXPERTS))
     for layer in range(LAYERS):
         np.add.at(logical[layer], in_service[layer], last[layer])
-    np.testing.assert_allclose(np.asarray(out["loads"]["loads"]), logical / WINDOW, atol=1e-3)
+    assert out["window"]["logical_count"] == logical.astype(int).tolist()
+    assert out["window"]["windowSteps"] == WINDOW
+    window = tmp_path / "window.json"
+    window.write_text(json.dumps(out["window"]))
+    np.testing.assert_allclose(get("vllm").loads(window).loads, logical / WINDOW)

@@ -237,7 +237,7 @@ def rearrange(scenario_path: str, out_dir: str) -> dict:
     mp.spawn(_worker, args=(world, port, scenario, out_dir), nprocs=world)
     ranks = [json.loads((Path(out_dir) / f"rank{r}.json").read_text()) for r in range(world)]
     loads_file = Path(out_dir) / "loads" / "window.json"
-    return {"ranks": ranks, "loads": json.loads(loads_file.read_text()) if loads_file.exists() else None}
+    return {"ranks": ranks, "window": json.loads(loads_file.read_text()) if loads_file.exists() else None}
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ and then moves the expert weights itself to match. ``vibe.serving.vllm_plugin`` 
 answers with vibe's placement; this module is what it decides, free of torch and vLLM:
 
 1. ``read_view``: each rank reads the mounted ``<name>-placement`` ConfigMap as *one* kubelet snapshot
-   (``snapshot.read_snapshot``), checks the declared hash (``contract.stamp_from_data``), takes the map
-   from ``placement.json`` (else ``eplb.json``) and fits it to what vLLM asked for (``fit``: MoE layer
+   (``snapshot.read_snapshot``), checks the declared hash (``stamp.stamp_from_data``), takes the map
+   from ``vllm-eplb.json`` (format ``vllm``, ``vibe.engines.vllm``; else ``placement.json``, else
+   ``eplb.json``) and fits it to what vLLM asked for (``fit``: MoE layer
    count, replica count, EP size, every expert in every layer). A rank never raises here: whatever goes
    wrong is the view's ``reason``, because every rank must reach the collective that follows.
 2. The plugin gathers every rank's ``View`` (generation, content hash, reason) over vLLM's EPLB process
@@ -24,9 +25,10 @@ answers with vibe's placement; this module is what it decides, free of torch and
      that did fit, if vibe applied one (``KEEP``), else vLLM's default policy's answer (``DEFAULT``),
      which is deterministic in inputs every rank shares. Either way with one log line saying why.
 
-3. ``loads_window``: rank 0 writes the load window as vibe's loads document (``loads.loads_document``:
-   tokens per step over the MoE layers = window counts / ``window_size``), atomically, to a file in a
-   volume the ``vibe serving export-loads --window-file`` sidecar ships to the loads ConfigMap.
+3. ``write_window``: rank 0 writes the load window it was given (``vibe.engines.vllm.window_document``:
+   counts and the window's steps), atomically, to a file in a shared volume; ``vibe serving export-loads
+   --engine vllm --dump FILE --follow`` turns it into tokens per step (the ``vllm`` record's loads
+   reader) and ships it to the loads ConfigMap whenever it changes.
 
 Rank order: physical slot ``p`` of the placement lives on vLLM EP rank ``p // (num_replicas /
 num_ranks)`` (vLLM's own layout), so placement rank r must be vLLM's EP rank r (see docs/serving.md).
@@ -44,22 +46,21 @@ from typing import Any
 
 import numpy as np
 
-from vibe.serving import contract, loads, snapshot, state
+from vibe import contract
+from vibe.engines import canonical, eplb, vllm
+from vibe.engines.errors import EngineError
+from vibe.serving import snapshot, stamp, state
 from vibe.serving.errors import ServingError
 
-#: The vLLM releases whose EPLB code path the plugin is tested against (CI installs the first one:
-#: ``hack/vllm-requirements.txt``; tests/serving/test_serving_vllm_plugin.py). Others are refused at start.
-VLLM_VERSIONS: tuple[str, ...] = ("0.33.0",)
+#: The vLLM releases the plugin is tested with (``vibe.engines.vllm``); others are refused at start.
+VLLM_VERSIONS = vllm.VLLM_VERSIONS
 
 #: Environment of the vLLM processes: the mounted placement ConfigMap (turns the plugin on), the file the
 #: load window goes to (optional), and vLLM's ``--eplb-config`` ``window_size`` when it is not the default.
 ENV_PLACEMENT_DIR = "VIBE_VLLM_PLACEMENT_DIR"
 ENV_LOADS_FILE = "VIBE_VLLM_LOADS_FILE"
 ENV_WINDOW_SIZE = "VIBE_VLLM_EPLB_WINDOW_SIZE"
-#: vLLM 0.33.0's ``EPLBConfig.window_size`` default.
-DEFAULT_WINDOW_SIZE = 1000
-#: ``vibe.dev/loads-source`` of a window the plugin wrote.
-LOADS_SOURCE = "vllm-eplb-window"
+DEFAULT_WINDOW_SIZE = vllm.DEFAULT_WINDOW_SIZE
 
 
 class Action(str, enum.Enum):
@@ -149,22 +150,30 @@ def fit(rows: Any, request: Request, where: str, gpus: int | None = None) -> np.
 
 
 def _map_from(data: dict[str, str]) -> tuple[Any, int | None, str]:
-    """The ``[layers][slots]`` rows, the GPU count the placement names, and the key they came from."""
-    if contract.KEY_PLACEMENT in data:
-        doc = json.loads(data[contract.KEY_PLACEMENT])
-        layers = doc.get("layers") if isinstance(doc, dict) else None
+    """The ``[layers][slots]`` rows, the GPU count the placement names, and the key the rows came from.
+
+    The GPU count comes from ``placement.json`` whichever key gives the rows: a map for 4 GPUs x 2 slots
+    has the shape of one for 2 x 4, and only the GPU list tells them apart.
+    """
+    placement = json.loads(data[canonical.KEY]) if canonical.KEY in data else None
+    listed = placement.get("gpus") if isinstance(placement, dict) else None
+    gpus = len(listed) if isinstance(listed, list) else None
+    if vllm.KEY in data:
+        doc = json.loads(data[vllm.KEY])
+        return (doc.get(vllm.MAP) if isinstance(doc, dict) else None), gpus, vllm.KEY
+    if placement is not None:
+        layers = placement.get("layers") if isinstance(placement, dict) else None
         if not isinstance(layers, list):
-            raise ServingError("PlacementMismatch", f"{contract.KEY_PLACEMENT}: no layers")
+            raise ServingError("PlacementMismatch", f"{canonical.KEY}: no layers")
         rows = [layer.get("physicalToLogical") if isinstance(layer, dict) else None for layer in layers]
-        gpus = doc.get("gpus")
-        return rows, len(gpus) if isinstance(gpus, list) else None, contract.KEY_PLACEMENT
-    if contract.KEY_EPLB in data:
-        doc = json.loads(data[contract.KEY_EPLB])
-        return (doc.get("phy2log") if isinstance(doc, dict) else None), None, contract.KEY_EPLB
+        return rows, gpus, canonical.KEY
+    if eplb.KEY in data:
+        doc = json.loads(data[eplb.KEY])
+        return (doc.get("phy2log") if isinstance(doc, dict) else None), gpus, eplb.KEY
     raise ServingError(
         "MissingPlacement",
-        f"the placement ConfigMap has neither {contract.KEY_PLACEMENT} nor {contract.KEY_EPLB}"
-        f" (keys: {', '.join(sorted(data)) or 'none'}); keep 'vibe' in spec.output.formats",
+        f"the placement ConfigMap has none of {vllm.KEY}, {canonical.KEY}, {eplb.KEY}"
+        f" (keys: {', '.join(sorted(data)) or 'none'}); add 'vllm' to spec.output.formats",
     )
 
 
@@ -173,20 +182,20 @@ def read_view(mount: str | os.PathLike[str], request: Request) -> tuple[View, np
     ServingError: a failure is the view's reason."""
     try:
         snap = snapshot.read_snapshot(mount, attempts=5, pause=0.02)
-        stamp = contract.stamp_from_data(snap.data)
-        digest = stamp.content_hash or contract.content_hash(snap.data)
+        seen = stamp.stamp_from_data(snap.data)
+        digest = seen.content_hash or contract.content_hash(snap.data)
     except ServingError as e:
         return View(None, "", f"{e.reason}: {e}"), None
     try:
         rows, gpus, key = _map_from(snap.data)
         arr = fit(rows, request, key, gpus)
     except json.JSONDecodeError as e:
-        return View(stamp.generation, digest, f"UnreadableVolume: not JSON: {e}"), None
+        return View(seen.generation, digest, f"UnreadableVolume: not JSON: {e}"), None
     except ServingError as e:
-        return View(stamp.generation, digest, f"{e.reason}: {e}"), None
-    if stamp.generation is None:
+        return View(seen.generation, digest, f"{e.reason}: {e}"), None
+    if seen.generation is None:
         return View(None, digest, "UnreadableVolume: the placement declares no generation"), None
-    return View(stamp.generation, digest), arr
+    return View(seen.generation, digest), arr
 
 
 def choose(views: Sequence[View], in_service: int | None) -> Decision:
@@ -230,14 +239,12 @@ def window_size(configured: int | None) -> int:
     return int(raw) if raw.strip().isdigit() and int(raw) > 0 else DEFAULT_WINDOW_SIZE
 
 
-def loads_window(weight: np.ndarray, steps: int) -> str | None:
-    """vibe's loads document (tokens per step) for a load window; None for an empty window (profile run)."""
-    counts = np.asarray(weight, dtype=np.float64)
-    if counts.ndim != 2 or not np.all(np.isfinite(counts)) or counts.min() < 0:
-        raise ServingError("InvalidDump", f"vLLM's load window has shape {counts.shape} or bad counts")
-    if not (counts.sum(axis=1) > 0).all():
-        return None
-    return loads.loads_document(loads.Loads(counts / steps, steps, 0))
+def window(weight: Any, steps: int) -> str | None:
+    """The window file's text (``vibe.engines.vllm.window_document``); None for an empty window."""
+    try:
+        return vllm.window_document(weight, steps)
+    except EngineError as e:
+        raise ServingError(e.reason, e.message) from None
 
 
 def write_window(path: str | os.PathLike[str], document: str) -> None:

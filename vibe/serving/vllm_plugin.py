@@ -17,7 +17,8 @@ collective rearrangement (sync mode: the main thread; async mode: each rank's EP
 vLLM itself all-reduces over the EPLB group right after). It reads this rank's view, gathers every
 rank's view over vLLM's EPLB CPU process group (``get_eplb_group().cpu_group``, gloo), and returns what
 ``vllm_eplb.choose`` decides from the gathered list, so every rank returns the same map. The load window
-vLLM passed is written by EP rank 0 as vibe's loads (``VIBE_VLLM_LOADS_FILE``).
+vLLM passed is written by EP rank 0 (``VIBE_VLLM_LOADS_FILE``) for ``vibe serving export-loads --engine
+vllm`` to ship as vibe's loads.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class Runtime:
         if not self.loads_file or self._rank() != 0:
             return
         try:
-            doc = vllm_eplb.loads_window(weight.double().numpy(), vllm_eplb.window_size(_configured_window()))
+            doc = vllm_eplb.window(weight.double().numpy(), vllm_eplb.window_size(_configured_window()))
             if doc is not None:
                 vllm_eplb.write_window(self.loads_file, doc)
         except (OSError, ServingError) as e:  # never stop a rebalance for the statistics
