@@ -113,6 +113,7 @@ def test_vllms_eplb_moves_experts_to_vibes_placement_live(tmp_path: Path) -> Non
     assert phy2log(gen2) != phy2log(gen3)
     phases = [
         ("misfit", [misfit, misfit]),
+        ("profile", [gen2, gen2]),  # vLLM's profile run asks the policy but commits nothing
         ("apply", [gen2, gen2]),
         ("disagree", [gen3, None]),  # rank 0's volume swapped to generation 3, rank 1's not yet
         ("agree", [None, gen3]),
@@ -126,7 +127,7 @@ def test_vllms_eplb_moves_experts_to_vibes_placement_live(tmp_path: Path) -> Non
         "redundant": PHYSICAL - EXPERTS,
         "window": WINDOW,
         "phases": [
-            {"name": name, "data": data, "window_counts": window_counts(i)}
+            {"name": name, "data": data, "window_counts": window_counts(i), "profile": name == "profile"}
             for i, (name, data) in enumerate(phases)
         ],
     }
@@ -144,7 +145,8 @@ def test_vllms_eplb_moves_experts_to_vibes_placement_live(tmp_path: Path) -> Non
     first = by_phase["misfit"][0]
     assert first["map"] == first["default_answer"]
     assert len(first["log"]) == 1 and "placement is for 4 GPUs but vLLM's EP size is 2" in first["log"][0]
-    assert by_phase["apply"][0]["map"] == phy2log(gen2)
+    assert by_phase["profile"][0]["map"] == first["map"]  # the profile run moved nothing
+    assert by_phase["apply"][0]["map"] == phy2log(gen2)  # though the profile run already saw it
     # rank 0 sees generation 3 first: both keep generation 2 until both see 3
     disagree = by_phase["disagree"][0]
     assert disagree["map"] == phy2log(gen2)

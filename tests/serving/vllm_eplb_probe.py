@@ -11,7 +11,9 @@ vLLM's torch pin differs from the agent's). Modes:
     vLLM's loader, build a real ``EplbState`` with ``add_model`` for a small MoE model whose expert
     weights are CPU tensors (each slot's weight holds the id of the logical expert in it), and for each
     phase of the scenario: swap each rank's mounted placement volume (kubelet's atomic ``..data`` swap),
-    fill the load window, and call ``EplbState.rearrange()`` -- which all-reduces the window, calls the
+    fill the load window, and call ``EplbState.rearrange()`` (``is_profile=True`` for a phase marked
+    ``profile``: vLLM's profile run at start, which asks the policy but commits nothing) -- which
+    all-reduces the window, calls the
     registered policy's ``rebalance_experts`` on every rank, moves the expert weights between the ranks
     (vLLM's ``torch_gloo`` communicator) and commits the maps. Each rank writes, per phase, the map it
     then serves, whether every local slot's weight is the expert that map names, and the vibe log lines.
@@ -201,7 +203,7 @@ def _worker(rank: int, world: int, port: int, scenario: dict, out_dir: str) -> N
             model_state.expert_load_window.copy_(window)
             lines.lines.clear()
             before = model_state.physical_to_logical_map.clone()
-            state.rearrange()
+            state.rearrange(is_profile=bool(phase.get("profile")))  # profile: what vLLM's start does
             from vllm.distributed.eplb.policy.default import DefaultEplbPolicy
 
             default = DefaultEplbPolicy.rebalance_experts(

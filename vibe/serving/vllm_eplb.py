@@ -19,8 +19,9 @@ answers with vibe's placement; this module is what it decides, free of torch and
    * every rank sees the same generation and hash, it fits, and it is not older than the map vibe put in
      service: ``APPLY`` that map;
    * the ranks disagree (kubelet swaps a ConfigMap volume on each node at its own time), or the newest
-     placement is older than the one in service: ``KEEP`` the map in service (the ``old`` map vLLM passed,
-     identical on every rank; no expert moves) until they agree at a later rebalance;
+     placement is older than the one in service: ``KEEP`` the map in service (vibe's last applied map,
+     held by every rank, else the ``old`` map vLLM passed, identical on every rank; no expert moves) until
+     they agree at a later rebalance;
    * the newest placement does not fit (or there is none, or it has no generation): the last vibe map
      that did fit, if vibe applied one (``KEEP``), else vLLM's default policy's answer (``DEFAULT``),
      which is deterministic in inputs every rank shares. Either way with one log line saying why.

@@ -94,13 +94,16 @@ class Runtime:
                 self.in_service, self._vibe_map = decision.generation, torch.from_numpy(arr)
                 return self._vibe_map.clone()
             if decision.action is vllm_eplb.Action.KEEP:
-                if old is not None and tuple(old.shape) == (request.num_layers, num_replicas):
-                    return old.clone()
-                if self._vibe_map is not None and tuple(self._vibe_map.shape) == (
-                    request.num_layers,
-                    num_replicas,
-                ):
+                # vibe's map in service, which every rank holds (it was applied only when all agreed).
+                # Not ``old``: vLLM's profile run (``rearrange(is_profile=True)`` at start) asks the
+                # policy but commits nothing, so vLLM may still run its initial map after vibe "applied"
+                # one; returning vibe's map again makes the next real rebalance move to it (no copy
+                # at all when it is already in place).
+                shape = (request.num_layers, num_replicas)
+                if self._vibe_map is not None and tuple(self._vibe_map.shape) == shape:
                     return self._vibe_map.clone()
+                if old is not None and tuple(old.shape) == shape:
+                    return old.clone()
             self.in_service, self._vibe_map = None, None
             return self._default_policy().rebalance_experts(
                 weight, num_replicas, num_groups, num_nodes, num_ranks, old
