@@ -20,6 +20,7 @@ from __future__ import annotations
 import pytest
 
 from vibe import api
+from vibe.contract import ANNOTATION_PLACEMENT_GENERATION
 from vibe.serving import kube, rankmap
 from vibe.serving.errors import ServingError
 
@@ -50,7 +51,7 @@ def annotations(obj: dict) -> dict[str, str | None]:
     return {
         c["name"]: ((c.get("podTemplate") or {}).get("metadata") or {})
         .get("annotations", {})
-        .get(api.TEMPLATE_ANNOTATION)
+        .get(ANNOTATION_PLACEMENT_GENERATION)
         for c in obj["spec"]["components"]
     }
 
@@ -227,6 +228,6 @@ spec:
     )
     lwt = obj["spec"]["leaderWorkerTemplate"]
     for template in ("leaderTemplate", "workerTemplate"):
-        assert lwt[template]["metadata"]["annotations"][api.TEMPLATE_ANNOTATION] == "7"
+        assert lwt[template]["metadata"]["annotations"][ANNOTATION_PLACEMENT_GENERATION] == "7"
         assert lwt[template]["spec"]["containers"][0]["image"] == "engine:0"
     assert kube.restart_workload(kube_api, namespace, "LeaderWorkerSet", "engine", 6) is False

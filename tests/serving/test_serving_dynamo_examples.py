@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from vibe import api
+from vibe.contract import ANNOTATION_PLACEMENT_GENERATION
 
 ROOT = Path(__file__).resolve().parents[2]
 DYNAMO = ROOT / "examples" / "dynamo"
@@ -131,7 +132,7 @@ def test_engine_and_vibe_agree(example: tuple[str, dict]) -> None:
     # The pod template says where the generation it was made for comes from.
     env = {e["name"]: e for e in c["vibe-placement"]["env"]}
     path = env["VIBE_EXPECT_GENERATION"]["valueFrom"]["fieldRef"]["fieldPath"]
-    assert api.TEMPLATE_ANNOTATION in path
+    assert ANNOTATION_PLACEMENT_GENERATION in path
 
     if backend == "sglang":
         assert engine["--init-expert-location"] == init["--sglang-out"]

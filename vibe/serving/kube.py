@@ -35,8 +35,8 @@ from vibe.api import (
     LWS_API_VERSION,
     LWS_LABEL_NAME,
     LWS_PLURAL,
-    TEMPLATE_ANNOTATION,
 )
+from vibe.contract import ANNOTATION_PLACEMENT_GENERATION
 from vibe.kubeclient import as_dict
 from vibe.serving.errors import ServingError
 
@@ -212,7 +212,9 @@ def restart_workload(
         paths = _template_paths(kind, obj, component or None)
         current = []
         for path in paths:
-            value = (_get_path(obj, [*path, "metadata", "annotations"]) or {}).get(TEMPLATE_ANNOTATION)
+            value = (_get_path(obj, [*path, "metadata", "annotations"]) or {}).get(
+                ANNOTATION_PLACEMENT_GENERATION
+            )
             try:
                 current.append(int(value) if value is not None else -1)
             except ValueError:
@@ -227,14 +229,14 @@ def restart_workload(
             for path in paths:
                 template = components[int(path[2])].setdefault("podTemplate", {})
                 meta = template.setdefault("metadata", {})
-                meta.setdefault("annotations", {})[TEMPLATE_ANNOTATION] = str(generation)
+                meta.setdefault("annotations", {})[ANNOTATION_PLACEMENT_GENERATION] = str(generation)
             body["spec"] = {"components": components}
         else:
             for path in paths:
                 node = body
                 for key in path:
                     node = node.setdefault(key, {})
-                node["metadata"] = {"annotations": {TEMPLATE_ANNOTATION: str(generation)}}
+                node["metadata"] = {"annotations": {ANNOTATION_PLACEMENT_GENERATION: str(generation)}}
         try:
             _patch_workload(api, namespace, kind, name, body)
             return True
