@@ -141,15 +141,17 @@ def test_engine_and_vibe_agree(example: tuple[str, dict]) -> None:
         assert "--enable-eplb" not in engine  # SGLang's own rebalancer would undo the placement
         assert moed["spec"]["output"]["formats"] == ["vibe", "sglang"]
     else:
-        name, _, out = init["--out"].partition("=")
-        assert name == "trtllm"
+        from vibe.engines.trtllm import engine_args_path
+
+        assert "--enable-attention-dp" in engine  # TensorRT-LLM builds the balancer only with attention DP
+
+        out = init["--trtllm-out"]
         # vibe serving init writes the engine-args snippet beside the load-balancer file.
-        snippet = Path(out).with_name(Path(out).stem + "-extra-engine-args.yaml")
-        assert engine["--extra-engine-args"] == str(snippet)
+        assert engine["--extra-engine-args"] == str(engine_args_path(Path(out)))
         assert "layer_updates_per_iter" not in DGD_FILES[backend].read_text().split("\napiVersion")[1]
         main_env = {e["name"]: e.get("value") for e in c["main"]["env"]}
         loads = " ".join(c["vibe-loads"]["command"])
-        assert f"--dump={main_env['EXPERT_STATISTIC_PATH']}" in loads and f"--assignment={out}" in loads
+        assert f"--stats-dir={main_env['EXPERT_STATISTIC_PATH']}" in loads and f"--assignment={out}" in loads
         ref = moed["spec"]["workload"]["configMapRef"]
         assert f"--configmap={ref['name']}" in loads and f"--key={ref['key']}" in loads
         assert moed["spec"]["output"]["formats"] == ["vibe", "trtllm"]
@@ -430,9 +432,18 @@ def test_llmd_patch_adds_vibe_and_changes_nothing_else(llmd_rendered: list[dict]
     assert env[ENV_PLACEMENT_DIR] == mounts["placement"]
     assert volumes["placement"]["configMap"]["name"] == f"{moed['metadata']['name']}-placement"
     sidecar = flags(next(c for c in spec["containers"] if c["name"] == "vibe-loads")["command"])
-    assert sidecar["--window-file"] == env[ENV_LOADS_FILE]
+    assert sidecar["--engine"] == "vllm" and "--follow" in sidecar
+    assert sidecar["--dump"] == env[ENV_LOADS_FILE]
+    assert Path(env[ENV_LOADS_FILE]).parent.as_posix().startswith(mounts["vibe-run"])  # shared emptyDir
     ref = moed["spec"]["workload"]["configMapRef"]
     assert (sidecar["--configmap"], sidecar["--key"]) == (ref["name"], ref["key"])
+    # Live path: vLLM applies a placement itself; the watch sidecar only checks and reports.
+    watch = flags(next(c for c in spec["containers"] if c["name"] == "vibe-watch")["command"])
+    assert moed["spec"]["serving"]["onUpdate"] == "eplb" and watch["--documents"] == "vllm"
+    assert "vllm" in moed["spec"]["output"]["formats"]
+    assert int(watch["--ep-size"]) == gpus["count"]
+    assert int(watch["--redundant-experts"]) == eplb["num_redundant_experts"]
+    assert "--target" not in watch
     assert lws["metadata"]["name"] == base["metadata"]["name"]
 
 
