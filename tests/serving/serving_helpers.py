@@ -46,6 +46,7 @@ def placement_data(generation: int = 1, shift: int = 0, meta: bool = True, gpus:
         ENGINES["sglang"].key: json.dumps({"physical_to_logical_map": p2l}),
         ENGINES["eplb"].key: json.dumps({"phy2log": p2l, "log2phy": log2phy, "logcnt": logcnt}),
         ENGINES["trtllm"].key: trtllm.to_yaml(P, dict(enumerate(p2l))).decode(),
+        ENGINES["vllm"].key: json.dumps({"physical_to_logical_map": p2l}),
     }
     if meta:
         data[contract.KEY_META] = json.dumps(

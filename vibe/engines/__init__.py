@@ -14,7 +14,8 @@ above ``vibe.placement`` (writers take its ``Result``, readers give its ``Placem
 components; the format-independent half of the ConfigMap contract (meta key, hash, generation) is
 ``vibe.contract``.
 
-Modules: ``canonical`` (``vibe``: placement.json), ``sglang``, ``eplb``, ``trtllm`` (one per format);
+Modules: ``canonical`` (``vibe``: placement.json), ``sglang``, ``eplb``, ``trtllm``, ``vllm`` (one per
+format);
 ``settings`` (the engine's launch parameters), ``loads`` (statistics -> loads), ``errors``,
 ``torchfile`` (torch files without torch), ``_common`` (shared checks).
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from vibe.engines import canonical, eplb, sglang, trtllm
+from vibe.engines import canonical, eplb, sglang, trtllm, vllm
 from vibe.engines.errors import EngineError
 from vibe.engines.loads import Loads
 from vibe.engines.settings import EngineSettings
@@ -109,11 +110,12 @@ ENGINES: dict[str, Engine] = {
         _record(sglang, "SGLang"),
         _record(eplb, "DeepSeek EPLB tensors"),
         _record(trtllm, "TensorRT-LLM (wide EP)"),
+        _record(vllm, "vLLM (EPLB policy plugin)", updates=("live",)),
     )
 }
 
 #: The formats' names as a type (command-line choices); the same names as ``ENGINES``, in its order.
-FormatName = Literal["vibe", "sglang", "eplb", "trtllm"]
+FormatName = Literal["vibe", "sglang", "eplb", "trtllm", "vllm"]
 #: A format's name or a deprecated spelling (``vibe plan --format placement``).
 FormatOrAlias = Literal[FormatName, "placement"]
 if get_args(FormatName) != tuple(ENGINES):  # a record added without its name here, or the reverse

@@ -328,7 +328,7 @@ def watch_cmd(
         typer.Option("--documents", help="Format to fit and hand to the policy ('both' = sglang and eplb)."),
     ] = "sglang",
     policy: Annotated[
-        Literal["restart", "http", "report"],
+        Literal["restart", "http", "eplb", "report"],
         typer.Option("--policy", help="What to do with a newer placement (spec.serving.onUpdate wins)."),
     ] = "report",
     moedeployment: Annotated[
@@ -514,7 +514,9 @@ def export_loads_cmd(
     engine: Annotated[
         FormatName | None,
         typer.Option(
-            "--engine", help="Whose statistics: sglang (default with --dump) or trtllm (with --stats-dir)."
+            "--engine",
+            help="Whose statistics: sglang (default with --dump), trtllm (with --stats-dir) or vllm"
+            " (the EPLB window file vibe's vLLM plugin writes, with --dump).",
         ),
     ] = None,
     assignment: Annotated[
@@ -545,6 +547,14 @@ def export_loads_cmd(
         float, typer.Option("--interval", help="Seconds between dumps when polling the engine.")
     ] = 600.0,
     once: Annotated[bool, typer.Option("--once", help="With --engine-url: one window, then exit.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="With --dump: publish the file again each time it changes, every --interval seconds"
+            " (vLLM: the EPLB window vibe's policy plugin rewrites at each rebalance).",
+        ),
+    ] = False,
     min_passes: Annotated[
         int, typer.Option("--min-passes", help="Skip windows with fewer forward passes (idle engine).")
     ] = 100,
@@ -578,6 +588,8 @@ def export_loads_cmd(
     try:
         if sum(x is not None for x in (dump, stats_dir, engine_url)) != 1:
             raise ServingError("InvalidArgument", "give exactly one of --dump, --stats-dir and --engine-url")
+        if follow and dump is None:
+            raise ServingError("InvalidArgument", "--follow re-reads a --dump file; give --dump")
         engine = engine or ("trtllm" if stats_dir is not None else "sglang")
         dump = dump if dump is not None else stats_dir
         if engine_url and not recorder_dir:
@@ -606,6 +618,11 @@ def export_loads_cmd(
             engine=engine,
             assignment=assignment,
         )
+        if dump is not None and follow:
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            exporter.follow_file(dump, interval=interval, stop=stop)
+            return
         if dump is not None:
             exporter.publish(dump)
             return
