@@ -68,7 +68,7 @@ BAD_DEPLOYMENTS = [
     ("spec.output.formats", ["vibe", "vibe"], 'spec.output.formats[1]: Duplicate value: "vibe"'),
     ("spec.output.formats", [], "spec.output.formats in body should have at least 1 items"),
     ("spec.workload.configMapRef", {"key": "x"}, "spec.workload.configMapRef.name: Required value"),
-    ("spec.serving", {"onUpdate": "http"}, "serving.endpoint is required when serving.onUpdate is http"),
+    ("spec.serving.endpoint", "ftp://x/y", "spec.serving.endpoint in body should match"),
     ("spec.serving.onUpdate", "reload", 'spec.serving.onUpdate: Unsupported value: "reload"'),
     # names and keys the API server could not route or label with (issue 15: 403/400/422 at reconcile)
     ("metadata.name", "m" * 64, "metadata.name must be at most 63 characters"),

@@ -304,7 +304,14 @@ def watch_cmd(
             help="Workload to restart (default: this pod's owner, via POD_NAME).",
         ),
     ] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Endpoint for the http policy.")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="Endpoint for the http policy: the only origin the sidecar posts to (spec.serving.endpoint"
+            " may choose a path on it, never another host).",
+        ),
+    ] = None,
     http_document: Annotated[
         Literal["sglang", "eplb"], typer.Option("--http-document", help="Document the http policy POSTs.")
     ] = "sglang",
@@ -419,12 +426,19 @@ def _policy_picker(
             kind, name = kube.discover_workload(api, namespace, pod)
         return (lambda gen: kube.restart_workload(api, namespace, kind, name, gen)), f"{kind}/{name}"
 
+    said: set[str] = set()
+
     def pick() -> Any:
         chosen, endpoint = policy, url
         if moedeployment and api is not None and namespace:
             serving = _moedeployment_serving(api, namespace, moedeployment)
             chosen = serving.get("onUpdate", chosen)
-            endpoint = serving.get("endpoint", endpoint)
+            if chosen == "http":
+                # Where the pod sends its token is the pod's --url; the spec may only pick a path on it.
+                endpoint, refused = update_policies.resolve_endpoint(url, serving.get("endpoint"))
+                if refused and refused not in said:
+                    said.add(refused)
+                    report("Warning", "PlacementEndpointRefused", f"MoEDeployment {moedeployment}: {refused}")
         restart, label = restart_for(target) if chosen == "restart" else (None, "")
         return update_policies.make_policy(chosen, report, restart, label, endpoint, http_document, token)
 
