@@ -43,3 +43,11 @@ def test_the_crds_output_formats_are_the_configmap_keys() -> None:
     spec = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["spec"]["properties"]
     formats = spec["output"]["properties"]["formats"]["items"]["enum"]
     assert sorted(formats) == sorted(api.FORMAT_KEYS)
+
+
+def test_the_crds_generation_bound_is_the_one_both_sides_enforce() -> None:
+    """Issue 20, defect 9: a status placementGeneration past int64 made every status patch fail (422)."""
+    status = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["status"]["properties"]
+    generation = status["placementGeneration"]
+    assert generation["maximum"] == api.MAX_PLACEMENT_GENERATION < 2**63 - 1
+    assert generation["minimum"] == 0

@@ -84,6 +84,10 @@ KEY_SGLANG = "sglang-expert-location.json"
 KEY_EPLB = "eplb.json"
 #: The key that carries generation and hash into volumes (kubelet projects no annotations).
 KEY_META = "placement-meta.json"
+#: The largest placement generation anyone writes or trusts: 2^53 - 1, exact in every JSON reader (int64
+#: and float64 alike), so ``generation + 1`` never overflows a status field. The CRD's
+#: ``status.placementGeneration`` has the same maximum (``tests/test_api.py`` compares them).
+MAX_PLACEMENT_GENERATION = 2**53 - 1
 #: ``spec.output.formats`` entry -> ConfigMap key.
 FORMAT_KEYS = {"vibe": KEY_PLACEMENT, "sglang": KEY_SGLANG, "eplb": KEY_EPLB}
 
@@ -113,6 +117,7 @@ PROBLEM_REASONS = (
     "InvalidLoads",
     "ShapeMismatch",
     "PlacementConflict",
+    "GenerationExhausted",
     "OutputTooLarge",
     "InstanceTooLarge",
     "Forbidden",

@@ -119,7 +119,7 @@ def test_sidecar_in_api_mode_rolls_the_deployment(kube_api, namespace: str, tmp_
         kube.emit_event(kube_api, namespace, involved, reason, message, type_)
 
     restart = update_policies.RestartPolicy(
-        lambda gen: kube.restart_workload(kube_api, namespace, "Deployment", "engine", gen),
+        lambda gen, uid: kube.restart_workload(kube_api, namespace, "Deployment", "engine", gen, uid),
         "Deployment/engine",
     )
     w = sidecar.Watcher(

@@ -63,7 +63,7 @@ def test_make_policy() -> None:
     said = []
     report = policies.make_policy("report", lambda *a: said.append(a))
     assert report.apply(UPDATE) == "reported" and said[0][1] == "PlacementAvailable"
-    restart = policies.make_policy("restart", said.append, restart=lambda g: True, target="Deployment/x")
+    restart = policies.make_policy("restart", said.append, restart=lambda g, u: True, target="Deployment/x")
     assert restart.apply(UPDATE) == "restarting Deployment/x"
     with pytest.raises(ServingError, match="needs the sidecar's --url"):
         policies.make_policy("http", said.append)

@@ -352,13 +352,16 @@ async def _write(
     # The generation: the intact ConfigMap's (read from its data, never from an editable annotation),
     # or status's (only the operator writes status). The same data as in service, or as status says
     # was last placed (a ConfigMap deleted or edited by hand and now restored), keeps its generation.
+    # A ConfigMap written for another incarnation of this MoEDeployment (deleted and re-created while
+    # its ConfigMap lived on) lends no generation: generations count per UID (placement-meta.json).
+    same_object = current is not None and current.uid in (None, meta["uid"])
     known = max(
-        current.generation if current is not None and current.intact else 0,
+        current.generation if current is not None and current.intact and same_object else 0,
         int(old_status.get("placementGeneration") or 0),
     )
-    same = (current is not None and current.intact and output.core_data(current.data) == core) or (
-        known > 0 and content_hash(core) == old_status.get("contentHash")
-    )
+    same = (
+        current is not None and current.intact and same_object and output.core_data(current.data) == core
+    ) or (known > 0 and content_hash(core) == old_status.get("contentHash"))
     if same:
         generation = known
         placed_at = (
@@ -369,8 +372,19 @@ async def _write(
     else:
         generation = known + 1
         placed_at = iso(now)
+    if generation > api.MAX_PLACEMENT_GENERATION:  # only a status edited by hand gets here
+        raise Problem(
+            "GenerationExhausted",
+            f"placement generation {known} is the largest allowed ({api.MAX_PLACEMENT_GENERATION});"
+            " re-create the MoEDeployment to start counting again",
+        )
     data, annotations = output.finish(
-        core, generation=generation, keys=inputs.keys, placed_at=placed_at, summary=plan.summary
+        core,
+        generation=generation,
+        keys=inputs.keys,
+        placed_at=placed_at,
+        summary=plan.summary,
+        uid=meta["uid"],
     )
     body: dict[str, Any] = {
         "apiVersion": "v1",

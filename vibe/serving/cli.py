@@ -65,13 +65,14 @@ def _settings(
     )
 
 
-def _optional_int(value: str | None, name: str) -> int | None:
-    if value is None or not value.strip():
-        return None
+def _expected(value: str | None) -> tuple[int, str | None] | None:
+    """``--expect-generation``: the pod template's annotation, ``N`` or ``N/<MoEDeployment uid>``."""
+    from vibe.serving import contract
+
     try:
-        return int(value)
-    except ValueError:
-        raise ServingError("InvalidArgument", f"{name} must be an integer, got {value!r}") from None
+        return contract.parse_template_value(value, "--expect-generation")
+    except ServingError as e:
+        raise ServingError("InvalidArgument", e.message) from None
 
 
 # Options shared by init and watch (the engine as launched).
@@ -206,7 +207,7 @@ def init_cmd(
         settings = _settings(
             ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer, architecture
         )
-        expected = _optional_int(expect_generation, "--expect-generation")
+        expected = _expected(expect_generation)
         on_newer = _roll_forward_hook(kubeconfig, context) if roll_forward else None
         applied = emit.run_init(
             str(placement_dir),
@@ -252,7 +253,7 @@ def _engine_gpus(
 def _roll_forward_hook(kubeconfig: Path | None = None, context: str | None = None) -> Any:
     from vibe.serving import kube
 
-    def bump(generation: int) -> None:
+    def bump(generation: int, uid: str | None = None) -> None:
         pod, ns = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
         if not pod or not ns:
             log.warning("cannot roll forward: POD_NAME/POD_NAMESPACE not set (Downward API)")
@@ -260,7 +261,7 @@ def _roll_forward_hook(kubeconfig: Path | None = None, context: str | None = Non
         try:
             api = kube.client(kubeconfig, context)
             kind, name = kube.discover_workload(api, ns, pod)
-            if kube.restart_workload(api, ns, kind, name, generation):
+            if kube.restart_workload(api, ns, kind, name, generation, uid):
                 log.info("rolled %s/%s forward to placement generation %d", kind, name, generation)
         except ServingError as e:
             log.warning("could not roll the workload forward: %s", e.message)
@@ -424,7 +425,9 @@ def _policy_picker(
                     "InvalidArgument", "policy 'restart' needs --target or POD_NAME (Downward API)"
                 )
             kind, name = kube.discover_workload(api, namespace, pod)
-        return (lambda gen: kube.restart_workload(api, namespace, kind, name, gen)), f"{kind}/{name}"
+        return (
+            lambda gen, uid=None: kube.restart_workload(api, namespace, kind, name, gen, uid)
+        ), f"{kind}/{name}"
 
     said: set[str] = set()
 

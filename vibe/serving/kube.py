@@ -23,6 +23,7 @@ from typing import Any
 
 from vibe.api import LWS_API_GROUP, LWS_API_VERSION, LWS_LABEL_NAME, LWS_PLURAL, TEMPLATE_ANNOTATION
 from vibe.kubeclient import as_dict
+from vibe.serving import contract
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -155,12 +156,21 @@ def _patch_workload(api: Any, namespace: str, kind: str, name: str, body: dict) 
 
 
 def restart_workload(
-    api: Any, namespace: str, kind: str, name: str, generation: int, attempts: int = 5
+    api: Any,
+    namespace: str,
+    kind: str,
+    name: str,
+    generation: int,
+    uid: str | None = None,
+    attempts: int = 5,
 ) -> bool:
-    """Set the pod templates' ``vibe.dev/placement-generation`` to ``generation`` (a rolling restart).
+    """Set the pod templates' ``vibe.dev/placement-generation`` to ``generation`` (a rolling restart),
+    written as ``contract.template_value(generation, uid)``.
 
     Returns:
-        True if this call changed the workload; False if it already had this or a newer generation.
+        True if this call changed the workload; False if it already had this or a newer generation of
+        the same MoEDeployment object (another UID's generations are not comparable: the caller decided
+        this one supersedes it).
     Raises:
         ServingError(ApplyFailed): the workload cannot be read or patched (RBAC, missing, conflicts).
     """
@@ -177,9 +187,11 @@ def restart_workload(
         for path in paths:
             value = (_get_path(obj, [*path, "metadata", "annotations"]) or {}).get(TEMPLATE_ANNOTATION)
             try:
-                current.append(int(value) if value is not None else -1)
-            except ValueError:
-                current.append(-1)
+                parsed = contract.parse_template_value(value, TEMPLATE_ANNOTATION)
+            except ServingError:
+                parsed = None
+            same_object = parsed is not None and (parsed[1] is None or uid is None or parsed[1] == uid)
+            current.append(parsed[0] if parsed is not None and same_object else -1)
         if min(current) >= generation:
             return False  # another pod's sidecar (or a newer placement) got there first
         body: dict[str, Any] = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}}
@@ -187,7 +199,9 @@ def restart_workload(
             node = body
             for key in path:
                 node = node.setdefault(key, {})
-            node["metadata"] = {"annotations": {TEMPLATE_ANNOTATION: str(generation)}}
+            node["metadata"] = {
+                "annotations": {TEMPLATE_ANNOTATION: contract.template_value(generation, uid)}
+            }
         try:
             _patch_workload(api, namespace, kind, name, body)
             return True

@@ -48,11 +48,13 @@ class Update:
         generation: its placement generation.
         content_hash: the declared hash (or the locally computed one when none was declared).
         documents: engine name ("sglang", "eplb") -> fitted document.
+        uid: the MoEDeployment UID the generation counts in (None: not written by the operator).
     """
 
     generation: int
     content_hash: str
     documents: dict[str, dict]
+    uid: str | None = None
 
 
 class Reporter(Protocol):
@@ -88,17 +90,18 @@ class ReportPolicy:
 class RestartPolicy:
     """Roll the workload by bumping its pod-template annotation.
 
-    ``restart`` is ``kube.restart_workload`` bound to an API client; injected so tests can fake it.
+    ``restart`` is ``kube.restart_workload`` bound to an API client, called with the generation and the
+    MoEDeployment UID it counts in; injected so tests can fake it.
     """
 
     name = "restart"
 
-    def __init__(self, restart: Callable[[int], bool], target: str) -> None:
+    def __init__(self, restart: Callable[[int, str | None], bool], target: str) -> None:
         self._restart = restart
         self._target = target
 
     def apply(self, update: Update) -> str:
-        changed = self._restart(update.generation)
+        changed = self._restart(update.generation, update.uid)
         return f"{'restarting' if changed else 'already restarting'} {self._target}"
 
 
@@ -193,7 +196,7 @@ class HttpPolicy:
 def make_policy(
     name: str,
     report: Reporter,
-    restart: Callable[[int], bool] | None = None,
+    restart: Callable[[int, str | None], bool] | None = None,
     target: str = "",
     url: str | None = None,
     document: str = "sglang",
