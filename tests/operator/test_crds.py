@@ -109,6 +109,20 @@ def test_pod_selector_keys_are_label_keys(crds, kube, namespace):
     assert code == 422 and "key in body should match" in text
 
 
+@pytest.mark.parametrize("value", ["a b", "x,y", "-lead", "tail-", "a)(b", "v" * 64])
+def test_pod_selector_values_are_label_values(crds, kube, namespace, value):
+    """Issue 20 weak spot: a value that is no label value was admitted, then every reconcile got a 400
+    without the field named (and an "(RBAC?)" hint). The API server now refuses it, naming the field."""
+    body = deployment_body("bad", count=8, slots=2)
+    expr = {"key": "app", "operator": "In", "values": ["ok", value]}
+    body["spec"]["gpus"] = {"podSelector": {"matchExpressions": [expr]}, "count": 8, "slotsPerGPU": 2}
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 422 and "spec.gpus.podSelector.matchExpressions[0].values[1]" in text, text
+    body["spec"]["gpus"]["podSelector"] = {"matchLabels": {"app": value}}
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 422 and "spec.gpus.podSelector.matchLabels.app" in text, text
+
+
 def test_the_largest_admissible_instance_is_admitted(crds, kube, namespace):
     """Kimi-K2-sized (61 x 384 experts on 384 GPUs x 2 slots, 45 M units) passes; one more layer of
     experts does not. The CRD's bound is the operator's (vibe.operator.compute.MAX_UNITS)."""

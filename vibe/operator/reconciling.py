@@ -274,7 +274,13 @@ def _needs(spec: DeploymentSpec, namespace: str) -> list[Need]:
 async def _pods(kube: Kube, spec: DeploymentSpec, namespace: str) -> list[PodSnapshot]:
     if spec.gpus.pod_selector is None:
         return []
-    items = await kube.pods(namespace, selector_string(spec.gpus.pod_selector))
+    selector = selector_string(spec.gpus.pod_selector)
+    try:
+        items = await kube.pods(namespace, selector)
+    except ApiException as e:  # e.g. a value that is no label value, stored before the CRD checked it
+        if not refusals.refused(e):
+            raise
+        raise refusals.problem(e, f"listing the pods of spec.gpus.podSelector ({selector[:200]!r})") from None
     return [p for p in (pod_snapshot(i) for i in items) if p is not None]
 
 
