@@ -167,7 +167,7 @@ def read_back(
     generation, declared, uid = _meta_of(data)
     try:
         summary = json.loads(ann.get(A_SUMMARY) or "{}")
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a 5000-digit number, nested too deep: hand-edited
         summary = {}
     found = InService(
         name=str(meta.get("name") or ""),
@@ -190,8 +190,10 @@ def read_back(
     found.intact = True
     try:
         found.placement = placement_of(data, experts=experts, slots_per_gpu=slots_per_gpu)
-    except (PlacementError, ValueError, KeyError, TypeError) as e:
-        found.unreadable = f"cannot read the placement back: {e}"
+    except (PlacementError, ValueError, KeyError, TypeError, RecursionError) as e:
+        found.unreadable = (
+            f"cannot read the placement back: {'nested too deep' if isinstance(e, RecursionError) else e}"
+        )
         return found
     if found.placement is not None and found.placement.num_layers != layers:
         found.placement = None
@@ -223,7 +225,7 @@ def _meta_of(data: Mapping[str, str]) -> tuple[int, str, str | None]:
         generation = contract.parse_generation(meta.get("placementGeneration", 0), KEY_META) or 0
         uid = contract.parse_uid(meta.get("uid"), KEY_META)
         declared = str(meta.get("contentHash") or "")
-    except (ValueError, RecursionError, AttributeError, ServingError):
+    except (TypeError, ValueError, RecursionError, AttributeError, ServingError):
         return 0, "", None
     return generation, declared, uid
 

@@ -4,11 +4,15 @@ A pure library (numpy; OR-Tools only for the optional ``exact`` policy; nothing 
 modules, each importing only those above it:
 
 * ``errors``      the one typed error (``PlacementError``, with a condition ``reason``)
+* ``routing``     the step mix and sampled routings of it (the expected objective's input)
 * ``curves``      per-GPU time curves t_g(n), the fleet, the H100 reference data, roofline and scaling
-* ``cost``        a ``Placement`` and the one evaluator every policy and report uses
+* ``dispatch``    how an engine splits an expert's tokens over its replicas (mean and sampled loads)
+* ``cost``        a ``Placement`` and the one evaluator every policy and report uses (mean-load or
+                  expected objective)
 * ``bounds``      provable lower bounds on the step time
 * ``policies``    constructive policies: linear, round-robin, token-balanced (EPLB-style), vibe's start
 * ``search``      local search (swaps, replica re-targets), batched over layers
+* ``refine``      swaps priced on sampled steps (the expected objective's last stage)
 * ``engine``      ``solve`` for every policy, the ``Result``
 * ``exact``       CP-SAT per layer for small instances (optional)
 * ``incremental`` re-placement that moves few experts
