@@ -284,6 +284,7 @@ def test_operator_args(default: list[dict], helm: Helm) -> None:
         "--profile-ttl=300",
         "--peering=vibe",
         "--metrics-port=8080",
+        "--metrics-addr=127.0.0.1",
         "--liveness=http://0.0.0.0:8081/healthz",
     ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
