@@ -21,9 +21,10 @@ import os
 import time
 from typing import Any
 
-from vibe.api import LWS_API_GROUP, LWS_API_VERSION, LWS_LABEL_NAME, LWS_PLURAL, TEMPLATE_ANNOTATION
+from vibe import contract
+from vibe.api import LWS_API_GROUP, LWS_API_VERSION, LWS_LABEL_NAME, LWS_PLURAL
+from vibe.contract import ANNOTATION_PLACEMENT_GENERATION
 from vibe.kubeclient import as_dict
-from vibe.serving import contract
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -185,10 +186,12 @@ def restart_workload(
         paths = _template_paths(kind, obj)
         current = []
         for path in paths:
-            value = (_get_path(obj, [*path, "metadata", "annotations"]) or {}).get(TEMPLATE_ANNOTATION)
+            value = (_get_path(obj, [*path, "metadata", "annotations"]) or {}).get(
+                ANNOTATION_PLACEMENT_GENERATION
+            )
             try:
-                parsed = contract.parse_template_value(value, TEMPLATE_ANNOTATION)
-            except ServingError:
+                parsed = contract.parse_template_value(value, ANNOTATION_PLACEMENT_GENERATION)
+            except ValueError:
                 parsed = None
             same_object = parsed is not None and (parsed[1] is None or uid is None or parsed[1] == uid)
             current.append(parsed[0] if parsed is not None and same_object else -1)
@@ -199,9 +202,8 @@ def restart_workload(
             node = body
             for key in path:
                 node = node.setdefault(key, {})
-            node["metadata"] = {
-                "annotations": {TEMPLATE_ANNOTATION: contract.template_value(generation, uid)}
-            }
+            value = contract.template_value(generation, uid)
+            node["metadata"] = {"annotations": {ANNOTATION_PLACEMENT_GENERATION: value}}
         try:
             _patch_workload(api, namespace, kind, name, body)
             return True

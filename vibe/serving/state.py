@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
-from vibe.serving.contract import Stamp, parse_generation, parse_uid
 from vibe.serving.errors import ServingError
+from vibe.serving.stamp import Stamp, parse_generation, parse_uid
 
 STATE_FILE = "applied.json"
 #: How many UIDs a pod remembers having moved away from (re-creations of its MoEDeployment).
