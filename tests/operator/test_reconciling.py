@@ -164,7 +164,7 @@ def test_a_problem_backs_off_doubling_posts_one_event_and_recovers(kube, namespa
 
 
 def _meta(cm: Any) -> dict[str, Any]:
-    return json.loads(cm.data[api.KEY_META])
+    return json.loads(cm.data[contract.KEY_META])
 
 
 def test_a_generation_edited_past_the_bound_is_not_trusted(kube, namespace, gpu_nodes):
@@ -179,8 +179,8 @@ def test_a_generation_edited_past_the_bound_is_not_trusted(kube, namespace, gpu_
         "m-placement",
         s.ns,
         {
-            "metadata": {"annotations": {api.ANNOTATION_PLACEMENT_GENERATION: str(2**63)}},
-            "data": {api.KEY_META: json.dumps(meta, sort_keys=True)},
+            "metadata": {"annotations": {contract.ANNOTATION_PLACEMENT_GENERATION: str(2**63)}},
+            "data": {contract.KEY_META: json.dumps(meta, sort_keys=True)},
         },
     )
     s.events.clear()
