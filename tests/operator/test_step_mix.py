@@ -18,7 +18,15 @@ from operator_harness import G, V
 
 from vibe import api
 from vibe.operator.gpus import profile_snapshot, resolve
-from vibe.operator.planning import MAX_SAMPLED_SLOTS, WRITE, Inputs, plan, routing_of, step_mix_of
+from vibe.operator.planning import (
+    MAX_SAMPLED_SLOTS,
+    MAX_SAMPLED_WORK,
+    WRITE,
+    Inputs,
+    plan,
+    routing_of,
+    step_mix_of,
+)
 from vibe.operator.problems import Problem
 from vibe.operator.spec import parse_spec
 from vibe.operator.workload import Loads
@@ -86,7 +94,8 @@ def test_routing_samples_shrink_on_large_instances():
     assert small.samples == 64
     layers = 2000
     big = routing_of(spec, np.ones((layers, 16)), 8)
-    assert big.samples == MAX_SAMPLED_SLOTS // (2 * layers * 8 * 3) < 64
+    assert big.samples == MAX_SAMPLED_SLOTS // (2 * layers * 8 * 3) < 64  # 16 experts on 24 slots
+    assert big.samples * 2 * layers * 16 * (24 - 16 + 1) <= MAX_SAMPLED_WORK
     assert big.samples * 2 * layers * 8 * 3 <= MAX_SAMPLED_SLOTS
 
 
@@ -165,3 +174,60 @@ def test_a_step_mix_gets_its_defaults(crds, kube, namespace):
     spec = parse_spec(got["spec"])
     assert spec.workload.step_mix == ((64, 1.0), (4096, 0.2))
     assert spec.placement_key != parse_spec(deployment_body("x", count=8, slots=2)["spec"]).placement_key
+
+
+# ---- the operator end to end (cluster)
+
+
+@pytest.fixture(scope="module")
+def profile_ns(kube: Any) -> Any:
+    import uuid
+
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube)
+    name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Any, kube: Any, profile_ns: str, crds: None) -> Any:
+    from operator_harness import running_operator
+
+    with running_operator(cluster.kubeconfig, profile_ns) as op:
+        yield op
+
+
+@pytest.fixture
+def objs(kube: Any, namespace: str, profile_ns: str, operator: Any) -> Any:
+    from operator_harness import Objects
+
+    return Objects(kube, namespace, profile_ns, log=operator.tail)
+
+
+@pytest.mark.cluster
+def test_the_operator_places_for_the_step_mix_and_says_so(objs: Any, gpu_nodes: Any):
+    import uuid
+
+    from cluster_plugin import TEST_NODES_LABEL
+
+    prefix = f"mix-{uuid.uuid4().hex[:6]}"
+    for node in gpu_nodes(2, prefix=prefix, gpus_per_node=4):
+        objs.put_profile(profile_body(node, gpus=4, slow={1: 1.5}))
+    objs.put_loads("loads", json.dumps({"loads": skewed_loads(4, 16, mean_tokens=64, seed=1).tolist()}))
+    selector = {TEST_NODES_LABEL: prefix}
+    workload = {"configMapRef": {"name": "loads"}, "stepMix": MIX, "dispatch": "sglang-static"}
+    objs.create(deployment_body("mix", selector=selector, count=8, slots=3, workload=workload))
+    objs.wait_condition("mix", "Ready", "True", "Placed")
+    p = objs.get("mix")["status"]["predicted"]
+    assert p["objective"] == "expected" and p["dispatch"] == "sglang-static" and p["routingSamples"] == 16
+    assert p["stepMix"] == [{"tokens": 64, "weight": 0.7}, {"tokens": 2048, "weight": 0.3}]
+    assert p["lowerBoundSeconds"] <= p["stepTimeSeconds"] <= p["baseline"]["stepTimeSeconds"]
+    assert p["meanLoadStepTimeSeconds"] > 0
+
+    # six of the eight GPUs: 4 on one node, 2 on the other, a layout SGLang's static dispatch never runs
+    objs.create(deployment_body("uneven", selector=selector, count=6, slots=3, workload=workload))
+    cond = objs.wait_condition("uneven", "Ready", "False", "InvalidDispatch")
+    assert "consecutive ranks" in cond["message"]

@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 #: operator uses fewer routing samples than spec.workload.routingSamples asks on instances where more
 #: would exceed it (each array of that size is 8 bytes per entry; the solve holds a handful).
 MAX_SAMPLED_SLOTS = 4_000_000
+#: ... and at most this many (routing samples x layers x experts x (redundant slots + 1)): the expected
+#: objective's work bound prices every replica count of every expert in every sample (about 1 s per 1e7
+#: on one core).
+MAX_SAMPLED_WORK = 100_000_000
 
 BASELINE_POLICY = "token-balanced"
 
@@ -264,8 +268,16 @@ def routing_of(spec: DeploymentSpec, loads: np.ndarray, num_gpus: int) -> Routin
 
     mix = step_mix_of(spec, loads)
     w = spec.workload
-    slots = len(mix.tokens) * loads.shape[0] * num_gpus * spec.gpus.slots_per_gpu
-    samples = max(1, min(w.routing_samples, MAX_SAMPLED_SLOTS // max(slots, 1)))
+    kinds, (layers, experts) = len(mix.tokens), loads.shape
+    slots = num_gpus * spec.gpus.slots_per_gpu
+    samples = max(
+        1,
+        min(
+            w.routing_samples,
+            MAX_SAMPLED_SLOTS // max(kinds * layers * slots, 1),
+            MAX_SAMPLED_WORK // max(kinds * layers * experts * (slots - experts + 1), 1),
+        ),
+    )
     return sample_routing(loads, mix, spec.model.top_k, samples=samples, dispatch=w.dispatch)
 
 
