@@ -12,9 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from vibe.placement.cli import plan
 from vibe.placement.errors import REASONS as PLACEMENT_REASONS
 from vibe.placement.synthetic import skewed_loads
+from vibe.plan import plan
 
 app = typer.Typer()
 app.command()(plan)
@@ -167,10 +167,10 @@ def test_help_shows_the_policy_and_format_choices():
     )
     assert r.returncode == 0, r.stderr
     assert "<round-robin|linear|token-balanced|vibe|exact>" in r.stdout
-    assert "<placement|sglang|eplb>" in r.stdout
+    assert "<vibe|sglang|eplb|trtllm|vllm|placement>" in r.stdout
 
 
-@pytest.mark.parametrize("fmt", ["placement", "sglang", "eplb"])
+@pytest.mark.parametrize("fmt", ["vibe", "placement", "sglang", "eplb", "trtllm", "vllm"])
 def test_same_files_same_bytes(files, fmt):
     """Two runs on the same inputs write the same bytes, from a fresh solve and from --current."""
     d = files["dir"]

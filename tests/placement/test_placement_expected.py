@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 from placement_helpers import instances
 from random_policy import random_placement
 
+from vibe.engines import ENGINES
 from vibe.placement import Fleet, GPUCurve, Placement, PlacementError, evaluate, reference_curve, solve
 from vibe.placement.bounds import expected_lower_bounds
 from vibe.placement.cost import ExpectedReplicaCost, expected_layer_times, mean_load_layer_times
 from vibe.placement.dispatch import sampled_slot_tokens
 from vibe.placement.engine import choose_layers, token_balanced
-from vibe.placement.formats import to_placement_json
 from vibe.placement.routing import Routing, StepMix, sample_counts, sample_routing
 from vibe.placement.synthetic import h100_fleet, skewed_loads
 
@@ -261,7 +261,7 @@ def test_expected_solve_is_deterministic_to_the_byte():
     mix = StepMix.parse("32:0.7,2048:0.3")
     a = solve(loads, fleet, 9, "vibe", routing=sample_routing(loads, mix, 4, seed=1))
     b = solve(loads.copy(), fleet, 9, "vibe", routing=sample_routing(loads.copy(), mix, 4, seed=1))
-    assert to_placement_json(a, fleet) == to_placement_json(b, fleet)
+    assert ENGINES["vibe"].write(a, fleet, None) == ENGINES["vibe"].write(b, fleet, None)
     assert a.step_time_s == b.step_time_s and a.lower_bound_s == b.lower_bound_s
     assert a.info["objective"] == "expected" and a.info["stepMix"] == mix.as_json()
 

@@ -65,6 +65,8 @@ def test_make_policy() -> None:
     assert report.apply(UPDATE) == "reported" and said[0][1] == "PlacementAvailable"
     restart = policies.make_policy("restart", said.append, restart=lambda g: True, target="Deployment/x")
     assert restart.apply(UPDATE) == "restarting Deployment/x"
+    eplb = policies.make_policy("eplb", lambda *a: said.append(a))  # vLLM moves the experts itself
+    assert eplb.apply(UPDATE) == "left to vLLM's EPLB" and "next rebalance" in said[-1][2]
     with pytest.raises(ServingError, match="needs --url"):
         policies.make_policy("http", said.append)
     with pytest.raises(ServingError, match="needs the Kubernetes API"):

@@ -67,7 +67,13 @@ class Workload:
 #: Serving seconds one re-placement costs, by ``spec.serving.onUpdate`` (when
 #: ``spec.drift.replacementCostSeconds`` is unset): a restart rolls the serving group (minutes for a
 #: DeepSeek-V3-sized model), a live reload moves a few experts, ``report`` changes nothing by itself.
-DEFAULT_REPLACEMENT_COST_S = {"restart": 300, "http": 10, "report": 0, None: 0}
+#: ``eplb`` is vLLM moving the expert weights itself at its next EPLB rebalance (vibe's policy plugin):
+#: the weight copy, not a restart. 15 s is the upstream figure for one rearrangement at wide EP ("can
+#: take 15s during wide EP (EP=32) setups", vllm-project/vllm#24116, sync EPLB, which blocks serving for
+#: that time); async EPLB (vLLM 0.33.0's default) moves a layer per step beside serving, so 15 s is the
+#: upper end. Not measured here: no GPU cluster; set ``replacementCostSeconds`` from vLLM's own
+#: "Rearranged experts in X s" log line.
+DEFAULT_REPLACEMENT_COST_S = {"restart": 300, "eplb": 15, "http": 10, "report": 0, None: 0}
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ def solve(
         routing: sampled steps of the deployment's step mix (``routing.sample_routing`` of these loads):
             optimise and price the expected step time instead of the mean-load one (module docstring).
     Returns:
-        Result; ``to_placement_json`` / ``to_sglang`` / ``to_eplb`` serialise it.
+        Result; ``vibe.engines`` serialises it.
     Raises:
         PlacementError: bad shapes, loads, slots or policy.
     """

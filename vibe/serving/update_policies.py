@@ -1,4 +1,4 @@
-"""What the sidecar does with a new, checked placement: restart, call an endpoint, or only report.
+"""What the sidecar does with a new, checked placement: restart, call an endpoint, leave it to vLLM, report.
 
 The MoEDeployment chooses (``spec.serving.onUpdate``, else the ``--policy`` flag):
 
@@ -10,6 +10,9 @@ The MoEDeployment chooses (``spec.serving.onUpdate``, else the ``--policy`` flag
   to a configured URL, with the generation and hash in headers, for an engine or adapter that can move
   experts live. A non-2xx answer is a failure and is retried; the placement is recorded as applied only
   after a 2xx.
+* ``eplb`` -- vLLM with vibe's EPLB policy plugin (``vibe.serving.vllm_plugin``) reads the same mounted
+  ConfigMap itself at its next EPLB rebalance and moves the expert weights live; the sidecar only checks
+  it (the ``vllm`` document fitted as usual) and leaves a ``PlacementAvailable`` Event saying so.
 * ``report`` -- log it and leave a ``PlacementAvailable`` Event; a person or another controller acts.
 
 Every policy gets the same ``Update``: the placement was already read from one snapshot, hash-checked,
@@ -30,7 +33,7 @@ from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("restart", "http", "report")
+POLICIES = ("restart", "http", "eplb", "report")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,24 @@ class ReportPolicy:
             " policy 'report' leaves applying it to you",
         )
         return "reported"
+
+
+class EplbPolicy:
+    """vLLM's EPLB applies the placement itself (vibe's policy plugin reads the mounted ConfigMap)."""
+
+    name = "eplb"
+
+    def __init__(self, report: Reporter) -> None:
+        self._report = report
+
+    def apply(self, update: Update) -> str:
+        self._report(
+            "Normal",
+            "PlacementAvailable",
+            f"placement generation {update.generation} ({update.content_hash[:12]}) is mounted; vLLM's EPLB"
+            " applies it at its next rebalance (--eplb-config step_interval) once every EP rank sees it",
+        )
+        return "left to vLLM's EPLB"
 
 
 class RestartPolicy:
@@ -144,6 +165,8 @@ def make_policy(
     """Build the named policy from its parts (``restart`` needs ``restart``; ``http`` needs ``url``)."""
     if name == "report":
         return ReportPolicy(report)
+    if name == "eplb":
+        return EplbPolicy(report)
     if name == "restart":
         if restart is None:
             raise ServingError(
