@@ -61,3 +61,11 @@ def test_every_condition_and_reason_is_documented() -> None:
     named.add(api.REASON_REPLACED)
     missing = sorted(n for n in named if f"`{n}`" not in docs)
     assert not missing, f"not in docs/operations.md: {missing}"
+
+
+def test_the_crds_generation_bound_is_the_one_both_sides_enforce() -> None:
+    """Issue 20, defect 9: a status placementGeneration past int64 made every status patch fail (422)."""
+    status = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["status"]["properties"]
+    generation = status["placementGeneration"]
+    assert generation["maximum"] == api.MAX_PLACEMENT_GENERATION < 2**63 - 1
+    assert generation["minimum"] == 0
