@@ -112,3 +112,28 @@ LWS_LABEL_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 LWS_ANNOTATION_SIZE = "leaderworkerset.sigs.k8s.io/size"
 #: The StatefulSet pod ordinal label (Kubernetes >= 1.28).
 STS_LABEL_POD_INDEX = "apps.kubernetes.io/pod-index"
+
+#: NVIDIA Dynamo's DynamoGraphDeployment (nvidia.com/v1beta1, the storage version since Dynamo 1.x). Dynamo
+#: owns the LeaderWorkerSets / Grove PodCliques it generates and reverts edits to them, so the ``restart``
+#: policy patches the DGD itself: a worker component's ``podTemplate`` is part of the worker spec hash
+#: that rolls its pods (``deploy/operator/api/v1beta1/worker_hash.go``).
+DGD_API_GROUP = "nvidia.com"
+DGD_API_VERSION = "v1beta1"
+DGD_PLURAL = "dynamographdeployments"
+DGD_KIND = "DynamoGraphDeployment"
+#: Component types whose pods run an engine (``isWorkerComponent`` in the same file).
+DGD_WORKER_TYPES = ("worker", "prefill", "decode")
+#: Labels Dynamo puts on every pod it generates (``deploy/operator/internal/consts``).
+DYNAMO_LABEL_DGD_NAME = "nvidia.com/dynamo-graph-deployment-name"
+DYNAMO_LABEL_COMPONENT = "nvidia.com/dynamo-component"
+#: Grove (Dynamo's default multinode path): a multinode component is a PodCliqueScalingGroup replica
+#: with a leader PodClique ``...-ldr`` (1 pod) and a worker PodClique ``...-wkr`` (nodeCount - 1 pods).
+#: Dynamo gives the leader node rank 0 and a worker ``$((GROVE_PCLQ_POD_INDEX + 1))``
+#: (``GroveMultinodeDeployer.GetNodeRank``); Grove labels each pod with the same index.
+GROVE_LABEL_PCSG = "grove.io/podcliquescalinggroup"
+GROVE_LABEL_PCSG_REPLICA = "grove.io/podcliquescalinggroup-replica-index"
+GROVE_LABEL_PCLQ = "grove.io/podclique"
+GROVE_LABEL_PCLQ_POD_INDEX = "grove.io/podclique-pod-index"
+GROVE_ENV_PCLQ_POD_INDEX = "GROVE_PCLQ_POD_INDEX"
+GROVE_LEADER_SUFFIX = "-ldr"
+GROVE_WORKER_SUFFIX = "-wkr"

@@ -228,7 +228,8 @@ def test_agent_takes_no_gpu_from_the_scheduler(default: list[dict]) -> None:
     assert "utility" in env["NVIDIA_DRIVER_CAPABILITIES"] and "compute" in env["NVIDIA_DRIVER_CAPABILITIES"]
     for part in ("requests", "limits"):
         assert not any(k.startswith("nvidia.com/") for k in c["resources"][part]), c["resources"]
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # GPU nodes by NFD's or GFD's label (test_chart_gpu_cluster.py), no nodeSelector of one label.
+    assert "nodeSelector" not in spec and spec["affinity"]["nodeAffinity"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     node_env = next(e for e in c["env"] if e["name"] == "NODE_NAME")
     assert node_env["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"

@@ -81,10 +81,15 @@ def test_first_plan_solves_and_renders_deterministic_data():
         and s["stepTimeSeconds"] <= s["baseline"]["stepTimeSeconds"]
     )
     assert s["loadsSource"] == "ns/l:loads.json" and s["curveSource"] == "measured"
-    # The cached, bound-sharing baseline prices exactly like solving token-balanced outright.
+    # The cached, bound-sharing baseline prices exactly like solving token-balanced outright, by the
+    # expected objective of the spec's step mix (here: the profile's own tokens per step).
+    from vibe.operator.planning import routing_of
     from vibe.placement import solve
 
-    tb = solve(inp.loads.tokens, inp.gpus.fleet, 3, "token-balanced")
+    routing = routing_of(inp.spec, inp.loads.tokens, len(inp.gpus.fleet))
+    assert s["objective"] == "expected" and s["stepMix"] == routing.mix.as_json()
+    assert s["meanLoadStepTimeSeconds"] > 0 and s["routingSamples"] == 16
+    tb = solve(inp.loads.tokens, inp.gpus.fleet, 3, "token-balanced", routing=routing)
     assert p1.baseline.step_time_s == pytest.approx(tb.step_time_s, rel=1e-12)
     assert p1.baseline.lower_bound_s == pytest.approx(tb.lower_bound_s, rel=1e-12)
 

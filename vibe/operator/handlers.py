@@ -71,7 +71,6 @@ from vibe.operator.watches import Watches
 
 MOED = (api.GROUP, api.VERSION, api.MOEDEPLOYMENT_PLURAL)
 GPUP = (api.GROUP, api.VERSION, api.GPUPROFILE_PLURAL)
-TRIGGER_ANNOTATION = api.ANNOTATION_RECONCILE_TRIGGER
 
 logger = logging.getLogger("vibe.operator")
 
@@ -344,7 +343,11 @@ def deployment_changed(
             state.watches.drop(key)
         metrics.forget(namespace, name)
         return
-    mark = (meta.get("uid"), meta.get("generation"), (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION))
+    mark = (
+        meta.get("uid"),
+        meta.get("generation"),
+        (meta.get("annotations") or {}).get(api.ANNOTATION_RECONCILE_TRIGGER),
+    )
     if state.changed(("moed", key), mark):
         state.wake(key)
 

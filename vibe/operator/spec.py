@@ -22,6 +22,8 @@ DEFAULT_FORMATS = ("vibe", "sglang")
 DEFAULT_LOADS_KEY = "loads.json"
 #: Tokens per step assumed for uniform loads (no load profile given).
 DEFAULT_TOKENS_PER_STEP = 4096
+#: Sampled routings per kind of step (``spec.workload.routingSamples``'s default).
+DEFAULT_ROUTING_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,15 @@ class GPUs:
 
 @dataclass(frozen=True)
 class Workload:
+    """``spec.workload``. ``step_mix`` is ``stepMix`` as (tokens, weight) pairs, in the spec's order;
+    ``tokensPerStep`` alone is the one-entry mix (``planning.step_mix_of`` decides)."""
+
     config_map: str | None = None
     key: str = DEFAULT_LOADS_KEY
     tokens_per_step: int | None = None
+    step_mix: tuple[tuple[int, float], ...] = ()
+    dispatch: str = "round-robin"
+    routing_samples: int = DEFAULT_ROUTING_SAMPLES
 
 
 #: Serving seconds one re-placement costs, by ``spec.serving.onUpdate`` (when
@@ -110,8 +118,19 @@ class DeploymentSpec:
                 "workload": [self.workload.config_map, self.workload.key, self.workload.tokens_per_step],
                 "policy": self.policy,
                 "formats": sorted(self.formats),
+                # only when set: a spec written before the step mix existed keeps its key (no re-solve
+                # on an operator upgrade)
+                **({"steps": self._steps_key} if self._steps_key != _DEFAULT_STEPS_KEY else {}),
             }
         )
+
+    @property
+    def _steps_key(self) -> list[Any]:
+        w = self.workload
+        return [[list(e) for e in w.step_mix], w.dispatch, w.routing_samples]
+
+
+_DEFAULT_STEPS_KEY: list[Any] = [[], "round-robin", DEFAULT_ROUTING_SAMPLES]
 
 
 def parse_spec(spec: Mapping[str, Any]) -> DeploymentSpec:
@@ -143,6 +162,9 @@ def parse_spec(spec: Mapping[str, Any]) -> DeploymentSpec:
             config_map=str(ref["name"]) if ref.get("name") else None,
             key=str(ref.get("key") or DEFAULT_LOADS_KEY),
             tokens_per_step=int(w["tokensPerStep"]) if w.get("tokensPerStep") is not None else None,
+            step_mix=tuple((int(e["tokens"]), float(e.get("weight", 1.0))) for e in w.get("stepMix") or ()),
+            dispatch=str(w.get("dispatch") or "round-robin"),
+            routing_samples=int(w.get("routingSamples") or DEFAULT_ROUTING_SAMPLES),
         ),
         policy=str(spec.get("policy") or "vibe"),
         drift=Drift(

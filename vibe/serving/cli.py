@@ -1,7 +1,7 @@
 """`vibe serving ...`: the commands serving pods run (the root CLI mounts ``app`` as ``serving``).
 
-* ``init`` -- init container: mounted placement ConfigMap -> the engine's files (``--out NAME=PATH`` per
-  format of ``vibe.engines``: SGLang's ``--init-expert-location`` JSON, TensorRT-LLM's load-balancer
+* ``init`` -- init container: mounted placement ConfigMap -> the engine's files (``--engine-file NAME=PATH``
+  per format of ``vibe.engines``: SGLang's ``--init-expert-location`` JSON, TensorRT-LLM's load-balancer
   YAML and engine-args snippet, EPLB tensors), checked against the engine's EP size, slots and layers;
 * ``watch`` -- sidecar: notice a newer placement and restart / call an endpoint / report;
 * ``export-loads`` -- job or sidecar: an engine's statistics (SGLang's recorder dump, TensorRT-LLM's

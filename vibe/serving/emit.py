@@ -81,7 +81,8 @@ def prepare(
     if not names:
         raise ServingError(
             "InvalidArgument",
-            f"ask for at least one engine file (--out NAME=PATH, NAME one of {engines_with_files()})",
+            "ask for at least one engine file (--sglang-out, --trtllm-out, ..., or --engine-file NAME=PATH,"
+            f" NAME one of {', '.join(engines_with_files())})",
         )
     placed = None
     if canonical.KEY in data:
@@ -150,7 +151,7 @@ def run_init(
     """Read the mounted ConfigMap, check it, write the engine files and record what was applied.
 
     Args:
-        outputs: format name -> the path of the engine's file (``--out NAME=PATH``).
+        outputs: format name -> the path of the engine's file (``--engine-file NAME=PATH``).
         expect_generation: the generation this pod was rolled out for (its template annotation, passed
             through the Downward API), so every pod of a multi-node group starts with the same placement.
             A volume still behind it is waited for (kubelet syncs volumes with a lag); a volume already

@@ -97,6 +97,18 @@ Whether to render a Prometheus Operator object: enabled, and either the cluster 
 (.Capabilities, i.e. the API server Helm talks to) or force is set. Pass (dict "ctx" $ "cfg" <values>
 "kind" "ServiceMonitor"); renders "true" or nothing.
 */}}
+{{/* The `release` label kube-prometheus-stack's Prometheus selects monitors and rules by, if set. */}}
+{{- define "vibe.monitoring.releaseLabel" -}}
+{{- with .Values.monitoring.prometheusRelease }}
+release: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Whether PodMonitors replace the ServiceMonitors. */}}
+{{- define "vibe.monitoring.podMonitors" -}}
+{{- include "vibe.monitoring.render" (dict "ctx" . "cfg" .Values.monitoring.podMonitor "kind" "PodMonitor") -}}
+{{- end }}
+
 {{- define "vibe.monitoring.render" -}}
 {{- if and .cfg.enabled (or .cfg.force (.ctx.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" .kind))) -}}
 true
