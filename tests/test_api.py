@@ -49,3 +49,11 @@ def test_the_crds_output_formats_are_the_engine_registry() -> None:
     assert set(formats["default"]) <= set(ENGINES)
     for engine in ENGINES.values():  # the description names each format with its key
         assert f"{engine.name} ({engine.key}" in " ".join(formats["description"].split())
+
+
+def test_the_crds_generation_bound_is_the_one_both_sides_enforce() -> None:
+    """Issue 20, defect 9: a status placementGeneration past int64 made every status patch fail (422)."""
+    status = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["status"]["properties"]
+    generation = status["placementGeneration"]
+    assert generation["maximum"] == api.MAX_PLACEMENT_GENERATION < 2**63 - 1
+    assert generation["minimum"] == 0

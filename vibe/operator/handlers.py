@@ -145,7 +145,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.vibe.watches = Watches(
         api_client(cfg.kubeconfig, context=cfg.context, pool_maxsize=1024), memo.vibe.wake
     )
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_addr)
     await memo.vibe.computer.warm()
 
 
