@@ -1,10 +1,11 @@
-"""``vibe.api`` names what the CRDs define, and the policy registry is what the CRD accepts."""
+"""``vibe.api`` names what the CRDs define; the policy and engine registries are what the CRD accepts."""
 
 from __future__ import annotations
 
 from typing import Any, get_args
 
 from vibe import api, crds
+from vibe.engines import ENGINES
 from vibe.placement.engine import POLICIES, PolicyName
 
 
@@ -39,7 +40,32 @@ def test_the_crds_policy_enum_is_the_policy_registry() -> None:
     assert policy["default"] in POLICIES
 
 
-def test_the_crds_output_formats_are_the_configmap_keys() -> None:
+def test_the_crds_output_formats_are_the_engine_registry() -> None:
+    """Adding an engine record without its CRD enum value (or the reverse) fails here."""
     spec = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["spec"]["properties"]
-    formats = spec["output"]["properties"]["formats"]["items"]["enum"]
-    assert sorted(formats) == sorted(api.FORMAT_KEYS)
+    formats = spec["output"]["properties"]["formats"]
+    assert formats["items"]["enum"] == list(ENGINES)
+    assert formats["maxItems"] == len(ENGINES)
+    assert set(formats["default"]) <= set(ENGINES)
+    for engine in ENGINES.values():  # the description names each format with its key
+        assert f"{engine.name} ({engine.key}" in " ".join(formats["description"].split())
+
+
+def test_every_condition_and_reason_is_documented() -> None:
+    """A condition type or reason the operator can set is API: docs/operations.md names each one."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    named = set(api.CONDITION_TYPES) | set(api.PROBLEM_REASONS)
+    named |= {api.REASON_PLACED, api.REASON_PENDING, api.REASON_INPUTS_HEALTHY, api.REASON_NO_DRIFT}
+    named.add(api.REASON_REPLACED)
+    missing = sorted(n for n in named if f"`{n}`" not in docs)
+    assert not missing, f"not in docs/operations.md: {missing}"
+
+
+def test_the_crds_generation_bound_is_the_one_both_sides_enforce() -> None:
+    """Issue 20, defect 9: a status placementGeneration past int64 made every status patch fail (422)."""
+    status = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["status"]["properties"]
+    generation = status["placementGeneration"]
+    assert generation["maximum"] == api.MAX_PLACEMENT_GENERATION < 2**63 - 1
+    assert generation["minimum"] == 0

@@ -1,11 +1,12 @@
 """The names of vibe's Kubernetes API, spelled once: group, version, kinds, plurals, labels, annotations,
-ConfigMap keys, condition types and reasons, and the rank labels of the workloads serving pods run in.
+condition types and reasons, and the rank labels of the workloads serving pods run in.
 
 Role: the one vocabulary the operator, the agent, the serving helpers, the demo, the benchmarks and the
 tests share, so that a name cannot drift between the component that writes it and the one that reads it.
 The CRDs under ``crds/`` are the source of truth for the resources; ``tests/test_api.py`` checks that
 these names match them. Pure constants: this module imports nothing of vibe and nothing of Kubernetes,
-so every layer (placement included) may import it.
+so every layer may import it. The placement ConfigMap's contract (name, meta key, hash, generation) is
+``vibe.contract``; its data keys are the formats' records in ``vibe.engines``.
 """
 
 from __future__ import annotations
@@ -26,18 +27,14 @@ PREFIX = f"{GROUP}/"
 
 # ---- annotations
 
-#: On the placement ConfigMap (written by the operator; ``vibe.serving.contract`` reads them).
-ANNOTATION_CONTENT_HASH = PREFIX + "content-hash"
-ANNOTATION_PLACEMENT_GENERATION = PREFIX + "placement-generation"
 #: On the placement ConfigMap: what the operator remembers between reconciles (``vibe.operator.output``).
+#: The contract with the serving pods -- content hash, generation, meta key -- is ``vibe.contract``.
 ANNOTATION_PLACEMENT_KEY = PREFIX + "placement-key"
 ANNOTATION_INPUTS_GPUS = PREFIX + "inputs-gpus"
 ANNOTATION_INPUTS_CURVES = PREFIX + "inputs-curves"
 ANNOTATION_INPUTS_LOADS = PREFIX + "inputs-loads"
 ANNOTATION_PLACED_AT = PREFIX + "placed-at"
 ANNOTATION_SUMMARY = PREFIX + "summary"
-#: On a serving workload's pod template: the generation it rolled out for (the ``restart`` update policy).
-TEMPLATE_ANNOTATION = ANNOTATION_PLACEMENT_GENERATION
 #: On a MoEDeployment: changing it makes the operator reconcile again.
 ANNOTATION_RECONCILE_TRIGGER = PREFIX + "reconcile-trigger"
 #: On a GPUProfile: the agent's calibrated baseline (``vibe.agent.profile``).
@@ -70,22 +67,12 @@ FIELD_MANAGER_LOADS = "vibe-loads"
 #: ``vibe crds apply`` (and the chart's pre-upgrade hook): the owner of every field of vibe's CRDs.
 FIELD_MANAGER_CRDS = "vibe-crds"
 
-# ---- the placement ConfigMap
+# ---- the placement ConfigMap (its contract lives in ``vibe.contract``)
 
-
-def placement_config_map_name(deployment: str) -> str:
-    """The name of the ConfigMap the operator writes a MoEDeployment's placement into."""
-    return f"{deployment}-placement"
-
-
-#: Its keys: one per output format the MoEDeployment asks for, and the meta key.
-KEY_PLACEMENT = "placement.json"
-KEY_SGLANG = "sglang-expert-location.json"
-KEY_EPLB = "eplb.json"
-#: The key that carries generation and hash into volumes (kubelet projects no annotations).
-KEY_META = "placement-meta.json"
-#: ``spec.output.formats`` entry -> ConfigMap key.
-FORMAT_KEYS = {"vibe": KEY_PLACEMENT, "sglang": KEY_SGLANG, "eplb": KEY_EPLB}
+#: The largest placement generation anyone writes or trusts: 2^53 - 1, exact in every JSON reader (int64
+#: and float64 alike), so ``generation + 1`` never overflows a status field. The CRD's
+#: ``status.placementGeneration`` has the same maximum (``tests/test_api.py`` compares them).
+MAX_PLACEMENT_GENERATION = 2**53 - 1
 
 # ---- status conditions of a MoEDeployment (``vibe.operator.conditions``)
 
@@ -113,6 +100,7 @@ PROBLEM_REASONS = (
     "InvalidLoads",
     "ShapeMismatch",
     "PlacementConflict",
+    "GenerationExhausted",
     "OutputTooLarge",
     "InstanceTooLarge",
     "Forbidden",
@@ -132,3 +120,28 @@ LWS_LABEL_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 LWS_ANNOTATION_SIZE = "leaderworkerset.sigs.k8s.io/size"
 #: The StatefulSet pod ordinal label (Kubernetes >= 1.28).
 STS_LABEL_POD_INDEX = "apps.kubernetes.io/pod-index"
+
+#: NVIDIA Dynamo's DynamoGraphDeployment (nvidia.com/v1beta1, the storage version since Dynamo 1.x). Dynamo
+#: owns the LeaderWorkerSets / Grove PodCliques it generates and reverts edits to them, so the ``restart``
+#: policy patches the DGD itself: a worker component's ``podTemplate`` is part of the worker spec hash
+#: that rolls its pods (``deploy/operator/api/v1beta1/worker_hash.go``).
+DGD_API_GROUP = "nvidia.com"
+DGD_API_VERSION = "v1beta1"
+DGD_PLURAL = "dynamographdeployments"
+DGD_KIND = "DynamoGraphDeployment"
+#: Component types whose pods run an engine (``isWorkerComponent`` in the same file).
+DGD_WORKER_TYPES = ("worker", "prefill", "decode")
+#: Labels Dynamo puts on every pod it generates (``deploy/operator/internal/consts``).
+DYNAMO_LABEL_DGD_NAME = "nvidia.com/dynamo-graph-deployment-name"
+DYNAMO_LABEL_COMPONENT = "nvidia.com/dynamo-component"
+#: Grove (Dynamo's default multinode path): a multinode component is a PodCliqueScalingGroup replica
+#: with a leader PodClique ``...-ldr`` (1 pod) and a worker PodClique ``...-wkr`` (nodeCount - 1 pods).
+#: Dynamo gives the leader node rank 0 and a worker ``$((GROVE_PCLQ_POD_INDEX + 1))``
+#: (``GroveMultinodeDeployer.GetNodeRank``); Grove labels each pod with the same index.
+GROVE_LABEL_PCSG = "grove.io/podcliquescalinggroup"
+GROVE_LABEL_PCSG_REPLICA = "grove.io/podcliquescalinggroup-replica-index"
+GROVE_LABEL_PCLQ = "grove.io/podclique"
+GROVE_LABEL_PCLQ_POD_INDEX = "grove.io/podclique-pod-index"
+GROVE_ENV_PCLQ_POD_INDEX = "GROVE_PCLQ_POD_INDEX"
+GROVE_LEADER_SUFFIX = "-ldr"
+GROVE_WORKER_SUFFIX = "-wkr"

@@ -18,11 +18,11 @@ from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
 from operator_harness import Objects, running_operator
 
-from vibe import api
+from vibe import api, contract
 from vibe.cluster.waiting import wait_for
+from vibe.contract import content_hash
 from vibe.crds.apply import apply_crds
 from vibe.placement.synthetic import skewed_loads
-from vibe.serving.contract import content_hash
 
 pytestmark = pytest.mark.cluster
 
@@ -104,8 +104,8 @@ def test_create_writes_every_format_and_becomes_ready(objs: Objects, fleet: Any,
     ]
     ann = cm["metadata"]["annotations"]
     core = {k: v for k, v in cm["data"].items() if k != "placement-meta.json"}
-    assert ann[api.ANNOTATION_CONTENT_HASH] == content_hash(core)
-    assert ann[api.ANNOTATION_PLACEMENT_GENERATION] == "1"
+    assert ann[contract.ANNOTATION_CONTENT_HASH] == content_hash(core)
+    assert ann[contract.ANNOTATION_PLACEMENT_GENERATION] == "1"
     assert json.loads(cm["data"]["placement-meta.json"]) == {
         "contentHash": content_hash(core),
         "placementGeneration": 1,
@@ -332,7 +332,7 @@ def test_unparsable_loads_keep_the_last_placement(objs: Objects, fleet: Any):
     cm = objs.config_map("m-placement")
     objs.put_loads("loads", "{not json")
     c = objs.wait_condition("m", "Degraded", "True", "InvalidLoads")
-    assert "is not JSON" in c["message"] and "keeping placement generation 1" in c["message"]
+    assert "is not valid JSON" in c["message"] and "keeping placement generation 1" in c["message"]
     assert objs.condition("m", "Ready")["status"] == "True"
     assert objs.wait_event("m", "InvalidLoads")["type"] == "Warning"
     objs.put_loads("loads", json.dumps({"loads": [[1.0] * 16] * 3}))  # wrong shape

@@ -25,7 +25,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from vibe import api
+from vibe import api, contract
 from vibe.api import GPUPROFILE_PLURAL, GROUP, MOEDEPLOYMENT_PLURAL, VERSION
 from vibe.clikit import fail
 from vibe.cluster.processes import free_port
@@ -515,8 +515,8 @@ class Demo:
         ann = cm.metadata.annotations or {}
         self.say(
             f"ConfigMap {cm.metadata.name}: keys {sorted(cm.data)}; generation "
-            f"{ann.get(api.ANNOTATION_PLACEMENT_GENERATION)}; "
-            f"hash {ann.get(api.ANNOTATION_CONTENT_HASH, '')[:19]}…"
+            f"{ann.get(contract.ANNOTATION_PLACEMENT_GENERATION)}; "
+            f"hash {ann.get(contract.ANNOTATION_CONTENT_HASH, '')[:19]}…"
         )
         m = metrics(op_port)
         self.say(
@@ -607,12 +607,18 @@ def simulated_impact() -> str:
     try:
         from vibe.agent.simulate import load_fleet
         from vibe.placement.curves import Fleet, GPUCurve, reference_curve
-        from vibe.placement.synthetic import skewed_loads
+        from vibe.placement.synthetic import FLOOR_SHARE, skewed_loads, slowed_curve
         from vibe.simulate.impact import impact_line
 
         t, s = reference_curve(7168, 2048, "fp8")
         sim = load_fleet(HERE / "fleet.yaml")
-        gpus = [GPUCurve(f"{n}/{g.index}", n, t, s / g.speed) for n, gs in sim.nodes.items() for g in gs]
+        # each GPU slowed as measured under a power cap: in compute, not at its memory-bound floor
+        share = FLOOR_SHARE["measured"]
+        gpus = [
+            GPUCurve(f"{n}/{g.index}", n, t, slowed_curve(s, 1 / g.speed, share))
+            for n, gs in sim.nodes.items()
+            for g in gs
+        ]
         return impact_line(skewed_loads(58, 256, mean_tokens=512.0, seed=3), Fleet(tuple(gpus)), 5)
     except Exception as e:  # the figure is a bonus: never let it stop the demo
         return f"simulated serving impact unavailable ({type(e).__name__}: {e})"

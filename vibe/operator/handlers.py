@@ -64,6 +64,7 @@ from vibe.operator.gpus import (
     next_snapshot,
     profile_snapshot,
 )
+from vibe.operator.kopf_private import daemon_without_finalizer
 from vibe.operator.kube import Kube, new_api_client
 from vibe.operator.login import connection_info
 from vibe.operator.reconciling import Gone, Shared, World, reconcile
@@ -72,7 +73,6 @@ from vibe.operator.watches import Watches
 
 MOED = (api.GROUP, api.VERSION, api.MOEDEPLOYMENT_PLURAL)
 GPUP = (api.GROUP, api.VERSION, api.GPUPROFILE_PLURAL)
-TRIGGER_ANNOTATION = api.ANNOTATION_RECONCILE_TRIGGER
 
 #: Seconds a peering keep-alive holds (Kopf's default is 60).
 PEERING_LIFETIME_S = 20
@@ -153,7 +153,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.vibe.watches = Watches(
         api_client(cfg.kubeconfig, context=cfg.context, pool_maxsize=1024), memo.vibe.wake
     )
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_addr)
     await memo.vibe.computer.warm()
 
 
@@ -327,16 +327,7 @@ async def worker(
         metrics.forget(namespace, name)
 
 
-def _without_finalizer(fn: Any) -> None:
-    """Register ``fn``'s daemon as needing no finalizer (Kopf's ``daemon()`` always asks for one)."""
-    registry = kopf.get_default_registry()
-    handlers = registry._spawning._handlers
-    for i, h in enumerate(handlers):
-        if getattr(h, "fn", None) is fn:
-            handlers[i] = replace(h, requires_finalizer=False)
-
-
-_without_finalizer(worker)
+daemon_without_finalizer(worker)  # the one reach into Kopf's internals: see kopf_private
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,7 +352,11 @@ def deployment_changed(
             state.watches.drop(key)
         metrics.forget(namespace, name)
         return
-    mark = (meta.get("uid"), meta.get("generation"), (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION))
+    mark = (
+        meta.get("uid"),
+        meta.get("generation"),
+        (meta.get("annotations") or {}).get(api.ANNOTATION_RECONCILE_TRIGGER),
+    )
     if state.changed(("moed", key), mark):
         state.wake(key)
 
@@ -405,7 +400,7 @@ def placement_changed(
 ) -> None:
     """A placement ConfigMap was deleted or edited by hand: wake its deployment, which restores it
     within seconds. The operator's own writes are always intact (``output.as_written``): no wake."""
-    owner = (meta.get("labels") or {}).get(output.L_DEPLOYMENT)
+    owner = (meta.get("labels") or {}).get(api.LABEL_MOEDEPLOYMENT)
     if not owner or event["type"] is None:  # the initial listing: every worker reconciles on start
         return
     if event["type"] == "DELETED" or not output.as_written(body):

@@ -1,9 +1,10 @@
 """The placement ConfigMap ``<name>-placement``: rendered from a result, read back as the one in service.
 
 Role: the operator's only product. Rendering is deterministic (the engine's serialisers sort keys and
-carry no timestamps), so the same inputs give the same bytes; ``vibe.dev/content-hash`` is the hash of
-those bytes as ``vibe.serving.contract`` defines it, and ``placement-meta.json`` carries the hash and
-generation into volumes (kubelet projects data, not annotations).
+carry no timestamps), so the same inputs give the same bytes; one key per requested format, each
+written by its record in ``vibe.engines``. ``vibe.dev/content-hash`` is the hash of those bytes as
+``vibe.contract`` defines it (the contract the serving pods read by), and ``placement-meta.json``
+carries the hash and generation into volumes (kubelet projects data, not annotations).
 
 Everything the operator must remember between reconciles lives here, written in the same update as the
 data, so a restart (or another replica) resumes from the cluster, never from memory:
@@ -27,31 +28,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vibe import api
-from vibe.api import FORMAT_KEYS, KEY_META
+from vibe.contract import (
+    ANNOTATION_CONTENT_HASH,
+    ANNOTATION_PLACEMENT_GENERATION,
+    KEY_META,
+    content_hash,
+    core_data,
+    meta_text,
+    parse_generation,
+    parse_uid,
+)
+from vibe.engines import ENGINES
 from vibe.operator.clock import parse_time
 from vibe.operator.spec import fingerprint
 from vibe.placement.cost import Placement
 from vibe.placement.errors import PlacementError
-from vibe.serving.contract import content_hash
 
-# The ConfigMap's annotations and labels (their names live in ``vibe.api``).
-PREFIX = api.PREFIX
-A_GENERATION = api.ANNOTATION_PLACEMENT_GENERATION
-A_HASH = api.ANNOTATION_CONTENT_HASH
-A_PLACEMENT_KEY = api.ANNOTATION_PLACEMENT_KEY
-A_GPUS = api.ANNOTATION_INPUTS_GPUS
-A_CURVES = api.ANNOTATION_INPUTS_CURVES
-A_LOADS = api.ANNOTATION_INPUTS_LOADS
-A_PLACED_AT = api.ANNOTATION_PLACED_AT
-A_SUMMARY = api.ANNOTATION_SUMMARY
+#: The labels the operator puts on every placement ConfigMap it writes (besides the MoEDeployment's).
 MANAGED_BY = {api.LABEL_MANAGED_BY: api.MANAGED_BY_OPERATOR}
-L_DEPLOYMENT = api.LABEL_MOEDEPLOYMENT
 
 #: A ConfigMap holds at most 1 MiB; leave room for metadata.
 MAX_DATA_BYTES = 1_000_000
-
-
-config_map_name = api.placement_config_map_name
 
 
 @dataclass(frozen=True)
@@ -82,6 +79,7 @@ class InService:
     keys: InputKeys
     placed_at: dt.datetime | None
     summary: dict[str, Any] = field(default_factory=dict)
+    uid: str | None = None  # the MoEDeployment UID its meta key names (None: written before UIDs were)
     placement: Placement | None = None  # None: unreadable, or written for another slot count or model
     unreadable: str = ""  # why the placement could not be read back, if it could not
     intact: bool = False  # its data matches its content hash: a placement this operator wrote, unedited
@@ -93,28 +91,14 @@ class InService:
     def annotations_edited(self) -> bool:
         """Intact data whose generation or hash annotation says something else (edited by hand)."""
         return self.intact and (
-            self.annotations.get(A_GENERATION) != str(self.generation)
-            or self.annotations.get(A_HASH) != self.content_hash
+            self.annotations.get(ANNOTATION_PLACEMENT_GENERATION) != str(self.generation)
+            or self.annotations.get(ANNOTATION_CONTENT_HASH) != self.content_hash
         )
-
-
-def core_data(data: Mapping[str, str]) -> dict[str, str]:
-    """The data without the meta key (what the content hash and the generation are about)."""
-    return {k: v for k, v in data.items() if k != KEY_META}
 
 
 def render(result: Any, fleet: Any, formats: tuple[str, ...], *, baseline: Any = None) -> dict[str, str]:
     """The ConfigMap data for a placement result, one key per requested format (no meta key yet)."""
-    from vibe.placement import to_eplb, to_placement_json, to_sglang
-
-    data: dict[str, str] = {}
-    for fmt in formats:
-        if fmt == "vibe":
-            data[FORMAT_KEYS[fmt]] = _text(to_placement_json(result, fleet, baseline=baseline))
-        elif fmt == "sglang":
-            data[FORMAT_KEYS[fmt]] = _text(to_sglang(result))
-        elif fmt == "eplb":
-            data[FORMAT_KEYS[fmt]] = _text(to_eplb(result))
+    data = {ENGINES[fmt].key: _text(ENGINES[fmt].write(result, fleet, baseline)) for fmt in formats}
     return dict(sorted(data.items()))
 
 
@@ -125,20 +109,21 @@ def finish(
     keys: InputKeys,
     placed_at: str,
     summary: Mapping[str, Any],
+    uid: str | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """(data with the meta key, annotations) for a ConfigMap about to be written."""
+    """(data with the meta key, annotations) for a ConfigMap about to be written; ``uid`` is the
+    MoEDeployment's, the identity its generations count in (serving pods order by uid, then generation)."""
     digest = content_hash(core)
-    meta = json.dumps({"contentHash": digest, "placementGeneration": generation}, sort_keys=True)
-    data = dict(sorted({**core, KEY_META: meta}.items()))
+    data = dict(sorted({**core, KEY_META: meta_text(digest, generation, uid)}.items()))
     annotations = {
-        A_GENERATION: str(generation),
-        A_HASH: digest,
-        A_PLACEMENT_KEY: keys.placement,
-        A_GPUS: keys.gpus,
-        A_CURVES: keys.curves,
-        A_LOADS: keys.loads,
-        A_PLACED_AT: placed_at,
-        A_SUMMARY: json.dumps(summary, sort_keys=True, separators=(",", ":")),
+        ANNOTATION_PLACEMENT_GENERATION: str(generation),
+        ANNOTATION_CONTENT_HASH: digest,
+        api.ANNOTATION_PLACEMENT_KEY: keys.placement,
+        api.ANNOTATION_INPUTS_GPUS: keys.gpus,
+        api.ANNOTATION_INPUTS_CURVES: keys.curves,
+        api.ANNOTATION_INPUTS_LOADS: keys.loads,
+        api.ANNOTATION_PLACED_AT: placed_at,
+        api.ANNOTATION_SUMMARY: json.dumps(summary, sort_keys=True, separators=(",", ":")),
     }
     return data, annotations
 
@@ -156,9 +141,9 @@ def read_back(
     meta = obj.get("metadata") or {}
     ann = dict(meta.get("annotations") or {})
     data = dict(obj.get("data") or {})
-    generation, declared = _meta_of(data)
+    generation, declared, uid = _meta_of(data)
     try:
-        summary = json.loads(ann.get(A_SUMMARY) or "{}")
+        summary = json.loads(ann.get(api.ANNOTATION_SUMMARY) or "{}")
     except (ValueError, RecursionError):  # not JSON, a 5000-digit number, nested too deep: hand-edited
         summary = {}
     found = InService(
@@ -170,10 +155,14 @@ def read_back(
         generation=generation,
         content_hash=declared,
         keys=InputKeys(
-            ann.get(A_PLACEMENT_KEY, ""), ann.get(A_GPUS, ""), ann.get(A_CURVES, ""), ann.get(A_LOADS, "")
+            ann.get(api.ANNOTATION_PLACEMENT_KEY, ""),
+            ann.get(api.ANNOTATION_INPUTS_GPUS, ""),
+            ann.get(api.ANNOTATION_INPUTS_CURVES, ""),
+            ann.get(api.ANNOTATION_INPUTS_LOADS, ""),
         ),
-        placed_at=parse_time(ann.get(A_PLACED_AT)),
+        placed_at=parse_time(ann.get(api.ANNOTATION_PLACED_AT)),
         summary=summary if isinstance(summary, dict) else {},
+        uid=uid,
     )
     if not declared or content_hash(core_data(data)) != declared:
         found.unreadable = f"its data does not match the content hash in {KEY_META} (edited by hand?)"
@@ -197,34 +186,37 @@ def as_written(obj: Mapping[str, Any]) -> bool:
     key declares, and the generation and hash annotations agree with it. Cheap (one hash, no parse):
     the watch on placement ConfigMaps uses it to tell a hand edit from the operator's own writes."""
     data = dict(obj.get("data") or {})
-    generation, declared = _meta_of(data)
+    generation, declared, _ = _meta_of(data)
     ann = (obj.get("metadata") or {}).get("annotations") or {}
     return (
         bool(declared)
         and content_hash(core_data(data)) == declared
-        and ann.get(A_HASH) == declared
-        and ann.get(A_GENERATION) == str(generation)
+        and ann.get(ANNOTATION_CONTENT_HASH) == declared
+        and ann.get(ANNOTATION_PLACEMENT_GENERATION) == str(generation)
     )
 
 
-def _meta_of(data: Mapping[str, str]) -> tuple[int, str]:
-    """(placement generation, content hash) declared by the data's meta key; (0, "") if unreadable."""
+def _meta_of(data: Mapping[str, str]) -> tuple[int, str, str | None]:
+    """(placement generation, content hash, uid) declared by the data's meta key; (0, "", None) if it is
+    unreadable, or its generation is not an integer within ``MAX_PLACEMENT_GENERATION`` (a generation
+    edited past the bound is never trusted: the next one would not fit status's int64)."""
     try:
         meta = json.loads(data.get(KEY_META) or "{}")
-        generation = int(meta.get("placementGeneration") or 0)
+        generation = parse_generation(meta.get("placementGeneration", 0), KEY_META) or 0
+        uid = parse_uid(meta.get("uid"), KEY_META)
         declared = str(meta.get("contentHash") or "")
-    except (TypeError, ValueError, AttributeError, RecursionError):
-        return 0, ""
-    return max(0, generation), declared
+    except (TypeError, ValueError, RecursionError, AttributeError):
+        return 0, "", None
+    return generation, declared, uid
 
 
 def placement_of(data: Mapping[str, str], *, experts: int, slots_per_gpu: int) -> Placement | None:
-    """The placement from whichever format the data holds (placement.json, SGLang's or EPLB's file)."""
-    from vibe.placement import read_placement
-
-    for key in (FORMAT_KEYS["vibe"], FORMAT_KEYS["sglang"], FORMAT_KEYS["eplb"]):
-        if key in data:
-            return read_placement(json.loads(data[key]), slots_per_gpu=slots_per_gpu, num_experts=experts)
+    """The placement from the first format the data holds, in ``vibe.engines.ENGINES`` order."""
+    for engine in ENGINES.values():
+        if engine.key in data:
+            return engine.read(
+                engine.parse(data[engine.key]), slots_per_gpu=slots_per_gpu, num_experts=experts
+            )
     return None
 
 

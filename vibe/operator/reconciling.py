@@ -30,7 +30,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from vibe import api
+from vibe import api, contract
 from vibe.operator import metrics, output, refusals
 from vibe.operator import status as status_mod
 from vibe.operator.clock import iso
@@ -46,7 +46,6 @@ from vibe.operator.settings import OperatorSettings
 from vibe.operator.spec import DeploymentSpec, parse_spec
 from vibe.operator.watches import Need, Watches, config_map_need, pods_need, selector_string
 from vibe.operator.workload import Loads, from_config_map, uniform
-from vibe.serving.contract import content_hash
 
 logger = logging.getLogger("vibe.operator")
 
@@ -144,7 +143,7 @@ async def _reconcile_once(
     old_status = body.get("status") or {}
     now = clock_now()
     spec = parse_spec(body["spec"])
-    cm_name = output.config_map_name(name)
+    cm_name = contract.config_map_name(name)
     m = spec.model
     if shared.watches is not None:
         shared.watches.want(key, _needs(spec, namespace))
@@ -191,7 +190,7 @@ async def _reconcile_once(
         t_plan = time.perf_counter()
         tampered = _tampered(current, old_status, cm_name)
         if plan.action != WRITE and current is not None and current.annotations_edited:
-            plan.action, core = WRITE, output.core_data(current.data)  # same data, annotations repaired
+            plan.action, core = WRITE, contract.core_data(current.data)  # same data, annotations repaired
         if plan.action == WRITE:
             assert core is not None  # compute renders the data whenever the plan writes
             obs.in_service, wrote = await _write(kube, body, inputs, plan, core, current, old_status, now)
@@ -336,7 +335,13 @@ def _needs(spec: DeploymentSpec, namespace: str) -> list[Need]:
 async def _pods(kube: Kube, spec: DeploymentSpec, namespace: str) -> list[PodSnapshot]:
     if spec.gpus.pod_selector is None:
         return []
-    items = await kube.pods(namespace, selector_string(spec.gpus.pod_selector))
+    selector = selector_string(spec.gpus.pod_selector)
+    try:
+        items = await kube.pods(namespace, selector)
+    except ApiException as e:  # e.g. a value that is no label value, stored before the CRD checked it
+        if not refusals.refused(e):
+            raise
+        raise refusals.problem(e, f"listing the pods of spec.gpus.podSelector ({selector[:200]!r})") from None
     return [p for p in (pod_snapshot(i) for i in items) if p is not None]
 
 
@@ -384,7 +389,7 @@ async def _report_refusal(shared: Shared, namespace: str, name: str, problem: Pr
         obs = status_mod.Observation(
             generation=int(body["metadata"].get("generation") or 0),
             placement_key="",
-            config_map=output.config_map_name(name),
+            config_map=contract.config_map_name(name),
             in_service=None,
             problem=problem,
         )
@@ -414,33 +419,47 @@ async def _write(
     # The generation: the intact ConfigMap's (read from its data, never from an editable annotation),
     # or status's (only the operator writes status). The same data as in service, or as status says
     # was last placed (a ConfigMap deleted or edited by hand and now restored), keeps its generation.
+    # A ConfigMap written for another incarnation of this MoEDeployment (deleted and re-created while
+    # its ConfigMap lived on) lends no generation: generations count per UID (placement-meta.json).
+    same_object = current is not None and current.uid in (None, meta["uid"])
     known = max(
-        current.generation if current is not None and current.intact else 0,
+        current.generation if current is not None and current.intact and same_object else 0,
         int(old_status.get("placementGeneration") or 0),
     )
-    same = (current is not None and current.intact and output.core_data(current.data) == core) or (
-        known > 0 and content_hash(core) == old_status.get("contentHash")
-    )
+    same = (
+        current is not None and current.intact and same_object and contract.core_data(current.data) == core
+    ) or (known > 0 and contract.content_hash(core) == old_status.get("contentHash"))
     if same:
         generation = known
         placed_at = (
-            (current.annotations.get(output.A_PLACED_AT) if current is not None else None)
+            (current.annotations.get(api.ANNOTATION_PLACED_AT) if current is not None else None)
             or (old_status.get("lastReplacement") or {}).get("time")
             or iso(now)
         )
     else:
         generation = known + 1
         placed_at = iso(now)
+    if generation > api.MAX_PLACEMENT_GENERATION:  # only a status edited by hand gets here
+        raise Problem(
+            "GenerationExhausted",
+            f"placement generation {known} is the largest allowed ({api.MAX_PLACEMENT_GENERATION});"
+            " re-create the MoEDeployment to start counting again",
+        )
     data, annotations = output.finish(
-        core, generation=generation, keys=inputs.keys, placed_at=placed_at, summary=plan.summary
+        core,
+        generation=generation,
+        keys=inputs.keys,
+        placed_at=placed_at,
+        summary=plan.summary,
+        uid=meta["uid"],
     )
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": output.config_map_name(meta["name"]),
+            "name": contract.config_map_name(meta["name"]),
             "namespace": meta["namespace"],
-            "labels": {**output.MANAGED_BY, output.L_DEPLOYMENT: meta["name"]},
+            "labels": {**output.MANAGED_BY, api.LABEL_MOEDEPLOYMENT: meta["name"]},
             "annotations": annotations,
             "ownerReferences": [
                 {
@@ -456,7 +475,7 @@ async def _write(
     }
     if current is not None:
         body["metadata"]["resourceVersion"] = current.resource_version
-        others = {k: v for k, v in current.annotations.items() if not k.startswith(output.PREFIX)}
+        others = {k: v for k, v in current.annotations.items() if not k.startswith(api.PREFIX)}
         body["metadata"]["annotations"] = {**others, **annotations}
     obj = await kube.write_config_map(meta["namespace"], body)
     m = inputs.spec.model
@@ -487,7 +506,7 @@ def _ours(cm_obj: Mapping[str, Any] | None, name: str) -> bool:
     labels = ((cm_obj or {}).get("metadata") or {}).get("labels") or {}
     return (
         labels.get(api.LABEL_MANAGED_BY) == api.MANAGED_BY_OPERATOR
-        and labels.get(output.L_DEPLOYMENT) == name
+        and labels.get(api.LABEL_MOEDEPLOYMENT) == name
     )
 
 

@@ -1,6 +1,7 @@
 """vibe.placement: where each Mixture-of-Experts expert should live, priced by each GPU's measured speed.
 
-A pure library (numpy; OR-Tools only for the optional ``exact`` policy; nothing Kubernetes). Layers of
+A pure library (numpy; OR-Tools only for the optional ``exact`` policy; nothing Kubernetes, nothing else of
+vibe). Engine file formats are ``vibe.engines``; ``vibe plan`` is ``vibe.plan``. Layers of
 modules, each importing only those above it:
 
 * ``errors``      the one typed error (``PlacementError``, with a condition ``reason``)
@@ -17,9 +18,7 @@ modules, each importing only those above it:
 * ``exact``       CP-SAT per layer for small instances (optional)
 * ``incremental`` re-placement that moves few experts
 * ``inputs``      reading loads, fleets and placements from JSON
-* ``formats``     writing placement.json, SGLang's and EPLB's files
 * ``synthetic``   serving-like loads and H100 fleets for benchmarks, tests and simulation
-* ``cli``         ``vibe plan``
 
 The names below are re-exported lazily (PEP 562), so importing the ``vibe`` CLI does not pay for numpy.
 """
@@ -46,9 +45,6 @@ _EXPORTS = {
     "Result": "engine",
     "solve": "engine",
     "PlacementError": "errors",
-    "to_eplb": "formats",
-    "to_placement_json": "formats",
-    "to_sglang": "formats",
     "replace_incremental": "incremental",
     "read_fleet": "inputs",
     "read_loads": "inputs",
@@ -76,9 +72,6 @@ __all__ = [
     "roofline_curve",
     "scale_curve",
     "solve",
-    "to_eplb",
-    "to_placement_json",
-    "to_sglang",
 ]
 
 
@@ -108,6 +101,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from vibe.placement.engine import COMPARED, POLICIES, Result, solve
     from vibe.placement.errors import PlacementError
-    from vibe.placement.formats import to_eplb, to_placement_json, to_sglang
     from vibe.placement.incremental import replace_incremental
     from vibe.placement.inputs import read_fleet, read_loads, read_placement

@@ -1,9 +1,11 @@
 """`vibe serving ...`: the commands serving pods run (the root CLI mounts ``app`` as ``serving``).
 
-* ``init`` -- init container: mounted placement ConfigMap -> the engine's ``--init-expert-location`` file
-  (and/or EPLB tensors), checked against the engine's EP size, redundant experts and layers;
+* ``init`` -- init container: mounted placement ConfigMap -> the engine's files (``--engine-file NAME=PATH``
+  per format of ``vibe.engines``: SGLang's ``--init-expert-location`` JSON, TensorRT-LLM's load-balancer
+  YAML and engine-args snippet, EPLB tensors), checked against the engine's EP size, slots and layers;
 * ``watch`` -- sidecar: notice a newer placement and restart / call an endpoint / report;
-* ``export-loads`` -- job or sidecar: SGLang's expert-distribution dump -> the load ConfigMap.
+* ``export-loads`` -- job or sidecar: an engine's statistics (SGLang's recorder dump, TensorRT-LLM's
+  ``EXPERT_STATISTIC_PATH``) -> the load ConfigMap.
 
 Heavy imports (the Kubernetes client, torch) stay inside the commands. Every expected failure prints one
 line ``vibe serving: <Reason>: <message>``, writes it to ``/dev/termination-log`` (what ``kubectl
@@ -24,8 +26,9 @@ import typer
 
 from vibe import api as api_names
 from vibe.clikit import ContextOpt, KubeconfigOpt, fail, namespace_option, setup_logging
+from vibe.engines import FormatName
 from vibe.kubeclient import as_dict
-from vibe.serving.errors import ServingError
+from vibe.serving.errors import ServingError, engine_errors
 
 app = typer.Typer(
     help="Serving-pod helpers: placement file for the engine, update sidecar, expert-load export.",
@@ -52,26 +55,44 @@ def _settings(
     first_moe_layer: int | None,
     architecture: str | None = None,
 ) -> Any:
-    from vibe.serving.engine_fit import EngineSettings, model_layout
+    from vibe.engines.settings import EngineSettings, model_layout
 
-    layout: dict[str, Any] = model_layout(model_config) if model_config else {}
-    return EngineSettings(
-        architecture=architecture or layout.get("architecture"),
-        ep_size=ep_size,
-        redundant_experts=redundant_experts,
-        num_experts=num_experts if num_experts is not None else layout.get("num_experts"),
-        num_layers=num_layers if num_layers is not None else layout.get("num_layers"),
-        first_moe_layer=first_moe_layer if first_moe_layer is not None else layout.get("first_moe_layer", 0),
-    )
+    with engine_errors():
+        layout: dict[str, Any] = model_layout(model_config) if model_config else {}
+        return EngineSettings(
+            architecture=architecture or layout.get("architecture"),
+            ep_size=ep_size,
+            redundant_experts=redundant_experts,
+            num_experts=num_experts if num_experts is not None else layout.get("num_experts"),
+            num_layers=num_layers if num_layers is not None else layout.get("num_layers"),
+            first_moe_layer=(
+                first_moe_layer if first_moe_layer is not None else layout.get("first_moe_layer", 0)
+            ),
+        )
 
 
-def _optional_int(value: str | None, name: str) -> int | None:
-    if value is None or not value.strip():
-        return None
+def _outputs(pairs: list[str], **shorthands: Path | None) -> dict[str, str]:
+    """``--engine-file NAME=PATH`` pairs plus the ``--sglang-out``-style shorthands -> format -> path."""
+    from vibe.engines import get
+
+    out = {name: str(path) for name, path in shorthands.items() if path is not None}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ServingError("InvalidArgument", f"--engine-file takes NAME=PATH, got {pair!r}")
+        with engine_errors():
+            out[get(name).name] = path
+    return out
+
+
+def _expected(value: str | None) -> tuple[int, str | None] | None:
+    """``--expect-generation``: the pod template's annotation, ``N`` or ``N/<MoEDeployment uid>``."""
+    from vibe import contract
+
     try:
-        return int(value)
-    except ValueError:
-        raise ServingError("InvalidArgument", f"{name} must be an integer, got {value!r}") from None
+        return contract.parse_template_value(value, "--expect-generation")
+    except ValueError as e:
+        raise ServingError("InvalidArgument", str(e)) from None
 
 
 # Options shared by init and watch (the engine as launched).
@@ -79,7 +100,12 @@ EpSizeOpt = Annotated[
     int, typer.Option("--ep-size", help="Expert-parallel size (SGLang: --ep-size; = --tp-size with DeepEP).")
 ]
 RedundantOpt = Annotated[
-    int, typer.Option("--redundant-experts", help="SGLang's --ep-num-redundant-experts.")
+    int,
+    typer.Option(
+        "--redundant-experts",
+        help="Slots beyond one per expert: SGLang's --ep-num-redundant-experts, TensorRT-LLM's"
+        " num_slots - num_experts.",
+    ),
 ]
 ModelConfigOpt = Annotated[
     Path | None,
@@ -138,10 +164,6 @@ MOUNT = Path("/etc/vibe/placement")
 STATE_DIR = Path("/var/run/vibe")
 
 
-def _str(path: Path | None) -> str | None:
-    return None if path is None else str(path)
-
-
 @app.command("init")
 def init_cmd(
     ep_size: EpSizeOpt,
@@ -163,6 +185,26 @@ def init_cmd(
             dir_okay=False,
             metavar="FILE.json|FILE.pt",
             help="Write EPLB tensors here (.json, or .pt with torch).",
+        ),
+    ] = None,
+    trtllm_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--trtllm-out",
+            dir_okay=False,
+            metavar="FILE.yaml",
+            help="Write TensorRT-LLM's load-balancer YAML here (moe_config.load_balancer), and"
+            " <stem>-extra-engine-args.yaml beside it.",
+        ),
+    ] = None,
+    engine_file: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine-file",
+            metavar="NAME=PATH",
+            help="Write format NAME's engine file(s) to PATH (repeatable; any format of vibe.engines that"
+            " an engine reads): sglang, eplb, trtllm (the load-balancer YAML, and"
+            " <stem>-extra-engine-args.yaml beside it).",
         ),
     ] = None,
     state_dir: StateDirOpt = STATE_DIR,
@@ -198,7 +240,7 @@ def init_cmd(
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """Init container: write the engine's placement file from the mounted ConfigMap, or fail clearly."""
+    """Init container: write the engine's placement files from the mounted ConfigMap, or fail clearly."""
     setup_logging(verbose)
     from vibe.serving import emit
 
@@ -206,13 +248,13 @@ def init_cmd(
         settings = _settings(
             ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer, architecture
         )
-        expected = _optional_int(expect_generation, "--expect-generation")
+        expected = _expected(expect_generation)
         on_newer = _roll_forward_hook(kubeconfig, context) if roll_forward else None
+        outputs = _outputs(engine_file or [], sglang=sglang_out, eplb=eplb_out, trtllm=trtllm_out)
         applied = emit.run_init(
             str(placement_dir),
             settings,
-            sglang_out=_str(sglang_out),
-            eplb_out=_str(eplb_out),
+            outputs,
             state_dir=str(state_dir),
             expect_generation=expected,
             wait_seconds=wait_seconds,
@@ -252,7 +294,7 @@ def _engine_gpus(
 def _roll_forward_hook(kubeconfig: Path | None = None, context: str | None = None) -> Any:
     from vibe.serving import kube
 
-    def bump(generation: int) -> None:
+    def bump(generation: int, uid: str | None = None) -> None:
         pod, ns = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
         if not pod or not ns:
             log.warning("cannot roll forward: POD_NAME/POD_NAMESPACE not set (Downward API)")
@@ -260,7 +302,7 @@ def _roll_forward_hook(kubeconfig: Path | None = None, context: str | None = Non
         try:
             api = kube.client(kubeconfig, context)
             kind, name = kube.discover_workload(api, ns, pod)
-            if kube.restart_workload(api, ns, kind, name, generation):
+            if kube.restart_workload(api, ns, kind, name, generation, uid):
                 log.info("rolled %s/%s forward to placement generation %d", kind, name, generation)
         except ServingError as e:
             log.warning("could not roll the workload forward: %s", e.message)
@@ -283,11 +325,11 @@ def watch_cmd(
     namespace: NamespaceOpt = None,
     state_dir: StateDirOpt = STATE_DIR,
     documents: Annotated[
-        Literal["sglang", "eplb", "both"],
-        typer.Option("--documents", help="Engine documents to check."),
+        Literal[FormatName, "both"],
+        typer.Option("--documents", help="Format to fit and hand to the policy ('both' = sglang and eplb)."),
     ] = "sglang",
     policy: Annotated[
-        Literal["restart", "http", "report"],
+        Literal["restart", "http", "eplb", "report"],
         typer.Option("--policy", help="What to do with a newer placement (spec.serving.onUpdate wins)."),
     ] = "report",
     moedeployment: Annotated[
@@ -304,9 +346,16 @@ def watch_cmd(
             help="Workload to restart (default: this pod's owner, via POD_NAME).",
         ),
     ] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Endpoint for the http policy.")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="Endpoint for the http policy: the only origin the sidecar posts to (spec.serving.endpoint"
+            " may choose a path on it, never another host).",
+        ),
+    ] = None,
     http_document: Annotated[
-        Literal["sglang", "eplb"], typer.Option("--http-document", help="Document the http policy POSTs.")
+        FormatName, typer.Option("--http-document", help="Format whose document the http policy POSTs.")
     ] = "sglang",
     token_file: Annotated[
         Path | None, typer.Option("--token-file", dir_okay=False, help="Bearer token for the http policy.")
@@ -417,14 +466,23 @@ def _policy_picker(
                     "InvalidArgument", "policy 'restart' needs --target or POD_NAME (Downward API)"
                 )
             kind, name = kube.discover_workload(api, namespace, pod)
-        return (lambda gen: kube.restart_workload(api, namespace, kind, name, gen)), f"{kind}/{name}"
+        return (
+            lambda gen, uid=None: kube.restart_workload(api, namespace, kind, name, gen, uid)
+        ), f"{kind}/{name}"
+
+    said: set[str] = set()
 
     def pick() -> Any:
         chosen, endpoint = policy, url
         if moedeployment and api is not None and namespace:
             serving = _moedeployment_serving(api, namespace, moedeployment)
             chosen = serving.get("onUpdate", chosen)
-            endpoint = serving.get("endpoint", endpoint)
+            if chosen == "http":
+                # Where the pod sends its token is the pod's --url; the spec may only pick a path on it.
+                endpoint, refused = update_policies.resolve_endpoint(url, serving.get("endpoint"))
+                if refused and refused not in said:
+                    said.add(refused)
+                    report("Warning", "PlacementEndpointRefused", f"MoEDeployment {moedeployment}: {refused}")
         restart, label = restart_for(target) if chosen == "restart" else (None, "")
         return update_policies.make_policy(chosen, report, restart, label, endpoint, http_document, token)
 
@@ -461,6 +519,33 @@ def export_loads_cmd(
             "--dump", dir_okay=False, metavar="DUMP.pt|DUMP.json", help="An SGLang dump (.pt) or JSON export."
         ),
     ] = None,
+    stats_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--stats-dir",
+            file_okay=False,
+            help="A statistics directory instead of --dump: TensorRT-LLM's EXPERT_STATISTIC_PATH"
+            " (meta_info.json, rank<R>.safetensors); implies --engine trtllm.",
+        ),
+    ] = None,
+    engine: Annotated[
+        FormatName | None,
+        typer.Option(
+            "--engine",
+            help="Whose statistics: sglang (default with --dump), trtllm (with --stats-dir) or vllm"
+            " (the EPLB window file vibe's vLLM plugin writes, with --dump).",
+        ),
+    ] = None,
+    assignment: Annotated[
+        Path | None,
+        typer.Option(
+            "--assignment",
+            dir_okay=False,
+            metavar="LOAD_BALANCER.yaml",
+            help="trtllm: the load-balancer file the engine runs with (vibe serving init wrote it); its"
+            " slots fold the per-slot counts back to experts.",
+        ),
+    ] = None,
     engine_url: Annotated[
         str | None,
         typer.Option(
@@ -479,6 +564,14 @@ def export_loads_cmd(
         float, typer.Option("--interval", help="Seconds between dumps when polling the engine.")
     ] = 600.0,
     once: Annotated[bool, typer.Option("--once", help="With --engine-url: one window, then exit.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="With --dump: publish the file again each time it changes, every --interval seconds"
+            " (vLLM: the EPLB window vibe's policy plugin rewrites at each rebalance).",
+        ),
+    ] = False,
     min_passes: Annotated[
         int, typer.Option("--min-passes", help="Skip windows with fewer forward passes (idle engine).")
     ] = 100,
@@ -503,22 +596,32 @@ def export_loads_cmd(
     context: ContextOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Job/sidecar: turn SGLang's expert-distribution dump into the MoEDeployment's load ConfigMap."""
+    """Job/sidecar: turn an engine's statistics into the MoEDeployment's load ConfigMap."""
     setup_logging(verbose)
-    from vibe.serving import engine_fit, kube
+    from vibe.engines.settings import model_layout
+    from vibe.serving import kube
     from vibe.serving.export import Exporter
 
     try:
-        if (dump is None) == (engine_url is None):
-            raise ServingError("InvalidArgument", "give exactly one of --dump and --engine-url")
+        if sum(x is not None for x in (dump, stats_dir, engine_url)) != 1:
+            raise ServingError("InvalidArgument", "give exactly one of --dump, --stats-dir and --engine-url")
+        if follow and dump is None:
+            raise ServingError("InvalidArgument", "--follow re-reads a --dump file; give --dump")
+        engine = engine or ("trtllm" if stats_dir is not None else "sglang")
+        dump = dump if dump is not None else stats_dir
         if engine_url and not recorder_dir:
             raise ServingError(
                 "InvalidArgument", "--engine-url needs --recorder-dir (where rank 0 writes dumps)"
             )
         if not configmap and not output:
             raise ServingError("InvalidArgument", "give --configmap and/or --output")
-        if model_config and first_moe_layer is None and moe_layers is None:
-            first_moe_layer = engine_fit.model_layout(model_config)["first_moe_layer"]
+        if engine_url and engine != "sglang":
+            raise ServingError(
+                "InvalidArgument", "--engine-url polls SGLang's recorder; give --dump for others"
+            )
+        if model_config and first_moe_layer is None and moe_layers is None and engine == "sglang":
+            with engine_errors():
+                first_moe_layer = model_layout(model_config)["first_moe_layer"]
         exporter = Exporter(
             output=output,
             configmap=configmap,
@@ -529,7 +632,14 @@ def export_loads_cmd(
             first_moe_layer=first_moe_layer,
             moe_layers=moe_layers,
             min_passes=min_passes,
+            engine=engine,
+            assignment=assignment,
         )
+        if dump is not None and follow:
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            exporter.follow_file(dump, interval=interval, stop=stop)
+            return
         if dump is not None:
             exporter.publish(dump)
             return

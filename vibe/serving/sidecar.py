@@ -23,8 +23,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vibe.serving import contract, emit, engine_fit, snapshot, state
+from vibe import contract
+from vibe.engines import EngineSettings
+from vibe.serving import emit, snapshot, stamp, state
 from vibe.serving.errors import ServingError
+from vibe.serving.stamp import Stamp
 from vibe.serving.update_policies import Policy, Reporter, Update
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,7 @@ class Observation:
     """One consistent read of the placement ConfigMap."""
 
     data: dict[str, str]
-    stamp: contract.Stamp
+    stamp: Stamp
     version: str
 
 
@@ -44,7 +47,7 @@ def observe_volume(mount: str) -> Callable[[], Observation]:
 
     def read() -> Observation:
         snap = snapshot.read_snapshot(mount)
-        return Observation(snap.data, contract.stamp_from_data(snap.data), snap.version)
+        return Observation(snap.data, stamp.stamp_from_data(snap.data), snap.version)
 
     return read
 
@@ -55,7 +58,7 @@ def observe_api(api: object, namespace: str, name: str) -> Callable[[], Observat
 
     def read() -> Observation:
         data, annotations, version = kube.read_configmap(api, namespace, name)
-        return Observation(data, contract.stamp_from_object(data, annotations), version)
+        return Observation(data, stamp.stamp_from_object(data, annotations), version)
 
     return read
 
@@ -66,7 +69,7 @@ class Watcher:
     Args:
         observe: returns the current Observation (raises ServingError when it cannot).
         settings: the engine's settings, to fit the placement before applying it.
-        documents: which engine documents to prepare ("sglang", "eplb").
+        documents: which formats to prepare (``vibe.engines`` names: "sglang", "trtllm", ...).
         policy: returns the policy to use now (read each time: the MoEDeployment may change it).
         report: ``(type, reason, message)`` -> log line + Event.
         state_dir: where the applied state lives (shared with the init container).
@@ -76,7 +79,7 @@ class Watcher:
     def __init__(
         self,
         observe: Callable[[], Observation],
-        settings: engine_fit.EngineSettings,
+        settings: EngineSettings,
         documents: tuple[str, ...],
         policy: Callable[[], Policy],
         report: Reporter,
@@ -112,17 +115,26 @@ class Watcher:
         if self.applied is None:
             # No init container recorded anything: the engine runs whatever it started with, which we
             # cannot know better than "the placement that is there now". Take it as the baseline.
-            self.applied = state.Applied(gen, data_hash, obs.version)
+            self.applied = state.successor(None, obs.stamp, data_hash, obs.version)
             state.save(self._state_dir, self.applied)
             log.info("no applied state; taking generation %s as the baseline", gen)
             return "baseline"
         verdict = state.decide(self.applied, obs.stamp, data_hash)
         if verdict is state.Verdict.SAME:
+            if self.applied.data_hash != data_hash:  # the same placement re-stamped with its UID
+                self.applied = state.successor(self.applied, obs.stamp, data_hash, obs.version)
+                state.save(self._state_dir, self.applied)
             return verdict.value
         if verdict is not state.Verdict.APPLY:
             messages = {
                 state.Verdict.OLDER: f"placement generation {gen} is older than the applied"
-                f" {self.applied.generation}; not applying it",
+                f" {self.applied.generation}"
+                + (
+                    " (it belongs to a deleted incarnation of the MoEDeployment)"
+                    if obs.stamp.uid in self.applied.retired
+                    else ""
+                )
+                + "; not applying it",
                 state.Verdict.CONFLICT: f"placement generation {gen} changed its bytes after it was applied;"
                 " not applying a second version of the same generation",
                 state.Verdict.UNORDERED: "placement changed but carries no generation (no placement-meta.json"
@@ -132,18 +144,11 @@ class Watcher:
             return verdict.value
         assert gen is not None
         try:
-            prepared = emit.prepare(
-                obs.data,
-                self._settings,
-                sglang="sglang" in self._documents,
-                eplb="eplb" in self._documents,
-                engine_gpus=self._engine_gpus,
-            )
+            documents = emit.prepare(obs.data, self._settings, self._documents, engine_gpus=self._engine_gpus)
         except ServingError as e:
             self._once((data_hash, "fit"), "Warning", "PlacementMismatch", f"generation {gen}: {e.message}")
             return e.reason
-        documents = {k: v for k, v in (("sglang", prepared.sglang), ("eplb", prepared.eplb)) if v is not None}
-        update = Update(gen, obs.stamp.content_hash or data_hash, documents)
+        update = Update(gen, obs.stamp.content_hash or data_hash, documents, obs.stamp.uid)
         try:
             policy = self._policy()
             outcome = policy.apply(update)
@@ -152,7 +157,7 @@ class Watcher:
                 (data_hash, e.message), "Warning", "PlacementApplyFailed", f"generation {gen}: {e.message}"
             )
             return e.reason
-        self.applied = state.Applied(gen, data_hash, obs.version)
+        self.applied = state.successor(self.applied, obs.stamp, data_hash, obs.version)
         state.save(self._state_dir, self.applied)
         self._report("Normal", "PlacementApplied", f"generation {gen} via {policy.name}: {outcome}")
         return verdict.value

@@ -119,6 +119,7 @@ class Group:
         computes both halves while the links carry both halves' dispatch and combine:
         2 max(compute(half), comm(half)) + the pipeline's fill, min(compute(half), comm(half)) / layers
         (each half pays the GEMMs' floor again: at decode batch sizes overlap can cost more than it saves).
+        A step in which some rank has a single token runs serially (it cannot be split).
         """
         assert self.floor_factor is not None and self.compute_factor is not None
         table = self.table_at(t)
@@ -126,7 +127,8 @@ class Group:
         if total <= 0:
             return 0.0
         ff, cf = self.floor_factor, self.compute_factor
-        if not table.comm.overlap or total < 2:
+        busy = tokens[tokens > 0]
+        if not table.comm.overlap or busy.min() < 2:  # a rank with one token cannot split its batch
             ne = float(self.nonexpert.ranks(tokens, decode_reqs, decode_ctx, pairs, sampled, ff, cf).max())
             ex, comm = table.step(total, float(tokens.max()), k, extend)
             return ne + (ex + comm) * self.layer_scale + self.overhead_s

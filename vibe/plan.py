@@ -1,7 +1,8 @@
 """``vibe plan``: compute a placement from files, write it, and show how the policies compare.
 
 Role: the offline face of the placement library (what the operator does on every reconcile, done by
-hand): read loads and a fleet, solve, write one of the output formats, print a short table.
+hand): read loads and a fleet, solve, write one of the output formats (``vibe.engines.ENGINES``: the
+same names as the MoEDeployment's ``spec.output.formats``), print a short table.
 
 ``vibe --help`` never imports this module (the root registers it lazily); rich is imported only to print
 the table. Every bad input ends as one ``vibe plan: <Reason>: <message>`` line on stderr and exit status
@@ -17,11 +18,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from vibe.clikit import failures
+from vibe.engines import ENGINES, FormatOrAlias
 from vibe.placement.engine import PolicyName
-from vibe.placement.formats import FormatName
 from vibe.placement.routing import DEFAULT_SAMPLES, DispatchName
 
 if TYPE_CHECKING:
+    from vibe.placement.cost import Placement
     from vibe.placement.engine import Result
 
 
@@ -71,14 +73,15 @@ def plan(
         ),
     ] = "vibe",
     fmt: Annotated[
-        FormatName,
+        FormatOrAlias,
         typer.Option(
             "--format",
             "-F",
-            help="Output: placement (vibe's canonical placement.json), sglang (--init-expert-location file) "
-            "or eplb (phy2log / log2phy / logcnt).",
+            help="Output, as spec.output.formats names it: "
+            + ", ".join(f"{e.name} ({e.key})" for e in ENGINES.values())
+            + ". 'placement' is the old spelling of 'vibe' (deprecated).",
         ),
-    ] = "placement",
+    ] = "vibe",
     output: Annotated[
         Path | None,
         typer.Option(
@@ -96,8 +99,8 @@ def plan(
             "-c",
             dir_okay=False,
             metavar="PLACEMENT.json",
-            help="The placement in service (any of the three formats): re-place incrementally, moving few "
-            "experts, and report the moves.",
+            help="The placement in service (any format): re-place incrementally, moving "
+            "few experts, and report the moves.",
         ),
     ] = None,
     max_moves: Annotated[
@@ -202,17 +205,20 @@ def _plan(
 ) -> None:
     import time
 
+    from vibe.engines import ALIASES, get
     from vibe.placement.engine import COMPARED, POLICIES, make_result, solve
     from vibe.placement.errors import PlacementError
-    from vibe.placement.formats import FORMATS, render
     from vibe.placement.incremental import replace_incremental
-    from vibe.placement.inputs import load_json, read_fleet, read_loads, read_placement
+    from vibe.placement.inputs import load_json, read_fleet, read_loads
 
     if policy not in POLICIES:
         names = ", ".join(POLICIES)
         raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {names})")
-    if fmt not in FORMATS:
-        raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if fmt not in ENGINES and fmt not in ALIASES:
+        raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(ENGINES)})")
+    engine = get(fmt)
+    if fmt in ALIASES:
+        print(f"vibe plan: --format {fmt} is deprecated: it is called {engine.name} now", file=sys.stderr)
     if slots_per_gpu < 1:
         raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
     if not (time_budget > 0):
@@ -235,11 +241,7 @@ def _plan(
     )
     current = None
     if current_path is not None:
-        current = read_placement(
-            load_json(current_path, "current placement"),
-            slots_per_gpu=slots_per_gpu,
-            num_experts=load_arr.shape[1],
-        )
+        current = _read_current(current_path, slots_per_gpu, load_arr.shape[1])
 
     results = {}
     if current is not None:
@@ -286,7 +288,7 @@ def _plan(
     baseline = results.get("token-balanced")
     if baseline is chosen:
         baseline = None
-    data = render(fmt, chosen, gpus, baseline=baseline if fmt == "placement" else None)
+    data = engine.write(chosen, gpus, baseline)
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -298,6 +300,28 @@ def _plan(
     _table(
         results, chosen, load_arr.shape, len(gpus), slots_per_gpu, to_stderr=output is None, written=output
     )
+
+
+def _read_current(path: str, slots_per_gpu: int, num_experts: int) -> Placement:
+    """The placement in service from a file of any format: JSON ones, else TensorRT-LLM's YAML."""
+    from vibe.engines import ENGINES
+    from vibe.placement.errors import PlacementError
+    from vibe.placement.inputs import load_json, read_placement
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlacementError("UnreadableFile", f"cannot read current placement file {path!r}: {e}") from None
+    if text.lstrip().startswith("{"):
+        return read_placement(
+            load_json(path, "current placement"), slots_per_gpu=slots_per_gpu, num_experts=num_experts
+        )
+    engine = ENGINES["trtllm"]
+    try:
+        doc = engine.parse(text)
+    except ValueError as e:
+        raise PlacementError("UnreadableFile", f"current placement file {path!r}: {e}") from None
+    return engine.read(doc, slots_per_gpu=slots_per_gpu, num_experts=num_experts)
 
 
 def _table(
