@@ -22,7 +22,7 @@ from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, now_iso, profile_body
 from operator_harness import Objects, running_operator
 
-from vibe import api
+from vibe import api, contract
 from vibe.agent.profile import build_lease
 from vibe.crds.apply import apply_crds
 
@@ -144,7 +144,7 @@ def test_a_lease_renewed_with_a_lagging_clock_is_fresh_and_one_ahead_goes_stale(
 
 def generation(objs: Objects, name: str) -> int:
     cm = objs.config_map(f"{name}-placement")
-    return int(cm["metadata"]["annotations"][api.ANNOTATION_PLACEMENT_GENERATION]) if cm else 0
+    return int(cm["metadata"]["annotations"][contract.ANNOTATION_PLACEMENT_GENERATION]) if cm else 0
 
 
 # --------------------------------------------------------------------------------------------------
