@@ -99,9 +99,8 @@ def main() -> int:
         for kind in ("prometheus_client.start_http_server", "vibe.metrics_http.serve")
     ]
     print(f"{args.clients} idle half-sent requests; threads of the serving process\n")
-    print(
-        f"| server | before | 1 s after | {args.hold:.0f} s after | scrape works after | extra threads vs before |"
-    )
+    hold = f"{args.hold:.0f} s after"
+    print(f"| server | before | 1 s after | {hold} | scrape works after | extra threads vs before |")
     print("|---|---:|---:|---:|---|---:|")
     base = max(1, rows[0]["during"] - rows[0]["before"])
     for r in rows:
