@@ -124,3 +124,56 @@ def test_the_load_window_becomes_tokens_per_step(tmp_path: Path) -> None:
     path.write_text(json.dumps({"logical_count": [[1, 2]], "windowSteps": 0}))
     with pytest.raises(EngineError, match="windowSteps"):
         get("vllm").loads(path)
+
+
+class _Default:
+    """Stands in for vLLM's DefaultEplbPolicy (the real one runs in test_serving_vllm_plugin.py)."""
+
+    calls = 0
+
+    @classmethod
+    def rebalance_experts(cls, weight, num_replicas, num_groups, num_nodes, num_ranks, old=None):
+        cls.calls += 1
+        return old
+
+
+def test_every_rank_reaches_the_gather_whatever_goes_wrong_before_it(
+    volume: KubeletVolume, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank that raised before the gather would leave the others waiting in it forever."""
+    torch = pytest.importorskip("torch")
+    from vibe.serving import vllm_eplb, vllm_plugin
+
+    gathered: list[View] = []
+
+    def gather(view: View) -> list[View]:
+        gathered.append(view)
+        return [view] * G
+
+    (tmp_path / "not-a-dir").write_text("")
+    runtime = vllm_plugin.Runtime(
+        str(volume.root), str(tmp_path / "not-a-dir" / "window.json"), gather, lambda: 0, _Default
+    )
+    weight, old = torch.ones((L, E), dtype=torch.int32), torch.tensor(phy2log(3))
+
+    def boom(*args: object) -> None:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(vllm_eplb, "read_view", boom)
+    got = runtime.rebalance(weight, P, 1, 1, G, old)  # and the window cannot be written either
+    assert gathered[-1].reason.startswith("InternalError: KeyError") and _Default.calls == 1
+    assert got.tolist() == phy2log(3)
+
+
+def test_after_the_profile_run_vibes_map_is_returned_again_not_vllms(volume: KubeletVolume) -> None:
+    """vLLM's profile run asks the policy and commits nothing: the next rebalance must return vibe's
+    map again, though vLLM passes its own as ``old``."""
+    torch = pytest.importorskip("torch")
+    from vibe.serving import vllm_plugin
+
+    volume.write(placement_data(generation=4, shift=1))
+    runtime = vllm_plugin.Runtime(str(volume.root), None, lambda v: [v] * G, lambda: 0, _Default)
+    weight, vllms = torch.ones((L, E), dtype=torch.int32), torch.tensor(phy2log(3))
+    assert runtime.rebalance(weight, P, 1, 1, G, vllms).tolist() == phy2log(1)  # the profile run
+    assert runtime.rebalance(weight, P, 1, 1, G, vllms).tolist() == phy2log(1)  # the first real one
+    assert runtime.in_service == 4

@@ -29,7 +29,6 @@ import threading
 from typing import Any
 
 from vibe.serving import vllm_eplb
-from vibe.serving.errors import ServingError
 
 log = logging.getLogger("vibe.vllm")
 
@@ -85,7 +84,10 @@ class Runtime:
         with self._lock:
             request = vllm_eplb.Request(int(weight.shape[0]), int(weight.shape[1]), num_replicas, num_ranks)
             self._write_loads(weight)
-            view, arr = vllm_eplb.read_view(self.mount, request)
+            try:
+                view, arr = vllm_eplb.read_view(self.mount, request)
+            except Exception as e:  # a rank that skipped the gather would hang every other rank in it
+                view, arr = vllm_eplb.View(None, "", f"InternalError: {type(e).__name__}: {e}"), None
             views = self._gather(view)
             decision = vllm_eplb.choose(views, self.in_service)
             self.say(decision)
@@ -123,7 +125,7 @@ class Runtime:
             doc = vllm_eplb.window(weight.double().numpy(), vllm_eplb.window_size(_configured_window()))
             if doc is not None:
                 vllm_eplb.write_window(self.loads_file, doc)
-        except (OSError, ServingError) as e:  # never stop a rebalance for the statistics
+        except Exception as e:  # never stop a rebalance (or skip its collective) for the statistics
             log.warning("vibe EPLB policy: could not write the load window to %s: %s", self.loads_file, e)
 
 
