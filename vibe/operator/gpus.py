@@ -40,8 +40,7 @@ from vibe.api import (
 from vibe.operator.clock import parse_time
 from vibe.operator.problems import Problem
 from vibe.operator.spec import DeploymentSpec, fingerprint
-from vibe.placement.curves import DTYPE_BYTES, Fleet, GPUCurve, scale_curve
-from vibe.placement.errors import PlacementError
+from vibe.placement import DTYPE_BYTES, Fleet, GPUCurve, PlacementError, scale_curve
 
 
 @dataclass(frozen=True, eq=False)

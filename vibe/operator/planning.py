@@ -45,11 +45,10 @@ from vibe.operator.output import InputKeys, InService
 from vibe.operator.problems import Problem
 from vibe.operator.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec
 from vibe.operator.workload import Loads
-from vibe.placement.errors import PlacementError
+from vibe.placement import PlacementError
 
 if TYPE_CHECKING:
-    from vibe.placement.engine import Result
-    from vibe.placement.routing import Routing, StepMix
+    from vibe.placement import Result, Routing, StepMix
 
 #: Sampled slots (routing samples x layers x physical slots) one expected-objective solve may hold: the
 #: operator uses fewer routing samples than spec.workload.routingSamples asks on instances where more
@@ -297,7 +296,7 @@ def step_mix_of(spec: DeploymentSpec, loads: np.ndarray) -> StepMix:
     """The kinds of steps to plan for: ``stepMix``; else ``tokensPerStep`` as the one-entry mix; else one
     kind of the load profile's own tokens per step (its mean total per layer / topK; uniform loads are
     ``DEFAULT_TOKENS_PER_STEP`` tokens, ``workload.uniform``)."""
-    from vibe.placement.routing import StepMix
+    from vibe.placement import StepMix
 
     w = spec.workload
     if w.step_mix:
@@ -311,7 +310,7 @@ def step_mix_of(spec: DeploymentSpec, loads: np.ndarray) -> StepMix:
 def routing_of(spec: DeploymentSpec, loads: np.ndarray, num_gpus: int) -> Routing:
     """The sampled routing of the spec's step mix over these loads (seed 0: deterministic), with at most
     ``MAX_SAMPLED_SLOTS`` sampled slots (fewer samples per kind than asked on large instances)."""
-    from vibe.placement.routing import sample_routing
+    from vibe.placement import sample_routing
 
     mix = step_mix_of(spec, loads)
     w = spec.workload
@@ -332,8 +331,7 @@ def _incremental(
     have: Any, loads: Loads, fleet: Any, spec: DeploymentSpec, budget: float, routing: Routing
 ) -> Result:
     """A re-placement near ``have``: searched on the mix's mean loads, priced by the expected objective."""
-    from vibe.placement import replace_incremental
-    from vibe.placement.engine import make_result
+    from vibe.placement import make_result, replace_incremental
 
     started = time.perf_counter()
     new = replace_incremental(
@@ -415,8 +413,7 @@ def _baseline(result: Any, loads: Loads, fleet: Any, s: int, routing: Routing | 
     their fingerprint: after performance drift only its pricing is new. Its lower bound is ``result``'s
     (the bound depends on the inputs, not on the placement), so no bound is computed twice.
     """
-    from vibe.placement import Placement
-    from vibe.placement.engine import make_result
+    from vibe.placement import Placement, make_result
 
     if result.policy == BASELINE_POLICY:
         return result
@@ -434,7 +431,7 @@ def _baseline(result: Any, loads: Loads, fleet: Any, s: int, routing: Routing | 
 
 
 def _token_balanced(key: str, tokens: np.ndarray, num_gpus: int, slots: int) -> np.ndarray:
-    from vibe.placement.engine import token_balanced
+    from vibe.placement import token_balanced
 
     cache_key = (key, num_gpus, slots)
     hit = _TB_CACHE.get(cache_key)
