@@ -67,6 +67,13 @@ FIELD_MANAGER_LOADS = "vibe-loads"
 #: ``vibe crds apply`` (and the chart's pre-upgrade hook): the owner of every field of vibe's CRDs.
 FIELD_MANAGER_CRDS = "vibe-crds"
 
+# ---- the placement ConfigMap (its contract lives in ``vibe.contract``)
+
+#: The largest placement generation anyone writes or trusts: 2^53 - 1, exact in every JSON reader (int64
+#: and float64 alike), so ``generation + 1`` never overflows a status field. The CRD's
+#: ``status.placementGeneration`` has the same maximum (``tests/test_api.py`` compares them).
+MAX_PLACEMENT_GENERATION = 2**53 - 1
+
 # ---- status conditions of a MoEDeployment (``vibe.operator.conditions``)
 
 CONDITION_READY = "Ready"
@@ -93,6 +100,7 @@ PROBLEM_REASONS = (
     "InvalidLoads",
     "ShapeMismatch",
     "PlacementConflict",
+    "GenerationExhausted",
     "OutputTooLarge",
     "InstanceTooLarge",
     "Forbidden",

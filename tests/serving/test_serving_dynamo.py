@@ -231,3 +231,60 @@ spec:
         assert lwt[template]["metadata"]["annotations"][ANNOTATION_PLACEMENT_GENERATION] == "7"
         assert lwt[template]["spec"]["containers"][0]["image"] == "engine:0"
     assert kube.restart_workload(kube_api, namespace, "LeaderWorkerSet", "engine", 6) is False
+
+
+def test_watch_cli_restarts_the_dgd_component(
+    kube_api, namespace: str, dgd_crd, tmp_path, monkeypatch
+) -> None:
+    """`vibe serving watch --policy restart --target DynamoGraphDeployment/dsv3/decode`, end to end: the
+    operator-shaped ConfigMap, checked and fitted, rolls the DGD's decode component and nothing else."""
+    from kubernetes import client
+    from serving_helpers import E, G, L, P, placement_data
+    from typer.testing import CliRunner
+
+    from vibe import contract
+    from vibe.serving.cli import app
+
+    create_dgd(kube_api, namespace, dgd("dsv3"))
+    data = placement_data(generation=6)
+    core_data = {k: v for k, v in data.items() if k != contract.KEY_META}
+    annotations_ = {
+        contract.ANNOTATION_PLACEMENT_GENERATION: "6",
+        contract.ANNOTATION_CONTENT_HASH: contract.content_hash(core_data),
+    }
+    client.CoreV1Api(kube_api).create_namespaced_config_map(
+        namespace, {"metadata": {"name": "dsv3-placement", "annotations": annotations_}, "data": data}
+    )
+    monkeypatch.setattr(kube, "client", lambda *a, **kw: kube_api)
+    monkeypatch.delenv("POD_NAME", raising=False)
+    from vibe.serving import state
+
+    state.save(tmp_path, state.Applied(5, "previous"))  # what the init container had applied
+    args = [
+        "watch",
+        "--source=api",
+        "--configmap=dsv3-placement",
+        f"--namespace={namespace}",
+        f"--state-dir={tmp_path}",
+        "--policy=restart",
+        "--target=DynamoGraphDeployment/dsv3/decode",
+        f"--ep-size={G}",
+        f"--redundant-experts={P - E}",
+        f"--num-experts={E}",
+        f"--num-layers={L + 1}",
+        "--first-moe-layer=1",
+        "--once",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "apply" in result.output
+    assert annotations(read_dgd(kube_api, namespace, "dsv3")) == {
+        "Frontend": None,
+        "decode": "6",
+        "prefill": None,
+    }
+    assert state.load(tmp_path).generation == 6
+    # Again: the same generation is not applied twice, and the DGD is not patched again.
+    version = read_dgd(kube_api, namespace, "dsv3")["metadata"]["resourceVersion"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert read_dgd(kube_api, namespace, "dsv3")["metadata"]["resourceVersion"] == version

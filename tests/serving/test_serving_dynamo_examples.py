@@ -448,14 +448,12 @@ def test_llmd_patch_adds_vibe_and_changes_nothing_else(llmd_rendered: list[dict]
 
 
 def test_llmd_render_passes_the_upstream_crds(
-    llmd_rendered: list[dict], kube_api: Any, namespace: str
+    llmd_rendered: list[dict], kube_api: Any, namespace: str, lws_crd: None
 ) -> None:
     from kubernetes import client
-    from upstream_crds import LWS_CRD, LWS_MODULE, crd
 
     from vibe.crds.apply import apply_crds
 
-    apply_crds(kube_api, [crd(LWS_MODULE, LWS_CRD)], field_manager="vibe-tests")
     apply_crds(kube_api)
     custom, core = client.CustomObjectsApi(kube_api), client.CoreV1Api(kube_api)
     strict = {"dry_run": "All", "field_validation": "Strict"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -47,11 +48,24 @@ def vllm_python() -> str:
 def probe(*args: str, env: dict[str, str] | None = None, timeout: float = 500) -> dict:
     full = {k: v for k, v in os.environ.items() if not k.startswith("VIBE_VLLM_")}
     full.update(env or {})
-    proc = subprocess.run(
-        [vllm_python(), str(PROBE), *args], capture_output=True, text=True, timeout=timeout, env=full
+    # its own session: on a timeout (ranks that split their answers hang in vLLM's weight transfer) the
+    # ranks it spawned go with it
+    proc = subprocess.Popen(
+        [vllm_python(), str(PROBE), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the vLLM probe {args[0]} did not finish in {timeout:.0f} s (ranks hung?)")
+    assert proc.returncode == 0, stderr[-5000:]
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def configmap(generation: int, seed: int, gpus: int = RANKS, layers: int = LAYERS) -> dict[str, str]:

@@ -217,11 +217,11 @@ def registry_for(collector: AgentCollector) -> Any:
 
 
 def serve(collector: AgentCollector, port: int, addr: str = "0.0.0.0") -> Any:
-    """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns the server (``.shutdown()``)."""
-    from prometheus_client import start_http_server
+    """Serve ``/metrics`` on ``addr:port`` in a daemon thread (bounded connections, timeouts:
+    ``vibe.metrics_http``); returns the server (``.shutdown()``)."""
+    from vibe import metrics_http
 
-    server, _thread = start_http_server(port, addr=addr, registry=registry_for(collector))
-    return server
+    return metrics_http.serve(registry_for(collector), port, addr)
 
 
 def render(collector: AgentCollector) -> str:

@@ -23,6 +23,7 @@ import os
 import time
 from typing import Any
 
+from vibe import contract
 from vibe.api import (
     DGD_API_GROUP,
     DGD_API_VERSION,
@@ -188,15 +189,24 @@ def _patch_workload(api: Any, namespace: str, kind: str, name: str, body: dict) 
 
 
 def restart_workload(
-    api: Any, namespace: str, kind: str, name: str, generation: int, attempts: int = 5
+    api: Any,
+    namespace: str,
+    kind: str,
+    name: str,
+    generation: int,
+    uid: str | None = None,
+    attempts: int = 5,
 ) -> bool:
-    """Set the pod templates' ``vibe.dev/placement-generation`` to ``generation`` (a rolling restart).
+    """Set the pod templates' ``vibe.dev/placement-generation`` to ``generation`` (a rolling restart),
+    written as ``contract.template_value(generation, uid)``.
 
     ``name`` of a ``DynamoGraphDeployment`` may name one component, ``dgd/component``; without it every
     worker/prefill/decode component rolls.
 
     Returns:
-        True if this call changed the workload; False if it already had this or a newer generation.
+        True if this call changed the workload; False if it already had this or a newer generation of
+        the same MoEDeployment object (another UID's generations are not comparable: the caller decided
+        this one supersedes it).
     Raises:
         ServingError(ApplyFailed): the workload cannot be read or patched (RBAC, missing, conflicts).
     """
@@ -216,12 +226,15 @@ def restart_workload(
                 ANNOTATION_PLACEMENT_GENERATION
             )
             try:
-                current.append(int(value) if value is not None else -1)
+                parsed = contract.parse_template_value(value, ANNOTATION_PLACEMENT_GENERATION)
             except ValueError:
-                current.append(-1)
+                parsed = None
+            same_object = parsed is not None and (parsed[1] is None or uid is None or parsed[1] == uid)
+            current.append(parsed[0] if parsed is not None and same_object else -1)
         if min(current) >= generation:
             return False  # another pod's sidecar (or a newer placement) got there first
         body: dict[str, Any] = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}}
+        value = contract.template_value(generation, uid)
         if kind == DGD_KIND:
             # spec.components is a list: a merge patch replaces it whole, so send the list as read (the
             # resourceVersion guarantees nobody changed it since) with the annotation set.
@@ -229,14 +242,14 @@ def restart_workload(
             for path in paths:
                 template = components[int(path[2])].setdefault("podTemplate", {})
                 meta = template.setdefault("metadata", {})
-                meta.setdefault("annotations", {})[ANNOTATION_PLACEMENT_GENERATION] = str(generation)
+                meta.setdefault("annotations", {})[ANNOTATION_PLACEMENT_GENERATION] = value
             body["spec"] = {"components": components}
         else:
             for path in paths:
                 node = body
                 for key in path:
                     node = node.setdefault(key, {})
-                node["metadata"] = {"annotations": {ANNOTATION_PLACEMENT_GENERATION: str(generation)}}
+                node["metadata"] = {"annotations": {ANNOTATION_PLACEMENT_GENERATION: value}}
         try:
             _patch_workload(api, namespace, kind, name, body)
             return True

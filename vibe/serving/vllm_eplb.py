@@ -86,19 +86,24 @@ class View:
 
     Attributes:
         generation: the placement generation (None: none declared, or nothing readable).
-        content_hash: the declared hash, else the hash of the whole snapshot ("" when unreadable).
+        data_hash: ``contract.content_hash`` of the whole snapshot ("" when unreadable), as the sidecar
+            records it (``state.Applied.data_hash``).
         reason: why this rank cannot use it ("" when it fits).
+        uid: the MoEDeployment UID its generation counts in (``placement-meta.json``), if written.
     """
 
     generation: int | None
-    content_hash: str
+    data_hash: str
     reason: str = ""
+    uid: str | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
+    """What every rank returns; ``applied`` is the state after it (the sidecar's ``state.Applied``)."""
+
     action: Action
-    generation: int | None
+    applied: state.Applied | None
     why: str
 
 
@@ -184,52 +189,58 @@ def read_view(mount: str | os.PathLike[str], request: Request) -> tuple[View, np
     try:
         snap = snapshot.read_snapshot(mount, attempts=5, pause=0.02)
         seen = stamp.stamp_from_data(snap.data)
-        digest = seen.content_hash or contract.content_hash(snap.data)
+        digest = contract.content_hash(snap.data)
     except ServingError as e:
         return View(None, "", f"{e.reason}: {e}"), None
     try:
         rows, gpus, key = _map_from(snap.data)
         arr = fit(rows, request, key, gpus)
     except json.JSONDecodeError as e:
-        return View(seen.generation, digest, f"UnreadableVolume: not JSON: {e}"), None
+        return View(seen.generation, digest, f"UnreadableVolume: not JSON: {e}", seen.uid), None
     except ServingError as e:
-        return View(seen.generation, digest, f"{e.reason}: {e}"), None
+        return View(seen.generation, digest, f"{e.reason}: {e}", seen.uid), None
     if seen.generation is None:
         return View(None, digest, "UnreadableVolume: the placement declares no generation"), None
-    return View(seen.generation, digest), arr
+    return View(seen.generation, digest, "", seen.uid), arr
 
 
-def choose(views: Sequence[View], in_service: int | None) -> Decision:
+def choose(views: Sequence[View], applied: state.Applied | None) -> Decision:
     """The decision every rank makes from every rank's view (the same list on every rank).
 
     Args:
         views: one per EP rank, in rank order.
-        in_service: the generation of the vibe map vLLM runs now (None: vibe applied none yet).
+        applied: the vibe map vLLM runs now, as the sidecar records one (None: vibe applied none yet).
+            Newer or not is the sidecar's own rule, ``state.decide`` (generations, and the MoEDeployment's
+            UID: a re-created object's first placement supersedes the old object's generations).
     """
-    fallback = Action.KEEP if in_service is not None else Action.DEFAULT
-    keeps = f"keeping generation {in_service}" if in_service is not None else "using vLLM's default policy"
+    in_service = None if applied is None else applied.generation
+    fallback = Action.KEEP if applied is not None else Action.DEFAULT
+    keeps = f"keeping generation {in_service}" if applied is not None else "using vLLM's default policy"
     for rank, view in enumerate(views):
         if view.reason:
-            return Decision(fallback, in_service, f"rank {rank}: {view.reason}; {keeps}")
-    seen = {(v.generation, v.content_hash) for v in views}
-    if len(seen) > 1:
+            return Decision(fallback, applied, f"rank {rank}: {view.reason}; {keeps}")
+    if len({(v.generation, v.data_hash, v.uid) for v in views}) > 1:
         gens = sorted({str(v.generation) for v in views})
         return Decision(
             Action.KEEP,
-            in_service,
+            applied,
             f"EP ranks see different placements (generations {', '.join(gens)}: volumes not all updated"
             f" yet); keeping the map in service until they agree",
         )
-    generation = views[0].generation
-    if in_service is not None and generation is not None and generation < in_service:
-        return Decision(
-            Action.KEEP,
-            in_service,
-            f"placement generation {generation} is older than {in_service} in service",
-        )
-    if generation == in_service:
-        return Decision(Action.KEEP, in_service, f"placement generation {generation} is in service")
-    return Decision(Action.APPLY, generation, f"applying placement generation {generation}")
+    view = views[0]
+    seen = stamp.Stamp(view.generation, None, False, view.uid)
+    verdict = state.decide(applied, seen, view.data_hash)
+    if verdict is state.Verdict.APPLY:
+        after = state.successor(applied, seen, view.data_hash, "")
+        return Decision(Action.APPLY, after, f"applying placement generation {view.generation}")
+    if verdict is state.Verdict.SAME:
+        return Decision(Action.KEEP, applied, f"placement generation {view.generation} is in service")
+    why = {
+        state.Verdict.OLDER: f"placement generation {view.generation} is older than {in_service} in service",
+        state.Verdict.CONFLICT: f"placement generation {view.generation} is the one in service with other"
+        " bytes (two writers, or a hand edit)",
+    }.get(verdict, f"placement generation {view.generation} cannot be ordered")
+    return Decision(Action.KEEP, applied, f"{why}; keeping the map in service")
 
 
 def window_size(configured: int | None) -> int:

@@ -115,6 +115,20 @@ true
 {{- end }}
 {{- end }}
 
+{{/*
+The operator's metrics bind address: operator.metrics.addr, or, when empty, all addresses only if a
+ServiceMonitor scrapes it (its series name every tenant's MoEDeployments), else the loopback.
+*/}}
+{{- define "vibe.operator.metricsAddr" -}}
+{{- if .Values.operator.metrics.addr -}}
+{{ .Values.operator.metrics.addr }}
+{{- else if include "vibe.monitoring.render" (dict "ctx" . "cfg" .Values.monitoring.serviceMonitor "kind" "ServiceMonitor") -}}
+0.0.0.0
+{{- else -}}
+127.0.0.1
+{{- end }}
+{{- end }}
+
 {{/* Whether the operator watches every namespace (cluster-wide RBAC) or a list (namespaced Roles). */}}
 {{- define "vibe.operator.clusterWide" -}}
 {{- if not .Values.operator.watchNamespaces -}}
