@@ -19,12 +19,10 @@ import typer
 
 from vibe.clikit import failures
 from vibe.engines import ENGINES, FormatOrAlias
-from vibe.placement.engine import PolicyName
-from vibe.placement.routing import DEFAULT_SAMPLES, DispatchName
+from vibe.placement import DEFAULT_SAMPLES, DispatchName, PolicyName
 
 if TYPE_CHECKING:
-    from vibe.placement.cost import Placement
-    from vibe.placement.engine import Result
+    from vibe.placement import Placement, Result
 
 
 COMMAND = "vibe plan"
@@ -164,7 +162,7 @@ def plan(
     table shows, per policy, the step time, the imbalance (max / mean GPU time, averaged over layers),
     the provable lower bound and the gap to it, the solve time and (with --current) the slots moved.
     """
-    from vibe.placement.errors import PlacementError
+    from vibe.placement import PlacementError
 
     with failures(COMMAND, PlacementError):
         _plan(
@@ -206,10 +204,17 @@ def _plan(
     import time
 
     from vibe.engines import ALIASES, get
-    from vibe.placement.engine import COMPARED, POLICIES, make_result, solve
-    from vibe.placement.errors import PlacementError
-    from vibe.placement.incremental import replace_incremental
-    from vibe.placement.inputs import load_json, read_fleet, read_loads
+    from vibe.placement import (
+        COMPARED,
+        POLICIES,
+        PlacementError,
+        load_json,
+        make_result,
+        read_fleet,
+        read_loads,
+        replace_incremental,
+        solve,
+    )
 
     if policy not in POLICIES:
         names = ", ".join(POLICIES)
@@ -225,7 +230,7 @@ def _plan(
         raise PlacementError("InvalidBudget", f"--time-budget must be positive, not {time_budget:g}")
     if max_moves is not None and current_path is None:
         raise PlacementError("InvalidPlacement", "--max-moves needs --current")
-    from vibe.placement.routing import routing_from_flags
+    from vibe.placement import routing_from_flags
 
     loads_doc = load_json(loads_path, "loads")
     load_arr = read_loads(loads_doc, tokens_per_step=tokens_per_step, top_k=top_k)
@@ -305,8 +310,7 @@ def _plan(
 def _read_current(path: str, slots_per_gpu: int, num_experts: int) -> Placement:
     """The placement in service from a file of any format: JSON ones, else TensorRT-LLM's YAML."""
     from vibe.engines import ENGINES
-    from vibe.placement.errors import PlacementError
-    from vibe.placement.inputs import load_json, read_placement
+    from vibe.placement import PlacementError, load_json, read_placement
 
     try:
         text = Path(path).read_text(encoding="utf-8")
