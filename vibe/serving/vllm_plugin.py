@@ -193,7 +193,7 @@ def register() -> None:
     RUNTIME = Runtime(mount, os.environ.get(vllm_eplb.ENV_LOADS_FILE) or None, default=original)
     runtime = RUNTIME
 
-    class VibeEplbPolicy(eplb_policy.AbstractEplbPolicy):
+    class VibeEplbPolicy(eplb_policy.AbstractEplbPolicy):  # type: ignore[misc]  # vLLM ships no types
         """vibe's placement from the mounted ConfigMap (``vibe.serving.vllm_plugin``)."""
 
         vibe_runtime = runtime
