@@ -152,7 +152,7 @@ def relative_speed(curves: Iterable[Curve]) -> float | None:
 
 @functools.lru_cache(maxsize=1)
 def _reference_shapes() -> frozenset[tuple[int, int, str]]:
-    from vibe.placement.curves import reference_shapes
+    from vibe.placement import reference_shapes
 
     return frozenset(reference_shapes().values())
 
@@ -162,7 +162,7 @@ def _reference_at(key: tuple[int, int, str], tokens: tuple[int, ...]) -> tuple[A
     """(mask of ``tokens`` inside the reference's range, reference seconds there), interpolated in log n."""
     import numpy as np
 
-    from vibe.placement.curves import reference_curve
+    from vibe.placement import reference_curve
 
     ref_t, ref_s = reference_curve(*key)
     t = np.asarray(tokens, dtype=float)

@@ -34,9 +34,7 @@ from vibe.engines.loads import Loads
 from vibe.engines.settings import EngineSettings
 
 if TYPE_CHECKING:
-    from vibe.placement.cost import Placement
-    from vibe.placement.curves import Fleet
-    from vibe.placement.engine import Result
+    from vibe.placement import Fleet, Placement, Result
 
 #: What a newer placement can do to a running engine: roll the serving group, or reach it live.
 Update = Literal["restart", "live"]

@@ -134,6 +134,23 @@ class Kube:
             raise
         return dict(_json(rsp)["metadata"].get("labels") or {})
 
+    async def node_capacity(self, name: str, resource: str) -> int:
+        """The Node's ``status.capacity`` of ``resource`` (e.g. ``nvidia.com/gpu``): 0 when the Node does
+        not exist, does not report the resource, or reports something that is not a count."""
+        from kubernetes.utils import parse_quantity
+
+        try:
+            rsp: Any = await asyncio.to_thread(self.core.read_node, name, _preload_content=False)
+        except ApiException as e:
+            if e.status == 404:
+                return 0
+            raise
+        value = ((_json(rsp).get("status") or {}).get("capacity") or {}).get(resource)
+        try:
+            return max(0, int(parse_quantity(value))) if value is not None else 0
+        except (ValueError, TypeError, ArithmeticError):
+            return 0
+
     # ---- the agents' liveness Leases (profile namespace)
 
     async def agent_leases(self, namespace: str) -> dict[str, dict[str, Any]] | None:

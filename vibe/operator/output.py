@@ -41,8 +41,7 @@ from vibe.contract import (
 from vibe.engines import ENGINES
 from vibe.operator.clock import parse_time
 from vibe.operator.spec import fingerprint
-from vibe.placement.cost import Placement
-from vibe.placement.errors import PlacementError
+from vibe.placement import Placement, PlacementError
 
 #: The labels the operator puts on every placement ConfigMap it writes (besides the MoEDeployment's).
 MANAGED_BY = {api.LABEL_MANAGED_BY: api.MANAGED_BY_OPERATOR}

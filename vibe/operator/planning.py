@@ -30,6 +30,7 @@ faster is not taken.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,17 +38,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vibe.engines import ENGINES
 from vibe.operator.clock import iso, parse_time
 from vibe.operator.gpus import Resolution
 from vibe.operator.output import InputKeys, InService
 from vibe.operator.problems import Problem
 from vibe.operator.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec
 from vibe.operator.workload import Loads
-from vibe.placement.errors import PlacementError
+from vibe.placement import PlacementError
 
 if TYPE_CHECKING:
-    from vibe.placement.engine import Result
-    from vibe.placement.routing import Routing, StepMix
+    from vibe.placement import Result, Routing, StepMix
 
 #: Sampled slots (routing samples x layers x physical slots) one expected-objective solve may hold: the
 #: operator uses fewer routing samples than spec.workload.routingSamples asks on instances where more
@@ -55,7 +56,9 @@ if TYPE_CHECKING:
 MAX_SAMPLED_SLOTS = 4_000_000
 #: ... and at most this many (routing samples x layers x experts x (redundant slots + 1)): the expected
 #: objective's work bound prices every replica count of every expert in every sample (about 1 s per 1e7
-#: on one core).
+#: on one core). Measured peak RSS of an expected solve: DeepSeek-V3 on 32 x 9 and 64 x 5, 2 kinds x 16
+#: samples, 0.18 and 0.25 GB; the largest admissible instance (61 x 384 on 384 x 2, 5 per kind under this
+#: cap) 1.39 GB where the mean-load solve takes 0.87 GB.
 MAX_SAMPLED_WORK = 100_000_000
 
 BASELINE_POLICY = "token-balanced"
@@ -154,12 +157,32 @@ def _plan(
             drift=prior_drift_or_none(prior_drift),
         )
 
-    # 4. Other GPUs: re-place onto them now.
+    # A cooldown in progress holds whatever changes meanwhile (loads every second, a GPU back): the
+    # decision is taken again, on the inputs of that moment, when it ends. Re-evaluating each change
+    # wrote status and posted a CooldownActive Event for every one (60 a minute).
+    cooling = _cooling(prior_drift, now)
+    if cooling is not None and (current.keys.gpus == keys.gpus or not _gone(current, res)):
+        return Plan(NOTHING, COOLDOWN, "cooldown", summary=current.summary, drift=cooling,
+                    retry_at=parse_time(cooling.get("retryAfter")))  # fmt: skip
+
+    # 4. Other GPUs: re-place onto them now when a GPU in service is gone; when every one is still there
+    #    (a GPU back, a pod moved), the change waits for the cooldown like any drift.
     if current.keys.gpus != keys.gpus:
+        gone = _gone(current, res)
+        ready_at = (current.placed_at or now) + dt.timedelta(seconds=spec.drift.cooldown_seconds)
+        if not gone and now < ready_at:
+            msg = (
+                "the deployment's GPUs changed and every GPU in service is still there: re-placed "
+                f"when the cooldown ends, {iso(ready_at)}"
+            )
+            held: dict[str, Any] = {"kind": "GPUsChanged", "inputHash": keys.all, "time": iso(now)}
+            held.update(decision=COOLDOWN, retryAfter=iso(ready_at), message=msg)
+            return Plan(NOTHING, COOLDOWN, msg, summary=current.summary, drift=held, retry_at=ready_at)
         routing = routing_of(spec, loads.tokens, len(fleet))
         result = _incremental(have, loads, fleet, spec, budget, routing)
         baseline = _baseline(result, loads, fleet, s, routing)
-        return _write(inputs, "GPUsChanged", "the deployment's GPUs changed", result, baseline, drift=None)
+        why = "the deployment's GPUs changed" + (f" ({_few_ids(gone)} gone)" if gone else "")
+        return _write(inputs, "GPUsChanged", why, result, baseline, drift=None)
 
     # 5. Drift.
     kind = "WorkloadDrift" if current.keys.loads != keys.loads else "PerformanceDrift"
@@ -246,11 +269,36 @@ def _plan(
     return plan
 
 
+def _cooling(prior: Mapping[str, Any] | None, now: dt.datetime) -> dict[str, Any] | None:
+    """The prior decision when it is a cooldown that has not ended yet, else None."""
+    if not prior or prior.get("decision") != COOLDOWN:
+        return None
+    retry = parse_time(prior.get("retryAfter"))
+    return dict(prior) if retry is not None and now < retry else None
+
+
+def _gone(current: InService, res: Resolution) -> set[str]:
+    """The GPUs of the placement in service ("node/index/uuid") that no trusted, settled GPUProfile
+    lists any more. Unknown (the ConfigMap has no placement.json to name them): all of them, so the
+    change is acted on at once, as before."""
+    try:
+        doc = json.loads(current.data.get(ENGINES["vibe"].key) or "null")
+        ids = {f"{g['id']}/{g.get('uuid', '')}" for g in doc["gpus"]}
+    except (ValueError, RecursionError, TypeError, KeyError, IndexError, AttributeError):
+        return {"(unknown)"}
+    return ids - res.available
+
+
+def _few_ids(ids: set[str], n: int = 3) -> str:
+    items = sorted(i.rsplit("/", 1)[0] for i in ids)
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
 def step_mix_of(spec: DeploymentSpec, loads: np.ndarray) -> StepMix:
     """The kinds of steps to plan for: ``stepMix``; else ``tokensPerStep`` as the one-entry mix; else one
     kind of the load profile's own tokens per step (its mean total per layer / topK; uniform loads are
     ``DEFAULT_TOKENS_PER_STEP`` tokens, ``workload.uniform``)."""
-    from vibe.placement.routing import StepMix
+    from vibe.placement import StepMix
 
     w = spec.workload
     if w.step_mix:
@@ -264,7 +312,7 @@ def step_mix_of(spec: DeploymentSpec, loads: np.ndarray) -> StepMix:
 def routing_of(spec: DeploymentSpec, loads: np.ndarray, num_gpus: int) -> Routing:
     """The sampled routing of the spec's step mix over these loads (seed 0: deterministic), with at most
     ``MAX_SAMPLED_SLOTS`` sampled slots (fewer samples per kind than asked on large instances)."""
-    from vibe.placement.routing import sample_routing
+    from vibe.placement import sample_routing
 
     mix = step_mix_of(spec, loads)
     w = spec.workload
@@ -285,8 +333,7 @@ def _incremental(
     have: Any, loads: Loads, fleet: Any, spec: DeploymentSpec, budget: float, routing: Routing
 ) -> Result:
     """A re-placement near ``have``: searched on the mix's mean loads, priced by the expected objective."""
-    from vibe.placement import replace_incremental
-    from vibe.placement.engine import make_result
+    from vibe.placement import make_result, replace_incremental
 
     started = time.perf_counter()
     new = replace_incremental(
@@ -368,8 +415,7 @@ def _baseline(result: Any, loads: Loads, fleet: Any, s: int, routing: Routing | 
     their fingerprint: after performance drift only its pricing is new. Its lower bound is ``result``'s
     (the bound depends on the inputs, not on the placement), so no bound is computed twice.
     """
-    from vibe.placement import Placement
-    from vibe.placement.engine import make_result
+    from vibe.placement import Placement, make_result
 
     if result.policy == BASELINE_POLICY:
         return result
@@ -387,7 +433,7 @@ def _baseline(result: Any, loads: Loads, fleet: Any, s: int, routing: Routing | 
 
 
 def _token_balanced(key: str, tokens: np.ndarray, num_gpus: int, slots: int) -> np.ndarray:
-    from vibe.placement.engine import token_balanced
+    from vibe.placement import token_balanced
 
     cache_key = (key, num_gpus, slots)
     hit = _TB_CACHE.get(cache_key)

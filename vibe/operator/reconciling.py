@@ -36,8 +36,9 @@ from vibe.operator import status as status_mod
 from vibe.operator.clock import iso
 from vibe.operator.clock import now as clock_now
 from vibe.operator.compute import Computer
-from vibe.operator.gpus import PodSnapshot, ProfileSnapshot, pod_snapshot, resolve, with_leases
+from vibe.operator.gpus import PodSnapshot, ProfileSnapshot, Resolution, pod_snapshot, resolve, with_leases
 from vibe.operator.kube import Conflict, Kube
+from vibe.operator.liveness import Liveness
 from vibe.operator.output import InService
 from vibe.operator.planning import WRITE, Inputs, Plan
 from vibe.operator.problems import Problem
@@ -75,6 +76,14 @@ class Shared:
     hopeless: dict[tuple[str, str], tuple[str, Problem]] = field(default_factory=dict)
     #: The last refusal logged per deployment (each is said once, not per retry).
     said: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: When each agent's Lease (or profile heartbeat) was seen to change, on this operator's clock.
+    liveness: Liveness = field(default_factory=Liveness)
+    #: GPU UUID -> the node that claimed it first (``gpus.trusted``).
+    gpu_owners: dict[str, str] = field(default_factory=dict)
+    #: Node -> (monotonic time read, its Node's GPU capacity).
+    capacity: dict[str, tuple[float, int]] = field(default_factory=dict)
+    #: The distrusted nodes last told about, per deployment (an Event once per change).
+    distrust_said: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def failed(self, key: tuple[str, str], error: str) -> float:
         """Count a failed reconcile of ``key`` (the errors metric, by ``error``); seconds to back off:
@@ -168,15 +177,9 @@ async def _reconcile_once(
             kube.agent_leases(cfg.profile_namespace),
             _pods(kube, spec, namespace),
         )
-        obs.resolution = resolve(
-            spec,
-            namespace=namespace,
-            nodes=nodes,
-            profiles=with_leases(world.profiles, leases),
-            pods=pods,
-            now=now,
-            profile_ttl_s=cfg.profile_ttl_s,
-        )
+        live = with_leases(world.profiles, shared.liveness.observe_leases(leases, now))
+        obs.resolution = await _resolve(shared, spec, namespace, nodes, live, pods, now)
+        _tell_distrusted(shared, key, body, obs.resolution)
         if isinstance(loads_obj, ApiException):
             raise refusals.problem(loads_obj, f"reading the load ConfigMap {spec.workload.config_map}")
         obs.loads = await asyncio.to_thread(_loads, spec, namespace, loads_obj)
@@ -225,6 +228,65 @@ async def _reconcile_once(
         return shared.failed(key, obs.problem.reason), "problem"
     shared.failures.pop(key, None)
     return _next_look(obs, now), "written" if wrote else "unchanged"
+
+
+#: Seconds a Node's GPU capacity read is reused (a Node's device count rarely changes).
+CAPACITY_TTL_S = 60.0
+
+
+async def _resolve(
+    shared: Shared,
+    spec: DeploymentSpec,
+    namespace: str,
+    nodes: Mapping[str, Mapping[str, str]],
+    profiles: Mapping[str, ProfileSnapshot],
+    pods: list[PodSnapshot],
+    now: dt.datetime,
+) -> Resolution:
+    """``gpus.resolve``, with every node it uses checked against its Node's GPU capacity.
+
+    Only the nodes a resolution uses are read (one GET each, reused for ``CAPACITY_TTL_S``): a node over
+    its capacity is dropped and the GPUs resolved again, until every node used has been checked.
+    """
+    cfg = shared.settings
+    capacity: dict[str, int] = {}
+    for _ in range(len(profiles) + 1):
+        res = resolve(
+            spec, namespace=namespace, nodes=nodes, profiles=profiles, pods=pods, now=now,
+            profile_ttl_s=cfg.profile_ttl_s, capacity=capacity, gpu_resource=cfg.gpu_resource,
+            owners=shared.gpu_owners, settle_s=cfg.gpu_settle_s,
+        )  # fmt: skip
+        unchecked = [n for n in res.nodes if n not in capacity]
+        if not cfg.gpu_resource or not unchecked:
+            return res
+        found = await asyncio.gather(*(_capacity(shared, n) for n in unchecked))
+        capacity.update(zip(unchecked, found, strict=True))
+    return res
+
+
+async def _capacity(shared: Shared, node: str) -> int:
+    hit = shared.capacity.get(node)
+    if hit is not None and time.monotonic() - hit[0] < CAPACITY_TTL_S:
+        return hit[1]
+    cap = await shared.kube.node_capacity(node, shared.settings.gpu_resource)
+    if len(shared.capacity) > 10_000:
+        shared.capacity.clear()
+    shared.capacity[node] = (time.monotonic(), cap)
+    return cap
+
+
+def _tell_distrusted(shared: Shared, key: tuple[str, str], body: Mapping[str, Any], res: Resolution) -> None:
+    """A Warning Event naming the nodes whose profiles are not believed, once per change of that set
+    (the note is in the Ready/InsufficientGPUs message as long as it holds)."""
+    said = ",".join(res.distrusted)
+    if shared.distrust_said.get(key, "") == said:
+        return
+    shared.distrust_said[key] = said
+    if said and shared.post_event is not None:
+        why = "; ".join(n for n in res.notes if "not used" in n)
+        shared.post_event(
+            body, "Warning", "GPUProfileDistrusted", f"node(s) {', '.join(res.distrusted)}: {why}"
+        )
 
 
 #: Problems of the placement work that the same inputs would meet again.
@@ -455,6 +517,8 @@ def _next_look(obs: status_mod.Observation, now: dt.datetime) -> float | None:
         times.append(obs.plan.retry_at)
     if obs.resolution is not None and obs.resolution.stale_at is not None:
         times.append(obs.resolution.stale_at)
+    if obs.resolution is not None and obs.resolution.settles_at is not None:
+        times.append(obs.resolution.settles_at)
     return max(0.5, min((t - now).total_seconds() for t in times) + 0.5) if times else None
 
 
