@@ -334,3 +334,18 @@ def test_a_placement_in_service_of_another_shape_is_solved_again_not_a_crash():
     p, _ = compute(inputs(loads_seed=7), cur, None, NOW, 0.2)
     assert p.action == WRITE and p.reason == "Placed"
     assert "does not fit" in p.message
+
+
+def test_a_placement_priced_by_the_mean_load_objective_states_no_loss_under_the_expected_one():
+    """An older operator wrote a mean-load summary (no ``objective``): its step time is not comparable
+    with the expected objective's, so drift reports no loss against it, and still re-places for a gain."""
+    cur, _ = in_service(inputs())
+    old = copy.deepcopy(cur)
+    for key in ("objective", "stepMix", "dispatch", "routingSamples", "meanLoadStepTimeSeconds"):
+        old.summary.pop(key)
+    body = deployment_body(
+        "m", workload={"configMapRef": {"name": "l"}}, drift={"minGain": 0.01, "cooldownSeconds": 0}
+    )
+    p = plan(inputs(body, slow={"n0": {0: 2.0}}), old, prior_drift=None, now=NOW)
+    assert p.drift["loss"] == 0 and p.drift["gain"] >= 0.01 and p.reason == REPLACED
+    assert plan(inputs(body, slow={"n0": {0: 2.0}}), cur, prior_drift=None, now=NOW).drift["loss"] > 0

@@ -425,6 +425,9 @@ def test_llmd_patch_adds_vibe_and_changes_nothing_else(llmd_rendered: list[dict]
     gpus, model = moed["spec"]["gpus"], moed["spec"]["model"]
     size, local = lws["spec"]["leaderWorkerTemplate"]["size"], int(env["DP_SIZE_LOCAL"])
     assert size * local == gpus["count"] == size * int(vllm["resources"]["limits"]["nvidia.com/gpu"])
+    # vLLM's EP rank order is the pods' (worker index, GPU): the GPUs come from the pods, not the nodes.
+    assert gpus["gpusPerPod"] == local
+    assert gpus["podSelector"]["matchLabels"] == {api.LWS_LABEL_NAME: lws["metadata"]["name"]}
     assert model["experts"] + eplb["num_redundant_experts"] == gpus["slotsPerGPU"] * gpus["count"]
     # The plugin reads the mounted <moedeployment>-placement; rank 0's window goes to the sidecar.
     mounts = {m["name"]: m["mountPath"] for m in vllm["volumeMounts"]}
