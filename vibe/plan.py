@@ -343,7 +343,9 @@ def _table(
     from rich.table import Table
 
     console = Console(stderr=to_stderr, highlight=False)
-    console.width = max(console.width, 100)  # redirected output defaults to 80 columns: too narrow
+    expected = "objective" in chosen.info  # priced by the expected objective (--step-mix)
+    # redirected output defaults to 80 columns: too narrow (and the expected objective adds a column)
+    console.width = max(console.width, 120 if expected else 100)
     layers, experts = shape
     title = f"{layers} layers x {experts} experts on {num_gpus} GPUs x {slots} slots"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
@@ -357,7 +359,6 @@ def _table(
         ("solve s", "right"),
         ("moves", "right"),
     )
-    expected = "objective" in chosen.info
     if expected:
         columns = (*columns, ("mean-load ms", "right"))
     for col, just in columns:
@@ -392,7 +393,7 @@ def _table(
         notes.append(
             f"step ms = EXPECTED step time over the step mix ({mix}; {i['samplesPerKind']} sampled routings "
             f"per kind, top-{i['topK']}, {i['dispatch']} dispatch); "
-            "bound = the samples' own bounds averaged; "
+            "bound = the sampled steps' own bounds averaged or the work bound on expected costs, the larger; "
             "mean-load ms = the mean-load model's time over the same mix"
         )
     console.print("; ".join(notes), soft_wrap=True)
