@@ -11,7 +11,7 @@ from operator_builders import deployment_body, profile_body
 from vibe import api
 from vibe.operator.gpus import pod_snapshot, profile_snapshot, resolve
 from vibe.operator.problems import Problem
-from vibe.operator.spec import parse_spec
+from vibe.spec import parse_spec
 
 NOW = dt.datetime.now(dt.timezone.utc)
 

@@ -27,9 +27,9 @@ from vibe.operator.planning import (
     plan,
 )
 from vibe.operator.problems import Problem
-from vibe.operator.spec import parse_spec
 from vibe.operator.workload import Loads, from_config_map, uniform
 from vibe.placement.synthetic import skewed_loads
+from vibe.spec import parse_spec
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
 

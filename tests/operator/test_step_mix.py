@@ -28,10 +28,10 @@ from vibe.operator.planning import (
     step_mix_of,
 )
 from vibe.operator.problems import Problem
-from vibe.operator.spec import parse_spec
 from vibe.operator.workload import Loads
 from vibe.placement.routing import StepMix
 from vibe.placement.synthetic import skewed_loads
+from vibe.spec import parse_spec
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.timezone.utc)
 MIX = [{"tokens": 64, "weight": 0.7}, {"tokens": 2048, "weight": 0.3}]

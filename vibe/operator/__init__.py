@@ -12,7 +12,7 @@ Layers, importing downward only (the handlers are thin, the decisions are pure):
 * ``compute``     — runs the placement work in worker processes, off the event loop.
 * ``planning``    — pure: what to do given the inputs and the placement in service (solve, re-place
   incrementally, only report drift, or nothing), priced by ``vibe.placement``.
-* ``spec`` / ``gpus`` / ``workload`` / ``output`` / ``conditions`` / ``status`` — pure: parse the spec,
-  resolve GPUs and curves, read loads, render and read back the ConfigMap, shape the status.
+* ``gpus`` / ``workload`` / ``output`` / ``conditions`` / ``status`` — pure: resolve GPUs and curves,
+  read loads, render and read back the ConfigMap, shape the status (the spec itself is ``vibe.spec``).
 * ``metrics`` / ``settings`` / ``cli`` — Prometheus metrics, run-time settings, ``vibe operator``.
 """

@@ -53,7 +53,7 @@ from vibe.operator import metrics, output, planning
 from vibe.operator.output import InService
 from vibe.operator.planning import WRITE, Inputs, Plan
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DeploymentSpec
+from vibe.spec import DeploymentSpec
 
 logger = logging.getLogger("vibe.operator")
 

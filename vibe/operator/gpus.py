@@ -39,8 +39,8 @@ from vibe.api import (
 )
 from vibe.operator.clock import parse_time
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DeploymentSpec, fingerprint
 from vibe.placement import DTYPE_BYTES, Fleet, GPUCurve, PlacementError, scale_curve
+from vibe.spec import DeploymentSpec, fingerprint
 
 
 @dataclass(frozen=True, eq=False)

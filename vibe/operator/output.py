@@ -40,8 +40,8 @@ from vibe.contract import (
 )
 from vibe.engines import ENGINES
 from vibe.operator.clock import parse_time
-from vibe.operator.spec import fingerprint
 from vibe.placement import Placement, PlacementError
+from vibe.spec import fingerprint
 
 #: The labels the operator puts on every placement ConfigMap it writes (besides the MoEDeployment's).
 MANAGED_BY = {api.LABEL_MANAGED_BY: api.MANAGED_BY_OPERATOR}

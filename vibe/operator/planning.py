@@ -43,9 +43,9 @@ from vibe.operator.clock import iso, parse_time
 from vibe.operator.gpus import Resolution
 from vibe.operator.output import InputKeys, InService
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec
 from vibe.operator.workload import Loads
 from vibe.placement import PlacementError
+from vibe.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec
 
 if TYPE_CHECKING:
     from vibe.placement import Result, Routing, StepMix

@@ -43,9 +43,9 @@ from vibe.operator.output import InService
 from vibe.operator.planning import WRITE, Inputs, Plan
 from vibe.operator.problems import Problem
 from vibe.operator.settings import OperatorSettings
-from vibe.operator.spec import DeploymentSpec, parse_spec
 from vibe.operator.watches import Need, Watches, config_map_need, pods_need, selector_string
 from vibe.operator.workload import Loads, from_config_map, uniform
+from vibe.spec import DeploymentSpec, parse_spec
 
 logger = logging.getLogger("vibe.operator")
 

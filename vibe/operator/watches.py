@@ -35,7 +35,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from vibe.operator.gpus import pod_snapshot
-from vibe.operator.spec import fingerprint, plain
+from vibe.spec import fingerprint, plain
 
 logger = logging.getLogger("vibe.operator")
 

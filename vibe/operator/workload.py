@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec, fingerprint
 from vibe.placement import PlacementError
+from vibe.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec, fingerprint
 
 #: A load ConfigMap's key is at most what the API server stores in one object (~1.5 MiB); anything
 #: larger is refused before it is parsed.
