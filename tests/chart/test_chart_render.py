@@ -118,6 +118,8 @@ def test_default_objects(default: list[dict]) -> None:
         ("RoleBinding", "vibe-operator-leases"),
         ("ValidatingAdmissionPolicy", "vibe-agent-node-restriction"),
         ("ValidatingAdmissionPolicyBinding", "vibe-agent-node-restriction"),
+        ("ValidatingAdmissionPolicy", "vibe-agent-gpu-capacity"),
+        ("ValidatingAdmissionPolicyBinding", "vibe-agent-gpu-capacity"),
         ("Deployment", "vibe-operator"),
         ("DaemonSet", "vibe-agent"),
         ("Service", "vibe-operator-metrics"),

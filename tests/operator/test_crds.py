@@ -203,6 +203,10 @@ def test_bad_gpuprofile_is_refused(crds, kube, namespace):
     code, text = _create(kube, namespace, api.GPUPROFILE_PLURAL, bad)
     assert code == 422 and "should be greater than 0" in text
     bad = copy.deepcopy(body)
+    bad["spec"]["gpus"][0]["curves"][0]["tokens"][-1] = 2**62  # issue 20: a curve flat over every load
+    code, text = _create(kube, namespace, api.GPUPROFILE_PLURAL, bad)
+    assert code == 422 and "should be less than or equal to 1048576" in text, text
+    bad = copy.deepcopy(body)
     del bad["spec"]["nodeName"]
     code, text = _create(kube, namespace, api.GPUPROFILE_PLURAL, bad)
     assert code == 422 and "spec.nodeName: Required value" in text

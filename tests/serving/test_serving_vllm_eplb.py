@@ -197,3 +197,34 @@ def test_after_the_profile_run_vibes_map_is_returned_again_not_vllms(volume: Kub
     assert runtime.rebalance(weight, P, 1, 1, G, vllms).tolist() == phy2log(1)  # the profile run
     assert runtime.rebalance(weight, P, 1, 1, G, vllms).tolist() == phy2log(1)  # the first real one
     assert runtime.applied is not None and runtime.applied.generation == 4
+
+
+def operator_style(generation: int) -> dict[str, str]:
+    """placement_data with placement.json's GPUs as the operator writes them: rank, "node/index" id, node."""
+    data = placement_data(meta=False)
+    doc = json.loads(data[canonical.KEY])
+    doc["gpus"] = [{"rank": r, "id": f"n{r // 2}/{r % 2}", "node": f"n{r // 2}"} for r in range(G)]
+    data[canonical.KEY] = json.dumps(doc)
+    return {**data, KEY_META: meta_text(content_hash(data), generation)}
+
+
+def test_the_policy_follows_gpus_to_vllms_ranks(volume: KubeletVolume, tmp_path: Path) -> None:
+    """vLLM's EP rank r runs where the pods landed; `vibe serving init --follow-gpus --engine-gpus-out`
+    records that, and each placement GPU's slots go to the rank on that GPU."""
+    from vibe.serving import rankmap, vllm_eplb
+
+    volume.write(operator_style(generation=2))
+    swapped = [("n1", 0), ("n1", 1), ("n0", 0), ("n0", 1)]  # worker 0 landed on n1
+    mine, other = tmp_path / "rank0" / "engine-gpus.json", tmp_path / "rank1" / "engine-gpus.json"
+    vllm_eplb.write_engine_gpus(mine, swapped)
+    view, arr = read_view(volume.root, REQUEST, mine)
+    assert view.reason == "" and arr is not None
+    perm = rankmap.slot_permutation([("n0", 0), ("n0", 1), ("n1", 0), ("n1", 1)], swapped, P // G)
+    assert arr.tolist() == [[row[p] for p in perm] for row in phy2log()]
+    assert arr.tolist() != phy2log()
+    # another pod that recorded another order (it was scheduled anew alone): the ranks do not agree
+    vllm_eplb.write_engine_gpus(other, [("n0", 0), ("n0", 1), ("n1", 0), ("n1", 1)])
+    theirs, _ = read_view(volume.root, REQUEST, other)
+    assert choose([view, theirs], None).action is Action.KEEP
+    gone, arr = read_view(volume.root, REQUEST, tmp_path / "absent.json")
+    assert arr is None and gone.reason.startswith("UnreadableVolume")

@@ -236,6 +236,15 @@ def init_cmd(
     follow_gpus: FollowGpusOpt = False,
     gpus_per_pod: GpusPerPodOpt = 8,
     group_size: GroupSizeOpt = None,
+    engine_gpus_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--engine-gpus-out",
+            dir_okay=False,
+            help="With --follow-gpus: also write the engine ranks' GPUs here (vLLM: VIBE_VLLM_ENGINE_GPUS,"
+            " so vibe's EPLB policy follows GPUs at every rebalance).",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -251,6 +260,8 @@ def init_cmd(
         expected = _expected(expect_generation)
         on_newer = _roll_forward_hook(kubeconfig, context) if roll_forward else None
         outputs = _outputs(engine_file or [], sglang=sglang_out, eplb=eplb_out, trtllm=trtllm_out)
+        if engine_gpus_out is not None and not follow_gpus:
+            raise ServingError("InvalidArgument", "--engine-gpus-out needs --follow-gpus")
         applied = emit.run_init(
             str(placement_dir),
             settings,
@@ -260,7 +271,7 @@ def init_cmd(
             wait_seconds=wait_seconds,
             on_newer=on_newer,
             engine_gpus=(
-                (lambda: _engine_gpus(None, gpus_per_pod, group_size, kubeconfig, context))
+                (lambda: _engine_gpus(None, gpus_per_pod, group_size, kubeconfig, context, engine_gpus_out))
                 if follow_gpus
                 else None
             ),
@@ -276,6 +287,7 @@ def _engine_gpus(
     group_size: int | None,
     kubeconfig: Path | None = None,
     context: str | None = None,
+    out: Path | None = None,
 ) -> list[tuple[str, int]]:
     from vibe.serving import kube, rankmap
 
@@ -288,6 +300,10 @@ def _engine_gpus(
         raise ServingError("ApplyFailed", f"--follow-gpus needs the Kubernetes API: {e}") from None
     gpus = rankmap.engine_gpus(api, ns, pod, gpus_per_pod, group_size)
     log.info("engine ranks run on %s", ", ".join(f"{n}/{i}" for n, i in gpus[::gpus_per_pod]))
+    if out is not None:
+        from vibe.serving import vllm_eplb
+
+        vllm_eplb.write_engine_gpus(out, gpus)
     return gpus
 
 

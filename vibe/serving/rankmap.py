@@ -61,6 +61,16 @@ def placement_gpus(placement_doc: Any) -> list[tuple[str, int]]:
     for i, g in enumerate(gpus):
         node = g.get("node") if isinstance(g, dict) else None
         index = g.get("index", g.get("gpuIndex")) if isinstance(g, dict) else None
+        gpu_id = g.get("id") if isinstance(g, dict) else None
+        if (
+            index is None
+            and isinstance(node, str)
+            and isinstance(gpu_id, str)
+            and gpu_id.startswith(node + "/")
+        ):
+            # the operator's placement.json names a GPU "<node>/<index>" (vibe.operator.gpus.GPURef.id)
+            tail = gpu_id[len(node) + 1 :]
+            index = int(tail) if tail.isdigit() else None
         if not isinstance(node, str) or not isinstance(index, int):
             raise ServingError(
                 "PlacementMismatch", f"placement.json gpus[{i}] needs node and index to follow GPUs"

@@ -50,7 +50,7 @@ import numpy as np
 from vibe import contract
 from vibe.engines import canonical, eplb, vllm
 from vibe.engines.errors import EngineError
-from vibe.serving import snapshot, stamp, state
+from vibe.serving import rankmap, snapshot, stamp, state
 from vibe.serving.errors import ServingError
 
 #: The vLLM releases the plugin is tested with (``vibe.engines.vllm``); others are refused at start.
@@ -61,6 +61,8 @@ VLLM_VERSIONS = vllm.VLLM_VERSIONS
 ENV_PLACEMENT_DIR = "VIBE_VLLM_PLACEMENT_DIR"
 ENV_LOADS_FILE = "VIBE_VLLM_LOADS_FILE"
 ENV_WINDOW_SIZE = "VIBE_VLLM_EPLB_WINDOW_SIZE"
+#: The engine ranks' GPUs, written by ``vibe serving init --follow-gpus --engine-gpus-out`` (optional).
+ENV_ENGINE_GPUS = "VIBE_VLLM_ENGINE_GPUS"
 DEFAULT_WINDOW_SIZE = vllm.DEFAULT_WINDOW_SIZE
 
 
@@ -183,9 +185,42 @@ def _map_from(data: dict[str, str]) -> tuple[Any, int | None, str]:
     )
 
 
-def read_view(mount: str | os.PathLike[str], request: Request) -> tuple[View, np.ndarray | None]:
+def write_engine_gpus(path: str | os.PathLike[str], gpus: Sequence[tuple[str, int]]) -> None:
+    """Record the engine ranks' GPUs (``rankmap.engine_gpus``) for the plugin, atomically."""
+    write_window(path, json.dumps({"engineGpus": [[node, index] for node, index in gpus]}))
+
+
+def read_engine_gpus(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """The engine ranks' GPUs ``write_engine_gpus`` recorded, or ServingError."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        gpus = [(str(node), int(index)) for node, index in doc["engineGpus"]]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ServingError("UnreadableVolume", f"engine GPU list {path}: {e}") from None
+    return gpus
+
+
+def follow_gpus(arr: np.ndarray, data: dict[str, str], engine: list[tuple[str, int]]) -> np.ndarray:
+    """Move each GPU's slots to the vLLM EP rank that runs on it (``rankmap.slot_permutation``)."""
+    if canonical.KEY not in data:
+        raise ServingError(
+            "MissingPlacement", f"following GPUs needs {canonical.KEY}: keep 'vibe' in formats"
+        )
+    placed = rankmap.placement_gpus(json.loads(data[canonical.KEY]))
+    perm = rankmap.slot_permutation(placed, engine, arr.shape[1] // len(placed))
+    return arr[:, perm]
+
+
+def read_view(
+    mount: str | os.PathLike[str], request: Request, engine_gpus: str | os.PathLike[str] | None = None
+) -> tuple[View, np.ndarray | None]:
     """This rank's view of the mounted placement, and the fitted map (None unless it fits). Never raises
-    ServingError: a failure is the view's reason."""
+    ServingError: a failure is the view's reason.
+
+    Args:
+        engine_gpus: the file ``write_engine_gpus`` wrote for this pod, to follow GPUs; its content is
+            part of the view's hash, so ranks agree on the rank order too.
+    """
     try:
         snap = snapshot.read_snapshot(mount, attempts=5, pause=0.02)
         seen = stamp.stamp_from_data(snap.data)
@@ -195,6 +230,10 @@ def read_view(mount: str | os.PathLike[str], request: Request) -> tuple[View, np
     try:
         rows, gpus, key = _map_from(snap.data)
         arr = fit(rows, request, key, gpus)
+        if engine_gpus is not None:
+            engine = read_engine_gpus(engine_gpus)
+            arr = follow_gpus(arr, snap.data, engine)
+            digest = contract.content_hash({"data": digest, "engineGpus": json.dumps(engine)})
     except json.JSONDecodeError as e:
         return View(seen.generation, digest, f"UnreadableVolume: not JSON: {e}", seen.uid), None
     except ServingError as e:

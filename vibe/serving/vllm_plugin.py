@@ -42,6 +42,7 @@ class Runtime:
         gather: ``View -> list[View]`` over every EP rank, in rank order (default: vLLM's EPLB group).
         rank: this process's EP rank (default: from the same group).
         default: the policy to fall back to (default: vLLM's ``DefaultEplbPolicy``).
+        engine_gpus: the engine ranks' GPUs (``vibe serving init --engine-gpus-out``), to follow GPUs.
     """
 
     def __init__(
@@ -51,8 +52,10 @@ class Runtime:
         gather: Any = None,
         rank: Any = None,
         default: Any = None,
+        engine_gpus: str | None = None,
     ) -> None:
         self.mount, self.loads_file = mount, loads_file
+        self.engine_gpus = engine_gpus
         self._gather = gather or _gather_over_eplb_group
         self._rank = rank or _eplb_rank
         self._default = default
@@ -85,7 +88,7 @@ class Runtime:
             request = vllm_eplb.Request(int(weight.shape[0]), int(weight.shape[1]), num_replicas, num_ranks)
             self._write_loads(weight)
             try:
-                view, arr = vllm_eplb.read_view(self.mount, request)
+                view, arr = vllm_eplb.read_view(self.mount, request, self.engine_gpus)
             except Exception as e:  # a rank that skipped the gather would hang every other rank in it
                 view, arr = vllm_eplb.View(None, "", f"InternalError: {type(e).__name__}: {e}"), None
             views = self._gather(view)
@@ -190,7 +193,12 @@ def register() -> None:
     original = eplb_policy.EPLB_POLICIES.get("default")
     if getattr(original, "vibe_runtime", None) is not None:
         return  # already registered in this process
-    RUNTIME = Runtime(mount, os.environ.get(vllm_eplb.ENV_LOADS_FILE) or None, default=original)
+    RUNTIME = Runtime(
+        mount,
+        os.environ.get(vllm_eplb.ENV_LOADS_FILE) or None,
+        default=original,
+        engine_gpus=os.environ.get(vllm_eplb.ENV_ENGINE_GPUS) or None,
+    )
     runtime = RUNTIME
 
     class VibeEplbPolicy(eplb_policy.AbstractEplbPolicy):  # type: ignore[misc]  # vLLM ships no types
