@@ -15,7 +15,8 @@ Student-t interval and the SLO attainment at it (``vibe.simulate.report.goodput_
    vs the mean-load objective vs token-balanced;
 5. drift: one GPU throttles 1.4x mid-run: TTFT over time for token-balanced, vibe, vibe re-placed;
 6. calibration against SGLang's 96-H100 DeepSeek-V3 deployment: simulated / reported throughput;
-7. the sanity tests (tests/simulate).
+7. the sanity tests (tests/simulate);
+8. where one step's time goes at EP 32, serial vs SGLang's overlapped dispatch/combine.
 
     .venv/bin/python benchmarks/serving.py            # all items (see serving.md for the time it took)
     .venv/bin/python benchmarks/serving.py --items 1  # one item
@@ -248,7 +249,7 @@ def item3() -> tuple[str, dict[str, Any]]:
         dec = GroupSpec("decode", loads_for(m, 2), fleet_for(curve, 72, slowness, seed=72), 4)
         t0 = time.perf_counter()
         sim = Simulator(Settings(m, (pre, dec), engine=EngineConfig(16384, 256), gpu="h100"))
-        g = goodput(sim, ["token-balanced", "vibe"], Workload(1.0, 1, 2000, 256), (40.0, 80.0), (3.0, 0.1))
+        g = goodput(sim, ["token-balanced", "vibe"], Workload(1.0, 1, 2000, 256), (110.0, 160.0), (3.0, 0.1))
         log(f"item 3 {slowness}: {time.perf_counter() - t0:.0f} s")
         data[slowness] = g
         lines.append(
@@ -475,6 +476,65 @@ def item7() -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), {"summary": summary, "returncode": got.returncode}
 
 
+# -- item 8 ------------------------------------------------------------------------------------------
+
+
+def item8() -> tuple[str, dict[str, Any]]:
+    """Where one step's time goes at EP 32, and what vibe's expert gain is worth in it (finding 2)."""
+    m = PRESETS["deepseek-v3"]
+    curve = h100_engine_curve(m)
+    fleet = fleet_for(curve, 32, "measured", seed=32)
+    lines = [
+        "## 8. Where a step's time goes (DeepSeek-V3, H100, EP 32, spread and one 1.5x GPU, measured model)",
+        "",
+        "One step priced by the simulator's cost model (mean over routing samples): a prefill step of 16384 "
+        "tokens on every GPU (SGLang's prefill shape) and decode steps of 32 and 256 requests per GPU at "
+        "2000 tokens of context. 'serial': dispatch/combine after compute, one RDMA copy per token-expert "
+        "pair (what these results assumed before); 'SGLang': two-batch overlap and, in prefill, one copy per "
+        "destination node (the defaults, constants `two_batch_overlap`, `dispatch_per_node`).",
+        "",
+        "| step | comm | non-expert (slowest GPU) | experts, token-balanced / vibe | dispatch+combine | "
+        "step, token-balanced / vibe | vibe vs token-balanced |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    data: dict[str, Any] = {}
+    loads = {"prefill": loads_for(m, 1, 2000), "decode": loads_for(m, 2)}
+    z = np.zeros(32)
+    steps = {
+        "prefill 16384/GPU": ("prefill", (z + 16384, z, z, z + 16384**2 / 2, z + 1), True),
+        "decode 32 req/GPU": ("decode", (z + 32, z + 32, z + 32 * 2000, z, z + 32), False),
+        "decode 256 req/GPU": ("decode", (z + 256, z + 256, z + 256 * 2000, z, z + 256), False),
+    }
+    for label, (phase, batch, extend) in steps.items():
+        for comm, (overlap, per_node) in {"serial": ("off", "never"), "SGLang": ("auto", "auto")}.items():
+            spec = GroupSpec(phase, loads[phase], fleet, 9)
+            sim = Simulator(Settings(m, (spec,), gpu="h100", overlap=overlap, per_node=per_node, samples=4))
+            row: dict[str, Any] = {}
+            for p in ("token-balanced", "vibe"):
+                g = sim.prepare(p).groups[0]
+                tab = g.table_at(0.0)
+                tokens = float(batch[0].sum())
+                parts = [tab.step(tokens, float(batch[0].max()), k, extend) for k in range(tab.samples)]
+                row[p] = {
+                    "expert_s": float(np.mean([x[0] for x in parts])) * g.layer_scale,
+                    "comm_s": float(np.mean([x[1] for x in parts])) * g.layer_scale,
+                    "step_s": float(
+                        np.mean([g.step_seconds(0.0, *batch, k, extend) for k in range(tab.samples)])
+                    ),
+                }
+                ne = g.nonexpert.ranks(*batch, g.floor_factor, g.compute_factor).max()
+            t, v = row["token-balanced"], row["vibe"]
+            data[f"{label}/{comm}"] = {**row, "nonexpert_s": float(ne)}
+            lines.append(
+                f"| {label} | {comm} | {ne * 1e3:.1f} ms | {t['expert_s'] * 1e3:.1f} / "
+                f"{v['expert_s'] * 1e3:.1f} ms ({v['expert_s'] / t['expert_s'] - 1:+.0%}) | "
+                f"{t['comm_s'] * 1e3:.1f} ms | {t['step_s'] * 1e3:.1f} / {v['step_s'] * 1e3:.1f} ms | "
+                f"{v['step_s'] / t['step_s'] - 1:+.1%} |"
+            )
+    lines.append("")
+    return "\n".join(lines), data
+
+
 def figures(data: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -544,7 +604,7 @@ NOTES = """## Reading these results
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    ap.add_argument("--items", default="1,2,3,4,5,6,7")
+    ap.add_argument("--items", default="1,2,3,4,5,6,7,8")
     ap.add_argument("--item2-schedulers", default=",".join(SCHEDULERS))
     ap.add_argument("--out", type=Path, default=OUT / "serving.md")
     args = ap.parse_args()
@@ -561,6 +621,7 @@ def main() -> None:
         5: lambda: item5(3.0, 1200, 100.0, 30.0),
         6: item6,
         7: item7,
+        8: item8,
     }
     for i in sorted(items):
         text, data[str(i)] = steps[i]()
