@@ -630,7 +630,7 @@ goodput +22 to +24 % over token-balanced (EPLB-style), intervals apart, under ei
 node dispatch the expert GEMMs are a large enough part of a prefill step (item 8: vibe's -30 % expert
 time is -11 % of the step; it was -4 % with serial per-pair dispatch). **It does not help decode-bound
 colocated serving when a slow GPU is slow only in compute** (the measured power-cap model): at 8 GPUs
-vibe is +0.0 % (DeepSeek-V3) and +1 to +2 % (Qwen3-235B) against token-balanced, and within +-2 % (the
+vibe is +0.0 % (DeepSeek-V3) and +1.0 to +2.3 % (Qwen3-235B) against token-balanced, and within +-2 % (the
 bisection's resolution) at EP 8, 32, 64 and 256 (items 1-2), because decode runs at the curves' floor,
 which such a GPU does not slow. The large colocated gains (+40 to +46 % for DeepSeek-V3, +11 % for
 Qwen3-235B at 8 GPUs; +29 % at EP 8 in item 2) exist only under the uniform model, where the slow GPU's
@@ -640,7 +640,8 @@ The planner's expected objective (item 4) does not change decode at EP 32: -1.3 
 resolution) under the uniform model and identical goodput under the measured one, though it predicts a
 4 % faster expert step under the uniform model: the experts are a minor part of a decode step there
 (item 8: 17 of 41 ms). Which scheduler runs matters more than the placement in colocated serving:
-vLLM-style decode-first serves 12-22 % more requests within the SLOs than SGLang's prefill-first (item 1).
+vLLM-style decode-first serves 12-22 % more requests within the SLOs than SGLang's prefill-first
+(item 1).
 
 ## Issue 19's findings, answered
 
@@ -667,8 +668,9 @@ vLLM-style decode-first serves 12-22 % more requests within the SLOs than SGLang
    seed; identical GPUs give every policy the same goodput within the interval
    (`test_identical_gpus_give_every_policy_the_same_goodput_within_the_interval`). Where attainment is
    flat at the target the goodput is not a number: DeepSeek-V3 at EP 256, uniform model, one 1.5x GPU,
-   stays at 89.7-90.2 % attainment from 70 to 265 requests/s for both policies (per-seed crossings in
-   the JSON), so that row's goodput and its wide interval say nothing about the policies.
+   stays at 89-92 % attainment from 40 to 270 requests/s for both policies (3 seeds, 7 rates, both
+   policies equal at each), and the bisection's crossings land anywhere in that range (71-263
+   requests/s, in the JSON), so that row's goodput and its wide interval say nothing about the policies.
 5. **The planner's objective** (measurement, item 4). The expected step time over a step mix
    (`--step-mix`, helper planner's `vibe.placement.routing`) plans decode at EP 32; its goodput is
    that of token-balanced within the resolution under both slowness models.
