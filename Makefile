@@ -31,7 +31,7 @@ SGLANG_VERSION := $(shell sed -n 's/^SGLANG_VERSION = "\(.*\)"/\1/p' vibe/engine
 $(VENV)/.installed: pyproject.toml vibe/engines/sglang.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,exact,bench,cluster,plot,sglang,podresources]'
+	$(BIN)/pip install --quiet -e '.[dev,exact,bench,cluster,plot,sglang,podresources,trtllm]'
 	$(BIN)/pip install --quiet --no-deps 'sglang==$(SGLANG_VERSION)'
 	touch $@
 

@@ -62,10 +62,10 @@ def inputs(layers: int, experts: int, gpus: int, slots: int, seed: int = 1) -> A
     skewed loads, the sglang format only (the smallest output)."""
     from vibe.operator.gpus import Curve, ProfileGPU, ProfileSnapshot, resolve
     from vibe.operator.planning import Inputs
-    from vibe.operator.spec import parse_spec
     from vibe.operator.workload import Loads
     from vibe.placement.curves import reference_curve
     from vibe.placement.synthetic import skewed_loads
+    from vibe.spec import parse_spec
 
     shape = (64, 16, "fp8")  # tiny experts: the CRD admits them, and no GPU memory check stops them
     tokens, seconds = reference_curve(*shape)

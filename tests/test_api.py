@@ -49,3 +49,66 @@ def test_the_crds_output_formats_are_the_engine_registry() -> None:
     assert set(formats["default"]) <= set(ENGINES)
     for engine in ENGINES.values():  # the description names each format with its key
         assert f"{engine.name} ({engine.key}" in " ".join(formats["description"].split())
+
+
+def test_every_condition_and_reason_is_documented() -> None:
+    """A condition type or reason the operator can set is API: docs/operations.md names each one."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    named = set(api.CONDITION_TYPES) | set(api.PROBLEM_REASONS)
+    named |= {api.REASON_PLACED, api.REASON_PENDING, api.REASON_INPUTS_HEALTHY, api.REASON_NO_DRIFT}
+    named.add(api.REASON_REPLACED)
+    missing = sorted(n for n in named if f"`{n}`" not in docs)
+    assert not missing, f"not in docs/operations.md: {missing}"
+
+
+def test_the_crds_generation_bound_is_the_one_both_sides_enforce() -> None:
+    """Issue 20, defect 9: a status placementGeneration past int64 made every status patch fail (422)."""
+    status = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["status"]["properties"]
+    generation = status["placementGeneration"]
+    assert generation["maximum"] == api.MAX_PLACEMENT_GENERATION < 2**63 - 1
+    assert generation["minimum"] == 0
+
+
+def _with_crd_defaults(obj: Any, schema: dict[str, Any]) -> Any:
+    """``obj`` with the schema's defaults filled in, as the API server defaults an object it stores
+    (a defaulted object gets its own properties' defaults too)."""
+    if isinstance(obj, dict):
+        out = dict(obj)
+        for key, sub in (schema.get("properties") or {}).items():
+            if key not in out and "default" in sub:
+                out[key] = sub["default"]
+            if key in out:
+                out[key] = _with_crd_defaults(out[key], sub)
+        return out
+    if isinstance(obj, list) and "items" in schema:
+        return [_with_crd_defaults(x, schema["items"]) for x in obj]
+    return obj
+
+
+def test_the_spec_parser_defaults_are_the_crds() -> None:
+    """``vibe.spec.parse_spec`` of a spec with only the required fields (what a unit test or an object
+    stored before a default existed holds) equals its parse after the CRD's own defaults are filled in:
+    a default in the parser that differs from the CRD's, or a CRD default the parser ignores, fails."""
+    from vibe.spec import parse_spec
+
+    schema = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["spec"]
+    minimal = {
+        "model": {"layers": 4, "experts": 8, "topK": 2, "hiddenSize": 64, "expertIntermediateSize": 32},
+        "gpus": {"count": 2, "slotsPerGPU": 5, "nodeSelector": {"pool": "a"}},
+        "workload": {"configMapRef": {"name": "loads"}, "stepMix": [{"tokens": 64}, {"tokens": 2048}]},
+    }
+    defaulted = _with_crd_defaults(minimal, schema)
+    filled = {"dtype", "key", "weight", "dispatch", "routingSamples", "policy", "drift", "output"}
+    assert filled <= set(_flat_keys(defaulted)), "the CRD lost a default this test relies on"
+    assert parse_spec(minimal) == parse_spec(defaulted)
+    assert parse_spec(minimal).placement_key == parse_spec(defaulted).placement_key
+
+
+def _flat_keys(obj: Any) -> list[str]:
+    if isinstance(obj, dict):
+        return [k for k, v in obj.items() for k in (k, *_flat_keys(v))]
+    if isinstance(obj, list):
+        return [k for x in obj for k in _flat_keys(x)]
+    return []

@@ -19,12 +19,10 @@ import typer
 
 from vibe.clikit import failures
 from vibe.engines import ENGINES, FormatOrAlias
-from vibe.placement.engine import PolicyName
-from vibe.placement.routing import DEFAULT_SAMPLES, DispatchName
+from vibe.placement import DEFAULT_SAMPLES, DispatchName, PolicyName
 
 if TYPE_CHECKING:
-    from vibe.placement.cost import Placement
-    from vibe.placement.engine import Result
+    from vibe.placement import Placement, Result
 
 
 COMMAND = "vibe plan"
@@ -164,7 +162,7 @@ def plan(
     table shows, per policy, the step time, the imbalance (max / mean GPU time, averaged over layers),
     the provable lower bound and the gap to it, the solve time and (with --current) the slots moved.
     """
-    from vibe.placement.errors import PlacementError
+    from vibe.placement import PlacementError
 
     with failures(COMMAND, PlacementError):
         _plan(
@@ -206,10 +204,17 @@ def _plan(
     import time
 
     from vibe.engines import ALIASES, get
-    from vibe.placement.engine import COMPARED, POLICIES, make_result, solve
-    from vibe.placement.errors import PlacementError
-    from vibe.placement.incremental import replace_incremental
-    from vibe.placement.inputs import load_json, read_fleet, read_loads
+    from vibe.placement import (
+        COMPARED,
+        POLICIES,
+        PlacementError,
+        load_json,
+        make_result,
+        read_fleet,
+        read_loads,
+        replace_incremental,
+        solve,
+    )
 
     if policy not in POLICIES:
         names = ", ".join(POLICIES)
@@ -217,13 +222,15 @@ def _plan(
     if fmt not in ENGINES and fmt not in ALIASES:
         raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(ENGINES)})")
     engine = get(fmt)
+    if fmt in ALIASES:
+        print(f"vibe plan: --format {fmt} is deprecated: it is called {engine.name} now", file=sys.stderr)
     if slots_per_gpu < 1:
         raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
     if not (time_budget > 0):
         raise PlacementError("InvalidBudget", f"--time-budget must be positive, not {time_budget:g}")
     if max_moves is not None and current_path is None:
         raise PlacementError("InvalidPlacement", "--max-moves needs --current")
-    from vibe.placement.routing import routing_from_flags
+    from vibe.placement import routing_from_flags
 
     loads_doc = load_json(loads_path, "loads")
     load_arr = read_loads(loads_doc, tokens_per_step=tokens_per_step, top_k=top_k)
@@ -303,8 +310,7 @@ def _plan(
 def _read_current(path: str, slots_per_gpu: int, num_experts: int) -> Placement:
     """The placement in service from a file of any format: JSON ones, else TensorRT-LLM's YAML."""
     from vibe.engines import ENGINES
-    from vibe.placement.errors import PlacementError
-    from vibe.placement.inputs import load_json, read_placement
+    from vibe.placement import PlacementError, load_json, read_placement
 
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -337,7 +343,9 @@ def _table(
     from rich.table import Table
 
     console = Console(stderr=to_stderr, highlight=False)
-    console.width = max(console.width, 100)  # redirected output defaults to 80 columns: too narrow
+    expected = "objective" in chosen.info  # priced by the expected objective (--step-mix)
+    # redirected output defaults to 80 columns: too narrow (and the expected objective adds a column)
+    console.width = max(console.width, 120 if expected else 100)
     layers, experts = shape
     title = f"{layers} layers x {experts} experts on {num_gpus} GPUs x {slots} slots"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
@@ -351,7 +359,6 @@ def _table(
         ("solve s", "right"),
         ("moves", "right"),
     )
-    expected = "objective" in chosen.info
     if expected:
         columns = (*columns, ("mean-load ms", "right"))
     for col, just in columns:
@@ -386,7 +393,7 @@ def _table(
         notes.append(
             f"step ms = EXPECTED step time over the step mix ({mix}; {i['samplesPerKind']} sampled routings "
             f"per kind, top-{i['topK']}, {i['dispatch']} dispatch); "
-            "bound = the samples' own bounds averaged; "
+            "bound = the sampled steps' own bounds averaged or the work bound on expected costs, the larger; "
             "mean-load ms = the mean-load model's time over the same mix"
         )
     console.print("; ".join(notes), soft_wrap=True)

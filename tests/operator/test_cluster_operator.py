@@ -6,7 +6,6 @@ namespace, fake GPU nodes (kwok) and GPUProfiles, so tests do not see each other
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 from cluster_plugin import TEST_NODES_LABEL
-from operator_builders import deployment_body, now_iso, profile_body
+from operator_builders import deployment_body, profile_body
 from operator_harness import Objects, running_operator
 
 from vibe import api, contract
@@ -333,7 +332,7 @@ def test_unparsable_loads_keep_the_last_placement(objs: Objects, fleet: Any):
     cm = objs.config_map("m-placement")
     objs.put_loads("loads", "{not json")
     c = objs.wait_condition("m", "Degraded", "True", "InvalidLoads")
-    assert "is not JSON" in c["message"] and "keeping placement generation 1" in c["message"]
+    assert "is not valid JSON" in c["message"] and "keeping placement generation 1" in c["message"]
     assert objs.condition("m", "Ready")["status"] == "True"
     assert objs.wait_event("m", "InvalidLoads")["type"] == "Warning"
     objs.put_loads("loads", json.dumps({"loads": [[1.0] * 16] * 3}))  # wrong shape
@@ -341,22 +340,6 @@ def test_unparsable_loads_keep_the_last_placement(objs: Objects, fleet: Any):
     assert "the model has 4x16" in c["message"]
     assert objs.wait_event("m", "ShapeMismatch")["type"] == "Warning"
     assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == cm["metadata"]["resourceVersion"]
-
-
-def test_stale_profiles_degrade_but_keep_the_placement(objs: Objects, fleet: Any):
-    selector, nodes = fleet(2, 4)
-    objs.create(deployment_body("m", selector=selector))
-    objs.wait_condition("m", "Ready", "True")
-    rv = objs.config_map("m-placement")["metadata"]["resourceVersion"]
-    old = copy.deepcopy(profile_body(nodes[0], gpus=4, heartbeat=now_iso(-3600)))
-    objs.put_profile(old)
-    c = objs.wait_condition("m", "Degraded", "True", "StaleGPUProfile", timeout=30)
-    assert nodes[0] in c["message"] and "keeping placement generation 1" in c["message"]
-    ev = objs.wait_event("m", "StaleGPUProfile")
-    assert ev["type"] == "Warning" and nodes[0] in ev["message"]
-    assert objs.config_map("m-placement")["metadata"]["resourceVersion"] == rv
-    objs.put_profile(profile_body(nodes[0], gpus=4))  # the agent is back
-    objs.wait_condition("m", "Degraded", "False", timeout=30)
 
 
 def test_delete_removes_the_config_map(objs: Objects, fleet: Any):

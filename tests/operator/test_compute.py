@@ -29,9 +29,9 @@ from vibe.operator.planning import WRITE, Inputs
 from vibe.operator.problems import Problem
 from vibe.operator.reconciling import Shared, _compute
 from vibe.operator.settings import OperatorSettings
-from vibe.operator.spec import parse_spec
 from vibe.operator.workload import Loads
 from vibe.placement.synthetic import skewed_loads
+from vibe.spec import parse_spec
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
 ROOT = Path(__file__).resolve().parents[2]

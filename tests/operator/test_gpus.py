@@ -11,7 +11,7 @@ from operator_builders import deployment_body, profile_body
 from vibe import api
 from vibe.operator.gpus import pod_snapshot, profile_snapshot, resolve
 from vibe.operator.problems import Problem
-from vibe.operator.spec import parse_spec
+from vibe.spec import parse_spec
 
 NOW = dt.datetime.now(dt.timezone.utc)
 
@@ -129,6 +129,36 @@ def test_statefulset_ordinals_rank_pods():
     assert b.rank < a.rank
 
 
+def test_grove_pods_rank_as_dynamo_numbers_the_nodes():
+    """Under Dynamo's Grove path: leader clique first, then worker pod i at i + 1, per scaling-group
+    replica; the same order the serving side derives (vibe.serving.rankmap.grove_node_rank)."""
+    from vibe.serving.rankmap import grove_node_rank
+
+    def grove(name: str, clique: str, index: int, replica: int = 0):
+        labels = {
+            api.GROVE_LABEL_PCLQ: clique,
+            api.GROVE_LABEL_PCLQ_POD_INDEX: str(index),
+            api.GROVE_LABEL_PCSG_REPLICA: str(replica),
+        }
+        return pod(name, "n0", labels)
+
+    pods = [
+        grove("z-wkr-1", "d-0-decode-wkr", 1),
+        grove("y-ldr-0", "d-0-decode-ldr", 0),
+        grove("x-wkr-0", "d-0-decode-wkr", 0),
+        grove("a-ldr-0", "d-1-decode-ldr", 0, replica=1),
+    ]
+    ordered = sorted(pods, key=lambda p: p.rank)
+    assert [p.name for p in ordered] == ["y-ldr-0", "x-wkr-0", "z-wkr-1", "a-ldr-0"]
+    for p in pods[:3]:
+        labels = p.labels
+        assert p.rank[1] == grove_node_rank(
+            labels[api.GROVE_LABEL_PCLQ], labels[api.GROVE_LABEL_PCLQ_POD_INDEX]
+        )
+    # Not a leader or worker clique (a single-node component): name order, as before.
+    assert grove("b", "d-0-frontend", 0).rank == (0, 1 << 30, "b")
+
+
 def test_unscheduled_or_finished_pods_are_ignored():
     assert pod_snapshot({"metadata": {"name": "p"}, "spec": {}, "status": {}}) is None
     assert (
@@ -137,40 +167,129 @@ def test_unscheduled_or_finished_pods_are_ignored():
     )
 
 
-def test_staleness_comes_from_the_agents_lease():
-    """The agent renews a Lease and no longer rewrites the profile's status: renewTime is the heartbeat."""
+def test_staleness_is_when_the_operator_saw_the_lease_renewed():
+    """The agent renews a Lease; the operator judges liveness by when it saw ``renewTime`` change, on its
+    own clock, never by the time the agent wrote (issue 20, defect 5): a renewTime in 2096 that no longer
+    changes goes stale after the TTL, and an agent whose clock lags 10 minutes but keeps renewing is
+    fresh."""
     from vibe.operator.gpus import with_leases
+    from vibe.operator.liveness import Liveness
+
+    def stamp(t: dt.datetime) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     nodes, profiles = world(heartbeat=None)  # profiles written by a Lease-era agent: no status heartbeat
-    old = (NOW - dt.timedelta(seconds=900)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    fresh = NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    leases = {"n0": {"renewTime": old, "leaseDurationSeconds": 30}, "n1": {"renewTime": fresh}}
+    live = Liveness()
+    then = NOW - dt.timedelta(seconds=900)
+    ahead = "2096-01-01T00:00:00.000000Z"  # a token may write any renewTime
+    live.observe_leases({"n0": {"renewTime": ahead}, "n1": {"renewTime": stamp(then - LAG)}}, then)
+    renewed = live.observe_leases({"n0": {"renewTime": ahead}, "n1": {"renewTime": stamp(NOW - LAG)}}, NOW)
+    assert renewed == {"n0": then, "n1": NOW}
     spec = parse_spec(deployment_body("x", count=12)["spec"])
     res = resolve(
-        spec, namespace="ns", nodes=nodes, profiles=with_leases(profiles, leases), now=NOW, profile_ttl_s=300
+        spec, namespace="ns", nodes=nodes, profiles=with_leases(profiles, renewed), now=NOW, profile_ttl_s=300
     )
-    assert res.stale_nodes == ("n0",)
-    assert res.stale_at is not None and res.stale_at > NOW  # n1's Lease + TTL
+    assert res.stale_nodes == ("n0",)  # stopped 900 s ago, whatever it wrote
+    assert res.stale_at == NOW + dt.timedelta(seconds=300)  # n1: seen renewed now, + TTL
     # Without Leases (403: a chart from before them) the profiles' own heartbeats decide, as before.
     assert with_leases(profiles, None) is profiles
+    # A Lease that goes away is forgotten (no memory of departed nodes).
+    assert live.observe_leases({"n1": {"renewTime": stamp(NOW)}}, NOW) == {"n1": NOW}
+    assert set(live.seen) == {"lease/n1"}
 
 
-def test_gpu_uuids_claimed_by_two_nodes_are_ignored():
-    """A node that claims another node's GPU (a spoofing agent, a cloned image) takes nobody's GPUs."""
+LAG = dt.timedelta(minutes=10)
+
+
+def test_a_uuid_conflict_does_not_punish_the_node_that_claimed_it_first():
+    """Node n1 lists n0's GPU UUIDs (a compromised agent): n1's profile is not believed and n0 keeps its
+    GPUs (issue 20, defect 8: before, both lost them and a deployment needing 8 went InsufficientGPUs)."""
     nodes, profiles = world(n_nodes=2, gpus=4)
+    owners: dict[str, str] = {}
+    spec8 = parse_spec(deployment_body("x", count=8)["spec"])
+    resolve(spec8, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300, owners=owners)
     liar = profile_body("n1", gpus=4)
-    liar["spec"]["gpus"][3]["uuid"] = "GPU-n0-0"
+    liar["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"  # even an older profile loses
+    for i, g in enumerate(liar["spec"]["gpus"]):
+        g["uuid"] = f"GPU-n0-{i}"
     profiles["n1"] = profile_snapshot(liar)
-    spec = parse_spec(deployment_body("x", count=6)["spec"])
-    res = resolve(spec, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300)
-    assert [g.id for g in res.gpus] == ["n0/1", "n0/2", "n0/3", "n1/0", "n1/1", "n1/2"]
-    assert "GPU-n0-0 on n0, n1" in res.notes[0]
-    with pytest.raises(Problem) as e:
+    spec4 = parse_spec(deployment_body("x", count=4)["spec"])
+    res = resolve(
+        spec4, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300, owners=owners
+    )
+    assert [g.id for g in res.gpus] == ["n0/0", "n0/1", "n0/2", "n0/3"]
+    assert res.distrusted == ("n1",)
+    assert "GPUProfile(s) of n1 list GPU UUIDs another node claimed first" in res.notes[0]
+    assert "GPU-n0-0 of n0" in res.notes[0]
+    assert not any(u.startswith("n1/") for u in res.available)
+    with pytest.raises(Problem) as e:  # only n1's 4 are lost, never n0's
         resolve(
-            parse_spec(deployment_body("x", count=8)["spec"]),
-            namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300,
-        )  # fmt: skip
-    assert e.value.reason == "InsufficientGPUs" and "claimed by more than one GPUProfile" in e.value.message
+            spec8, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300, owners=owners
+        )
+    assert e.value.reason == "InsufficientGPUs" and "4 profiled GPUs" in e.value.message
+    # Met together (an operator start, no memory): the older profile keeps the UUID.
+    fresh: dict[str, str] = {}
+    res = resolve(
+        spec4, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300, owners=fresh
+    )
+    assert res.distrusted == ("n0",)  # n1's profile is older here: the stated limit of a restart
+    # A UUID nobody claims any more is forgotten.
+    del profiles["n1"]
+    resolve(spec4, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300, owners=owners)
+    assert not [u for u in owners if u.startswith("GPU-n1-")] and owners["GPU-n0-0"] == "n0"
+
+
+def test_a_profile_listing_more_gpus_than_its_node_has_is_not_used():
+    """Issue 20, defect 2: node n0's agent lists 64 GPUs on a Node whose capacity says 4."""
+    nodes, profiles = world(n_nodes=2, gpus=4)
+    profiles["n0"] = profile_snapshot(profile_body("n0", gpus=64))
+    spec = parse_spec(deployment_body("x", count=4)["spec"])
+    unchecked = resolve(spec, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300)
+    assert unchecked.nodes == ["n0"]  # the caller checks the nodes used, then resolves again
+    res = resolve(
+        spec, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300,
+        capacity={"n0": 4}, gpu_resource="nvidia.com/gpu",
+    )  # fmt: skip
+    assert res.nodes == ["n1"] and res.distrusted == ("n0",)
+    assert "n0 (64 GPUs, capacity 4)" in res.notes[0] and "nvidia.com/gpu" in res.notes[0]
+    ok = resolve(
+        spec, namespace="ns", nodes=nodes, profiles=profiles, now=NOW, profile_ttl_s=300, capacity={"n0": 64}
+    )
+    assert ok.nodes == ["n0"] and not ok.distrusted
+
+
+def test_a_gpu_list_change_counts_once_it_has_held_for_the_settle_time():
+    """Issue 20, defect 3: GPU 3 of n0 leaves and comes back every 2 s; with a 30 s settle time the
+    resolution never moves. A GPU that stays gone counts 30 s after it went."""
+    from vibe.operator.gpus import next_snapshot
+
+    nodes = {"n0": {"pool": "a"}}
+    full = profile_snapshot(profile_body("n0", gpus=4))
+    short_body = profile_body("n0", gpus=4)
+    del short_body["spec"]["gpus"][3]
+    short = profile_snapshot(short_body)
+    spec = parse_spec(deployment_body("x", count=3)["spec"])
+    t = NOW
+    snap = next_snapshot(None, full, t, 30)  # a node's first profile counts at once
+    ids = []
+    for i in range(30):  # 60 s of flapping
+        t = NOW + dt.timedelta(seconds=2 * (i + 1))
+        snap = next_snapshot(snap, short if i % 2 == 0 else full, t, 30)
+        res = resolve(spec, namespace="ns", nodes=nodes, profiles={"n0": snap}, now=t, profile_ttl_s=1e9,
+                      settle_s=30)  # fmt: skip
+        ids.append(res.gpus_key)
+        assert "n0/3/GPU-n0-3" in res.available
+    assert len(set(ids)) == 1
+    # GPU 3 now stays gone: still counted until 30 s have passed, and the resolution says when.
+    gone_at = t + dt.timedelta(seconds=2)
+    snap = next_snapshot(snap, short, gone_at, 30)
+    res = resolve(spec, namespace="ns", nodes=nodes, profiles={"n0": snap}, now=gone_at, profile_ttl_s=1e9,
+                  settle_s=30)  # fmt: skip
+    assert res.settles_at == gone_at + dt.timedelta(seconds=30)
+    later = gone_at + dt.timedelta(seconds=30)
+    res = resolve(spec, namespace="ns", nodes=nodes, profiles={"n0": snap}, now=later, profile_ttl_s=1e9,
+                  settle_s=30)  # fmt: skip
+    assert "n0/3/GPU-n0-3" not in res.available and res.settles_at is None
 
 
 def test_pods_take_the_gpus_the_kubelet_gave_them_and_the_rule_is_a_noted_fallback():

@@ -17,12 +17,12 @@ from operator_builders import deployment_body
 from typer.testing import CliRunner
 
 from vibe.operator.problems import Problem
-from vibe.operator.spec import parse_spec
 from vibe.operator.workload import from_config_map
 from vibe.placement.curves import GPUCurve
 from vibe.placement.errors import PlacementError
 from vibe.placement.inputs import MAX_JSON_DEPTH, load_json, parse_json, read_loads
 from vibe.plan import plan as plan_command
+from vibe.spec import parse_spec
 
 DEEP = "[" * 100_000 + "]" * 100_000  # 200 kB, as in the report
 HUGE_INT = '{"loads": [' + ",".join(["[" + "9" * 5000 + "," + ",".join(["1"] * 15) + "]"] * 4) + "]}"

@@ -27,9 +27,9 @@ from vibe.operator.planning import (
     plan,
 )
 from vibe.operator.problems import Problem
-from vibe.operator.spec import parse_spec
 from vibe.operator.workload import Loads, from_config_map, uniform
 from vibe.placement.synthetic import skewed_loads
+from vibe.spec import parse_spec
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -81,10 +81,15 @@ def test_first_plan_solves_and_renders_deterministic_data():
         and s["stepTimeSeconds"] <= s["baseline"]["stepTimeSeconds"]
     )
     assert s["loadsSource"] == "ns/l:loads.json" and s["curveSource"] == "measured"
-    # The cached, bound-sharing baseline prices exactly like solving token-balanced outright.
+    # The cached, bound-sharing baseline prices exactly like solving token-balanced outright, by the
+    # expected objective of the spec's step mix (here: the profile's own tokens per step).
+    from vibe.operator.planning import routing_of
     from vibe.placement import solve
 
-    tb = solve(inp.loads.tokens, inp.gpus.fleet, 3, "token-balanced")
+    routing = routing_of(inp.spec, inp.loads.tokens, len(inp.gpus.fleet))
+    assert s["objective"] == "expected" and s["stepMix"] == routing.mix.as_json()
+    assert s["meanLoadStepTimeSeconds"] > 0 and s["routingSamples"] == 16
+    tb = solve(inp.loads.tokens, inp.gpus.fleet, 3, "token-balanced", routing=routing)
     assert p1.baseline.step_time_s == pytest.approx(tb.step_time_s, rel=1e-12)
     assert p1.baseline.lower_bound_s == pytest.approx(tb.lower_bound_s, rel=1e-12)
 
@@ -201,15 +206,49 @@ def test_max_moves_bounds_the_replacement():
     assert p.action == WRITE and 0 < p.result.moves <= 3
 
 
-def test_gpus_changed_replace_at_once_even_within_cooldown():
+def test_a_gpu_gone_is_replaced_at_once_even_within_cooldown():
     cur, _ = in_service(inputs())
     inp = inputs()
     renamed = copy.copy(inp.gpus)
-    object.__setattr__(
-        renamed, "gpus", tuple(type(g)(g.node, g.index, g.uuid + "-new") for g in inp.gpus.gpus)
-    )
+    new = tuple(type(g)(g.node, g.index, g.uuid + "-new") for g in inp.gpus.gpus)
+    object.__setattr__(renamed, "gpus", new)
+    object.__setattr__(renamed, "available", frozenset(f"{g.id}/{g.uuid}" for g in new))
     p = plan(Inputs(inp.spec, renamed, inp.loads), cur, prior_drift=None, now=NOW)
     assert (p.action, p.reason) == (WRITE, "GPUsChanged")
+    assert "(n0/0, n0/1, n0/2 and 5 more gone)" in p.message
+
+
+def test_other_gpus_with_every_gpu_in_service_still_there_wait_for_the_cooldown():
+    """Issue 20, defect 3: a GPU back (or a pod moved) while every GPU in service still exists is a
+    re-placement like any drift: rate-limited by the cooldown since the last placement."""
+    cur, _ = in_service(inputs())
+    inp = inputs()
+    moved = copy.copy(inp.gpus)
+    gpus = tuple(reversed(inp.gpus.gpus))  # the same GPUs in another rank order
+    object.__setattr__(moved, "gpus", gpus)
+    object.__setattr__(moved, "available", frozenset(f"{g.id}/{g.uuid}" for g in gpus))
+    assert Inputs(inp.spec, moved, inp.loads).keys.gpus != inp.keys.gpus
+    p = plan(Inputs(inp.spec, moved, inp.loads), cur, prior_drift=None, now=NOW)
+    assert (p.action, p.reason) == (NOTHING, COOLDOWN) and p.retry_at is not None
+    assert p.drift is not None and p.drift["kind"] == "GPUsChanged"
+    later = plan(Inputs(inp.spec, moved, inp.loads), cur, prior_drift=p.drift, now=p.retry_at)
+    assert (later.action, later.reason) == (WRITE, "GPUsChanged")
+
+
+def test_changes_under_a_cooldown_are_not_evaluated_again_until_it_ends():
+    """Weak spot: loads changing every second under a 300 s cooldown wrote status and posted a
+    CooldownActive Event per change (60 a minute). The decision stands until the cooldown ends."""
+    body = deployment_body("m", workload={"configMapRef": {"name": "l"}},
+                           drift={"minGain": 0.0, "cooldownSeconds": 300})  # fmt: skip
+    cur, _ = in_service(inputs(body))
+    first = plan(inputs(body, loads_seed=2), cur, prior_drift=None, now=NOW + dt.timedelta(seconds=1))
+    assert first.reason == COOLDOWN and first.evaluated_drift
+    for i in range(3, 63):  # a new load profile every second
+        now = NOW + dt.timedelta(seconds=i)
+        p = plan(inputs(body, loads_seed=i), cur, prior_drift=first.drift, now=now)
+        assert (p.action, p.reason, p.drift) == (NOTHING, COOLDOWN, first.drift) and not p.evaluated_drift
+    end = plan(inputs(body, loads_seed=99), cur, prior_drift=first.drift, now=first.retry_at)
+    assert end.evaluated_drift and end.action == WRITE and end.reason == "Replaced"
 
 
 def test_stale_profiles_keep_the_placement():
@@ -295,3 +334,18 @@ def test_a_placement_in_service_of_another_shape_is_solved_again_not_a_crash():
     p, _ = compute(inputs(loads_seed=7), cur, None, NOW, 0.2)
     assert p.action == WRITE and p.reason == "Placed"
     assert "does not fit" in p.message
+
+
+def test_a_placement_priced_by_the_mean_load_objective_states_no_loss_under_the_expected_one():
+    """An older operator wrote a mean-load summary (no ``objective``): its step time is not comparable
+    with the expected objective's, so drift reports no loss against it, and still re-places for a gain."""
+    cur, _ = in_service(inputs())
+    old = copy.deepcopy(cur)
+    for key in ("objective", "stepMix", "dispatch", "routingSamples", "meanLoadStepTimeSeconds"):
+        old.summary.pop(key)
+    body = deployment_body(
+        "m", workload={"configMapRef": {"name": "l"}}, drift={"minGain": 0.01, "cooldownSeconds": 0}
+    )
+    p = plan(inputs(body, slow={"n0": {0: 2.0}}), old, prior_drift=None, now=NOW)
+    assert p.drift["loss"] == 0 and p.drift["gain"] >= 0.01 and p.reason == REPLACED
+    assert plan(inputs(body, slow={"n0": {0: 2.0}}), cur, prior_drift=None, now=NOW).drift["loss"] > 0

@@ -8,7 +8,7 @@ from operator_builders import deployment_body
 
 from vibe.operator import conditions as cond
 from vibe.operator.conditions import Condition
-from vibe.operator.spec import parse_spec
+from vibe.spec import parse_spec
 
 
 def test_defaults_match_the_crd():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -47,11 +48,24 @@ def vllm_python() -> str:
 def probe(*args: str, env: dict[str, str] | None = None, timeout: float = 500) -> dict:
     full = {k: v for k, v in os.environ.items() if not k.startswith("VIBE_VLLM_")}
     full.update(env or {})
-    proc = subprocess.run(
-        [vllm_python(), str(PROBE), *args], capture_output=True, text=True, timeout=timeout, env=full
+    # its own session: on a timeout (ranks that split their answers hang in vLLM's weight transfer) the
+    # ranks it spawned go with it
+    proc = subprocess.Popen(
+        [vllm_python(), str(PROBE), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the vLLM probe {args[0]} did not finish in {timeout:.0f} s (ranks hung?)")
+    assert proc.returncode == 0, stderr[-5000:]
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def configmap(generation: int, seed: int, gpus: int = RANKS, layers: int = LAYERS) -> dict[str, str]:
@@ -110,6 +124,7 @@ def test_vllms_eplb_moves_experts_to_vibes_placement_live(tmp_path: Path) -> Non
     gen2, gen3 = configmap(2, seed=2), configmap(3, seed=3)
     stale2 = configmap(2, seed=4)  # a hand rollback to an older generation
     gen4_wrong_layers = configmap(4, seed=5, layers=LAYERS + 1)
+    gen5 = configmap(5, seed=6)
     assert phy2log(gen2) != phy2log(gen3)
     phases = [
         ("misfit", [misfit, misfit]),
@@ -119,6 +134,7 @@ def test_vllms_eplb_moves_experts_to_vibes_placement_live(tmp_path: Path) -> Non
         ("agree", [None, gen3]),
         ("rollback", [stale2, stale2]),
         ("misfit-later", [gen4_wrong_layers, gen4_wrong_layers]),
+        ("async", [gen5, gen5]),  # async EPLB: the policy answers from vLLM's EPLB worker thread
     ]
     scenario = {
         "ranks": RANKS,
@@ -127,7 +143,13 @@ def test_vllms_eplb_moves_experts_to_vibes_placement_live(tmp_path: Path) -> Non
         "redundant": PHYSICAL - EXPERTS,
         "window": WINDOW,
         "phases": [
-            {"name": name, "data": data, "window_counts": window_counts(i), "profile": name == "profile"}
+            {
+                "name": name,
+                "data": data,
+                "window_counts": window_counts(i),
+                "profile": name == "profile",
+                "async": name == "async",
+            }
             for i, (name, data) in enumerate(phases)
         ],
     }
@@ -157,11 +179,14 @@ def test_vllms_eplb_moves_experts_to_vibes_placement_live(tmp_path: Path) -> Non
     assert later["map"] == phy2log(gen3)
     assert "placement has 4 MoE layers but vLLM's model has 3" in later["log"][0]
     assert all(not r["log"] for r in by_phase["misfit-later"][1:]), "only EP rank 0 logs"
+    asynchronous = by_phase["async"]
+    assert asynchronous[0]["async_answer"] == asynchronous[1]["async_answer"] == phy2log(gen5)
+    assert asynchronous[0]["map"] == phy2log(gen3)  # the worker's transfer loop (GPU only) did not run
 
     # the last window, all-reduced over the ranks and folded to logical experts; the vllm record's loads
     # reader (what `vibe serving export-loads --engine vllm` runs) makes it tokens per step
     last = np.asarray(scenario["phases"][-1]["window_counts"]).sum(axis=(0, 1))  # [layers, physical]
-    in_service = np.asarray(by_phase["rollback"][0]["map"])  # the map the window was recorded under
+    in_service = np.asarray(by_phase["misfit-later"][0]["map"])  # the map the window was recorded under
     logical = np.zeros((LAYERS, EXPERTS))
     for layer in range(LAYERS):
         np.add.at(logical[layer], in_service[layer], last[layer])

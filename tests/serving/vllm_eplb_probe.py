@@ -12,7 +12,9 @@ vLLM's torch pin differs from the agent's). Modes:
     weights are CPU tensors (each slot's weight holds the id of the logical expert in it), and for each
     phase of the scenario: swap each rank's mounted placement volume (kubelet's atomic ``..data`` swap),
     fill the load window, and call ``EplbState.rearrange()`` (``is_profile=True`` for a phase marked
-    ``profile``: vLLM's profile run at start, which asks the policy but commits nothing) -- which
+    ``profile``: vLLM's profile run at start, which asks the policy but commits nothing; for a phase marked
+    ``async``, async EPLB's call: ``rearrange()`` hands the window to ``run_rebalance_experts``, called
+    from another thread as vLLM's EPLB worker thread does, and the answer is reported) -- which
     all-reduces the window, calls the
     registered policy's ``rebalance_experts`` on every rank, moves the expert weights between the ranks
     (vLLM's ``torch_gloo`` communicator) and commits the maps. Each rank writes, per phase, the map it
@@ -31,6 +33,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -51,6 +54,9 @@ def _cpu_shims() -> None:
 
         def elapsed_time(self, other: object) -> float:
             return 0.0
+
+        def wait(self, stream: object = None) -> None:
+            pass
 
     class _Stream:
         def synchronize(self) -> None:
@@ -203,7 +209,29 @@ def _worker(rank: int, world: int, port: int, scenario: dict, out_dir: str) -> N
             model_state.expert_load_window.copy_(window)
             lines.lines.clear()
             before = model_state.physical_to_logical_map.clone()
-            state.rearrange(is_profile=bool(phase.get("profile")))  # profile: what vLLM's start does
+            async_answer = None
+            if phase.get("async"):
+                # async EPLB (vLLM's default): rearrange() only snapshots the window for the EPLB worker
+                # thread, which calls the policy through run_rebalance_experts (its transfer loop needs a
+                # GPU stream: not run, so nothing is committed)
+                from vllm.distributed.eplb.async_worker import run_rebalance_experts
+
+                state.is_async = True
+                state.rearrange()
+                answer: dict = {}
+
+                def in_worker_thread(answer: dict = answer) -> None:
+                    answer["map"] = run_rebalance_experts(
+                        model_state, state, model_state.physical_to_logical_map.cpu(), None
+                    )
+
+                thread = threading.Thread(target=in_worker_thread)
+                thread.start()
+                thread.join()
+                async_answer = answer["map"].tolist()
+                state.is_async = False
+            else:
+                state.rearrange(is_profile=bool(phase.get("profile")))  # profile: what vLLM's start does
             from vllm.distributed.eplb.policy.default import DefaultEplbPolicy
 
             default = DefaultEplbPolicy.rebalance_experts(
@@ -220,6 +248,7 @@ def _worker(rank: int, world: int, port: int, scenario: dict, out_dir: str) -> N
                     "weights_follow_map": held == want,
                     "log": list(lines.lines),
                     "default_answer": default.tolist(),
+                    "async_answer": async_answer,
                 }
             )
             torch.distributed.barrier()

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vibe.spec import DEFAULT_DTYPE, model_shape
+
 #: Token counts of a full profile: 1, 2, 4, ..., 8192 (14 points).
 TOKEN_GRID: tuple[int, ...] = tuple(2**k for k in range(14))
 
@@ -100,7 +102,8 @@ def dedupe(shapes: Iterable[ExpertShape]) -> list[ExpertShape]:
 
 
 def shapes_from_moedeployments(bodies: Iterable[Mapping[str, Any]]) -> list[ExpertShape]:
-    """Expert shapes served by MoEDeployments (their ``spec.model``), in the model's dtype.
+    """Expert shapes served by MoEDeployments (their ``spec.model``, read by ``vibe.spec.model_shape``, the
+    operator's reader), in the model's dtype.
 
     Bodies that lack a model shape are skipped: the API server validates them, and a half-written object
     must not stop the agent.
@@ -109,12 +112,12 @@ def shapes_from_moedeployments(bodies: Iterable[Mapping[str, Any]]) -> list[Expe
     for body in bodies:
         model = ((body.get("spec") or {}).get("model")) or {}
         try:
-            h, i = int(model["hiddenSize"]), int(model["expertIntermediateSize"])
+            h, i, dtype = model_shape(model)
         except (KeyError, TypeError, ValueError):
             continue
-        dtype = str(model.get("dtype") or "bf16").lower()
+        dtype = dtype.lower()
         if dtype not in DTYPES:
-            dtype = "bf16"
+            dtype = DEFAULT_DTYPE
         name = str((body.get("metadata") or {}).get("name") or "")
         if h > 0 and i > 0:
             out.append(ExpertShape(h, i, dtype, name))

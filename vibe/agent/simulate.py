@@ -364,7 +364,7 @@ def reference_on_grid(shape: ExpertShape, tokens: Sequence[int]) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _reference_on_grid(key: tuple[int, int, str], tokens: tuple[int, ...]) -> np.ndarray:
-    from vibe.placement.curves import reference_curve
+    from vibe.placement import reference_curve
 
     ref_t, ref_s = reference_curve(*key)
     t = np.asarray(tokens, dtype=float)

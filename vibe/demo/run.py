@@ -402,7 +402,7 @@ class Demo:
     def apply_deployment(self) -> None:
         from kubernetes import client
 
-        from vibe.placement.synthetic import skewed_loads
+        from vibe.placement import skewed_loads
 
         self.step("Apply a DeepSeek-V3 MoEDeployment (58 layers x 256 experts, EP 64, 5 slots per GPU)")
         loads = skewed_loads(58, 256, mean_tokens=512.0, seed=3)
@@ -606,8 +606,7 @@ def simulated_impact() -> str:
     """One line from ``vibe simulate`` on the demo's own inputs (its fleet file, loads and slots)."""
     try:
         from vibe.agent.simulate import load_fleet
-        from vibe.placement.curves import Fleet, GPUCurve, reference_curve
-        from vibe.placement.synthetic import FLOOR_SHARE, skewed_loads, slowed_curve
+        from vibe.placement import FLOOR_SHARE, Fleet, GPUCurve, reference_curve, skewed_loads, slowed_curve
         from vibe.simulate.impact import impact_line
 
         t, s = reference_curve(7168, 2048, "fp8")

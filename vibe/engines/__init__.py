@@ -1,13 +1,13 @@
 """vibe.engines: one record per engine file format -- everything vibe knows about consuming a placement.
 
 A format's record (``Engine``) says, in one place: its name (the MoEDeployment's ``spec.output.formats``
-value, ``vibe plan --format``, ``vibe serving init --out NAME=PATH``), its ConfigMap key, its writer from
-a placement result, its reader back to a ``Placement``, its fit check against the engine as launched,
+value, ``vibe plan --format``, ``vibe serving init --engine-file NAME=PATH``), its ConfigMap key, its writer
+from a placement result, its reader back to a ``Placement``, its fit check against the engine as launched,
 the files ``vibe serving init`` writes, its statistics reader (engine counts -> vibe's loads), what an
-update can do (``restart`` or ``live``), and how the engine splits an expert's tokens over its replicas
-(the dispatch ``vibe.placement.cost.evaluate`` prices). The operator's output, ``vibe plan``, ``vibe
-serving init``/``watch``/``export-loads`` loop over ``ENGINES``; adding an engine is one module here and
-one line in ``ENGINES`` (ARCHITECTURE.md, "Add an engine").
+update can do (``restart`` or ``live``), and how the engine splits an expert's tokens over its replicas (the
+dispatch ``vibe.placement.cost.evaluate`` prices). The operator's output, ``vibe plan``, ``vibe serving
+init``/``watch``/``export-loads`` loop over ``ENGINES``; adding an engine is one module here and one line in
+``ENGINES`` (ARCHITECTURE.md, "Add an engine").
 
 Pure (numpy, json, yaml; safetensors and torch only where a format needs them): no Kubernetes. Layer:
 above ``vibe.placement`` (writers take its ``Result``, readers give its ``Placement``), below the
@@ -34,9 +34,7 @@ from vibe.engines.loads import Loads
 from vibe.engines.settings import EngineSettings
 
 if TYPE_CHECKING:
-    from vibe.placement.cost import Placement
-    from vibe.placement.curves import Fleet
-    from vibe.placement.engine import Result
+    from vibe.placement import Fleet, Placement, Result
 
 #: What a newer placement can do to a running engine: roll the serving group, or reach it live.
 Update = Literal["restart", "live"]
@@ -47,7 +45,7 @@ class Engine:
     """One output format and what vibe knows about the engine that consumes it.
 
     Attributes:
-        name: the one name of the format everywhere (CRD enum, ``vibe plan --format``, ``--out NAME=``).
+        name: the one name of the format everywhere (CRD enum, ``vibe plan --format``, ``--engine-file``).
         key: the ConfigMap key (and ``vibe plan``'s default file name).
         engine: the engine in words (docs, messages).
         write: ``(result, fleet, baseline) -> bytes``, deterministic.

@@ -14,12 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from vibe.api import API_VERSION
 from vibe.engines._common import dump, num
-from vibe.placement.cost import Placement
-from vibe.placement.inputs import read_placement
+from vibe.placement import Placement, read_placement
 
 if TYPE_CHECKING:
-    from vibe.placement.curves import Fleet
-    from vibe.placement.engine import Result
+    from vibe.placement import Fleet, Result
 
 NAME = "vibe"
 KEY = "placement.json"
@@ -28,7 +26,7 @@ KIND = "ExpertPlacement"
 
 def write(result: Result, fleet: Fleet, baseline: Result | None = None) -> bytes:
     """The canonical placement document (see the module docstring)."""
-    from vibe.placement.errors import PlacementError
+    from vibe.placement import PlacementError
 
     pl = result.placement
     if pl.num_gpus != len(fleet):

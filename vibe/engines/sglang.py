@@ -42,12 +42,10 @@ from vibe.engines._common import check_rows, check_slots, dump, int_matrix, perm
 from vibe.engines.errors import EngineError
 from vibe.engines.loads import Loads, to_loads
 from vibe.engines.settings import EngineSettings
-from vibe.placement.cost import Placement
-from vibe.placement.inputs import read_placement
+from vibe.placement import Placement, read_placement
 
 if TYPE_CHECKING:
-    from vibe.placement.curves import Fleet
-    from vibe.placement.engine import Result
+    from vibe.placement import Fleet, Result
 
 log = logging.getLogger(__name__)
 

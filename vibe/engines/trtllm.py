@@ -51,11 +51,10 @@ from vibe.engines._common import check_slots
 from vibe.engines.errors import EngineError
 from vibe.engines.loads import Loads
 from vibe.engines.settings import EngineSettings
-from vibe.placement.cost import Placement
+from vibe.placement import Placement
 
 if TYPE_CHECKING:
-    from vibe.placement.curves import Fleet
-    from vibe.placement.engine import Result
+    from vibe.placement import Fleet, Result
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +201,7 @@ def _assignments(doc: Any, where: str) -> tuple[int, dict[int, list[int]]]:
 
 def read(doc: Any, *, slots_per_gpu: int | None, num_experts: int | None) -> Placement:
     """The placement a load-balancer document holds (its layers in ascending key order)."""
-    from vibe.placement.errors import PlacementError
+    from vibe.placement import PlacementError
 
     try:
         num_slots, table = _assignments(doc, KEY)
@@ -245,7 +244,7 @@ def fit(doc: Any, settings: EngineSettings, where: str = KEY) -> dict[str, Any]:
             f"{where}: num_slots {num_slots} is not divisible by ep_size {settings.ep_size}"
             " (TensorRT-LLM's MoeLoadBalancerConfig.setup raises ValueError)",
         )
-    experts = check_slots(num_slots, settings, where, "num_slots - num_experts to")
+    experts = check_slots(num_slots, settings, where, "vibe serving init --redundant-experts")
     if experts > MAX_EXPERTS:
         raise EngineError(
             "PlacementMismatch",

@@ -12,6 +12,7 @@ duplicate placement generation. ``--standalone`` (the default without ``--peerin
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Annotated
 
@@ -39,6 +40,10 @@ def run(
         float, typer.Option(help="Seconds without a GPUProfile heartbeat before it counts as stale.")
     ] = 300.0,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 8080,
+    metrics_addr: Annotated[
+        str,
+        typer.Option(help="Address the metrics server binds (127.0.0.1: reachable only inside the pod)."),
+    ] = "0.0.0.0",
     liveness: Annotated[
         str | None, typer.Option(help="Liveness endpoint, e.g. http://0.0.0.0:8081/healthz (Kopf's probe).")
     ] = None,
@@ -53,6 +58,17 @@ def run(
         float, typer.Option(help="Placement search budget per solve, in (deterministic) seconds.")
     ] = 1.0,
     resync: Annotated[float, typer.Option(help="Reconcile every deployment at least this often (s).")] = 60.0,
+    gpu_resource: Annotated[
+        str,
+        typer.Option(
+            help="Node capacity resource counting a node's GPUs; a GPUProfile listing more is not used "
+            '("": no check).'
+        ),
+    ] = "nvidia.com/gpu",
+    gpu_settle: Annotated[
+        float,
+        typer.Option(help="Seconds a change of a node's GPU list must hold before placements follow it."),
+    ] = 30.0,
     compute_processes: Annotated[
         int | None,
         typer.Option(
@@ -87,8 +103,11 @@ def run(
         profile_namespace=profile_namespace,
         profile_ttl_s=profile_ttl,
         metrics_port=metrics_port,
+        metrics_addr=metrics_addr,
         solve_budget_s=solve_budget,
         resync_s=resync,
+        gpu_resource=gpu_resource,
+        gpu_settle_s=gpu_settle,
         **({"compute_processes": compute_processes} if compute_processes is not None else {}),
         kubeconfig=str(kubeconfig) if kubeconfig is not None else None,
         context=context,
@@ -136,4 +155,7 @@ def run(
         peering_name=peering if peering and not standalone else None,
         priority=priority or 0,
         liveness_endpoint=liveness,
+        # The pod's name (the chart sets POD_NAME) as the peering identity: a container restarted in
+        # the same pod replaces its own entry instead of waiting for its dead self's keep-alive to lapse.
+        identity=os.environ.get("POD_NAME") or None,  # type: ignore[arg-type]  # kopf's NewType of str
     )

@@ -53,7 +53,7 @@ from vibe.operator import metrics, output, planning
 from vibe.operator.output import InService
 from vibe.operator.planning import WRITE, Inputs, Plan
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DeploymentSpec
+from vibe.spec import DeploymentSpec
 
 logger = logging.getLogger("vibe.operator")
 
@@ -139,7 +139,7 @@ def _init_worker(parent: int, allowance: int, nice: int = 0) -> None:
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
-    import vibe.placement.engine  # noqa: F401  (the solver's imports, before measuring the size)
+    from vibe.placement import solve  # noqa: F401  (the solver's imports, before measuring the size)
 
     if allowance > 0:
         limit = _vm_size() + allowance

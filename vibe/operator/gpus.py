@@ -27,12 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from vibe.api import LWS_LABEL_GROUP_INDEX, LWS_LABEL_WORKER_INDEX, STS_LABEL_POD_INDEX
+from vibe.api import (
+    GROVE_LABEL_PCLQ,
+    GROVE_LABEL_PCLQ_POD_INDEX,
+    GROVE_LABEL_PCSG_REPLICA,
+    GROVE_LEADER_SUFFIX,
+    GROVE_WORKER_SUFFIX,
+    LWS_LABEL_GROUP_INDEX,
+    LWS_LABEL_WORKER_INDEX,
+    STS_LABEL_POD_INDEX,
+)
 from vibe.operator.clock import parse_time
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DeploymentSpec, fingerprint
-from vibe.placement.curves import DTYPE_BYTES, Fleet, GPUCurve, scale_curve
-from vibe.placement.errors import PlacementError
+from vibe.placement import DTYPE_BYTES, Fleet, GPUCurve, PlacementError, scale_curve
+from vibe.spec import DeploymentSpec, fingerprint
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +76,11 @@ class ProfileSnapshot:
     source: str
     heartbeat: dt.datetime | None
     pods: Mapping[tuple[str, str], tuple[str, ...]] | None = None  # (ns, pod) -> GPU UUIDs, when reported
+    created: str = ""  # metadata.creationTimestamp (the older profile keeps a UUID both claim)
+    #: When the operator saw the GPU list (indices, UUIDs) take its current value (None: from the start),
+    #: and the list in effect before it; the current one counts once it has held for the settle time.
+    gpus_since: dt.datetime | None = None
+    settled: tuple[ProfileGPU, ...] | None = None
 
     def stale(self, now: dt.datetime, ttl_s: float) -> bool:
         return self.heartbeat is not None and (now - self.heartbeat).total_seconds() > ttl_s
@@ -105,6 +118,11 @@ class Resolution:
     stale_nodes: tuple[str, ...]
     notes: tuple[str, ...]
     stale_at: dt.datetime | None = None  # when the first fresh profile in use turns stale
+    settles_at: dt.datetime | None = None  # when a GPU list change of a node it may use starts to count
+    #: Every GPU of the trusted, settled profiles, as "node/index/uuid" (what is not here is gone).
+    available: frozenset[str] = frozenset()
+    #: Nodes whose profile is not believed (more GPUs than the Node's capacity, another node's UUIDs).
+    distrusted: tuple[str, ...] = ()
 
     @property
     def nodes(self) -> list[str]:
@@ -169,7 +187,80 @@ def profile_snapshot(body: Mapping[str, Any]) -> ProfileSnapshot:
         gpus=tuple(sorted(gpus, key=lambda x: x.index)),
         source=str(spec.get("source") or "measured"),
         heartbeat=parse_time(status.get("heartbeatTime")),
+        created=str((body.get("metadata") or {}).get("creationTimestamp") or ""),
     )
+
+
+def gpu_identity(gpus: Iterable[ProfileGPU]) -> tuple[tuple[int, str], ...]:
+    """What makes a GPU list another one: the GPUs' (index, UUID), not their curves."""
+    return tuple((g.index, g.uuid) for g in gpus)
+
+
+def next_snapshot(
+    old: ProfileSnapshot | None, new: ProfileSnapshot, now: dt.datetime, settle_s: float
+) -> ProfileSnapshot:
+    """``new`` (a node's profile as just read) with its GPU list's history carried from ``old``.
+
+    A GPU list that differs from the previous one starts its settle time now; the list that was in
+    effect before (the previous one if it had held for ``settle_s``, else the one before that) stays in
+    use until then (``settle``). A first profile of a node counts at once.
+    """
+    if old is None:
+        return new
+    if gpu_identity(old.gpus) == gpu_identity(new.gpus):
+        return replace(new, gpus_since=old.gpus_since, settled=old.settled)
+    held = old.gpus_since is None or (now - old.gpus_since).total_seconds() >= settle_s
+    before = old.gpus if held or old.settled is None else old.settled
+    return replace(new, gpus_since=now, settled=before)
+
+
+def settle(
+    profiles: Mapping[str, ProfileSnapshot], now: dt.datetime, settle_s: float
+) -> tuple[dict[str, ProfileSnapshot], dict[str, dt.datetime]]:
+    """The profiles with each GPU list that changed less than ``settle_s`` ago replaced by the list in
+    effect before it (a GPU flapping in and out of a profile moves nothing until it holds still), and,
+    for those nodes, when their current list starts to count.
+
+    A GPU of the earlier list that is still there keeps its current curves (performance drift is not
+    held back); one that is gone keeps its last curves until the change counts.
+    """
+    out = dict(profiles)
+    pending: dict[str, dt.datetime] = {}
+    for node, snap in profiles.items():
+        if snap.gpus_since is None or snap.settled is None:
+            continue
+        if gpu_identity(snap.settled) == gpu_identity(snap.gpus):
+            continue
+        at = snap.gpus_since + dt.timedelta(seconds=settle_s)
+        if now >= at:
+            continue
+        pending[node] = at
+        current = {(g.index, g.uuid): g for g in snap.gpus}
+        gpus = tuple(current.get((g.index, g.uuid), g) for g in snap.settled)
+        out[node] = replace(snap, gpus=gpus)
+    return out, pending
+
+
+def within_capacity(
+    profiles: Mapping[str, ProfileSnapshot], capacity: Mapping[str, int], resource: str
+) -> tuple[dict[str, ProfileSnapshot], list[str], list[str]]:
+    """The profiles without the GPUs of a node whose profile lists more GPUs than its Node's capacity of
+    ``resource`` (``capacity``: node -> GPUs; nodes not in it are not checked), a note, and those nodes.
+
+    A node's GPUs are at most what the Node reports (the device plugin's count, which the node's agent
+    cannot write): a profile claiming more is not believed at all, not trimmed to the first ones.
+    """
+    out = dict(profiles)
+    bad = []
+    for node, snap in profiles.items():
+        cap = capacity.get(node)
+        if cap is not None and len(snap.gpus) > cap:
+            out[node] = replace(snap, gpus=())
+            bad.append(f"{node} ({len(snap.gpus)} GPUs, capacity {cap})")
+    if not bad:
+        return out, [], []
+    note = f"GPUProfile(s) listing more GPUs than their Node's {resource} capacity are not used: {_few(bad)}"
+    return out, [note], [b.split(" ", 1)[0] for b in bad]
 
 
 def pod_snapshot(body: Mapping[str, Any]) -> PodSnapshot | None:
@@ -190,11 +281,18 @@ def pod_snapshot(body: Mapping[str, Any]) -> PodSnapshot | None:
 
 
 def pod_rank(meta: Mapping[str, Any]) -> tuple[int, int, str]:
-    """(group, worker, name): LeaderWorkerSet indices, else the StatefulSet ordinal, else name order."""
+    """(group, worker, name): LeaderWorkerSet indices; under NVIDIA Dynamo's Grove path the scaling-group
+    replica and the node rank Dynamo gives (leader PodClique 0, worker pod i ``GROVE_PCLQ_POD_INDEX + 1``,
+    as ``vibe.serving.rankmap.grove_node_rank`` on the serving side); else the StatefulSet ordinal; else
+    name order."""
     labels = meta.get("labels") or {}
     name = str(meta.get("name") or "")
     if LWS_LABEL_WORKER_INDEX in labels:
         return (_int(labels.get(LWS_LABEL_GROUP_INDEX), 0), _int(labels[LWS_LABEL_WORKER_INDEX], 0), name)
+    clique, index = str(labels.get(GROVE_LABEL_PCLQ, "")), _int(labels.get(GROVE_LABEL_PCLQ_POD_INDEX), -1)
+    if index >= 0 and clique.endswith((GROVE_LEADER_SUFFIX, GROVE_WORKER_SUFFIX)):
+        rank = 0 if clique.endswith(GROVE_LEADER_SUFFIX) else index + 1
+        return (_int(labels.get(GROVE_LABEL_PCSG_REPLICA), 0), rank, name)
     if STS_LABEL_POD_INDEX in labels:
         return (0, _int(labels[STS_LABEL_POD_INDEX], 0), name)
     owners = meta.get("ownerReferences") or ()
@@ -205,50 +303,66 @@ def pod_rank(meta: Mapping[str, Any]) -> tuple[int, int, str]:
 
 
 def with_leases(
-    profiles: Mapping[str, ProfileSnapshot], leases: Mapping[str, Mapping[str, Any]] | None
+    profiles: Mapping[str, ProfileSnapshot], renewed: Mapping[str, dt.datetime] | None
 ) -> Mapping[str, ProfileSnapshot]:
-    """The profiles with each node's liveness from its agent's Lease (``renewTime``).
+    """The profiles with each node's liveness from its agent's Lease: ``renewed`` maps a node to when the
+    operator saw its Lease renewed (``liveness.Liveness``, the operator's clock, never the agent's).
 
-    A node without a Lease keeps the profile's own ``status.heartbeatTime`` (agents from before Leases;
-    none: never stale), as does every node when ``leases`` is None (they could not be read).
+    A node without a Lease keeps the profile's own heartbeat (agents from before Leases, also observed
+    by the operator; none: never stale), as does every node when ``renewed`` is None (Leases could not
+    be read).
     """
-    if not leases:
+    if not renewed:
         return profiles
     out = dict(profiles)
     for node, snap in profiles.items():
-        spec = leases.get(node)
-        if spec is None:
-            continue
-        renewed = parse_time(spec.get("renewTime"))
-        if renewed is not None:
-            out[node] = replace(snap, heartbeat=renewed)
+        seen = renewed.get(node)
+        if seen is not None:
+            out[node] = replace(snap, heartbeat=seen)
     return out
 
 
-def trusted(profiles: Mapping[str, ProfileSnapshot]) -> tuple[dict[str, ProfileSnapshot], list[str]]:
-    """The profiles without the GPUs whose UUID more than one node claims, and a note naming them.
+def trusted(
+    profiles: Mapping[str, ProfileSnapshot], owners: dict[str, str] | None = None
+) -> tuple[dict[str, ProfileSnapshot], list[str], list[str]]:
+    """The profiles without those of nodes that list another node's GPU UUID, a note naming them, and
+    those nodes.
 
-    A GPU UUID is hardware identity: two nodes claiming one means one of them lies (or a disk image was
-    cloned with a profile in it), and there is no telling which, so neither node's claim is used.
+    A GPU UUID is hardware identity: two nodes claiming one means one of them lies (a compromised agent,
+    or a disk image cloned with a profile in it). The UUID stays with the node that claimed it first as
+    this operator saw it (``owners``: UUID -> node, kept across calls and updated here), else, when both
+    claims were first seen together (an operator start), with the older GPUProfile; the other node is
+    not believed at all (none of its GPUs is used), so a lying node cannot take an honest node's GPUs
+    out of service. Without ``owners`` (no memory) the older profile wins.
     """
-    owners: dict[str, set[str]] = {}
+    owners = {} if owners is None else owners
+    claims: dict[str, set[str]] = {}
     for node, snap in profiles.items():
         for g in snap.gpus:
             if g.uuid:
-                owners.setdefault(g.uuid, set()).add(node)
-    dup = {u for u, nodes in owners.items() if len(nodes) > 1}
-    if not dup:
-        return dict(profiles), []
-    out = {}
-    for node, snap in profiles.items():
-        keep = tuple(g for g in snap.gpus if g.uuid not in dup)
-        out[node] = snap if len(keep) == len(snap.gpus) else replace(snap, gpus=keep)
-    first = sorted(dup)[0]
+                claims.setdefault(g.uuid, set()).add(node)
+    for uuid in [u for u in owners if u not in claims]:
+        del owners[uuid]  # no one claims it now: forget it
+    offenders: dict[str, str] = {}  # node -> an example "UUID (node that owns it)"
+    for uuid, nodes in claims.items():
+        owner = owners.get(uuid)
+        if owner not in nodes:
+            owner = min(nodes, key=lambda n: (profiles[n].created or "~", n))
+            owners[uuid] = owner
+        for n in nodes - {owner}:
+            offenders.setdefault(n, f"{uuid} of {owner}")
+    if not offenders:
+        return dict(profiles), [], []
+    out = dict(profiles)
+    for node in offenders:
+        out[node] = replace(profiles[node], gpus=())
+    bad = sorted(offenders)
+    first = bad[0]
     note = (
-        f"{len(dup)} GPU UUID(s) claimed by more than one GPUProfile are ignored "
-        f"(e.g. {first} on {', '.join(sorted(owners[first]))})"
+        f"GPUProfile(s) of {_few(bad)} list GPU UUIDs another node claimed first and are not used "
+        f"(e.g. {first} lists {offenders[first]})"
     )
-    return out, [note]
+    return out, [note], bad
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,6 +378,10 @@ def resolve(
     pods: Iterable[PodSnapshot] = (),
     now: dt.datetime,
     profile_ttl_s: float,
+    capacity: Mapping[str, int] | None = None,
+    gpu_resource: str = "nvidia.com/gpu",
+    owners: dict[str, str] | None = None,
+    settle_s: float = 0.0,
 ) -> Resolution:
     """The MoEDeployment's GPUs and fleet, or a ``Problem`` (InsufficientGPUs, InfeasibleSlots, ...).
 
@@ -271,9 +389,18 @@ def resolve(
         nodes: node name -> labels, for every node.
         profiles: node name -> its GPUProfile snapshot.
         pods: running pods in ``namespace`` (podSelector mode).
+        capacity: node -> its Node's capacity of ``gpu_resource`` (nodes not in it are not checked yet:
+            the caller checks the nodes the resolution uses and resolves again; ``Resolution.nodes``).
+        owners: GPU UUID -> the node that claimed it first (``trusted``; updated).
+        settle_s: a node's GPU list counts once it has held this long (``settle``).
     """
     want = spec.gpus.count
-    profiles, notes = trusted(profiles)
+    pods = list(pods)
+    profiles, pending = settle(profiles, now, settle_s)
+    profiles, notes, distrusted = within_capacity(profiles, capacity or {}, gpu_resource)
+    profiles, more, lying = trusted(profiles, owners)
+    notes += more
+    distrusted += lying
     if spec.gpus.pod_selector is not None:
         refs, why = _pod_gpus(spec, namespace, pods, profiles, notes)
     else:
@@ -301,6 +428,8 @@ def resolve(
     stale = sorted(n for n, p in by_node.items() if p.stale(now, profile_ttl_s))
     ttl = dt.timedelta(seconds=profile_ttl_s)
     deadlines = [p.heartbeat + ttl for n, p in by_node.items() if p.heartbeat is not None and n not in stale]
+    relevant = set(nodes) | {p.node for p in pods} | set(by_node)
+    settling = [t for n, t in pending.items() if n in relevant]
     return Resolution(
         gpus=tuple(refs),
         fleet=Fleet(tuple(curves)),
@@ -308,6 +437,9 @@ def resolve(
         stale_nodes=tuple(stale),
         notes=tuple(notes),
         stale_at=min(deadlines) if deadlines else None,
+        settles_at=min(settling) if settling else None,
+        available=frozenset(f"{n}/{g.index}/{g.uuid}" for n, p in profiles.items() for g in p.gpus),
+        distrusted=tuple(sorted(set(distrusted))),
     )
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -55,14 +56,15 @@ from vibe.kubeclient import api_client
 from vibe.operator import metrics, output
 from vibe.operator import settings as settings_mod
 from vibe.operator.clock import now as clock_now
-from vibe.operator.clock import parse_time
 from vibe.operator.compute import Computer
 from vibe.operator.conditions import is_true
 from vibe.operator.gpus import (
     ProfileSnapshot,
     matches_labels,
+    next_snapshot,
     profile_snapshot,
 )
+from vibe.operator.kopf_private import daemon_without_finalizer
 from vibe.operator.kube import Kube, new_api_client
 from vibe.operator.login import connection_info
 from vibe.operator.reconciling import Gone, Shared, World, reconcile
@@ -71,7 +73,9 @@ from vibe.operator.watches import Watches
 
 MOED = (api.GROUP, api.VERSION, api.MOEDEPLOYMENT_PLURAL)
 GPUP = (api.GROUP, api.VERSION, api.GPUPROFILE_PLURAL)
-TRIGGER_ANNOTATION = api.ANNOTATION_RECONCILE_TRIGGER
+
+#: Seconds a peering keep-alive holds (Kopf's default is 60).
+PEERING_LIFETIME_S = 20
 
 logger = logging.getLogger("vibe.operator")
 
@@ -128,6 +132,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING  # Events come from the reconciler, not from log lines
     settings.posting.reporting_component = "vibe-operator"
     settings.posting.event_name_prefix = "vibe-"
+    # A replica that dies without saying so blocks its peers until its keep-alive lapses: 20 s, not
+    # Kopf's 60 (keep-alives every 10-15 s, one small PATCH each).
+    settings.peering.lifetime = PEERING_LIFETIME_S
     settings.watching.server_timeout = 300  # re-establish watches regularly (kopf's advice)
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
@@ -146,7 +153,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.vibe.watches = Watches(
         api_client(cfg.kubeconfig, context=cfg.context, pool_maxsize=1024), memo.vibe.wake
     )
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_addr)
     await memo.vibe.computer.warm()
 
 
@@ -210,12 +217,22 @@ def vibe_profiles(
         return None
     tag = (meta.get("uid"), meta.get("generation"))
     cached = state.profile_cache.get(meta["name"])
+    beat = _profile_beat(state, meta["name"], body)  # when it changed, on the operator's clock
     if cached is not None and cached[0] == tag:
-        snap = replace(cached[1], heartbeat=parse_time((body.get("status") or {}).get("heartbeatTime")))
-    else:
-        snap = profile_snapshot(body)
+        snap = replace(cached[1], heartbeat=beat)
+    else:  # a spec change: its GPU list, if it changed, counts once it has held still (``settle``)
+        new = replace(profile_snapshot(body), heartbeat=beat)
+        old = cached[1] if cached is not None and cached[1].node == new.node else None
+        snap = next_snapshot(old, new, clock_now(), state.settings.gpu_settle_s)
     state.profile_cache[meta["name"]] = (tag, snap)
     return {snap.node: snap}
+
+
+def _profile_beat(state: State, name: str, body: Mapping[str, Any]) -> dt.datetime | None:
+    """When the operator saw the profile's ``status.heartbeatTime`` take its current value (the agent's
+    clock is not trusted as a time: ``liveness``); None when it has none."""
+    raw = (body.get("status") or {}).get("heartbeatTime")
+    return state.liveness.observe(f"profile/{name}", raw, clock_now())
 
 
 @kopf.index(*MOED)  # type: ignore[arg-type]  # see "Kopf's callback types" above
@@ -310,16 +327,7 @@ async def worker(
         metrics.forget(namespace, name)
 
 
-def _without_finalizer(fn: Any) -> None:
-    """Register ``fn``'s daemon as needing no finalizer (Kopf's ``daemon()`` always asks for one)."""
-    registry = kopf.get_default_registry()
-    handlers = registry._spawning._handlers
-    for i, h in enumerate(handlers):
-        if getattr(h, "fn", None) is fn:
-            handlers[i] = replace(h, requires_finalizer=False)
-
-
-_without_finalizer(worker)
+daemon_without_finalizer(worker)  # the one reach into Kopf's internals: see kopf_private
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,7 +352,11 @@ def deployment_changed(
             state.watches.drop(key)
         metrics.forget(namespace, name)
         return
-    mark = (meta.get("uid"), meta.get("generation"), (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION))
+    mark = (
+        meta.get("uid"),
+        meta.get("generation"),
+        (meta.get("annotations") or {}).get(api.ANNOTATION_RECONCILE_TRIGGER),
+    )
     if state.changed(("moed", key), mark):
         state.wake(key)
 
@@ -357,13 +369,16 @@ async def profile_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo
     state: State = memo.vibe
     spec = body.get("spec") or {}
     node = str(spec.get("nodeName") or body["metadata"]["name"])
-    beat = parse_time((body.get("status") or {}).get("heartbeatTime"))
-    stale = beat is not None and (clock_now() - beat).total_seconds() > state.settings.profile_ttl_s
     kind = event["type"]
     meta = body["metadata"]
-    mark = None if kind == "DELETED" else (meta.get("uid"), meta.get("generation"), stale)
+    ttl = state.settings.profile_ttl_s
+    beat = None if kind == "DELETED" else _profile_beat(state, str(meta.get("name")), body)
+    stale = beat is not None and (clock_now() - beat).total_seconds() > ttl
+    back = state.liveness.returned(f"profile/{meta.get('name')}", ttl)  # a heartbeat after a silence
+    mark = None if kind == "DELETED" else (meta.get("uid"), meta.get("generation"), stale, back)
     if kind == "DELETED":
         state.profile_cache.pop(str(meta.get("name")), None)
+        state.liveness.observe(f"profile/{meta.get('name')}", None, clock_now())
     if not state.changed(("gpup", node), mark) and kind != "ADDED":
         return
     keys = _lookup(kwargs["vibe_deployments_by_node"], node)

@@ -20,12 +20,17 @@ The reconciler gathers ``Inputs`` (spec, resolved GPUs, loads) and the ``InServi
    already made for the same inputs is not repeated (unless it was waiting on the cooldown and the
    cooldown is over).
 
-Every result is priced against the token-balanced (EPLB-style) baseline on the same inputs.
+Every result is priced against the token-balanced (EPLB-style) baseline on the same inputs, and every
+price is the **expected** step time over the spec's step mix under sampled routing (``step_mix_of``,
+``routing_of``; ``vibe.placement.routing``). Incremental re-placement (4, 5) searches the mix's mean
+loads and is then priced by the same objective, so a re-placement that the sampled steps do not find
+faster is not taken.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,16 +38,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vibe.engines import ENGINES
 from vibe.operator.clock import iso, parse_time
 from vibe.operator.gpus import Resolution
 from vibe.operator.output import InputKeys, InService
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DeploymentSpec
 from vibe.operator.workload import Loads
-from vibe.placement.errors import PlacementError
+from vibe.placement import PlacementError
+from vibe.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec
 
 if TYPE_CHECKING:
-    from vibe.placement.engine import Result
+    from vibe.placement import Result, Routing, StepMix
+
+#: Sampled slots (routing samples x layers x physical slots) one expected-objective solve may hold: the
+#: operator uses fewer routing samples than spec.workload.routingSamples asks on instances where more
+#: would exceed it (each array of that size is 8 bytes per entry; the solve holds a handful).
+MAX_SAMPLED_SLOTS = 4_000_000
+#: ... and at most this many (routing samples x layers x experts x (redundant slots + 1)): the expected
+#: objective's work bound prices every replica count of every expert in every sample (about 1 s per 1e7
+#: on one core). Measured peak RSS of an expected solve: DeepSeek-V3 on 32 x 9 and 64 x 5, 2 kinds x 16
+#: samples, 0.18 and 0.25 GB; the largest admissible instance (61 x 384 on 384 x 2, 5 per kind under this
+#: cap) 1.39 GB where the mean-load solve takes 0.87 GB.
+MAX_SAMPLED_WORK = 100_000_000
 
 BASELINE_POLICY = "token-balanced"
 
@@ -106,7 +123,7 @@ def _plan(
     now: dt.datetime,
     budget: float,
 ) -> Plan:
-    from vibe.placement import evaluate, replace_incremental, solve
+    from vibe.placement import evaluate, solve
 
     spec, res, loads = inputs.spec, inputs.gpus, inputs.loads
     keys = inputs.keys
@@ -118,8 +135,11 @@ def _plan(
     # 1. Nothing usable in service (none, unreadable, or of another shape than the GPUs now give), or the
     #    spec changed: solve from scratch.
     if current is None or have is None or current.keys.placement != keys.placement:
-        result = solve(loads.tokens, fleet, s, spec.policy, time_budget_s=budget, current=have)
-        baseline = _baseline(result, loads, fleet, s)
+        routing = routing_of(spec, loads.tokens, len(fleet))
+        result = solve(
+            loads.tokens, fleet, s, spec.policy, time_budget_s=budget, current=have, routing=routing
+        )
+        baseline = _baseline(result, loads, fleet, s, routing)
         why = "first placement" if current is None else _why_resolve(current, keys)
         return _write(inputs, "Placed", why, result, baseline, drift=None)
 
@@ -137,13 +157,32 @@ def _plan(
             drift=prior_drift_or_none(prior_drift),
         )
 
-    # 4. Other GPUs: re-place onto them now.
+    # A cooldown in progress holds whatever changes meanwhile (loads every second, a GPU back): the
+    # decision is taken again, on the inputs of that moment, when it ends. Re-evaluating each change
+    # wrote status and posted a CooldownActive Event for every one (60 a minute).
+    cooling = _cooling(prior_drift, now)
+    if cooling is not None and (current.keys.gpus == keys.gpus or not _gone(current, res)):
+        return Plan(NOTHING, COOLDOWN, "cooldown", summary=current.summary, drift=cooling,
+                    retry_at=parse_time(cooling.get("retryAfter")))  # fmt: skip
+
+    # 4. Other GPUs: re-place onto them now when a GPU in service is gone; when every one is still there
+    #    (a GPU back, a pod moved), the change waits for the cooldown like any drift.
     if current.keys.gpus != keys.gpus:
-        result = replace_incremental(
-            have, loads.tokens, fleet, max_moves=spec.drift.max_moves, time_budget_s=budget
-        )
-        baseline = _baseline(result, loads, fleet, s)
-        return _write(inputs, "GPUsChanged", "the deployment's GPUs changed", result, baseline, drift=None)
+        gone = _gone(current, res)
+        ready_at = (current.placed_at or now) + dt.timedelta(seconds=spec.drift.cooldown_seconds)
+        if not gone and now < ready_at:
+            msg = (
+                "the deployment's GPUs changed and every GPU in service is still there: re-placed "
+                f"when the cooldown ends, {iso(ready_at)}"
+            )
+            held: dict[str, Any] = {"kind": "GPUsChanged", "inputHash": keys.all, "time": iso(now)}
+            held.update(decision=COOLDOWN, retryAfter=iso(ready_at), message=msg)
+            return Plan(NOTHING, COOLDOWN, msg, summary=current.summary, drift=held, retry_at=ready_at)
+        routing = routing_of(spec, loads.tokens, len(fleet))
+        result = _incremental(have, loads, fleet, spec, budget, routing)
+        baseline = _baseline(result, loads, fleet, s, routing)
+        why = "the deployment's GPUs changed" + (f" ({_few_ids(gone)} gone)" if gone else "")
+        return _write(inputs, "GPUsChanged", why, result, baseline, drift=None)
 
     # 5. Drift.
     kind = "WorkloadDrift" if current.keys.loads != keys.loads else "PerformanceDrift"
@@ -158,10 +197,13 @@ def _plan(
                 drift=dict(prior_drift),
                 retry_at=retry,
             )
-    cur = evaluate(have, loads.tokens, fleet)
+    routing = routing_of(spec, loads.tokens, len(fleet))
+    cur = evaluate(have, loads.tokens, fleet, routing=routing)
     placed = float(current.summary.get("stepTimeSeconds") or 0.0)
+    if current.summary.get("objective", "mean-load") != "expected":
+        placed = 0.0  # priced by another objective when placed (an older operator): no loss to state
     loss = cur.step_time_s / placed - 1.0 if placed > 0 else 0.0
-    new = replace_incremental(have, loads.tokens, fleet, max_moves=spec.drift.max_moves, time_budget_s=budget)
+    new = _incremental(have, loads, fleet, spec, budget, routing)
     gain = 1.0 - new.step_time_s / cur.step_time_s if cur.step_time_s > 0 else 0.0
     what = _what_drifted(kind, current, keys)
     figures = (
@@ -212,7 +254,7 @@ def _plan(
     ready_at = (current.placed_at or now) + dt.timedelta(seconds=spec.drift.cooldown_seconds)
     if now < ready_at:
         return kept(COOLDOWN, f"{figures}; cooldown until {iso(ready_at)}", ready_at)
-    baseline = _baseline(new, loads, fleet, s)
+    baseline = _baseline(new, loads, fleet, s, routing)
     plan = _write(
         inputs,
         REPLACED,
@@ -225,6 +267,79 @@ def _plan(
     )
     plan.evaluated_drift = True
     return plan
+
+
+def _cooling(prior: Mapping[str, Any] | None, now: dt.datetime) -> dict[str, Any] | None:
+    """The prior decision when it is a cooldown that has not ended yet, else None."""
+    if not prior or prior.get("decision") != COOLDOWN:
+        return None
+    retry = parse_time(prior.get("retryAfter"))
+    return dict(prior) if retry is not None and now < retry else None
+
+
+def _gone(current: InService, res: Resolution) -> set[str]:
+    """The GPUs of the placement in service ("node/index/uuid") that no trusted, settled GPUProfile
+    lists any more. Unknown (the ConfigMap has no placement.json to name them): all of them, so the
+    change is acted on at once, as before."""
+    try:
+        doc = json.loads(current.data.get(ENGINES["vibe"].key) or "null")
+        ids = {f"{g['id']}/{g.get('uuid', '')}" for g in doc["gpus"]}
+    except (ValueError, RecursionError, TypeError, KeyError, IndexError, AttributeError):
+        return {"(unknown)"}
+    return ids - res.available
+
+
+def _few_ids(ids: set[str], n: int = 3) -> str:
+    items = sorted(i.rsplit("/", 1)[0] for i in ids)
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def step_mix_of(spec: DeploymentSpec, loads: np.ndarray) -> StepMix:
+    """The kinds of steps to plan for: ``stepMix``; else ``tokensPerStep`` as the one-entry mix; else one
+    kind of the load profile's own tokens per step (its mean total per layer / topK; uniform loads are
+    ``DEFAULT_TOKENS_PER_STEP`` tokens, ``workload.uniform``)."""
+    from vibe.placement import StepMix
+
+    w = spec.workload
+    if w.step_mix:
+        return StepMix(tuple(t for t, _ in w.step_mix), tuple(x for _, x in w.step_mix))
+    if w.tokens_per_step:
+        return StepMix.one(w.tokens_per_step)
+    own = float(np.mean(loads.sum(axis=1))) / spec.model.top_k if loads.size else DEFAULT_TOKENS_PER_STEP
+    return StepMix.one(max(1, round(own)))
+
+
+def routing_of(spec: DeploymentSpec, loads: np.ndarray, num_gpus: int) -> Routing:
+    """The sampled routing of the spec's step mix over these loads (seed 0: deterministic), with at most
+    ``MAX_SAMPLED_SLOTS`` sampled slots (fewer samples per kind than asked on large instances)."""
+    from vibe.placement import sample_routing
+
+    mix = step_mix_of(spec, loads)
+    w = spec.workload
+    kinds, (layers, experts) = len(mix.tokens), loads.shape
+    slots = num_gpus * spec.gpus.slots_per_gpu
+    samples = max(
+        1,
+        min(
+            w.routing_samples,
+            MAX_SAMPLED_SLOTS // max(kinds * layers * slots, 1),
+            MAX_SAMPLED_WORK // max(kinds * layers * experts * (slots - experts + 1), 1),
+        ),
+    )
+    return sample_routing(loads, mix, spec.model.top_k, samples=samples, dispatch=w.dispatch)
+
+
+def _incremental(
+    have: Any, loads: Loads, fleet: Any, spec: DeploymentSpec, budget: float, routing: Routing
+) -> Result:
+    """A re-placement near ``have``: searched on the mix's mean loads, priced by the expected objective."""
+    from vibe.placement import make_result, replace_incremental
+
+    started = time.perf_counter()
+    new = replace_incremental(
+        have, routing.mean_loads_of_mix(), fleet, max_moves=spec.drift.max_moves, time_budget_s=budget
+    )
+    return make_result(new.policy, new.placement, loads.tokens, fleet, started, current=have, routing=routing)
 
 
 def prior_drift_or_none(prior: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -258,6 +373,21 @@ def summary_of(
         "message": message,
         "curveSource": inputs.gpus.curve_source,
         "loadsSource": inputs.loads.source,
+        **_objective_of(result),
+    }
+
+
+def _objective_of(result: Result) -> dict[str, Any]:
+    """What the figures are in terms of (status.predicted.objective and its parameters)."""
+    i = result.info
+    if i.get("objective") != "expected":
+        return {"objective": "mean-load"}
+    return {
+        "objective": "expected",
+        "stepMix": i["stepMix"],
+        "dispatch": i["dispatch"],
+        "routingSamples": i["samplesPerKind"],
+        "meanLoadStepTimeSeconds": _r(i["meanLoadStepTimeSeconds"]),
     }
 
 
@@ -278,27 +408,32 @@ def _write(
     return Plan(WRITE, reason, why, result=result, baseline=baseline, summary=summary, drift=drift)
 
 
-def _baseline(result: Any, loads: Loads, fleet: Any, s: int) -> Any:
+def _baseline(result: Any, loads: Loads, fleet: Any, s: int, routing: Routing | None = None) -> Any:
     """The token-balanced (EPLB-style) placement of the same inputs, priced like ``result``.
 
     Token-balanced ignores the curves, so its placement depends on the loads alone and is cached by
     their fingerprint: after performance drift only its pricing is new. Its lower bound is ``result``'s
     (the bound depends on the inputs, not on the placement), so no bound is computed twice.
     """
-    from vibe.placement import Placement
-    from vibe.placement.engine import make_result
+    from vibe.placement import Placement, make_result
 
     if result.policy == BASELINE_POLICY:
         return result
     e = loads.tokens.shape[1]
     placement = Placement(_token_balanced(loads.key, loads.tokens, len(fleet), s), s, e)
     return make_result(
-        BASELINE_POLICY, placement, loads.tokens, fleet, time.perf_counter(), bounds=result.layer_bounds_s
+        BASELINE_POLICY,
+        placement,
+        loads.tokens,
+        fleet,
+        time.perf_counter(),
+        bounds=result.layer_bounds_s,
+        routing=routing,
     )
 
 
 def _token_balanced(key: str, tokens: np.ndarray, num_gpus: int, slots: int) -> np.ndarray:
-    from vibe.placement.engine import token_balanced
+    from vibe.placement import token_balanced
 
     cache_key = (key, num_gpus, slots)
     hit = _TB_CACHE.get(cache_key)

@@ -9,8 +9,8 @@ retries with backoff. Anything else is a bug and stays an ordinary exception.
 from __future__ import annotations
 
 from vibe.api import PROBLEM_REASONS
-from vibe.placement.errors import REASONS as PLACEMENT_REASONS
-from vibe.placement.errors import PlacementError
+from vibe.placement import REASONS as PLACEMENT_REASONS
+from vibe.placement import PlacementError
 
 #: Reasons a Problem may carry (besides the placement engine's, which pass through unchanged).
 REASONS = PROBLEM_REASONS

@@ -36,15 +36,16 @@ from vibe.operator import status as status_mod
 from vibe.operator.clock import iso
 from vibe.operator.clock import now as clock_now
 from vibe.operator.compute import Computer
-from vibe.operator.gpus import PodSnapshot, ProfileSnapshot, pod_snapshot, resolve, with_leases
+from vibe.operator.gpus import PodSnapshot, ProfileSnapshot, Resolution, pod_snapshot, resolve, with_leases
 from vibe.operator.kube import Conflict, Kube
+from vibe.operator.liveness import Liveness
 from vibe.operator.output import InService
 from vibe.operator.planning import WRITE, Inputs, Plan
 from vibe.operator.problems import Problem
 from vibe.operator.settings import OperatorSettings
-from vibe.operator.spec import DeploymentSpec, parse_spec
 from vibe.operator.watches import Need, Watches, config_map_need, pods_need, selector_string
 from vibe.operator.workload import Loads, from_config_map, uniform
+from vibe.spec import DeploymentSpec, parse_spec
 
 logger = logging.getLogger("vibe.operator")
 
@@ -75,6 +76,14 @@ class Shared:
     hopeless: dict[tuple[str, str], tuple[str, Problem]] = field(default_factory=dict)
     #: The last refusal logged per deployment (each is said once, not per retry).
     said: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: When each agent's Lease (or profile heartbeat) was seen to change, on this operator's clock.
+    liveness: Liveness = field(default_factory=Liveness)
+    #: GPU UUID -> the node that claimed it first (``gpus.trusted``).
+    gpu_owners: dict[str, str] = field(default_factory=dict)
+    #: Node -> (monotonic time read, its Node's GPU capacity).
+    capacity: dict[str, tuple[float, int]] = field(default_factory=dict)
+    #: The distrusted nodes last told about, per deployment (an Event once per change).
+    distrust_said: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def failed(self, key: tuple[str, str], error: str) -> float:
         """Count a failed reconcile of ``key`` (the errors metric, by ``error``); seconds to back off:
@@ -168,15 +177,9 @@ async def _reconcile_once(
             kube.agent_leases(cfg.profile_namespace),
             _pods(kube, spec, namespace),
         )
-        obs.resolution = resolve(
-            spec,
-            namespace=namespace,
-            nodes=nodes,
-            profiles=with_leases(world.profiles, leases),
-            pods=pods,
-            now=now,
-            profile_ttl_s=cfg.profile_ttl_s,
-        )
+        live = with_leases(world.profiles, shared.liveness.observe_leases(leases, now))
+        obs.resolution = await _resolve(shared, spec, namespace, nodes, live, pods, now)
+        _tell_distrusted(shared, key, body, obs.resolution)
         if isinstance(loads_obj, ApiException):
             raise refusals.problem(loads_obj, f"reading the load ConfigMap {spec.workload.config_map}")
         obs.loads = await asyncio.to_thread(_loads, spec, namespace, loads_obj)
@@ -227,6 +230,65 @@ async def _reconcile_once(
     return _next_look(obs, now), "written" if wrote else "unchanged"
 
 
+#: Seconds a Node's GPU capacity read is reused (a Node's device count rarely changes).
+CAPACITY_TTL_S = 60.0
+
+
+async def _resolve(
+    shared: Shared,
+    spec: DeploymentSpec,
+    namespace: str,
+    nodes: Mapping[str, Mapping[str, str]],
+    profiles: Mapping[str, ProfileSnapshot],
+    pods: list[PodSnapshot],
+    now: dt.datetime,
+) -> Resolution:
+    """``gpus.resolve``, with every node it uses checked against its Node's GPU capacity.
+
+    Only the nodes a resolution uses are read (one GET each, reused for ``CAPACITY_TTL_S``): a node over
+    its capacity is dropped and the GPUs resolved again, until every node used has been checked.
+    """
+    cfg = shared.settings
+    capacity: dict[str, int] = {}
+    for _ in range(len(profiles) + 1):
+        res = resolve(
+            spec, namespace=namespace, nodes=nodes, profiles=profiles, pods=pods, now=now,
+            profile_ttl_s=cfg.profile_ttl_s, capacity=capacity, gpu_resource=cfg.gpu_resource,
+            owners=shared.gpu_owners, settle_s=cfg.gpu_settle_s,
+        )  # fmt: skip
+        unchecked = [n for n in res.nodes if n not in capacity]
+        if not cfg.gpu_resource or not unchecked:
+            return res
+        found = await asyncio.gather(*(_capacity(shared, n) for n in unchecked))
+        capacity.update(zip(unchecked, found, strict=True))
+    return res
+
+
+async def _capacity(shared: Shared, node: str) -> int:
+    hit = shared.capacity.get(node)
+    if hit is not None and time.monotonic() - hit[0] < CAPACITY_TTL_S:
+        return hit[1]
+    cap = await shared.kube.node_capacity(node, shared.settings.gpu_resource)
+    if len(shared.capacity) > 10_000:
+        shared.capacity.clear()
+    shared.capacity[node] = (time.monotonic(), cap)
+    return cap
+
+
+def _tell_distrusted(shared: Shared, key: tuple[str, str], body: Mapping[str, Any], res: Resolution) -> None:
+    """A Warning Event naming the nodes whose profiles are not believed, once per change of that set
+    (the note is in the Ready/InsufficientGPUs message as long as it holds)."""
+    said = ",".join(res.distrusted)
+    if shared.distrust_said.get(key, "") == said:
+        return
+    shared.distrust_said[key] = said
+    if said and shared.post_event is not None:
+        why = "; ".join(n for n in res.notes if "not used" in n)
+        shared.post_event(
+            body, "Warning", "GPUProfileDistrusted", f"node(s) {', '.join(res.distrusted)}: {why}"
+        )
+
+
 #: Problems of the placement work that the same inputs would meet again.
 DETERMINISTIC = ("InstanceTooLarge", "OutputTooLarge")
 
@@ -273,7 +335,13 @@ def _needs(spec: DeploymentSpec, namespace: str) -> list[Need]:
 async def _pods(kube: Kube, spec: DeploymentSpec, namespace: str) -> list[PodSnapshot]:
     if spec.gpus.pod_selector is None:
         return []
-    items = await kube.pods(namespace, selector_string(spec.gpus.pod_selector))
+    selector = selector_string(spec.gpus.pod_selector)
+    try:
+        items = await kube.pods(namespace, selector)
+    except ApiException as e:  # e.g. a value that is no label value, stored before the CRD checked it
+        if not refusals.refused(e):
+            raise
+        raise refusals.problem(e, f"listing the pods of spec.gpus.podSelector ({selector[:200]!r})") from None
     return [p for p in (pod_snapshot(i) for i in items) if p is not None]
 
 
@@ -351,13 +419,16 @@ async def _write(
     # The generation: the intact ConfigMap's (read from its data, never from an editable annotation),
     # or status's (only the operator writes status). The same data as in service, or as status says
     # was last placed (a ConfigMap deleted or edited by hand and now restored), keeps its generation.
+    # A ConfigMap written for another incarnation of this MoEDeployment (deleted and re-created while
+    # its ConfigMap lived on) lends no generation: generations count per UID (placement-meta.json).
+    same_object = current is not None and current.uid in (None, meta["uid"])
     known = max(
-        current.generation if current is not None and current.intact else 0,
+        current.generation if current is not None and current.intact and same_object else 0,
         int(old_status.get("placementGeneration") or 0),
     )
-    same = (current is not None and current.intact and contract.core_data(current.data) == core) or (
-        known > 0 and contract.content_hash(core) == old_status.get("contentHash")
-    )
+    same = (
+        current is not None and current.intact and same_object and contract.core_data(current.data) == core
+    ) or (known > 0 and contract.content_hash(core) == old_status.get("contentHash"))
     if same:
         generation = known
         placed_at = (
@@ -368,8 +439,19 @@ async def _write(
     else:
         generation = known + 1
         placed_at = iso(now)
+    if generation > api.MAX_PLACEMENT_GENERATION:  # only a status edited by hand gets here
+        raise Problem(
+            "GenerationExhausted",
+            f"placement generation {known} is the largest allowed ({api.MAX_PLACEMENT_GENERATION});"
+            " re-create the MoEDeployment to start counting again",
+        )
     data, annotations = output.finish(
-        core, generation=generation, keys=inputs.keys, placed_at=placed_at, summary=plan.summary
+        core,
+        generation=generation,
+        keys=inputs.keys,
+        placed_at=placed_at,
+        summary=plan.summary,
+        uid=meta["uid"],
     )
     body: dict[str, Any] = {
         "apiVersion": "v1",
@@ -435,6 +517,8 @@ def _next_look(obs: status_mod.Observation, now: dt.datetime) -> float | None:
         times.append(obs.plan.retry_at)
     if obs.resolution is not None and obs.resolution.stale_at is not None:
         times.append(obs.resolution.stale_at)
+    if obs.resolution is not None and obs.resolution.settles_at is not None:
+        times.append(obs.resolution.settles_at)
     return max(0.5, min((t - now).total_seconds() for t in times) + 0.5) if times else None
 
 

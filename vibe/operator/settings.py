@@ -20,8 +20,16 @@ class OperatorSettings:
     profile_ttl_s: float = 300.0
     #: Port of the Prometheus metrics endpoint (0: none).
     metrics_port: int = 8080
+    #: Address it binds (127.0.0.1: only inside the pod; the metrics name every MoEDeployment).
+    metrics_addr: str = "0.0.0.0"
     #: Search budget per solve (the engine counts it as deterministic work, not wall time).
     solve_budget_s: float = 1.0
+    #: The extended resource a Node reports its GPUs as: a GPUProfile listing more GPUs than the Node's
+    #: capacity of it is not believed ("": no check, for clusters whose GPUs are no extended resource).
+    gpu_resource: str = "nvidia.com/gpu"
+    #: A change of a node's GPU list (a GPU gone or back) counts once it has held this long, so a GPU
+    #: flapping in and out of its profile moves no placement; a GPU really gone is acted on after it.
+    gpu_settle_s: float = 30.0
     #: Every deployment is reconciled at least this often (stale heartbeats are only seen this way).
     resync_s: float = 60.0
     #: Retry backoff after a problem: first delay, doubling, capped (a worker also resyncs every
@@ -43,8 +51,11 @@ class OperatorSettings:
             profile_namespace=env.get("VIBE_PROFILE_NAMESPACE", cls.profile_namespace),
             profile_ttl_s=float(env.get("VIBE_PROFILE_TTL", cls.profile_ttl_s)),
             metrics_port=int(env.get("VIBE_METRICS_PORT", cls.metrics_port)),
+            metrics_addr=env.get("VIBE_METRICS_ADDR", cls.metrics_addr),
             solve_budget_s=float(env.get("VIBE_SOLVE_BUDGET", cls.solve_budget_s)),
             resync_s=float(env.get("VIBE_RESYNC_SECONDS", cls.resync_s)),
+            gpu_resource=env.get("VIBE_GPU_RESOURCE", cls.gpu_resource),
+            gpu_settle_s=float(env.get("VIBE_GPU_SETTLE_SECONDS", cls.gpu_settle_s)),
             compute_processes=int(env.get("VIBE_COMPUTE_PROCESSES", default_compute_processes())),
         )
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec, fingerprint
-from vibe.placement.errors import PlacementError
+from vibe.placement import PlacementError
+from vibe.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec, fingerprint
 
 #: A load ConfigMap's key is at most what the API server stores in one object (~1.5 MiB); anything
 #: larger is refused before it is parsed.
@@ -65,8 +65,7 @@ def from_config_map(
             raise Problem("InvalidLoads", f"{where} key {key!r} is binaryData; loads must be JSON text")
         have = ", ".join(sorted(data)) or "none"
         raise Problem("ConfigMapKeyNotFound", f"{where} has no key {key!r} (keys: {have})")
-    from vibe.placement import read_loads
-    from vibe.placement.inputs import parse_json
+    from vibe.placement import parse_json, read_loads
 
     try:
         obj = parse_json(data[key], f"{where} key {key!r}", reason="InvalidLoads", max_bytes=MAX_LOADS_BYTES)

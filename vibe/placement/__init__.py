@@ -32,7 +32,11 @@ _EXPORTS = {
     "lower_bound": "bounds",
     "Evaluation": "cost",
     "Placement": "cost",
+    "bincount_rows": "cost",
+    "check_shapes": "cost",
     "evaluate": "cost",
+    "gpu_times_of": "cost",
+    "DTYPE_BYTES": "curves",
     "CurveTable": "curves",
     "Fleet": "curves",
     "GPUCurve": "curves",
@@ -42,27 +46,56 @@ _EXPORTS = {
     "scale_curve": "curves",
     "COMPARED": "engine",
     "POLICIES": "engine",
+    "PolicyName": "engine",
     "Result": "engine",
+    "make_result": "engine",
     "solve": "engine",
+    "token_balanced": "engine",
+    "REASONS": "errors",
     "PlacementError": "errors",
     "replace_incremental": "incremental",
+    "load_json": "inputs",
+    "parse_json": "inputs",
     "read_fleet": "inputs",
     "read_loads": "inputs",
     "read_placement": "inputs",
+    "DEFAULT_SAMPLES": "routing",
+    "DispatchName": "routing",
+    "Routing": "routing",
+    "StepMix": "routing",
+    "routing_from_flags": "routing",
+    "sample_routing": "routing",
+    "FLOOR_SHARE": "synthetic",
+    "skewed_loads": "synthetic",
+    "slowed_curve": "synthetic",
 }
 
 __all__ = [
     "COMPARED",
+    "DEFAULT_SAMPLES",
+    "DTYPE_BYTES",
+    "FLOOR_SHARE",
     "POLICIES",
+    "REASONS",
     "CurveTable",
+    "DispatchName",
     "Evaluation",
     "Fleet",
     "GPUCurve",
     "Placement",
     "PlacementError",
+    "PolicyName",
     "Result",
+    "Routing",
+    "StepMix",
+    "bincount_rows",
+    "check_shapes",
     "evaluate",
+    "gpu_times_of",
+    "load_json",
     "lower_bound",
+    "make_result",
+    "parse_json",
     "read_fleet",
     "read_loads",
     "read_placement",
@@ -70,8 +103,13 @@ __all__ = [
     "reference_shapes",
     "replace_incremental",
     "roofline_curve",
+    "routing_from_flags",
+    "sample_routing",
     "scale_curve",
+    "skewed_loads",
+    "slowed_curve",
     "solve",
+    "token_balanced",
 ]
 
 
@@ -89,8 +127,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from vibe.placement.bounds import lower_bound
-    from vibe.placement.cost import Evaluation, Placement, evaluate
+    from vibe.placement.cost import Evaluation, Placement, bincount_rows, check_shapes, evaluate, gpu_times_of
     from vibe.placement.curves import (
+        DTYPE_BYTES,
         CurveTable,
         Fleet,
         GPUCurve,
@@ -99,7 +138,24 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         roofline_curve,
         scale_curve,
     )
-    from vibe.placement.engine import COMPARED, POLICIES, Result, solve
-    from vibe.placement.errors import PlacementError
+    from vibe.placement.engine import (
+        COMPARED,
+        POLICIES,
+        PolicyName,
+        Result,
+        make_result,
+        solve,
+        token_balanced,
+    )
+    from vibe.placement.errors import REASONS, PlacementError
     from vibe.placement.incremental import replace_incremental
-    from vibe.placement.inputs import read_fleet, read_loads, read_placement
+    from vibe.placement.inputs import load_json, parse_json, read_fleet, read_loads, read_placement
+    from vibe.placement.routing import (
+        DEFAULT_SAMPLES,
+        DispatchName,
+        Routing,
+        StepMix,
+        routing_from_flags,
+        sample_routing,
+    )
+    from vibe.placement.synthetic import FLOOR_SHARE, skewed_loads, slowed_curve

@@ -40,14 +40,15 @@ import numpy as np
 from vibe.placement.errors import PlacementError
 
 #: Routing samples per kind of step by default, and the most allowed. The expected objective's solve time
-#: grows linearly with the samples (benchmarks/results/placement.md); 16 per kind keeps the sampling error
-#: of a decode step's predicted time within about 1 % on the DeepSeek-V3 benchmark.
+#: grows with the samples; on DeepSeek-V3 32 x 9 (decode + prefill mix, a 1.5x GPU) 16 per kind priced
+#: within 0.3 % of 64 held-out ones and placed within 0.2 % of what 32 gave, at 2/3 of their solve time
+#: (benchmarks/results/placement-expected.md).
 DEFAULT_SAMPLES = 16
 MAX_SAMPLES = 256
 
 #: Most kinds of steps in a mix, and the most tokens one step may route (per MoE layer, before top-k).
 MAX_KINDS = 16
-MAX_STEP_TOKENS = 1 << 20
+MAX_STEP_TOKENS = 1 << 24
 
 #: How a step's tokens for one expert split over its replicas (the engine's *dispatch*, the name
 #: ``cost.evaluate`` and the engine records use): ``round-robin`` (TensorRT-LLM, vLLM: the expert's tokens

@@ -1,7 +1,7 @@
 """`vibe serving ...`: the commands serving pods run (the root CLI mounts ``app`` as ``serving``).
 
-* ``init`` -- init container: mounted placement ConfigMap -> the engine's files (``--out NAME=PATH`` per
-  format of ``vibe.engines``: SGLang's ``--init-expert-location`` JSON, TensorRT-LLM's load-balancer
+* ``init`` -- init container: mounted placement ConfigMap -> the engine's files (``--engine-file NAME=PATH``
+  per format of ``vibe.engines``: SGLang's ``--init-expert-location`` JSON, TensorRT-LLM's load-balancer
   YAML and engine-args snippet, EPLB tensors), checked against the engine's EP size, slots and layers;
 * ``watch`` -- sidecar: notice a newer placement and restart / call an endpoint / report;
 * ``export-loads`` -- job or sidecar: an engine's statistics (SGLang's recorder dump, TensorRT-LLM's
@@ -85,13 +85,14 @@ def _outputs(pairs: list[str], **shorthands: Path | None) -> dict[str, str]:
     return out
 
 
-def _optional_int(value: str | None, name: str) -> int | None:
-    if value is None or not value.strip():
-        return None
+def _expected(value: str | None) -> tuple[int, str | None] | None:
+    """``--expect-generation``: the pod template's annotation, ``N`` or ``N/<MoEDeployment uid>``."""
+    from vibe import contract
+
     try:
-        return int(value)
-    except ValueError:
-        raise ServingError("InvalidArgument", f"{name} must be an integer, got {value!r}") from None
+        return contract.parse_template_value(value, "--expect-generation")
+    except ValueError as e:
+        raise ServingError("InvalidArgument", str(e)) from None
 
 
 # Options shared by init and watch (the engine as launched).
@@ -235,6 +236,15 @@ def init_cmd(
     follow_gpus: FollowGpusOpt = False,
     gpus_per_pod: GpusPerPodOpt = 8,
     group_size: GroupSizeOpt = None,
+    engine_gpus_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--engine-gpus-out",
+            dir_okay=False,
+            help="With --follow-gpus: also write the engine ranks' GPUs here (vLLM: VIBE_VLLM_ENGINE_GPUS,"
+            " so vibe's EPLB policy follows GPUs at every rebalance).",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -247,9 +257,11 @@ def init_cmd(
         settings = _settings(
             ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer, architecture
         )
-        expected = _optional_int(expect_generation, "--expect-generation")
+        expected = _expected(expect_generation)
         on_newer = _roll_forward_hook(kubeconfig, context) if roll_forward else None
         outputs = _outputs(engine_file or [], sglang=sglang_out, eplb=eplb_out, trtllm=trtllm_out)
+        if engine_gpus_out is not None and not follow_gpus:
+            raise ServingError("InvalidArgument", "--engine-gpus-out needs --follow-gpus")
         applied = emit.run_init(
             str(placement_dir),
             settings,
@@ -259,7 +271,7 @@ def init_cmd(
             wait_seconds=wait_seconds,
             on_newer=on_newer,
             engine_gpus=(
-                (lambda: _engine_gpus(None, gpus_per_pod, group_size, kubeconfig, context))
+                (lambda: _engine_gpus(None, gpus_per_pod, group_size, kubeconfig, context, engine_gpus_out))
                 if follow_gpus
                 else None
             ),
@@ -275,6 +287,7 @@ def _engine_gpus(
     group_size: int | None,
     kubeconfig: Path | None = None,
     context: str | None = None,
+    out: Path | None = None,
 ) -> list[tuple[str, int]]:
     from vibe.serving import kube, rankmap
 
@@ -287,13 +300,17 @@ def _engine_gpus(
         raise ServingError("ApplyFailed", f"--follow-gpus needs the Kubernetes API: {e}") from None
     gpus = rankmap.engine_gpus(api, ns, pod, gpus_per_pod, group_size)
     log.info("engine ranks run on %s", ", ".join(f"{n}/{i}" for n, i in gpus[::gpus_per_pod]))
+    if out is not None:
+        from vibe.serving import vllm_eplb
+
+        vllm_eplb.write_engine_gpus(out, gpus)
     return gpus
 
 
 def _roll_forward_hook(kubeconfig: Path | None = None, context: str | None = None) -> Any:
     from vibe.serving import kube
 
-    def bump(generation: int) -> None:
+    def bump(generation: int, uid: str | None = None) -> None:
         pod, ns = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
         if not pod or not ns:
             log.warning("cannot roll forward: POD_NAME/POD_NAMESPACE not set (Downward API)")
@@ -301,7 +318,7 @@ def _roll_forward_hook(kubeconfig: Path | None = None, context: str | None = Non
         try:
             api = kube.client(kubeconfig, context)
             kind, name = kube.discover_workload(api, ns, pod)
-            if kube.restart_workload(api, ns, kind, name, generation):
+            if kube.restart_workload(api, ns, kind, name, generation, uid):
                 log.info("rolled %s/%s forward to placement generation %d", kind, name, generation)
         except ServingError as e:
             log.warning("could not roll the workload forward: %s", e.message)
@@ -345,7 +362,14 @@ def watch_cmd(
             help="Workload to restart (default: this pod's owner, via POD_NAME).",
         ),
     ] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Endpoint for the http policy.")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="Endpoint for the http policy: the only origin the sidecar posts to (spec.serving.endpoint"
+            " may choose a path on it, never another host).",
+        ),
+    ] = None,
     http_document: Annotated[
         FormatName, typer.Option("--http-document", help="Format whose document the http policy POSTs.")
     ] = "sglang",
@@ -458,14 +482,23 @@ def _policy_picker(
                     "InvalidArgument", "policy 'restart' needs --target or POD_NAME (Downward API)"
                 )
             kind, name = kube.discover_workload(api, namespace, pod)
-        return (lambda gen: kube.restart_workload(api, namespace, kind, name, gen)), f"{kind}/{name}"
+        return (
+            lambda gen, uid=None: kube.restart_workload(api, namespace, kind, name, gen, uid)
+        ), f"{kind}/{name}"
+
+    said: set[str] = set()
 
     def pick() -> Any:
         chosen, endpoint = policy, url
         if moedeployment and api is not None and namespace:
             serving = _moedeployment_serving(api, namespace, moedeployment)
             chosen = serving.get("onUpdate", chosen)
-            endpoint = serving.get("endpoint", endpoint)
+            if chosen == "http":
+                # Where the pod sends its token is the pod's --url; the spec may only pick a path on it.
+                endpoint, refused = update_policies.resolve_endpoint(url, serving.get("endpoint"))
+                if refused and refused not in said:
+                    said.add(refused)
+                    report("Warning", "PlacementEndpointRefused", f"MoEDeployment {moedeployment}: {refused}")
         restart, label = restart_for(target) if chosen == "restart" else (None, "")
         return update_policies.make_policy(chosen, report, restart, label, endpoint, http_document, token)
 

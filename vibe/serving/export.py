@@ -21,7 +21,7 @@ from typing import Any
 from vibe import api
 from vibe.engines import get
 from vibe.engines.loads import loads_document
-from vibe.serving import kube, loads
+from vibe.serving import kube, loads, state
 from vibe.serving.errors import ServingError, engine_errors
 
 log = logging.getLogger("vibe.serving")
@@ -79,7 +79,7 @@ class Exporter:
             return False
         doc = loads_document(result)
         if self.output:
-            self.output.write_text(doc + "\n", encoding="utf-8")
+            state.write_atomic(self.output, doc + "\n")  # a reader of the file never sees half of it
         if self.configmap and self.namespace:
             annotations = {api.ANNOTATION_LOADS_SOURCE: get(self.engine).loads_source}
             if result.passes is not None:

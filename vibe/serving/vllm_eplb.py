@@ -50,7 +50,7 @@ import numpy as np
 from vibe import contract
 from vibe.engines import canonical, eplb, vllm
 from vibe.engines.errors import EngineError
-from vibe.serving import snapshot, stamp, state
+from vibe.serving import rankmap, snapshot, stamp, state
 from vibe.serving.errors import ServingError
 
 #: The vLLM releases the plugin is tested with (``vibe.engines.vllm``); others are refused at start.
@@ -61,6 +61,8 @@ VLLM_VERSIONS = vllm.VLLM_VERSIONS
 ENV_PLACEMENT_DIR = "VIBE_VLLM_PLACEMENT_DIR"
 ENV_LOADS_FILE = "VIBE_VLLM_LOADS_FILE"
 ENV_WINDOW_SIZE = "VIBE_VLLM_EPLB_WINDOW_SIZE"
+#: The engine ranks' GPUs, written by ``vibe serving init --follow-gpus --engine-gpus-out`` (optional).
+ENV_ENGINE_GPUS = "VIBE_VLLM_ENGINE_GPUS"
 DEFAULT_WINDOW_SIZE = vllm.DEFAULT_WINDOW_SIZE
 
 
@@ -86,19 +88,24 @@ class View:
 
     Attributes:
         generation: the placement generation (None: none declared, or nothing readable).
-        content_hash: the declared hash, else the hash of the whole snapshot ("" when unreadable).
+        data_hash: ``contract.content_hash`` of the whole snapshot ("" when unreadable), as the sidecar
+            records it (``state.Applied.data_hash``).
         reason: why this rank cannot use it ("" when it fits).
+        uid: the MoEDeployment UID its generation counts in (``placement-meta.json``), if written.
     """
 
     generation: int | None
-    content_hash: str
+    data_hash: str
     reason: str = ""
+    uid: str | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
+    """What every rank returns; ``applied`` is the state after it (the sidecar's ``state.Applied``)."""
+
     action: Action
-    generation: int | None
+    applied: state.Applied | None
     why: str
 
 
@@ -178,58 +185,101 @@ def _map_from(data: dict[str, str]) -> tuple[Any, int | None, str]:
     )
 
 
-def read_view(mount: str | os.PathLike[str], request: Request) -> tuple[View, np.ndarray | None]:
+def write_engine_gpus(path: str | os.PathLike[str], gpus: Sequence[tuple[str, int]]) -> None:
+    """Record the engine ranks' GPUs (``rankmap.engine_gpus``) for the plugin, atomically."""
+    write_window(path, json.dumps({"engineGpus": [[node, index] for node, index in gpus]}))
+
+
+def read_engine_gpus(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """The engine ranks' GPUs ``write_engine_gpus`` recorded, or ServingError."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        gpus = [(str(node), int(index)) for node, index in doc["engineGpus"]]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ServingError("UnreadableVolume", f"engine GPU list {path}: {e}") from None
+    return gpus
+
+
+def follow_gpus(arr: np.ndarray, data: dict[str, str], engine: list[tuple[str, int]]) -> np.ndarray:
+    """Move each GPU's slots to the vLLM EP rank that runs on it (``rankmap.slot_permutation``)."""
+    if canonical.KEY not in data:
+        raise ServingError(
+            "MissingPlacement", f"following GPUs needs {canonical.KEY}: keep 'vibe' in formats"
+        )
+    placed = rankmap.placement_gpus(json.loads(data[canonical.KEY]))
+    perm = rankmap.slot_permutation(placed, engine, arr.shape[1] // len(placed))
+    return arr[:, perm]
+
+
+def read_view(
+    mount: str | os.PathLike[str], request: Request, engine_gpus: str | os.PathLike[str] | None = None
+) -> tuple[View, np.ndarray | None]:
     """This rank's view of the mounted placement, and the fitted map (None unless it fits). Never raises
-    ServingError: a failure is the view's reason."""
+    ServingError: a failure is the view's reason.
+
+    Args:
+        engine_gpus: the file ``write_engine_gpus`` wrote for this pod, to follow GPUs; its content is
+            part of the view's hash, so ranks agree on the rank order too.
+    """
     try:
         snap = snapshot.read_snapshot(mount, attempts=5, pause=0.02)
         seen = stamp.stamp_from_data(snap.data)
-        digest = seen.content_hash or contract.content_hash(snap.data)
+        digest = contract.content_hash(snap.data)
     except ServingError as e:
         return View(None, "", f"{e.reason}: {e}"), None
     try:
         rows, gpus, key = _map_from(snap.data)
         arr = fit(rows, request, key, gpus)
+        if engine_gpus is not None:
+            engine = read_engine_gpus(engine_gpus)
+            arr = follow_gpus(arr, snap.data, engine)
+            digest = contract.content_hash({"data": digest, "engineGpus": json.dumps(engine)})
     except json.JSONDecodeError as e:
-        return View(seen.generation, digest, f"UnreadableVolume: not JSON: {e}"), None
+        return View(seen.generation, digest, f"UnreadableVolume: not JSON: {e}", seen.uid), None
     except ServingError as e:
-        return View(seen.generation, digest, f"{e.reason}: {e}"), None
+        return View(seen.generation, digest, f"{e.reason}: {e}", seen.uid), None
     if seen.generation is None:
         return View(None, digest, "UnreadableVolume: the placement declares no generation"), None
-    return View(seen.generation, digest), arr
+    return View(seen.generation, digest, "", seen.uid), arr
 
 
-def choose(views: Sequence[View], in_service: int | None) -> Decision:
+def choose(views: Sequence[View], applied: state.Applied | None) -> Decision:
     """The decision every rank makes from every rank's view (the same list on every rank).
 
     Args:
         views: one per EP rank, in rank order.
-        in_service: the generation of the vibe map vLLM runs now (None: vibe applied none yet).
+        applied: the vibe map vLLM runs now, as the sidecar records one (None: vibe applied none yet).
+            Newer or not is the sidecar's own rule, ``state.decide`` (generations, and the MoEDeployment's
+            UID: a re-created object's first placement supersedes the old object's generations).
     """
-    fallback = Action.KEEP if in_service is not None else Action.DEFAULT
-    keeps = f"keeping generation {in_service}" if in_service is not None else "using vLLM's default policy"
+    in_service = None if applied is None else applied.generation
+    fallback = Action.KEEP if applied is not None else Action.DEFAULT
+    keeps = f"keeping generation {in_service}" if applied is not None else "using vLLM's default policy"
     for rank, view in enumerate(views):
         if view.reason:
-            return Decision(fallback, in_service, f"rank {rank}: {view.reason}; {keeps}")
-    seen = {(v.generation, v.content_hash) for v in views}
-    if len(seen) > 1:
+            return Decision(fallback, applied, f"rank {rank}: {view.reason}; {keeps}")
+    if len({(v.generation, v.data_hash, v.uid) for v in views}) > 1:
         gens = sorted({str(v.generation) for v in views})
         return Decision(
             Action.KEEP,
-            in_service,
+            applied,
             f"EP ranks see different placements (generations {', '.join(gens)}: volumes not all updated"
             f" yet); keeping the map in service until they agree",
         )
-    generation = views[0].generation
-    if in_service is not None and generation is not None and generation < in_service:
-        return Decision(
-            Action.KEEP,
-            in_service,
-            f"placement generation {generation} is older than {in_service} in service",
-        )
-    if generation == in_service:
-        return Decision(Action.KEEP, in_service, f"placement generation {generation} is in service")
-    return Decision(Action.APPLY, generation, f"applying placement generation {generation}")
+    view = views[0]
+    seen = stamp.Stamp(view.generation, None, False, view.uid)
+    verdict = state.decide(applied, seen, view.data_hash)
+    if verdict is state.Verdict.APPLY:
+        after = state.successor(applied, seen, view.data_hash, "")
+        return Decision(Action.APPLY, after, f"applying placement generation {view.generation}")
+    if verdict is state.Verdict.SAME:
+        return Decision(Action.KEEP, applied, f"placement generation {view.generation} is in service")
+    why = {
+        state.Verdict.OLDER: f"placement generation {view.generation} is older than {in_service} in service",
+        state.Verdict.CONFLICT: f"placement generation {view.generation} is the one in service with other"
+        " bytes (two writers, or a hand edit)",
+    }.get(verdict, f"placement generation {view.generation} cannot be ordered")
+    return Decision(Action.KEEP, applied, f"{why}; keeping the map in service")
 
 
 def window_size(configured: int | None) -> int:

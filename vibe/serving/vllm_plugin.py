@@ -28,8 +28,7 @@ import os
 import threading
 from typing import Any
 
-from vibe.serving import vllm_eplb
-from vibe.serving.errors import ServingError
+from vibe.serving import state, vllm_eplb
 
 log = logging.getLogger("vibe.vllm")
 
@@ -43,6 +42,7 @@ class Runtime:
         gather: ``View -> list[View]`` over every EP rank, in rank order (default: vLLM's EPLB group).
         rank: this process's EP rank (default: from the same group).
         default: the policy to fall back to (default: vLLM's ``DefaultEplbPolicy``).
+        engine_gpus: the engine ranks' GPUs (``vibe serving init --engine-gpus-out``), to follow GPUs.
     """
 
     def __init__(
@@ -52,12 +52,14 @@ class Runtime:
         gather: Any = None,
         rank: Any = None,
         default: Any = None,
+        engine_gpus: str | None = None,
     ) -> None:
         self.mount, self.loads_file = mount, loads_file
+        self.engine_gpus = engine_gpus
         self._gather = gather or _gather_over_eplb_group
         self._rank = rank or _eplb_rank
         self._default = default
-        self.in_service: int | None = None  # generation of the vibe map vLLM runs
+        self.applied: state.Applied | None = None  # the vibe map vLLM runs, as the sidecar records one
         self._vibe_map: Any = None
         self._said = ""
         self._lock = threading.Lock()
@@ -85,13 +87,16 @@ class Runtime:
         with self._lock:
             request = vllm_eplb.Request(int(weight.shape[0]), int(weight.shape[1]), num_replicas, num_ranks)
             self._write_loads(weight)
-            view, arr = vllm_eplb.read_view(self.mount, request)
+            try:
+                view, arr = vllm_eplb.read_view(self.mount, request, self.engine_gpus)
+            except Exception as e:  # a rank that skipped the gather would hang every other rank in it
+                view, arr = vllm_eplb.View(None, "", f"InternalError: {type(e).__name__}: {e}"), None
             views = self._gather(view)
-            decision = vllm_eplb.choose(views, self.in_service)
+            decision = vllm_eplb.choose(views, self.applied)
             self.say(decision)
             if decision.action is vllm_eplb.Action.APPLY:
                 assert arr is not None  # every rank's view fits, this one's included
-                self.in_service, self._vibe_map = decision.generation, torch.from_numpy(arr)
+                self.applied, self._vibe_map = decision.applied, torch.from_numpy(arr)
                 return self._vibe_map.clone()
             if decision.action is vllm_eplb.Action.KEEP:
                 # vibe's map in service, which every rank holds (it was applied only when all agreed).
@@ -104,7 +109,7 @@ class Runtime:
                     return self._vibe_map.clone()
                 if old is not None and tuple(old.shape) == shape:
                     return old.clone()
-            self.in_service, self._vibe_map = None, None
+            self.applied, self._vibe_map = None, None
             return self._default_policy().rebalance_experts(
                 weight, num_replicas, num_groups, num_nodes, num_ranks, old
             )
@@ -123,7 +128,7 @@ class Runtime:
             doc = vllm_eplb.window(weight.double().numpy(), vllm_eplb.window_size(_configured_window()))
             if doc is not None:
                 vllm_eplb.write_window(self.loads_file, doc)
-        except (OSError, ServingError) as e:  # never stop a rebalance for the statistics
+        except Exception as e:  # never stop a rebalance (or skip its collective) for the statistics
             log.warning("vibe EPLB policy: could not write the load window to %s: %s", self.loads_file, e)
 
 
@@ -188,7 +193,12 @@ def register() -> None:
     original = eplb_policy.EPLB_POLICIES.get("default")
     if getattr(original, "vibe_runtime", None) is not None:
         return  # already registered in this process
-    RUNTIME = Runtime(mount, os.environ.get(vllm_eplb.ENV_LOADS_FILE) or None, default=original)
+    RUNTIME = Runtime(
+        mount,
+        os.environ.get(vllm_eplb.ENV_LOADS_FILE) or None,
+        default=original,
+        engine_gpus=os.environ.get(vllm_eplb.ENV_ENGINE_GPUS) or None,
+    )
     runtime = RUNTIME
 
     class VibeEplbPolicy(eplb_policy.AbstractEplbPolicy):

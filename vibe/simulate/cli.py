@@ -202,7 +202,7 @@ def simulate(
     constant, with its source, is in the --output JSON.
     """
     options = dict(locals())  # the flags only (taken before the import below adds a local)
-    from vibe.placement.errors import PlacementError
+    from vibe.placement import PlacementError
 
     # PlacementError carries its reason; the simulator's own errors (SimulationError, ModelError) and
     # the flags' parse errors are ValueErrors: InvalidInput
@@ -239,7 +239,7 @@ def _numbers(text: str, what: str) -> list[float]:
 
 
 def _simulate(**o: Any) -> None:
-    from vibe.placement.inputs import load_json, read_fleet, read_loads
+    from vibe.placement import load_json, read_fleet, read_loads
     from vibe.simulate.engine import EngineConfig
     from vibe.simulate.models import resolve
     from vibe.simulate.report import sweep

@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from vibe.placement.cost import bincount_rows, gpu_times_of
-from vibe.placement.curves import CurveTable
+from vibe.placement import CurveTable, bincount_rows, gpu_times_of
 from vibe.simulate.constants import value
 from vibe.simulate.models import PRESETS, ModelShape
 
@@ -292,7 +291,7 @@ def _scaled(curve: tuple[np.ndarray, np.ndarray], factor: float) -> tuple[np.nda
 def _h100_over_h200() -> tuple[np.ndarray, np.ndarray]:
     """Per token count, the measured H100 (reference, steady) / H200 DeepSeek-V3 bf16 expert time: how the
     same GEMMs compare on the two GPUs (memory-bound at small n, compute-bound at large n)."""
-    from vibe.placement.curves import reference_curve
+    from vibe.placement import reference_curve
 
     h200 = measured()["experts"]["deepseek-v3/bf16"]
     t = np.asarray(h200["tokens"], dtype=np.float64)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vibe.placement.curves import Fleet
+from vibe.placement import Fleet
 from vibe.simulate.engine import EngineConfig
 from vibe.simulate.models import resolve
 from vibe.simulate.report import attainment_at, goodput_search

@@ -26,11 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from vibe.placement.cost import Placement, check_shapes
-from vibe.placement.curves import Fleet, GPUCurve
-from vibe.placement.engine import solve
-from vibe.placement.incremental import replace_incremental
-from vibe.placement.routing import routing_from_flags
+from vibe.placement import (
+    Fleet,
+    GPUCurve,
+    Placement,
+    check_shapes,
+    replace_incremental,
+    routing_from_flags,
+    solve,
+)
 from vibe.simulate.constants import value
 from vibe.simulate.costs import CommModel, ExpertTable, NonExpertCost, slowness_of
 from vibe.simulate.engine import EngineConfig, Group, SimulationError, run
@@ -135,7 +139,7 @@ def reshaped(fleet: Fleet, floor_share: float) -> Fleet:
     """The fleet with each GPU's slowdown against the median GPU re-split: its compute slowdown as read
     off its curve (``slowness_of``), its floor slowed by ``floor_share`` of that
     (``vibe.placement.synthetic.slowed_curve``), on the median GPU's curve."""
-    from vibe.placement.synthetic import slowed_curve
+    from vibe.placement import slowed_curve
 
     _floor, compute = slowness_of([g.tokens for g in fleet.gpus], [g.seconds for g in fleet.gpus])
     med = int(np.argsort(compute)[len(compute) // 2])

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vibe.engines import EngineSettings
-from vibe.placement.cost import Placement
+from vibe.placement import Placement
 from vibe.serving import emit
 from vibe.serving.errors import ServingError
 
