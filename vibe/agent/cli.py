@@ -16,11 +16,15 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from vibe.clikit import ContextOpt, KubeconfigOpt, LogFormat, LogFormatOpt, fail, setup_logging
+
+if TYPE_CHECKING:  # torch-free names only: the commands import what they run
+    from vibe.agent.bench import BenchResult
+    from vibe.agent.shapes import ExpertShape
 
 COMMAND = "vibe agent"
 
@@ -54,7 +58,7 @@ def parse_device(text: str) -> str:
     return text.strip()
 
 
-def _shapes(shape: list[str] | None, no_defaults: bool) -> list:
+def _shapes(shape: list[str] | None, no_defaults: bool) -> list[ExpertShape]:
     from vibe.agent.shapes import dedupe, default_shapes, parse_shape
 
     try:
@@ -324,8 +328,15 @@ def bench(
 
 
 def _bench_one(
-    console: Any, dev: str, shapes: list, cfg: Any, telemetry: Any, r: int, n: int, own: frozenset
-):
+    console: Any,
+    dev: str,
+    shapes: list[ExpertShape],
+    cfg: Any,
+    telemetry: Any,
+    r: int,
+    n: int,
+    own: frozenset[int],
+) -> BenchResult:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -352,7 +363,7 @@ def _bench_one(
     ) as prog:
         task = prog.add_task(f"{label}: pre-heat", total=total)
 
-        def progress(event: str, info: dict) -> None:
+        def progress(event: str, info: dict[str, Any]) -> None:
             if event == "preheat":
                 mhz = info.get("clock_mhz")
                 prog.update(

@@ -57,7 +57,7 @@ class AgentCollector:
         self.telemetry = telemetry
         self.version = version
 
-    def describe(self) -> list:
+    def describe(self) -> list[Any]:
         return []  # unchecked collector: families are produced at scrape time
 
     def collect(self) -> Iterator[Any]:

@@ -72,9 +72,9 @@ class Runner:
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, self.cfg.workers), thread_name_prefix="vibe-publish"
         )
-        self.pending: dict[str, Future] = {}
+        self.pending: dict[str, Future[None]] = {}
         self.published: set[str] = set()  # nodes whose profile exists (Events and conditions may go)
-        self.unsent: dict[str, list] = {}  # Events of a failed publish, sent with the next one
+        self.unsent: dict[str, list[Any]] = {}  # Events of a failed publish, sent with the next one
         self.applied: dict[str, str] = {}  # node -> hash of the body last applied (unchanged: not sent)
         self.sent_conditions: dict[str, list[dict[str, Any]]] = {}  # node -> status conditions last applied
         self.failures: dict[str, int] = {}  # node -> profile writes failed in a row

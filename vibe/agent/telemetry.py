@@ -165,7 +165,7 @@ class NvmlTelemetry:
         self.error = error
         self._slow: dict[int, tuple[float, dict[str, Any]]] = {}
         self._handles: dict[int, Any] = {}
-        self._reported: set[tuple] = set()
+        self._reported: set[tuple[Any, ...]] = set()
         self._event_sets: dict[int, Any] = {}
         self.problems: list[str] = []  # every distinct problem reported, for `vibe agent telemetry`
         if lib is None and error:
@@ -350,7 +350,7 @@ class NvmlTelemetry:
 
     def _call(
         self,
-        key: tuple,
+        key: tuple[Any, ...],
         fn: Callable[..., Any],
         *args: Any,
         quiet: bool = False,
@@ -373,7 +373,7 @@ class NvmlTelemetry:
                 self._report(key, f"{where}{what} failed: {_describe(e)}; reported as unknown")
             return None
 
-    def _report(self, key: tuple, message: str) -> None:
+    def _report(self, key: tuple[Any, ...], message: str) -> None:
         if key in self._reported:
             return
         self._reported.add(key)

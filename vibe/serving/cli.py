@@ -505,7 +505,7 @@ def _policy_picker(
     return pick
 
 
-def _moedeployment_serving(api: Any, namespace: str, name: str) -> dict:
+def _moedeployment_serving(api: Any, namespace: str, name: str) -> dict[str, Any]:
     from kubernetes import client as k8s
 
     try:

@@ -46,7 +46,7 @@ class ServingError(RuntimeError):
         self.reason = reason
         self.message = message
 
-    def __reduce__(self):  # picklable with two arguments
+    def __reduce__(self) -> tuple[type[ServingError], tuple[str, str]]:  # picklable with two arguments
         return (type(self), (self.reason, self.message))
 
 

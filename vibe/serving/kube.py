@@ -114,7 +114,7 @@ def apply_configmap(
         raise _api_error(e, f"applying ConfigMap {namespace}/{name}") from None
 
 
-def _dgd_components(obj: dict, component: str | None) -> list[int]:
+def _dgd_components(obj: dict[str, Any], component: str | None) -> list[int]:
     """Indices in ``spec.components`` of the DGD components to roll: ``component``, else every engine one."""
     components = (obj.get("spec") or {}).get("components") or []
     name = (obj.get("metadata") or {}).get("name")
@@ -132,7 +132,7 @@ def _dgd_components(obj: dict, component: str | None) -> list[int]:
     return found
 
 
-def _template_paths(kind: str, obj: dict, component: str | None = None) -> list[list[str]]:
+def _template_paths(kind: str, obj: dict[str, Any], component: str | None = None) -> list[list[str]]:
     """Where the pod templates of a workload object live."""
     if kind == DGD_KIND:
         return [["spec", "components", str(i), "podTemplate"] for i in _dgd_components(obj, component)]
@@ -145,13 +145,13 @@ def _template_paths(kind: str, obj: dict, component: str | None = None) -> list[
     return [["spec", "template"]]
 
 
-def _get_path(obj: Any, path: list[str]) -> dict:
+def _get_path(obj: Any, path: list[str]) -> dict[str, Any]:
     for key in path:
         obj = (obj[int(key)] if isinstance(obj, list) else (obj or {}).get(key)) or {}
     return obj
 
 
-def _read_workload(api: Any, namespace: str, kind: str, name: str) -> dict:
+def _read_workload(api: Any, namespace: str, kind: str, name: str) -> dict[str, Any]:
     from kubernetes import client as k8s
 
     try:
@@ -170,7 +170,7 @@ def _read_workload(api: Any, namespace: str, kind: str, name: str) -> dict:
         raise _api_error(e, f"reading {kind} {namespace}/{name}") from None
 
 
-def _patch_workload(api: Any, namespace: str, kind: str, name: str, body: dict) -> None:
+def _patch_workload(api: Any, namespace: str, kind: str, name: str, body: dict[str, Any]) -> None:
     from kubernetes import client as k8s
 
     if kind in _CUSTOM:

@@ -56,7 +56,7 @@ class Update:
 
     generation: int
     content_hash: str
-    documents: dict[str, dict]
+    documents: dict[str, dict[str, Any]]
     uid: str | None = None
 
 

@@ -201,7 +201,7 @@ def register() -> None:
     )
     runtime = RUNTIME
 
-    class VibeEplbPolicy(eplb_policy.AbstractEplbPolicy):
+    class VibeEplbPolicy(eplb_policy.AbstractEplbPolicy):  # type: ignore[misc]  # vLLM ships no types
         """vibe's placement from the mounted ConfigMap (``vibe.serving.vllm_plugin``)."""
 
         vibe_runtime = runtime
