@@ -178,7 +178,7 @@ def test_examples_are_valid(crds, kube, namespace):
     created = []
     for path in sorted((ROOT / "examples").glob("**/*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") == "MoEDeployment":
+            if isinstance(doc, dict) and doc.get("kind") == "MoEDeployment":
                 doc.setdefault("metadata", {}).pop("namespace", None)
                 # each example folder stands alone (several name theirs dsv3): one namespace holds them all
                 doc["metadata"]["name"] = f"{doc['metadata']['name']}-{len(created)}"
