@@ -357,11 +357,11 @@ def test_dispatch_once_per_node_and_two_batch_overlap() -> None:
     t, sec = reference_curve(7168, 2048, "fp8")
     ds = Fleet(tuple(GPUCurve(f"n{i // 8}/{i % 8}", f"n{i // 8}", t, sec) for i in range(16)))
     spec = GroupSpec("colocated", skewed(2, 256), ds, 16)
-    on, off = (
+    on, off, auto = (
         Simulator(Settings(resolve("deepseek-v3"), (spec,), overlap=mode, samples=2))
         .prepare("vibe")
         .groups[0]
-        for mode in ("on", "off")
+        for mode in ("on", "off", "auto")
     )
     z = np.zeros(16)
     prefill = (z + 4096, z, z, z + 4096**2 / 2, z + 1)
@@ -370,6 +370,9 @@ def test_dispatch_once_per_node_and_two_batch_overlap() -> None:
     p_on, p_off = on.step_seconds(0.0, *prefill, 0, True), off.step_seconds(0.0, *prefill, 0, True)
     assert comm * off.layer_scale < p_on < p_off
     assert on.step_seconds(0.0, *decode, 0, False) > off.step_seconds(0.0, *decode, 0, False)
+    # auto (the default): two micro-batches where they make the step faster
+    assert auto.step_seconds(0.0, *prefill, 0, True) == p_on
+    assert auto.step_seconds(0.0, *decode, 0, False) == off.step_seconds(0.0, *decode, 0, False)
 
 
 def test_decode_first_keeps_decoding_while_prompts_arrive() -> None:

@@ -78,7 +78,7 @@ class Settings:
     samples: int = int(value("routing_samples"))
     seed: int = 0
     solve_budget_s: float = 0.5
-    overlap: str = "auto"  # two micro-batches: auto (when the group spans nodes), on, off
+    overlap: str = "auto"  # two micro-batches: auto (spanning nodes, where faster), on, off
     per_node: str = "auto"  # dispatch once per destination node: auto (prefill steps), always, never
     floor_share: float | None = None  # re-shape the fleets' curves (``reshaped``); None: as given
 
@@ -185,7 +185,7 @@ def _comm(settings: Settings, g: int) -> CommModel:
         rdma=value("rdma_bytes_per_s"),
         latency=value("comm_latency_s"),
         per_node=settings.per_node,
-        overlap=settings.overlap == "on" or (settings.overlap == "auto" and g > int(value("gpus_per_node"))),
+        overlap=settings.overlap,
     )
 
 
