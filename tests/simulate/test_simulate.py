@@ -357,11 +357,11 @@ def test_dispatch_once_per_node_and_two_batch_overlap() -> None:
     t, sec = reference_curve(7168, 2048, "fp8")
     ds = Fleet(tuple(GPUCurve(f"n{i // 8}/{i % 8}", f"n{i // 8}", t, sec) for i in range(16)))
     spec = GroupSpec("colocated", skewed(2, 256), ds, 16)
-    on, off = (
+    on, off, auto = (
         Simulator(Settings(resolve("deepseek-v3"), (spec,), overlap=mode, samples=2))
         .prepare("vibe")
         .groups[0]
-        for mode in ("on", "off")
+        for mode in ("on", "off", "auto")
     )
     z = np.zeros(16)
     prefill = (z + 4096, z, z, z + 4096**2 / 2, z + 1)
@@ -370,6 +370,9 @@ def test_dispatch_once_per_node_and_two_batch_overlap() -> None:
     p_on, p_off = on.step_seconds(0.0, *prefill, 0, True), off.step_seconds(0.0, *prefill, 0, True)
     assert comm * off.layer_scale < p_on < p_off
     assert on.step_seconds(0.0, *decode, 0, False) > off.step_seconds(0.0, *decode, 0, False)
+    # auto (the default): two micro-batches where they make the step faster
+    assert auto.step_seconds(0.0, *prefill, 0, True) == p_on
+    assert auto.step_seconds(0.0, *decode, 0, False) == off.step_seconds(0.0, *decode, 0, False)
 
 
 def test_decode_first_keeps_decoding_while_prompts_arrive() -> None:
@@ -384,3 +387,15 @@ def test_decode_first_keeps_decoding_while_prompts_arrive() -> None:
     assert float(b["ttft_p50_s"]) > float(a["ttft_p50_s"])  # type: ignore[arg-type]
     with pytest.raises(SimulationError, match="scheduler"):
         EngineConfig(scheduler="fastest")
+
+
+def test_the_command_plans_with_vibe_plans_step_mix_flags(files: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    mix = ("--step-mix", "32:0.8,256:0.2", "--samples", "4", "--dispatch", "even", "--rates", "2")
+    res = CliRunner().invoke(app, cli(files, *mix, "--dispatch-per-node", "never", "--output", str(out)))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())["settings"]
+    assert (doc["stepMix"], doc["samples"], doc["dispatch"]) == ("32:0.8,256:0.2", 4, "even")
+    assert doc["engine"]["dispatchPerNode"] == "never"
+    bad = CliRunner().invoke(app, cli(files, *mix[:4], "--dispatch", "nearest"))
+    assert bad.exit_code != 0 and "nearest" in bad.output

@@ -102,18 +102,21 @@ CONSTANTS: dict[str, Constant] = {
     ),
     "two_batch_overlap": Constant(
         1.0,
-        "1 = on when the group spans nodes",
+        "1 = on where the group spans nodes and it makes the step faster",
         "SGLang's large-scale DeepSeek-V3 deployment (LMSYS blog 2025-05-05, 96 H100, PD + EP) runs "
         "--enable-two-batch-overlap in prefill and decode: two micro-batches, one's DeepEP dispatch/"
-        "combine behind the other's compute (reported +27-35 % prefill throughput); within one node "
-        "(NVLink only) engines run without it (--overlap auto|on|off)",
+        "combine behind the other's compute (reported +27-35 % prefill throughput, and a gain in decode at "
+        "large batches); each half pays the GEMMs' floor again, so at small decode batches it costs "
+        "more than it saves: auto uses it where it makes a step faster, and not within one node (NVLink "
+        "only) (--overlap auto|on|off)",
     ),
     "dispatch_per_node": Constant(
         1.0,
         "1 = prefill steps (DeepEP --deepep-mode auto)",
         "SGLang --deepep-mode auto, as in the same deployment: prefill steps use DeepEP's normal kernels "
         "(a token sent once per destination node over RDMA, forwarded over NVLink inside it), decode "
-        "steps the low-latency kernels (one RDMA copy per token-expert pair) (--dispatch auto|always|never)",
+        "steps the low-latency kernels (one RDMA copy per token-expert pair) "
+        "(--dispatch-per-node auto|always|never)",
     ),
     "routing_samples": Constant(
         16,

@@ -320,8 +320,9 @@ class CommModel:
     ``per_node``: ``"auto"`` (SGLang ``--deepep-mode auto``: prefill steps use DeepEP's normal kernels,
     which send a token once per destination node over RDMA and forward it over NVLink inside the node;
     decode steps use the low-latency kernels, one RDMA copy per token-expert pair), ``"always"`` or
-    ``"never"``. ``overlap``: two micro-batches, one's dispatch/combine hidden behind the other's compute
-    (SGLang ``--enable-two-batch-overlap``, DeepEP's hook-based overlap); ``Group.step_seconds`` uses it.
+    ``"never"``. ``overlap`` (``"auto"``, ``"on"``, ``"off"``): two micro-batches, one's dispatch/combine
+    hidden behind the other's compute (SGLang ``--enable-two-batch-overlap``, DeepEP's hook-based
+    overlap); ``Group.step_seconds`` says when each applies.
     """
 
     hidden: int
@@ -334,7 +335,7 @@ class CommModel:
     rdma: float
     latency: float
     per_node: str = "auto"
-    overlap: bool = True
+    overlap: str = "auto"
 
     def node_dedup(self) -> float:
         """Off-node bytes sent once per destination node / once per token-expert pair (uniform routing).

@@ -114,12 +114,15 @@ class Group:
     ) -> float:
         """One step's seconds from each rank's batch ([G] arrays, ``NonExpertCost.ranks``'s meaning).
 
-        Serial: the slowest rank's non-expert time + (expert + dispatch/combine) x layers. With the
-        table's ``overlap`` (two micro-batches, each half of every rank's batch), per MoE layer the GPU
-        computes both halves while the links carry both halves' dispatch and combine:
-        2 max(compute(half), comm(half)) + the pipeline's fill, min(compute(half), comm(half)) / layers
-        (each half pays the GEMMs' floor again: at decode batch sizes overlap can cost more than it saves).
-        A step in which some rank has a single token runs serially (it cannot be split).
+        Serial: the slowest rank's non-expert time + (expert + dispatch/combine) x layers. Two
+        micro-batches (each half of every rank's batch): per MoE layer the GPU computes both halves while
+        the links carry both halves' dispatch and combine, 2 max(compute(half), comm(half)) + the
+        pipeline's fill, min(compute(half), comm(half)) / layers; each half pays the GEMMs' floor again,
+        so at small decode batches two micro-batches cost more than they save. The table's
+        ``comm.overlap``: ``off`` serial; ``on`` two micro-batches; ``auto`` two micro-batches where the
+        group spans nodes and they make the step faster (an operator enables SGLang's two-batch overlap
+        where it pays), serial otherwise. A step in which some rank has a single token runs serially
+        (it cannot be split).
         """
         assert self.floor_factor is not None and self.compute_factor is not None
         table = self.table_at(t)
@@ -127,11 +130,13 @@ class Group:
         if total <= 0:
             return 0.0
         ff, cf = self.floor_factor, self.compute_factor
-        busy = tokens[tokens > 0]
-        if not table.comm.overlap or busy.min() < 2:  # a rank with one token cannot split its batch
-            ne = float(self.nonexpert.ranks(tokens, decode_reqs, decode_ctx, pairs, sampled, ff, cf).max())
-            ex, comm = table.step(total, float(tokens.max()), k, extend)
-            return ne + (ex + comm) * self.layer_scale + self.overhead_s
+        ne = float(self.nonexpert.ranks(tokens, decode_reqs, decode_ctx, pairs, sampled, ff, cf).max())
+        ex, comm = table.step(total, float(tokens.max()), k, extend)
+        serial = ne + (ex + comm) * self.layer_scale + self.overhead_s
+        mode = table.comm.overlap
+        spans = table.comm.num_gpus > table.comm.gpus_per_node
+        if mode == "off" or (mode == "auto" and not spans) or tokens[tokens > 0].min() < 2:
+            return serial
         ne_h = float(
             self.nonexpert.ranks(
                 tokens / 2, decode_reqs / 2, decode_ctx / 2, pairs / 2, sampled / 2, ff, cf
@@ -140,8 +145,9 @@ class Group:
         ex_h, comm_h = table.step(total / 2, float(tokens.max()) / 2, k, extend)
         layers = self.nonexpert.model.moe_layers
         compute = ne_h + ex_h * self.layer_scale
-        comm = comm_h * self.layer_scale
-        return 2 * max(compute, comm) + min(compute, comm) / max(layers, 1) + self.overhead_s
+        comm_2 = comm_h * self.layer_scale
+        two = 2 * max(compute, comm_2) + min(compute, comm_2) / max(layers, 1) + self.overhead_s
+        return min(serial, two) if mode == "auto" else two
 
 
 @dataclass

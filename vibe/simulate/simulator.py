@@ -78,9 +78,11 @@ class Settings:
     samples: int = int(value("routing_samples"))
     seed: int = 0
     solve_budget_s: float = 0.5
-    overlap: str = "auto"  # two micro-batches: auto (when the group spans nodes), on, off
+    overlap: str = "auto"  # two micro-batches: auto (spanning nodes, where faster), on, off
     per_node: str = "auto"  # dispatch once per destination node: auto (prefill steps), always, never
     floor_share: float | None = None  # re-shape the fleets' curves (``reshaped``); None: as given
+    plan_samples: int = 16  # with a group's plan_step_mix: sampled routings per kind (vibe plan --samples)
+    plan_dispatch: str = "round-robin"  # with plan_step_mix: replica split (vibe plan --dispatch)
 
     def __post_init__(self) -> None:
         if self.overlap not in ("auto", "on", "off"):
@@ -185,7 +187,7 @@ def _comm(settings: Settings, g: int) -> CommModel:
         rdma=value("rdma_bytes_per_s"),
         latency=value("comm_latency_s"),
         per_node=settings.per_node,
-        overlap=settings.overlap == "on" or (settings.overlap == "auto" and g > int(value("gpus_per_node"))),
+        overlap=settings.overlap,
     )
 
 
@@ -250,7 +252,14 @@ class Simulator:
         info: dict[str, Any] = {}
         for gi, spec in enumerate(s.groups):
             plan = shares_of(spec.loads) * _plan_tokens(s, spec) * s.model.top_k
-            routing = routing_from_flags(spec.loads, spec.plan_step_mix, s.model.top_k, seed=s.seed)
+            routing = routing_from_flags(
+                spec.loads,
+                spec.plan_step_mix,
+                s.model.top_k,
+                samples=s.plan_samples,
+                dispatch=s.plan_dispatch,
+                seed=s.seed,
+            )
             res = solve(
                 plan if routing is None else spec.loads,
                 spec.fleet,
