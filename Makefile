@@ -7,19 +7,22 @@ BIN    := $(VENV)/bin
 # vLLM (for the EPLB policy plugin's tests) pins another torch than the agent: its own virtualenv.
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: demo test setup venv cluster-bin lint clean crds
+.PHONY: demo test setup venv vllm-venv cluster-bin lint clean crds
 
 ## demo: install, bring the local control plane up and run the end-to-end demo
 demo: setup
 	$(BIN)/vibe demo
 
 ## test: every check, then the whole test suite (what CI runs; CONTRIBUTING.md says what each guards)
-test: setup lint
+test: setup vllm-venv lint
 	$(BIN)/pytest
 
 setup: venv cluster-bin
 
-venv: $(VENV)/.installed $(VLLM_VENV)/.installed
+venv: $(VENV)/.installed
+
+# Only the tests need vLLM (the demo does not): `make test` builds it, `make demo` does not.
+vllm-venv: $(VLLM_VENV)/.installed
 
 # `cluster` brings what the local control plane needs (the demo and the tests run it).
 # `bench` brings torch (CPU-capable; about 2.8 GB of wheels from PyPI, ~3 min cold) so that CI runs the

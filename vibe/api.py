@@ -11,6 +11,8 @@ so every layer may import it. The placement ConfigMap's contract (name, meta key
 
 from __future__ import annotations
 
+from typing import Final, Literal, get_args
+
 # ---- the group and its resources
 
 GROUP = "vibe.dev"
@@ -74,23 +76,30 @@ FIELD_MANAGER_CRDS = "vibe-crds"
 #: ``status.placementGeneration`` has the same maximum (``tests/test_api.py`` compares them).
 MAX_PLACEMENT_GENERATION = 2**53 - 1
 
-# ---- status conditions of a MoEDeployment (``vibe.operator.conditions``)
+# ---- status conditions of a MoEDeployment (``vibe.operator.conditions``), each with its reasons
+#
+# Typed: a condition type, a reason, a drift kind or decision is one of the ``Literal``s below, and the
+# operator's strict mypy checks every one it writes. The tuples are the ``Literal``s' values (spelled once).
 
-CONDITION_READY = "Ready"
-CONDITION_DEGRADED = "Degraded"
-CONDITION_DRIFTED = "Drifted"
-CONDITION_TYPES = (CONDITION_READY, CONDITION_DEGRADED, CONDITION_DRIFTED)
+ConditionType = Literal["Ready", "Degraded", "Drifted"]
+CONDITION_TYPES: tuple[ConditionType, ...] = get_args(ConditionType)
 
-#: Reasons the operator sets when all is well or nothing is known yet.
-REASON_PLACED = "Placed"
-REASON_PENDING = "Pending"
-REASON_INPUTS_HEALTHY = "InputsHealthy"
-REASON_NO_DRIFT = "NoDrift"
-REASON_REPLACED = "Replaced"
+#: ``Ready``: True ``Placed`` (a placement for the current spec is in the ConfigMap); False ``Pending``
+#: (none yet) or the ``ProblemReason`` (or placement library reason) that stops the current spec.
+CONDITION_READY: Final = "Ready"
+ReadyReason = Literal["Placed", "Pending"]
+REASON_PLACED: Final = "Placed"
+REASON_PENDING: Final = "Pending"
+
+#: ``Degraded``: True with the ``ProblemReason`` (or placement library reason) of an input problem the
+#: operator cannot fix; False ``InputsHealthy``.
+CONDITION_DEGRADED: Final = "Degraded"
+DegradedReason = Literal["InputsHealthy"]
+REASON_INPUTS_HEALTHY: Final = "InputsHealthy"
 
 #: Reasons of an input problem the operator cannot fix (``vibe.operator.problems.Problem``), besides the
 #: placement library's (``vibe.placement.errors.REASONS``), which pass through unchanged.
-PROBLEM_REASONS = (
+ProblemReason = Literal[
     "InsufficientGPUs",
     "InfeasibleSlots",
     "InvalidGPUProfile",
@@ -105,7 +114,20 @@ PROBLEM_REASONS = (
     "InstanceTooLarge",
     "Forbidden",
     "APIRefused",
-)
+]
+PROBLEM_REASONS: tuple[ProblemReason, ...] = get_args(ProblemReason)
+
+#: ``Drifted``: True with the ``DriftKind`` (what changed) while a drift keeps the placement in service;
+#: False ``NoDrift``, or ``Replaced`` right after a re-placement.
+CONDITION_DRIFTED: Final = "Drifted"
+DriftedReason = Literal["NoDrift", "Replaced"]
+REASON_NO_DRIFT: Final = "NoDrift"
+REASON_REPLACED: Final = "Replaced"
+DriftKind = Literal["PerformanceDrift", "WorkloadDrift", "GPUsChanged"]
+#: The operator's answer to a drift: ``status.drift.decision`` and the Event's reason.
+DriftDecision = Literal["Replaced", "DriftBelowThreshold", "ReplacementNotWorthIt", "CooldownActive"]
+
+assert (CONDITION_READY, CONDITION_DEGRADED, CONDITION_DRIFTED) == CONDITION_TYPES
 
 # ---- the workloads serving pods run in: how a pod's expert-parallel rank is read
 

@@ -387,3 +387,15 @@ def test_decode_first_keeps_decoding_while_prompts_arrive() -> None:
     assert float(b["ttft_p50_s"]) > float(a["ttft_p50_s"])  # type: ignore[arg-type]
     with pytest.raises(SimulationError, match="scheduler"):
         EngineConfig(scheduler="fastest")
+
+
+def test_the_command_plans_with_vibe_plans_step_mix_flags(files: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    mix = ("--step-mix", "32:0.8,256:0.2", "--samples", "4", "--dispatch", "even", "--rates", "2")
+    res = CliRunner().invoke(app, cli(files, *mix, "--dispatch-per-node", "never", "--output", str(out)))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())["settings"]
+    assert (doc["stepMix"], doc["samples"], doc["dispatch"]) == ("32:0.8,256:0.2", 4, "even")
+    assert doc["engine"]["dispatchPerNode"] == "never"
+    bad = CliRunner().invoke(app, cli(files, *mix[:4], "--dispatch", "nearest"))
+    assert bad.exit_code != 0 and "nearest" in bad.output

@@ -18,18 +18,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
-from vibe.api import CONDITION_TYPES
+from vibe.api import CONDITION_TYPES, ConditionType, DegradedReason, DriftedReason, DriftKind, ReadyReason
+from vibe.operator.problems import Reason as ProblemReason
 
-TYPES = CONDITION_TYPES
+#: Every reason a condition may carry: each type's own (``vibe.api``, beside the type), an input
+#: problem's (``Ready=False``, ``Degraded=True``), and a drift's kind (``Drifted=True``).
+ConditionReason: TypeAlias = ReadyReason | DegradedReason | DriftedReason | DriftKind | ProblemReason
 
 
 @dataclass(frozen=True)
 class Condition:
-    type: str
+    """One condition as the reconciler decides it, typed (strict mypy checks type and reason)."""
+
+    type: ConditionType
     status: bool
-    reason: str
+    reason: ConditionReason
     message: str = ""
 
     @property
@@ -44,7 +49,8 @@ def merge(
     generation: int,
     now: str,
 ) -> list[dict[str, Any]]:
-    """The condition list after applying ``new``, in ``TYPES`` order, then other types as they were.
+    """The condition list after applying ``new``, in ``CONDITION_TYPES`` order, then other types as
+    they were.
 
     ``lastTransitionTime`` is kept from the existing condition of the same type when its status did not
     change, else set to ``now`` (RFC 3339, seconds). Conditions of types not in ``new`` are kept as is.
@@ -64,7 +70,7 @@ def merge(
             "message": one_line(c.message),
             "lastTransitionTime": now if changed or prev is None else prev["lastTransitionTime"],
         }
-    order = [t for t in TYPES if t in out] + sorted(t for t in out if t not in TYPES)
+    order = [t for t in CONDITION_TYPES if t in out] + sorted(t for t in out if t not in CONDITION_TYPES)
     return [out[t] for t in order]
 
 

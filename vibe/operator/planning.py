@@ -34,10 +34,11 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
 
 import numpy as np
 
+from vibe.api import DriftDecision, DriftKind
 from vibe.engines import ENGINES
 from vibe.operator.clock import iso, parse_time
 from vibe.operator.gpus import Resolution
@@ -64,14 +65,19 @@ MAX_SAMPLED_WORK = 100_000_000
 BASELINE_POLICY = "token-balanced"
 
 #: Plan actions.
-WRITE = "write"
-NOTHING = "nothing"
+PlanAction = Literal["write", "nothing"]
+WRITE: Final = "write"
+NOTHING: Final = "nothing"
 
-#: Drift decisions (also Event reasons).
-REPLACED = "Replaced"
-BELOW_THRESHOLD = "DriftBelowThreshold"
-NOT_WORTH = "ReplacementNotWorthIt"
-COOLDOWN = "CooldownActive"
+#: Drift decisions (``vibe.api.DriftDecision``: ``status.drift.decision``, also Event reasons).
+REPLACED: Final = "Replaced"
+BELOW_THRESHOLD: Final = "DriftBelowThreshold"
+NOT_WORTH: Final = "ReplacementNotWorthIt"
+COOLDOWN: Final = "CooldownActive"
+
+#: Why a plan writes (``Placed``, ``GPUsChanged``, ``Replaced``: the Event's reason and the writes
+#: metric's label) or does nothing (``UpToDate``, ``StaleInputs``, or a drift decision that keeps it).
+PlanReason: TypeAlias = Literal["Placed", "GPUsChanged", "UpToDate", "StaleInputs"] | DriftDecision
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,8 +95,8 @@ class Inputs:
 class Plan:
     """The decision. ``result``/``baseline`` are set when ``action == WRITE``."""
 
-    action: str
-    reason: str
+    action: PlanAction
+    reason: PlanReason
     message: str
     result: Result | None = None
     baseline: Result | None = None
@@ -185,13 +191,14 @@ def _plan(
         return _write(inputs, "GPUsChanged", why, result, baseline, drift=None)
 
     # 5. Drift.
-    kind = "WorkloadDrift" if current.keys.loads != keys.loads else "PerformanceDrift"
+    kind: DriftKind = "WorkloadDrift" if current.keys.loads != keys.loads else "PerformanceDrift"
     if prior_drift and prior_drift.get("inputHash") == keys.all:
         retry = parse_time(prior_drift.get("retryAfter"))
         if prior_drift.get("decision") != COOLDOWN or (retry is not None and now < retry):
             return Plan(
                 NOTHING,
-                str(prior_drift.get("decision")),
+                # this object's own status.drift, written by an earlier plan: repeated as it is
+                cast(DriftDecision, str(prior_drift.get("decision"))),
                 "already evaluated",
                 summary=current.summary,
                 drift=dict(prior_drift),
@@ -225,7 +232,7 @@ def _plan(
         "savedSeconds": _r(saved),
     }
 
-    def kept(decision: str, msg: str, retry_at: dt.datetime | None = None) -> Plan:
+    def kept(decision: DriftDecision, msg: str, retry_at: dt.datetime | None = None) -> Plan:
         """The placement in service stays: the drift was priced and ``decision`` says why."""
         retry = {"retryAfter": iso(retry_at)} if retry_at is not None else {}
         return Plan(
@@ -393,13 +400,13 @@ def _objective_of(result: Result) -> dict[str, Any]:
 
 def _write(
     inputs: Inputs,
-    reason: str,
+    reason: PlanReason,
     why: str,
     result: Result,
     baseline: Result,
     *,
     drift: dict[str, Any] | None,
-    kind: str = "",
+    kind: DriftKind | None = None,
     gain: float = 0.0,
 ) -> Plan:
     summary = summary_of(result, baseline, reason=reason, message=why, inputs=inputs)

@@ -8,26 +8,29 @@ retries with backoff. Anything else is a bug and stays an ordinary exception.
 
 from __future__ import annotations
 
-from vibe.api import PROBLEM_REASONS
-from vibe.placement import REASONS as PLACEMENT_REASONS
-from vibe.placement import PlacementError
+from typing import TypeAlias
 
-#: Reasons a Problem may carry (besides the placement engine's, which pass through unchanged).
-REASONS = PROBLEM_REASONS
+from vibe.api import PROBLEM_REASONS, ProblemReason
+from vibe.placement import REASONS as PLACEMENT_REASONS
+from vibe.placement import PlacementError, PlacementReason
+
+#: Reasons a Problem may carry: the operator's (``vibe.api.ProblemReason``) and the placement library's,
+#: which pass through unchanged.
+Reason: TypeAlias = ProblemReason | PlacementReason
 
 
 class Problem(Exception):
     """A condition-worthy input problem: ``reason`` (CamelCase) and a one-line ``message``."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        if reason not in REASONS and reason not in PLACEMENT_REASONS:  # a bug here, not in the input
+    def __init__(self, reason: Reason, message: str) -> None:
+        if reason not in PROBLEM_REASONS and reason not in PLACEMENT_REASONS:  # a bug here, not in the input
             raise AssertionError(f"unknown Problem reason {reason!r}")
         message = " ".join(str(message).split())
         super().__init__(message)
         self.reason = reason
         self.message = message
 
-    def __reduce__(self) -> tuple[type[Problem], tuple[str, str]]:  # picklable across the compute pool
+    def __reduce__(self) -> tuple[type[Problem], tuple[Reason, str]]:  # picklable across the compute pool
         return (type(self), (self.reason, self.message))
 
     @classmethod

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from vibe import api
+from vibe.api import DriftKind
 from vibe.operator import conditions as cond
 from vibe.operator.clock import iso
-from vibe.operator.conditions import Condition
+from vibe.operator.conditions import Condition, ConditionReason
 from vibe.operator.gpus import Resolution
 from vibe.operator.output import InService
 from vibe.operator.planning import WRITE, Plan, prior_drift_or_none
@@ -142,17 +144,17 @@ def _conditions(
             f"(bound {_ms(s.get('lowerBoundSeconds'))}, gap {_pct(s.get('gapToBound'))}), "
             f"{_pct(s.get('gainVsBaseline'))} faster than {(s.get('baseline') or {}).get('policy')}"
         )
-        out.append(Condition("Ready", True, "Placed", "; ".join([msg, *notes])))
+        out.append(Condition(api.CONDITION_READY, True, api.REASON_PLACED, "; ".join([msg, *notes])))
     else:
-        reason = p.reason if p is not None else "Pending"
+        reason: ConditionReason = p.reason if p is not None else api.REASON_PENDING
         msg = p.message if p is not None else "no placement yet"
         if cm is not None:
             msg += f"; the placement for the previous spec (generation {cm.generation}) stays in service"
-        out.append(Condition("Ready", False, reason, msg))
+        out.append(Condition(api.CONDITION_READY, False, reason, msg))
 
     keep = f"; keeping placement generation {cm.generation}" if cm is not None else ""
     if p is not None:
-        out.append(Condition("Degraded", True, p.reason, p.message + keep))
+        out.append(Condition(api.CONDITION_DEGRADED, True, p.reason, p.message + keep))
     elif res is not None and res.stale_nodes:
         n = res.stale_nodes
         msg = (
@@ -160,23 +162,26 @@ def _conditions(
             "have no heartbeat "
             f"for over {obs.profile_ttl_s:.0f} s (is the vibe agent running?){keep}"
         )
-        out.append(Condition("Degraded", True, "StaleGPUProfile", msg))
+        out.append(Condition(api.CONDITION_DEGRADED, True, "StaleGPUProfile", msg))
     else:
-        out.append(Condition("Degraded", False, "InputsHealthy", "GPU profiles fresh, loads readable"))
+        healthy = "GPU profiles fresh, loads readable"
+        out.append(Condition(api.CONDITION_DEGRADED, False, api.REASON_INPUTS_HEALTHY, healthy))
 
     if drift is not None:
         message = str(drift.get("message") or "") or (
             f"{drift.get('kind')}: the placement in service is predicted {_pct(drift.get('loss'))} slower; "
             f"decision {drift.get('decision')} (gain {_pct(drift.get('gain'))})"
         )
-        out.append(Condition("Drifted", True, str(drift.get("kind")), message))
+        # the kind planning wrote, or read back from this object's own status.drift (kept as it is)
+        kind = cast(DriftKind, str(drift.get("kind")))
+        out.append(Condition(api.CONDITION_DRIFTED, True, kind, message))
     elif obs.plan is not None:
-        replaced = obs.plan.action == WRITE and obs.plan.reason == "Replaced"
+        replaced = obs.plan.action == WRITE and obs.plan.reason == api.REASON_REPLACED
         out.append(
             Condition(
-                "Drifted",
+                api.CONDITION_DRIFTED,
                 False,
-                "Replaced" if replaced else "NoDrift",
+                api.REASON_REPLACED if replaced else api.REASON_NO_DRIFT,
                 obs.plan.message if replaced else "the placement in service matches the current inputs",
             )
         )
@@ -206,9 +211,9 @@ def _events(
     ):
         events.append(Event("Normal", str(drift.get("decision")), str(drift.get("message") or "")))
     for c in cond.transitions(old.get("conditions"), new["conditions"]):
-        bad = (c["type"] == "Ready" and c["status"] == "False" and c["reason"] != "Pending") or (
-            c["type"] == "Degraded" and c["status"] == "True"
-        )
+        bad = (
+            c["type"] == api.CONDITION_READY and c["status"] == "False" and c["reason"] != api.REASON_PENDING
+        ) or (c["type"] == api.CONDITION_DEGRADED and c["status"] == "True")
         if bad and not any(e.reason == c["reason"] for e in events):
             events.append(Event("Warning", c["reason"], c["message"]))
     return events

@@ -53,6 +53,7 @@ _EXPORTS = {
     "token_balanced": "engine",
     "REASONS": "errors",
     "PlacementError": "errors",
+    "PlacementReason": "errors",
     "replace_incremental": "incremental",
     "load_json": "inputs",
     "parse_json": "inputs",
@@ -84,6 +85,7 @@ __all__ = [
     "GPUCurve",
     "Placement",
     "PlacementError",
+    "PlacementReason",
     "PolicyName",
     "Result",
     "Routing",
@@ -147,7 +149,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         solve,
         token_balanced,
     )
-    from vibe.placement.errors import REASONS, PlacementError
+    from vibe.placement.errors import REASONS, PlacementError, PlacementReason
     from vibe.placement.incremental import replace_incremental
     from vibe.placement.inputs import load_json, parse_json, read_fleet, read_loads, read_placement
     from vibe.placement.routing import (

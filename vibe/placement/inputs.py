@@ -42,7 +42,7 @@ from vibe.placement.curves import (
     reference_curve,
     roofline_curve,
 )
-from vibe.placement.errors import PlacementError
+from vibe.placement.errors import PlacementError, PlacementReason
 
 #: Bounds of a JSON document read from a file or from an object a tenant or a node controls. Every
 #: input vibe reads is a few levels deep ({"loads": [steps][layers][experts]} is 4); a ConfigMap holds at
@@ -55,7 +55,7 @@ def parse_json(
     text: str | bytes,
     what: str,
     *,
-    reason: str = "UnreadableFile",
+    reason: PlacementReason = "UnreadableFile",
     max_bytes: int = MAX_JSON_FILE_BYTES,
     max_depth: int = MAX_JSON_DEPTH,
 ) -> Any:

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from vibe.clikit import failures
+from vibe.placement import DEFAULT_SAMPLES, DispatchName
 
 COMMAND = "vibe simulate"
 
@@ -125,7 +126,7 @@ def simulate(
             "auto: where the group spans nodes and it makes a step faster (constants: two_batch_overlap)."
         ),
     ] = "auto",
-    dispatch: Annotated[
+    dispatch_per_node: Annotated[
         Literal["auto", "always", "never"],
         typer.Option(
             help="Send a token once per destination node (DeepEP normal kernels): auto = in prefill "
@@ -163,6 +164,18 @@ def simulate(
             "vibe plan --step-mix (default: the mean-load objective at --plan-tokens).",
         ),
     ] = None,
+    samples: Annotated[
+        int,
+        typer.Option("--samples", help="With --step-mix: sampled routings per kind of step (as vibe plan)."),
+    ] = DEFAULT_SAMPLES,
+    dispatch: Annotated[
+        DispatchName,
+        typer.Option(
+            "--dispatch",
+            help="With --step-mix: how the engine splits an expert's tokens over its replicas, as vibe "
+            "plan: round-robin (TensorRT-LLM, vLLM), even or sglang-static.",
+        ),
+    ] = "round-robin",
     drift: Annotated[
         list[str] | None,
         typer.Option(
@@ -285,7 +298,9 @@ def _simulate(**o: Any) -> None:
         groups=groups,
         engine=EngineConfig(o["chunk_tokens"], o["max_running"], o["mixed_chunk"], o["scheduler"]),
         overlap=o["overlap"],
-        per_node=o["dispatch"],
+        per_node=o["dispatch_per_node"],
+        plan_samples=o["samples"],
+        plan_dispatch=o["dispatch"],
         floor_share=o["floor_share"],
         gpu=o["gpu"],
         gpu_memory_bytes=o["gpu_memory_gib"] * 2**30 if o["gpu_memory_gib"] else None,
@@ -337,9 +352,12 @@ def _simulate(**o: Any) -> None:
             "mixedChunk": o["mixed_chunk"],
             "scheduler": o["scheduler"],
             "overlap": o["overlap"],
-            "dispatchPerNode": o["dispatch"],
+            "dispatchPerNode": o["dispatch_per_node"],
         },
         "floorShare": o["floor_share"],
+        "stepMix": o["step_mix"],
+        "samples": o["samples"] if o["step_mix"] else None,
+        "dispatch": o["dispatch"] if o["step_mix"] else None,
         "goodputSeeds": o["goodput_seeds"],
         "goodputResolution": o["goodput_resolution"],
         "drift": [{"at_s": d.at_s, "gpu": d.gpu, "factor": d.factor} for d in drift],

@@ -115,7 +115,8 @@ CONSTANTS: dict[str, Constant] = {
         "1 = prefill steps (DeepEP --deepep-mode auto)",
         "SGLang --deepep-mode auto, as in the same deployment: prefill steps use DeepEP's normal kernels "
         "(a token sent once per destination node over RDMA, forwarded over NVLink inside it), decode "
-        "steps the low-latency kernels (one RDMA copy per token-expert pair) (--dispatch auto|always|never)",
+        "steps the low-latency kernels (one RDMA copy per token-expert pair) "
+        "(--dispatch-per-node auto|always|never)",
     ),
     "routing_samples": Constant(
         16,

@@ -81,6 +81,8 @@ class Settings:
     overlap: str = "auto"  # two micro-batches: auto (spanning nodes, where faster), on, off
     per_node: str = "auto"  # dispatch once per destination node: auto (prefill steps), always, never
     floor_share: float | None = None  # re-shape the fleets' curves (``reshaped``); None: as given
+    plan_samples: int = 16  # with a group's plan_step_mix: sampled routings per kind (vibe plan --samples)
+    plan_dispatch: str = "round-robin"  # with plan_step_mix: replica split (vibe plan --dispatch)
 
     def __post_init__(self) -> None:
         if self.overlap not in ("auto", "on", "off"):
@@ -250,7 +252,14 @@ class Simulator:
         info: dict[str, Any] = {}
         for gi, spec in enumerate(s.groups):
             plan = shares_of(spec.loads) * _plan_tokens(s, spec) * s.model.top_k
-            routing = routing_from_flags(spec.loads, spec.plan_step_mix, s.model.top_k, seed=s.seed)
+            routing = routing_from_flags(
+                spec.loads,
+                spec.plan_step_mix,
+                s.model.top_k,
+                samples=s.plan_samples,
+                dispatch=s.plan_dispatch,
+                seed=s.seed,
+            )
             res = solve(
                 plan if routing is None else spec.loads,
                 spec.fleet,
