@@ -231,3 +231,35 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ")[-1][0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_a_lane_serves_tenants_round_robin():
+    """Issue 20 weak spot: tenant a queues three solves, then b one, on a one-worker lane. b's runs
+    second (after a's first, which holds the worker), not fourth: before, one tenant's solve took 8 s
+    alone and 23 s behind another tenant's three."""
+    from vibe.operator.compute import FairSlots
+
+    order: list[str] = []
+
+    async def main() -> None:
+        slots = FairSlots(1)
+        gate = asyncio.Event()
+
+        async def job(tenant: str, name: str) -> None:
+            async with slots.hold(tenant):
+                order.append(name)
+                await gate.wait()
+
+        tasks = [asyncio.create_task(job("a", f"a{i}")) for i in range(3)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(job("b", "b0")))
+        cancelled = asyncio.create_task(job("c", "c0"))  # a waiter that goes away frees nothing
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert slots.free == 1 and not slots.queues
+
+    asyncio.run(main())
+    assert order == ["a0", "b0", "a1", "a2"]

@@ -315,8 +315,9 @@ async def _compute(
 
     try:
         return await shared.computer.run(
-            inputs, current, old_status.get("drift"), now, shared.settings.solve_budget_s, on_lost=lost
-        )
+            inputs, current, old_status.get("drift"), now, shared.settings.solve_budget_s, on_lost=lost,
+            tenant=key[0],
+        )  # fmt: skip
     except Problem as p:
         if p.reason in DETERMINISTIC:
             shared.hopeless[key] = (fingerprint, p)

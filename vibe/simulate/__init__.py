@@ -8,9 +8,10 @@ the ``vibe simulate`` command. Modules, each importing only those above it:
 * ``workload``   seeded requests: Poisson (or bursty) arrivals, prompt and output lengths
 * ``costs``      a step's non-expert time (measured H200 curves, ``data/h200.json``), expert and
                  dispatch/combine time through the placement library's one evaluator, per-step routing noise
-* ``engine``     an SGLang-like scheduler: continuous batching, chunked prefill, running cap, KV capacity
+* ``engine``     the scheduler, per attention rank: continuous batching, chunked prefill, running cap,
+                 KV capacity; SGLang's prefill-first or vLLM's decode-first
 * ``simulator``  policies x groups (colocated or PD-disaggregated), drift and re-placement
-* ``report``     metrics, goodput, the ``--output`` document
+* ``report``     metrics, goodput by bisection over seeds with its interval, the ``--output`` document
 * ``plot``, ``cli``  ``--plot`` and ``vibe simulate``
 
 Why a simulator of its own: no public serving simulator models expert parallelism (Vidur has no MoE/EP),

@@ -3,18 +3,23 @@ from a per-policy table built with the placement library's one evaluator.
 
 Role: ``engine`` asks for the time of each step it schedules. A step on an expert-parallel group of G
 GPUs with data-parallel attention (SGLang's ``--enable-dp-attention``: every GPU runs attention and the
-dense parts for its own 1/G of the batch) costs
+dense parts for its own requests) costs, serially,
 
-    sum over layers [ non-expert(n_rank) ] + sum over MoE layers [ max_g expert_g + dispatch + combine ]
+    max_g [ non-expert_g(own batch) ] + sum over MoE layers [ max_g expert_g + dispatch + combine ]
 
-* non-expert: attention projections, the attention core over the batch's KV, the router and shared
-  expert, the dense layers and the LM head, interpolated from curves measured on an H200
-  (``data/h200.json``, made by ``benchmarks/serving_gpu.py``); an H100 scales them (``gpu="h100"``);
+or, with two micro-batches (``engine.Group.step_seconds``), the larger of compute and communication.
+
+* non-expert: attention projections, the attention core over the GPU's requests' KV, the router and
+  shared expert, the dense layers and the LM head, interpolated from curves measured on an H200
+  (``data/h200.json``, made by ``benchmarks/serving_gpu.py``); an H100 scales them (``gpu="h100"``).
+  Each GPU is slowed by its own (floor, compute) factors (``slowness_of``, read off its expert curve):
+  the GEMMs' floor and decode attention by the first, the rest by the second (``NonExpertCost.ranks``);
 * expert: ``vibe.placement.cost.gpu_times_of`` (the one evaluator) on the step's routed token counts,
   which are drawn per step (``ExpertTable``), so each step differs from the average the placement saw;
 * dispatch and combine: each GPU sends its tokens' hidden vectors to the GPUs of their experts and
   receives its slots' tokens; a phase takes ``latency + max over GPUs of max(sent, received) bytes /
-  bandwidth`` (NVLink inside a node, RDMA across nodes for the off-node share).
+  bandwidth`` (NVLink inside a node, RDMA across nodes for the off-node share, once per destination
+  node in prefill steps: ``CommModel``).
 
 Shapes: L layers, E experts, G GPUs, S slots per GPU, P = G * S, K routing samples, N token-count grid.
 """
