@@ -12,6 +12,11 @@ Rank order (the order SGLang and EPLB number expert-parallel ranks in):
   (pod-resources off, or not read yet) takes the next ``gpusPerPod`` GPUs of its node not held by
   another pod, and the Ready message says so: that rule guesses the device plugin's assignment.
 
+What a node's profile is believed (a node may be compromised; docs/operations.md): no more GPUs than its
+Node's capacity (``within_capacity``; the reconciler reads the capacity of the nodes a resolution uses),
+no GPU UUID another node listed first (``trusted``), and a GPU list change only once it has held for
+the settle time (``next_snapshot``, ``settle``). Liveness is the operator's observation (``liveness``).
+
 Curves: the GPU's curve for the model's expert shape (hidden, intermediate, dtype) when measured, else
 its closest measured shape scaled with ``vibe.placement``'s reference scaling (``curve_source="scaled"``,
 which the Ready message mentions).
