@@ -140,7 +140,6 @@ async def _reconcile_once(
     ):
         return None, "gone"
     meta = body["metadata"]
-    old_status = body.get("status") or {}
     now = clock_now()
     spec = parse_spec(body["spec"])
     cm_name = contract.config_map_name(name)
@@ -164,6 +163,35 @@ async def _reconcile_once(
         in_service=current,
         profile_ttl_s=cfg.profile_ttl_s,
     )
+    wrote = await _act(shared, world, body, key, spec, obs, cm_obj, loads_obj, now, t0)
+    await _report(shared, body, key, obs, wrote, now)
+
+    if obs.problem is not None:
+        return shared.failed(key, obs.problem.reason), "problem"
+    shared.failures.pop(key, None)
+    return _next_look(obs, now), "written" if wrote else "unchanged"
+
+
+async def _act(
+    shared: Shared,
+    world: World,
+    body: Mapping[str, Any],
+    key: tuple[str, str],
+    spec: DeploymentSpec,
+    obs: status_mod.Observation,
+    cm_obj: Any,
+    loads_obj: Any,
+    now: dt.datetime,
+    t0: float,
+) -> bool:
+    """Read the rest of the world, plan and write the placement ConfigMap when the plan says so; fills
+    ``obs`` (resolution, loads, plan, the placement in service, or the problem that stopped it) and
+    returns whether the ConfigMap's data changed."""
+    kube, cfg = shared.kube, shared.settings
+    namespace, name = key
+    meta = body["metadata"]
+    old_status = body.get("status") or {}
+    cm_name, current = obs.config_map, obs.in_service
     wrote = False
     try:
         if current is not None and not current.owned_by(meta["uid"]) and not _ours(cm_obj, name):
@@ -211,6 +239,20 @@ async def _reconcile_once(
         if not refusals.refused(refused):
             raise
         obs.problem = refusals.problem(refused, "a read or write of this deployment's placement")
+    return wrote
+
+
+async def _report(
+    shared: Shared,
+    body: Mapping[str, Any],
+    key: tuple[str, str],
+    obs: status_mod.Observation,
+    wrote: bool,
+    now: dt.datetime,
+) -> None:
+    """Status (one merge patch of what changed), Events and metrics of what ``_act`` observed."""
+    namespace, name = key
+    old_status = body.get("status") or {}
     new_status, events = status_mod.observe(old_status, obs, now=iso(now))
     if not wrote:  # a write Event only for a data change
         events = [
@@ -218,16 +260,11 @@ async def _reconcile_once(
         ]
     patch = status_mod.merge_patch(old_status, new_status)
     if patch:
-        await kube.patch_deployment_status(namespace, name, patch)
+        await shared.kube.patch_deployment_status(namespace, name, patch)
     for e in events:
         if shared.post_event is not None:
             shared.post_event(body, e.type, e.reason, e.message)
     _record(namespace, name, new_status, obs, wrote)
-
-    if obs.problem is not None:
-        return shared.failed(key, obs.problem.reason), "problem"
-    shared.failures.pop(key, None)
-    return _next_look(obs, now), "written" if wrote else "unchanged"
 
 
 #: Seconds a Node's GPU capacity read is reused (a Node's device count rarely changes).
