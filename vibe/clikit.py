@@ -14,8 +14,9 @@ Role: one CLI style across the components' ``cli`` modules (``docs/cli.md`` is t
   ``message``) and unexpected exceptions into that line.
 * **Logging** -- ``setup_logging(verbose, log_format)``: text lines for people, or one JSON object per
   line for a log pipeline (the operator's and the agent's ``--log-format json``).
-* **Options** -- ``KubeconfigOpt``, ``ContextOpt``, ``NamespaceOpt``, ``LogFormatOpt``: the same spelling
-  and help on every command that talks to the API server; ``-n`` always means ``--namespace``.
+* **Options** -- ``KubeconfigOpt``, ``ContextOpt``, ``NamespaceOpt``, ``LogFormatOpt``, ``VerboseOpt``: the
+  same spelling and help on every command that talks to the API server; ``-n`` always means
+  ``--namespace``, ``-v`` ``--verbose``.
 
 Imports only the standard library and Typer, so every layer's CLI may use it.
 """
@@ -144,6 +145,8 @@ ContextOpt = Annotated[
 LogFormatOpt = Annotated[
     LogFormat, typer.Option("--log-format", help="Log lines as text, or as one JSON object per line.")
 ]
+#: ``-v/--verbose`` on every long-running command (``setup_logging``'s ``verbose``).
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
 def namespace_option(help: str, envvar: str | None = None) -> typer.models.OptionInfo:

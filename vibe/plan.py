@@ -22,7 +22,10 @@ from vibe.engines import ENGINES, FormatOrAlias
 from vibe.placement import DEFAULT_SAMPLES, DispatchName, PolicyName
 
 if TYPE_CHECKING:
-    from vibe.placement import Placement, Result
+    import numpy as np
+
+    from vibe.engines import Engine
+    from vibe.placement import Fleet, Placement, Result, Routing
 
 
 COMMAND = "vibe plan"
@@ -201,36 +204,9 @@ def _plan(
     samples: int = 16,
     dispatch: str = "round-robin",
 ) -> None:
-    import time
+    from vibe.placement import load_json, read_fleet, read_loads, routing_from_flags
 
-    from vibe.engines import ALIASES, get
-    from vibe.placement import (
-        COMPARED,
-        POLICIES,
-        PlacementError,
-        load_json,
-        make_result,
-        read_fleet,
-        read_loads,
-        replace_incremental,
-        solve,
-    )
-
-    if policy not in POLICIES:
-        names = ", ".join(POLICIES)
-        raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {names})")
-    if fmt not in ENGINES and fmt not in ALIASES:
-        raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(ENGINES)})")
-    engine = get(fmt)
-    if fmt in ALIASES:
-        print(f"vibe plan: --format {fmt} is deprecated: it is called {engine.name} now", file=sys.stderr)
-    if slots_per_gpu < 1:
-        raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
-    if not (time_budget > 0):
-        raise PlacementError("InvalidBudget", f"--time-budget must be positive, not {time_budget:g}")
-    if max_moves is not None and current_path is None:
-        raise PlacementError("InvalidPlacement", "--max-moves needs --current")
-    from vibe.placement import routing_from_flags
+    engine = _checked_flags(policy, fmt, slots_per_gpu, time_budget, max_moves, current_path)
 
     loads_doc = load_json(loads_path, "loads")
     load_arr = read_loads(loads_doc, tokens_per_step=tokens_per_step, top_k=top_k)
@@ -247,6 +223,64 @@ def _plan(
     current = None
     if current_path is not None:
         current = _read_current(current_path, slots_per_gpu, load_arr.shape[1])
+
+    results, chosen = _results(
+        load_arr, gpus, slots_per_gpu, policy, routing, current, max_moves, time_budget, compare
+    )
+    baseline = results.get("token-balanced")
+    if baseline is chosen:
+        baseline = None
+    _write(engine.write(chosen, gpus, baseline), output)
+    _table(
+        results, chosen, load_arr.shape, len(gpus), slots_per_gpu, to_stderr=output is None, written=output
+    )
+
+
+def _checked_flags(
+    policy: str,
+    fmt: str,
+    slots_per_gpu: int,
+    time_budget: float,
+    max_moves: int | None,
+    current_path: str | None,
+) -> Engine:
+    """The engine record of ``--format``, once the flags that need no file are checked."""
+    from vibe.engines import ALIASES, get
+    from vibe.placement import POLICIES, PlacementError
+
+    if policy not in POLICIES:
+        names = ", ".join(POLICIES)
+        raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {names})")
+    if fmt not in ENGINES and fmt not in ALIASES:
+        raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(ENGINES)})")
+    engine = get(fmt)
+    if fmt in ALIASES:
+        print(f"vibe plan: --format {fmt} is deprecated: it is called {engine.name} now", file=sys.stderr)
+    if slots_per_gpu < 1:
+        raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
+    if not (time_budget > 0):
+        raise PlacementError("InvalidBudget", f"--time-budget must be positive, not {time_budget:g}")
+    if max_moves is not None and current_path is None:
+        raise PlacementError("InvalidPlacement", "--max-moves needs --current")
+    return engine
+
+
+def _results(
+    load_arr: np.ndarray,
+    gpus: Fleet,
+    slots_per_gpu: int,
+    policy: str,
+    routing: Routing | None,
+    current: Placement | None,
+    max_moves: int | None,
+    time_budget: float,
+    compare: bool,
+) -> tuple[dict[str, Result], Result]:
+    """Every row of the table, and the one written: the incremental re-placement of ``current`` (with the
+    placement in service priced beside it), else ``policy``'s solve; with ``compare``, each policy too."""
+    import time
+
+    from vibe.placement import COMPARED, make_result, replace_incremental, solve
 
     results = {}
     if current is not None:
@@ -290,10 +324,13 @@ def _plan(
                     else solve(load_arr, gpus, slots_per_gpu, p, time_budget_s=time_budget, routing=routing)
                 )
         results[policy] = chosen
-    baseline = results.get("token-balanced")
-    if baseline is chosen:
-        baseline = None
-    data = engine.write(chosen, gpus, baseline)
+    return results, chosen
+
+
+def _write(data: bytes, output: str | None) -> None:
+    """The placement file to ``output``, or to stdout."""
+    from vibe.placement import PlacementError
+
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -302,9 +339,6 @@ def _plan(
             Path(output).write_bytes(data)
         except OSError as e:
             raise PlacementError("UnreadableFile", f"cannot write {output!r}: {e.strerror or e}") from None
-    _table(
-        results, chosen, load_arr.shape, len(gpus), slots_per_gpu, to_stderr=output is None, written=output
-    )
 
 
 def _read_current(path: str, slots_per_gpu: int, num_experts: int) -> Placement:

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vibe.clikit import ContextOpt, KubeconfigOpt, LogFormat, LogFormatOpt, fail, setup_logging
+from vibe.clikit import (
+    ContextOpt,
+    KubeconfigOpt,
+    LogFormat,
+    LogFormatOpt,
+    VerboseOpt,
+    fail,
+    setup_logging,
+)
 
 if TYPE_CHECKING:  # torch-free names only: the commands import what they run
     from vibe.agent.bench import BenchResult
@@ -157,7 +165,7 @@ def run(
     ] = None,
     once: Annotated[bool, typer.Option(help="One step: benchmark/resume, publish, exit.")] = False,
     seed: Annotated[int | None, typer.Option(help="Override the fleet file's seed (simulation).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
     log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run the agent: benchmark GPUs when free, watch telemetry, publish GPUProfiles, export metrics."""

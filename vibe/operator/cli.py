@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from vibe.clikit import ContextOpt, KubeconfigOpt, LogFormat, LogFormatOpt, fail
+from vibe.clikit import ContextOpt, KubeconfigOpt, LogFormat, LogFormatOpt, VerboseOpt, fail
 
 COMMAND = "vibe operator"
 
@@ -78,7 +78,7 @@ def run(
     all_namespaces: Annotated[
         bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace (the default without -n).")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More logging.")] = False,
+    verbose: VerboseOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Debug logging (Kopf's too).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
     log_format: LogFormatOpt = LogFormat.text,

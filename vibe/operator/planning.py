@@ -49,7 +49,7 @@ from vibe.placement import PlacementError
 from vibe.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec
 
 if TYPE_CHECKING:
-    from vibe.placement import Result, Routing, StepMix
+    from vibe.placement import Placement, Result, Routing, StepMix
 
 #: Sampled slots (routing samples x layers x physical slots) one expected-objective solve may hold: the
 #: operator uses fewer routing samples than spec.workload.routingSamples asks on instances where more
@@ -129,7 +129,7 @@ def _plan(
     now: dt.datetime,
     budget: float,
 ) -> Plan:
-    from vibe.placement import evaluate, solve
+    from vibe.placement import solve
 
     spec, res, loads = inputs.spec, inputs.gpus, inputs.loads
     keys = inputs.keys
@@ -191,6 +191,25 @@ def _plan(
         return _write(inputs, "GPUsChanged", why, result, baseline, drift=None)
 
     # 5. Drift.
+    return _drift(inputs, current, have, prior_drift=prior_drift, now=now, budget=budget)
+
+
+def _drift(
+    inputs: Inputs,
+    current: InService,
+    have: Placement,
+    *,
+    prior_drift: Mapping[str, Any] | None,
+    now: dt.datetime,
+    budget: float,
+) -> Plan:
+    """Step 5 of ``_plan``: the same GPUs and spec, other loads or curves. Price the placement in service
+    and the best re-placement close to it, then re-place only for a gain above ``minGain`` that is worth
+    its cost and after the cooldown; otherwise keep it, saying why (the drift decision)."""
+    from vibe.placement import evaluate
+
+    spec, loads, keys = inputs.spec, inputs.loads, inputs.keys
+    fleet, s = inputs.gpus.fleet, spec.gpus.slots_per_gpu
     kind: DriftKind = "WorkloadDrift" if current.keys.loads != keys.loads else "PerformanceDrift"
     if prior_drift and prior_drift.get("inputHash") == keys.all:
         retry = parse_time(prior_drift.get("retryAfter"))

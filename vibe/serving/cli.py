@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, NoReturn
 import typer
 
 from vibe import api as api_names
-from vibe.clikit import ContextOpt, KubeconfigOpt, fail, namespace_option, setup_logging
+from vibe.clikit import ContextOpt, KubeconfigOpt, VerboseOpt, fail, namespace_option, setup_logging
 from vibe.engines import FormatName
 from vibe.kubeclient import as_dict
 from vibe.serving.errors import ServingError, engine_errors
@@ -144,7 +144,6 @@ StateDirOpt = Annotated[
     Path,
     typer.Option("--state-dir", file_okay=False, help="emptyDir shared by init and sidecar (applied state)."),
 ]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 FollowGpusOpt = Annotated[
     bool,
     typer.Option(
