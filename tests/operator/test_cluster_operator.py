@@ -109,6 +109,7 @@ def test_create_writes_every_format_and_becomes_ready(objs: Objects, fleet: Any,
     assert json.loads(cm["data"]["placement-meta.json"]) == {
         "contentHash": content_hash(core),
         "placementGeneration": 1,
+        "uid": created["metadata"]["uid"],  # generations count per object identity (issue 20, defect 6)
     }
     assert cm["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "vibe"
     (owner,) = cm["metadata"]["ownerReferences"]
