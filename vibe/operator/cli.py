@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vibe.clikit import ContextOpt, KubeconfigOpt, LogFormat, LogFormatOpt, VerboseOpt, fail
+
+if TYPE_CHECKING:
+    import kubernetes.client
+
+    from vibe.operator.settings import OperatorSettings
 
 COMMAND = "vibe operator"
 
@@ -112,27 +117,7 @@ def run(
         kubeconfig=str(kubeconfig) if kubeconfig is not None else None,
         context=context,
     )
-    from vibe.kubeclient import CredentialsError
-    from vibe.operator.kube import new_api_client
-
-    try:  # no credentials: say it once, plainly, and stop (Kopf's login would retry with tracebacks)
-        api = new_api_client(cfg.kubeconfig, cfg.context)
-    except CredentialsError as e:
-        fail("NoCredentials", str(e), command=COMMAND)
-    from vibe.operator.permissions import missing
-
-    try:  # a missing permission: say which, once, and stop (Kopf would retry, then exit with tracebacks)
-        lacking = asyncio.run(missing(api, namespaces))
-    except Exception as e:  # the API server unreachable: Kopf waits for it, as before
-        logging.getLogger("vibe.operator").warning("cannot check the operator's permissions now: %s", e)
-        lacking = []
-    if lacking:
-        fail(
-            "Forbidden",
-            f"this identity may not {'; '.join(lacking)} (the chart's RBAC grants these: see "
-            "docs/operations.md, RBAC)",
-            command=COMMAND,
-        )
+    api = _preflight(cfg, namespaces)
     import vibe.operator.handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(
@@ -159,3 +144,32 @@ def run(
         # the same pod replaces its own entry instead of waiting for its dead self's keep-alive to lapse.
         identity=os.environ.get("POD_NAME") or None,  # type: ignore[arg-type]  # kopf's NewType of str
     )
+
+
+def _preflight(cfg: OperatorSettings, namespaces: list[str]) -> kubernetes.client.ApiClient:
+    """An API client, once the credentials load and the identity holds every permission the operator
+    needs in ``namespaces``; else one ``fail`` line that says which (Kopf would retry with tracebacks)."""
+    import asyncio
+    import logging
+
+    from vibe.kubeclient import CredentialsError
+    from vibe.operator.kube import new_api_client
+    from vibe.operator.permissions import missing
+
+    try:  # no credentials: say it once, plainly, and stop (Kopf's login would retry with tracebacks)
+        api = new_api_client(cfg.kubeconfig, cfg.context)
+    except CredentialsError as e:
+        fail("NoCredentials", str(e), command=COMMAND)
+    try:  # a missing permission: say which, once, and stop (Kopf would retry, then exit with tracebacks)
+        lacking = asyncio.run(missing(api, namespaces))
+    except Exception as e:  # the API server unreachable: Kopf waits for it, as before
+        logging.getLogger("vibe.operator").warning("cannot check the operator's permissions now: %s", e)
+        lacking = []
+    if lacking:
+        fail(
+            "Forbidden",
+            f"this identity may not {'; '.join(lacking)} (the chart's RBAC grants these: see "
+            "docs/operations.md, RBAC)",
+            command=COMMAND,
+        )
+    return api
