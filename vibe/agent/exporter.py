@@ -24,11 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vibe.agent.node import NodeAgent
 from vibe.agent.profile import GPURecord
 from vibe.agent.telemetry import REASON_NAMES, GPUInfo, Sample
+
+if TYPE_CHECKING:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 GPU_LABELS = ["UUID", "gpu", "modelName", "node", "source"]
 
@@ -139,33 +142,33 @@ class AgentCollector:
 class _Families:
     """The metric families of one scrape, in the order they are exposed (the fields' order)."""
 
-    info: Any
-    nvml: Any
-    visible: Any
-    expected: Any
-    speed: Any
-    scale: Any
-    drifted: Any
-    drift_events: Any
-    ffn: Any
-    sm: Any
-    sm_max: Any
-    mem: Any
-    power: Any
-    limit: Any
-    temp: Any
-    util: Any
-    reasons: Any
-    throttle: Any
-    ecc: Any
-    xid: Any
-    procs: Any
-    bench_ts: Any
-    bench_s: Any
-    canary: Any
-    canaries: Any
+    info: GaugeMetricFamily
+    nvml: GaugeMetricFamily
+    visible: GaugeMetricFamily
+    expected: GaugeMetricFamily
+    speed: GaugeMetricFamily
+    scale: GaugeMetricFamily
+    drifted: GaugeMetricFamily
+    drift_events: CounterMetricFamily
+    ffn: GaugeMetricFamily
+    sm: GaugeMetricFamily
+    sm_max: GaugeMetricFamily
+    mem: GaugeMetricFamily
+    power: GaugeMetricFamily
+    limit: GaugeMetricFamily
+    temp: GaugeMetricFamily
+    util: GaugeMetricFamily
+    reasons: GaugeMetricFamily
+    throttle: CounterMetricFamily
+    ecc: CounterMetricFamily
+    xid: CounterMetricFamily
+    procs: GaugeMetricFamily
+    bench_ts: GaugeMetricFamily
+    bench_s: GaugeMetricFamily
+    canary: CounterMetricFamily
+    canaries: CounterMetricFamily
 
-    def in_order(self) -> list[Any]:
+    def in_order(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
         return [getattr(self, x.name) for x in fields(self)]
 
     @classmethod
