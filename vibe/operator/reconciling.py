@@ -454,35 +454,7 @@ async def _write(
 ) -> tuple[InService, bool]:
     """Write the ConfigMap (whole); returns (what it now holds, whether the data changed)."""
     meta = owner["metadata"]
-    # The generation: the intact ConfigMap's (read from its data, never from an editable annotation),
-    # or status's (only the operator writes status). The same data as in service, or as status says
-    # was last placed (a ConfigMap deleted or edited by hand and now restored), keeps its generation.
-    # A ConfigMap written for another incarnation of this MoEDeployment (deleted and re-created while
-    # its ConfigMap lived on) lends no generation: generations count per UID (placement-meta.json).
-    same_object = current is not None and current.uid in (None, meta["uid"])
-    known = max(
-        current.generation if current is not None and current.intact and same_object else 0,
-        int(old_status.get("placementGeneration") or 0),
-    )
-    same = (
-        current is not None and current.intact and same_object and contract.core_data(current.data) == core
-    ) or (known > 0 and contract.content_hash(core) == old_status.get("contentHash"))
-    if same:
-        generation = known
-        placed_at = (
-            (current.annotations.get(api.ANNOTATION_PLACED_AT) if current is not None else None)
-            or (old_status.get("lastReplacement") or {}).get("time")
-            or iso(now)
-        )
-    else:
-        generation = known + 1
-        placed_at = iso(now)
-    if generation > api.MAX_PLACEMENT_GENERATION:  # only a status edited by hand gets here
-        raise Problem(
-            "GenerationExhausted",
-            f"placement generation {known} is the largest allowed ({api.MAX_PLACEMENT_GENERATION});"
-            " re-create the MoEDeployment to start counting again",
-        )
+    generation, placed_at, same = _generation(current, old_status, core, meta["uid"], now)
     data, annotations = output.finish(
         core,
         generation=generation,
@@ -526,6 +498,43 @@ async def _write(
     )
     assert found is not None
     return found, not same
+
+
+def _generation(
+    current: InService | None, old_status: Mapping[str, Any], core: dict[str, str], uid: str, now: dt.datetime
+) -> tuple[int, str, bool]:
+    """(generation, placedAt, whether ``core`` is the data already placed) of the ConfigMap ``_write``
+    writes. Raises ``GenerationExhausted`` past ``api.MAX_PLACEMENT_GENERATION``."""
+    # The generation: the intact ConfigMap's (read from its data, never from an editable annotation),
+    # or status's (only the operator writes status). The same data as in service, or as status says
+    # was last placed (a ConfigMap deleted or edited by hand and now restored), keeps its generation.
+    # A ConfigMap written for another incarnation of this MoEDeployment (deleted and re-created while
+    # its ConfigMap lived on) lends no generation: generations count per UID (placement-meta.json).
+    same_object = current is not None and current.uid in (None, uid)
+    known = max(
+        current.generation if current is not None and current.intact and same_object else 0,
+        int(old_status.get("placementGeneration") or 0),
+    )
+    same = (
+        current is not None and current.intact and same_object and contract.core_data(current.data) == core
+    ) or (known > 0 and contract.content_hash(core) == old_status.get("contentHash"))
+    if same:
+        generation = known
+        placed_at = (
+            (current.annotations.get(api.ANNOTATION_PLACED_AT) if current is not None else None)
+            or (old_status.get("lastReplacement") or {}).get("time")
+            or iso(now)
+        )
+    else:
+        generation = known + 1
+        placed_at = iso(now)
+    if generation > api.MAX_PLACEMENT_GENERATION:  # only a status edited by hand gets here
+        raise Problem(
+            "GenerationExhausted",
+            f"placement generation {known} is the largest allowed ({api.MAX_PLACEMENT_GENERATION});"
+            " re-create the MoEDeployment to start counting again",
+        )
+    return generation, placed_at, same
 
 
 def _tampered(current: InService | None, old_status: Mapping[str, Any], cm_name: str) -> str:
