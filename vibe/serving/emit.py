@@ -182,6 +182,37 @@ def run_init(
     if isinstance(expect_generation, tuple):
         expect_generation, expect_uid = expect_generation
     applied_before = state.load(state_dir) if state_dir else None
+    snap, found = _wait_for_volume(
+        mount, expect_generation, expect_uid, applied_before, wait_seconds, on_newer, poll
+    )
+    gen = found.generation
+    gpus = engine_gpus() if engine_gpus is not None else None
+    documents = prepare(snap.data, settings, outputs, engine_gpus=gpus)
+    written = write_outputs(documents, outputs, settings)
+    applied = state.successor(applied_before, found, contract.content_hash(snap.data), snap.version)
+    if state_dir:
+        state.save(state_dir, applied)
+    log.info(
+        "placement generation %s (hash %s) written to %s",
+        "unknown" if gen is None else gen,
+        "verified" if found.verified else "not declared",
+        ", ".join(written),
+    )
+    return applied
+
+
+def _wait_for_volume(
+    mount: str,
+    expect_generation: int | None,
+    expect_uid: str | None,
+    applied_before: state.Applied | None,
+    wait_seconds: float,
+    on_newer: Callable[..., object] | None,
+    poll: float,
+) -> tuple[snapshot.Snapshot, stamp.Stamp]:
+    """The mounted placement once it is the one this pod may start with (see ``run_init``): waits while
+    the volume is behind what was applied or expected, refuses one that is ahead (``on_newer`` first) or
+    carries no generation when one is expected."""
     deadline = time.monotonic() + wait_seconds
     while True:
         snap = snapshot.read_snapshot(mount)
@@ -222,16 +253,4 @@ def run_init(
             )
         log.info("volume shows generation %s, waiting for %s", gen, expect_generation)
         time.sleep(poll)
-    gpus = engine_gpus() if engine_gpus is not None else None
-    documents = prepare(snap.data, settings, outputs, engine_gpus=gpus)
-    written = write_outputs(documents, outputs, settings)
-    applied = state.successor(applied_before, found, contract.content_hash(snap.data), snap.version)
-    if state_dir:
-        state.save(state_dir, applied)
-    log.info(
-        "placement generation %s (hash %s) written to %s",
-        "unknown" if gen is None else gen,
-        "verified" if found.verified else "not declared",
-        ", ".join(written),
-    )
-    return applied
+    return snap, found
