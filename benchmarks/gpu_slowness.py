@@ -333,13 +333,11 @@ def _profiles(root: Path) -> list[tuple[str, dict[str, Any]]]:
 
 def spread(root: Path) -> dict[str, Any]:
     """Floor (median of 1-64 tokens) and compute (4096, 8192 tokens) per shape per profile, idle only
-    (a profile with a shared point or run beside a neighbour is left out), and their spread per product."""
+    (a profile run beside a neighbour or by an earlier method is left out), and their spread per product."""
     rows = []
     for label, p in _profiles(root):
-        if "neighbour" in label or any(
-            pt.get("shared") for c in p.get("curves", []) for pt in c.get("points", [])
-        ):
-            continue
+        if any(w in label for w in ("neighbour", "first-attempt", "no-reheat")):
+            continue  # beside a co-tenant, or an earlier method (the median is used: shared points count)
         product = str(p.get("device_name", "?"))
         for c in p.get("curves", []):
             pts = {pt["tokens"]: pt.get("median_s") or pt["seconds"] for pt in c.get("points", [])}
@@ -351,9 +349,10 @@ def spread(root: Path) -> dict[str, Any]:
             rows.append(
                 {
                     "profile": label,
+                    "session": label.split("/", 1)[0],
                     "product": product,
                     "shape": key,
-                    "kernel": c.get("kernel", ""),
+                    "kernel": c.get("kernel") or ("matmul" if sh["dtype"] != "fp8" else "fp8 (unrecorded)"),
                     "floor_us": statistics.median(floor) * 1e6 if floor else None,
                     "t4096_us": pts.get(4096, 0) * 1e6 or None,
                     "t8192_us": pts.get(8192, 0) * 1e6 or None,
@@ -365,29 +364,38 @@ def spread(root: Path) -> dict[str, Any]:
         groups.setdefault((r["product"], r["shape"], r["kernel"]), []).append(r)
     summary = []
     for (product, shape, kernel), rs in sorted(groups.items()):
-        entry: dict[str, Any] = {"product": product, "shape": shape, "kernel": kernel, "profiles": len(rs)}
+        # One value per session (a results folder: one machine), the median of its profiles, then the
+        # spread across sessions: profiles of one session repeat one GPU.
+        sessions = sorted({r["session"] for r in rs})
+        entry: dict[str, Any] = {
+            "product": product,
+            "shape": shape,
+            "kernel": kernel,
+            "profiles": len(rs),
+            "sessions": sessions,
+        }
         for k in ("floor_us", "t4096_us", "t8192_us"):
-            v = [r[k] for r in rs if r[k]]
-            if v:
-                entry[k] = [round(min(v), 1), round(statistics.median(v), 1), round(max(v), 1)]
-                entry[k.replace("_us", "_spread")] = round(max(v) / min(v) - 1, 3)
+            per = [statistics.median(r[k] for r in rs if r["session"] == s and r[k]) for s in sessions]
+            allv = [r[k] for r in rs if r[k]]
+            if allv:
+                entry[k] = [round(v, 1) for v in per]
+                entry[k.replace("_us", "_within")] = round(max(allv) / min(allv) - 1, 3)
+                entry[k.replace("_us", "_across")] = round(max(per) / min(per) - 1, 3)
         summary.append(entry)
     return {"rows": rows, "summary": summary}
 
 
 def cmd_spread(a: argparse.Namespace) -> None:
     s = spread(Path(a.root))
-    print(
-        f"{'product':>24} {'shape':>18} {'n':>3} {'floor us min/med/max':>22} {'sprd':>6}"
-        f" {'8192 us min/med/max':>26} {'sprd':>6}"
-    )
+    print("per product and shape: floor (1-64 tokens) and 8192-token time per session (µs), spread across")
+    print("sessions (one machine each) and across all profiles (max/min - 1)")
     for e in s["summary"]:
-        f = e.get("floor_us")
-        c = e.get("t8192_us")
+        f, c = e.get("floor_us") or [], e.get("t8192_us") or []
         print(
-            f"{e['product'][:24]:>24} {e['shape']:>18} {e['profiles']:>3} "
-            f"{'/'.join(map(str, f)) if f else '-':>22} {e.get('floor_spread', '-')!s:>6} "
-            f"{'/'.join(map(str, c)) if c else '-':>26} {e.get('t8192_spread', '-')!s:>6}"
+            f"{e['product'][:22]:>22} {e['shape']:>16} {e['kernel'][:14]:>14}"
+            f" p{e['profiles']} s{len(e['sessions'])}"
+            f" floor {'/'.join(map(str, f))} across {e.get('floor_across')} all {e.get('floor_within')};"
+            f" 8192 {'/'.join(map(str, c))} across {e.get('t8192_across')} all {e.get('t8192_within')}"
         )
     if a.json:
         Path(a.json).write_text(json.dumps(s, indent=1))
