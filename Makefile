@@ -24,9 +24,9 @@ venv: $(VENV)/.installed
 # agent's benchmark code path on a tiny shape, the same code the GPU nodes run.
 # `sglang`: the pinned SGLang wheel without its GPU dependencies (the extra lists the few it imports on
 # CPU), so the tests run vibe's placement file through SGLang's own loader.
-SGLANG_VERSION := $(shell sed -n 's/^SGLANG_VERSION = "\(.*\)"/\1/p' vibe/serving/sglang.py)
+SGLANG_VERSION := $(shell sed -n 's/^SGLANG_VERSION = "\(.*\)"/\1/p' vibe/engines/sglang.py)
 
-$(VENV)/.installed: pyproject.toml vibe/serving/sglang.py
+$(VENV)/.installed: pyproject.toml vibe/engines/sglang.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,exact,bench,cluster,plot,sglang,podresources]'

@@ -104,17 +104,17 @@ def cmd_fleet(a: argparse.Namespace) -> None:
 
 def cmd_volume(a: argparse.Namespace) -> None:
     """Solve and write a ConfigMap-shaped directory: the operator's keys and its placement-meta.json."""
+    from vibe.engines import canonical
     from vibe.operator import output
     from vibe.placement.engine import solve
     from vibe.placement.incremental import replace_incremental
     from vibe.placement.inputs import load_json, read_fleet, read_loads, read_placement
-    from vibe.serving import contract
 
     loads = read_loads(load_json(a.loads, "loads"))
     fleet = read_fleet(load_json(a.fleet, "fleet"))
     if a.current:
         current = read_placement(
-            load_json(Path(a.current) / contract.KEY_PLACEMENT, "current placement"),
+            load_json(Path(a.current) / canonical.KEY, "current placement"),
             slots_per_gpu=a.slots_per_gpu,
             num_experts=loads.shape[1],
         )

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from vibe import api
+from vibe import api, contract
 from vibe.cluster.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -378,7 +378,7 @@ def snapshot(core: Any, custom: Any) -> dict[str, tuple[str, str]]:
 
 def generation(core: Any, name: str) -> tuple[int, str]:
     meta = json.loads(core.read_namespaced_config_map(name, NS, _preload_content=False).data)["metadata"]
-    return int(meta["annotations"][api.ANNOTATION_PLACEMENT_GENERATION]), meta["resourceVersion"]
+    return int(meta["annotations"][contract.ANNOTATION_PLACEMENT_GENERATION]), meta["resourceVersion"]
 
 
 def watch_generation(core: Any, name: str, gen: int, rv: str, timeout: float) -> bool:
@@ -392,7 +392,7 @@ def watch_generation(core: Any, name: str, gen: int, rv: str, timeout: float) ->
     )  # fmt: skip
     for ev in stream:
         ann = ev["object"].metadata.annotations or {}
-        if int(ann.get(api.ANNOTATION_PLACEMENT_GENERATION, gen)) > gen:
+        if int(ann.get(contract.ANNOTATION_PLACEMENT_GENERATION, gen)) > gen:
             w.stop()
             return True
     return False

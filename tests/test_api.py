@@ -1,10 +1,11 @@
-"""``vibe.api`` names what the CRDs define, and the policy registry is what the CRD accepts."""
+"""``vibe.api`` names what the CRDs define; the policy and engine registries are what the CRD accepts."""
 
 from __future__ import annotations
 
 from typing import Any, get_args
 
 from vibe import api, crds
+from vibe.engines import ENGINES
 from vibe.placement.engine import POLICIES, PolicyName
 
 
@@ -39,7 +40,12 @@ def test_the_crds_policy_enum_is_the_policy_registry() -> None:
     assert policy["default"] in POLICIES
 
 
-def test_the_crds_output_formats_are_the_configmap_keys() -> None:
+def test_the_crds_output_formats_are_the_engine_registry() -> None:
+    """Adding an engine record without its CRD enum value (or the reverse) fails here."""
     spec = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["spec"]["properties"]
-    formats = spec["output"]["properties"]["formats"]["items"]["enum"]
-    assert sorted(formats) == sorted(api.FORMAT_KEYS)
+    formats = spec["output"]["properties"]["formats"]
+    assert formats["items"]["enum"] == list(ENGINES)
+    assert formats["maxItems"] == len(ENGINES)
+    assert set(formats["default"]) <= set(ENGINES)
+    for engine in ENGINES.values():  # the description names each format with its key
+        assert f"{engine.name} ({engine.key}" in " ".join(formats["description"].split())

@@ -1,11 +1,12 @@
 """The names of vibe's Kubernetes API, spelled once: group, version, kinds, plurals, labels, annotations,
-ConfigMap keys, condition types and reasons, and the rank labels of the workloads serving pods run in.
+condition types and reasons, and the rank labels of the workloads serving pods run in.
 
 Role: the one vocabulary the operator, the agent, the serving helpers, the demo, the benchmarks and the
 tests share, so that a name cannot drift between the component that writes it and the one that reads it.
 The CRDs under ``crds/`` are the source of truth for the resources; ``tests/test_api.py`` checks that
 these names match them. Pure constants: this module imports nothing of vibe and nothing of Kubernetes,
-so every layer (placement included) may import it.
+so every layer may import it. The placement ConfigMap's contract (name, meta key, hash, generation) is
+``vibe.contract``; its data keys are the formats' records in ``vibe.engines``.
 """
 
 from __future__ import annotations
@@ -26,18 +27,14 @@ PREFIX = f"{GROUP}/"
 
 # ---- annotations
 
-#: On the placement ConfigMap (written by the operator; ``vibe.serving.contract`` reads them).
-ANNOTATION_CONTENT_HASH = PREFIX + "content-hash"
-ANNOTATION_PLACEMENT_GENERATION = PREFIX + "placement-generation"
 #: On the placement ConfigMap: what the operator remembers between reconciles (``vibe.operator.output``).
+#: The contract with the serving pods -- content hash, generation, meta key -- is ``vibe.contract``.
 ANNOTATION_PLACEMENT_KEY = PREFIX + "placement-key"
 ANNOTATION_INPUTS_GPUS = PREFIX + "inputs-gpus"
 ANNOTATION_INPUTS_CURVES = PREFIX + "inputs-curves"
 ANNOTATION_INPUTS_LOADS = PREFIX + "inputs-loads"
 ANNOTATION_PLACED_AT = PREFIX + "placed-at"
 ANNOTATION_SUMMARY = PREFIX + "summary"
-#: On a serving workload's pod template: the generation it rolled out for (the ``restart`` update policy).
-TEMPLATE_ANNOTATION = ANNOTATION_PLACEMENT_GENERATION
 #: On a MoEDeployment: changing it makes the operator reconcile again.
 ANNOTATION_RECONCILE_TRIGGER = PREFIX + "reconcile-trigger"
 #: On a GPUProfile: the agent's calibrated baseline (``vibe.agent.profile``).
@@ -69,23 +66,6 @@ FIELD_MANAGER_AGENT = "vibe-agent"
 FIELD_MANAGER_LOADS = "vibe-loads"
 #: ``vibe crds apply`` (and the chart's pre-upgrade hook): the owner of every field of vibe's CRDs.
 FIELD_MANAGER_CRDS = "vibe-crds"
-
-# ---- the placement ConfigMap
-
-
-def placement_config_map_name(deployment: str) -> str:
-    """The name of the ConfigMap the operator writes a MoEDeployment's placement into."""
-    return f"{deployment}-placement"
-
-
-#: Its keys: one per output format the MoEDeployment asks for, and the meta key.
-KEY_PLACEMENT = "placement.json"
-KEY_SGLANG = "sglang-expert-location.json"
-KEY_EPLB = "eplb.json"
-#: The key that carries generation and hash into volumes (kubelet projects no annotations).
-KEY_META = "placement-meta.json"
-#: ``spec.output.formats`` entry -> ConfigMap key.
-FORMAT_KEYS = {"vibe": KEY_PLACEMENT, "sglang": KEY_SGLANG, "eplb": KEY_EPLB}
 
 # ---- status conditions of a MoEDeployment (``vibe.operator.conditions``)
 

@@ -23,7 +23,7 @@ click = typer.core._click
 
 #: name -> (module, attribute: a Typer app or a command function, summary for `vibe --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "plan": ("vibe.placement.cli", "plan", "Place experts from files: loads + fleet -> a placement."),
+    "plan": ("vibe.plan", "plan", "Place experts from files: loads + fleet -> a placement."),
     "simulate": (
         "vibe.simulate.cli",
         "simulate",

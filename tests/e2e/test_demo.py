@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from vibe import api
+from vibe import api, contract
 from vibe.cluster import Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -59,7 +59,7 @@ def test_demo_places_detects_drift_and_replaces(cluster_binaries: object) -> Non
             ready = next(c for c in st["conditions"] if c["type"] == "Ready")
             assert ready["status"] == "True"
             cm = client.CoreV1Api(kube).read_namespaced_config_map("deepseek-v3-placement", "vibe-demo")
-            assert cm.metadata.annotations[api.ANNOTATION_PLACEMENT_GENERATION] == "2"
+            assert cm.metadata.annotations[contract.ANNOTATION_PLACEMENT_GENERATION] == "2"
             assert {"placement.json", "sglang-expert-location.json"} <= set(cm.data)
             profile = client.CustomObjectsApi(kube).get_namespaced_custom_object(
                 api.GROUP, api.VERSION, "vibe-system", api.GPUPROFILE_PLURAL, "gpu-node-3"

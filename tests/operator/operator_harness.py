@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from vibe import api
+from vibe import api, contract
 from vibe.cluster.processes import free_port
 from vibe.cluster.waiting import wait_for
 
@@ -239,7 +239,10 @@ class Objects:
     def wait_generation(self, name: str, generation: int, timeout: float = 60) -> dict:
         def check() -> dict | None:
             cm = self.config_map(f"{name}-placement")
-            if cm and int(cm["metadata"]["annotations"][api.ANNOTATION_PLACEMENT_GENERATION]) >= generation:
+            if (
+                cm
+                and int(cm["metadata"]["annotations"][contract.ANNOTATION_PLACEMENT_GENERATION]) >= generation
+            ):
                 return cm
             return None
 

@@ -19,11 +19,11 @@ from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, now_iso, profile_body
 from operator_harness import Objects, running_operator
 
-from vibe import api
+from vibe import api, contract
 from vibe.cluster.waiting import wait_for
+from vibe.contract import content_hash
 from vibe.crds.apply import apply_crds
 from vibe.placement.synthetic import skewed_loads
-from vibe.serving.contract import content_hash
 
 pytestmark = pytest.mark.cluster
 
@@ -105,8 +105,8 @@ def test_create_writes_every_format_and_becomes_ready(objs: Objects, fleet: Any,
     ]
     ann = cm["metadata"]["annotations"]
     core = {k: v for k, v in cm["data"].items() if k != "placement-meta.json"}
-    assert ann[api.ANNOTATION_CONTENT_HASH] == content_hash(core)
-    assert ann[api.ANNOTATION_PLACEMENT_GENERATION] == "1"
+    assert ann[contract.ANNOTATION_CONTENT_HASH] == content_hash(core)
+    assert ann[contract.ANNOTATION_PLACEMENT_GENERATION] == "1"
     assert json.loads(cm["data"]["placement-meta.json"]) == {
         "contentHash": content_hash(core),
         "placementGeneration": 1,

@@ -16,7 +16,7 @@ from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
 from operator_harness import Objects, OperatorProcess
 
-from vibe import api
+from vibe import api, contract
 from vibe.cluster.waiting import wait_for
 from vibe.crds.apply import apply_crds
 from vibe.placement.synthetic import skewed_loads
@@ -60,7 +60,7 @@ def _generations(objs: Objects, n: int) -> dict[str, tuple[int | None, int | Non
     for i in range(n):
         cm = objs.config_map(f"m{i}-placement")
         st = objs.get(f"m{i}").get("status") or {}
-        gen = int(cm["metadata"]["annotations"][api.ANNOTATION_PLACEMENT_GENERATION]) if cm else None
+        gen = int(cm["metadata"]["annotations"][contract.ANNOTATION_PLACEMENT_GENERATION]) if cm else None
         out[f"m{i}"] = (gen, st.get("placementGeneration"))
     return out
 

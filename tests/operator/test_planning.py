@@ -12,6 +12,7 @@ import json
 import pytest
 from operator_builders import deployment_body, profile_body
 
+from vibe.contract import content_hash
 from vibe.operator import output
 from vibe.operator.compute import compute
 from vibe.operator.gpus import profile_snapshot, resolve
@@ -29,7 +30,6 @@ from vibe.operator.problems import Problem
 from vibe.operator.spec import parse_spec
 from vibe.operator.workload import Loads, from_config_map, uniform
 from vibe.placement.synthetic import skewed_loads
-from vibe.serving.contract import content_hash
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
 

@@ -20,7 +20,7 @@ from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
 from operator_harness import G, V
 
-from vibe import api
+from vibe import api, contract
 from vibe.crds.apply import apply_crds
 from vibe.operator.compute import Computer
 from vibe.operator.gpus import profile_snapshot
@@ -85,7 +85,7 @@ class Setup:
         return self.core.read_namespaced_config_map("m-placement", self.ns)
 
     def generation(self) -> int:
-        return int(self.placement().metadata.annotations[api.ANNOTATION_PLACEMENT_GENERATION])
+        return int(self.placement().metadata.annotations[contract.ANNOTATION_PLACEMENT_GENERATION])
 
     def has_placement(self) -> bool:
         return any(

@@ -12,9 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from vibe.placement.cli import plan
 from vibe.placement.errors import REASONS as PLACEMENT_REASONS
 from vibe.placement.synthetic import skewed_loads
+from vibe.plan import plan
 
 app = typer.Typer()
 app.command()(plan)
@@ -167,10 +167,10 @@ def test_help_shows_the_policy_and_format_choices():
     )
     assert r.returncode == 0, r.stderr
     assert "<round-robin|linear|token-balanced|vibe|exact>" in r.stdout
-    assert "<placement|sglang|eplb>" in r.stdout
+    assert "<vibe|sglang|eplb|trtllm|placement>" in r.stdout
 
 
-@pytest.mark.parametrize("fmt", ["placement", "sglang", "eplb"])
+@pytest.mark.parametrize("fmt", ["vibe", "placement", "sglang", "eplb", "trtllm"])
 def test_same_files_same_bytes(files, fmt):
     """Two runs on the same inputs write the same bytes, from a fresh solve and from --current."""
     d = files["dir"]
@@ -200,3 +200,82 @@ def test_the_installed_command(files):
     helptext = subprocess.run([*vibe, "--help"], capture_output=True, text=True, env=env)
     assert helptext.returncode == 0
     assert "--slots-per-gpu" in helptext.stdout and "--current" in helptext.stdout
+
+
+def test_step_mix_optimises_the_expected_step_time(files):
+    out = files["dir"] / "placement.json"
+    args = ["-l", files["loads"], "-f", files["fleet"], "-s", 5, "--step-mix", "8:0.7,2048:0.3", "--top-k", 2]
+    r = run(*args, "--samples", 4, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "EXPECTED step time" in r.output and "mean-load ms" in r.output
+    assert "8 tokens x 0.7" in r.output and "round-robin dispatch" in r.output
+    doc = json.loads(out.read_text())
+    from vibe.placement import evaluate, read_fleet, read_loads, read_placement
+    from vibe.placement.routing import StepMix, sample_routing
+
+    loads = read_loads(json.loads(files["loads"].read_text()))
+    fleet = read_fleet(json.loads(files["fleet"].read_text()))
+    placement = read_placement(doc, slots_per_gpu=5, num_experts=16)
+    rt = sample_routing(loads, StepMix.parse("8:0.7,2048:0.3"), 2, samples=4)
+    want = evaluate(placement, loads, fleet, routing=rt).step_time_s
+    assert doc["predicted"]["stepTimeSeconds"] == pytest.approx(want, rel=1e-6)
+    assert doc["baseline"]["stepTimeSeconds"] >= doc["predicted"]["stepTimeSeconds"]
+    again = files["dir"] / "again.json"
+    assert run(*args, "--samples", 4, "-o", again).exit_code == 0
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_step_mix_with_incremental_mode(files):
+    cur = files["dir"] / "current.json"
+    assert run("-l", files["loads"], "-f", files["fleet"], "-s", 5, "-p", "linear", "-o", cur).exit_code == 0
+    r = run(
+        "-l",
+        files["loads"],
+        "-f",
+        files["fleet"],
+        "-s",
+        5,
+        "--current",
+        cur,
+        "--step-mix",
+        "16",
+        "--top-k",
+        2,
+    )
+    assert r.exit_code == 0, r.output
+    assert "incremental" in r.output and "EXPECTED" in r.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--step-mix", "64:0.5"], "--top-k"),
+        (["--step-mix", "64:x", "--top-k", 2], "not TOKENS or TOKENS:WEIGHT"),
+        (["--step-mix", "64", "--top-k", 2, "--tokens-per-step", 64], "not both"),
+        (["--step-mix", "64", "--top-k", 2, "--samples", 0], "samples"),
+    ],
+)
+def test_bad_step_mix_is_one_line_and_exit_1(files, extra, words):
+    r = run("-l", files["loads"], "-f", files["fleet"], "-s", 5, *extra)
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vibe plan: InvalidLoads: "), r.stderr
+    assert words in lines[0]
+
+
+def test_unknown_dispatch_is_a_usage_error(files):
+    r = run(
+        "-l",
+        files["loads"],
+        "-f",
+        files["fleet"],
+        "-s",
+        5,
+        "--step-mix",
+        "64",
+        "--top-k",
+        2,
+        "--dispatch",
+        "x",
+    )
+    assert r.exit_code == 2 and "--dispatch" in r.stderr

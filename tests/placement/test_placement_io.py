@@ -1,4 +1,4 @@
-"""Reading loads / fleets / placements, and the three output formats' shapes and bytes."""
+"""Reading loads / fleets / placements, and the vibe, SGLang and EPLB formats' shapes and bytes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from placement_helpers import h100_fleet4, instances
 
+from vibe.engines import ENGINES
 from vibe.placement import (
     PlacementError,
     read_fleet,
@@ -16,9 +17,6 @@ from vibe.placement import (
     read_placement,
     reference_curve,
     solve,
-    to_eplb,
-    to_placement_json,
-    to_sglang,
 )
 
 # ---------------------------------------------------------------- loads
@@ -147,7 +145,7 @@ def test_formats_shapes_and_round_trips(inst):
     p = len(fleet) * s
     base = solve(loads, fleet, s, "token-balanced")
     r = solve(loads, fleet, s, "vibe")
-    doc = json.loads(to_placement_json(r, fleet, baseline=base))
+    doc = json.loads(ENGINES["vibe"].write(r, fleet, base))
     assert doc["numPhysicalExperts"] == p and doc["slotsPerGPU"] == s and doc["numGPUs"] == len(fleet)
     assert [g["id"] for g in doc["gpus"]] == fleet.ids
     assert len(doc["layers"]) == layers
@@ -160,11 +158,11 @@ def test_formats_shapes_and_round_trips(inst):
     assert doc["predicted"]["lowerBoundSeconds"] <= doc["predicted"]["stepTimeSeconds"]
     assert doc["baseline"]["policy"] == "token-balanced"
 
-    sg = json.loads(to_sglang(r))
+    sg = json.loads(ENGINES["sglang"].write(r, fleet, None))
     assert list(sg) == ["physical_to_logical_map"]  # SGLang passes keys as kwargs: nothing else allowed
     assert np.array(sg["physical_to_logical_map"]).shape == (layers, p)
 
-    ep = json.loads(to_eplb(r))
+    ep = json.loads(ENGINES["eplb"].write(r, fleet, None))
     assert np.array(ep["phy2log"]).shape == (layers, p)
     assert np.array(ep["log2phy"]).shape == (layers, e, p - e + 1)
     assert np.array(ep["logcnt"]).shape == (layers, e)
@@ -182,7 +180,7 @@ def test_formats_shapes_and_round_trips(inst):
 def test_bytes_are_canonical():
     loads = np.array([[5.0, 100.0, 30.0, 7.0]])
     fleet = h100_fleet4()
-    data = to_placement_json(solve(loads, fleet, 2), fleet)
+    data = ENGINES["vibe"].write(solve(loads, fleet, 2), fleet, None)
     assert data.endswith(b"\n") and data.count(b"\n") == 1
     assert json.dumps(json.loads(data), sort_keys=True, separators=(",", ":")).encode() + b"\n" == data
     assert b"solve" not in data and b'Time"' not in data  # no timings, no timestamps
@@ -209,8 +207,8 @@ def test_every_format_is_deterministic_to_the_byte():
         results.append(replace_incremental(results[-2].placement, drifted, fleet, max_moves=12))
         out = []
         for r in results:
-            out += [to_placement_json(r, fleet, baseline=results[2]), to_sglang(r), to_eplb(r)]
+            out += [engine.write(r, fleet, results[2]) for engine in ENGINES.values()]
         return out
 
     first, second = outputs(), outputs()
-    assert len(first) == 18 and first == second
+    assert len(first) == 6 * len(ENGINES) and first == second

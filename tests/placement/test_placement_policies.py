@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from placement_helpers import h100_fleet4, instances
 from random_policy import solve_random
 
-from vibe.placement import COMPARED, PlacementError, solve, to_placement_json
+from vibe.engines import ENGINES
+from vibe.placement import COMPARED, PlacementError, solve
 from vibe.placement.engine import token_balanced
 from vibe.placement.policies import replicate_by_tokens
 from vibe.placement.synthetic import h100_fleet, skewed_loads
@@ -80,7 +81,7 @@ def test_deterministic_to_the_byte():
     for policy in COMPARED:
         a = solve(loads, fleet, 9, policy)
         b = solve(loads.copy(), fleet, 9, policy)
-        assert to_placement_json(a, fleet) == to_placement_json(b, fleet)
+        assert ENGINES["vibe"].write(a, fleet, None) == ENGINES["vibe"].write(b, fleet, None)
 
 
 def test_replication_follows_tokens_per_replica():

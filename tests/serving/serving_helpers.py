@@ -12,8 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
-from vibe.serving import contract
-from vibe.serving.engine_fit import EngineSettings
+from vibe import contract
+from vibe.engines import ENGINES, EngineSettings, trtllm
 
 E, G, S, L = 8, 4, 3, 3
 P = G * S
@@ -29,7 +29,7 @@ def phy2log(shift: int = 0) -> list[list[int]]:
 
 
 def placement_data(generation: int = 1, shift: int = 0, meta: bool = True, gpus: int = G) -> dict[str, str]:
-    """ConfigMap data as the operator writes it (keys per vibe.serving.contract, plus placement-meta.json)."""
+    """ConfigMap data as the operator writes it (keys per vibe.engines, plus placement-meta.json)."""
     p2l = phy2log(shift)
     placement = {
         "gpus": [{"node": f"n{g // 2}", "uuid": f"GPU-{g}"} for g in range(gpus)],
@@ -42,9 +42,10 @@ def placement_data(generation: int = 1, shift: int = 0, meta: bool = True, gpus:
         for row in p2l
     ]
     data = {
-        contract.KEY_PLACEMENT: json.dumps(placement, sort_keys=True),
-        contract.KEY_SGLANG: json.dumps({"physical_to_logical_map": p2l}),
-        contract.KEY_EPLB: json.dumps({"phy2log": p2l, "log2phy": log2phy, "logcnt": logcnt}),
+        ENGINES["vibe"].key: json.dumps(placement, sort_keys=True),
+        ENGINES["sglang"].key: json.dumps({"physical_to_logical_map": p2l}),
+        ENGINES["eplb"].key: json.dumps({"phy2log": p2l, "log2phy": log2phy, "logcnt": logcnt}),
+        ENGINES["trtllm"].key: trtllm.to_yaml(P, dict(enumerate(p2l))).decode(),
     }
     if meta:
         data[contract.KEY_META] = json.dumps(

@@ -10,7 +10,7 @@ Importing every model module needs SGLang's GPU-only kernels, so this reads the 
 classes and their bases across ``sglang/srt/models`` (bases resolved through the module's own classes
 and its ``from ... import`` lines, inheritance followed), then each module's ``EntryClass``.
 
-Run ``python tests/serving/sglang_source.py`` to print the list for ``vibe.serving.sglang``.
+Run ``python tests/serving/sglang_source.py`` to print the list for ``vibe.engines.sglang``.
 """
 
 from __future__ import annotations

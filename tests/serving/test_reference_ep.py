@@ -19,11 +19,12 @@ pytest.importorskip("torch.distributed")
 
 from random_policy import solve_random  # noqa: E402
 
+from vibe import contract  # noqa: E402
+from vibe.engines import ENGINES  # noqa: E402
 from vibe.operator import output  # noqa: E402
 from vibe.placement.engine import solve  # noqa: E402
 from vibe.placement.inputs import read_fleet  # noqa: E402
 from vibe.placement.synthetic import skewed_loads  # noqa: E402
-from vibe.serving import contract  # noqa: E402
 from vibe.serving import reference_ep as ep  # noqa: E402
 from vibe.serving.errors import ServingError  # noqa: E402
 
@@ -130,11 +131,11 @@ def test_ep_layer_equals_dense_reference(volumes, inputs, tmp_path, grouped):
 def _corrupt(src: Path, dst: Path, restamp: bool) -> Path:
     dst.mkdir()
     data = {p.name: p.read_text() for p in src.iterdir()}
-    eplb = json.loads(data[contract.KEY_EPLB])
+    eplb = json.loads(data[ENGINES["eplb"].key])
     row = eplb["phy2log"][1]
     gone = row[0]
     eplb["phy2log"][1] = [row[1] if x == gone else x for x in row]  # expert `gone` loses every slot
-    data[contract.KEY_EPLB] = json.dumps(eplb)
+    data[ENGINES["eplb"].key] = json.dumps(eplb)
     if restamp:
         core = {k: v for k, v in data.items() if k != contract.KEY_META}
         data[contract.KEY_META] = json.dumps(

@@ -87,7 +87,7 @@ def test_export_loads_to_a_file(tmp_path: Path) -> None:
     both = runner.invoke(
         app, ["export-loads", "--dump", str(dump), "--engine-url", "http://x", "--output", str(out)]
     )
-    assert both.exit_code == 1 and "exactly one of --dump and --engine-url" in both.output
+    assert both.exit_code == 1 and "exactly one of --dump, --stats-dir and --engine-url" in both.output
 
 
 def test_init_refuses_an_architecture_sglang_ignores(volume: KubeletVolume, tmp_path: Path) -> None:
@@ -134,3 +134,48 @@ def test_init_refuses_an_architecture_sglang_ignores(volume: KubeletVolume, tmp_
     taken = runner.invoke(app, [*base, "--model-config", str(config)])
     assert taken.exit_code == 0, taken.output
     assert len(json.loads((tmp_path / "loc.json").read_text())["physical_to_logical_map"]) == 4
+
+
+def test_init_writes_tensorrt_llm_files_from_the_registry(volume: KubeletVolume, tmp_path: Path) -> None:
+    """``--engine-file NAME=PATH`` takes any format of vibe.engines: TensorRT-LLM's load balancer, keyed past
+    the dense layer (the model config's first_k_dense_replace), and the engine-args snippet beside it."""
+    import yaml
+
+    volume.write(placement_data(generation=3))
+    lb = tmp_path / "run" / "moe_load_balancer.yaml"
+    args = ["init", *ENGINE, "--placement-dir", str(volume.root), "--state-dir", str(tmp_path / "s")]
+    result = runner.invoke(app, [*args, "--engine-file", f"trtllm={lb}"])
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load(lb.read_text())
+    assert doc["num_slots"] == 12 and doc["layer_updates_per_iter"] == 0
+    assert sorted(doc["initial_global_assignments"]) == [1, 2, 3]
+    snippet = yaml.safe_load((tmp_path / "run" / "moe_load_balancer-extra-engine-args.yaml").read_text())
+    assert snippet["moe_config"] == {"backend": "WIDEEP", "load_balancer": str(lb)}
+    bad = runner.invoke(app, [*args, "--engine-file", f"yaml={lb}"])
+    assert bad.exit_code == 1 and "InvalidArgument: unknown format 'yaml'" in bad.output
+    wrong_ep = ["init", "--ep-size", "5", "--placement-dir", str(volume.root), "--state-dir", str(tmp_path)]
+    refused = runner.invoke(app, [*wrong_ep, "--engine-file", f"trtllm={tmp_path / 'x.yaml'}"])
+    assert refused.exit_code == 1 and "PlacementMismatch" in refused.output
+
+
+def test_export_loads_reads_tensorrt_llm_statistics(tmp_path: Path) -> None:
+    """``--stats-dir`` (TensorRT-LLM's EXPERT_STATISTIC_PATH) with ``--assignment`` (the load balancer in
+    service): per-slot counts fold back to experts; the file layout is upstream's (tests/engines)."""
+    from safetensors.numpy import save_file
+
+    from vibe.engines import trtllm
+
+    stats = tmp_path / "stats"
+    stats.mkdir()
+    (stats / "meta_info.json").write_text(json.dumps({"num_experts": 4, "num_experts_per_token": 1}))
+    counts = {f"{it}_3": np.array([1, 2, 3, 4], dtype=np.int64) for it in (10, 11)}
+    save_file(counts, str(stats / "rank0.safetensors"))
+    lb = tmp_path / "lb.yaml"
+    lb.write_bytes(trtllm.to_yaml(4, {3: [0, 1, 1, 0]}))
+    out = tmp_path / "loads.json"
+    args = ["export-loads", "--stats-dir", str(stats), "--assignment", str(lb), "--output", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text()) == {"loads": [[5.0, 5.0]]}
+    plain = runner.invoke(app, ["export-loads", "--stats-dir", str(stats), "--output", str(out)])
+    assert plain.exit_code == 0 and json.loads(out.read_text()) == {"loads": [[1.0, 2.0, 3.0, 4.0]]}

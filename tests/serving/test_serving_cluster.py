@@ -11,9 +11,10 @@ import pytest
 from serving_helpers import placement_data, settings
 from typer.testing import CliRunner
 
-from vibe import api
+from vibe import api, contract
 from vibe.cluster.waiting import wait_for
-from vibe.serving import contract, kube, sidecar, state, update_policies
+from vibe.engines import ENGINES
+from vibe.serving import kube, sidecar, state, update_policies
 from vibe.serving.cli import app
 from vibe.serving.errors import ServingError
 
@@ -41,7 +42,7 @@ def template_generation(api, namespace: str, name: str) -> str | None:
     from kubernetes import client
 
     d = client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
-    return (d.spec.template.metadata.annotations or {}).get(contract.TEMPLATE_ANNOTATION)
+    return (d.spec.template.metadata.annotations or {}).get(contract.ANNOTATION_PLACEMENT_GENERATION)
 
 
 def test_export_loads_applies_the_load_configmap(
@@ -106,8 +107,8 @@ def test_sidecar_in_api_mode_rolls_the_deployment(kube_api, namespace: str, tmp_
     data = placement_data(generation=4, shift=1)
     core_data = {k: v for k, v in data.items() if k != contract.KEY_META}
     annotations = {
-        contract.ANNOTATION_GENERATION: "4",
-        contract.ANNOTATION_HASH: contract.content_hash(core_data),
+        contract.ANNOTATION_PLACEMENT_GENERATION: "4",
+        contract.ANNOTATION_CONTENT_HASH: contract.content_hash(core_data),
     }
     core.create_namespaced_config_map(
         namespace, {"metadata": {"name": "dsv3-placement", "annotations": annotations}, "data": data}
@@ -136,8 +137,8 @@ def test_sidecar_in_api_mode_rolls_the_deployment(kube_api, namespace: str, tmp_
     assert w.step() == "same"
 
     # A hand edit that breaks the hash is refused and reported, not rolled out.
-    data[contract.KEY_SGLANG] = json.dumps({"physical_to_logical_map": [[0]]})
-    annotations[contract.ANNOTATION_GENERATION] = "5"
+    data[ENGINES["sglang"].key] = json.dumps({"physical_to_logical_map": [[0]]})
+    annotations[contract.ANNOTATION_PLACEMENT_GENERATION] = "5"
     core.patch_namespaced_config_map(
         "dsv3-placement",
         namespace,

@@ -91,7 +91,7 @@ ARCHITECTURES = {
 
 @pytest.mark.parametrize("path", [*sorted(EXAMPLES.parent.glob("*.yaml")), EXAMPLES / "moedeployment.yaml"])
 def test_examples_ask_sglang_files_only_for_models_sglang_applies_them_to(path: Path) -> None:
-    from vibe.serving.sglang import EXPERT_LOCATION_ARCHITECTURES
+    from vibe.engines.sglang import EXPERT_LOCATION_ARCHITECTURES
 
     for doc in yaml.safe_load_all(path.read_text()):
         if not doc or doc.get("kind") != "MoEDeployment":

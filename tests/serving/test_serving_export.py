@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vibe.serving import loads
+from vibe.engines.loads import loads_document, to_loads
 from vibe.serving.errors import ServingError
 from vibe.serving.export import Exporter
 
@@ -65,7 +65,7 @@ def test_follow_survives_an_engine_restart_and_skips_idle_windows(tmp_path: Path
     assert published == 1
     start, dump = "start_expert_distribution_record", "dump_expert_distribution_record"
     assert calls == [start, dump, start, dump, dump]  # recording restarts after the failed window
-    expected = loads.loads_document(loads.to_loads(windows[3], None, 1, None))
+    expected = loads_document(to_loads(windows[3], None, 1, None))
     assert out.read_text() == expected + "\n"
     assert json.loads(out.read_text())["loads"] and list(recorder.iterdir()) == []  # dumps deleted
 

@@ -1,6 +1,6 @@
 """vibe's SGLang file through the pinned SGLang's own loader, and vibe's allow-list against its source.
 
-CI installs the SGLang wheel pinned in ``vibe.serving.sglang.SGLANG_VERSION`` without its GPU
+CI installs the SGLang wheel pinned in ``vibe.engines.sglang.SGLANG_VERSION`` without its GPU
 dependencies (``make``: ``pip install --no-deps sglang==...`` plus the ``sglang`` extra, the few pure
 packages its config and model modules import). That is enough for SGLang to do on CPU what a server
 does at start with ``--init-expert-location``: resolve the model class through its ``ModelRegistry``,
@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from sglang_source import expert_location_architectures
 
+from vibe.engines import EngineSettings, sglang
+from vibe.engines.settings import model_layout
+from vibe.engines.sglang import EXPERT_LOCATION_ARCHITECTURES, SGLANG_VERSION
 from vibe.placement import engine as placement_engine
-from vibe.placement import formats
 from vibe.placement.dispatch import static_dispatch_choices
 from vibe.placement.synthetic import h100_fleet, skewed_loads
-from vibe.serving.engine_fit import EngineSettings, fit_sglang, model_layout
-from vibe.serving.sglang import EXPERT_LOCATION_ARCHITECTURES, SGLANG_VERSION
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "models"
@@ -63,7 +63,7 @@ def test_sglang_loads_vibes_file(
     fleet = h100_fleet(gpus, spread=0.08, outliers=1)
     result = placement_engine.solve(loads, fleet, slots, "vibe", time_budget_s=0.1)
     settings = EngineSettings(ep_size=gpus, redundant_experts=gpus * slots - experts, **layout)
-    doc = fit_sglang(json.loads(formats.to_sglang(result)), settings)
+    doc = sglang.fit(json.loads(sglang.write(result, fleet, None)), settings)
     path = tmp_path / "expert-location.json"
     path.write_text(json.dumps(doc))
     ranks = [0, gpus // nnodes + 1]

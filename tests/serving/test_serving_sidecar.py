@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from serving_helpers import KubeletVolume, placement_data, settings
 
-from vibe.serving import contract, emit, sidecar, state
+from vibe.engines import ENGINES
+from vibe.serving import emit, sidecar, stamp, state
 from vibe.serving.errors import ServingError
 from vibe.serving.update_policies import Update
 
@@ -30,7 +32,7 @@ H = "h"
     ],
 )
 def test_decide(applied, gen, data_hash, verdict) -> None:
-    assert state.decide(applied, contract.Stamp(gen, None, False), data_hash) is verdict
+    assert state.decide(applied, stamp.Stamp(gen, None, False), data_hash) is verdict
 
 
 def test_state_round_trip(tmp_path: Path) -> None:
@@ -73,21 +75,27 @@ def test_init_writes_the_engine_files_and_records_the_generation(
 ) -> None:
     volume.write(placement_data(generation=2))
     out, eplb = tmp_path / "out" / "expert-location.json", tmp_path / "out" / "eplb.json"
-    applied = emit.run_init(str(volume.root), settings(), str(out), str(eplb), str(tmp_path / "state"))
+    trt = tmp_path / "out" / "moe_load_balancer.yaml"
+    outputs = {"sglang": out, "eplb": eplb, "trtllm": trt}
+    applied = emit.run_init(str(volume.root), settings(), outputs, str(tmp_path / "state"))
     assert applied.generation == 2
     doc = json.loads(out.read_text())
     assert list(doc) == ["physical_to_logical_map"] and len(doc["physical_to_logical_map"]) == 4
     assert set(json.loads(eplb.read_text())) == {"phy2log", "log2phy", "logcnt"}
+    lb = yaml.safe_load(trt.read_text())  # as TensorRT-LLM reads it
+    assert sorted(lb["initial_global_assignments"]) == [1, 2, 3]  # after the 1 dense layer
+    snippet = yaml.safe_load((tmp_path / "out" / "moe_load_balancer-extra-engine-args.yaml").read_text())
+    assert snippet == {"moe_config": {"backend": "WIDEEP", "load_balancer": str(trt)}}
     assert state.load(tmp_path / "state") == applied
 
 
 def test_init_refuses_a_tampered_volume(volume: KubeletVolume, tmp_path: Path) -> None:
     data = placement_data(generation=2)
-    data[contract.KEY_SGLANG] = json.dumps({"physical_to_logical_map": [[0]]})
+    data[ENGINES["sglang"].key] = json.dumps({"physical_to_logical_map": [[0]]})
     volume.write(data)
     out = tmp_path / "x.json"
     with pytest.raises(ServingError) as e:
-        emit.run_init(str(volume.root), settings(), str(out))
+        emit.run_init(str(volume.root), settings(), {"sglang": out})
     assert e.value.reason == "HashMismatch" and not out.exists()
 
 
@@ -96,7 +104,7 @@ def test_init_waits_for_the_expected_generation(volume: KubeletVolume, tmp_path:
     later = threading.Timer(0.3, lambda: volume.write(placement_data(generation=2, shift=1)))
     later.start()
     applied = emit.run_init(
-        str(volume.root), settings(), str(tmp_path / "o.json"), expect_generation=2, poll=0.05
+        str(volume.root), settings(), {"sglang": tmp_path / "o.json"}, expect_generation=2, poll=0.05
     )
     later.join()
     assert applied.generation == 2
@@ -106,7 +114,7 @@ def test_init_times_out_behind_and_rolls_forward_when_ahead(volume: KubeletVolum
     volume.write(placement_data(generation=1))
     with pytest.raises(ServingError, match="still generation 1 after 0s") as e:
         emit.run_init(
-            str(volume.root), settings(), str(tmp_path / "o.json"), expect_generation=2, wait_seconds=0
+            str(volume.root), settings(), {"sglang": tmp_path / "o.json"}, expect_generation=2, wait_seconds=0
         )
     assert e.value.reason == "StaleVolume"  # readable, only behind: the reason says so
     volume.write(placement_data(generation=5))
@@ -115,7 +123,7 @@ def test_init_times_out_behind_and_rolls_forward_when_ahead(volume: KubeletVolum
         emit.run_init(
             str(volume.root),
             settings(),
-            str(tmp_path / "o.json"),
+            {"sglang": tmp_path / "o.json"},
             expect_generation=4,
             on_newer=bumped.append,
         )
@@ -125,7 +133,7 @@ def test_init_times_out_behind_and_rolls_forward_when_ahead(volume: KubeletVolum
 def test_sidecar_applies_newer_and_never_older(volume: KubeletVolume, tmp_path: Path) -> None:
     st = tmp_path / "state"
     volume.write(placement_data(generation=2))
-    emit.run_init(str(volume.root), settings(), str(tmp_path / "o.json"), state_dir=str(st))
+    emit.run_init(str(volume.root), settings(), {"sglang": tmp_path / "o.json"}, state_dir=str(st))
     policy, reports = FakePolicy(), []
     w = make_watcher(volume, st, policy, reports)
     assert w.step() == "same" and policy.applied == []
@@ -159,7 +167,7 @@ def test_sidecar_refuses_half_written_and_unfitting_placements(volume: KubeletVo
     w = make_watcher(volume, st, policy, reports)
 
     data = placement_data(generation=2)
-    data[contract.KEY_SGLANG] = json.dumps({"physical_to_logical_map": [[1]]})  # hash no longer matches
+    data[ENGINES["sglang"].key] = json.dumps({"physical_to_logical_map": [[1]]})  # hash no longer matches
     volume.write(data)
     assert w.step() == "HashMismatch"
     assert reports[-1][:2] == ("Warning", "PlacementHashMismatch")

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vibe.serving import loads, torchfile
-from vibe.serving.errors import ServingError
+from vibe.engines import sglang, torchfile
+from vibe.engines.errors import EngineError
 
 
 def fake_torch_save(obj: dict, path: Path, prefix: str = "archive") -> None:
@@ -85,12 +85,12 @@ def test_refuses_code_and_junk(tmp_path: Path) -> None:
     evil = tmp_path / "evil.pt"
     with zipfile.ZipFile(evil, "w") as z:
         z.writestr("archive/data.pkl", pickle.dumps(print))  # builtins.print: not a tensor
-    with pytest.raises(ServingError, match=r"unsupported object builtins\.print"):
+    with pytest.raises(EngineError, match=r"unsupported object builtins\.print"):
         torchfile.load(evil)
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
-    with pytest.raises(ServingError, match="without torch"):
+    with pytest.raises(EngineError, match="without torch"):
         torchfile.load(tmp_path / "junk.pt")
-    with pytest.raises(ServingError):
+    with pytest.raises(EngineError):
         torchfile.load(tmp_path / "missing.pt")
 
 
@@ -108,7 +108,7 @@ def test_read_dump_uses_the_torch_free_reader(tmp_path: Path, monkeypatch) -> No
         return real(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
-    assert loads.read_dump(path).shape == (3, 2, 5)
+    assert sglang.read_dump(path).shape == (3, 2, 5)
 
 
 def test_real_torch_files_match(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from vibe import api
+from vibe import api, contract
 from vibe.api import GPUPROFILE_PLURAL, GROUP, MOEDEPLOYMENT_PLURAL, VERSION
 from vibe.clikit import fail
 from vibe.cluster.processes import free_port
@@ -515,8 +515,8 @@ class Demo:
         ann = cm.metadata.annotations or {}
         self.say(
             f"ConfigMap {cm.metadata.name}: keys {sorted(cm.data)}; generation "
-            f"{ann.get(api.ANNOTATION_PLACEMENT_GENERATION)}; "
-            f"hash {ann.get(api.ANNOTATION_CONTENT_HASH, '')[:19]}…"
+            f"{ann.get(contract.ANNOTATION_PLACEMENT_GENERATION)}; "
+            f"hash {ann.get(contract.ANNOTATION_CONTENT_HASH, '')[:19]}…"
         )
         m = metrics(op_port)
         self.say(

@@ -385,7 +385,7 @@ def placement_changed(
 ) -> None:
     """A placement ConfigMap was deleted or edited by hand: wake its deployment, which restores it
     within seconds. The operator's own writes are always intact (``output.as_written``): no wake."""
-    owner = (meta.get("labels") or {}).get(output.L_DEPLOYMENT)
+    owner = (meta.get("labels") or {}).get(api.LABEL_MOEDEPLOYMENT)
     if not owner or event["type"] is None:  # the initial listing: every worker reconciles on start
         return
     if event["type"] == "DELETED" or not output.as_written(body):

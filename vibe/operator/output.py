@@ -1,9 +1,10 @@
 """The placement ConfigMap ``<name>-placement``: rendered from a result, read back as the one in service.
 
 Role: the operator's only product. Rendering is deterministic (the engine's serialisers sort keys and
-carry no timestamps), so the same inputs give the same bytes; ``vibe.dev/content-hash`` is the hash of
-those bytes as ``vibe.serving.contract`` defines it, and ``placement-meta.json`` carries the hash and
-generation into volumes (kubelet projects data, not annotations).
+carry no timestamps), so the same inputs give the same bytes; one key per requested format, each
+written by its record in ``vibe.engines``. ``vibe.dev/content-hash`` is the hash of those bytes as
+``vibe.contract`` defines it (the contract the serving pods read by), and ``placement-meta.json``
+carries the hash and generation into volumes (kubelet projects data, not annotations).
 
 Everything the operator must remember between reconciles lives here, written in the same update as the
 data, so a restart (or another replica) resumes from the cluster, never from memory:
@@ -27,31 +28,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vibe import api
-from vibe.api import FORMAT_KEYS, KEY_META
+from vibe.contract import (
+    ANNOTATION_CONTENT_HASH,
+    ANNOTATION_PLACEMENT_GENERATION,
+    KEY_META,
+    content_hash,
+    core_data,
+    meta_text,
+)
+from vibe.engines import ENGINES
 from vibe.operator.clock import parse_time
 from vibe.operator.spec import fingerprint
 from vibe.placement.cost import Placement
 from vibe.placement.errors import PlacementError
-from vibe.serving.contract import content_hash
 
-# The ConfigMap's annotations and labels (their names live in ``vibe.api``).
-PREFIX = api.PREFIX
-A_GENERATION = api.ANNOTATION_PLACEMENT_GENERATION
-A_HASH = api.ANNOTATION_CONTENT_HASH
-A_PLACEMENT_KEY = api.ANNOTATION_PLACEMENT_KEY
-A_GPUS = api.ANNOTATION_INPUTS_GPUS
-A_CURVES = api.ANNOTATION_INPUTS_CURVES
-A_LOADS = api.ANNOTATION_INPUTS_LOADS
-A_PLACED_AT = api.ANNOTATION_PLACED_AT
-A_SUMMARY = api.ANNOTATION_SUMMARY
+#: The labels the operator puts on every placement ConfigMap it writes (besides the MoEDeployment's).
 MANAGED_BY = {api.LABEL_MANAGED_BY: api.MANAGED_BY_OPERATOR}
-L_DEPLOYMENT = api.LABEL_MOEDEPLOYMENT
 
 #: A ConfigMap holds at most 1 MiB; leave room for metadata.
 MAX_DATA_BYTES = 1_000_000
-
-
-config_map_name = api.placement_config_map_name
 
 
 @dataclass(frozen=True)
@@ -93,28 +88,14 @@ class InService:
     def annotations_edited(self) -> bool:
         """Intact data whose generation or hash annotation says something else (edited by hand)."""
         return self.intact and (
-            self.annotations.get(A_GENERATION) != str(self.generation)
-            or self.annotations.get(A_HASH) != self.content_hash
+            self.annotations.get(ANNOTATION_PLACEMENT_GENERATION) != str(self.generation)
+            or self.annotations.get(ANNOTATION_CONTENT_HASH) != self.content_hash
         )
-
-
-def core_data(data: Mapping[str, str]) -> dict[str, str]:
-    """The data without the meta key (what the content hash and the generation are about)."""
-    return {k: v for k, v in data.items() if k != KEY_META}
 
 
 def render(result: Any, fleet: Any, formats: tuple[str, ...], *, baseline: Any = None) -> dict[str, str]:
     """The ConfigMap data for a placement result, one key per requested format (no meta key yet)."""
-    from vibe.placement import to_eplb, to_placement_json, to_sglang
-
-    data: dict[str, str] = {}
-    for fmt in formats:
-        if fmt == "vibe":
-            data[FORMAT_KEYS[fmt]] = _text(to_placement_json(result, fleet, baseline=baseline))
-        elif fmt == "sglang":
-            data[FORMAT_KEYS[fmt]] = _text(to_sglang(result))
-        elif fmt == "eplb":
-            data[FORMAT_KEYS[fmt]] = _text(to_eplb(result))
+    data = {ENGINES[fmt].key: _text(ENGINES[fmt].write(result, fleet, baseline)) for fmt in formats}
     return dict(sorted(data.items()))
 
 
@@ -128,17 +109,16 @@ def finish(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """(data with the meta key, annotations) for a ConfigMap about to be written."""
     digest = content_hash(core)
-    meta = json.dumps({"contentHash": digest, "placementGeneration": generation}, sort_keys=True)
-    data = dict(sorted({**core, KEY_META: meta}.items()))
+    data = dict(sorted({**core, KEY_META: meta_text(digest, generation)}.items()))
     annotations = {
-        A_GENERATION: str(generation),
-        A_HASH: digest,
-        A_PLACEMENT_KEY: keys.placement,
-        A_GPUS: keys.gpus,
-        A_CURVES: keys.curves,
-        A_LOADS: keys.loads,
-        A_PLACED_AT: placed_at,
-        A_SUMMARY: json.dumps(summary, sort_keys=True, separators=(",", ":")),
+        ANNOTATION_PLACEMENT_GENERATION: str(generation),
+        ANNOTATION_CONTENT_HASH: digest,
+        api.ANNOTATION_PLACEMENT_KEY: keys.placement,
+        api.ANNOTATION_INPUTS_GPUS: keys.gpus,
+        api.ANNOTATION_INPUTS_CURVES: keys.curves,
+        api.ANNOTATION_INPUTS_LOADS: keys.loads,
+        api.ANNOTATION_PLACED_AT: placed_at,
+        api.ANNOTATION_SUMMARY: json.dumps(summary, sort_keys=True, separators=(",", ":")),
     }
     return data, annotations
 
@@ -158,8 +138,8 @@ def read_back(
     data = dict(obj.get("data") or {})
     generation, declared = _meta_of(data)
     try:
-        summary = json.loads(ann.get(A_SUMMARY) or "{}")
-    except json.JSONDecodeError:
+        summary = json.loads(ann.get(api.ANNOTATION_SUMMARY) or "{}")
+    except (ValueError, RecursionError):  # not JSON, a 5000-digit number, nested too deep: hand-edited
         summary = {}
     found = InService(
         name=str(meta.get("name") or ""),
@@ -170,9 +150,12 @@ def read_back(
         generation=generation,
         content_hash=declared,
         keys=InputKeys(
-            ann.get(A_PLACEMENT_KEY, ""), ann.get(A_GPUS, ""), ann.get(A_CURVES, ""), ann.get(A_LOADS, "")
+            ann.get(api.ANNOTATION_PLACEMENT_KEY, ""),
+            ann.get(api.ANNOTATION_INPUTS_GPUS, ""),
+            ann.get(api.ANNOTATION_INPUTS_CURVES, ""),
+            ann.get(api.ANNOTATION_INPUTS_LOADS, ""),
         ),
-        placed_at=parse_time(ann.get(A_PLACED_AT)),
+        placed_at=parse_time(ann.get(api.ANNOTATION_PLACED_AT)),
         summary=summary if isinstance(summary, dict) else {},
     )
     if not declared or content_hash(core_data(data)) != declared:
@@ -181,8 +164,10 @@ def read_back(
     found.intact = True
     try:
         found.placement = placement_of(data, experts=experts, slots_per_gpu=slots_per_gpu)
-    except (PlacementError, ValueError, KeyError, TypeError) as e:
-        found.unreadable = f"cannot read the placement back: {e}"
+    except (PlacementError, ValueError, KeyError, TypeError, RecursionError) as e:
+        found.unreadable = (
+            f"cannot read the placement back: {'nested too deep' if isinstance(e, RecursionError) else e}"
+        )
         return found
     if found.placement is not None and found.placement.num_layers != layers:
         found.placement = None
@@ -200,8 +185,8 @@ def as_written(obj: Mapping[str, Any]) -> bool:
     return (
         bool(declared)
         and content_hash(core_data(data)) == declared
-        and ann.get(A_HASH) == declared
-        and ann.get(A_GENERATION) == str(generation)
+        and ann.get(ANNOTATION_CONTENT_HASH) == declared
+        and ann.get(ANNOTATION_PLACEMENT_GENERATION) == str(generation)
     )
 
 
@@ -211,18 +196,18 @@ def _meta_of(data: Mapping[str, str]) -> tuple[int, str]:
         meta = json.loads(data.get(KEY_META) or "{}")
         generation = int(meta.get("placementGeneration") or 0)
         declared = str(meta.get("contentHash") or "")
-    except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, RecursionError):
         return 0, ""
     return max(0, generation), declared
 
 
 def placement_of(data: Mapping[str, str], *, experts: int, slots_per_gpu: int) -> Placement | None:
-    """The placement from whichever format the data holds (placement.json, SGLang's or EPLB's file)."""
-    from vibe.placement import read_placement
-
-    for key in (FORMAT_KEYS["vibe"], FORMAT_KEYS["sglang"], FORMAT_KEYS["eplb"]):
-        if key in data:
-            return read_placement(json.loads(data[key]), slots_per_gpu=slots_per_gpu, num_experts=experts)
+    """The placement from the first format the data holds, in ``vibe.engines.ENGINES`` order."""
+    for engine in ENGINES.values():
+        if engine.key in data:
+            return engine.read(
+                engine.parse(data[engine.key]), slots_per_gpu=slots_per_gpu, num_experts=experts
+            )
     return None
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from vibe import api
+from vibe import api, contract
 from vibe.operator import metrics, output, refusals
 from vibe.operator import status as status_mod
 from vibe.operator.clock import iso
@@ -45,7 +45,6 @@ from vibe.operator.settings import OperatorSettings
 from vibe.operator.spec import DeploymentSpec, parse_spec
 from vibe.operator.watches import Need, Watches, config_map_need, pods_need, selector_string
 from vibe.operator.workload import Loads, from_config_map, uniform
-from vibe.serving.contract import content_hash
 
 logger = logging.getLogger("vibe.operator")
 
@@ -135,7 +134,7 @@ async def _reconcile_once(
     old_status = body.get("status") or {}
     now = clock_now()
     spec = parse_spec(body["spec"])
-    cm_name = output.config_map_name(name)
+    cm_name = contract.config_map_name(name)
     m = spec.model
     if shared.watches is not None:
         shared.watches.want(key, _needs(spec, namespace))
@@ -188,7 +187,7 @@ async def _reconcile_once(
         t_plan = time.perf_counter()
         tampered = _tampered(current, old_status, cm_name)
         if plan.action != WRITE and current is not None and current.annotations_edited:
-            plan.action, core = WRITE, output.core_data(current.data)  # same data, annotations repaired
+            plan.action, core = WRITE, contract.core_data(current.data)  # same data, annotations repaired
         if plan.action == WRITE:
             assert core is not None  # compute renders the data whenever the plan writes
             obs.in_service, wrote = await _write(kube, body, inputs, plan, core, current, old_status, now)
@@ -322,7 +321,7 @@ async def _report_refusal(shared: Shared, namespace: str, name: str, problem: Pr
         obs = status_mod.Observation(
             generation=int(body["metadata"].get("generation") or 0),
             placement_key="",
-            config_map=output.config_map_name(name),
+            config_map=contract.config_map_name(name),
             in_service=None,
             problem=problem,
         )
@@ -356,13 +355,13 @@ async def _write(
         current.generation if current is not None and current.intact else 0,
         int(old_status.get("placementGeneration") or 0),
     )
-    same = (current is not None and current.intact and output.core_data(current.data) == core) or (
-        known > 0 and content_hash(core) == old_status.get("contentHash")
+    same = (current is not None and current.intact and contract.core_data(current.data) == core) or (
+        known > 0 and contract.content_hash(core) == old_status.get("contentHash")
     )
     if same:
         generation = known
         placed_at = (
-            (current.annotations.get(output.A_PLACED_AT) if current is not None else None)
+            (current.annotations.get(api.ANNOTATION_PLACED_AT) if current is not None else None)
             or (old_status.get("lastReplacement") or {}).get("time")
             or iso(now)
         )
@@ -376,9 +375,9 @@ async def _write(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": output.config_map_name(meta["name"]),
+            "name": contract.config_map_name(meta["name"]),
             "namespace": meta["namespace"],
-            "labels": {**output.MANAGED_BY, output.L_DEPLOYMENT: meta["name"]},
+            "labels": {**output.MANAGED_BY, api.LABEL_MOEDEPLOYMENT: meta["name"]},
             "annotations": annotations,
             "ownerReferences": [
                 {
@@ -394,7 +393,7 @@ async def _write(
     }
     if current is not None:
         body["metadata"]["resourceVersion"] = current.resource_version
-        others = {k: v for k, v in current.annotations.items() if not k.startswith(output.PREFIX)}
+        others = {k: v for k, v in current.annotations.items() if not k.startswith(api.PREFIX)}
         body["metadata"]["annotations"] = {**others, **annotations}
     obj = await kube.write_config_map(meta["namespace"], body)
     m = inputs.spec.model
@@ -425,7 +424,7 @@ def _ours(cm_obj: Mapping[str, Any] | None, name: str) -> bool:
     labels = ((cm_obj or {}).get("metadata") or {}).get("labels") or {}
     return (
         labels.get(api.LABEL_MANAGED_BY) == api.MANAGED_BY_OPERATOR
-        and labels.get(output.L_DEPLOYMENT) == name
+        and labels.get(api.LABEL_MOEDEPLOYMENT) == name
     )
 
 

@@ -16,6 +16,10 @@ ConfigMap's data), not on status churn. The reconciler reads the objects itself 
 list), so a watch is only an alarm clock: a missed event costs at most one resync. Watches run in
 daemon threads with the synchronous client (blocking streams), and say an API refusal (403: RBAC) once
 per status code, then back off, instead of logging a traceback per retry.
+
+``want`` runs on the event loop but ``drop`` also runs in Kopf's thread pool (the synchronous DELETED
+handler), so the bookkeeping (``by_key``, ``threads``) is guarded by one lock and read from snapshots:
+without it a mass delete raced a reconcile's ``want`` ("dictionary changed size during iteration").
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class Watches:
         self.loop: Any = None  # the event loop to wake workers on (set by the first ``want``)
         self.by_key: dict[Key, frozenset[Need]] = {}
         self.threads: dict[Need, _Watch] = {}
+        self.lock = threading.Lock()  # guards by_key and threads (want: event loop; drop: Kopf's threads)
 
     def want(self, key: Key, needs: Iterable[Need]) -> None:
         """``key`` depends on exactly ``needs`` now (call from the event loop)."""
@@ -82,24 +87,30 @@ class Watches:
 
         self.loop = self.loop or asyncio.get_running_loop()
         new = frozenset(needs)
-        if self.by_key.get(key, frozenset()) == new:
-            return
-        self.by_key[key] = new
-        self._sync()
-
-    def drop(self, key: Key) -> None:
-        if self.by_key.pop(key, None) is not None:
+        with self.lock:
+            if self.by_key.get(key, frozenset()) == new:
+                return
+            self.by_key[key] = new
             self._sync()
 
+    def drop(self, key: Key) -> None:
+        """``key`` depends on nothing now (from the event loop or any thread)."""
+        with self.lock:
+            if self.by_key.pop(key, None) is not None:
+                self._sync()
+
     def keys_of(self, need: Need) -> list[Key]:
-        return [k for k, needs in self.by_key.items() if need in needs]
+        with self.lock:
+            return [k for k, needs in self.by_key.items() if need in needs]
 
     def close(self) -> None:
-        for w in self.threads.values():
-            w.stop.set()
-        self.threads.clear()
+        with self.lock:
+            for w in self.threads.values():
+                w.stop.set()
+            self.threads.clear()
 
     def _sync(self) -> None:
+        """Start the watches wanted and stop the others (the caller holds ``lock``)."""
         wanted = set().union(*self.by_key.values()) if self.by_key else set()
         for need in [n for n in self.threads if n not in wanted]:
             self.threads.pop(need).stop.set()

@@ -8,7 +8,6 @@ adds what only the operator knows: which ConfigMap and key, and the model's shap
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +16,10 @@ import numpy as np
 from vibe.operator.problems import Problem
 from vibe.operator.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec, fingerprint
 from vibe.placement.errors import PlacementError
+
+#: A load ConfigMap's key is at most what the API server stores in one object (~1.5 MiB); anything
+#: larger is refused before it is parsed.
+MAX_LOADS_BYTES = 3 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,12 +65,13 @@ def from_config_map(
             raise Problem("InvalidLoads", f"{where} key {key!r} is binaryData; loads must be JSON text")
         have = ", ".join(sorted(data)) or "none"
         raise Problem("ConfigMapKeyNotFound", f"{where} has no key {key!r} (keys: {have})")
-    try:
-        obj = json.loads(data[key])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise Problem("InvalidLoads", f"{where} key {key!r} is not JSON: {e}") from None
     from vibe.placement import read_loads
+    from vibe.placement.inputs import parse_json
 
+    try:
+        obj = parse_json(data[key], f"{where} key {key!r}", reason="InvalidLoads", max_bytes=MAX_LOADS_BYTES)
+    except PlacementError as e:
+        raise Problem(e.reason, str(e)) from None
     try:
         tokens = read_loads(obj, tokens_per_step=spec.workload.tokens_per_step, top_k=spec.model.top_k)
     except PlacementError as e:

@@ -1,21 +1,24 @@
 """vibe.placement: where each Mixture-of-Experts expert should live, priced by each GPU's measured speed.
 
-A pure library (numpy; OR-Tools only for the optional ``exact`` policy; nothing Kubernetes). Layers of
+A pure library (numpy; OR-Tools only for the optional ``exact`` policy; nothing Kubernetes, nothing else of
+vibe). Engine file formats are ``vibe.engines``; ``vibe plan`` is ``vibe.plan``. Layers of
 modules, each importing only those above it:
 
 * ``errors``      the one typed error (``PlacementError``, with a condition ``reason``)
+* ``routing``     the step mix and sampled routings of it (the expected objective's input)
 * ``curves``      per-GPU time curves t_g(n), the fleet, the H100 reference data, roofline and scaling
-* ``cost``        a ``Placement`` and the one evaluator every policy and report uses
+* ``dispatch``    how an engine splits an expert's tokens over its replicas (mean and sampled loads)
+* ``cost``        a ``Placement`` and the one evaluator every policy and report uses (mean-load or
+                  expected objective)
 * ``bounds``      provable lower bounds on the step time
 * ``policies``    constructive policies: linear, round-robin, token-balanced (EPLB-style), vibe's start
 * ``search``      local search (swaps, replica re-targets), batched over layers
+* ``refine``      swaps priced on sampled steps (the expected objective's last stage)
 * ``engine``      ``solve`` for every policy, the ``Result``
 * ``exact``       CP-SAT per layer for small instances (optional)
 * ``incremental`` re-placement that moves few experts
 * ``inputs``      reading loads, fleets and placements from JSON
-* ``formats``     writing placement.json, SGLang's and EPLB's files
 * ``synthetic``   serving-like loads and H100 fleets for benchmarks, tests and simulation
-* ``cli``         ``vibe plan``
 
 The names below are re-exported lazily (PEP 562), so importing the ``vibe`` CLI does not pay for numpy.
 """
@@ -42,9 +45,6 @@ _EXPORTS = {
     "Result": "engine",
     "solve": "engine",
     "PlacementError": "errors",
-    "to_eplb": "formats",
-    "to_placement_json": "formats",
-    "to_sglang": "formats",
     "replace_incremental": "incremental",
     "read_fleet": "inputs",
     "read_loads": "inputs",
@@ -72,9 +72,6 @@ __all__ = [
     "roofline_curve",
     "scale_curve",
     "solve",
-    "to_eplb",
-    "to_placement_json",
-    "to_sglang",
 ]
 
 
@@ -104,6 +101,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from vibe.placement.engine import COMPARED, POLICIES, Result, solve
     from vibe.placement.errors import PlacementError
-    from vibe.placement.formats import to_eplb, to_placement_json, to_sglang
     from vibe.placement.incremental import replace_incremental
     from vibe.placement.inputs import read_fleet, read_loads, read_placement

@@ -33,6 +33,18 @@ is non-decreasing, t_g(0) = 0 and t_g(n) >= f_g := t_g(0+) for n > 0. Z = #exper
     ``T >= Q_{kS} / sum_{j<=k} 1/sigma_(j)`` for every k. With no redundancy and one slow GPU this is its
     S lightest experts, slowed down: the decode regime's bound.
 
+**Sampled steps** (the expected objective, ``expected_lower_bounds``): the objective is the weighted mean
+over sampled steps n of ``sum_l T_{n,l}`` for ONE placement, and every placement's value is at least the
+weighted mean of each step's own minimum, so the per-sample layer bounds averaged with the samples'
+weights bound it. Each step's loads are integers and its replicas split as the engine splits them, so an
+item may carry no tokens although its expert has some (``round-robin``: 1 token over 2 replicas). The
+bounds are then taken with ``split``: (B1) counts only K = E - Z nonzero items and (B2) no floors of other
+items; (B3) prices r replicas of e as the split does, ``h_e(r) = (w mod r) t(w//r + 1) + (r - w mod r)
+t(w//r)`` for ``round-robin`` (the increment argument needs no convexity, so it holds as is), and for
+``sglang-static``, whose shares depend on where the replicas are, by ``max(f [w > 0], m w)`` with
+``m = min_{n>0} t_ref(n) / n`` whatever r is; (B4) prices an item of e at ``t_ref(w // (R+1))``
+(``round-robin``) or leaves the bound out (``sglang-static``), with no floor.
+
 The layer bound is max(B1..B4) (each is a necessary condition), shaved by a relative 1e-9 so rounding in
 the evaluator can never put a placement below it. B3 and B4 are taken over a few reference curves (one
 per distinct curve shape in the fleet) and the best kept.
@@ -44,6 +56,7 @@ import numpy as np
 
 from vibe.placement.cost import check_shapes
 from vibe.placement.curves import CurveTable, Fleet
+from vibe.placement.routing import Routing
 
 #: Relative slack applied to every bound, covering floating-point rounding in the evaluator.
 ROUNDING_SLACK = 1e-9
@@ -58,28 +71,43 @@ def lower_bound(loads: np.ndarray, fleet: Fleet, slots_per_gpu: int) -> float:
     return float(layer_lower_bounds(loads, fleet.table, slots_per_gpu).sum())
 
 
-def layer_lower_bounds(loads: np.ndarray, table: CurveTable, slots_per_gpu: int) -> np.ndarray:
-    """[L] float64 lower bounds on each layer's time, for validated [L, E] loads."""
+def layer_lower_bounds(
+    loads: np.ndarray, table: CurveTable, slots_per_gpu: int, split: str = "even"
+) -> np.ndarray:
+    """[L] float64 lower bounds on each layer's time, for validated [L, E] loads whose replicas split as
+    ``split`` says (``even``: the mean-load model; see the module docstring for the others)."""
     s = slots_per_gpu
-    b = np.maximum(_floor_bound(loads, table, s), _expert_bound(loads, table, s))
+    b = np.maximum(_floor_bound(loads, table, s, split), _expert_bound(loads, table, s, split))
     for ref in _reference_gpus(table):
         sigma = _speed_ratios(table, ref)
-        b = np.maximum(b, _work_bound(loads, table, s, ref, sigma))
-        b = np.maximum(b, _slow_gpus_bound(loads, table, s, ref, sigma))
+        b = np.maximum(b, _work_bound(loads, table, s, ref, sigma, split))
+        if split != "sglang-static":
+            b = np.maximum(b, _slow_gpus_bound(loads, table, s, ref, sigma, split))
     return b * (1.0 - ROUNDING_SLACK)
 
 
-def _floor_bound(loads: np.ndarray, table: CurveTable, s: int) -> np.ndarray:
+def expected_lower_bounds(routing: Routing, table: CurveTable, slots_per_gpu: int) -> np.ndarray:
+    """[L] float64 lower bounds on each layer's expected time under the expected objective: the sampled
+    steps' own layer bounds, averaged with the samples' weights (module docstring)."""
+    out = np.zeros(routing.counts.shape[1])
+    for w, counts in zip(routing.weights, routing.counts, strict=True):
+        out += w * layer_lower_bounds(counts.astype(np.float64), table, slots_per_gpu, routing.dispatch)
+    return out
+
+
+def _floor_bound(loads: np.ndarray, table: CurveTable, s: int, split: str = "even") -> np.ndarray:
     """(B1) [L]: the K-th smallest k*f_g, K = number of items that must carry tokens."""
     e = loads.shape[1]
     p = table.num_gpus * s
     zeros = (loads == 0).sum(axis=1)
-    k_needed = np.where(zeros == 0, p, e - zeros)  # [L]
+    k_needed = np.where((zeros == 0) & (split == "even"), p, e - zeros)  # [L]
     cands = np.sort((np.arange(1, s + 1)[:, None] * table.floor[None, :]).ravel())  # [P]
     return np.where(k_needed > 0, cands[np.maximum(k_needed, 1) - 1], 0.0)
 
 
-def _expert_bound(loads: np.ndarray, table: CurveTable, s: int, iters: int = 64) -> np.ndarray:
+def _expert_bound(
+    loads: np.ndarray, table: CurveTable, s: int, split: str = "even", iters: int = 64
+) -> np.ndarray:
     """(B2) [L]: the hot experts' replicas within T.
 
     Whether T is feasible depends on T only through the tokens one replica may take, so first find
@@ -97,35 +125,50 @@ def _expert_bound(loads: np.ndarray, table: CurveTable, s: int, iters: int = 64)
         feasible = need.sum(axis=1) <= p
         hi = np.where(feasible, mid, hi)
         lo = np.where(feasible, lo, mid)
-    full = np.asarray(positive.all(axis=1))
+    full = np.asarray(positive.all(axis=1)) & (split == "even")
     others = np.where(full[:, None], (s - 1) * table.floor[None, :], 0.0)  # [L, G]
     at_lo = table.all_gpus(lo).T  # [L, G]
     return np.where(lo > 0, (at_lo + others).min(axis=1), 0.0)
 
 
-def _work_bound(loads: np.ndarray, table: CurveTable, s: int, ref: int, sigma: np.ndarray) -> np.ndarray:
+def _work_bound(
+    loads: np.ndarray, table: CurveTable, s: int, ref: int, sigma: np.ndarray, split: str = "even"
+) -> np.ndarray:
     """(B3) [L]: least total reference work over all replications, shared by the fleet's speed."""
     num_layers, e = loads.shape
     redundant = table.num_gpus * s - e
-    base = table(ref, loads).sum(axis=1)  # H(1)
+    if split == "sglang-static":  # any split: r replicas of w tokens cost at least max(f, m w)
+        m = min(float((table.y[ref] / table.x).min()), float(table.slope[ref, -1]))
+        work = np.where(loads > 0, np.maximum(table.floor[ref], m * loads), 0.0)
+        return work.sum(axis=1) / (1.0 / sigma).sum()
+    # h_e(k) depends on w_e and k only: price each distinct load once (sampled loads repeat a lot)
+    value, which = np.unique(loads, return_inverse=True)  # [U], [L*E]
+    base = table(ref, value)[which].reshape(num_layers, e).sum(axis=1)  # H(1)
     extra = np.zeros(num_layers)
     if redundant > 0:
         k = np.arange(1, redundant + 2, dtype=np.float64)  # replica counts 1..R+1
-        h = k * table(ref, loads[:, :, None] / k)  # [L, E, R+1]: k * t_ref(w/k)
-        inc = np.diff(h, axis=2).reshape(num_layers, -1)  # [L, E*R]
+        if split == "round-robin":  # (w mod k) replicas of w//k + 1 tokens, the rest of w//k
+            q, rem = np.divmod(value[:, None], k)
+            h = rem * table(ref, q + 1) + (k - rem) * table(ref, q)
+        else:
+            h = k * table(ref, value[:, None] / k)  # [U, R+1]: k * t_ref(w/k)
+        inc = np.diff(h, axis=1)[which].reshape(num_layers, -1)  # [L, E*R]
         smallest = np.partition(inc, redundant - 1, axis=1)[:, :redundant]
         extra = smallest.sum(axis=1)
     return (base + extra) / (1.0 / sigma).sum()
 
 
-def _slow_gpus_bound(loads: np.ndarray, table: CurveTable, s: int, ref: int, sigma: np.ndarray) -> np.ndarray:
+def _slow_gpus_bound(
+    loads: np.ndarray, table: CurveTable, s: int, ref: int, sigma: np.ndarray, split: str = "even"
+) -> np.ndarray:
     """(B4) [L]: the k slowest GPUs must carry kS items, at least this costly, for every k."""
     num_layers, e = loads.shape
     g = table.num_gpus
     redundant = g * s - e
-    c = np.sort(table(ref, loads / (redundant + 1)), axis=1)  # [L, E] cheapest item of each expert
+    least = loads / (redundant + 1) if split == "even" else np.floor(loads / (redundant + 1))
+    c = np.sort(table(ref, least), axis=1)  # [L, E] cheapest item of each expert
     csum = np.concatenate([np.zeros((num_layers, 1)), np.cumsum(c, axis=1)], axis=1)  # [L, E+1]
-    f_ref = np.where((loads > 0).all(axis=1), table.floor[ref], 0.0)  # [L]
+    f_ref = np.where((loads > 0).all(axis=1) & (split == "even"), table.floor[ref], 0.0)  # [L]
     m = np.arange(1, g + 1) * s  # items on the k slowest GPUs, k = 1..G
     distinct = np.clip(m - redundant, 0, e)  # [G]
     q = csum[:, distinct] + (m - distinct)[None, :] * f_ref[:, None]  # [L, G]

@@ -10,6 +10,14 @@ here, so "predicted time" means the same thing everywhere (ARCHITECTURE.md, "The
 * a layer takes as long as its slowest GPU (expert parallelism synchronises every layer);
 * a model step is the sum of its layers.
 
+That is the **mean-load** objective: one step of mean loads. The **expected** objective
+(``evaluate(..., routing=...)``, ``routing.py``) prices the same way each of N sampled steps of the
+deployment's step mix, where each expert receives the integer tokens routing gave it in that step (often
+0 at decode batch sizes: an empty slot costs nothing) split over its replicas as the engine splits them
+(``Routing.dispatch``), and averages the step times with the samples' weights: the layer time is
+``sum_n w_n max_g sum_slots t_g(tokens_n)``, the mean over steps of the slowest GPU, not the slowest GPU
+of a mean step.
+
 Shapes: L layers, E logical experts, G GPUs, S slots per GPU, P = G * S physical slots. Slot s of GPU g
 is physical slot ``g * S + s`` (SGLang's and EPLB's convention: rank r holds slots r*S .. r*S+S-1).
 """
@@ -22,10 +30,14 @@ import numpy as np
 
 from vibe.placement.curves import CurveTable, Fleet, numbers_array
 from vibe.placement.errors import PlacementError
+from vibe.placement.routing import Routing
 
 #: Inputs whose step could take longer than this are rejected as out of range (a step takes
 #: milliseconds; this only keeps every sum the solvers form finite).
 MAX_STEP_SECONDS = 1e100
+
+#: Relative tolerance of "no slower than" comparisons between two placements' predicted times (rounding).
+EPS_GUARD = 1e-9
 
 
 @dataclass
@@ -139,15 +151,27 @@ def evaluate(
     *,
     dispatch: str = "even",
     gpus_per_node: int | None = None,
+    routing: Routing | None = None,
 ) -> Evaluation:
     """Price a placement: the cost model above, vectorised over all slots of all layers.
 
     ``dispatch`` other than ``even`` replaces the even split of an expert's tokens over its replicas by
     what the engine does (``vibe.placement.dispatch``: ``sglang-static``, with ``gpus_per_node`` or, by
-    default, the fleet's nodes); the solvers always optimise for ``even``.
+    default, the fleet's nodes); the mean-load solvers always optimise for ``even``.
+
+    With ``routing`` the placement is priced by the expected objective instead (module docstring): the
+    result's times are expectations over the sampled steps (``gpu_times_s``: each GPU's expected time),
+    and the replicas split as ``routing.dispatch`` says (``dispatch`` is then unused).
     """
     loads = check_shapes(loads, fleet, placement.slots_per_gpu, placement)
-    if dispatch == "even":
+    if routing is not None:
+        check_routing(routing, loads)
+        per_node = gpus_per_node_for(fleet) if routing.dispatch == "sglang-static" else None
+        sampled = sampled_gpu_times(
+            placement.phy2log, routing, fleet.table, placement.slots_per_gpu, gpus_per_node=per_node
+        )
+        return expected_evaluation_of(sampled, routing.weights)
+    if dispatch in ("even", "round-robin"):  # round-robin's mean split is the even one
         gpu_times = gpu_times_of(placement.phy2log, loads, fleet.table, placement.slots_per_gpu)
         return evaluation_of(gpu_times)
     from vibe.placement.dispatch import gpus_per_node_of, slot_tokens
@@ -158,6 +182,147 @@ def evaluate(
     gpu = np.arange(p) // placement.slots_per_gpu
     cost = fleet.table(gpu[None, :], tokens)
     return evaluation_of(cost.reshape(num_layers, placement.num_gpus, placement.slots_per_gpu).sum(axis=2))
+
+
+def gpus_per_node_for(fleet: Fleet) -> int:
+    """GPUs per node of a fleet laid out as SGLang lays out ranks (raises ``InvalidDispatch`` otherwise)."""
+    from vibe.placement.dispatch import gpus_per_node_of
+
+    return gpus_per_node_of([g.node for g in fleet.gpus])
+
+
+def check_routing(routing: Routing, loads: np.ndarray) -> None:
+    """The routing was drawn for loads of this shape (``ShapeMismatch`` otherwise)."""
+    if not isinstance(routing, Routing):
+        raise PlacementError("InvalidLoads", "routing must be a vibe.placement.routing.Routing")
+    if routing.shape != loads.shape:
+        raise PlacementError(
+            "ShapeMismatch",
+            f"the routing samples are for {routing.shape[0]} layers x {routing.shape[1]} experts, "
+            f"the loads are {loads.shape[0]} x {loads.shape[1]}",
+        )
+
+
+def sampled_gpu_times(
+    phy2log: np.ndarray,
+    routing: Routing,
+    table: CurveTable,
+    slots_per_gpu: int,
+    *,
+    gpus_per_node: int | None = None,
+) -> np.ndarray:
+    """[N, L, G] float64 each GPU's time in each layer of each sampled step (no validation: internal)."""
+    from vibe.placement.dispatch import sampled_slot_tokens
+
+    tokens = sampled_slot_tokens(
+        phy2log,
+        routing.counts,
+        slots_per_gpu,
+        routing.dispatch,
+        offsets=routing.offsets,
+        gpus_per_node=gpus_per_node,
+    )  # [N, L, P]
+    n, num_layers, p = tokens.shape
+    gpu = np.arange(p) // slots_per_gpu
+    cost = table(gpu[None, None, :], tokens)
+    return cost.reshape(n, num_layers, p // slots_per_gpu, slots_per_gpu).sum(axis=3)
+
+
+def expected_evaluation_of(sampled: np.ndarray, weights: np.ndarray) -> Evaluation:
+    """Summaries of [N, L, G] sampled GPU times weighted by [N] sample weights (summing to 1).
+
+    ``layer_times_s`` is each layer's expected slowest GPU; ``gpu_times_s`` each GPU's expected time;
+    ``imbalance`` the mean over layers of expected slowest / mean expected GPU time.
+    """
+    layer = np.tensordot(weights, sampled.max(axis=2), axes=1)  # [L]
+    gpu = np.tensordot(weights, sampled, axes=1)  # [L, G]
+    mean = gpu.mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(mean > 0, layer / mean, 1.0)
+    return Evaluation(
+        step_time_s=float(layer.sum()), layer_times_s=layer, gpu_times_s=gpu, imbalance=float(ratio.mean())
+    )
+
+
+def expected_layer_times(
+    phy2log: np.ndarray,
+    routing: Routing,
+    table: CurveTable,
+    slots_per_gpu: int,
+    *,
+    gpus_per_node: int | None = None,
+) -> np.ndarray:
+    """[L] each layer's expected time under the expected objective (no validation: internal)."""
+    sampled = sampled_gpu_times(phy2log, routing, table, slots_per_gpu, gpus_per_node=gpus_per_node)
+    return np.asarray(np.tensordot(routing.weights, sampled.max(axis=2), axes=1))
+
+
+def mean_load_layer_times(
+    phy2log: np.ndarray, routing: Routing, table: CurveTable, slots_per_gpu: int
+) -> np.ndarray:
+    """[L] each layer's time under the mean-load evaluator, averaged over the mix: sum over kinds k of
+    ``weight_k * max_g`` (mean-load GPU time at kind k's mean loads)."""
+    out = np.zeros(phy2log.shape[0])
+    for w, loads in zip(routing.mix.weights, routing.mean_loads, strict=True):
+        out += w * gpu_times_of(phy2log, loads, table, slots_per_gpu).max(axis=1)
+    return out
+
+
+class ExpectedReplicaCost:
+    """Expected seconds ONE replica of an expert takes on each GPU, given its replica count, over the
+    routing samples: what local search prices a slot with under the expected objective.
+
+    ``round-robin``: with c tokens over r replicas, a replica takes ``c // r + 1`` with chance
+    ``(c mod r) / r`` (the first replica is random), else ``c // r``: exact over the random start.
+    ``even`` and ``sglang-static``: ``t_g(c / r)`` (SGLang's static shares depend on where the replicas
+    are, not only how many there are; the search prices them evenly and the evaluator exactly).
+    Summing these over a GPU's slots gives its expected time; the max over GPUs of expected times is at
+    most the expected max (what ``evaluate`` reports), which the search therefore approximates from below.
+
+    Every curve is linear in its values on the fleet's shared grid (``t_g(n) = sum_j a_j(n) y[g, j]``,
+    the same interpolation weights a(n) for every GPU), so an expectation over samples is one weight
+    vector per (layer, expert, replicas), accumulated over the samples once, times ``y``: the work does not
+    grow with samples x GPUs.
+    """
+
+    def __init__(self, routing: Routing, table: CurveTable) -> None:
+        self.routing = routing
+        self.table = table
+
+    def __call__(self, layers: np.ndarray, experts: np.ndarray, replicas: np.ndarray) -> np.ndarray:
+        """[G, *shape] for broadcastable int arrays of layers, experts and (>= 1) replica counts."""
+        layers, experts, replicas = np.broadcast_arrays(layers, experts, replicas)
+        shape = layers.shape
+        r = np.maximum(replicas, 1).reshape(1, -1)  # [1, M]
+        c = self.routing.counts[:, layers.reshape(-1), experts.reshape(-1)]  # [N, M]
+        w = self.routing.weights[:, None]  # [N, 1]
+        values: list[np.ndarray]
+        probs: list[np.ndarray]
+        if self.routing.dispatch == "round-robin":
+            q, rem = np.divmod(c, r)
+            frac = rem / r
+            values, probs = [q, q + 1], [w * (1.0 - frac), w * frac]
+        else:
+            values, probs = [c / r], [np.broadcast_to(w, c.shape)]
+        k = self.table.x.size
+        m = r.size
+        acc = np.zeros(m * k)
+        item = (np.arange(m) * k)[None, :]
+        for v, p in zip(values, probs, strict=True):
+            j, f = self._interpolation(np.asarray(v, dtype=np.float64))
+            p = np.where(v > 0, p, 0.0)
+            acc += np.bincount((item + j).ravel(), (p * (1.0 - f)).ravel(), minlength=m * k)
+            acc += np.bincount((item + j + 1).ravel(), (p * f).ravel(), minlength=m * k)
+        out = self.table.y @ acc.reshape(m, k).T  # [G, M]
+        return np.asarray(out).reshape(self.table.num_gpus, *shape)
+
+    def _interpolation(self, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Grid segment j and fraction f with ``t_g(n) = (1 - f) y[g, j] + f y[g, j + 1]`` for n > 0 (as
+        ``CurveTable.__call__``: flat below x[0], the last segment extended past x[-1])."""
+        x = self.table.x
+        j = np.clip(np.searchsorted(x, n, side="right") - 1, 0, x.size - 2)
+        f = (np.maximum(n, x[0]) - x[j]) / (x[j + 1] - x[j])
+        return j, f
 
 
 def evaluation_of(gpu_times: np.ndarray) -> Evaluation:

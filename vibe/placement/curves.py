@@ -44,6 +44,11 @@ DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 SCALING_OVERHEAD_S = 10e-6
 
 
+#: Token counts a curve's points may have: an expert gets at most a step's tokens (prefill chunks are
+#: thousands; the agent measures up to 8192). A point at 2^62 tokens is not a measurement, and it
+#: flattens the interpolation over every real load into the first point's time.
+MAX_CURVE_TOKENS = 1 << 20
+
 #: Seconds one expert's FFN can plausibly take on one GPU, for any token count and shape: values outside
 #: are not a slow or a fast GPU but a corrupt profile or a unit mistake (ns or ms written as seconds).
 PLAUSIBLE_SECONDS = (1e-12, 1e4)
@@ -88,6 +93,12 @@ class GPUCurve:
             raise PlacementError("InvalidCurve", f"{where} has NaN or infinite values")
         if tokens[0] <= 0 or np.any(np.diff(tokens) <= 0):
             raise PlacementError("InvalidCurve", f"{where}: tokens must be > 0 and strictly increasing")
+        if tokens[-1] > MAX_CURVE_TOKENS:
+            raise PlacementError(
+                "InvalidCurve",
+                f"{where}: a point at {tokens[-1]:.6g} tokens is beyond any step ({MAX_CURVE_TOKENS} at "
+                "most); the profile is corrupt",
+            )
         if seconds[0] <= 0:
             raise PlacementError("InvalidCurve", f"{where}: seconds must be > 0")
         lo, hi = PLAUSIBLE_SECONDS
@@ -260,12 +271,25 @@ def numbers_array(values: Any) -> np.ndarray | None:
     if arr.dtype.kind == "O":  # e.g. ints beyond int64, or things that are not numbers at all
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arr.ravel()):
             return None
-    elif arr.dtype.kind not in "iuf":
+    elif arr.dtype.kind not in "iuf" or _has_bool(values):
         return None
     try:
         return arr.astype(np.float64)
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _has_bool(values: Any) -> bool:
+    """Whether a (rectangular, already converted) nesting of lists holds a JSON boolean anywhere."""
+    if isinstance(values, bool):
+        return True
+    if isinstance(values, np.ndarray):
+        return values.dtype.kind == "b"
+    if not isinstance(values, (list, tuple)):
+        return False
+    if values and isinstance(values[0], (list, tuple, np.ndarray)):
+        return any(_has_bool(v) for v in values)
+    return any(v.__class__ is bool or v.__class__ is np.bool_ for v in values)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,6 +16,12 @@ compared (``benchmarks/sglang_dispatch.py``, docs/serving.md).
   attention: every rank serves its own requests). So a replica on a GPU with other replicas nearby
   serves less than its even share, and a lone replica on a node serves the whole node's share.
 
+Under sampled routing (``routing.py``: the tokens each expert receives in one step are integers, many of
+them 0) ``sampled_slot_tokens`` splits each step's counts the same ways, plus ``round-robin``: TensorRT-LLM
+and vLLM deal an expert's tokens over its replicas in turn, so with c tokens and r replicas, c mod r of
+them take ``c // r + 1`` and the rest ``c // r`` (a replica may take none: 1 token over 2 replicas costs one
+slot, not two). Which replica starts is drawn per step (``Routing.offsets``).
+
 Shapes: L layers, E experts, G GPUs (EP ranks), S slots per GPU, P = G * S; slot p is on GPU ``p // S``,
 node ``p // (S * gpus_per_node)`` (ranks fill nodes in order, as SGLang's ``ep_size // nnodes``).
 """
@@ -26,7 +32,9 @@ import numpy as np
 
 from vibe.placement.errors import PlacementError
 
-DISPATCH = ("even", "sglang-static")
+#: The dispatches vibe prices. With mean loads ``round-robin`` is ``even`` (its expectation); under sampled
+#: routing it deals integer tokens (``sampled_slot_tokens``).
+DISPATCH = ("even", "round-robin", "sglang-static")
 
 
 def static_dispatch_choices(
@@ -82,7 +90,7 @@ def slot_tokens(
     num_layers, p = phy2log.shape
     e = loads.shape[1]
     cnt = np.stack([np.bincount(row, minlength=e) for row in phy2log])
-    if dispatch == "even":
+    if dispatch in ("even", "round-robin"):
         return np.take_along_axis(loads / np.maximum(cnt, 1), phy2log, axis=1)
     if dispatch != "sglang-static":
         raise PlacementError(
@@ -126,6 +134,67 @@ def slot_tokens(
             ranks += fair / slots.size
             out[layer, slots] = ranks * share[layer, x]
     return out
+
+
+def sampled_slot_tokens(
+    phy2log: np.ndarray,
+    counts: np.ndarray,
+    slots_per_gpu: int,
+    dispatch: str,
+    *,
+    offsets: np.ndarray | None = None,
+    gpus_per_node: int | None = None,
+) -> np.ndarray:
+    """[N, L, P] float64 tokens each physical slot serves in each sampled step.
+
+    Args:
+        phy2log: [L, P] expert in each slot.
+        counts: [N, L, E] tokens each expert receives in each sampled step.
+        dispatch: ``round-robin`` (integers dealt in turn from replica ``offsets % r``, in slot order),
+            ``even`` (``c / r``) or ``sglang-static`` (each replica's fixed share of the expert's tokens,
+            the shares ``slot_tokens`` gives for unit loads).
+        offsets: [N, L, E] non-negative ints (``round-robin`` only; default 0: the first replica starts).
+        gpus_per_node: for ``sglang-static``.
+    """
+    phy2log = np.asarray(phy2log, dtype=np.int64)
+    counts = np.asarray(counts)
+    n, num_layers, e = counts.shape
+    cnt = np.stack([np.bincount(row, minlength=e) for row in phy2log])  # [L, E]
+    per_slot = np.take_along_axis(counts, np.broadcast_to(phy2log, (n, *phy2log.shape)), axis=2)  # [N, L, P]
+    if dispatch == "even":
+        return per_slot / np.take_along_axis(cnt, phy2log, axis=1)[None]
+    if dispatch == "sglang-static":
+        share = slot_tokens(
+            phy2log, np.ones((num_layers, e)), slots_per_gpu, dispatch, gpus_per_node=gpus_per_node
+        )
+        return per_slot * share[None]
+    if dispatch != "round-robin":
+        raise PlacementError(
+            "InvalidDispatch", f"unknown dispatch {dispatch!r} (one of {', '.join(DISPATCH)})"
+        )
+    r = np.take_along_axis(cnt, phy2log, axis=1)[None]  # [1, L, P] replicas of each slot's expert
+    rank = replica_rank(phy2log, e)[None]  # [1, L, P] which replica of its expert each slot is
+    start = (
+        0
+        if offsets is None
+        else np.take_along_axis(offsets, np.broadcast_to(phy2log, per_slot.shape), axis=2)
+    )
+    base, extra = np.divmod(per_slot, r)
+    return (base + ((rank - start) % r < extra)).astype(np.float64)
+
+
+def replica_rank(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
+    """[L, P] int64: 0 for an expert's first slot (in slot order), 1 for its second, ..."""
+    p = phy2log.shape[1]
+    order = np.argsort(phy2log, axis=1, kind="stable")
+    experts = np.take_along_axis(phy2log, order, axis=1)
+    cnt = np.stack([np.bincount(row, minlength=num_experts) for row in phy2log])
+    starts = np.cumsum(cnt, axis=1) - cnt
+    rank = np.empty_like(phy2log)
+    np.put_along_axis(
+        rank, order, np.arange(p)[None, :] - np.take_along_axis(starts, experts, axis=1), axis=1
+    )
+    return rank
 
 
 def gpus_per_node_of(nodes: list[str]) -> int:

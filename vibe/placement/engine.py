@@ -8,6 +8,15 @@ so that policies are compared on exactly the same footing.
 time), keep per layer whichever of that and the token-balanced packing is faster, then local search
 (swaps and replica re-targets, ``search.py``). Starting from the token-balanced layout where it is better
 and never accepting a worsening move makes ``vibe`` never slower than ``token-balanced``, layer by layer.
+
+With ``routing`` (``routing.py``) the objective is the **expected** step time over the deployment's step
+mix under sampled routing (``cost.py``), and ``vibe`` builds candidates and keeps, per layer, the one with
+the least expected time among those no slower than token-balanced under the mean-load evaluator (averaged
+over the mix, ``cost.mean_load_layer_times``): so it is never worse than token-balanced under either
+objective. The candidates: token-balanced; the mean-load ``vibe`` placement of each kind of step's mean
+loads; and local search under expected slot costs (``cost.ExpectedReplicaCost``) from the best of those and
+from an earliest-finish packing by expected costs. The result's bound is the per-sample bounds averaged
+(``bounds.expected_lower_bounds``). Other policies build what they always build, priced the same way.
 """
 
 from __future__ import annotations
@@ -20,10 +29,23 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from vibe.placement import policies
-from vibe.placement.bounds import layer_lower_bounds
-from vibe.placement.cost import Placement, check_shapes, evaluation_of, gpu_times_of
+from vibe.placement.bounds import expected_lower_bounds, layer_lower_bounds
+from vibe.placement.cost import (
+    EPS_GUARD,
+    ExpectedReplicaCost,
+    Placement,
+    check_routing,
+    check_shapes,
+    evaluate,
+    evaluation_of,
+    expected_layer_times,
+    gpu_times_of,
+    gpus_per_node_for,
+    mean_load_layer_times,
+)
 from vibe.placement.curves import Fleet
 from vibe.placement.errors import PlacementError
+from vibe.placement.routing import Routing
 from vibe.placement.search import EVALS_PER_SECOND, SearchState, improve, kick
 
 #: The name of a policy ``solve`` knows (the MoEDeployment CRD's ``spec.policy`` enum is exactly these).
@@ -81,6 +103,7 @@ def solve(
     time_budget_s: float = 1.0,
     seed: int = 0,
     current: Placement | None = None,
+    routing: Routing | None = None,
 ) -> Result:
     """Place experts on the fleet's GPUs with a policy and price the result.
 
@@ -94,8 +117,10 @@ def solve(
         seed: the seed of ``vibe``'s kicks (every policy is deterministic for a given seed).
         current: the placement in service, if any: the result's slots are then ordered within each GPU
             to keep experts where they already are, and ``moves`` counts the copies needed.
+        routing: sampled steps of the deployment's step mix (``routing.sample_routing`` of these loads):
+            optimise and price the expected step time instead of the mean-load one (module docstring).
     Returns:
-        Result; ``to_placement_json`` / ``to_sglang`` / ``to_eplb`` serialise it.
+        Result; ``vibe.engines`` serialises it.
     Raises:
         PlacementError: bad shapes, loads, slots or policy.
     """
@@ -109,7 +134,14 @@ def solve(
             f"the solve time budget must be a positive number of seconds, not {time_budget_s}",
         )
     s = slots_per_gpu
-    built = POLICIES[policy](loads, fleet, s, time_budget_s, seed)
+    if routing is not None:
+        check_routing(routing, loads)
+        if routing.dispatch == "sglang-static":
+            gpus_per_node_for(fleet)  # refuse a fleet SGLang could not lay out, before any work
+    if routing is not None and policy == "vibe":
+        built = vibe_expected(loads, fleet, s, routing, time_budget_s=time_budget_s, seed=seed)
+    else:
+        built = POLICIES[policy](loads, fleet, s, time_budget_s, seed)
     placement = Placement(built.phy, s, loads.shape[1])
     if current is not None:
         placement = align_to(placement, current)
@@ -122,7 +154,8 @@ def solve(
         current=current,
         converged=built.converged,
         info=built.info,
-        bounds=built.bounds,
+        bounds=built.bounds if routing is None else None,
+        routing=routing,
     )
 
 
@@ -231,6 +264,75 @@ def vibe(
     return phy, converged
 
 
+def vibe_expected(
+    loads: np.ndarray,
+    fleet: Fleet,
+    slots_per_gpu: int,
+    routing: Routing,
+    *,
+    time_budget_s: float,
+    seed: int = 0,
+) -> Built:
+    """vibe under the expected objective (module docstring): candidates, then a per-layer choice.
+
+    The work budget is shared: a quarter to the mean-load solves (one per kind of step), a quarter to the
+    two searches under expected slot costs, half to the swaps priced on the samples (``refine.py``) from
+    the best candidate of each layer.
+    """
+    from vibe.placement.refine import refine
+
+    g, s = len(fleet), slots_per_gpu
+    table = fleet.table
+    per_node = gpus_per_node_for(fleet) if routing.dispatch == "sglang-static" else None
+    kinds = len(routing.mix.tokens)
+    names = ["token-balanced"]
+    cands = [token_balanced(loads, g, s)]
+    converged = True
+    for tokens, mean in zip(routing.mix.tokens, routing.mean_loads, strict=True):
+        phy, ok = vibe(mean, fleet, s, time_budget_s=time_budget_s / (4 * kinds), seed=seed)
+        names.append(f"vibe@{tokens}")
+        cands.append(phy)
+        converged &= ok
+
+    def layer_times(phy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            expected_layer_times(phy, routing, table, s, gpus_per_node=per_node),
+            mean_load_layer_times(phy, routing, table, s),
+        )
+
+    def pick(cands: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per layer the eligible candidate with the least expected time: [L, P], its index [L], times."""
+        times = [layer_times(c) for c in cands]
+        exp_t = np.stack([t[0] for t in times])  # [C, L]
+        mean_t = np.stack([t[1] for t in times])
+        eligible = mean_t <= mean_t[0] * (1.0 + EPS_GUARD)  # never worse than token-balanced (cands[0])
+        best = np.where(eligible, exp_t, np.inf).argmin(axis=0)
+        layers = np.arange(loads.shape[0])
+        return np.stack(cands)[best, layers], best, exp_t[best, layers]
+
+    start, _, _ = pick(cands)
+    cost = ExpectedReplicaCost(routing, table)
+    counts = policies.replicate_by_tokens(loads, g * s)
+    experts, _ = policies.replicas_heaviest_first(loads, counts)
+    layers = np.arange(loads.shape[0])
+    costs = np.moveaxis(cost(layers[:, None], np.arange(loads.shape[1])[None, :], counts), 0, 1)  # [L, G, E]
+    packed = policies.pack_by_time(experts, costs, g, s)
+    budget = time_budget_s * EVALS_PER_SECOND
+    for name, phy in (("expected-search", start), ("expected-packing", packed)):
+        state = SearchState(loads, table, phy, s, pricer=cost)
+        converged &= improve(state, budget / 8)
+        names.append(name)
+        cands.append(state.phy2log())
+    phy, _, _ = pick(cands)
+    phy, ok = refine(phy, routing, table, s, max_evals=budget / 2, gpus_per_node=per_node)
+    converged &= ok
+    names.append("sampled-swaps")
+    cands.append(phy)
+    phy, best, _ = pick(cands)
+    chosen = {n: int((best == i).sum()) for i, n in enumerate(names) if (best == i).any()}
+    return Built(phy, converged, info={"layersFrom": chosen})
+
+
 def make_result(
     policy: str,
     placement: Placement,
@@ -242,10 +344,23 @@ def make_result(
     converged: bool = True,
     info: dict[str, Any] | None = None,
     bounds: np.ndarray | None = None,
+    routing: Routing | None = None,
 ) -> Result:
-    """Price a placement and wrap it with its bound (shared by every policy)."""
+    """Price a placement and wrap it with its bound (shared by every policy).
+
+    With ``routing``, the times and the bound are the expected objective's (``info`` says so and also
+    gives the mean-load step time, ``meanLoadStepTimeSeconds``, averaged over the mix).
+    """
     s = placement.slots_per_gpu
-    ev = evaluation_of(gpu_times_of(placement.phy2log, loads, fleet.table, s))
+    info = dict(info or {})
+    if routing is not None:
+        ev = evaluate(placement, loads, fleet, routing=routing)
+        if bounds is None:
+            bounds = expected_lower_bounds(routing, fleet.table, s)
+        mean_t = mean_load_layer_times(placement.phy2log, routing, fleet.table, s)
+        info.update(routing.describe(), meanLoadStepTimeSeconds=float(mean_t.sum()))
+    else:
+        ev = evaluation_of(gpu_times_of(placement.phy2log, loads, fleet.table, s))
     if bounds is None:
         bounds = layer_lower_bounds(loads, fleet.table, s)
     bound = float(bounds.sum())
@@ -266,7 +381,7 @@ def make_result(
         gpu_times_s=ev.gpu_times_s,
         layer_bounds_s=bounds,
         converged=converged,
-        info=dict(info or {}),
+        info=info,
     )
 
 

@@ -25,6 +25,8 @@ slower); ``"uuid"`` is carried into the placement file.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,23 +44,74 @@ from vibe.placement.curves import (
 )
 from vibe.placement.errors import PlacementError
 
+#: Bounds of a JSON document read from a file or from an object a tenant or a node controls. Every
+#: input vibe reads is a few levels deep ({"loads": [steps][layers][experts]} is 4); a ConfigMap holds at
+#: most ~1 MiB, a recorder file for a long window tens of MiB.
+MAX_JSON_DEPTH = 16
+MAX_JSON_FILE_BYTES = 256 << 20
 
-def load_json(path: str | Path, what: str) -> Any:
-    """Parse a JSON file, or raise ``UnreadableFile`` naming the file and the problem."""
+
+def parse_json(
+    text: str | bytes,
+    what: str,
+    *,
+    reason: str = "UnreadableFile",
+    max_bytes: int = MAX_JSON_FILE_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
+) -> Any:
+    """Parse JSON text within size and depth bounds, or raise ``PlacementError(reason)`` naming ``what``.
+
+    Every way the decoder can fail is the input's problem, not a bug: invalid JSON, nesting deep enough
+    to exhaust the recursion limit (RecursionError), an integer of more than 4300 digits (ValueError).
+    """
+    if len(text) > max_bytes:
+        raise PlacementError(reason, f"{what} is {len(text)} bytes; at most {max_bytes} are read")
     try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise PlacementError(
-            "UnreadableFile", f"cannot read {what} file {str(path)!r}: {e.strerror or e}"
-        ) from None
-    except UnicodeDecodeError:
-        raise PlacementError("UnreadableFile", f"{what} file {str(path)!r} is not UTF-8 text") from None
-    try:
-        return json.loads(text)
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise PlacementError(
-            "UnreadableFile", f"{what} file {str(path)!r} is not valid JSON (line {e.lineno}: {e.msg})"
-        ) from None
+        raise PlacementError(reason, f"{what} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise PlacementError(reason, f"{what} is nested deeper than {max_depth} levels") from None
+    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise PlacementError(reason, f"{what} cannot be read as JSON numbers: {e}") from None
+    if json_depth(obj, max_depth) > max_depth:
+        raise PlacementError(reason, f"{what} is nested deeper than {max_depth} levels")
+    return obj
+
+
+def json_depth(obj: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, ``[1]`` is 1), counted up to ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (list, dict)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            items = node.values() if isinstance(node, dict) else node
+            stack.extend((v, depth) for v in items if isinstance(v, (list, dict)))
+    return deepest
+
+
+def load_json(path: str | Path, what: str, *, max_bytes: int = MAX_JSON_FILE_BYTES) -> Any:
+    """Parse a JSON file (at most ``max_bytes``), or raise ``UnreadableFile`` naming the file and why."""
+    where = f"{what} file {str(path)!r}"
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device: no end to wait for
+            raise PlacementError("UnreadableFile", f"{where} is not a regular file")
+        with open(path, "rb") as fh:
+            blob = fh.read(max_bytes + 1)
+    except OSError as e:
+        raise PlacementError("UnreadableFile", f"cannot read {where}: {e.strerror or e}") from None
+    if len(blob) > max_bytes:
+        raise PlacementError("UnreadableFile", f"{where} is larger than {max_bytes} bytes")
+    try:
+        text = blob.decode()
+    except UnicodeDecodeError:
+        raise PlacementError("UnreadableFile", f"{where} is not UTF-8 text") from None
+    return parse_json(text, where, max_bytes=max_bytes)
 
 
 def read_loads(

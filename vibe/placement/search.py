@@ -20,6 +20,9 @@ A move is accepted when every GPU whose time changes ends strictly below b's old
 move per layer (smallest new maximum among the changed GPUs) first. Each accepted move shrinks the
 sorted vector of GPU times lexicographically, so the search terminates; a layer's time never rises.
 
+A replica's cost is ``t_g(w_e / r_e)`` (the mean-load objective), or whatever a ``pricer`` says it is:
+the expected objective passes its expected cost over sampled steps (``cost.ExpectedReplicaCost``).
+
 Determinism: the budget is counted in candidate evaluations, not wall-clock seconds, so the same inputs
 give the same placement on any machine and under any load (``EVALS_PER_SECOND`` converts a time budget).
 
@@ -28,10 +31,16 @@ Shapes: L layers (A of them active in a round), E experts, G GPUs, S slots per G
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from vibe.placement.cost import bincount_rows
 from vibe.placement.curves import CurveTable
+
+#: Prices ONE replica of an expert on every GPU: (layers, experts, replica counts) as broadcastable int
+#: arrays -> [G, *shape] seconds (``cost.ExpectedReplicaCost``; by default ``t_g(load / replicas)``).
+Pricer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 #: Candidate evaluations one core does per second (measured roughly on a busy shared core; an idle one
 #: does about twice as many); a solve's ``time_budget_s`` becomes ``time_budget_s * EVALS_PER_SECOND``
@@ -75,9 +84,18 @@ class SearchState:
         sc: [L, G, S] seconds of each slot.  T: [L, G] seconds of each GPU.
     """
 
-    def __init__(self, loads: np.ndarray, table: CurveTable, phy2log: np.ndarray, slots_per_gpu: int) -> None:
+    def __init__(
+        self,
+        loads: np.ndarray,
+        table: CurveTable,
+        phy2log: np.ndarray,
+        slots_per_gpu: int,
+        *,
+        pricer: Pricer | None = None,
+    ) -> None:
         self.loads = loads
         self.table = table
+        self.pricer = pricer
         num_layers, e = loads.shape
         self.G = table.num_gpus
         self.S = slots_per_gpu
@@ -101,13 +119,19 @@ class SearchState:
 
     def _price_columns(self, layers: np.ndarray, experts: np.ndarray) -> None:
         """Recompute c0/cm/cp/lose/gain for (layer, expert) pairs given as broadcastable int arrays."""
-        w = self.loads[layers, experts]
-        r = self.counts[layers, experts].astype(np.float64)
-        t = self.table
-        c0 = t.all_gpus(w / r)  # [G, ...]
-        cm = np.where(r > 1, t.all_gpus(w / np.maximum(r - 1, 1)), c0)
-        cp = t.all_gpus(w / (r + 1))
         layers, experts = np.broadcast_arrays(layers, experts)
+        if self.pricer is None:
+            w = self.loads[layers, experts]
+            r = self.counts[layers, experts].astype(np.float64)
+            t = self.table
+            c0 = t.all_gpus(w / r)  # [G, ...]
+            cm = np.where(r > 1, t.all_gpus(w / np.maximum(r - 1, 1)), c0)
+            cp = t.all_gpus(w / (r + 1))
+        else:
+            n = self.counts[layers, experts]
+            c0 = self.pricer(layers, experts, n)
+            cm = np.where(n > 1, self.pricer(layers, experts, np.maximum(n - 1, 1)), c0)
+            cp = self.pricer(layers, experts, n + 1)
         c0, cm, cp = (np.moveaxis(a, 0, -1) for a in (c0, cm, cp))  # [..., G]
         cnt = self.cnt[layers, experts]
         self.c0[layers, experts] = c0

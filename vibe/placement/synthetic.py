@@ -15,6 +15,13 @@ Fleets (``h100_fleet``): every GPU runs the measured H100 reference curve, slowe
 ``1 + spread * |z_g|`` (z standard normal): 0 % gives identical GPUs, 4 % and 8 % reproduce the SC'22
 fleet figures (8 % average GPU-to-GPU variation), and ``outliers`` GPUs are additionally 1.5x slower
 (the fail-slow GPUs those studies report).
+
+How a GPU is slow (``slowed_curve``): a curve is a memory-bound floor (weight streaming, the flat part)
+plus compute above it. A GPU ``factor`` times slower is slowed ``factor`` in its compute part and
+``1 + (factor - 1) * floor_share`` at its floor. ``floor_share`` 1 scales the whole curve (the "uniform"
+model, what these fleets did before); 0 leaves the floor alone (the "measured" model: a GPU slowed by
+its power cap loses SM clock in the compute region, while floor-bound GEMMs run at the top clock below
+the cap; benchmarks/results/floor-vs-power-h100-2026-12-07/).
 """
 
 from __future__ import annotations
@@ -50,12 +57,66 @@ def skewed_loads(
     return np.round(loads)
 
 
+#: ``floor_share`` of the two slowness models (module doc).
+FLOOR_SHARE = {"uniform": 1.0, "measured": 0.0}
+
+
+def slowed_curve(seconds: np.ndarray, factor: float, floor_share: float = 1.0) -> np.ndarray:
+    """[K] seconds of a curve ``factor`` times slower in compute, its floor by ``floor_share`` of that.
+
+    The floor is the curve's smallest time (its flat, memory-bound part); ``seconds`` is [K], any order.
+    """
+    seconds = np.asarray(seconds, dtype=np.float64)
+    floor = float(seconds.min())
+    out: np.ndarray = floor * (1.0 + (factor - 1.0) * floor_share) + (seconds - floor) * factor
+    return out
+
+
+def spread_factors(
+    num_gpus: int,
+    *,
+    spread: float,
+    outliers: int = 0,
+    outlier_factor: float = 1.5,
+    gpus_per_node: int = 8,
+    seed: int = 0,
+) -> np.ndarray:
+    """[G] per-GPU slowdowns ``1 + spread * |z|`` with ``outliers`` of them ``outlier_factor`` more.
+
+    The outliers are the last GPUs of the first nodes (a fixed, documented choice, so results reproduce).
+    """
+    rng = np.random.default_rng(seed)
+    factor = 1.0 + spread * np.abs(rng.standard_normal(num_gpus))
+    slow = [min(num_gpus - 1, (k + 1) * gpus_per_node - 1) for k in range(outliers)]
+    factor[slow] *= outlier_factor
+    return factor
+
+
+def fleet_of(
+    tokens: np.ndarray,
+    seconds: np.ndarray,
+    factors: np.ndarray,
+    *,
+    floor_share: float = 1.0,
+    gpus_per_node: int = 8,
+) -> Fleet:
+    """A fleet of ``len(factors)`` GPUs ``node-NN/i`` running one curve, each slowed by its factor."""
+    gpus = []
+    for i, f in enumerate(np.asarray(factors, dtype=np.float64)):
+        node = f"node-{i // gpus_per_node:02d}"
+        gpus.append(
+            GPUCurve(f"{node}/{i % gpus_per_node}", node, tokens, slowed_curve(seconds, f, floor_share))
+        )
+    return Fleet(tuple(gpus))
+
+
 def h100_fleet(
     num_gpus: int,
     *,
     spread: float = 0.0,
     outliers: int = 0,
     outlier_factor: float = 1.5,
+    floor_share: float = 1.0,
     hidden_size: int = 7168,
     intermediate_size: int = 2048,
     dtype: str = "bf16",
@@ -65,15 +126,17 @@ def h100_fleet(
     """A fleet of H100s running one expert shape, with per-GPU slowdowns (see module doc).
 
     GPU ids are ``node-NN/i`` with ``gpus_per_node`` per node; the outliers are the last GPUs of the
-    first nodes (a fixed, documented choice so that results are reproducible).
+    first nodes (a fixed, documented choice so that results are reproducible). ``floor_share`` 1 (the
+    default, the fleets of the placement benchmark) scales whole curves; ``FLOOR_SHARE["measured"]``
+    leaves the floor alone.
     """
-    rng = np.random.default_rng(seed)
     tokens, seconds = reference_curve(hidden_size, intermediate_size, dtype)
-    factor = 1.0 + spread * np.abs(rng.standard_normal(num_gpus))
-    slow = [min(num_gpus - 1, (k + 1) * gpus_per_node - 1) for k in range(outliers)]
-    factor[slow] *= outlier_factor
-    gpus = []
-    for i in range(num_gpus):
-        node = f"node-{i // gpus_per_node:02d}"
-        gpus.append(GPUCurve(f"{node}/{i % gpus_per_node}", node, tokens, seconds * factor[i]))
-    return Fleet(tuple(gpus))
+    factor = spread_factors(
+        num_gpus,
+        spread=spread,
+        outliers=outliers,
+        outlier_factor=outlier_factor,
+        gpus_per_node=gpus_per_node,
+        seed=seed,
+    )
+    return fleet_of(tokens, seconds, factor, floor_share=floor_share, gpus_per_node=gpus_per_node)

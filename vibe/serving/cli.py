@@ -1,9 +1,11 @@
 """`vibe serving ...`: the commands serving pods run (the root CLI mounts ``app`` as ``serving``).
 
-* ``init`` -- init container: mounted placement ConfigMap -> the engine's ``--init-expert-location`` file
-  (and/or EPLB tensors), checked against the engine's EP size, redundant experts and layers;
+* ``init`` -- init container: mounted placement ConfigMap -> the engine's files (``--out NAME=PATH`` per
+  format of ``vibe.engines``: SGLang's ``--init-expert-location`` JSON, TensorRT-LLM's load-balancer
+  YAML and engine-args snippet, EPLB tensors), checked against the engine's EP size, slots and layers;
 * ``watch`` -- sidecar: notice a newer placement and restart / call an endpoint / report;
-* ``export-loads`` -- job or sidecar: SGLang's expert-distribution dump -> the load ConfigMap.
+* ``export-loads`` -- job or sidecar: an engine's statistics (SGLang's recorder dump, TensorRT-LLM's
+  ``EXPERT_STATISTIC_PATH``) -> the load ConfigMap.
 
 Heavy imports (the Kubernetes client, torch) stay inside the commands. Every expected failure prints one
 line ``vibe serving: <Reason>: <message>``, writes it to ``/dev/termination-log`` (what ``kubectl
@@ -24,8 +26,9 @@ import typer
 
 from vibe import api as api_names
 from vibe.clikit import ContextOpt, KubeconfigOpt, fail, namespace_option, setup_logging
+from vibe.engines import FormatName
 from vibe.kubeclient import as_dict
-from vibe.serving.errors import ServingError
+from vibe.serving.errors import ServingError, engine_errors
 
 app = typer.Typer(
     help="Serving-pod helpers: placement file for the engine, update sidecar, expert-load export.",
@@ -52,17 +55,34 @@ def _settings(
     first_moe_layer: int | None,
     architecture: str | None = None,
 ) -> Any:
-    from vibe.serving.engine_fit import EngineSettings, model_layout
+    from vibe.engines.settings import EngineSettings, model_layout
 
-    layout: dict[str, Any] = model_layout(model_config) if model_config else {}
-    return EngineSettings(
-        architecture=architecture or layout.get("architecture"),
-        ep_size=ep_size,
-        redundant_experts=redundant_experts,
-        num_experts=num_experts if num_experts is not None else layout.get("num_experts"),
-        num_layers=num_layers if num_layers is not None else layout.get("num_layers"),
-        first_moe_layer=first_moe_layer if first_moe_layer is not None else layout.get("first_moe_layer", 0),
-    )
+    with engine_errors():
+        layout: dict[str, Any] = model_layout(model_config) if model_config else {}
+        return EngineSettings(
+            architecture=architecture or layout.get("architecture"),
+            ep_size=ep_size,
+            redundant_experts=redundant_experts,
+            num_experts=num_experts if num_experts is not None else layout.get("num_experts"),
+            num_layers=num_layers if num_layers is not None else layout.get("num_layers"),
+            first_moe_layer=(
+                first_moe_layer if first_moe_layer is not None else layout.get("first_moe_layer", 0)
+            ),
+        )
+
+
+def _outputs(pairs: list[str], **shorthands: Path | None) -> dict[str, str]:
+    """``--engine-file NAME=PATH`` pairs plus the ``--sglang-out``-style shorthands -> format -> path."""
+    from vibe.engines import get
+
+    out = {name: str(path) for name, path in shorthands.items() if path is not None}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ServingError("InvalidArgument", f"--engine-file takes NAME=PATH, got {pair!r}")
+        with engine_errors():
+            out[get(name).name] = path
+    return out
 
 
 def _optional_int(value: str | None, name: str) -> int | None:
@@ -79,7 +99,12 @@ EpSizeOpt = Annotated[
     int, typer.Option("--ep-size", help="Expert-parallel size (SGLang: --ep-size; = --tp-size with DeepEP).")
 ]
 RedundantOpt = Annotated[
-    int, typer.Option("--redundant-experts", help="SGLang's --ep-num-redundant-experts.")
+    int,
+    typer.Option(
+        "--redundant-experts",
+        help="Slots beyond one per expert: SGLang's --ep-num-redundant-experts, TensorRT-LLM's"
+        " num_slots - num_experts.",
+    ),
 ]
 ModelConfigOpt = Annotated[
     Path | None,
@@ -138,10 +163,6 @@ MOUNT = Path("/etc/vibe/placement")
 STATE_DIR = Path("/var/run/vibe")
 
 
-def _str(path: Path | None) -> str | None:
-    return None if path is None else str(path)
-
-
 @app.command("init")
 def init_cmd(
     ep_size: EpSizeOpt,
@@ -163,6 +184,26 @@ def init_cmd(
             dir_okay=False,
             metavar="FILE.json|FILE.pt",
             help="Write EPLB tensors here (.json, or .pt with torch).",
+        ),
+    ] = None,
+    trtllm_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--trtllm-out",
+            dir_okay=False,
+            metavar="FILE.yaml",
+            help="Write TensorRT-LLM's load-balancer YAML here (moe_config.load_balancer), and"
+            " <stem>-extra-engine-args.yaml beside it.",
+        ),
+    ] = None,
+    engine_file: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine-file",
+            metavar="NAME=PATH",
+            help="Write format NAME's engine file(s) to PATH (repeatable; any format of vibe.engines that"
+            " an engine reads): sglang, eplb, trtllm (the load-balancer YAML, and"
+            " <stem>-extra-engine-args.yaml beside it).",
         ),
     ] = None,
     state_dir: StateDirOpt = STATE_DIR,
@@ -198,7 +239,7 @@ def init_cmd(
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """Init container: write the engine's placement file from the mounted ConfigMap, or fail clearly."""
+    """Init container: write the engine's placement files from the mounted ConfigMap, or fail clearly."""
     setup_logging(verbose)
     from vibe.serving import emit
 
@@ -208,11 +249,11 @@ def init_cmd(
         )
         expected = _optional_int(expect_generation, "--expect-generation")
         on_newer = _roll_forward_hook(kubeconfig, context) if roll_forward else None
+        outputs = _outputs(engine_file or [], sglang=sglang_out, eplb=eplb_out, trtllm=trtllm_out)
         applied = emit.run_init(
             str(placement_dir),
             settings,
-            sglang_out=_str(sglang_out),
-            eplb_out=_str(eplb_out),
+            outputs,
             state_dir=str(state_dir),
             expect_generation=expected,
             wait_seconds=wait_seconds,
@@ -283,8 +324,8 @@ def watch_cmd(
     namespace: NamespaceOpt = None,
     state_dir: StateDirOpt = STATE_DIR,
     documents: Annotated[
-        Literal["sglang", "eplb", "both"],
-        typer.Option("--documents", help="Engine documents to check."),
+        Literal[FormatName, "both"],
+        typer.Option("--documents", help="Format to fit and hand to the policy ('both' = sglang and eplb)."),
     ] = "sglang",
     policy: Annotated[
         Literal["restart", "http", "report"],
@@ -306,7 +347,7 @@ def watch_cmd(
     ] = None,
     url: Annotated[str | None, typer.Option("--url", help="Endpoint for the http policy.")] = None,
     http_document: Annotated[
-        Literal["sglang", "eplb"], typer.Option("--http-document", help="Document the http policy POSTs.")
+        FormatName, typer.Option("--http-document", help="Format whose document the http policy POSTs.")
     ] = "sglang",
     token_file: Annotated[
         Path | None, typer.Option("--token-file", dir_okay=False, help="Bearer token for the http policy.")
@@ -461,6 +502,31 @@ def export_loads_cmd(
             "--dump", dir_okay=False, metavar="DUMP.pt|DUMP.json", help="An SGLang dump (.pt) or JSON export."
         ),
     ] = None,
+    stats_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--stats-dir",
+            file_okay=False,
+            help="A statistics directory instead of --dump: TensorRT-LLM's EXPERT_STATISTIC_PATH"
+            " (meta_info.json, rank<R>.safetensors); implies --engine trtllm.",
+        ),
+    ] = None,
+    engine: Annotated[
+        FormatName | None,
+        typer.Option(
+            "--engine", help="Whose statistics: sglang (default with --dump) or trtllm (with --stats-dir)."
+        ),
+    ] = None,
+    assignment: Annotated[
+        Path | None,
+        typer.Option(
+            "--assignment",
+            dir_okay=False,
+            metavar="LOAD_BALANCER.yaml",
+            help="trtllm: the load-balancer file the engine runs with (vibe serving init wrote it); its"
+            " slots fold the per-slot counts back to experts.",
+        ),
+    ] = None,
     engine_url: Annotated[
         str | None,
         typer.Option(
@@ -503,22 +569,30 @@ def export_loads_cmd(
     context: ContextOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Job/sidecar: turn SGLang's expert-distribution dump into the MoEDeployment's load ConfigMap."""
+    """Job/sidecar: turn an engine's statistics into the MoEDeployment's load ConfigMap."""
     setup_logging(verbose)
-    from vibe.serving import engine_fit, kube
+    from vibe.engines.settings import model_layout
+    from vibe.serving import kube
     from vibe.serving.export import Exporter
 
     try:
-        if (dump is None) == (engine_url is None):
-            raise ServingError("InvalidArgument", "give exactly one of --dump and --engine-url")
+        if sum(x is not None for x in (dump, stats_dir, engine_url)) != 1:
+            raise ServingError("InvalidArgument", "give exactly one of --dump, --stats-dir and --engine-url")
+        engine = engine or ("trtllm" if stats_dir is not None else "sglang")
+        dump = dump if dump is not None else stats_dir
         if engine_url and not recorder_dir:
             raise ServingError(
                 "InvalidArgument", "--engine-url needs --recorder-dir (where rank 0 writes dumps)"
             )
         if not configmap and not output:
             raise ServingError("InvalidArgument", "give --configmap and/or --output")
-        if model_config and first_moe_layer is None and moe_layers is None:
-            first_moe_layer = engine_fit.model_layout(model_config)["first_moe_layer"]
+        if engine_url and engine != "sglang":
+            raise ServingError(
+                "InvalidArgument", "--engine-url polls SGLang's recorder; give --dump for others"
+            )
+        if model_config and first_moe_layer is None and moe_layers is None and engine == "sglang":
+            with engine_errors():
+                first_moe_layer = model_layout(model_config)["first_moe_layer"]
         exporter = Exporter(
             output=output,
             configmap=configmap,
@@ -529,6 +603,8 @@ def export_loads_cmd(
             first_moe_layer=first_moe_layer,
             moe_layers=moe_layers,
             min_passes=min_passes,
+            engine=engine,
+            assignment=assignment,
         )
         if dump is not None:
             exporter.publish(dump)

@@ -4,10 +4,11 @@ Runs before the engine starts (``vibe serving init``), so the engine reads a pla
 against its own launch settings, from a path it can be pointed at with a flag:
 
 1. read every key from one kubelet snapshot (``snapshot.read_snapshot``);
-2. check the declared content hash, if the operator declared one (``contract.stamp_from_data``);
-3. fit each requested engine file (``engine_fit.fit_sglang``, ``engine_fit.fit_eplb``): any mismatch stops
-   here, with the init container's exit code and one log line, instead of inside the engine's model loader;
-4. write the files atomically and record the applied generation for the sidecar (``state``).
+2. check the declared content hash, if the operator declared one (``stamp.stamp_from_data``);
+3. fit each requested format to the engine as launched (its record's ``fit`` in ``vibe.engines``): any
+   mismatch stops here, with the init container's exit code and one log line, instead of inside the
+   engine's model loader;
+4. write the record's files atomically and record the applied generation for the sidecar (``state``).
 
 ``prepare`` is pure (data in, documents out) so the sidecar runs the very same checks before it asks
 anyone to restart.
@@ -15,120 +16,130 @@ anyone to restart.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vibe.serving import contract, engine_fit, rankmap, snapshot, state
-from vibe.serving.errors import ServingError
+from vibe import contract
+from vibe.engines import ENGINES, EngineError, EngineSettings, canonical, get
+from vibe.engines._common import check_gpu_count
+from vibe.serving import rankmap, snapshot, stamp, state
+from vibe.serving.errors import ServingError, engine_errors, from_engine
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Outputs:
-    """Engine documents fitted to the engine's settings (None where not requested)."""
-
-    sglang: dict | None = None
-    eplb: dict | None = None
-
-
-def _load_key(data: dict[str, str], key: str, hint: str) -> Any:
-    if key not in data:
+def _load_key(data: Mapping[str, str], name: str) -> Any:
+    engine = get(name)
+    if engine.key not in data:
         raise ServingError(
             "MissingPlacement",
-            f"the placement ConfigMap has no {key} (keys: {', '.join(sorted(data)) or 'none'}); {hint}",
+            f"the placement ConfigMap has no {engine.key} (keys: {', '.join(sorted(data)) or 'none'});"
+            f" add '{engine.name}' to the MoEDeployment's spec.output.formats",
         )
     try:
-        return json.loads(data[key])
-    except json.JSONDecodeError as e:
-        raise ServingError("UnreadableVolume", f"{key} is not JSON: {e}") from None
+        return engine.parse(data[engine.key])
+    except ValueError as e:
+        raise ServingError("UnreadableVolume", f"{engine.key} is not readable: {e}") from None
+
+
+def engines_with_files() -> list[str]:
+    """The formats ``vibe serving init`` can write a file for (those an engine reads)."""
+    return [e.name for e in ENGINES.values() if e.fit is not None and e.files is not None]
 
 
 def prepare(
-    data: dict[str, str],
-    settings: engine_fit.EngineSettings,
-    sglang: bool = False,
-    eplb: bool = False,
+    data: Mapping[str, str],
+    settings: EngineSettings,
+    formats: Iterable[str],
     engine_gpus: list[tuple[str, int]] | None = None,
-) -> Outputs:
-    """Fit the requested engine documents from ConfigMap ``data``; raise on any mismatch.
+) -> dict[str, dict[str, Any]]:
+    """Fit the requested formats' documents from ConfigMap ``data``; raise on any mismatch.
 
     Args:
+        formats: format names (``vibe.engines.ENGINES``; deprecated aliases accepted).
         engine_gpus: ``(node, gpu index)`` per engine rank (``rankmap.engine_gpus``); when given, each
             GPU's slots move to the engine rank that has that GPU (``rankmap``), instead of trusting
             that the engine numbers its ranks the way the placement does.
+
+    Returns:
+        format name -> the document fitted to the engine.
     """
-    if not (sglang or eplb):
-        raise ServingError("InvalidArgument", "ask for at least one engine file (--sglang-out or --eplb-out)")
-    if contract.KEY_PLACEMENT in data:
-        engine_fit.check_gpu_count(_load_key(data, contract.KEY_PLACEMENT, ""), settings)
-    if engine_gpus is not None:
-        placed = rankmap.placement_gpus(
-            _load_key(data, contract.KEY_PLACEMENT, "add 'vibe' to spec.output.formats")
+    names = []
+    for name in formats:
+        try:
+            engine = get(name)
+        except EngineError as e:
+            raise from_engine(e) from None
+        if engine.fit is None:
+            raise ServingError("InvalidArgument", f"no engine reads format {engine.name!r}: nothing to write")
+        names.append(engine.name)
+    if not names:
+        raise ServingError(
+            "InvalidArgument",
+            f"ask for at least one engine file (--out NAME=PATH, NAME one of {engines_with_files()})",
         )
-    out_sglang = out_eplb = None
-    if sglang:
-        doc = _load_key(data, contract.KEY_SGLANG, "add 'sglang' to the MoEDeployment's spec.output.formats")
-        out_sglang = engine_fit.fit_sglang(doc, settings)
-        if engine_gpus is not None:
-            slots = len(out_sglang["physical_to_logical_map"][0]) // settings.ep_size
-            perm = rankmap.slot_permutation(placed, engine_gpus, slots)
-            out_sglang = rankmap.permute_sglang(out_sglang, perm)
-    if eplb:
-        doc = _load_key(data, contract.KEY_EPLB, "add 'eplb' to the MoEDeployment's spec.output.formats")
-        out_eplb = engine_fit.fit_eplb(doc, settings)
-        if engine_gpus is not None:
-            slots = len(out_eplb["phy2log"][0]) // settings.ep_size
-            perm = rankmap.slot_permutation(placed, engine_gpus, slots)
-            out_eplb = rankmap.permute_eplb(out_eplb, perm)
-    return Outputs(out_sglang, out_eplb)
+    placed = None
+    if canonical.KEY in data:
+        with engine_errors():
+            check_gpu_count(_load_key(data, canonical.NAME), settings)
+    if engine_gpus is not None:
+        placed = rankmap.placement_gpus(_load_key(data, canonical.NAME))
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        engine = ENGINES[name]
+        assert engine.fit is not None
+        with engine_errors():
+            doc = engine.fit(_load_key(data, name), settings)
+        if placed is not None and engine_gpus is not None:
+            assert engine.width is not None and engine.permute is not None
+            slots = engine.width(doc) // settings.ep_size
+            doc = engine.permute(doc, rankmap.slot_permutation(placed, engine_gpus, slots))
+        out[name] = doc
+    return out
 
 
-def _dump_json(doc: dict) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
-
-
-def write_outputs(outputs: Outputs, sglang_out: str | None = None, eplb_out: str | None = None) -> list[str]:
-    """Write the fitted documents; ``.pt`` for EPLB saves int64 torch tensors (torch imported lazily)."""
+def write_outputs(
+    documents: Mapping[str, dict[str, Any]], paths: Mapping[str, str | Path], settings: EngineSettings
+) -> list[str]:
+    """Write each fitted document's files (its record's ``files``) atomically; return the paths written."""
     written = []
-    if sglang_out and outputs.sglang is not None:
-        path = Path(sglang_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state.write_atomic(path, _dump_json(outputs.sglang))
-        written.append(str(path))
-    if eplb_out and outputs.eplb is not None:
-        path = Path(eplb_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".pt":
-            _save_pt(outputs.eplb, path)
-        else:
-            state.write_atomic(path, _dump_json(outputs.eplb))
-        written.append(str(path))
+    for name, target in paths.items():
+        engine = get(name)
+        if engine.name not in documents:
+            continue
+        assert engine.files is not None
+        with engine_errors():
+            blobs = engine.files(documents[engine.name], Path(target), settings)
+        for path, blob in blobs.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(path, blob)
+            written.append(str(path))
     return written
 
 
-def _save_pt(doc: dict, path: Path) -> None:
+def _write_atomic(path: Path, blob: bytes) -> None:
+    """Replace ``path`` with ``blob``: a concurrent reader sees the old or the new file, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        import torch
-    except ImportError:
-        raise ServingError("MissingDependency", f"writing {path} needs torch; write .json instead") from None
-    tensors = {k: torch.tensor(v, dtype=torch.int64) for k, v in doc.items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(tensors, str(tmp))
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def run_init(
     mount: str,
-    settings: engine_fit.EngineSettings,
-    sglang_out: str | None = None,
-    eplb_out: str | None = None,
+    settings: EngineSettings,
+    outputs: Mapping[str, str | Path],
     state_dir: str | None = None,
     expect_generation: int | None = None,
     wait_seconds: float = 180.0,
@@ -139,6 +150,7 @@ def run_init(
     """Read the mounted ConfigMap, check it, write the engine files and record what was applied.
 
     Args:
+        outputs: format name -> the path of the engine's file (``--out NAME=PATH``).
         expect_generation: the generation this pod was rolled out for (its template annotation, passed
             through the Downward API), so every pod of a multi-node group starts with the same placement.
             A volume still behind it is waited for (kubelet syncs volumes with a lag); a volume already
@@ -150,8 +162,8 @@ def run_init(
     deadline = time.monotonic() + wait_seconds
     while True:
         snap = snapshot.read_snapshot(mount)
-        stamp = contract.stamp_from_data(snap.data)
-        gen = stamp.generation
+        found = stamp.stamp_from_data(snap.data)
+        gen = found.generation
         if expect_generation is None or gen == expect_generation:
             break
         if gen is None:
@@ -178,15 +190,15 @@ def run_init(
         log.info("volume shows generation %s, waiting for %s", gen, expect_generation)
         time.sleep(poll)
     gpus = engine_gpus() if engine_gpus is not None else None
-    outputs = prepare(snap.data, settings, sglang=bool(sglang_out), eplb=bool(eplb_out), engine_gpus=gpus)
-    written = write_outputs(outputs, sglang_out, eplb_out)
+    documents = prepare(snap.data, settings, outputs, engine_gpus=gpus)
+    written = write_outputs(documents, outputs, settings)
     applied = state.Applied(gen, contract.content_hash(snap.data), snap.version)
     if state_dir:
         state.save(state_dir, applied)
     log.info(
         "placement generation %s (hash %s) written to %s",
         "unknown" if gen is None else gen,
-        "verified" if stamp.verified else "not declared",
+        "verified" if found.verified else "not declared",
         ", ".join(written),
     )
     return applied

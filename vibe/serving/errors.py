@@ -9,6 +9,11 @@ word used as the Kubernetes Event reason. Bugs stay ordinary exceptions.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+from vibe.engines.errors import EngineError
+
 #: The reasons in use (Event reasons; tests and callers may switch on them).
 REASONS = (
     "MissingPlacement",  # the mounted ConfigMap lacks the key the engine needs
@@ -17,11 +22,11 @@ REASONS = (
     "PodsNotScheduled",  # the engine group's pods were not all scheduled in time (ranks unknown)
     "HashMismatch",  # the data does not match its content hash
     "PlacementMismatch",  # the placement does not fit the engine's EP size / redundant experts / layers
-    "UnsupportedArchitecture",  # the engine ignores a placement for this model (vibe.serving.sglang)
+    "UnsupportedArchitecture",  # the engine ignores a placement for this model (vibe.engines.sglang)
     "InvalidDump",  # an expert-distribution dump of an unexpected shape
     "InvalidArgument",  # a flag combination that cannot work
     "ApplyFailed",  # the policy (restart patch, HTTP call, Event) failed
-    "MissingDependency",  # torch for .pt files, the Kubernetes client for API modes
+    "MissingDependency",  # torch (.pt files), safetensors (TensorRT-LLM statistics), the Kubernetes client
     "NoCredentials",  # neither a pod's service account nor a kubeconfig to reach the API server
 )
 
@@ -43,3 +48,17 @@ class ServingError(RuntimeError):
 
     def __reduce__(self):  # picklable with two arguments
         return (type(self), (self.reason, self.message))
+
+
+def from_engine(e: EngineError) -> ServingError:
+    """The ``ServingError`` of an engine record's error (same reason, same message)."""
+    return ServingError(e.reason, e.message)
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Turn an ``EngineError`` raised inside the block into the ``ServingError`` callers handle."""
+    try:
+        yield
+    except EngineError as e:
+        raise from_engine(e) from None

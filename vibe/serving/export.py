@@ -1,8 +1,9 @@
-"""The loads exporter: windows of SGLang's expert-distribution recorder -> the load ConfigMap (or a file).
+"""The loads exporter: an engine's statistics -> the load ConfigMap (or a file).
 
 Role: the body of ``vibe serving export-loads`` (a Job for one dump, a sidecar for a running engine),
-free of Typer so it can be tested and reused. ``Exporter.publish`` turns one dump into the loads
-document (``loads``) and writes it; ``Exporter.follow`` polls the engine: start recording, wait
+free of Typer so it can be tested and reused. ``Exporter.publish`` turns one dump (an SGLang recorder
+file, a TensorRT-LLM statistics directory: the engine record's ``loads`` reader in ``vibe.engines``)
+into the loads document and writes it; ``Exporter.follow`` polls SGLang: start recording, wait
 ``interval``, dump, publish, delete the dump, and again. An engine that restarted forgets that it was
 recording: a failed window is logged and recording starts afresh after a pause, so the sidecar never
 dies with its engine. A window with fewer than ``min_passes`` forward passes (an idle engine) is not
@@ -17,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vibe import api
+from vibe.engines import get
+from vibe.engines.loads import loads_document
 from vibe.serving import kube, loads
-from vibe.serving.errors import ServingError
+from vibe.serving.errors import ServingError, engine_errors
 
 log = logging.getLogger("vibe.serving")
 
@@ -30,7 +34,9 @@ RETRY_S = 30.0
 class Exporter:
     """Where one window's loads go, and how a dump becomes loads.
 
-    ``steps``, ``first_moe_layer``, ``moe_layers``: as ``loads.to_loads``. ``output``: a file to write
+    ``engine``: the format whose statistics the dumps are (``vibe.engines``: ``sglang``, ``trtllm``);
+    ``steps``, ``first_moe_layer``, ``moe_layers``: as ``vibe.engines.loads.to_loads``; ``assignment``:
+    the engine's load-balancer file, to fold per-slot counts back to experts. ``output``: a file to write
     the document to; ``configmap`` (in ``namespace``, under ``key``, through ``api``): the ConfigMap to
     server-side apply it to. Either or both.
     """
@@ -44,8 +50,13 @@ class Exporter:
     first_moe_layer: int | None = None
     moe_layers: int | None = None
     min_passes: int = 100
+    engine: str = "sglang"
+    assignment: Path | None = None
 
     def __post_init__(self) -> None:
+        with engine_errors():
+            if get(self.engine).loads is None:
+                raise ServingError("InvalidArgument", f"format {self.engine!r} has no statistics reader")
         if not self.configmap and not self.output:
             raise ServingError("InvalidArgument", "give --configmap and/or --output")
         if self.configmap and (not self.namespace or self.api is None):
@@ -53,19 +64,33 @@ class Exporter:
 
     def publish(self, dump: Path, *, window: bool = False) -> bool:
         """Write the loads of ``dump``; False (nothing written) for an idle ``window`` of the engine."""
-        result = loads.to_loads(loads.read_dump(dump), self.steps, self.first_moe_layer, self.moe_layers)
+        reader = get(self.engine).loads
+        assert reader is not None
+        with engine_errors():
+            result = reader(
+                dump,
+                steps=self.steps,
+                first_moe_layer=self.first_moe_layer,
+                moe_layers=self.moe_layers,
+                assignment=self.assignment,
+            )
         if window and result.passes is not None and result.passes < self.min_passes:
             log.info("window had %d forward passes (< %d); not publishing", result.passes, self.min_passes)
             return False
-        doc = loads.loads_document(result)
+        doc = loads_document(result)
         if self.output:
             self.output.write_text(doc + "\n", encoding="utf-8")
         if self.configmap and self.namespace:
-            annotations = {loads.ANNOTATION_SOURCE: "sglang-expert-distribution-recorder"}
+            annotations = {api.ANNOTATION_LOADS_SOURCE: get(self.engine).loads_source}
             if result.passes is not None:
-                annotations[loads.ANNOTATION_PASSES] = str(result.passes)
+                annotations[api.ANNOTATION_LOADS_FORWARD_PASSES] = str(result.passes)
             kube.apply_configmap(
-                self.api, self.namespace, self.configmap, {self.key: doc}, loads.FIELD_MANAGER, annotations
+                self.api,
+                self.namespace,
+                self.configmap,
+                {self.key: doc},
+                api.FIELD_MANAGER_LOADS,
+                annotations,
             )
         log.info(
             "loads %dx%d (dropped %d dense layers, %s passes) -> %s",

@@ -21,7 +21,8 @@ import os
 import time
 from typing import Any
 
-from vibe.api import LWS_API_GROUP, LWS_API_VERSION, LWS_LABEL_NAME, LWS_PLURAL, TEMPLATE_ANNOTATION
+from vibe.api import LWS_API_GROUP, LWS_API_VERSION, LWS_LABEL_NAME, LWS_PLURAL
+from vibe.contract import ANNOTATION_PLACEMENT_GENERATION
 from vibe.kubeclient import as_dict
 from vibe.serving.errors import ServingError
 
@@ -175,7 +176,9 @@ def restart_workload(
         paths = _template_paths(kind, obj)
         current = []
         for path in paths:
-            value = (_get_path(obj, [*path, "metadata", "annotations"]) or {}).get(TEMPLATE_ANNOTATION)
+            value = (_get_path(obj, [*path, "metadata", "annotations"]) or {}).get(
+                ANNOTATION_PLACEMENT_GENERATION
+            )
             try:
                 current.append(int(value) if value is not None else -1)
             except ValueError:
@@ -187,7 +190,7 @@ def restart_workload(
             node = body
             for key in path:
                 node = node.setdefault(key, {})
-            node["metadata"] = {"annotations": {TEMPLATE_ANNOTATION: str(generation)}}
+            node["metadata"] = {"annotations": {ANNOTATION_PLACEMENT_GENERATION: str(generation)}}
         try:
             _patch_workload(api, namespace, kind, name, body)
             return True

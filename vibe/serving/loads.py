@@ -1,4 +1,4 @@
-"""Expert loads back in: SGLang's expert-distribution dump -> the load ConfigMap the MoEDeployment reads.
+"""Expert loads back in, SGLang's recorder driven over HTTP (the dump's reading is ``vibe.engines.sglang``).
 
 SGLang records expert choices when launched with ``--expert-distribution-recorder-mode stat``
 (``python/sglang/srt/eplb/expert_distribution.py`` in sgl-project/sglang). ``POST
@@ -13,10 +13,10 @@ SGLang records expert choices when launched with ``--expert-distribution-recorde
   rows zero);
 * ``rank``, ``average_utilization_rate_over_window``: not needed here.
 
-``to_loads`` turns that into what the placement solver wants, tokens per forward step per expert over
-the MoE layers only: sum over passes / number of passes that recorded anything (a pass with no tokens
-is an idle DP step or an unfilled buffer row, neither of which is load), then drop the dense layers. A
-``[layers, experts]`` count (already summed, e.g. a JSON export) is divided by ``--steps`` when given.
+``vibe.engines.loads.to_loads`` turns that into what the placement solver wants, tokens per forward step
+per expert over the MoE layers only. A ``[layers, experts]`` count (already summed, e.g. a JSON
+export) is divided by ``--steps`` when given. TensorRT-LLM's statistics need no HTTP: it writes them
+into ``EXPERT_STATISTIC_PATH`` by itself (``vibe.engines.trtllm.loads``).
 
 The result is written with server-side apply (field manager ``vibe-loads``) as ``{"loads": [[...]]}``
 under the key the MoEDeployment's ``spec.workload.configMapRef`` names.
@@ -25,153 +25,18 @@ under the key the MoEDeployment's ``spec.workload.configMapRef`` names.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from vibe import api
-from vibe.serving import torchfile
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 
-FIELD_MANAGER = api.FIELD_MANAGER_LOADS
 DUMP_GLOB = "expert_distribution_recorder_*.pt"
-ANNOTATION_PASSES = api.ANNOTATION_LOADS_FORWARD_PASSES
-ANNOTATION_SOURCE = api.ANNOTATION_LOADS_SOURCE
-
-
-def read_dump(path: str | os.PathLike[str]) -> np.ndarray:
-    """``logical_count`` from an SGLang dump (``.pt``) or a JSON export.
-
-    ``.pt`` files are read with torch when it is installed, else with ``torchfile`` (no torch needed).
-
-    JSON may be ``{"logical_count": [...]}`` or the bare nested list.
-
-    Returns:
-        float64 array, ``[passes, layers, experts]`` or ``[layers, experts]``.
-    """
-    path = Path(path)
-    if path.suffix == ".pt":
-        obj = _load_pt(path)
-        count = obj.get("logical_count") if isinstance(obj, dict) else obj
-        if count is None:
-            keys = sorted(obj) if isinstance(obj, dict) else []
-            raise ServingError("InvalidDump", f"{path} has no logical_count (keys: {keys})")
-        count = count.cpu().numpy() if hasattr(count, "cpu") else count
-    else:
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ServingError("InvalidDump", f"cannot read {path}: {e}") from None
-        count = obj.get("logical_count") if isinstance(obj, dict) else obj
-        if count is None:
-            raise ServingError("InvalidDump", f"{path} has no logical_count (keys: {sorted(obj)})")
-    try:
-        arr = np.asarray(count, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ServingError("InvalidDump", f"{path}: logical_count is not a numeric array") from None
-    if arr.ndim not in (2, 3) or 0 in arr.shape:
-        raise ServingError(
-            "InvalidDump", f"{path}: logical_count has shape {arr.shape}, expected 2 or 3 dims"
-        )
-    if not np.all(np.isfinite(arr)) or arr.min() < 0:
-        raise ServingError("InvalidDump", f"{path}: logical_count holds negative or non-finite counts")
-    return arr
-
-
-def _load_pt(path: Path) -> object:
-    try:
-        import torch
-    except ImportError:
-        return torchfile.load(path)
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        raise ServingError("InvalidDump", f"cannot load {path}: {e}") from None
-
-
-@dataclass(frozen=True)
-class Loads:
-    """Tokens per forward step, per MoE layer and expert.
-
-    Attributes:
-        loads: [moe_layers, experts] float64.
-        passes: forward passes the counts were divided by (None: raw counts, divided by nothing).
-        dropped_layers: leading layers dropped as dense.
-    """
-
-    loads: np.ndarray
-    passes: int | None
-    dropped_layers: int
-
-
-def to_loads(
-    count: np.ndarray,
-    steps: int | None = None,
-    first_moe_layer: int | None = None,
-    moe_layers: int | None = None,
-) -> Loads:
-    """Normalise a ``logical_count`` to tokens per step over the MoE layers.
-
-    Args:
-        count: ``[passes, layers, experts]`` or ``[layers, experts]``.
-        steps: forward passes to divide by; default: the passes that recorded any token (3-D input),
-            or none (2-D input: the counts stay raw totals).
-        first_moe_layer: drop this many leading layers (``first_k_dense_replace``);
-        moe_layers: or keep this many trailing layers; with neither, leading all-zero layers are dropped.
-    """
-    if steps is not None and steps < 1:
-        raise ServingError("InvalidArgument", f"--steps must be >= 1, got {steps}")
-    if count.ndim == 3:
-        active = int(np.count_nonzero(count.reshape(count.shape[0], -1).sum(axis=1)))
-        if active == 0:
-            raise ServingError(
-                "InvalidDump", "the dump recorded no forward pass with tokens (was the engine idle?)"
-            )
-        total = count.sum(axis=0)
-        passes: int | None = steps or active
-    else:
-        total = count
-        passes = steps
-    layers = total.shape[0]
-    if first_moe_layer is not None and moe_layers is not None:
-        raise ServingError("InvalidArgument", "give --first-moe-layer or --moe-layers, not both")
-    if first_moe_layer is not None:
-        drop = first_moe_layer
-    elif moe_layers is not None:
-        drop = layers - moe_layers
-    else:
-        per_layer = total.sum(axis=1)
-        nonzero = np.flatnonzero(per_layer)
-        if nonzero.size == 0:
-            raise ServingError("InvalidDump", "every layer of the dump is zero")
-        drop = int(nonzero[0])
-    if drop < 0 or drop >= layers:
-        raise ServingError(
-            "InvalidArgument", f"the dump has {layers} layers; cannot drop {drop} leading dense layers"
-        )
-    moe = total[drop:]
-    empty = np.flatnonzero(moe.sum(axis=1) == 0)
-    if empty.size:
-        raise ServingError(
-            "InvalidDump",
-            f"MoE layer {int(empty[0]) + drop} of the dump has no tokens; is the dense-layer count right?",
-        )
-    return Loads(moe / (passes or 1), passes, drop)
-
-
-def loads_document(loads: Loads, decimals: int = 3) -> str:
-    """``{"loads": [[...]]}``, deterministic bytes (sorted keys, fixed rounding)."""
-    rows = [[round(float(x), decimals) for x in row] for row in loads.loads]
-    return json.dumps({"loads": rows}, sort_keys=True, separators=(",", ":"))
 
 
 # ---------------------------------------------------------------- the engine's recorder, over HTTP

@@ -136,25 +136,3 @@ def slot_permutation(
             f" ({len(missing)} such GPUs): re-place for the nodes the pods run on",
         )
     return [rank_of[gpu] * slots_per_gpu + s for gpu in engine for s in range(slots_per_gpu)]
-
-
-def permute_sglang(doc: dict, perm: list[int]) -> dict:
-    """Apply ``perm`` to every row of ``physical_to_logical_map`` (dense-layer rows are trivial: kept)."""
-    rows = doc["physical_to_logical_map"]
-    return {"physical_to_logical_map": [[row[p] for p in perm] for row in rows]}
-
-
-def permute_eplb(doc: dict, perm: list[int]) -> dict:
-    """Apply ``perm`` to EPLB's ``phy2log`` and renumber the slots in ``log2phy``; ``logcnt`` is unchanged."""
-    new_of_old = {old: new for new, old in enumerate(perm)}
-    out = dict(doc)
-    out["phy2log"] = [[row[p] for p in perm] for row in doc["phy2log"]]
-    if "log2phy" in doc:
-        out["log2phy"] = [
-            [
-                sorted(new_of_old[s] for s in slots if s != -1) + [-1] * sum(1 for s in slots if s == -1)
-                for slots in layer
-            ]
-            for layer in doc["log2phy"]
-        ]
-    return out

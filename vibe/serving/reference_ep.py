@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vibe.engines import EngineSettings
 from vibe.placement.cost import Placement
 from vibe.serving import emit
-from vibe.serving.engine_fit import EngineSettings
 from vibe.serving.errors import ServingError
 
 if TYPE_CHECKING:
@@ -135,8 +135,7 @@ def load_placement(
     applied = emit.run_init(
         str(mount),
         settings,
-        sglang_out=str(out) if document == "sglang" else None,
-        eplb_out=str(out) if document == "eplb" else None,
+        {document: out},
         state_dir=str(work),
         expect_generation=expect_generation,
         wait_seconds=wait_seconds,

@@ -23,8 +23,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vibe.serving import contract, emit, engine_fit, snapshot, state
+from vibe import contract
+from vibe.engines import EngineSettings
+from vibe.serving import emit, snapshot, stamp, state
 from vibe.serving.errors import ServingError
+from vibe.serving.stamp import Stamp
 from vibe.serving.update_policies import Policy, Reporter, Update
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,7 @@ class Observation:
     """One consistent read of the placement ConfigMap."""
 
     data: dict[str, str]
-    stamp: contract.Stamp
+    stamp: Stamp
     version: str
 
 
@@ -44,7 +47,7 @@ def observe_volume(mount: str) -> Callable[[], Observation]:
 
     def read() -> Observation:
         snap = snapshot.read_snapshot(mount)
-        return Observation(snap.data, contract.stamp_from_data(snap.data), snap.version)
+        return Observation(snap.data, stamp.stamp_from_data(snap.data), snap.version)
 
     return read
 
@@ -55,7 +58,7 @@ def observe_api(api: object, namespace: str, name: str) -> Callable[[], Observat
 
     def read() -> Observation:
         data, annotations, version = kube.read_configmap(api, namespace, name)
-        return Observation(data, contract.stamp_from_object(data, annotations), version)
+        return Observation(data, stamp.stamp_from_object(data, annotations), version)
 
     return read
 
@@ -66,7 +69,7 @@ class Watcher:
     Args:
         observe: returns the current Observation (raises ServingError when it cannot).
         settings: the engine's settings, to fit the placement before applying it.
-        documents: which engine documents to prepare ("sglang", "eplb").
+        documents: which formats to prepare (``vibe.engines`` names: "sglang", "trtllm", ...).
         policy: returns the policy to use now (read each time: the MoEDeployment may change it).
         report: ``(type, reason, message)`` -> log line + Event.
         state_dir: where the applied state lives (shared with the init container).
@@ -76,7 +79,7 @@ class Watcher:
     def __init__(
         self,
         observe: Callable[[], Observation],
-        settings: engine_fit.EngineSettings,
+        settings: EngineSettings,
         documents: tuple[str, ...],
         policy: Callable[[], Policy],
         report: Reporter,
@@ -132,17 +135,10 @@ class Watcher:
             return verdict.value
         assert gen is not None
         try:
-            prepared = emit.prepare(
-                obs.data,
-                self._settings,
-                sglang="sglang" in self._documents,
-                eplb="eplb" in self._documents,
-                engine_gpus=self._engine_gpus,
-            )
+            documents = emit.prepare(obs.data, self._settings, self._documents, engine_gpus=self._engine_gpus)
         except ServingError as e:
             self._once((data_hash, "fit"), "Warning", "PlacementMismatch", f"generation {gen}: {e.message}")
             return e.reason
-        documents = {k: v for k, v in (("sglang", prepared.sglang), ("eplb", prepared.eplb)) if v is not None}
         update = Update(gen, obs.stamp.content_hash or data_hash, documents)
         try:
             policy = self._policy()

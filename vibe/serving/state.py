@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
-from vibe.serving.contract import Stamp
 from vibe.serving.errors import ServingError
+from vibe.serving.stamp import Stamp
 
 STATE_FILE = "applied.json"
 

@@ -111,9 +111,57 @@ def simulate(
     mixed_chunk: Annotated[
         bool, typer.Option(help="Decode tokens ride in prefill steps (SGLang mixed chunk).")
     ] = False,
+    scheduler: Annotated[
+        Literal["prefill-first", "decode-first"],
+        typer.Option(
+            help="prefill-first (SGLang: a GPU with a prefill batch runs it, its decodes wait) or "
+            "decode-first (vLLM v1: decode tokens first, prefill chunks fill the token budget)."
+        ),
+    ] = "prefill-first",
+    overlap: Annotated[
+        Literal["auto", "on", "off"],
+        typer.Option(
+            help="Two micro-batches hide dispatch/combine behind compute (SGLang two-batch overlap); "
+            "auto: when the group spans nodes (constants: two_batch_overlap)."
+        ),
+    ] = "auto",
+    dispatch: Annotated[
+        Literal["auto", "always", "never"],
+        typer.Option(
+            help="Send a token once per destination node (DeepEP normal kernels): auto = in prefill "
+            "steps, decode steps one copy per token-expert pair (constants: dispatch_per_node)."
+        ),
+    ] = "auto",
+    floor_share: Annotated[
+        float | None,
+        typer.Option(
+            help="Re-shape the fleet: each GPU's slowdown vs the median GPU (read off its curve above "
+            "the floor) applies to its compute, this share of it to its memory-bound floor (0 measured "
+            "under a power cap, 1 the whole curve). Default: the curves as given. Non-expert work is "
+            "slowed by each GPU's floor and compute slowdowns either way."
+        ),
+    ] = None,
+    goodput_seeds: Annotated[
+        int, typer.Option(help="Seeds of the goodput bisection (0: goodput from the --rates grid only).")
+    ] = 3,
+    goodput_resolution: Annotated[
+        float, typer.Option(help="Goodput bisection stops within this fraction of the rate.")
+    ] = 0.02,
+    goodput_seconds: Annotated[
+        float | None,
+        typer.Option(help="Goodput runs send max(--requests, rate x this) requests (default --requests)."),
+    ] = None,
     plan_tokens: Annotated[
         float | None,
         typer.Option(help="Tokens per step the policies plan for (default: the group's full budget)."),
+    ] = None,
+    step_mix: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TOKENS[:WEIGHT],...",
+            help="Plan for the expected step time over this step mix under sampled routing, as "
+            "vibe plan --step-mix (default: the mean-load objective at --plan-tokens).",
+        ),
     ] = None,
     drift: Annotated[
         list[str] | None,
@@ -215,6 +263,7 @@ def _simulate(**o: Any) -> None:
         read_fleet(load_json(o["fleet"], "fleet")),
         o["slots_per_gpu"],
         o["plan_tokens"],
+        o["step_mix"],
     )
     groups: tuple[GroupSpec, ...] = (decode,)
     if o["mode"] == "disaggregated":
@@ -228,12 +277,16 @@ def _simulate(**o: Any) -> None:
             read_fleet(load_json(o["prefill_fleet"], "prefill fleet")),
             o["prefill_slots_per_gpu"],
             o["plan_tokens"],
+            o["step_mix"],
         )
         groups = (pre, decode)
     settings = Settings(
         model=m,
         groups=groups,
-        engine=EngineConfig(o["chunk_tokens"], o["max_running"], o["mixed_chunk"]),
+        engine=EngineConfig(o["chunk_tokens"], o["max_running"], o["mixed_chunk"], o["scheduler"]),
+        overlap=o["overlap"],
+        per_node=o["dispatch"],
+        floor_share=o["floor_share"],
         gpu=o["gpu"],
         gpu_memory_bytes=o["gpu_memory_gib"] * 2**30 if o["gpu_memory_gib"] else None,
         drift=drift,
@@ -262,6 +315,9 @@ def _simulate(**o: Any) -> None:
         slo_tpot_s=o["slo_tpot_ms"] / 1e3,
         timeline_bin_s=o["timeline_bin_s"] if drift else None,
         progress=progress,
+        goodput_seeds=o["goodput_seeds"],
+        goodput_resolution=o["goodput_resolution"],
+        goodput_seconds=o["goodput_seconds"],
     )
     progress.close()
     doc["settings"] = {
@@ -279,7 +335,13 @@ def _simulate(**o: Any) -> None:
             "chunkTokens": o["chunk_tokens"],
             "maxRunning": o["max_running"],
             "mixedChunk": o["mixed_chunk"],
+            "scheduler": o["scheduler"],
+            "overlap": o["overlap"],
+            "dispatchPerNode": o["dispatch"],
         },
+        "floorShare": o["floor_share"],
+        "goodputSeeds": o["goodput_seeds"],
+        "goodputResolution": o["goodput_resolution"],
         "drift": [{"at_s": d.at_s, "gpu": d.gpu, "factor": d.factor} for d in drift],
         "replaceAfterS": o["replace_after_s"] if drift else None,
         "replaceCost": o["replace_cost"] if drift else None,
@@ -350,12 +412,31 @@ def print_tables(doc: dict[str, Any]) -> None:
             )
         console.print(t)
     slo = doc["slo"]
-    good = ", ".join(f"{p} {v:g} req/s" if v is not None else f"{p} none" for p, v in doc["goodput"].items())
-    console.print(
-        f"goodput (highest rate with >= {slo['goodput_attainment'] * 100:.0f}% of requests within TTFT "
-        f"{slo['ttft_s'] * 1e3:g} ms and TPOT {slo['tpot_s'] * 1e3:g} ms): {good}",
-        soft_wrap=True,
+    within = (
+        f">= {slo['goodput_attainment'] * 100:.0f}% of requests within TTFT {slo['ttft_s'] * 1e3:g} ms and "
+        f"TPOT {slo['tpot_s'] * 1e3:g} ms"
     )
+    search = doc.get("goodput_search")
+    if search:
+        first = next(iter(search.values()))
+        console.print(
+            f"goodput (highest rate with {within}; bisection to {first['resolution'] * 100:g}%, mean and 95% "
+            f"interval over {len(first['seeds'])} seeds, attainment at it):",
+            soft_wrap=True,
+        )
+        for p, g in search.items():
+            att = g["attainment_at_goodput"]
+            console.print(
+                f"  {p}: {g['mean']:.3g} req/s [{g['low']:.3g}, {g['high']:.3g}]"
+                + ("+ (no failing rate found)" if g["lower_bound_only"] else "")
+                + (f", attainment {att * 100:.1f}%" if att is not None else ""),
+                soft_wrap=True,
+            )
+    else:
+        good = ", ".join(
+            f"{p} {v:g} req/s" if v is not None else f"{p} none" for p, v in doc["goodput"].items()
+        )
+        console.print(f"goodput on the --rates grid (highest rate with {within}): {good}", soft_wrap=True)
     for policy, info in doc["placements"].items():
         for group, g in info.items():
             r = g.get("replace")

@@ -88,6 +88,31 @@ CONSTANTS: dict[str, Constant] = {
         "--replace-cost moves: each GPU receives its new experts' weights over RDMA at one NIC's rate "
         "(as rdma_bytes_per_s); serving pauses meanwhile (SGLang's EPLB rebalance pauses the engine)",
     ),
+    "floor_slowdown_share": Constant(
+        0.0,
+        "of a GPU's compute slowdown",
+        "measured (benchmarks/results/floor-vs-power-h100-2026-12-07/): on an H100 at its 700 W cap, "
+        "floor-bound expert GEMMs run at the top SM clock (1980 MHz) drawing 367-626 W (DeepSeek-V3 bf16 "
+        "to 32 tokens/expert, fp8 to 128; Qwen3 bf16 to 128, fp8 to 512), and only above them the cap "
+        "pulls the clock down (1310-1565 MHz at 8192); a 60 s soak at 68 C moved nothing. A GPU slowed "
+        "by its power cap is slowed in the compute region and not at the floor: synthetic fleets' slow "
+        "GPUs keep their floor (0; 1 = the whole curve scaled, the 'uniform' model; --floor-share)",
+    ),
+    "two_batch_overlap": Constant(
+        1.0,
+        "1 = on when the group spans nodes",
+        "SGLang's large-scale DeepSeek-V3 deployment (LMSYS blog 2025-05-05, 96 H100, PD + EP) runs "
+        "--enable-two-batch-overlap in prefill and decode: two micro-batches, one's DeepEP dispatch/"
+        "combine behind the other's compute (reported +27-35 % prefill throughput); within one node "
+        "(NVLink only) engines run without it (--overlap auto|on|off)",
+    ),
+    "dispatch_per_node": Constant(
+        1.0,
+        "1 = prefill steps (DeepEP --deepep-mode auto)",
+        "SGLang --deepep-mode auto, as in the same deployment: prefill steps use DeepEP's normal kernels "
+        "(a token sent once per destination node over RDMA, forwarded over NVLink inside it), decode "
+        "steps the low-latency kernels (one RDMA copy per token-expert pair) (--dispatch auto|always|never)",
+    ),
     "routing_samples": Constant(
         16,
         "samples",

@@ -155,27 +155,95 @@ class NonExpertCost:
     def step(
         self, n_rank: float, decode_reqs: float, decode_ctx: float, pairs: float, sampled: float
     ) -> float:
-        """Non-expert seconds of one step on one GPU.
+        """Non-expert seconds of one step on one typical GPU (``ranks`` for several, each slowed).
 
         Args:
-            n_rank: tokens this GPU runs through the model (prefill chunk tokens + decode tokens) / G.
+            n_rank: tokens this GPU runs through the model (prefill chunk tokens + decode tokens).
             decode_reqs, decode_ctx: decoding requests on this GPU and the KV tokens they attend to.
             pairs: causal (query, key) pairs of this GPU's prefill chunks (chunk * prefix + chunk^2 / 2).
             sampled: tokens this GPU samples (LM head): decoding requests + prompts finishing.
         """
+        one = np.ones(1)
+        out = self.ranks(
+            n_rank * one, decode_reqs * one, decode_ctx * one, pairs * one, sampled * one, one, one
+        )
+        return float(out[0])
+
+    def _gemms(self, curve: tuple[np.ndarray, np.ndarray], n: np.ndarray, slow: Slowness) -> np.ndarray:
+        """[R] seconds of a GEMM curve at n [R] tokens, each rank slowed (floor and compute apart)."""
+        t = _interp_many(curve[0], curve[1], n)
+        if self.gemm_factor is not None:
+            t = t * np.interp(n, self.gemm_factor[0], self.gemm_factor[1])
+        floor = float(curve[1].min()) * (
+            float(np.interp(curve[0][0], self.gemm_factor[0], self.gemm_factor[1]))
+            if self.gemm_factor
+            else 1.0
+        )
+        base = np.minimum(t, floor)
+        out: np.ndarray = np.where(n > 0, base * slow[0] + (t - base) * slow[1], 0.0)
+        return out
+
+    def ranks(
+        self,
+        n: np.ndarray,
+        decode_reqs: np.ndarray,
+        decode_ctx: np.ndarray,
+        pairs: np.ndarray,
+        sampled: np.ndarray,
+        floor_factor: np.ndarray,
+        compute_factor: np.ndarray,
+    ) -> np.ndarray:
+        """[R] non-expert seconds of one step on each of R GPUs, each from its own batch (``step``'s args,
+        as [R] arrays) and its own slowness: ``floor_factor`` [R] slows the memory-bound part (the GEMMs'
+        floor, decode attention's KV reads), ``compute_factor`` [R] the compute part (the GEMMs above
+        their floor, prefill attention)."""
         m = self.model
-        per_layer = self._gemm(self.proj, n_rank)
-        if decode_reqs > 0:
-            a, b, c = self.decode
-            per_layer += (a + b * decode_ctx + c * decode_reqs) * self.decode_factor
-        if pairs > 0:
-            per_layer += self.prefill[0] + self.prefill[1] * pairs
+        slow = (floor_factor, compute_factor)
+        per_layer = self._gemms(self.proj, n, slow)
+        a, b, c = self.decode
+        per_layer = per_layer + np.where(
+            decode_reqs > 0, (a + b * decode_ctx + c * decode_reqs) * self.decode_factor * floor_factor, 0.0
+        )
+        per_layer = per_layer + np.where(
+            pairs > 0, (self.prefill[0] + self.prefill[1] * pairs) * compute_factor, 0.0
+        )
         total = m.layers * per_layer
         if self.extra is not None:
-            total += m.moe_layers * self._gemm(self.extra, n_rank)
+            total = total + m.moe_layers * self._gemms(self.extra, n, slow)
         if self.dense is not None:
-            total += m.dense_layers * self._gemm(self.dense, n_rank)
-        return total + self._gemm(self.lm, sampled)
+            total = total + m.dense_layers * self._gemms(self.dense, n, slow)
+        out: np.ndarray = total + self._gemms(self.lm, sampled, slow)
+        return out
+
+
+#: (floor factor [R], compute factor [R]) of R GPUs.
+Slowness = tuple[np.ndarray, np.ndarray]
+
+
+def _interp_many(tokens: np.ndarray, seconds: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """``interp`` at each of n [R] (0 at n <= 0)."""
+    slope = (seconds[-1] - seconds[-2]) / (tokens[-1] - tokens[-2])
+    inside = np.interp(n, tokens, seconds)
+    out: np.ndarray = np.where(n > tokens[-1], seconds[-1] + (n - tokens[-1]) * slope, inside)
+    return np.where(n > 0, out, 0.0)
+
+
+def slowness_of(fleet_tokens: list[np.ndarray], fleet_seconds: list[np.ndarray]) -> Slowness:
+    """Each GPU's (floor, compute) slowdown against the fleet's median GPU, read off its expert curve.
+
+    Floor: the curve's smallest time over the median's; compute: its rise above the floor up to 8192
+    tokens over the median's. The non-expert work of a GPU is slowed by the same two factors
+    (``NonExpertCost.ranks``): one model of how a GPU is slow for everything it runs.
+    """
+    n_hi = 8192.0
+    floors = np.array([float(s.min()) for s in fleet_seconds])
+    rises = np.array(
+        [
+            float(np.interp(n_hi, t, s)) - float(s.min())
+            for t, s in zip(fleet_tokens, fleet_seconds, strict=True)
+        ]
+    )
+    return floors / np.median(floors), rises / np.median(rises)
 
 
 def _gemm_scale(mine: list[tuple[int, int]], ref: list[tuple[int, int]]) -> float:
@@ -215,7 +283,14 @@ def h200_expert_curve(model: ModelShape, dtype: str | None = None) -> tuple[np.n
 
 @dataclass(frozen=True)
 class CommModel:
-    """Dispatch/combine bytes and links of one expert-parallel group."""
+    """Dispatch/combine bytes and links of one expert-parallel group, and how the engine sends them.
+
+    ``per_node``: ``"auto"`` (SGLang ``--deepep-mode auto``: prefill steps use DeepEP's normal kernels,
+    which send a token once per destination node over RDMA and forward it over NVLink inside the node;
+    decode steps use the low-latency kernels, one RDMA copy per token-expert pair), ``"always"`` or
+    ``"never"``. ``overlap``: two micro-batches, one's dispatch/combine hidden behind the other's compute
+    (SGLang ``--enable-two-batch-overlap``, DeepEP's hook-based overlap); ``Group.step_seconds`` uses it.
+    """
 
     hidden: int
     top_k: int
@@ -226,21 +301,37 @@ class CommModel:
     nvlink: float  # B/s per GPU
     rdma: float
     latency: float
+    per_node: str = "auto"
+    overlap: bool = True
 
-    def seconds(self, sent: np.ndarray, received: np.ndarray) -> np.ndarray:
-        """[...] seconds of one dispatch plus one combine, from the busiest GPU's tokens sent/received.
+    def node_dedup(self) -> float:
+        """Off-node bytes sent once per destination node / once per token-expert pair (uniform routing).
 
-        ``sent``/``received``: [...] token copies (a token going to k experts counts k times).
+        Of a token's k picks over N nodes, k (N-1)/N land off its node on average, on
+        (N-1) (1 - (1 - 1/N)^k) distinct remote nodes.
         """
+        nodes = -(-self.num_gpus // self.gpus_per_node)
+        if nodes <= 1:
+            return 1.0
+        k, n = self.top_k, nodes
+        return (n - 1) * (1 - (1 - 1 / n) ** k) / (k * (n - 1) / n)
+
+    def seconds(self, copies: np.ndarray | float, layers: float, extend: bool) -> np.ndarray | float:
+        """Seconds of ``layers`` dispatches plus combines whose busiest GPU moves ``copies`` token copies
+        in all (a token going to k experts counts k times). ``extend``: a step with prefill tokens."""
         if self.num_gpus <= 1:
-            return np.zeros_like(received)
-        tokens = np.maximum(sent, received)
+            return 0.0 * copies
         off_node = max(self.num_gpus - self.gpus_per_node, 0) / self.num_gpus
-        local = (1.0 - off_node) if self.num_gpus > self.gpus_per_node else 1.0
-        per_byte = max(local / self.nvlink, off_node / self.rdma) if off_node else 1.0 / self.nvlink
-        volume = tokens * self.hidden * (self.dispatch_bytes + self.combine_bytes)
-        out: np.ndarray = 2 * self.latency + volume * per_byte
-        return out
+        if off_node:
+            dedup = self.per_node == "always" or (self.per_node == "auto" and extend)
+            if dedup:  # every copy crosses NVLink (forwarded inside the destination node)
+                per_byte = max(1.0 / self.nvlink, off_node * self.node_dedup() / self.rdma)
+            else:
+                per_byte = max((1.0 - off_node) / self.nvlink, off_node / self.rdma)
+        else:
+            per_byte = 1.0 / self.nvlink
+        volume = copies * self.hidden * (self.dispatch_bytes + self.combine_bytes)
+        return 2 * self.latency * layers + volume * per_byte
 
 
 #: Token counts in an ExpertTable's grid (geometric from 1 to the largest step; linear in between).
@@ -248,7 +339,7 @@ GRID_POINTS = 28
 
 
 class ExpertTable:
-    """Per policy and fleet state: a step's expert and communication seconds by its token count.
+    """Per policy and fleet state: a step's expert time and token copies moved, by its token count.
 
     For each token count T of a grid (N points, 1 .. ``max_tokens``) and each of K independent routing
     samples, every MoE layer routes T tokens top-k: expert e gets Binomial(T, k * p_e) tokens (p the
@@ -256,7 +347,9 @@ class ExpertTable:
     and the one evaluator gives each GPU's time. A step then draws a sample k and interpolates in T:
 
         expert_s[k, j] = sum over MoE layers of max over GPUs of that GPU's expert time
-        comm_s[k, j]   = sum over MoE layers of dispatch + combine (``CommModel``)
+        recv[k, j]     = sum over MoE layers of max over GPUs of the token copies it receives
+
+    ``step`` turns these and the busiest sender's copies into seconds (``CommModel``).
     """
 
     def __init__(
@@ -276,11 +369,13 @@ class ExpertTable:
         rng = np.random.default_rng(seed)
         grid = np.unique(np.round(np.geomspace(1, max(max_tokens, 2), GRID_POINTS)).astype(np.int64))
         self.grid = grid.astype(np.float64)
+        self.comm = comm
+        self.num_layers = num_layers
         phy_k = np.tile(phy2log, (samples, 1))  # [K*L, P]
         cnt = bincount_rows(phy_k, shares.shape[1])
         q = np.minimum(shares * comm.top_k, 1.0)  # chance a token picks expert e
         self.expert_s = np.empty((samples, grid.size))
-        self.comm_s = np.empty((samples, grid.size))
+        self.recv = np.empty((samples, grid.size))
         for j, t in enumerate(grid):
             counts = rng.binomial(int(t), np.broadcast_to(q, (samples, *q.shape))).reshape(-1, q.shape[1])
             counts = counts.astype(np.float64)
@@ -288,21 +383,30 @@ class ExpertTable:
             self.expert_s[:, j] = gt.max(axis=1).reshape(samples, num_layers).sum(axis=1)
             per_slot = np.take_along_axis(counts / np.maximum(cnt, 1), phy_k, axis=1)
             received = per_slot.reshape(-1, g, slots_per_gpu).sum(axis=2).max(axis=1)  # [K*L]
-            sent = np.full_like(received, t * comm.top_k / g)  # data-parallel attention: T/G tokens each
-            self.comm_s[:, j] = comm.seconds(sent, received).reshape(samples, num_layers).sum(axis=1)
+            self.recv[:, j] = received.reshape(samples, num_layers).sum(axis=1)
         self.samples = samples
 
     def __call__(self, tokens: float, k: int) -> tuple[float, float]:
-        """(expert seconds, communication seconds) of a step of ``tokens`` tokens, routing sample k."""
+        """(expert seconds, busiest GPU's received token copies) of a step of ``tokens`` tokens, sample k."""
         if tokens <= 0:
             return 0.0, 0.0
         g = self.grid
         if tokens >= g[-1]:  # past the grid: linear in the tokens (the curves' linear part)
             f = tokens / g[-1]
-            return float(self.expert_s[k, -1] * f), float(self.comm_s[k, -1] * f)
-        return float(np.interp(tokens, g, self.expert_s[k])), float(np.interp(tokens, g, self.comm_s[k]))
+            return float(self.expert_s[k, -1] * f), float(self.recv[k, -1] * f)
+        return float(np.interp(tokens, g, self.expert_s[k])), float(np.interp(tokens, g, self.recv[k]))
+
+    def step(self, tokens: float, max_rank_tokens: float, k: int, extend: bool) -> tuple[float, float]:
+        """(expert seconds, dispatch + combine seconds) over the loads' layers, for a step of ``tokens``
+        tokens whose busiest GPU sends ``max_rank_tokens`` tokens' k copies, routing sample k."""
+        ex, recv = self(tokens, k)
+        if tokens <= 0:
+            return 0.0, 0.0
+        copies = max(recv, max_rank_tokens * self.comm.top_k * self.num_layers)
+        return ex, float(self.comm.seconds(copies, self.num_layers, extend))
 
     def mean(self, tokens: float) -> tuple[float, float]:
-        """Mean over the routing samples (for reports)."""
-        vals = [self(tokens, k) for k in range(self.samples)]
+        """Mean (expert, dispatch + combine) seconds over the routing samples, GPUs sending evenly."""
+        per = tokens / self.comm.num_gpus
+        vals = [self.step(tokens, per, k, True) for k in range(self.samples)]
         return float(np.mean([v[0] for v in vals])), float(np.mean([v[1] for v in vals]))

@@ -8,6 +8,9 @@ with ``vibe.placement.solve`` (the same solver the operator runs), builds each g
 Placement scale: the loads are read as each layer's routing distribution; a policy plans on them rescaled
 to ``plan_tokens`` tokens per step (default: a colocated or prefill group's full chunked-prefill budget,
 a decode group's full running batch), which matters only for ``vibe`` (the curves are flat then linear).
+With ``plan_step_mix`` (``vibe simulate --step-mix``, as ``vibe plan --step-mix``) the policies are
+priced, and ``vibe`` plans, by the expected step time over that mix under sampled routing instead
+(``vibe.placement.routing``).
 
 Drift (``DriftEvent``): from ``at_s`` one GPU's curve is ``factor`` times slower. Policy ``vibe+replace``
 is ``vibe`` whose placement the operator re-plans ``replace_after_s`` later (detection + planning) on the
@@ -18,7 +21,7 @@ drifted curves with ``replace_incremental`` (few moves), paying either a restart
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,8 +30,9 @@ from vibe.placement.cost import Placement, check_shapes
 from vibe.placement.curves import Fleet, GPUCurve
 from vibe.placement.engine import solve
 from vibe.placement.incremental import replace_incremental
+from vibe.placement.routing import routing_from_flags
 from vibe.simulate.constants import value
-from vibe.simulate.costs import CommModel, ExpertTable, NonExpertCost
+from vibe.simulate.costs import CommModel, ExpertTable, NonExpertCost, slowness_of
 from vibe.simulate.engine import EngineConfig, Group, SimulationError, run
 from vibe.simulate.models import ModelShape
 from vibe.simulate.workload import Requests
@@ -53,6 +57,7 @@ class GroupSpec:
     fleet: Fleet
     slots_per_gpu: int
     plan_tokens: float | None = None
+    plan_step_mix: str | None = None  # "TOKENS[:WEIGHT],...": plan for the expected objective
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,17 @@ class Settings:
     samples: int = int(value("routing_samples"))
     seed: int = 0
     solve_budget_s: float = 0.5
+    overlap: str = "auto"  # two micro-batches: auto (when the group spans nodes), on, off
+    per_node: str = "auto"  # dispatch once per destination node: auto (prefill steps), always, never
+    floor_share: float | None = None  # re-shape the fleets' curves (``reshaped``); None: as given
+
+    def __post_init__(self) -> None:
+        if self.overlap not in ("auto", "on", "off"):
+            raise SimulationError(f"overlap is auto, on or off, not {self.overlap!r}")
+        if self.per_node not in ("auto", "always", "never"):
+            raise SimulationError(f"per-node dispatch is auto, always or never, not {self.per_node!r}")
+        if self.floor_share is not None and not 0 <= self.floor_share <= 1:
+            raise SimulationError("the floor share of a GPU's slowdown lies in [0, 1]")
 
     @property
     def disaggregated(self) -> bool:
@@ -115,6 +131,29 @@ def slowed(fleet: Fleet, gpu: str, factor: float) -> Fleet:
     )
 
 
+def reshaped(fleet: Fleet, floor_share: float) -> Fleet:
+    """The fleet with each GPU's slowdown against the median GPU re-split: its compute slowdown as read
+    off its curve (``slowness_of``), its floor slowed by ``floor_share`` of that
+    (``vibe.placement.synthetic.slowed_curve``), on the median GPU's curve."""
+    from vibe.placement.synthetic import slowed_curve
+
+    _floor, compute = slowness_of([g.tokens for g in fleet.gpus], [g.seconds for g in fleet.gpus])
+    med = int(np.argsort(compute)[len(compute) // 2])
+    ref = fleet.gpus[med]
+    return Fleet(
+        tuple(
+            GPUCurve(
+                g.id,
+                g.node,
+                ref.tokens,
+                slowed_curve(ref.seconds, float(c / compute[med]), floor_share),
+                g.uuid,
+            )
+            for g, c in zip(fleet.gpus, compute, strict=True)
+        )
+    )
+
+
 def kv_tokens(settings: Settings, spec: GroupSpec) -> int:
     """KV cache tokens the group holds: per GPU, memory x fraction - weights, over KV bytes per token."""
     m = settings.model
@@ -141,6 +180,8 @@ def _comm(settings: Settings, g: int) -> CommModel:
         nvlink=value("nvlink_bytes_per_s"),
         rdma=value("rdma_bytes_per_s"),
         latency=value("comm_latency_s"),
+        per_node=settings.per_node,
+        overlap=settings.overlap == "on" or (settings.overlap == "auto" and g > int(value("gpus_per_node"))),
     )
 
 
@@ -161,6 +202,13 @@ class Simulator:
     """Placements and step-cost tables per policy (cached), then runs at any rate."""
 
     def __init__(self, settings: Settings) -> None:
+        if settings.floor_share is not None:
+            settings = replace(
+                settings,
+                groups=tuple(
+                    replace(g, fleet=reshaped(g.fleet, settings.floor_share)) for g in settings.groups
+                ),
+            )
         self.s = settings
         m = settings.model
         for spec in settings.groups:
@@ -198,7 +246,15 @@ class Simulator:
         info: dict[str, Any] = {}
         for gi, spec in enumerate(s.groups):
             plan = shares_of(spec.loads) * _plan_tokens(s, spec) * s.model.top_k
-            res = solve(plan, spec.fleet, spec.slots_per_gpu, base, time_budget_s=s.solve_budget_s)
+            routing = routing_from_flags(spec.loads, spec.plan_step_mix, s.model.top_k, seed=s.seed)
+            res = solve(
+                plan if routing is None else spec.loads,
+                spec.fleet,
+                spec.slots_per_gpu,
+                base,
+                time_budget_s=s.solve_budget_s,
+                routing=routing,
+            )
             # the same routing draws for every policy (common random numbers): salt by group only
             tables = [(0.0, self.table(spec, res.placement, spec.fleet, gi))]
             g_info: dict[str, Any] = {
@@ -218,6 +274,7 @@ class Simulator:
                     down, new, r_info = self._replace(spec, res.placement, plan, fleet, drifted, ev, gi)
                     tables.append((down[-1][1], new))
                     g_info["replace"] = r_info
+            slow = slowness_of([g.tokens for g in spec.fleet.gpus], [g.seconds for g in spec.fleet.gpus])
             groups.append(
                 Group(
                     spec.name,
@@ -229,6 +286,8 @@ class Simulator:
                     layer_scale=s.model.moe_layers / spec.loads.shape[0],
                     down=down,
                     overhead_s=value("step_overhead_s"),
+                    floor_factor=slow[0],
+                    compute_factor=slow[1],
                 )
             )
             info[spec.name] = g_info
@@ -263,7 +322,7 @@ class Simulator:
             pause = busiest / value("weight_copy_bytes_per_s")
         # worth it? the mean step at the plan scale before and after, on the drifted curves
         tokens = _plan_tokens(s, spec)
-        ne = self.nonexpert.step(tokens / len(drifted), 0, 0, 0, 0)
+        ne = self.nonexpert.step(tokens / len(drifted), 0, 0, 0, 0)  # a typical GPU's share
         new_t = self.table(spec, new.placement, drifted, gi)
         scale = m.moe_layers / spec.loads.shape[0]
         before = ne + sum(old_t.mean(tokens)) * scale
@@ -282,10 +341,16 @@ class Simulator:
         return [(at, at + pause)], new_t, info
 
     def run(
-        self, policy: str, requests: Requests, progress: Callable[[int, int, float], None] | None = None
+        self,
+        policy: str,
+        requests: Requests,
+        progress: Callable[[int, int, float], None] | None = None,
+        *,
+        seed: int | None = None,
     ) -> PolicyRun:
+        """One policy serving ``requests``; ``seed`` (default the settings') picks the routing draws."""
         prep = self.prepare(policy)
-        s = self.s
+        s = replace(self.s, seed=self.s.seed if seed is None else seed)
         if not s.disaggregated:  # one group: colocated, or a prefill or decode group measured alone
             name = s.groups[0].name
             r = run(

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vibe.serving.errors import ServingError
+from vibe.engines.errors import EngineError
 
 # Legacy storage class names (what torch pickles in the persistent id) -> numpy dtype (little-endian).
 _DTYPES = {
@@ -42,7 +42,9 @@ class _StorageType:
         self.name = name
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
+def _rebuild_tensor(
+    storage: np.ndarray, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: Any
+) -> np.ndarray:
     if not size:
         return storage[offset].copy()
     itemsize = storage.itemsize
@@ -78,14 +80,14 @@ def load(path: str | Path) -> Any:
     """The object a ``torch.save`` zip file holds, with tensors as numpy arrays.
 
     Raises:
-        ServingError(InvalidDump): not a torch zip file, or it holds objects other than plain data and
+        EngineError(InvalidDump): not a torch zip file, or it holds objects other than plain data and
             integer/float tensors (bfloat16, sparse, custom classes).
     """
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
             if len(pickles) != 1:
-                raise ServingError("InvalidDump", f"{path} is not a torch.save zip file")
+                raise EngineError("InvalidDump", f"{path} is not a torch.save zip file")
             prefix = pickles[0][: -len("data.pkl")]
             order = "<"
             if f"{prefix}byteorder" in archive.namelist():
@@ -93,4 +95,4 @@ def load(path: str | Path) -> Any:
             with archive.open(pickles[0]) as f:
                 return _Unpickler(f, archive, prefix, order).load()
     except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError, EOFError, ValueError) as e:
-        raise ServingError("InvalidDump", f"cannot read {path} without torch: {e}") from None
+        raise EngineError("InvalidDump", f"cannot read {path} without torch: {e}") from None

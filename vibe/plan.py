@@ -1,7 +1,8 @@
 """``vibe plan``: compute a placement from files, write it, and show how the policies compare.
 
 Role: the offline face of the placement library (what the operator does on every reconcile, done by
-hand): read loads and a fleet, solve, write one of the output formats, print a short table.
+hand): read loads and a fleet, solve, write one of the output formats (``vibe.engines.ENGINES``: the
+same names as the MoEDeployment's ``spec.output.formats``), print a short table.
 
 ``vibe --help`` never imports this module (the root registers it lazily); rich is imported only to print
 the table. Every bad input ends as one ``vibe plan: <Reason>: <message>`` line on stderr and exit status
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from vibe.clikit import failures
+from vibe.engines import ENGINES, FormatOrAlias
 from vibe.placement.engine import PolicyName
-from vibe.placement.formats import FormatName
+from vibe.placement.routing import DEFAULT_SAMPLES, DispatchName
 
 if TYPE_CHECKING:
+    from vibe.placement.cost import Placement
     from vibe.placement.engine import Result
 
 
@@ -70,14 +73,15 @@ def plan(
         ),
     ] = "vibe",
     fmt: Annotated[
-        FormatName,
+        FormatOrAlias,
         typer.Option(
             "--format",
             "-F",
-            help="Output: placement (vibe's canonical placement.json), sglang (--init-expert-location file) "
-            "or eplb (phy2log / log2phy / logcnt).",
+            help="Output, as spec.output.formats names it: "
+            + ", ".join(f"{e.name} ({e.key})" for e in ENGINES.values())
+            + ". 'placement' is the old spelling of 'vibe' (deprecated).",
         ),
-    ] = "placement",
+    ] = "vibe",
     output: Annotated[
         Path | None,
         typer.Option(
@@ -95,8 +99,8 @@ def plan(
             "-c",
             dir_okay=False,
             metavar="PLACEMENT.json",
-            help="The placement in service (any of the three formats): re-place incrementally, moving few "
-            "experts, and report the moves.",
+            help="The placement in service (any format): re-place incrementally, moving "
+            "few experts, and report the moves.",
         ),
     ] = None,
     max_moves: Annotated[
@@ -111,8 +115,34 @@ def plan(
         ),
     ] = None,
     top_k: Annotated[
-        int | None, typer.Option("--top-k", help="Experts each token is routed to (for --tokens-per-step).")
+        int | None,
+        typer.Option(
+            "--top-k", help="Experts each token is routed to (for --tokens-per-step and --step-mix)."
+        ),
     ] = None,
+    step_mix: Annotated[
+        str | None,
+        typer.Option(
+            "--step-mix",
+            metavar="TOKENS[:WEIGHT],...",
+            help="The kinds of steps the deployment runs, e.g. 64:0.7,2048:0.3 (tokens one MoE layer routes "
+            "per step before top-k : fraction of steps). Optimise the EXPECTED step time under sampled "
+            "routing (an expert that gets no tokens in a step costs nothing) instead of the mean-load time; "
+            "needs --top-k (or the loads file's top_k).",
+        ),
+    ] = None,
+    samples: Annotated[
+        int,
+        typer.Option("--samples", help="With --step-mix: sampled routings per kind of step (seeded)."),
+    ] = DEFAULT_SAMPLES,
+    dispatch: Annotated[
+        DispatchName,
+        typer.Option(
+            "--dispatch",
+            help="With --step-mix: how the engine splits an expert's tokens over its replicas: round-robin "
+            "(TensorRT-LLM, vLLM), even (fractional, DeepSeek EPLB's model) or sglang-static.",
+        ),
+    ] = "round-robin",
     time_budget: Annotated[
         float,
         typer.Option(
@@ -150,6 +180,9 @@ def plan(
             top_k,
             time_budget,
             compare,
+            step_mix,
+            samples,
+            dispatch,
         )
 
 
@@ -166,65 +199,94 @@ def _plan(
     top_k: int | None,
     time_budget: float,
     compare: bool,
+    step_mix: str | None = None,
+    samples: int = 16,
+    dispatch: str = "round-robin",
 ) -> None:
     import time
 
+    from vibe.engines import ALIASES, get
     from vibe.placement.engine import COMPARED, POLICIES, make_result, solve
     from vibe.placement.errors import PlacementError
-    from vibe.placement.formats import FORMATS, render
     from vibe.placement.incremental import replace_incremental
-    from vibe.placement.inputs import load_json, read_fleet, read_loads, read_placement
+    from vibe.placement.inputs import load_json, read_fleet, read_loads
 
     if policy not in POLICIES:
         names = ", ".join(POLICIES)
         raise PlacementError("UnknownPolicy", f"unknown policy {policy!r} (one of {names})")
-    if fmt not in FORMATS:
-        raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if fmt not in ENGINES and fmt not in ALIASES:
+        raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(ENGINES)})")
+    engine = get(fmt)
     if slots_per_gpu < 1:
         raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
     if not (time_budget > 0):
         raise PlacementError("InvalidBudget", f"--time-budget must be positive, not {time_budget:g}")
     if max_moves is not None and current_path is None:
         raise PlacementError("InvalidPlacement", "--max-moves needs --current")
-    load_arr = read_loads(load_json(loads_path, "loads"), tokens_per_step=tokens_per_step, top_k=top_k)
+    from vibe.placement.routing import routing_from_flags
+
+    loads_doc = load_json(loads_path, "loads")
+    load_arr = read_loads(loads_doc, tokens_per_step=tokens_per_step, top_k=top_k)
     gpus = read_fleet(load_json(fleet_path, "fleet"))
+    routing = routing_from_flags(
+        load_arr,
+        step_mix,
+        top_k,
+        samples=samples,
+        dispatch=dispatch,
+        loads_doc=loads_doc,
+        tokens_per_step=tokens_per_step,
+    )
     current = None
     if current_path is not None:
-        current = read_placement(
-            load_json(current_path, "current placement"),
-            slots_per_gpu=slots_per_gpu,
-            num_experts=load_arr.shape[1],
-        )
+        current = _read_current(current_path, slots_per_gpu, load_arr.shape[1])
 
     results = {}
     if current is not None:
-        incremental = replace_incremental(
-            current, load_arr, gpus, max_moves=max_moves, time_budget_s=time_budget
-        )
+        # incremental re-placement searches mean loads (with --step-mix: the mix's mean), then is priced
+        # by the objective like every other row
+        mean = load_arr if routing is None else routing.mean_loads_of_mix()
+        incremental = replace_incremental(current, mean, gpus, max_moves=max_moves, time_budget_s=time_budget)
+        if routing is not None:
+            incremental = make_result(
+                "incremental",
+                incremental.placement,
+                load_arr,
+                gpus,
+                time.perf_counter(),
+                current=current,
+                routing=routing,
+            )
         results["current"] = make_result(
-            "current", current, load_arr, gpus, time.perf_counter(), current=current
+            "current", current, load_arr, gpus, time.perf_counter(), current=current, routing=routing
         )
         results["incremental"] = incremental
         chosen = results["incremental"]
         if compare:
             for p in COMPARED:
                 results[p] = solve(
-                    load_arr, gpus, slots_per_gpu, p, time_budget_s=time_budget, current=current
+                    load_arr,
+                    gpus,
+                    slots_per_gpu,
+                    p,
+                    time_budget_s=time_budget,
+                    current=current,
+                    routing=routing,
                 )
     else:
-        chosen = solve(load_arr, gpus, slots_per_gpu, policy, time_budget_s=time_budget)
+        chosen = solve(load_arr, gpus, slots_per_gpu, policy, time_budget_s=time_budget, routing=routing)
         if compare:
             for p in COMPARED:
                 results[p] = (
                     chosen
                     if p == policy
-                    else solve(load_arr, gpus, slots_per_gpu, p, time_budget_s=time_budget)
+                    else solve(load_arr, gpus, slots_per_gpu, p, time_budget_s=time_budget, routing=routing)
                 )
         results[policy] = chosen
     baseline = results.get("token-balanced")
     if baseline is chosen:
         baseline = None
-    data = render(fmt, chosen, gpus, baseline=baseline if fmt == "placement" else None)
+    data = engine.write(chosen, gpus, baseline)
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -236,6 +298,28 @@ def _plan(
     _table(
         results, chosen, load_arr.shape, len(gpus), slots_per_gpu, to_stderr=output is None, written=output
     )
+
+
+def _read_current(path: str, slots_per_gpu: int, num_experts: int) -> Placement:
+    """The placement in service from a file of any format: JSON ones, else TensorRT-LLM's YAML."""
+    from vibe.engines import ENGINES
+    from vibe.placement.errors import PlacementError
+    from vibe.placement.inputs import load_json, read_placement
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlacementError("UnreadableFile", f"cannot read current placement file {path!r}: {e}") from None
+    if text.lstrip().startswith("{"):
+        return read_placement(
+            load_json(path, "current placement"), slots_per_gpu=slots_per_gpu, num_experts=num_experts
+        )
+    engine = ENGINES["trtllm"]
+    try:
+        doc = engine.parse(text)
+    except ValueError as e:
+        raise PlacementError("UnreadableFile", f"current placement file {path!r}: {e}") from None
+    return engine.read(doc, slots_per_gpu=slots_per_gpu, num_experts=num_experts)
 
 
 def _table(
@@ -267,13 +351,16 @@ def _table(
         ("solve s", "right"),
         ("moves", "right"),
     )
+    expected = "objective" in chosen.info
+    if expected:
+        columns = (*columns, ("mean-load ms", "right"))
     for col, just in columns:
         table.add_column(col, justify=just, no_wrap=True)
     ref = results.get("token-balanced")
     for name, r in results.items():
         speed = f"{ref.step_time_s / r.step_time_s:.3f}x" if ref is not None and r.step_time_s > 0 else "-"
         mark = " *" if r is chosen else ""
-        table.add_row(
+        cells = [
             f"{name}{mark}",
             f"{r.step_time_s * 1e3:.3f}",
             speed,
@@ -282,7 +369,10 @@ def _table(
             f"{r.gap * 100:.2f}%",
             f"{r.solve_seconds:.2f}",
             str(r.moves),
-        )
+        ]
+        if expected:
+            cells.append(f"{float(r.info.get('meanLoadStepTimeSeconds', 0.0)) * 1e3:.3f}")
+        table.add_row(*cells)
     console.print(table)
     notes = ["* = written" + (f" to {written}" if written else "")]
     if not chosen.converged:
@@ -290,4 +380,13 @@ def _table(
             "note: the search used its whole work budget; a larger --time-budget may find a better placement"
         )
     notes.append("speedup = token-balanced step time / this step time")
+    if expected:
+        i = chosen.info
+        mix = ", ".join(f"{m['tokens']} tokens x {m['weight']:g}" for m in i["stepMix"])
+        notes.append(
+            f"step ms = EXPECTED step time over the step mix ({mix}; {i['samplesPerKind']} sampled routings "
+            f"per kind, top-{i['topK']}, {i['dispatch']} dispatch); "
+            "bound = the samples' own bounds averaged; "
+            "mean-load ms = the mean-load model's time over the same mix"
+        )
     console.print("; ".join(notes), soft_wrap=True)
