@@ -271,7 +271,7 @@ def republish(point: dict[str, Any], est: dict[str, float] | None) -> tuple[floa
         shared_min_parts=int(est["min_parts"]),
     )
     loop = point["loop"]
-    parts = [[tuple(it) for it in part] for part in loop["parts"]]
+    parts = [[(it[0], it[1], it[2]) for it in part] for part in loop["parts"]]
     factor, _each, shared = contention(parts, loop["callS"], loop["perSync"], cfg)
     median = point["median"]
     return (median * factor if shared else median), shared

@@ -64,11 +64,11 @@ G = 40e-6  # one expert call's GPU time (the point's median)
 
 def _loop(
     factor: float, launch_s: float = 200e-6, iters: int = 40, per_sync: int = 8
-) -> list[tuple[float, float]]:
+) -> list[tuple[float, float, tuple[float, ...]]]:
     """Iterations of a serving loop that ran ``factor`` x their idle estimate (default config)."""
     cfg = BenchConfig()
     w = idle_iteration_s(launch_s, G, per_sync, cfg.window_tail, cfg.window_overhead_s)
-    return [(w * factor, launch_s)] * iters
+    return [(w * factor, launch_s, ())] * iters
 
 
 def test_the_idle_estimate_of_a_loop_iteration() -> None:
@@ -76,10 +76,14 @@ def test_the_idle_estimate_of_a_loop_iteration() -> None:
     assert idle_iteration_s(200e-6, G, 8, 0.4, 25e-6) == pytest.approx(8 * G + 25e-6)
     assert idle_iteration_s(600e-6, G, 8, 0.4, 25e-6) == pytest.approx(600e-6 + 0.4 * G + 25e-6)
     # On an idle GPU the loop runs at its estimate, a CPU-bound loop included: factor 1.
-    cpu_bound = [(600e-6 + 0.4 * G + 25e-6, 600e-6)] * 10
+    cpu_bound = [(600e-6 + 0.4 * G + 25e-6, 600e-6, ())] * 10
     assert loop_factor(cpu_bound, G, 8, 0.4, 25e-6) == pytest.approx(1.0)
     # Against the calls' GPU time alone a CPU-bound loop would read x1.9 on an idle GPU.
-    assert sum(w for w, _ in cpu_bound) / (10 * 8 * G) > 1.9
+    assert sum(w for w, _, _ in cpu_bound) / (10 * 8 * G) > 1.9
+    # The CPU was slow to begin the second call (90 µs), then kept ahead: the GPU idled 50 µs waiting
+    # for it, and ran the 7 remaining calls after: 90 + 7 x 40 µs, not 8 x 40 µs.
+    starts = (90e-6, 100e-6, 110e-6, 120e-6, 130e-6, 140e-6, 150e-6)
+    assert idle_iteration_s(160e-6, G, 8, 0.4, 25e-6, starts) == pytest.approx(90e-6 + 7 * G + 25e-6)
 
 
 def test_a_co_tenant_is_reported_at_the_serving_loops_slowdown() -> None:
@@ -107,7 +111,8 @@ def test_the_serving_loop_syncs_after_every_layer() -> None:
     syncs: list[int] = []
     iters = serving_loop(calls.append, 8, 0.0, 100, lambda: syncs.append(len(calls)))
     assert len(iters) == 3 and syncs == [8, 16, 24] and calls == list(range(24))
-    assert all(wall >= launch >= 0 for wall, launch in iters)
+    assert all(wall >= launch >= 0 and len(starts) == 7 for wall, launch, starts in iters)
+    assert all(list(starts) == sorted(starts) and starts[-1] <= launch for _w, launch, starts in iters)
     assert len(serving_loop(calls.append, 1, 10.0, 5, lambda: None)) == 5  # max_iters bounds a window
 
 

@@ -54,11 +54,11 @@ Measured the way the cost model needs it (ARCHITECTURE.md, "The cost model"; the
   or slice. So after the median each point runs that serving loop itself (calls, sync, repeated; no
   hold, the CPU paces it as in serving) for ``window_s``, in ``window_parts`` parts, and compares each
   iteration's wall time with what it takes on an idle GPU: the larger of the CPU's launch time plus the
-  last call's tail and the calls' GPU time (the median), plus a launch/sync overhead
-  (``idle_iteration_s``). The loop's time over that idle estimate is what a co-tenant costs serving;
-  when it exceeds ``shared_threshold`` over the whole window and in at least ``shared_min_parts`` parts
-  (one hiccup cannot flag a point), the point is reported at median x that factor and flagged
-  ``shared`` (``contention``). A 20 ms window of back-to-back calls, as before, saw half of it
+  last call's tail and each call's start plus the GPU time (the median) of it and the calls after it,
+  plus a launch/sync overhead (``idle_iteration_s``). The loop's time over that idle estimate is what a
+  co-tenant costs serving; when it exceeds ``shared_threshold`` over the whole window and in at least
+  ``shared_min_parts`` parts (one hiccup cannot flag a point), the point is reported at median x that
+  factor and flagged ``shared`` (``contention``). A 20 ms window of back-to-back calls, as before, saw half of it
   (x1.7-2.0 where the loop saw x3.5-3.9 on an H100) and flagged an idle point now and then:
   benchmarks/results/agent-cotenant-*/.
 
@@ -161,8 +161,8 @@ class PointResult:
 
 
 #: One serving-loop iteration: (wall seconds from the first launch to the sync's return, seconds the CPU
-#: took to launch the calls).
-LoopIteration = tuple[float, float]
+#: took to launch the calls, when the CPU began each call after the first, in seconds from the first).
+LoopIteration = tuple[float, float, Sequence[float]]
 
 
 def serving_loop(
@@ -172,33 +172,49 @@ def serving_loop(
     iterations): what one MoE layer of a decode step does, paced by the CPU as in serving."""
     out: list[LoopIteration] = []
     k = 0
-    stop = time.perf_counter() + seconds
+    clock = time.perf_counter
+    stop = clock() + seconds
     while len(out) < max_iters:
-        t0 = time.perf_counter()
-        for _ in range(per_sync):
+        t0 = clock()
+        starts = []
+        for j in range(per_sync):
+            if j:
+                starts.append(clock() - t0)
             call(k)
             k += 1
-        t1 = time.perf_counter()
+        t1 = clock()
         sync()
-        t2 = time.perf_counter()
-        out.append((t2 - t0, t1 - t0))
+        t2 = clock()
+        out.append((t2 - t0, t1 - t0, starts))
         if t2 >= stop and len(out) >= 3:
             break
     return out
 
 
-def idle_iteration_s(launch_s: float, call_s: float, per_sync: int, tail: float, overhead_s: float) -> float:
-    """An iteration's wall time on an idle GPU: the CPU's launches plus the last call's tail where the CPU
-    is the slower, else the calls' GPU time, plus the launch and sync latency."""
-    return max(launch_s + tail * call_s, per_sync * call_s) + overhead_s
+def idle_iteration_s(
+    launch_s: float,
+    call_s: float,
+    per_sync: int,
+    tail: float,
+    overhead_s: float,
+    starts: Sequence[float] = (),
+) -> float:
+    """An iteration's wall time on an idle GPU: the GPU runs each call once the CPU has begun it and the
+    call before it is done, so the calls end at the latest of (a call's start + the GPU time of it and
+    every call after it) and (the CPU's last launch + the last call's ``tail``); plus the launch and sync
+    latency. ``starts``: when the CPU began each call after the first (none: evenly enough not to matter)."""
+    end = max(per_sync * call_s, launch_s + tail * call_s)
+    for k, t in enumerate(starts, 1):
+        end = max(end, t + (per_sync - k) * call_s)
+    return end + overhead_s
 
 
 def loop_factor(
     iters: Sequence[LoopIteration], call_s: float, per_sync: int, tail: float, overhead_s: float
 ) -> float:
     """Wall time of the iterations over their idle estimate (1.0: what an idle GPU gives)."""
-    idle = sum(idle_iteration_s(launch, call_s, per_sync, tail, overhead_s) for _w, launch in iters)
-    return sum(w for w, _l in iters) / idle if idle > 0 else 1.0
+    idle = sum(idle_iteration_s(it[1], call_s, per_sync, tail, overhead_s, it[2]) for it in iters)
+    return sum(it[0] for it in iters) / idle if idle > 0 else 1.0
 
 
 def contention(
