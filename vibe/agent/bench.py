@@ -58,9 +58,9 @@ Measured the way the cost model needs it (ARCHITECTURE.md, "The cost model"; the
   plus a launch/sync overhead (``idle_iteration_s``). The loop's time over that idle estimate is what a
   co-tenant costs serving; when it exceeds ``shared_threshold`` over the whole window and in at least
   ``shared_min_parts`` parts (one hiccup cannot flag a point), the point is reported at median x
-  that factor and flagged ``shared`` (``contention``). A 20 ms window of back-to-back calls, as before, saw half of it
-  (x1.7-2.0 where the loop saw x3.5-3.9 on an H100) and flagged an idle point now and then:
-  benchmarks/results/agent-cotenant-*/.
+  that factor and flagged ``shared`` (``contention``). A 20 ms window of back-to-back calls, as
+  before, saw half of it (x1.7-2.0 where the loop saw x3.5-3.9 on an H100) and flagged an idle point
+  now and then: benchmarks/results/agent-cotenant-*/.
 
 ``torch`` is imported inside the functions, so the package imports without it.
 """
