@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# vLLM (for the EPLB policy plugin's tests) pins another torch than the agent: its own virtualenv.
+VLLM_VENV ?= .venv-vllm
 
 .PHONY: demo test setup venv cluster-bin lint clean crds
 
@@ -17,7 +19,7 @@ test: setup lint
 
 setup: venv cluster-bin
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(VLLM_VENV)/.installed
 
 # `cluster` brings what the local control plane needs (the demo and the tests run it).
 # `bench` brings torch (CPU-capable; about 2.8 GB of wheels from PyPI, ~3 min cold) so that CI runs the
@@ -29,8 +31,18 @@ SGLANG_VERSION := $(shell sed -n 's/^SGLANG_VERSION = "\(.*\)"/\1/p' vibe/engine
 $(VENV)/.installed: pyproject.toml vibe/engines/sglang.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,exact,bench,cluster,plot,sglang,podresources]'
+	$(BIN)/pip install --quiet -e '.[dev,exact,bench,cluster,plot,sglang,podresources,trtllm]'
 	$(BIN)/pip install --quiet --no-deps 'sglang==$(SGLANG_VERSION)'
+	touch $@
+
+# `vllm`: the vLLM release pinned in hack/vllm-requirements.txt (~9.5 GB, ~4 min cold; CPU is enough) and
+# vibe itself without dependencies, so vLLM's plugin loader finds vibe's `vllm.general_plugins` entry
+# point; tests/serving/test_serving_vllm_plugin.py runs vLLM's EPLB code path there, in a subprocess.
+$(VLLM_VENV)/.installed: hack/vllm-requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet -r hack/vllm-requirements.txt
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 
 cluster-bin:
@@ -51,4 +63,4 @@ crds:
 
 clean:
 	-$(BIN)/vibe cluster down
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

@@ -78,7 +78,7 @@ def main() -> int:
     agent = subprocess.Popen(
         [sys.executable, "-m", "vibe.agent", "run", "--out-dir", str(args.out / "profiles"),
          "--metrics-port", str(port), "--metrics-addr", "127.0.0.1", "--poll-seconds", "1",
-         "--no-curve-metrics", "--duration", "600"],
+         "--no-curve-metrics", "--telemetry-metrics", "--duration", "600"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
     )  # fmt: skip
     samples: list[dict] = []

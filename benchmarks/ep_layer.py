@@ -5,7 +5,7 @@ curve (with a noisy neighbour slowing one GPU), ``fleet`` turns the agent's GPUP
 fleet file ``vibe plan`` reads, ``volume`` solves a policy and writes what the operator writes into the
 ``<name>-placement`` ConfigMap (placement.json, eplb.json, sglang-expert-location.json and
 placement-meta.json with the content hash and generation), and ``run`` loads each volume through
-``vibe serving init``'s reader and times it in ``vibe.serving.reference_ep``'s layer, one process per
+``vibe serving init``'s reader and times it in ``vibe.measure.reference_ep``'s layer, one process per
 rank (NCCL on GPUs, gloo on CPU), next to the cost model's predictions.
 
 Subcommands (``--help`` on each)::
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vibe.serving import reference_ep as ep  # noqa: E402
+from vibe.measure import reference_ep as ep  # noqa: E402
 
 os.environ.update(ep.NO_MULTICAST)
 

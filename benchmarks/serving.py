@@ -58,7 +58,9 @@ ENGINE = EngineConfig(chunk_tokens=8192, max_running=32)
 #: per-GPU slowdown 1 + SPREAD |z| (SC'22: 8 % average GPU-to-GPU variation, 22 % max), and the outlier
 SPREAD, OUTLIER = 0.08, 1.5
 #: goodput: seeds, bisection resolution, seconds of arrivals per run (at least MIN_REQUESTS requests)
-SEEDS, RESOLUTION, SECONDS, MIN_REQUESTS = 5, 0.02, 60.0, 200
+SEEDS, RESOLUTION, SECONDS, MIN_REQUESTS = 5, 0.02, 30.0, 150
+#: item 2's 20 settings x 2 policies take most of the run: 3 seeds there
+SEEDS_SCALE = 3
 
 
 def fleet_for(
@@ -98,14 +100,16 @@ def goodput(
     base: Workload,
     guess: tuple[float, float],
     slo: tuple[float, float] = (SLO_TTFT_S, SLO_TPOT_S),
+    seeds: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Each policy's goodput by bisection over SEEDS seeds (mean, 95 % interval, attainment at it)."""
+    """Each policy's goodput by bisection over ``seeds`` (SEEDS) seeds (mean, 95 % interval, attainment)."""
     base = Workload(base.rate, MIN_REQUESTS, base.prompt_tokens, base.output_tokens, base.spread)
 
     def attain(p: str, rate: float, seed: int) -> float:
         return attainment_at(sim, p, rate, seed, base, slo[0], slo[1], SECONDS)
 
-    return goodput_search(attain, policies, {p: guess for p in policies}, seeds=SEEDS, resolution=RESOLUTION)
+    n = SEEDS if seeds is None else seeds
+    return goodput_search(attain, policies, {p: guess for p in policies}, seeds=n, resolution=RESOLUTION)
 
 
 def cell(g: dict[str, Any], scale: float = 1.0) -> str:
@@ -124,7 +128,7 @@ def versus(a: dict[str, Any], b: dict[str, Any]) -> str:
     if not pairs:
         return "-"
     iv = interval(pairs)
-    apart = iv["low"] > 1 or iv["high"] < 1
+    apart = len(pairs) > 1 and (iv["low"] > 1 or iv["high"] < 1)
     return f"{iv['mean'] - 1:+.1%} [{iv['low'] - 1:+.1%}, {iv['high'] - 1:+.1%}]" + (
         " apart" if apart else ""
     )
@@ -142,15 +146,19 @@ def item1() -> tuple[str, dict[str, Any]]:
         "interval]; 'apart' when that interval excludes 0. Slowness "
         "'uniform': a slow GPU's whole curve is slowed (what these results assumed before); 'measured': "
         "its compute part only, its memory-bound floor at the typical GPU's (measured under a power cap, "
-        "`floor-vs-power-h100-2026-12-07/`); non-expert work slowed the same way in both.",
+        "`gpu-slowness-h100-2026-12-07/`); non-expert work slowed the same way in both.",
         "",
         "| model | slowness | scheduler | round-robin | token-balanced | vibe | vibe vs token-balanced |",
         "|---|---|---|---:|---:|---:|---|",
     ]
     data: dict[str, Any] = {}
-    for name, slots, guess in (("deepseek-v3", 36, (1.5, 4.0)), ("qwen3-235b", 18, (2.0, 8.0))):
+    #: first (passing, failing) guesses, from a one-seed run; bisection widens a wrong one
+    guesses = {"deepseek-v3": {"uniform": (2.0, 3.5), "measured": (5.5, 7.5)}}
+    guesses["qwen3-235b"] = {"uniform": (3.5, 4.5), "measured": (6.5, 7.5)}
+    for name, slots in (("deepseek-v3", 36), ("qwen3-235b", 18)):
         m = PRESETS[name]
         for slowness in SLOWNESS:
+            guess = guesses[name][slowness]
             fleet = fleet_for(h200_expert_curve(m), 8, slowness)
             for sched in SCHEDULERS:
                 t0 = time.perf_counter()
@@ -178,15 +186,19 @@ def item2(schedulers: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
         "## 2. Scale: DeepSeek-V3 on EP 8, 32, 64, 256",
         "",
         f"Each GPU's slowdown drawn as 1 + {SPREAD:g} |z| (so a larger group's slowest GPU is slower: "
-        "'slowest' column), without and with one fixed 1.5x GPU per group; goodput per GPU (requests/s "
-        "per GPU, mean [95 % interval] over 5 seeds, attainment at it); the workload and SLOs of item 1.",
+        "'slowest' column), without (measured slowness model) and with one fixed 1.5x GPU per group (both "
+        "models; and decode-first with the measured one); goodput per GPU (requests/s "
+        "per GPU, mean [95 % interval] over 3 seeds, attainment at it); vibe vs token-balanced paired by "
+        "seed as in item 1; the workload and SLOs of item 1.",
         "",
         "| EP | slots/GPU | fleet | slowest | slowness | scheduler | token-balanced | vibe | vibe vs token-balanced |",  # noqa: E501
         "|---:|---:|---|---:|---|---|---:|---:|---|",
     ]
     data: dict[str, Any] = {}
-    combos = [(o, sl, "prefill-first") for o in (False, True) for sl in SLOWNESS]
+    combos = [(False, "measured", "prefill-first")] + [(True, sl, "prefill-first") for sl in SLOWNESS]
     combos += [(True, "measured", sc) for sc in schedulers if sc != "prefill-first"]
+    #: first guesses of the group's goodput (requests/s), from a one-seed run
+    guesses = {8: (4.0, 8.0), 32: (30.0, 45.0), 64: (20.0, 30.0), 256: (7.0, 12.0)}
     for ep, slots in ((8, 36), (32, 9), (64, 5), (256, 2)):
         for outlier, slowness, sched in combos:
             fleet = fleet_for(h200_expert_curve(m), ep, slowness, outlier=outlier, seed=ep)
@@ -195,7 +207,7 @@ def item2(schedulers: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
             eng = EngineConfig(ENGINE.chunk_tokens, ENGINE.max_running, scheduler=sched)
             sim = Simulator(Settings(m, (GroupSpec("colocated", loads_for(m), fleet, slots),), engine=eng))
             pols = ["token-balanced", "vibe"]
-            g = goodput(sim, pols, Workload(1.0, 1, PROMPT, OUTPUT), (0.1 * ep, 0.4 * ep))
+            g = goodput(sim, pols, Workload(1.0, 1, PROMPT, OUTPUT), guesses[ep], seeds=SEEDS_SCALE)
             fl = "spread + 1.5x GPU" if outlier else "spread"
             log(f"item 2 EP{ep} {fl} {slowness} {sched}: {time.perf_counter() - t0:.0f} s")
             data[f"{ep}/{fl}/{slowness}/{sched}"] = {
@@ -571,9 +583,10 @@ def main() -> None:
         "build machine, shared); each item names its own command. Simulated, not measured: every modelling "
         "constant and its source is in `vibe simulate --output`'s `constants` and in "
         "`vibe/simulate/constants.py`. Goodput: the highest request rate with >= 90 % of requests within "
-        "both SLOs, found by bisection to 2 % over 5 seeds (each its own requests and routing draws), "
-        "reported as mean [95 % Student-t interval] with the attainment at it; runs send 60 s of Poisson "
-        "arrivals (at least 200 requests). Workload of items 1-2: prompts 1024 and outputs 256 tokens on "
+        "both SLOs, found by bisection to 2 % over 5 seeds (3 in item 2; each its own requests and routing "
+        "draws), "
+        "reported as mean [95 % Student-t interval] with the attainment at it; runs send 30 s of Poisson "
+        "arrivals (at least 150 requests). Workload of items 1-2: prompts 1024 and outputs 256 tokens on "
         f"average (uniform +-50 %); SLOs TTFT {SLO_TTFT_S:g} s and TPOT {SLO_TPOT_S * 1e3:g} ms.",
         "",
         "![goodput and drift](serving/serving.png)",

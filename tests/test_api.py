@@ -49,3 +49,23 @@ def test_the_crds_output_formats_are_the_engine_registry() -> None:
     assert set(formats["default"]) <= set(ENGINES)
     for engine in ENGINES.values():  # the description names each format with its key
         assert f"{engine.name} ({engine.key}" in " ".join(formats["description"].split())
+
+
+def test_every_condition_and_reason_is_documented() -> None:
+    """A condition type or reason the operator can set is API: docs/operations.md names each one."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    named = set(api.CONDITION_TYPES) | set(api.PROBLEM_REASONS)
+    named |= {api.REASON_PLACED, api.REASON_PENDING, api.REASON_INPUTS_HEALTHY, api.REASON_NO_DRIFT}
+    named.add(api.REASON_REPLACED)
+    missing = sorted(n for n in named if f"`{n}`" not in docs)
+    assert not missing, f"not in docs/operations.md: {missing}"
+
+
+def test_the_crds_generation_bound_is_the_one_both_sides_enforce() -> None:
+    """Issue 20, defect 9: a status placementGeneration past int64 made every status patch fail (422)."""
+    status = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["status"]["properties"]
+    generation = status["placementGeneration"]
+    assert generation["maximum"] == api.MAX_PLACEMENT_GENERATION < 2**63 - 1
+    assert generation["minimum"] == 0

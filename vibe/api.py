@@ -67,6 +67,13 @@ FIELD_MANAGER_LOADS = "vibe-loads"
 #: ``vibe crds apply`` (and the chart's pre-upgrade hook): the owner of every field of vibe's CRDs.
 FIELD_MANAGER_CRDS = "vibe-crds"
 
+# ---- the placement ConfigMap (its contract lives in ``vibe.contract``)
+
+#: The largest placement generation anyone writes or trusts: 2^53 - 1, exact in every JSON reader (int64
+#: and float64 alike), so ``generation + 1`` never overflows a status field. The CRD's
+#: ``status.placementGeneration`` has the same maximum (``tests/test_api.py`` compares them).
+MAX_PLACEMENT_GENERATION = 2**53 - 1
+
 # ---- status conditions of a MoEDeployment (``vibe.operator.conditions``)
 
 CONDITION_READY = "Ready"
@@ -93,6 +100,7 @@ PROBLEM_REASONS = (
     "InvalidLoads",
     "ShapeMismatch",
     "PlacementConflict",
+    "GenerationExhausted",
     "OutputTooLarge",
     "InstanceTooLarge",
     "Forbidden",
@@ -112,3 +120,28 @@ LWS_LABEL_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 LWS_ANNOTATION_SIZE = "leaderworkerset.sigs.k8s.io/size"
 #: The StatefulSet pod ordinal label (Kubernetes >= 1.28).
 STS_LABEL_POD_INDEX = "apps.kubernetes.io/pod-index"
+
+#: NVIDIA Dynamo's DynamoGraphDeployment (nvidia.com/v1beta1, the storage version since Dynamo 1.x). Dynamo
+#: owns the LeaderWorkerSets / Grove PodCliques it generates and reverts edits to them, so the ``restart``
+#: policy patches the DGD itself: a worker component's ``podTemplate`` is part of the worker spec hash
+#: that rolls its pods (``deploy/operator/api/v1beta1/worker_hash.go``).
+DGD_API_GROUP = "nvidia.com"
+DGD_API_VERSION = "v1beta1"
+DGD_PLURAL = "dynamographdeployments"
+DGD_KIND = "DynamoGraphDeployment"
+#: Component types whose pods run an engine (``isWorkerComponent`` in the same file).
+DGD_WORKER_TYPES = ("worker", "prefill", "decode")
+#: Labels Dynamo puts on every pod it generates (``deploy/operator/internal/consts``).
+DYNAMO_LABEL_DGD_NAME = "nvidia.com/dynamo-graph-deployment-name"
+DYNAMO_LABEL_COMPONENT = "nvidia.com/dynamo-component"
+#: Grove (Dynamo's default multinode path): a multinode component is a PodCliqueScalingGroup replica
+#: with a leader PodClique ``...-ldr`` (1 pod) and a worker PodClique ``...-wkr`` (nodeCount - 1 pods).
+#: Dynamo gives the leader node rank 0 and a worker ``$((GROVE_PCLQ_POD_INDEX + 1))``
+#: (``GroveMultinodeDeployer.GetNodeRank``); Grove labels each pod with the same index.
+GROVE_LABEL_PCSG = "grove.io/podcliquescalinggroup"
+GROVE_LABEL_PCSG_REPLICA = "grove.io/podcliquescalinggroup-replica-index"
+GROVE_LABEL_PCLQ = "grove.io/podclique"
+GROVE_LABEL_PCLQ_POD_INDEX = "grove.io/podclique-pod-index"
+GROVE_ENV_PCLQ_POD_INDEX = "GROVE_PCLQ_POD_INDEX"
+GROVE_LEADER_SUFFIX = "-ldr"
+GROVE_WORKER_SUFFIX = "-wkr"

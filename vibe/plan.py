@@ -217,6 +217,8 @@ def _plan(
     if fmt not in ENGINES and fmt not in ALIASES:
         raise PlacementError("UnknownFormat", f"unknown format {fmt!r} (one of {', '.join(ENGINES)})")
     engine = get(fmt)
+    if fmt in ALIASES:
+        print(f"vibe plan: --format {fmt} is deprecated: it is called {engine.name} now", file=sys.stderr)
     if slots_per_gpu < 1:
         raise PlacementError("InfeasibleSlots", f"--slots-per-gpu must be at least 1, not {slots_per_gpu}")
     if not (time_budget > 0):

@@ -70,7 +70,7 @@ def test_values_match_the_agent_state() -> None:
     for t in range(20):
         now[0] = t
         agent.step()
-    fams = families(render(AgentCollector(lambda: [agent], curves=True)))
+    fams = families(render(AgentCollector(lambda: [agent], curves=True, telemetry=True)))
 
     def value(name: str, gpu: str, **extra: str) -> float:
         for s in fams[name.removesuffix("_total")].samples:
@@ -122,7 +122,7 @@ def test_measured_source_and_missing_fields() -> None:
     fake.pids[0] = [123456789]  # someone else serves: no benchmark
     agent = NodeAgent("gpu-1", NvmlTelemetry.open(lib=fake), NoProfiler())
     agent.step()
-    fams = families(render(AgentCollector(lambda: [agent])))
+    fams = families(render(AgentCollector(lambda: [agent], telemetry=True)))
     assert fams["vibe_gpu_sm_clock_hertz"].samples[0].labels["source"] == "measured"
     assert fams["vibe_gpu_compute_processes"].samples[0].value == 1
     assert not fams["vibe_gpu_ecc_errors"].samples  # unsupported: absent, not zero
@@ -143,10 +143,10 @@ def test_http_endpoint() -> None:
 
 #: Series per GPU of each exporter setting: the numbers docs/operations.md ("Agent metrics") documents.
 SERIES_PER_GPU = {
-    "default": ({}, 31),
-    "--curve-metrics": ({"curves": True}, 115),
-    "--no-telemetry-metrics": ({"telemetry": False}, 20),
-    "--curve-metrics --no-telemetry-metrics": ({"curves": True, "telemetry": False}, 104),
+    "default": ({}, 26),
+    "--curve-metrics": ({"curves": True}, 110),
+    "--telemetry-metrics": ({"telemetry": True}, 31),
+    "--curve-metrics --telemetry-metrics": ({"curves": True, "telemetry": True}, 115),
 }
 
 
@@ -171,3 +171,47 @@ def test_series_per_gpu_of_each_setting(setting: str) -> None:
     assert sorted(by_gpu.values()) == [per_gpu] * 4, by_gpu
     assert per_node <= 4  # vibe_agent_info, vibe_agent_telemetry_available, the GPU visibility gauges
     assert bool(fams["vibe_gpu_expert_ffn_seconds"].samples) is bool(kwargs.get("curves"))
+
+
+#: dcgm-exporter's default counters (its etc/default-counters.csv, the uncommented lines), by the
+#: metric name it exports: what the agent must not duplicate unless asked to.
+DCGM_DEFAULT_COUNTERS = {
+    "DCGM_FI_DEV_SM_CLOCK",
+    "DCGM_FI_DEV_MEM_CLOCK",
+    "DCGM_FI_DEV_MEMORY_TEMP",
+    "DCGM_FI_DEV_GPU_TEMP",
+    "DCGM_FI_DEV_POWER_USAGE",
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+    "DCGM_FI_DEV_PCIE_TX_THROUGHPUT",
+    "DCGM_FI_DEV_PCIE_RX_THROUGHPUT",
+    "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+    "DCGM_FI_DEV_GPU_UTIL",
+    "DCGM_FI_DEV_MEM_COPY_UTIL",
+    "DCGM_FI_DEV_ENC_UTIL",
+    "DCGM_FI_DEV_DEC_UTIL",
+    "DCGM_FI_DEV_XID_ERRORS",
+    "DCGM_FI_DEV_FB_FREE",
+    "DCGM_FI_DEV_FB_USED",
+    "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL",
+    "DCGM_FI_DEV_VGPU_LICENSE_STATUS",
+    "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+    "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+    "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+}
+
+
+def test_no_dcgm_exporter_duplicates_by_default() -> None:
+    """The five series that copy dcgm-exporter's defaults are exported only when asked for (5 per GPU)."""
+    from vibe.agent.exporter import DCGM_DUPLICATES
+
+    assert set(DCGM_DUPLICATES.values()) <= DCGM_DEFAULT_COUNTERS
+    agent, _ = sim_agent()
+    agent.step()
+    default = families(render(AgentCollector(lambda: [agent])))
+    asked = families(render(AgentCollector(lambda: [agent], telemetry=True)))
+    for name in DCGM_DUPLICATES:
+        assert not default[name].samples, name
+        assert asked[name].samples, name
+    # Not among dcgm-exporter's defaults (its violation and ECC lines are commented out): kept.
+    for name in ("vibe_gpu_throttle_seconds", "vibe_gpu_power_limit_watts", "vibe_gpu_sm_clock_max_hertz"):
+        assert default[name].samples, name

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from vibe import api
 from vibe.agent.drift import Baseline
 from vibe.agent.profile import (
-    BASELINE_ANNOTATION,
     Curve,
     GPURecord,
     NodeFacts,
@@ -86,7 +85,7 @@ def test_body_has_the_contract_fields() -> None:
     assert g1["curves"][0]["seconds"][-1] == pytest.approx(c["seconds"][-1] * 1.25, rel=1e-4)
     assert g1["relativeSpeed"] == pytest.approx(g0["relativeSpeed"] / 1.25, rel=1e-3)
     assert (
-        json.loads(body["metadata"]["annotations"][BASELINE_ANNOTATION])["GPU-1"]["smClockHz"]
+        json.loads(body["metadata"]["annotations"][api.ANNOTATION_BASELINE])["GPU-1"]["smClockHz"]
         == 1_500_000_000
     )
 

@@ -127,6 +127,12 @@ def test_default_objects(default: list[dict]) -> None:
         ("ConfigMap", "vibe-dashboard"),
         ("ValidatingAdmissionPolicy", "vibe-operator-configmaps"),
         ("ValidatingAdmissionPolicyBinding", "vibe-operator-configmaps"),
+        ("ValidatingAdmissionPolicy", "vibe-operator-moedeployments"),
+        ("ValidatingAdmissionPolicyBinding", "vibe-operator-moedeployments"),
+        ("ValidatingAdmissionPolicy", "vibe-operator-events"),
+        ("ValidatingAdmissionPolicyBinding", "vibe-operator-events"),
+        ("ValidatingAdmissionPolicy", "vibe-agent-event-restriction"),
+        ("ValidatingAdmissionPolicyBinding", "vibe-agent-event-restriction"),
         # the pre-upgrade hook that upgrades the CRDs (crds.upgrade.enabled)
         ("ServiceAccount", "vibe-crds-upgrade"),
         ("ClusterRole", "vibe-crds-upgrade"),
@@ -228,7 +234,8 @@ def test_agent_takes_no_gpu_from_the_scheduler(default: list[dict]) -> None:
     assert "utility" in env["NVIDIA_DRIVER_CAPABILITIES"] and "compute" in env["NVIDIA_DRIVER_CAPABILITIES"]
     for part in ("requests", "limits"):
         assert not any(k.startswith("nvidia.com/") for k in c["resources"][part]), c["resources"]
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # GPU nodes by NFD's or GFD's label (test_chart_gpu_cluster.py), no nodeSelector of one label.
+    assert "nodeSelector" not in spec and spec["affinity"]["nodeAffinity"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     node_env = next(e for e in c["env"] if e["name"] == "NODE_NAME")
     assert node_env["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
@@ -278,6 +285,7 @@ def test_operator_args(default: list[dict], helm: Helm) -> None:
         "--profile-ttl=300",
         "--peering=vibe",
         "--metrics-port=8080",
+        "--metrics-addr=127.0.0.1",
         "--liveness=http://0.0.0.0:8081/healthz",
     ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -380,6 +388,22 @@ def test_operator_configmap_writes_are_limited_to_its_placements(default: list[d
     assert not [
         o for o in find(off, "ValidatingAdmissionPolicy") if o["metadata"]["name"].endswith("-configmaps")
     ]
+    forbidden = policy["spec"]["validations"][0]["expression"]
+    assert forbidden == '!(request.namespace in ["kube-system","kube-public","kube-node-lease"])'
+
+
+def test_operator_metrics_bind_the_loopback_unless_scraped(helm: Helm) -> None:
+    """Issue 20: the operator's /metrics names every tenant's MoEDeployments; the chart binds it to all
+    addresses only when it renders a ServiceMonitor for it, or when told to."""
+
+    def addr(objs: list[dict]) -> str:
+        (container,) = one(objs, "Deployment", "vibe-operator")["spec"]["template"]["spec"]["containers"]
+        (flag,) = [a for a in container["args"] if a.startswith("--metrics-addr=")]
+        return flag.split("=", 1)[1]
+
+    assert addr(helm.template()) == "127.0.0.1"  # no Prometheus Operator: nothing scrapes it
+    assert addr(helm.template(api_versions=MONITORING_APIS)) == "0.0.0.0"
+    assert addr(helm.template({"operator": {"metrics": {"addr": "::"}}})) == "::"
 
 
 def test_rbac_off(helm: Helm) -> None:

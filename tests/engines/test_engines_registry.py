@@ -84,4 +84,5 @@ def test_what_an_update_can_do_is_recorded() -> None:
     for engine in ENGINES.values():
         assert engine.updates and set(engine.updates) <= {"restart", "live"}
     assert ENGINES["trtllm"].updates == ("restart",)  # layer_updates_per_iter: 0 -- static
-    assert {n for n, e in ENGINES.items() if e.loads is not None} == {"sglang", "trtllm"}
+    assert ENGINES["vllm"].updates == ("live",)  # vLLM's EPLB moves the experts (vibe's policy plugin)
+    assert {n for n, e in ENGINES.items() if e.loads is not None} == {"sglang", "trtllm", "vllm"}

@@ -333,7 +333,7 @@ def test_unparsable_loads_keep_the_last_placement(objs: Objects, fleet: Any):
     cm = objs.config_map("m-placement")
     objs.put_loads("loads", "{not json")
     c = objs.wait_condition("m", "Degraded", "True", "InvalidLoads")
-    assert "is not JSON" in c["message"] and "keeping placement generation 1" in c["message"]
+    assert "is not valid JSON" in c["message"] and "keeping placement generation 1" in c["message"]
     assert objs.condition("m", "Ready")["status"] == "True"
     assert objs.wait_event("m", "InvalidLoads")["type"] == "Warning"
     objs.put_loads("loads", json.dumps({"loads": [[1.0] * 16] * 3}))  # wrong shape

@@ -68,7 +68,7 @@ BAD_DEPLOYMENTS = [
     ("spec.output.formats", ["vibe", "vibe"], 'spec.output.formats[1]: Duplicate value: "vibe"'),
     ("spec.output.formats", [], "spec.output.formats in body should have at least 1 items"),
     ("spec.workload.configMapRef", {"key": "x"}, "spec.workload.configMapRef.name: Required value"),
-    ("spec.serving", {"onUpdate": "http"}, "serving.endpoint is required when serving.onUpdate is http"),
+    ("spec.serving.endpoint", "ftp://x/y", "spec.serving.endpoint in body should match"),
     ("spec.serving.onUpdate", "reload", 'spec.serving.onUpdate: Unsupported value: "reload"'),
     # names and keys the API server could not route or label with (issue 15: 403/400/422 at reconcile)
     ("metadata.name", "m" * 64, "metadata.name must be at most 63 characters"),
@@ -107,6 +107,20 @@ def test_pod_selector_keys_are_label_keys(crds, kube, namespace):
     body["spec"]["gpus"]["podSelector"] = {"matchExpressions": [{"key": "a b", "operator": "Exists"}]}
     code, text = _create(kube, namespace, "moedeployments", body)
     assert code == 422 and "key in body should match" in text
+
+
+@pytest.mark.parametrize("value", ["a b", "x,y", "-lead", "tail-", "a)(b", "v" * 64])
+def test_pod_selector_values_are_label_values(crds, kube, namespace, value):
+    """Issue 20 weak spot: a value that is no label value was admitted, then every reconcile got a 400
+    without the field named (and an "(RBAC?)" hint). The API server now refuses it, naming the field."""
+    body = deployment_body("bad", count=8, slots=2)
+    expr = {"key": "app", "operator": "In", "values": ["ok", value]}
+    body["spec"]["gpus"] = {"podSelector": {"matchExpressions": [expr]}, "count": 8, "slotsPerGPU": 2}
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 422 and "spec.gpus.podSelector.matchExpressions[0].values[1]" in text, text
+    body["spec"]["gpus"]["podSelector"] = {"matchLabels": {"app": value}}
+    code, text = _create(kube, namespace, "moedeployments", body)
+    assert code == 422 and "spec.gpus.podSelector.matchLabels.app" in text, text
 
 
 def test_the_largest_admissible_instance_is_admitted(crds, kube, namespace):

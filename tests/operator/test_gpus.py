@@ -129,6 +129,36 @@ def test_statefulset_ordinals_rank_pods():
     assert b.rank < a.rank
 
 
+def test_grove_pods_rank_as_dynamo_numbers_the_nodes():
+    """Under Dynamo's Grove path: leader clique first, then worker pod i at i + 1, per scaling-group
+    replica; the same order the serving side derives (vibe.serving.rankmap.grove_node_rank)."""
+    from vibe.serving.rankmap import grove_node_rank
+
+    def grove(name: str, clique: str, index: int, replica: int = 0):
+        labels = {
+            api.GROVE_LABEL_PCLQ: clique,
+            api.GROVE_LABEL_PCLQ_POD_INDEX: str(index),
+            api.GROVE_LABEL_PCSG_REPLICA: str(replica),
+        }
+        return pod(name, "n0", labels)
+
+    pods = [
+        grove("z-wkr-1", "d-0-decode-wkr", 1),
+        grove("y-ldr-0", "d-0-decode-ldr", 0),
+        grove("x-wkr-0", "d-0-decode-wkr", 0),
+        grove("a-ldr-0", "d-1-decode-ldr", 0, replica=1),
+    ]
+    ordered = sorted(pods, key=lambda p: p.rank)
+    assert [p.name for p in ordered] == ["y-ldr-0", "x-wkr-0", "z-wkr-1", "a-ldr-0"]
+    for p in pods[:3]:
+        labels = p.labels
+        assert p.rank[1] == grove_node_rank(
+            labels[api.GROVE_LABEL_PCLQ], labels[api.GROVE_LABEL_PCLQ_POD_INDEX]
+        )
+    # Not a leader or worker clique (a single-node component): name order, as before.
+    assert grove("b", "d-0-frontend", 0).rank == (0, 1 << 30, "b")
+
+
 def test_unscheduled_or_finished_pods_are_ignored():
     assert pod_snapshot({"metadata": {"name": "p"}, "spec": {}, "status": {}}) is None
     assert (

@@ -81,10 +81,15 @@ def test_first_plan_solves_and_renders_deterministic_data():
         and s["stepTimeSeconds"] <= s["baseline"]["stepTimeSeconds"]
     )
     assert s["loadsSource"] == "ns/l:loads.json" and s["curveSource"] == "measured"
-    # The cached, bound-sharing baseline prices exactly like solving token-balanced outright.
+    # The cached, bound-sharing baseline prices exactly like solving token-balanced outright, by the
+    # expected objective of the spec's step mix (here: the profile's own tokens per step).
+    from vibe.operator.planning import routing_of
     from vibe.placement import solve
 
-    tb = solve(inp.loads.tokens, inp.gpus.fleet, 3, "token-balanced")
+    routing = routing_of(inp.spec, inp.loads.tokens, len(inp.gpus.fleet))
+    assert s["objective"] == "expected" and s["stepMix"] == routing.mix.as_json()
+    assert s["meanLoadStepTimeSeconds"] > 0 and s["routingSamples"] == 16
+    tb = solve(inp.loads.tokens, inp.gpus.fleet, 3, "token-balanced", routing=routing)
     assert p1.baseline.step_time_s == pytest.approx(tb.step_time_s, rel=1e-12)
     assert p1.baseline.lower_bound_s == pytest.approx(tb.lower_bound_s, rel=1e-12)
 
@@ -166,6 +171,31 @@ def test_a_replacement_that_costs_more_than_it_saves_is_not_made():
     body["spec"]["drift"] = {**drift, "replacementCostSeconds": 0}
     free = plan(inputs(body, slow={"n0": {0: 2.0}}), cur, prior_drift=None, now=NOW)
     assert (free.action, free.reason) == (WRITE, REPLACED)
+
+
+def test_a_live_vllm_eplb_replacement_is_priced_at_its_weight_copy_not_a_restart():
+    """onUpdate eplb (vLLM moves the experts itself, vibe's EPLB policy plugin) costs 15 s by default:
+    a drift whose gain over the holding time saves ~20 s re-places there, and is not worth a restart."""
+    cur, _ = in_service(inputs())
+    probe = deployment_body(
+        "m",
+        workload={"configMapRef": {"name": "l"}},
+        drift={"minGain": 0.01, "cooldownSeconds": 0},
+        serving={"onUpdate": "restart"},
+    )
+    gain = plan(inputs(probe, slow={"n0": {0: 2.0}}), cur, prior_drift=None, now=NOW).drift["gain"]
+    drift = {"minGain": 0.01, "cooldownSeconds": 0, "holdingSeconds": max(60, int(20 / gain) + 1)}
+    results = {}
+    for on_update in ("restart", "eplb"):
+        body = deployment_body("m", workload={"configMapRef": {"name": "l"}}, drift=drift,
+                               serving={"onUpdate": on_update})  # fmt: skip
+        inp = inputs(body, slow={"n0": {0: 2.0}})
+        results[on_update] = (inp.spec.replacement_cost_s, plan(inp, cur, prior_drift=None, now=NOW))
+    assert results["eplb"][0] == 15 and results["restart"][0] == 300
+    assert gain * drift["holdingSeconds"] > 15
+    assert (results["eplb"][1].action, results["eplb"][1].reason) == (WRITE, REPLACED)
+    assert "onUpdate eplb" in results["eplb"][1].message or "worth it" in results["eplb"][1].message
+    assert (results["restart"][1].action, results["restart"][1].reason) == (NOTHING, NOT_WORTH)
 
 
 def test_max_moves_bounds_the_replacement():

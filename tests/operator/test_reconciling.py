@@ -161,3 +161,56 @@ def test_a_problem_backs_off_doubling_posts_one_event_and_recovers(kube, namespa
     assert s.conditions()["Degraded"] == ("True", "InvalidLoads")
     assert s.placement().metadata.resource_version == placement_rv
     assert s.events[-1] == ("Warning", "InvalidLoads")
+
+
+def _meta(cm: Any) -> dict[str, Any]:
+    return json.loads(cm.data[contract.KEY_META])
+
+
+def test_a_generation_edited_past_the_bound_is_not_trusted(kube, namespace, gpu_nodes):
+    """Issue 20, defect 9: ``placement-meta.json`` edited to generation 2^63 with its hash intact was
+    trusted; the operator wrote 2^63 + 1 and every status patch failed (422, int64) for 15+ minutes. Now
+    the edited generation is not trusted: the same placement is written back with status's generation."""
+    s = Setup(kube, namespace, gpu_nodes)
+    s.reconcile()
+    cm = s.placement()
+    meta = {**_meta(cm), "placementGeneration": 2**63}
+    s.core.patch_namespaced_config_map(
+        "m-placement",
+        s.ns,
+        {
+            "metadata": {"annotations": {contract.ANNOTATION_PLACEMENT_GENERATION: str(2**63)}},
+            "data": {contract.KEY_META: json.dumps(meta, sort_keys=True)},
+        },
+    )
+    s.events.clear()
+    s.reconcile()
+    assert _meta(s.placement())["placementGeneration"] == 1
+    assert s.deployment()["status"]["placementGeneration"] == 1
+    assert s.conditions()["Ready"] == ("True", "Placed")
+    assert ("Warning", "PlacementRestored") in s.events
+
+
+def test_generations_count_per_moedeployment_uid(kube, namespace, gpu_nodes):
+    """Issue 20, defect 6 (operator side): the placement names the UID its generation counts in, and a
+    re-created MoEDeployment starts at generation 1 under its new UID, never continuing the old count."""
+    s = Setup(kube, namespace, gpu_nodes)
+    s.reconcile()
+    first = s.deployment()
+    meta = _meta(s.placement())
+    assert (meta["placementGeneration"], meta["uid"]) == (1, first["metadata"]["uid"])
+    s.custom.patch_namespaced_custom_object(
+        G, V, s.ns, api.MOEDEPLOYMENT_PLURAL, "m", {"spec": {"gpus": {"slotsPerGPU": 4}}}
+    )
+    s.reconcile()
+    assert _meta(s.placement())["placementGeneration"] == 2
+    # Delete and re-create; the old ConfigMap may outlive its owner for a while (garbage collection).
+    s.custom.delete_namespaced_custom_object(G, V, s.ns, api.MOEDEPLOYMENT_PLURAL, "m")
+    body = {k: v for k, v in first.items() if k in ("apiVersion", "kind", "spec")}
+    body["metadata"] = {"name": "m"}
+    s.custom.create_namespaced_custom_object(G, V, s.ns, api.MOEDEPLOYMENT_PLURAL, body)
+    second = s.deployment()
+    s.reconcile()
+    meta = _meta(s.placement())
+    assert (meta["placementGeneration"], meta["uid"]) == (1, second["metadata"]["uid"])
+    assert s.deployment()["status"]["placementGeneration"] == 1

@@ -167,10 +167,10 @@ def test_help_shows_the_policy_and_format_choices():
     )
     assert r.returncode == 0, r.stderr
     assert "<round-robin|linear|token-balanced|vibe|exact>" in r.stdout
-    assert "<vibe|sglang|eplb|trtllm|placement>" in r.stdout
+    assert "<vibe|sglang|eplb|trtllm|vllm|placement>" in r.stdout
 
 
-@pytest.mark.parametrize("fmt", ["vibe", "placement", "sglang", "eplb", "trtllm"])
+@pytest.mark.parametrize("fmt", ["vibe", "placement", "sglang", "eplb", "trtllm", "vllm"])
 def test_same_files_same_bytes(files, fmt):
     """Two runs on the same inputs write the same bytes, from a fresh solve and from --current."""
     d = files["dir"]
@@ -279,3 +279,13 @@ def test_unknown_dispatch_is_a_usage_error(files):
         "x",
     )
     assert r.exit_code == 2 and "--dispatch" in r.stderr
+
+
+def test_the_old_format_name_still_works_and_says_so(files):
+    """``--format placement`` is the old spelling of ``vibe`` (the CRD's name): same bytes, one note."""
+    common = ["-l", files["loads"], "-f", files["fleet"], "-s", 5, "--no-compare"]
+    old, new = run(*common, "--format", "placement"), run(*common, "--format", "vibe")
+    assert old.exit_code == 0 and new.exit_code == 0
+    assert old.stdout == new.stdout
+    assert "--format placement is deprecated: it is called vibe now" in old.stderr
+    assert "deprecated" not in new.stderr

@@ -14,6 +14,7 @@ from vibe.placement import Fleet, GPUCurve, Placement, PlacementError, evaluate,
 from vibe.placement.bounds import expected_lower_bounds
 from vibe.placement.cost import ExpectedReplicaCost, expected_layer_times, mean_load_layer_times
 from vibe.placement.dispatch import sampled_slot_tokens
+from vibe.placement.engine import choose_layers, token_balanced
 from vibe.placement.routing import Routing, StepMix, sample_counts, sample_routing
 from vibe.placement.synthetic import h100_fleet, skewed_loads
 
@@ -77,7 +78,7 @@ def test_step_mix_parses(text, tokens, weights):
     assert StepMix.from_entries(mix.as_json()).tokens == tokens
 
 
-@pytest.mark.parametrize("text", ["", "64:", "a:1", "0:1", "64:0", "64:-1", "64:1,64:2", "2000000"])
+@pytest.mark.parametrize("text", ["", "64:", "a:1", "0:1", "64:0", "64:-1", "64:1,64:2", "20000000"])
 def test_bad_step_mixes_are_named(text):
     with pytest.raises(PlacementError) as e:
         StepMix.parse(text)
@@ -228,17 +229,30 @@ def test_vibe_never_worse_than_token_balanced_under_either_evaluator(inst, seed)
 
 
 def test_the_guard_holds_back_a_placement_the_mean_load_evaluator_rates_worse():
-    """Decode steps where the expected objective alone would leave token-balanced; the guard keeps every
-    layer no slower than token-balanced under mean loads, so some layers must come from elsewhere."""
-    loads = skewed_loads(6, 32, mean_tokens=40, seed=7)
-    fleet = h100_fleet(4, spread=0.1, outliers=1, seed=2)
-    rt = sample_routing(loads, StepMix.parse("16:0.9,4096:0.1"), 4, samples=8, seed=0)
-    v = solve(loads, fleet, 9, "vibe", routing=rt)
-    t = solve(loads, fleet, 9, "token-balanced", routing=rt)
-    assert v.step_time_s < t.step_time_s
-    mv = mean_load_layer_times(v.placement.phy2log, rt, fleet.table, 9)
-    mt = mean_load_layer_times(t.placement.phy2log, rt, fleet.table, 9)
-    assert (mv <= mt * (1 + 1e-9)).all()
+    """Mostly decode steps and a few prefill ones: a placement found by random search is faster than
+    token-balanced in expectation (the decode steps) but slower under the mean-load evaluator (the prefill
+    steps); the per-layer choice keeps token-balanced, and takes the other candidate without the guard."""
+    loads = skewed_loads(1, 16, mean_tokens=50, seed=3)
+    fleet = h100_fleet(4, outliers=1)
+    rt = sample_routing(loads, StepMix((16, 4096), (0.95, 0.05)), 2, samples=32, seed=0)
+    tb = token_balanced(loads, 4, 4)
+    t_exp = expected_layer_times(tb, rt, fleet.table, 4)[0]
+    t_mean = mean_load_layer_times(tb, rt, fleet.table, 4)[0]
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        x = rng.permutation(16)[None]
+        if (
+            expected_layer_times(x, rt, fleet.table, 4)[0] < 0.97 * t_exp
+            and mean_load_layer_times(x, rt, fleet.table, 4)[0] > 1.01 * t_mean
+        ):
+            break
+    else:
+        raise AssertionError("no placement better in expectation and worse under mean loads")
+    phy, best = choose_layers([tb, x], rt, fleet.table, 4)
+    assert best.tolist() == [0] and (phy == tb).all()
+    # the same choice with x as the guard's reference would take x: it is the guard that held it back
+    _, unguarded = choose_layers([x, tb], rt, fleet.table, 4)
+    assert unguarded.tolist() == [0]
 
 
 def test_expected_solve_is_deterministic_to_the_byte():

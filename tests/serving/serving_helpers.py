@@ -28,7 +28,9 @@ def phy2log(shift: int = 0) -> list[list[int]]:
     return rows
 
 
-def placement_data(generation: int = 1, shift: int = 0, meta: bool = True, gpus: int = G) -> dict[str, str]:
+def placement_data(
+    generation: int = 1, shift: int = 0, meta: bool = True, gpus: int = G, uid: str | None = None
+) -> dict[str, str]:
     """ConfigMap data as the operator writes it (keys per vibe.engines, plus placement-meta.json)."""
     p2l = phy2log(shift)
     placement = {
@@ -46,11 +48,11 @@ def placement_data(generation: int = 1, shift: int = 0, meta: bool = True, gpus:
         ENGINES["sglang"].key: json.dumps({"physical_to_logical_map": p2l}),
         ENGINES["eplb"].key: json.dumps({"phy2log": p2l, "log2phy": log2phy, "logcnt": logcnt}),
         ENGINES["trtllm"].key: trtllm.to_yaml(P, dict(enumerate(p2l))).decode(),
+        ENGINES["vllm"].key: json.dumps({"physical_to_logical_map": p2l}),
     }
     if meta:
-        data[contract.KEY_META] = json.dumps(
-            {"contentHash": contract.content_hash(data), "placementGeneration": generation}
-        )
+        stamp = {"contentHash": contract.content_hash(data), "placementGeneration": generation}
+        data[contract.KEY_META] = json.dumps({**stamp, **({"uid": uid} if uid else {})})
     return data
 
 

@@ -120,7 +120,7 @@ def test_sidecar_in_api_mode_rolls_the_deployment(kube_api, namespace: str, tmp_
         kube.emit_event(kube_api, namespace, involved, reason, message, type_)
 
     restart = update_policies.RestartPolicy(
-        lambda gen: kube.restart_workload(kube_api, namespace, "Deployment", "engine", gen),
+        lambda gen, uid: kube.restart_workload(kube_api, namespace, "Deployment", "engine", gen, uid),
         "Deployment/engine",
     )
     w = sidecar.Watcher(
@@ -235,15 +235,17 @@ def test_sidecar_takes_its_policy_from_the_moedeployment(kube_api, namespace: st
             "serving": {"onUpdate": "http"},
         },
     }
-    with pytest.raises(ApiException) as refused:  # http without an endpoint: the API server says no
+    body["spec"]["serving"]["endpoint"] = "ftp://127.0.0.1:9/expert-location"
+    with pytest.raises(ApiException) as refused:  # neither a path nor an http(s) URL: the API server says no
         custom.create_namespaced_custom_object(
             api.GROUP, api.VERSION, namespace, api.MOEDEPLOYMENT_PLURAL, body
         )
-    assert refused.value.status == 422 and "serving.endpoint is required" in refused.value.body
-    body["spec"]["serving"]["endpoint"] = "http://127.0.0.1:9/expert-location"
+    assert refused.value.status == 422 and "spec.serving.endpoint" in refused.value.body
+    body["spec"]["serving"]["endpoint"] = "/expert-location"
     custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.MOEDEPLOYMENT_PLURAL, body)
 
-    pick = _policy_picker(kube_api, namespace, "dsv3", "report", None, None, "sglang", None, lambda *a: None)
+    url = "http://127.0.0.1:9/engine"
+    pick = _policy_picker(kube_api, namespace, "dsv3", "report", url, None, "sglang", None, lambda *a: None)
     chosen = pick()
     assert (
         isinstance(chosen, update_policies.HttpPolicy) and chosen.url == "http://127.0.0.1:9/expert-location"
@@ -258,3 +260,125 @@ def test_sidecar_takes_its_policy_from_the_moedeployment(kube_api, namespace: st
         {"spec": {"serving": {"onUpdate": "report"}}},
     )
     assert isinstance(pick(), update_policies.ReportPolicy)
+
+
+class _Collector:
+    """A local HTTP server that records every request (path, Authorization header), answering ``status``."""
+
+    def __init__(self, status: int = 200, location: str = "") -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.seen: list[tuple[str, str, str | None]] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                collector.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_GET = _record
+
+            def log_message(self, *a) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_spec_cannot_steer_where_the_sidecar_sends_its_token(
+    kube_api, namespace: str, tmp_path: Path, monkeypatch
+) -> None:
+    """Issue 20, defect 1: ``spec.serving.endpoint`` naming another host made ``vibe serving watch --policy
+    http --url ENGINE --token-file ...`` POST the placement with the pod's bearer token to that host. Now
+    the pod's ``--url`` is the only origin it posts to: the spec may pick a path on it, a foreign URL is
+    refused with a Warning Event, and a redirect from the engine is not followed with the token."""
+    from kubernetes import client
+
+    from vibe.crds.apply import apply_crds
+
+    apply_crds(kube_api)
+    monkeypatch.setattr(kube, "client", lambda *a, **kw: kube_api)
+    monkeypatch.delenv("POD_NAME", raising=False)
+    engine, elsewhere = _Collector(), _Collector()
+    redirector = _Collector(status=307, location=f"{elsewhere.url}/stolen")
+    try:
+        core = client.CoreV1Api(kube_api)
+        custom = client.CustomObjectsApi(kube_api)
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.MOEDEPLOYMENT_KIND,
+            "metadata": {"name": "dsv3"},
+            "spec": {
+                "model": {
+                    "layers": 2,
+                    "experts": 8,
+                    "topK": 2,
+                    "hiddenSize": 64,
+                    "expertIntermediateSize": 32,
+                },
+                "gpus": {"nodeSelector": {"pool": "none"}, "count": 4, "slotsPerGPU": 2},
+                "serving": {"onUpdate": "http", "endpoint": f"{elsewhere.url}/collect"},
+            },
+        }
+        custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.MOEDEPLOYMENT_PLURAL, body
+        )
+        token = tmp_path / "token"
+        token.write_text("pod-secret-token\n")
+
+        def publish(generation: int) -> None:
+            data = placement_data(generation=generation, shift=generation)
+            cm = {"metadata": {"name": "dsv3-placement"}, "data": data}
+            try:
+                core.replace_namespaced_config_map("dsv3-placement", namespace, cm)
+            except client.ApiException:
+                core.create_namespaced_config_map(namespace, cm)
+
+        def watch(url: str) -> str:
+            args = ["watch", "--source", "api", "--configmap", "dsv3-placement", "--namespace", namespace,
+                    "--moedeployment", "dsv3", "--policy", "http", "--url", url, "--token-file", str(token),
+                    "--state-dir", str(tmp_path / "state"), "--once", "--ep-size", "4",
+                    "--redundant-experts", "4", "--num-experts", "8", "--num-layers", "4",
+                    "--first-moe-layer", "1"]  # fmt: skip
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, result.output
+            return result.output.strip().splitlines()[-1]
+
+        state.save(tmp_path / "state", state.Applied(1, "previous"))
+        publish(2)
+        assert watch(f"{engine.url}/engine") == "apply"
+        assert elsewhere.seen == []
+        assert engine.seen == [("POST", "/engine", "Bearer pod-secret-token")]
+        reasons = {e.reason for e in core.list_namespaced_event(namespace).items}
+        assert "PlacementEndpointRefused" in reasons
+
+        # A path in the spec picks the path on --url's origin.
+        patch = {"spec": {"serving": {"endpoint": "/v2/location"}}}
+        custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.MOEDEPLOYMENT_PLURAL, "dsv3", patch
+        )
+        publish(3)
+        assert watch(f"{engine.url}/engine") == "apply"
+        assert engine.seen[-1] == ("POST", "/v2/location", "Bearer pod-secret-token")
+
+        # The engine's origin answering with a redirect to another host: not followed, not applied.
+        publish(4)
+        assert watch(f"{redirector.url}/engine") == "ApplyFailed"
+        assert [s[:2] for s in redirector.seen] == [("POST", "/v2/location")]
+        assert elsewhere.seen == []
+        assert state.load(tmp_path / "state").generation == 3
+    finally:
+        for server in (engine, elsewhere, redirector):
+            server.close()

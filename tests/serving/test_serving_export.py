@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -85,3 +86,39 @@ def test_one_dump_and_its_errors(tmp_path: Path) -> None:
         Exporter(output=out).follow(
             "http://127.0.0.1:1", tmp_path, interval=0, stop=threading.Event(), once=True
         )
+
+
+def test_follow_file_ships_each_vllm_eplb_window_the_plugin_writes(tmp_path: Path) -> None:
+    """vibe's vLLM plugin rewrites one window file at each EPLB rebalance (atomically); the sidecar
+    (``export-loads --engine vllm --dump FILE --follow``) publishes each new one as tokens per step."""
+    from vibe.serving.vllm_eplb import window as vllm_window
+    from vibe.serving.vllm_eplb import write_window
+
+    path, out = tmp_path / "eplb" / "window.json", tmp_path / "loads.json"
+    exporter = Exporter(output=out, engine="vllm")
+    stop = threading.Event()
+    published: list[int] = []
+    thread = threading.Thread(
+        target=lambda: published.append(exporter.follow_file(path, interval=0.02, stop=stop))
+    )
+    thread.start()
+
+    def shipped(expected: list[list[float]]) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if out.exists() and json.loads(out.read_text())["loads"] == expected:
+                return True
+            time.sleep(0.02)
+        return False
+
+    try:
+        write_window(path, vllm_window(np.array([[40, 0, 8], [4, 4, 4]]), steps=4) or "")
+        assert shipped([[10.0, 0.0, 2.0], [1.0, 1.0, 1.0]])
+        path.write_text('{"logical_count": "garbage"}')  # a bad file is logged, the loop goes on
+        time.sleep(0.1)
+        write_window(path, vllm_window(np.array([[8, 8, 8], [0, 4, 0]]), steps=4) or "")
+        assert shipped([[2.0, 2.0, 2.0], [0.0, 1.0, 0.0]])
+    finally:
+        stop.set()
+        thread.join(5)
+    assert published == [2]

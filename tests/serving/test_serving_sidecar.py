@@ -125,9 +125,9 @@ def test_init_times_out_behind_and_rolls_forward_when_ahead(volume: KubeletVolum
             settings(),
             {"sglang": tmp_path / "o.json"},
             expect_generation=4,
-            on_newer=bumped.append,
+            on_newer=lambda gen, uid: bumped.append((gen, uid)),
         )
-    assert bumped == [5]
+    assert bumped == [(5, None)]
 
 
 def test_sidecar_applies_newer_and_never_older(volume: KubeletVolume, tmp_path: Path) -> None:
@@ -210,3 +210,82 @@ def test_sidecar_run_loop_stops(volume: KubeletVolume, tmp_path: Path) -> None:
     stop.set()
     t.join(2)
     assert not t.is_alive()
+
+
+A, B = "uid-a", "uid-b"
+
+
+@pytest.mark.parametrize(
+    ("applied", "stamp", "verdict"),
+    [
+        (state.Applied(4, "a", uid=A), stamp.Stamp(1, None, False, B), state.Verdict.APPLY),
+        (state.Applied(1, "a", uid=B, retired=(A,)), stamp.Stamp(4, None, False, A), state.Verdict.OLDER),
+        (state.Applied(4, "a", uid=A), stamp.Stamp(3, None, False, A), state.Verdict.OLDER),
+        (state.Applied(4, "a"), stamp.Stamp(4, None, False, A), state.Verdict.SAME),  # re-stamped
+        (state.Applied(4, "a", uid=A), stamp.Stamp(5, None, False, None), state.Verdict.APPLY),
+    ],
+)
+def test_decide_orders_by_uid_then_generation(applied, stamp, verdict) -> None:
+    assert state.decide(applied, stamp, "b") is verdict
+
+
+def test_a_recreated_moedeployments_first_placement_is_applied(volume: KubeletVolume, tmp_path: Path) -> None:
+    """Issue 20, defect 6: after delete + re-create the generation restarts at 1; a sidecar that had
+    applied 4 refused every new placement ("older than the applied 4"). Generations now count per UID."""
+    st = tmp_path / "state"
+    volume.write(placement_data(generation=4, uid=A))
+    emit.run_init(str(volume.root), settings(), {"sglang": tmp_path / "o.json"}, state_dir=str(st))
+    policy, reports = FakePolicy(), []
+    w = make_watcher(volume, st, policy, reports)
+    volume.write(placement_data(generation=1, shift=1, uid=B))
+    assert w.step() == "apply" and policy.applied[-1].generation == 1 and policy.applied[-1].uid == B
+    assert state.load(st) == state.Applied(1, w.applied.data_hash, w.applied.version, B, (A,))
+    # A volume that still shows the old object (kubelet lag) is older, not new.
+    volume.write(placement_data(generation=4, uid=A))
+    assert w.step() == "older" and "deleted incarnation" in reports[-1][2]
+    volume.write(placement_data(generation=2, shift=2, uid=B))
+    assert w.step() == "apply" and len(policy.applied) == 2
+
+
+def test_a_rerun_init_container_never_goes_back(volume: KubeletVolume, tmp_path: Path) -> None:
+    """Issue 20, defect 6: an init container that re-ran in the same pod applied an older placement than
+    the sidecar had applied (it never looked at the state directory): ranks on different placements."""
+    st, out = tmp_path / "state", tmp_path / "o.json"
+    state.save(st, state.Applied(4, "applied-by-the-sidecar", uid=A))
+    volume.write(placement_data(generation=3, uid=A))
+    with pytest.raises(ServingError, match="already applied placement generation 4") as e:
+        emit.run_init(str(volume.root), settings(), {"sglang": out}, state_dir=str(st), wait_seconds=0)
+    assert e.value.reason == "StaleVolume" and not out.exists()
+    # The same pod after its MoEDeployment was re-created: the new object's generation 1 is applied.
+    volume.write(placement_data(generation=1, uid=B))
+    applied = emit.run_init(str(volume.root), settings(), {"sglang": out}, state_dir=str(st), wait_seconds=0)
+    assert (applied.generation, applied.uid, applied.retired) == (1, B, (A,))
+    # ... and the old object's placement, shown by a lagging volume, is never applied again.
+    volume.write(placement_data(generation=4, uid=A))
+    with pytest.raises(ServingError, match="deleted incarnation"):
+        emit.run_init(str(volume.root), settings(), {"sglang": out}, state_dir=str(st), wait_seconds=0)
+
+
+def test_init_rolls_forward_onto_a_recreated_moedeployment(volume: KubeletVolume, tmp_path: Path) -> None:
+    """A pod rolled out for generation 4 of the old object meets generation 1 of the new one: it rolls
+    the workload forward to "1/<new uid>" instead of waiting for a 4 that will never come."""
+    volume.write(placement_data(generation=1, uid=B))
+    bumped = []
+    with pytest.raises(ServingError, match="re-created MoEDeployment") as e:
+        emit.run_init(
+            str(volume.root),
+            settings(),
+            {"sglang": tmp_path / "o.json"},
+            expect_generation=(4, A),
+            on_newer=lambda gen, uid: bumped.append((gen, uid)),
+            wait_seconds=0,
+        )
+    assert e.value.reason == "PlacementMismatch" and bumped == [(1, B)]
+    applied = emit.run_init(
+        str(volume.root),
+        settings(),
+        {"sglang": tmp_path / "o.json"},
+        expect_generation=(1, B),
+        wait_seconds=0,
+    )
+    assert applied.uid == B

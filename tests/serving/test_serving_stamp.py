@@ -85,3 +85,42 @@ def test_what_the_operator_writes_the_serving_side_reads_through_one_contract() 
     assert stamp.stamp_from_data(data) == stamp.Stamp(5, contract.content_hash(core), True)
     assert stamp.stamp_from_object(data, annotations).verified
     assert annotations[contract.ANNOTATION_PLACEMENT_GENERATION] == "5"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["7", 7.0, 1e23, True, -1, 2**63, contract.MAX_GENERATION + 1, [7], {"g": 7}],
+)
+def test_a_generation_is_a_bounded_json_integer(value) -> None:
+    """Issue 20, defect 9 and the init reader's weak spot: ``"7"``, ``1e23`` and 2^63 were accepted (2^63
+    then overflowed the operator's int64 status field)."""
+    meta = {"placementGeneration": value}
+    with pytest.raises(ServingError, match="placement generation") as e:
+        stamp.stamp_from_data({contract.KEY_META: json.dumps(meta)})
+    assert e.value.reason == "UnreadableVolume"
+
+
+def test_annotation_generations_are_digits_within_the_bound() -> None:
+    data = placement_data(meta=False)
+    gen = contract.ANNOTATION_PLACEMENT_GENERATION
+    assert stamp.stamp_from_object(data, {gen: "9"}).generation == 9
+    for bad in ("1e3", " 9", "-1", "9" * 17, str(contract.MAX_GENERATION + 1)):
+        with pytest.raises(ServingError, match="placement generation"):
+            stamp.stamp_from_object(data, {gen: bad})
+
+
+def test_the_template_annotation_carries_generation_and_uid() -> None:
+    assert contract.template_value(4, None) == "4"
+    assert contract.parse_template_value("4/0b6c-11aa", "x") == (4, "0b6c-11aa")
+    assert contract.parse_template_value("4", "x") == (4, None)
+    assert contract.parse_template_value("", "x") is None
+    for bad in ("x/abc", "4/a b", "1e3", "4/" + "a" * 65):
+        with pytest.raises(ValueError):
+            contract.parse_template_value(bad, "x")
+
+
+def test_the_uid_travels_in_the_meta_key() -> None:
+    found = stamp.stamp_from_data(placement_data(generation=2, uid="0b6c-11aa"))
+    assert (found.generation, found.uid, found.verified) == (2, "0b6c-11aa", True)
+    with pytest.raises(ServingError, match="is not a UID"):
+        stamp.stamp_from_data(placement_data(generation=2, uid="a b"))

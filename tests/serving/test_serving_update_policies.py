@@ -63,9 +63,11 @@ def test_make_policy() -> None:
     said = []
     report = policies.make_policy("report", lambda *a: said.append(a))
     assert report.apply(UPDATE) == "reported" and said[0][1] == "PlacementAvailable"
-    restart = policies.make_policy("restart", said.append, restart=lambda g: True, target="Deployment/x")
+    restart = policies.make_policy("restart", said.append, restart=lambda g, u: True, target="Deployment/x")
     assert restart.apply(UPDATE) == "restarting Deployment/x"
-    with pytest.raises(ServingError, match="needs --url"):
+    eplb = policies.make_policy("eplb", lambda *a: said.append(a))  # vLLM moves the experts itself
+    assert eplb.apply(UPDATE) == "left to vLLM's EPLB" and "next rebalance" in said[-1][2]
+    with pytest.raises(ServingError, match="needs the sidecar's --url"):
         policies.make_policy("http", said.append)
     with pytest.raises(ServingError, match="needs the Kubernetes API"):
         policies.make_policy("restart", said.append)
@@ -73,3 +75,28 @@ def test_make_policy() -> None:
         policies.make_policy("yolo", said.append)
     with pytest.raises(ServingError, match="http"):
         policies.HttpPolicy("ftp://x")
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected", "refused"),
+    [
+        (None, "http://engine:30000/a", False),
+        ("/b?x=1", "http://engine:30000/b?x=1", False),
+        ("http://ENGINE:30000/c", "http://engine:30000/c", False),
+        ("http://engine:30000", "http://engine:30000/", False),
+        ("http://elsewhere:30000/c", "http://engine:30000/a", True),  # another host
+        ("http://engine:30001/c", "http://engine:30000/a", True),  # another port
+        ("https://engine:30000/c", "http://engine:30000/a", True),  # another scheme
+        ("http://engine:30000@elsewhere/c", "http://engine:30000/a", True),  # userinfo trick
+        ("//elsewhere/c", "http://engine:30000/a", True),  # scheme-relative
+        ("http://engine:x/c", "http://engine:30000/a", True),  # no port number
+    ],
+)
+def test_the_spec_endpoint_is_only_a_path_on_the_pods_url(spec, expected, refused) -> None:
+    url, why = policies.resolve_endpoint("http://engine:30000/a", spec)
+    assert url == expected and bool(why) == refused
+
+
+def test_without_a_url_the_spec_endpoint_decides_nothing() -> None:
+    url, why = policies.resolve_endpoint(None, "http://elsewhere/collect")
+    assert url is None and "--url" in why

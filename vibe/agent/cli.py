@@ -103,9 +103,10 @@ def run(
     telemetry_metrics: Annotated[
         bool,
         typer.Option(
-            help="Export clocks, power, temperature, throttling, ECC (off where dcgm-exporter runs)."
+            help="Also export SM/memory clock, temperature, power and utilisation: dcgm-exporter's"
+            " default counters have them (+5 series per GPU)."
         ),
-    ] = True,
+    ] = False,
     heartbeat_seconds: Annotated[int, typer.Option(help="GPUProfile status heartbeat period.")] = 30,
     poll_seconds: Annotated[float, typer.Option(help="Telemetry poll and drift check period.")] = 1.0,
     shape: ShapeOpt = None,

@@ -11,8 +11,11 @@ DCGM_FI_DEV_SM_CLOCK`` works.
 
 Series per GPU (counted by tests/agent/test_exporter.py, documented in docs/operations.md): the default
 exports what only vibe knows (speed, drift, benchmarks, canaries, clock-event reasons, processes, XIDs)
-plus the NVML telemetry dcgm-exporter also exports (clocks, power, temperature, utilisation,
-throttling, ECC: ``telemetry=False`` drops those where dcgm-exporter runs).
+and the NVML telemetry dcgm-exporter does not export by default (maximum SM clock, power limit, throttle
+time, ECC). The five series that duplicate dcgm-exporter's default counters (``DCGM_DUPLICATES``: SM
+and memory clock, GPU temperature, power draw, utilisation) are opt-in (``telemetry=True``, the agent's
+``--telemetry-metrics``, the chart's ``agent.metrics.telemetry``): dcgm-exporter runs on GPU nodes of
+every GPU Operator install, and two copies of a series cost Prometheus twice for nothing.
 ``vibe_gpu_expert_ffn_seconds`` (``curves=True``) adds one series per (GPU, shape, token count): 6 shapes
 x 14 points = 84 per GPU, the same numbers as the GPUProfile, so it is off by default.
 """
@@ -27,6 +30,16 @@ from vibe.agent.telemetry import REASON_NAMES
 
 GPU_LABELS = ["UUID", "gpu", "modelName", "node", "source"]
 
+#: vibe's series that dcgm-exporter's default counters (its ``etc/default-counters.csv``) already
+#: export, with the DCGM field of each: exported only with ``telemetry=True``.
+DCGM_DUPLICATES = {
+    "vibe_gpu_sm_clock_hertz": "DCGM_FI_DEV_SM_CLOCK",
+    "vibe_gpu_memory_clock_hertz": "DCGM_FI_DEV_MEM_CLOCK",
+    "vibe_gpu_temperature_celsius": "DCGM_FI_DEV_GPU_TEMP",
+    "vibe_gpu_power_watts": "DCGM_FI_DEV_POWER_USAGE",
+    "vibe_gpu_utilization_ratio": "DCGM_FI_DEV_GPU_UTIL",
+}
+
 
 class AgentCollector:
     """A prometheus-client collector over node agents (``agents`` is called at every scrape)."""
@@ -36,7 +49,7 @@ class AgentCollector:
         agents: Callable[[], Iterable[NodeAgent]],
         *,
         curves: bool = False,
-        telemetry: bool = True,
+        telemetry: bool = False,
         version: str = "",
     ) -> None:
         self.agents = agents
@@ -151,15 +164,8 @@ class AgentCollector:
                     active = set(sample.reasons)
                     for r in REASON_NAMES:
                         reasons.add_metric([*lab, r], 1 if r in active else 0)
-                if not self.telemetry:
-                    continue  # what dcgm-exporter exports too: clocks, power, temperature, throttling, ECC
                 _opt(sm_max, lab, g.max_sm_clock_hz)
-                _opt(sm, lab, sample.sm_clock_hz)
-                _opt(mem, lab, sample.mem_clock_hz)
-                _opt(power, lab, sample.power_w)
                 _opt(limit, lab, sample.power_limit_w)
-                _opt(temp, lab, sample.temperature_c)
-                _opt(util, lab, None if sample.utilization_pct is None else sample.utilization_pct / 100.0)
                 if sample.power_violation_s is not None:
                     throttle.add_metric([*lab, "power"], sample.power_violation_s)
                 if sample.thermal_violation_s is not None:
@@ -168,6 +174,13 @@ class AgentCollector:
                     ecc.add_metric([*lab, "uncorrected"], sample.ecc_uncorrected)
                 if sample.ecc_corrected is not None:
                     ecc.add_metric([*lab, "corrected"], sample.ecc_corrected)
+                if not self.telemetry:
+                    continue  # DCGM_DUPLICATES: dcgm-exporter's default counters have them
+                _opt(sm, lab, sample.sm_clock_hz)
+                _opt(mem, lab, sample.mem_clock_hz)
+                _opt(power, lab, sample.power_w)
+                _opt(temp, lab, sample.temperature_c)
+                _opt(util, lab, None if sample.utilization_pct is None else sample.utilization_pct / 100.0)
 
         yield from (
             info,
@@ -204,11 +217,11 @@ def registry_for(collector: AgentCollector) -> Any:
 
 
 def serve(collector: AgentCollector, port: int, addr: str = "0.0.0.0") -> Any:
-    """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns the server (``.shutdown()``)."""
-    from prometheus_client import start_http_server
+    """Serve ``/metrics`` on ``addr:port`` in a daemon thread (bounded connections, timeouts:
+    ``vibe.metrics_http``); returns the server (``.shutdown()``)."""
+    from vibe import metrics_http
 
-    server, _thread = start_http_server(port, addr=addr, registry=registry_for(collector))
-    return server
+    return metrics_http.serve(registry_for(collector), port, addr)
 
 
 def render(collector: AgentCollector) -> str:

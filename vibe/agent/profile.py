@@ -35,13 +35,6 @@ from vibe.agent.drift import Baseline
 from vibe.agent.shapes import ExpertShape
 from vibe.agent.telemetry import GPUInfo, Sample, reason_mask
 
-# The GPUProfile's names (their one spelling is in ``vibe.api``).
-GROUP = api.GROUP
-VERSION = api.VERSION
-PLURAL = api.GPUPROFILE_PLURAL
-KIND = api.GPUPROFILE_KIND
-FIELD_MANAGER = api.FIELD_MANAGER_AGENT
-BASELINE_ANNOTATION = api.ANNOTATION_BASELINE
 MANAGED_BY = {api.LABEL_MANAGED_BY: api.MANAGED_BY_AGENT}
 GPU_RESOURCE = "nvidia.com/gpu"
 GFD_COUNT_LABEL = "nvidia.com/gpu.count"
@@ -307,18 +300,18 @@ def build_profile(
         "name": node,
         "namespace": namespace,
         "labels": {**MANAGED_BY, api.LABEL_NODE: node[:63]},
-        "annotations": {BASELINE_ANNOTATION: baseline_annotation(records)},
+        "annotations": {api.ANNOTATION_BASELINE: baseline_annotation(records)},
     }
     if owner:
         meta["ownerReferences"] = [dict(owner)]
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": meta, "spec": spec}
+    return {"apiVersion": api.API_VERSION, "kind": api.GPUPROFILE_KIND, "metadata": meta, "spec": spec}
 
 
 def build_status(node: str, namespace: str, conditions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The status apply: the profile's conditions (liveness is the Lease's, see ``build_lease``)."""
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
+        "apiVersion": api.API_VERSION,
+        "kind": api.GPUPROFILE_KIND,
         "metadata": {"name": node, "namespace": namespace},
         "status": {"conditions": [dict(c) for c in conditions]},
     }
@@ -379,7 +372,7 @@ def records_from_profile(body: Mapping[str, Any], infos: Sequence[GPUInfo]) -> d
     """
     meta = body.get("metadata") or {}
     try:
-        baselines = json.loads((meta.get("annotations") or {}).get(BASELINE_ANNOTATION) or "{}")
+        baselines = json.loads((meta.get("annotations") or {}).get(api.ANNOTATION_BASELINE) or "{}")
     except ValueError:
         baselines = {}
     by_uuid = {i.uuid: i for i in infos}

@@ -25,18 +25,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vibe.agent.node import Event
-from vibe.agent.profile import (
-    FIELD_MANAGER,
+from vibe.agent.profile import NodeFacts, build_lease, build_status, node_facts
+from vibe.api import (
+    API_VERSION,
+    FIELD_MANAGER_AGENT,
+    GPUPROFILE_KIND,
+    GPUPROFILE_PLURAL,
     GROUP,
-    KIND,
-    PLURAL,
+    MOEDEPLOYMENT_PLURAL,
     VERSION,
-    NodeFacts,
-    build_lease,
-    build_status,
-    node_facts,
 )
-from vibe.api import MOEDEPLOYMENT_PLURAL
 from vibe.kubeclient import as_dict
 
 log = logging.getLogger("vibe.agent.publish")
@@ -126,7 +124,7 @@ class KubePublisher:
 
         self._go()
         try:
-            obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, node)
+            obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, GPUPROFILE_PLURAL, node)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -142,10 +140,10 @@ class KubePublisher:
             GROUP,
             VERSION,
             meta["namespace"],
-            PLURAL,
+            GPUPROFILE_PLURAL,
             meta["name"],
             body,
-            field_manager=FIELD_MANAGER,
+            field_manager=FIELD_MANAGER_AGENT,
             force=True,
             _content_type=APPLY,
         )
@@ -159,7 +157,7 @@ class KubePublisher:
         body = build_lease(node, namespace, when, every_s, self.owners.get(node))
         self._go()
         self.coord.patch_namespaced_lease(
-            node, namespace, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY
+            node, namespace, body, field_manager=FIELD_MANAGER_AGENT, force=True, _content_type=APPLY
         )
 
     def exists(self, namespace: str, node: str) -> bool:
@@ -168,7 +166,13 @@ class KubePublisher:
         self._go()
         try:
             self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, node, _preload_content=False, _headers=METADATA_ONLY
+                GROUP,
+                VERSION,
+                namespace,
+                GPUPROFILE_PLURAL,
+                node,
+                _preload_content=False,
+                _headers=METADATA_ONLY,
             )
         except ApiException as e:
             if e.status == 404:
@@ -182,10 +186,10 @@ class KubePublisher:
             GROUP,
             VERSION,
             namespace,
-            PLURAL,
+            GPUPROFILE_PLURAL,
             node,
             build_status(node, namespace, conditions),
-            field_manager=FIELD_MANAGER,
+            field_manager=FIELD_MANAGER_AGENT,
             force=True,
             _content_type=APPLY,
         )
@@ -217,8 +221,8 @@ class KubePublisher:
             "kind": "Event",
             "metadata": {"name": f"{node}.{time.time_ns():x}", "namespace": namespace},
             "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
+                "apiVersion": API_VERSION,
+                "kind": GPUPROFILE_KIND,
                 "name": node,
                 "namespace": namespace,
                 "uid": self.uids.get((namespace, node), ""),

@@ -100,7 +100,7 @@ class Metrics:
     port: int = 0
     addr: str = "0.0.0.0"
     curves: bool = False
-    telemetry: bool = True
+    telemetry: bool = False
 
 
 def run(

@@ -20,14 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from vibe import api
+from vibe.api import LABEL_FAKE_NODE  # on every node made here: tests and demos find (and delete) them
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
-# On every node made here, so tests and demos can find (and delete) them.
-FAKE_NODE_LABEL = api.LABEL_FAKE_NODE
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 
@@ -75,7 +73,7 @@ def gpu_node_body(
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": "amd64",
         "type": "kwok",
-        FAKE_NODE_LABEL: "true",
+        LABEL_FAKE_NODE: "true",
         "nvidia.com/gpu.present": "true" if gpus_per_node > 0 else "false",
         "nvidia.com/gpu.product": product,
         "nvidia.com/gpu.count": str(gpus_per_node),
@@ -252,7 +250,7 @@ def node_names(api: ApiClient, label_selector: str = "") -> set[str]:
         return {node["metadata"]["name"] for node in raw.list(label_selector)}
 
 
-def delete_fake_nodes(api: ApiClient, label_selector: str = f"{FAKE_NODE_LABEL}=true") -> int:
+def delete_fake_nodes(api: ApiClient, label_selector: str = f"{LABEL_FAKE_NODE}=true") -> int:
     """Delete every node made here (or matching ``label_selector``); returns how many."""
     with _RawNodes(api, 16) as raw:
         names = [node["metadata"]["name"] for node in raw.list(label_selector)]
@@ -276,7 +274,7 @@ def wait_nodes_ready(api: ApiClient, names: Iterable[str], timeout: float = 60.0
     deadline = time.monotonic() + timeout
     with _RawNodes(api, 1) as raw:
         while True:
-            ready = {node["metadata"]["name"] for node in raw.list(FAKE_NODE_LABEL) if _schedulable(node)}
+            ready = {node["metadata"]["name"] for node in raw.list(LABEL_FAKE_NODE) if _schedulable(node)}
             pending = want - ready
             if not pending:
                 return

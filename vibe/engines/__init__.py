@@ -1,20 +1,21 @@
 """vibe.engines: one record per engine file format -- everything vibe knows about consuming a placement.
 
 A format's record (``Engine``) says, in one place: its name (the MoEDeployment's ``spec.output.formats``
-value, ``vibe plan --format``, ``vibe serving init --out NAME=PATH``), its ConfigMap key, its writer from
-a placement result, its reader back to a ``Placement``, its fit check against the engine as launched,
+value, ``vibe plan --format``, ``vibe serving init --engine-file NAME=PATH``), its ConfigMap key, its writer
+from a placement result, its reader back to a ``Placement``, its fit check against the engine as launched,
 the files ``vibe serving init`` writes, its statistics reader (engine counts -> vibe's loads), what an
-update can do (``restart`` or ``live``), and how the engine splits an expert's tokens over its replicas
-(the dispatch ``vibe.placement.cost.evaluate`` prices). The operator's output, ``vibe plan``, ``vibe
-serving init``/``watch``/``export-loads`` loop over ``ENGINES``; adding an engine is one module here and
-one line in ``ENGINES`` (ARCHITECTURE.md, "Add an engine").
+update can do (``restart`` or ``live``), and how the engine splits an expert's tokens over its replicas (the
+dispatch ``vibe.placement.cost.evaluate`` prices). The operator's output, ``vibe plan``, ``vibe serving
+init``/``watch``/``export-loads`` loop over ``ENGINES``; adding an engine is one module here and one line in
+``ENGINES`` (ARCHITECTURE.md, "Add an engine").
 
 Pure (numpy, json, yaml; safetensors and torch only where a format needs them): no Kubernetes. Layer:
 above ``vibe.placement`` (writers take its ``Result``, readers give its ``Placement``), below the
 components; the format-independent half of the ConfigMap contract (meta key, hash, generation) is
 ``vibe.contract``.
 
-Modules: ``canonical`` (``vibe``: placement.json), ``sglang``, ``eplb``, ``trtllm`` (one per format);
+Modules: ``canonical`` (``vibe``: placement.json), ``sglang``, ``eplb``, ``trtllm``, ``vllm`` (one per
+format);
 ``settings`` (the engine's launch parameters), ``loads`` (statistics -> loads), ``errors``,
 ``torchfile`` (torch files without torch), ``_common`` (shared checks).
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from vibe.engines import canonical, eplb, sglang, trtllm
+from vibe.engines import canonical, eplb, sglang, trtllm, vllm
 from vibe.engines.errors import EngineError
 from vibe.engines.loads import Loads
 from vibe.engines.settings import EngineSettings
@@ -46,7 +47,7 @@ class Engine:
     """One output format and what vibe knows about the engine that consumes it.
 
     Attributes:
-        name: the one name of the format everywhere (CRD enum, ``vibe plan --format``, ``--out NAME=``).
+        name: the one name of the format everywhere (CRD enum, ``vibe plan --format``, ``--engine-file``).
         key: the ConfigMap key (and ``vibe plan``'s default file name).
         engine: the engine in words (docs, messages).
         write: ``(result, fleet, baseline) -> bytes``, deterministic.
@@ -109,11 +110,12 @@ ENGINES: dict[str, Engine] = {
         _record(sglang, "SGLang"),
         _record(eplb, "DeepSeek EPLB tensors"),
         _record(trtllm, "TensorRT-LLM (wide EP)"),
+        _record(vllm, "vLLM (EPLB policy plugin)", updates=("live",)),
     )
 }
 
 #: The formats' names as a type (command-line choices); the same names as ``ENGINES``, in its order.
-FormatName = Literal["vibe", "sglang", "eplb", "trtllm"]
+FormatName = Literal["vibe", "sglang", "eplb", "trtllm", "vllm"]
 #: A format's name or a deprecated spelling (``vibe plan --format placement``).
 FormatOrAlias = Literal[FormatName, "placement"]
 if get_args(FormatName) != tuple(ENGINES):  # a record added without its name here, or the reverse

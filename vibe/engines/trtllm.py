@@ -245,7 +245,7 @@ def fit(doc: Any, settings: EngineSettings, where: str = KEY) -> dict[str, Any]:
             f"{where}: num_slots {num_slots} is not divisible by ep_size {settings.ep_size}"
             " (TensorRT-LLM's MoeLoadBalancerConfig.setup raises ValueError)",
         )
-    experts = check_slots(num_slots, settings, where, "num_slots - num_experts to")
+    experts = check_slots(num_slots, settings, where, "vibe serving init --redundant-experts")
     if experts > MAX_EXPERTS:
         raise EngineError(
             "PlacementMismatch",

@@ -4,7 +4,8 @@ Layers, importing downward only (the handlers are thin, the decisions are pure):
 
 * ``handlers``    — Kopf registrations: indices of pods, GPUProfiles and MoEDeployments (nodes are listed
   per reconcile, not watched); the per-MoEDeployment worker (a Kopf daemon) and the watch handlers that
-  wake the workers a change affects.
+  wake the workers a change affects. ``kopf_private`` is the one reach into Kopf's internals (a daemon
+  without a finalizer), pinned by its test.
 * ``reconciling`` — one reconcile of one MoEDeployment: read the world, plan, write the ConfigMap,
   patch status, post Events, record metrics.
 * ``kube``        — the few API calls the reconciler makes (sync client, run in threads).

@@ -39,6 +39,10 @@ def run(
         float, typer.Option(help="Seconds without a GPUProfile heartbeat before it counts as stale.")
     ] = 300.0,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off).")] = 8080,
+    metrics_addr: Annotated[
+        str,
+        typer.Option(help="Address the metrics server binds (127.0.0.1: reachable only inside the pod)."),
+    ] = "0.0.0.0",
     liveness: Annotated[
         str | None, typer.Option(help="Liveness endpoint, e.g. http://0.0.0.0:8081/healthz (Kopf's probe).")
     ] = None,
@@ -87,6 +91,7 @@ def run(
         profile_namespace=profile_namespace,
         profile_ttl_s=profile_ttl,
         metrics_port=metrics_port,
+        metrics_addr=metrics_addr,
         solve_budget_s=solve_budget,
         resync_s=resync,
         **({"compute_processes": compute_processes} if compute_processes is not None else {}),

@@ -27,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from vibe.api import LWS_LABEL_GROUP_INDEX, LWS_LABEL_WORKER_INDEX, STS_LABEL_POD_INDEX
+from vibe.api import (
+    GROVE_LABEL_PCLQ,
+    GROVE_LABEL_PCLQ_POD_INDEX,
+    GROVE_LABEL_PCSG_REPLICA,
+    GROVE_LEADER_SUFFIX,
+    GROVE_WORKER_SUFFIX,
+    LWS_LABEL_GROUP_INDEX,
+    LWS_LABEL_WORKER_INDEX,
+    STS_LABEL_POD_INDEX,
+)
 from vibe.operator.clock import parse_time
 from vibe.operator.problems import Problem
 from vibe.operator.spec import DeploymentSpec, fingerprint
@@ -190,11 +199,18 @@ def pod_snapshot(body: Mapping[str, Any]) -> PodSnapshot | None:
 
 
 def pod_rank(meta: Mapping[str, Any]) -> tuple[int, int, str]:
-    """(group, worker, name): LeaderWorkerSet indices, else the StatefulSet ordinal, else name order."""
+    """(group, worker, name): LeaderWorkerSet indices; under NVIDIA Dynamo's Grove path the scaling-group
+    replica and the node rank Dynamo gives (leader PodClique 0, worker pod i ``GROVE_PCLQ_POD_INDEX + 1``,
+    as ``vibe.serving.rankmap.grove_node_rank`` on the serving side); else the StatefulSet ordinal; else
+    name order."""
     labels = meta.get("labels") or {}
     name = str(meta.get("name") or "")
     if LWS_LABEL_WORKER_INDEX in labels:
         return (_int(labels.get(LWS_LABEL_GROUP_INDEX), 0), _int(labels[LWS_LABEL_WORKER_INDEX], 0), name)
+    clique, index = str(labels.get(GROVE_LABEL_PCLQ, "")), _int(labels.get(GROVE_LABEL_PCLQ_POD_INDEX), -1)
+    if index >= 0 and clique.endswith((GROVE_LEADER_SUFFIX, GROVE_WORKER_SUFFIX)):
+        rank = 0 if clique.endswith(GROVE_LEADER_SUFFIX) else index + 1
+        return (_int(labels.get(GROVE_LABEL_PCSG_REPLICA), 0), rank, name)
     if STS_LABEL_POD_INDEX in labels:
         return (0, _int(labels[STS_LABEL_POD_INDEX], 0), name)
     owners = meta.get("ownerReferences") or ()

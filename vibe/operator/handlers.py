@@ -63,6 +63,7 @@ from vibe.operator.gpus import (
     matches_labels,
     profile_snapshot,
 )
+from vibe.operator.kopf_private import daemon_without_finalizer
 from vibe.operator.kube import Kube, new_api_client
 from vibe.operator.login import connection_info
 from vibe.operator.reconciling import Gone, Shared, World, reconcile
@@ -71,7 +72,6 @@ from vibe.operator.watches import Watches
 
 MOED = (api.GROUP, api.VERSION, api.MOEDEPLOYMENT_PLURAL)
 GPUP = (api.GROUP, api.VERSION, api.GPUPROFILE_PLURAL)
-TRIGGER_ANNOTATION = api.ANNOTATION_RECONCILE_TRIGGER
 
 logger = logging.getLogger("vibe.operator")
 
@@ -146,7 +146,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.vibe.watches = Watches(
         api_client(cfg.kubeconfig, context=cfg.context, pool_maxsize=1024), memo.vibe.wake
     )
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_addr)
     await memo.vibe.computer.warm()
 
 
@@ -310,16 +310,7 @@ async def worker(
         metrics.forget(namespace, name)
 
 
-def _without_finalizer(fn: Any) -> None:
-    """Register ``fn``'s daemon as needing no finalizer (Kopf's ``daemon()`` always asks for one)."""
-    registry = kopf.get_default_registry()
-    handlers = registry._spawning._handlers
-    for i, h in enumerate(handlers):
-        if getattr(h, "fn", None) is fn:
-            handlers[i] = replace(h, requires_finalizer=False)
-
-
-_without_finalizer(worker)
+daemon_without_finalizer(worker)  # the one reach into Kopf's internals: see kopf_private
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,7 +335,11 @@ def deployment_changed(
             state.watches.drop(key)
         metrics.forget(namespace, name)
         return
-    mark = (meta.get("uid"), meta.get("generation"), (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION))
+    mark = (
+        meta.get("uid"),
+        meta.get("generation"),
+        (meta.get("annotations") or {}).get(api.ANNOTATION_RECONCILE_TRIGGER),
+    )
     if state.changed(("moed", key), mark):
         state.wake(key)
 

@@ -19,8 +19,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from vibe.api import GROUP, VERSION
-from vibe.api import MOEDEPLOYMENT_PLURAL as PLURAL
+from vibe.api import GROUP, MOEDEPLOYMENT_PLURAL, VERSION
 from vibe.kubeclient import api_client
 
 #: The label selector of the agents' Leases (vibe.agent.profile.build_lease).
@@ -49,7 +48,9 @@ class Kube:
     # ---- MoEDeployments
 
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await _read(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+        return await _read(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, MOEDEPLOYMENT_PLURAL, name
+        )
 
     async def patch_deployment_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         """JSON merge patch of the status subresource (``None`` values delete fields)."""
@@ -59,7 +60,7 @@ class Kube:
                 GROUP,
                 VERSION,
                 namespace,
-                PLURAL,
+                MOEDEPLOYMENT_PLURAL,
                 name,
                 {"status": dict(patch)},
             )

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the operator (``vibe_`` prefix), served on ``--metrics-port``.
+"""Prometheus metrics of the operator (``vibe_`` prefix), served on ``--metrics-addr``:``--metrics-port``.
 
 Role: what an SRE graphs and alerts on. Per MoEDeployment (labels ``namespace``, ``name``): the
 predicted step time of the placement in service, its imbalance, gap to the lower bound, gain over the
@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from vibe import metrics_http
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 _L = ("namespace", "name")
@@ -77,9 +79,9 @@ COMPUTE_HEALTHY = Gauge(
 )
 
 
-def serve(port: int) -> None:
-    if port:
-        start_http_server(port, registry=REGISTRY)
+def serve(port: int, addr: str = "0.0.0.0") -> Any:
+    """Serve ``/metrics`` on ``addr:port`` (bounded connections, timeouts: ``vibe.metrics_http``)."""
+    return metrics_http.serve(REGISTRY, port, addr) if port else None
 
 
 def record(namespace: str, name: str, status: Mapping[str, Any]) -> None:

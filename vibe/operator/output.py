@@ -35,6 +35,8 @@ from vibe.contract import (
     content_hash,
     core_data,
     meta_text,
+    parse_generation,
+    parse_uid,
 )
 from vibe.engines import ENGINES
 from vibe.operator.clock import parse_time
@@ -77,6 +79,7 @@ class InService:
     keys: InputKeys
     placed_at: dt.datetime | None
     summary: dict[str, Any] = field(default_factory=dict)
+    uid: str | None = None  # the MoEDeployment UID its meta key names (None: written before UIDs were)
     placement: Placement | None = None  # None: unreadable, or written for another slot count or model
     unreadable: str = ""  # why the placement could not be read back, if it could not
     intact: bool = False  # its data matches its content hash: a placement this operator wrote, unedited
@@ -106,10 +109,12 @@ def finish(
     keys: InputKeys,
     placed_at: str,
     summary: Mapping[str, Any],
+    uid: str | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """(data with the meta key, annotations) for a ConfigMap about to be written."""
+    """(data with the meta key, annotations) for a ConfigMap about to be written; ``uid`` is the
+    MoEDeployment's, the identity its generations count in (serving pods order by uid, then generation)."""
     digest = content_hash(core)
-    data = dict(sorted({**core, KEY_META: meta_text(digest, generation)}.items()))
+    data = dict(sorted({**core, KEY_META: meta_text(digest, generation, uid)}.items()))
     annotations = {
         ANNOTATION_PLACEMENT_GENERATION: str(generation),
         ANNOTATION_CONTENT_HASH: digest,
@@ -136,7 +141,7 @@ def read_back(
     meta = obj.get("metadata") or {}
     ann = dict(meta.get("annotations") or {})
     data = dict(obj.get("data") or {})
-    generation, declared = _meta_of(data)
+    generation, declared, uid = _meta_of(data)
     try:
         summary = json.loads(ann.get(api.ANNOTATION_SUMMARY) or "{}")
     except (ValueError, RecursionError):  # not JSON, a 5000-digit number, nested too deep: hand-edited
@@ -157,6 +162,7 @@ def read_back(
         ),
         placed_at=parse_time(ann.get(api.ANNOTATION_PLACED_AT)),
         summary=summary if isinstance(summary, dict) else {},
+        uid=uid,
     )
     if not declared or content_hash(core_data(data)) != declared:
         found.unreadable = f"its data does not match the content hash in {KEY_META} (edited by hand?)"
@@ -180,7 +186,7 @@ def as_written(obj: Mapping[str, Any]) -> bool:
     key declares, and the generation and hash annotations agree with it. Cheap (one hash, no parse):
     the watch on placement ConfigMaps uses it to tell a hand edit from the operator's own writes."""
     data = dict(obj.get("data") or {})
-    generation, declared = _meta_of(data)
+    generation, declared, _ = _meta_of(data)
     ann = (obj.get("metadata") or {}).get("annotations") or {}
     return (
         bool(declared)
@@ -190,15 +196,18 @@ def as_written(obj: Mapping[str, Any]) -> bool:
     )
 
 
-def _meta_of(data: Mapping[str, str]) -> tuple[int, str]:
-    """(placement generation, content hash) declared by the data's meta key; (0, "") if unreadable."""
+def _meta_of(data: Mapping[str, str]) -> tuple[int, str, str | None]:
+    """(placement generation, content hash, uid) declared by the data's meta key; (0, "", None) if it is
+    unreadable, or its generation is not an integer within ``MAX_PLACEMENT_GENERATION`` (a generation
+    edited past the bound is never trusted: the next one would not fit status's int64)."""
     try:
         meta = json.loads(data.get(KEY_META) or "{}")
-        generation = int(meta.get("placementGeneration") or 0)
+        generation = parse_generation(meta.get("placementGeneration", 0), KEY_META) or 0
+        uid = parse_uid(meta.get("uid"), KEY_META)
         declared = str(meta.get("contentHash") or "")
-    except (TypeError, ValueError, AttributeError, RecursionError):
-        return 0, ""
-    return max(0, generation), declared
+    except (TypeError, ValueError, RecursionError, AttributeError):
+        return 0, "", None
+    return generation, declared, uid
 
 
 def placement_of(data: Mapping[str, str], *, experts: int, slots_per_gpu: int) -> Placement | None:

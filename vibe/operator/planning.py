@@ -20,7 +20,11 @@ The reconciler gathers ``Inputs`` (spec, resolved GPUs, loads) and the ``InServi
    already made for the same inputs is not repeated (unless it was waiting on the cooldown and the
    cooldown is over).
 
-Every result is priced against the token-balanced (EPLB-style) baseline on the same inputs.
+Every result is priced against the token-balanced (EPLB-style) baseline on the same inputs, and every
+price is the **expected** step time over the spec's step mix under sampled routing (``step_mix_of``,
+``routing_of``; ``vibe.placement.routing``). Incremental re-placement (4, 5) searches the mix's mean
+loads and is then priced by the same objective, so a re-placement that the sampled steps do not find
+faster is not taken.
 """
 
 from __future__ import annotations
@@ -37,12 +41,22 @@ from vibe.operator.clock import iso, parse_time
 from vibe.operator.gpus import Resolution
 from vibe.operator.output import InputKeys, InService
 from vibe.operator.problems import Problem
-from vibe.operator.spec import DeploymentSpec
+from vibe.operator.spec import DEFAULT_TOKENS_PER_STEP, DeploymentSpec
 from vibe.operator.workload import Loads
 from vibe.placement.errors import PlacementError
 
 if TYPE_CHECKING:
     from vibe.placement.engine import Result
+    from vibe.placement.routing import Routing, StepMix
+
+#: Sampled slots (routing samples x layers x physical slots) one expected-objective solve may hold: the
+#: operator uses fewer routing samples than spec.workload.routingSamples asks on instances where more
+#: would exceed it (each array of that size is 8 bytes per entry; the solve holds a handful).
+MAX_SAMPLED_SLOTS = 4_000_000
+#: ... and at most this many (routing samples x layers x experts x (redundant slots + 1)): the expected
+#: objective's work bound prices every replica count of every expert in every sample (about 1 s per 1e7
+#: on one core).
+MAX_SAMPLED_WORK = 100_000_000
 
 BASELINE_POLICY = "token-balanced"
 
@@ -106,7 +120,7 @@ def _plan(
     now: dt.datetime,
     budget: float,
 ) -> Plan:
-    from vibe.placement import evaluate, replace_incremental, solve
+    from vibe.placement import evaluate, solve
 
     spec, res, loads = inputs.spec, inputs.gpus, inputs.loads
     keys = inputs.keys
@@ -118,8 +132,11 @@ def _plan(
     # 1. Nothing usable in service (none, unreadable, or of another shape than the GPUs now give), or the
     #    spec changed: solve from scratch.
     if current is None or have is None or current.keys.placement != keys.placement:
-        result = solve(loads.tokens, fleet, s, spec.policy, time_budget_s=budget, current=have)
-        baseline = _baseline(result, loads, fleet, s)
+        routing = routing_of(spec, loads.tokens, len(fleet))
+        result = solve(
+            loads.tokens, fleet, s, spec.policy, time_budget_s=budget, current=have, routing=routing
+        )
+        baseline = _baseline(result, loads, fleet, s, routing)
         why = "first placement" if current is None else _why_resolve(current, keys)
         return _write(inputs, "Placed", why, result, baseline, drift=None)
 
@@ -139,10 +156,9 @@ def _plan(
 
     # 4. Other GPUs: re-place onto them now.
     if current.keys.gpus != keys.gpus:
-        result = replace_incremental(
-            have, loads.tokens, fleet, max_moves=spec.drift.max_moves, time_budget_s=budget
-        )
-        baseline = _baseline(result, loads, fleet, s)
+        routing = routing_of(spec, loads.tokens, len(fleet))
+        result = _incremental(have, loads, fleet, spec, budget, routing)
+        baseline = _baseline(result, loads, fleet, s, routing)
         return _write(inputs, "GPUsChanged", "the deployment's GPUs changed", result, baseline, drift=None)
 
     # 5. Drift.
@@ -158,10 +174,13 @@ def _plan(
                 drift=dict(prior_drift),
                 retry_at=retry,
             )
-    cur = evaluate(have, loads.tokens, fleet)
+    routing = routing_of(spec, loads.tokens, len(fleet))
+    cur = evaluate(have, loads.tokens, fleet, routing=routing)
     placed = float(current.summary.get("stepTimeSeconds") or 0.0)
+    if current.summary.get("objective", "mean-load") != "expected":
+        placed = 0.0  # priced by another objective when placed (an older operator): no loss to state
     loss = cur.step_time_s / placed - 1.0 if placed > 0 else 0.0
-    new = replace_incremental(have, loads.tokens, fleet, max_moves=spec.drift.max_moves, time_budget_s=budget)
+    new = _incremental(have, loads, fleet, spec, budget, routing)
     gain = 1.0 - new.step_time_s / cur.step_time_s if cur.step_time_s > 0 else 0.0
     what = _what_drifted(kind, current, keys)
     figures = (
@@ -212,7 +231,7 @@ def _plan(
     ready_at = (current.placed_at or now) + dt.timedelta(seconds=spec.drift.cooldown_seconds)
     if now < ready_at:
         return kept(COOLDOWN, f"{figures}; cooldown until {iso(ready_at)}", ready_at)
-    baseline = _baseline(new, loads, fleet, s)
+    baseline = _baseline(new, loads, fleet, s, routing)
     plan = _write(
         inputs,
         REPLACED,
@@ -225,6 +244,55 @@ def _plan(
     )
     plan.evaluated_drift = True
     return plan
+
+
+def step_mix_of(spec: DeploymentSpec, loads: np.ndarray) -> StepMix:
+    """The kinds of steps to plan for: ``stepMix``; else ``tokensPerStep`` as the one-entry mix; else one
+    kind of the load profile's own tokens per step (its mean total per layer / topK; uniform loads are
+    ``DEFAULT_TOKENS_PER_STEP`` tokens, ``workload.uniform``)."""
+    from vibe.placement.routing import StepMix
+
+    w = spec.workload
+    if w.step_mix:
+        return StepMix(tuple(t for t, _ in w.step_mix), tuple(x for _, x in w.step_mix))
+    if w.tokens_per_step:
+        return StepMix.one(w.tokens_per_step)
+    own = float(np.mean(loads.sum(axis=1))) / spec.model.top_k if loads.size else DEFAULT_TOKENS_PER_STEP
+    return StepMix.one(max(1, round(own)))
+
+
+def routing_of(spec: DeploymentSpec, loads: np.ndarray, num_gpus: int) -> Routing:
+    """The sampled routing of the spec's step mix over these loads (seed 0: deterministic), with at most
+    ``MAX_SAMPLED_SLOTS`` sampled slots (fewer samples per kind than asked on large instances)."""
+    from vibe.placement.routing import sample_routing
+
+    mix = step_mix_of(spec, loads)
+    w = spec.workload
+    kinds, (layers, experts) = len(mix.tokens), loads.shape
+    slots = num_gpus * spec.gpus.slots_per_gpu
+    samples = max(
+        1,
+        min(
+            w.routing_samples,
+            MAX_SAMPLED_SLOTS // max(kinds * layers * slots, 1),
+            MAX_SAMPLED_WORK // max(kinds * layers * experts * (slots - experts + 1), 1),
+        ),
+    )
+    return sample_routing(loads, mix, spec.model.top_k, samples=samples, dispatch=w.dispatch)
+
+
+def _incremental(
+    have: Any, loads: Loads, fleet: Any, spec: DeploymentSpec, budget: float, routing: Routing
+) -> Result:
+    """A re-placement near ``have``: searched on the mix's mean loads, priced by the expected objective."""
+    from vibe.placement import replace_incremental
+    from vibe.placement.engine import make_result
+
+    started = time.perf_counter()
+    new = replace_incremental(
+        have, routing.mean_loads_of_mix(), fleet, max_moves=spec.drift.max_moves, time_budget_s=budget
+    )
+    return make_result(new.policy, new.placement, loads.tokens, fleet, started, current=have, routing=routing)
 
 
 def prior_drift_or_none(prior: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -258,6 +326,21 @@ def summary_of(
         "message": message,
         "curveSource": inputs.gpus.curve_source,
         "loadsSource": inputs.loads.source,
+        **_objective_of(result),
+    }
+
+
+def _objective_of(result: Result) -> dict[str, Any]:
+    """What the figures are in terms of (status.predicted.objective and its parameters)."""
+    i = result.info
+    if i.get("objective") != "expected":
+        return {"objective": "mean-load"}
+    return {
+        "objective": "expected",
+        "stepMix": i["stepMix"],
+        "dispatch": i["dispatch"],
+        "routingSamples": i["samplesPerKind"],
+        "meanLoadStepTimeSeconds": _r(i["meanLoadStepTimeSeconds"]),
     }
 
 
@@ -278,7 +361,7 @@ def _write(
     return Plan(WRITE, reason, why, result=result, baseline=baseline, summary=summary, drift=drift)
 
 
-def _baseline(result: Any, loads: Loads, fleet: Any, s: int) -> Any:
+def _baseline(result: Any, loads: Loads, fleet: Any, s: int, routing: Routing | None = None) -> Any:
     """The token-balanced (EPLB-style) placement of the same inputs, priced like ``result``.
 
     Token-balanced ignores the curves, so its placement depends on the loads alone and is cached by
@@ -293,7 +376,13 @@ def _baseline(result: Any, loads: Loads, fleet: Any, s: int) -> Any:
     e = loads.tokens.shape[1]
     placement = Placement(_token_balanced(loads.key, loads.tokens, len(fleet), s), s, e)
     return make_result(
-        BASELINE_POLICY, placement, loads.tokens, fleet, time.perf_counter(), bounds=result.layer_bounds_s
+        BASELINE_POLICY,
+        placement,
+        loads.tokens,
+        fleet,
+        time.perf_counter(),
+        bounds=result.layer_bounds_s,
+        routing=routing,
     )
 
 

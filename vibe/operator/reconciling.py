@@ -273,7 +273,13 @@ def _needs(spec: DeploymentSpec, namespace: str) -> list[Need]:
 async def _pods(kube: Kube, spec: DeploymentSpec, namespace: str) -> list[PodSnapshot]:
     if spec.gpus.pod_selector is None:
         return []
-    items = await kube.pods(namespace, selector_string(spec.gpus.pod_selector))
+    selector = selector_string(spec.gpus.pod_selector)
+    try:
+        items = await kube.pods(namespace, selector)
+    except ApiException as e:  # e.g. a value that is no label value, stored before the CRD checked it
+        if not refusals.refused(e):
+            raise
+        raise refusals.problem(e, f"listing the pods of spec.gpus.podSelector ({selector[:200]!r})") from None
     return [p for p in (pod_snapshot(i) for i in items) if p is not None]
 
 
@@ -351,13 +357,16 @@ async def _write(
     # The generation: the intact ConfigMap's (read from its data, never from an editable annotation),
     # or status's (only the operator writes status). The same data as in service, or as status says
     # was last placed (a ConfigMap deleted or edited by hand and now restored), keeps its generation.
+    # A ConfigMap written for another incarnation of this MoEDeployment (deleted and re-created while
+    # its ConfigMap lived on) lends no generation: generations count per UID (placement-meta.json).
+    same_object = current is not None and current.uid in (None, meta["uid"])
     known = max(
-        current.generation if current is not None and current.intact else 0,
+        current.generation if current is not None and current.intact and same_object else 0,
         int(old_status.get("placementGeneration") or 0),
     )
-    same = (current is not None and current.intact and contract.core_data(current.data) == core) or (
-        known > 0 and contract.content_hash(core) == old_status.get("contentHash")
-    )
+    same = (
+        current is not None and current.intact and same_object and contract.core_data(current.data) == core
+    ) or (known > 0 and contract.content_hash(core) == old_status.get("contentHash"))
     if same:
         generation = known
         placed_at = (
@@ -368,8 +377,19 @@ async def _write(
     else:
         generation = known + 1
         placed_at = iso(now)
+    if generation > api.MAX_PLACEMENT_GENERATION:  # only a status edited by hand gets here
+        raise Problem(
+            "GenerationExhausted",
+            f"placement generation {known} is the largest allowed ({api.MAX_PLACEMENT_GENERATION});"
+            " re-create the MoEDeployment to start counting again",
+        )
     data, annotations = output.finish(
-        core, generation=generation, keys=inputs.keys, placed_at=placed_at, summary=plan.summary
+        core,
+        generation=generation,
+        keys=inputs.keys,
+        placed_at=placed_at,
+        summary=plan.summary,
+        uid=meta["uid"],
     )
     body: dict[str, Any] = {
         "apiVersion": "v1",

@@ -20,6 +20,8 @@ class OperatorSettings:
     profile_ttl_s: float = 300.0
     #: Port of the Prometheus metrics endpoint (0: none).
     metrics_port: int = 8080
+    #: Address it binds (127.0.0.1: only inside the pod; the metrics name every MoEDeployment).
+    metrics_addr: str = "0.0.0.0"
     #: Search budget per solve (the engine counts it as deterministic work, not wall time).
     solve_budget_s: float = 1.0
     #: Every deployment is reconciled at least this often (stale heartbeats are only seen this way).
@@ -43,6 +45,7 @@ class OperatorSettings:
             profile_namespace=env.get("VIBE_PROFILE_NAMESPACE", cls.profile_namespace),
             profile_ttl_s=float(env.get("VIBE_PROFILE_TTL", cls.profile_ttl_s)),
             metrics_port=int(env.get("VIBE_METRICS_PORT", cls.metrics_port)),
+            metrics_addr=env.get("VIBE_METRICS_ADDR", cls.metrics_addr),
             solve_budget_s=float(env.get("VIBE_SOLVE_BUDGET", cls.solve_budget_s)),
             resync_s=float(env.get("VIBE_RESYNC_SECONDS", cls.resync_s)),
             compute_processes=int(env.get("VIBE_COMPUTE_PROCESSES", default_compute_processes())),

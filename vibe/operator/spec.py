@@ -22,6 +22,8 @@ DEFAULT_FORMATS = ("vibe", "sglang")
 DEFAULT_LOADS_KEY = "loads.json"
 #: Tokens per step assumed for uniform loads (no load profile given).
 DEFAULT_TOKENS_PER_STEP = 4096
+#: Sampled routings per kind of step (``spec.workload.routingSamples``'s default).
+DEFAULT_ROUTING_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -51,15 +53,27 @@ class GPUs:
 
 @dataclass(frozen=True)
 class Workload:
+    """``spec.workload``. ``step_mix`` is ``stepMix`` as (tokens, weight) pairs, in the spec's order;
+    ``tokensPerStep`` alone is the one-entry mix (``planning.step_mix_of`` decides)."""
+
     config_map: str | None = None
     key: str = DEFAULT_LOADS_KEY
     tokens_per_step: int | None = None
+    step_mix: tuple[tuple[int, float], ...] = ()
+    dispatch: str = "round-robin"
+    routing_samples: int = DEFAULT_ROUTING_SAMPLES
 
 
 #: Serving seconds one re-placement costs, by ``spec.serving.onUpdate`` (when
 #: ``spec.drift.replacementCostSeconds`` is unset): a restart rolls the serving group (minutes for a
 #: DeepSeek-V3-sized model), a live reload moves a few experts, ``report`` changes nothing by itself.
-DEFAULT_REPLACEMENT_COST_S = {"restart": 300, "http": 10, "report": 0, None: 0}
+#: ``eplb`` is vLLM moving the expert weights itself at its next EPLB rebalance (vibe's policy plugin):
+#: the weight copy, not a restart. 15 s is the upstream figure for one rearrangement at wide EP ("can
+#: take 15s during wide EP (EP=32) setups", vllm-project/vllm#24116, sync EPLB, which blocks serving for
+#: that time); async EPLB (vLLM 0.33.0's default) moves a layer per step beside serving, so 15 s is the
+#: upper end. Not measured here: no GPU cluster; set ``replacementCostSeconds`` from vLLM's own
+#: "Rearranged experts in X s" log line.
+DEFAULT_REPLACEMENT_COST_S = {"restart": 300, "eplb": 15, "http": 10, "report": 0, None: 0}
 
 
 @dataclass(frozen=True)
@@ -104,8 +118,19 @@ class DeploymentSpec:
                 "workload": [self.workload.config_map, self.workload.key, self.workload.tokens_per_step],
                 "policy": self.policy,
                 "formats": sorted(self.formats),
+                # only when set: a spec written before the step mix existed keeps its key (no re-solve
+                # on an operator upgrade)
+                **({"steps": self._steps_key} if self._steps_key != _DEFAULT_STEPS_KEY else {}),
             }
         )
+
+    @property
+    def _steps_key(self) -> list[Any]:
+        w = self.workload
+        return [[list(e) for e in w.step_mix], w.dispatch, w.routing_samples]
+
+
+_DEFAULT_STEPS_KEY: list[Any] = [[], "round-robin", DEFAULT_ROUTING_SAMPLES]
 
 
 def parse_spec(spec: Mapping[str, Any]) -> DeploymentSpec:
@@ -137,6 +162,9 @@ def parse_spec(spec: Mapping[str, Any]) -> DeploymentSpec:
             config_map=str(ref["name"]) if ref.get("name") else None,
             key=str(ref.get("key") or DEFAULT_LOADS_KEY),
             tokens_per_step=int(w["tokensPerStep"]) if w.get("tokensPerStep") is not None else None,
+            step_mix=tuple((int(e["tokens"]), float(e.get("weight", 1.0))) for e in w.get("stepMix") or ()),
+            dispatch=str(w.get("dispatch") or "round-robin"),
+            routing_samples=int(w.get("routingSamples") or DEFAULT_ROUTING_SAMPLES),
         ),
         policy=str(spec.get("policy") or "vibe"),
         drift=Drift(

@@ -104,6 +104,11 @@ def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[s
 # --------------------------------------------------------------------------------------------------
 
 _PREDICTED = (
+    "objective",
+    "stepMix",
+    "dispatch",
+    "routingSamples",
+    "meanLoadStepTimeSeconds",
     "stepTimeSeconds",
     "layerTimeSeconds",
     "imbalance",

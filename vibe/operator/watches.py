@@ -216,8 +216,8 @@ class _Watch(threading.Thread):
         if e.status not in self.refused:
             self.refused.add(int(e.status or 0))
             kind, namespace, what = self.need
+            hint = "RBAC? see docs/operations.md" if e.status == 403 else "the API server refused the request"
             logger.error(
-                "cannot watch %s %r in namespace %s: %s %s (RBAC? see docs/operations.md); backing off, "
-                "said once",
-                kind, what, namespace, e.status, e.reason,
+                "cannot watch %s %r in namespace %s: %s %s (%s); backing off, said once",
+                kind, what, namespace, e.status, e.reason, hint,
             )  # fmt: skip

@@ -35,12 +35,15 @@ is non-decreasing, t_g(0) = 0 and t_g(n) >= f_g := t_g(0+) for n > 0. Z = #exper
 
 **Sampled steps** (the expected objective, ``expected_lower_bounds``): the objective is the weighted mean
 over sampled steps n of ``sum_l T_{n,l}`` for ONE placement, and every placement's value is at least the
-weighted mean of each step's own minimum, so the per-sample layer bounds averaged with the samples'
-weights bound it. Each step's loads are integers and its replicas split as the engine splits them, so an
-item may carry no tokens although its expert has some (``round-robin``: 1 token over 2 replicas). The
-bounds are then taken with ``split``: (B1) counts only K = E - Z nonzero items and (B2) no floors of other
-items; (B3) prices r replicas of e as the split does, ``h_e(r) = (w mod r) t(w//r + 1) + (r - w mod r)
-t(w//r)`` for ``round-robin`` (the increment argument needs no convexity, so it holds as is), and for
+weighted mean of each step's own minimum, so per-step layer bounds averaged with the samples' weights
+bound it (B1, B2, B4 here). It is also at least the placement's slowest GPU's *expected* time, to which
+B3's argument applies with expected item costs: the R smallest *expected* increments (one partition for
+all steps, and never below the mean of per-step B3s). The layer bound is the larger of the two.
+Each step's loads are integers and its replicas split as the engine splits them, so an item may
+carry no tokens although its expert has some (``round-robin``: 1 token over 2 replicas). The bounds are
+then taken with ``split``: (B1) counts only K = E - Z nonzero items and (B2) no floors of other items;
+(B3) prices r replicas of e as the split does, ``h_e(r) = (w mod r) t(w//r + 1) + (r - w mod r) t(w//r)``
+for ``round-robin`` (the increment argument needs no convexity, so it holds as is), and for
 ``sglang-static``, whose shares depend on where the replicas are, by ``max(f [w > 0], m w)`` with
 ``m = min_{n>0} t_ref(n) / n`` whatever r is; (B4) prices an item of e at ``t_ref(w // (R+1))``
 (``round-robin``) or leaves the bound out (``sglang-static``), with no floor.
@@ -87,12 +90,60 @@ def layer_lower_bounds(
 
 
 def expected_lower_bounds(routing: Routing, table: CurveTable, slots_per_gpu: int) -> np.ndarray:
-    """[L] float64 lower bounds on each layer's expected time under the expected objective: the sampled
-    steps' own layer bounds, averaged with the samples' weights (module docstring)."""
-    out = np.zeros(routing.counts.shape[1])
+    """[L] float64 lower bounds on each layer's expected time under the expected objective (module
+    docstring): the larger of the sampled steps' own B1, B2, B4 averaged with the samples' weights, and
+    B3 on expected work (``_expected_work_bound``)."""
+    s, split = slots_per_gpu, routing.dispatch
+    refs = [(ref, _speed_ratios(table, ref)) for ref in _reference_gpus(table)]
+    per_step = np.zeros(routing.counts.shape[1])
     for w, counts in zip(routing.weights, routing.counts, strict=True):
-        out += w * layer_lower_bounds(counts.astype(np.float64), table, slots_per_gpu, routing.dispatch)
-    return out
+        loads = counts.astype(np.float64)
+        b = np.maximum(_floor_bound(loads, table, s, split), _expert_bound(loads, table, s, split))
+        if split != "sglang-static":
+            for ref, sigma in refs:
+                b = np.maximum(b, _slow_gpus_bound(loads, table, s, ref, sigma, split))
+        per_step += w * b
+    work = max((_expected_work_bound(routing, table, s, ref, sigma) for ref, sigma in refs), key=np.sum)
+    return np.maximum(per_step, work) * (1.0 - ROUNDING_SLACK)
+
+
+def _expected_work_bound(
+    routing: Routing, table: CurveTable, s: int, ref: int, sigma: np.ndarray
+) -> np.ndarray:
+    """(B3) [L] on expected work: whatever the placement, its expected layer time is at least its slowest
+    GPU's expected time, so B3's argument holds with each item's expected reference cost; the work of r
+    replicas of e, ``E[h_e(r)]``, is H(1) plus r - 1 expected increments, and the R smallest of those over
+    all (e, k) bound it from below as in B3. (Per step this would be the mean of per-step minima, which
+    is never larger, and costs a partition per step.)"""
+    num_layers, e = routing.shape
+    redundant = table.num_gpus * s - e
+    split = routing.dispatch
+    base = np.zeros((num_layers, e))
+    inc = np.zeros((num_layers, e, max(redundant, 0)))
+    k = np.arange(1, redundant + 2, dtype=np.float64)  # replica counts 1..R+1
+    if split == "sglang-static":  # any split: r replicas of w tokens cost at least max(f, m w)
+        m = min(float((table.y[ref] / table.x).min()), float(table.slope[ref, -1]))
+    for w, counts in zip(routing.weights, routing.counts, strict=True):
+        value, which = np.unique(counts, return_inverse=True)  # [U], [L*E]: price each count once
+        value = value.astype(np.float64)
+        if split == "sglang-static":
+            base += w * np.where(value > 0, np.maximum(table.floor[ref], m * value), 0.0)[which].reshape(
+                num_layers, e
+            )
+            continue
+        if split == "round-robin":  # (w mod k) replicas of w//k + 1 tokens, the rest of w//k
+            q, rem = np.divmod(value[:, None], k)
+            h = rem * table(ref, q + 1) + (k - rem) * table(ref, q)
+        else:
+            h = k * table(ref, value[:, None] / k)  # [U, R+1]: k * t_ref(w/k)
+        base += w * h[which, 0].reshape(num_layers, e)
+        if redundant > 0:
+            inc += w * np.diff(h, axis=1)[which].reshape(num_layers, e, redundant)
+    extra = np.zeros(num_layers)
+    if redundant > 0 and split != "sglang-static":
+        flat = inc.reshape(num_layers, -1)
+        extra = np.partition(flat, redundant - 1, axis=1)[:, :redundant].sum(axis=1)
+    return (base.sum(axis=1) + extra) / (1.0 / sigma).sum()
 
 
 def _floor_bound(loads: np.ndarray, table: CurveTable, s: int, split: str = "even") -> np.ndarray:

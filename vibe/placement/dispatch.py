@@ -5,7 +5,9 @@ assumes ``even``; this module prices what SGLang's static dispatch really does, 
 compared (``benchmarks/sglang_dispatch.py``, docs/serving.md).
 
 * ``even``: a slot holding expert e serves ``load_e / r_e`` tokens (``r_e`` replicas in the layer). SGLang's
-  ``--ep-dispatch-algorithm dynamic`` (a replica per token, evenly) and DeepSeek's EPLB assume this.
+  ``--ep-dispatch-algorithm dynamic`` (a replica per token, evenly) and DeepSeek's EPLB assume this;
+  TensorRT-LLM's load balancer does it (round-robin over the replicas). Each engine's split is on its
+  record, ``vibe.engines.Engine.dispatch``.
 * ``sglang-static``: SGLang's ``--ep-dispatch-algorithm static`` (the default with DeepEP once a placement
   file is given; ``compute_logical_to_rank_dispatch_physical_map`` in
   ``sglang/srt/eplb/expert_location.py``, 0.5.23). Every source rank sends ALL its tokens for expert e to

@@ -15,7 +15,9 @@ exactly from the placement after every round). A layer stops after ``PATIENCE`` 
 nothing. Replica counts never change here.
 
 Per candidate and sample, the new layer time is ``max(T_a', T_h', max over the other GPUs)``, the last
-from each sample's three slowest GPUs. The work is counted in (sample x candidate) evaluations against
+from each sample's three slowest GPUs. A swap is taken only when its gain is ``cost.SIGNIFICANCE_Z`` standard
+errors of the paired per-step difference (the best of thousands of swaps on a few samples is otherwise
+often noise). The work is counted in (sample x candidate) evaluations against
 the same budget unit as ``search.py``, so the result is deterministic.
 
 Shapes: N samples, A layers in a round, G GPUs, S slots per GPU, P = G * S.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vibe.placement.cost import SIGNIFICANCE_Z, paired_difference
 from vibe.placement.curves import CurveTable
 from vibe.placement.dispatch import sampled_slot_tokens
 from vibe.placement.routing import Routing
@@ -34,6 +37,9 @@ PATIENCE = 3
 
 #: A swap must improve the expected layer time by this relative margin.
 EPS = 1e-9
+
+#: Most (sample x layer x candidate swap) entries priced at once (a few arrays of this many floats).
+CHUNK = 4_000_000
 
 
 def refine(
@@ -61,10 +67,13 @@ def refine(
         if evals + cost > max_evals:
             return phy, False
         evals += cost
-        score, cur, a, i, h, j = _best_swaps(
-            phy[layers], routing, layers, table, s, tried[layers], gpus_per_node
-        )
-        ok = score < cur * (1.0 - EPS)
+        n = routing.counts.shape[0]
+        chunk = max(1, CHUNK // (n * s * p))  # layers per batch: bounds the [N, A, S, G, S] arrays
+        parts = [
+            _best_swaps(phy[part], routing, part, table, s, tried[part], gpus_per_node)
+            for part in np.array_split(layers, -(-layers.size // chunk))
+        ]
+        ok, a, i, h, j = (np.concatenate(x) for x in zip(*parts, strict=True))
         rows = layers[ok]
         x, y = a[ok] * s + i[ok], h[ok] * s + j[ok]
         phy[rows, x], phy[rows, y] = phy[rows, y], phy[rows, x].copy()
@@ -82,9 +91,9 @@ def _best_swaps(
     s: int,
     skip: np.ndarray,
     gpus_per_node: int | None,
-) -> tuple[np.ndarray, ...]:
-    """Per layer of ``phy`` ([A, P]): (expected time after its best swap, expected time now, GPU a, slot i
-    on a, GPU h, slot j on h), a being the ``skip``-th most often slowest GPU."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per layer of ``phy`` ([A, P]): (whether its best swap gains significantly, GPU a, slot i on a, GPU h,
+    slot j on h), a being the ``skip``-th most often slowest GPU."""
     a_n, p = phy.shape
     g = p // s
     w = routing.weights
@@ -135,4 +144,7 @@ def _best_swaps(
     best = flat.argmin(axis=1)
     i, rem = np.divmod(best, g * s)
     h, j = np.divmod(rem, s)
-    return flat[rows, best], cur, a, i, h, j
+    after = new_max[:, rows, i, h, j]  # [N, A] each step's layer time after the best swap
+    gain, se = paired_difference(after - t.max(axis=2), routing)  # [A]
+    ok = (flat[rows, best] < cur * (1.0 - EPS)) & (gain + SIGNIFICANCE_Z * se < 0)
+    return ok, a, i, h, j

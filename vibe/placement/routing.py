@@ -47,7 +47,7 @@ MAX_SAMPLES = 256
 
 #: Most kinds of steps in a mix, and the most tokens one step may route (per MoE layer, before top-k).
 MAX_KINDS = 16
-MAX_STEP_TOKENS = 1 << 20
+MAX_STEP_TOKENS = 1 << 24
 
 #: How a step's tokens for one expert split over its replicas (the engine's *dispatch*, the name
 #: ``cost.evaluate`` and the engine records use): ``round-robin`` (TensorRT-LLM, vLLM: the expert's tokens

@@ -21,7 +21,7 @@ plus compute above it. A GPU ``factor`` times slower is slowed ``factor`` in its
 ``1 + (factor - 1) * floor_share`` at its floor. ``floor_share`` 1 scales the whole curve (the "uniform"
 model, what these fleets did before); 0 leaves the floor alone (the "measured" model: a GPU slowed by
 its power cap loses SM clock in the compute region, while floor-bound GEMMs run at the top clock below
-the cap; benchmarks/results/floor-vs-power-h100-2026-12-07/).
+the cap; benchmarks/results/gpu-slowness-h100-2026-12-07/).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`vibe serving ...`: the commands serving pods run (the root CLI mounts ``app`` as ``serving``).
 
-* ``init`` -- init container: mounted placement ConfigMap -> the engine's files (``--out NAME=PATH`` per
-  format of ``vibe.engines``: SGLang's ``--init-expert-location`` JSON, TensorRT-LLM's load-balancer
+* ``init`` -- init container: mounted placement ConfigMap -> the engine's files (``--engine-file NAME=PATH``
+  per format of ``vibe.engines``: SGLang's ``--init-expert-location`` JSON, TensorRT-LLM's load-balancer
   YAML and engine-args snippet, EPLB tensors), checked against the engine's EP size, slots and layers;
 * ``watch`` -- sidecar: notice a newer placement and restart / call an endpoint / report;
 * ``export-loads`` -- job or sidecar: an engine's statistics (SGLang's recorder dump, TensorRT-LLM's
@@ -85,13 +85,14 @@ def _outputs(pairs: list[str], **shorthands: Path | None) -> dict[str, str]:
     return out
 
 
-def _optional_int(value: str | None, name: str) -> int | None:
-    if value is None or not value.strip():
-        return None
+def _expected(value: str | None) -> tuple[int, str | None] | None:
+    """``--expect-generation``: the pod template's annotation, ``N`` or ``N/<MoEDeployment uid>``."""
+    from vibe import contract
+
     try:
-        return int(value)
-    except ValueError:
-        raise ServingError("InvalidArgument", f"{name} must be an integer, got {value!r}") from None
+        return contract.parse_template_value(value, "--expect-generation")
+    except ValueError as e:
+        raise ServingError("InvalidArgument", str(e)) from None
 
 
 # Options shared by init and watch (the engine as launched).
@@ -247,7 +248,7 @@ def init_cmd(
         settings = _settings(
             ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer, architecture
         )
-        expected = _optional_int(expect_generation, "--expect-generation")
+        expected = _expected(expect_generation)
         on_newer = _roll_forward_hook(kubeconfig, context) if roll_forward else None
         outputs = _outputs(engine_file or [], sglang=sglang_out, eplb=eplb_out, trtllm=trtllm_out)
         applied = emit.run_init(
@@ -293,7 +294,7 @@ def _engine_gpus(
 def _roll_forward_hook(kubeconfig: Path | None = None, context: str | None = None) -> Any:
     from vibe.serving import kube
 
-    def bump(generation: int) -> None:
+    def bump(generation: int, uid: str | None = None) -> None:
         pod, ns = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
         if not pod or not ns:
             log.warning("cannot roll forward: POD_NAME/POD_NAMESPACE not set (Downward API)")
@@ -301,7 +302,7 @@ def _roll_forward_hook(kubeconfig: Path | None = None, context: str | None = Non
         try:
             api = kube.client(kubeconfig, context)
             kind, name = kube.discover_workload(api, ns, pod)
-            if kube.restart_workload(api, ns, kind, name, generation):
+            if kube.restart_workload(api, ns, kind, name, generation, uid):
                 log.info("rolled %s/%s forward to placement generation %d", kind, name, generation)
         except ServingError as e:
             log.warning("could not roll the workload forward: %s", e.message)
@@ -328,7 +329,7 @@ def watch_cmd(
         typer.Option("--documents", help="Format to fit and hand to the policy ('both' = sglang and eplb)."),
     ] = "sglang",
     policy: Annotated[
-        Literal["restart", "http", "report"],
+        Literal["restart", "http", "eplb", "report"],
         typer.Option("--policy", help="What to do with a newer placement (spec.serving.onUpdate wins)."),
     ] = "report",
     moedeployment: Annotated[
@@ -345,7 +346,14 @@ def watch_cmd(
             help="Workload to restart (default: this pod's owner, via POD_NAME).",
         ),
     ] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Endpoint for the http policy.")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="Endpoint for the http policy: the only origin the sidecar posts to (spec.serving.endpoint"
+            " may choose a path on it, never another host).",
+        ),
+    ] = None,
     http_document: Annotated[
         FormatName, typer.Option("--http-document", help="Format whose document the http policy POSTs.")
     ] = "sglang",
@@ -458,14 +466,23 @@ def _policy_picker(
                     "InvalidArgument", "policy 'restart' needs --target or POD_NAME (Downward API)"
                 )
             kind, name = kube.discover_workload(api, namespace, pod)
-        return (lambda gen: kube.restart_workload(api, namespace, kind, name, gen)), f"{kind}/{name}"
+        return (
+            lambda gen, uid=None: kube.restart_workload(api, namespace, kind, name, gen, uid)
+        ), f"{kind}/{name}"
+
+    said: set[str] = set()
 
     def pick() -> Any:
         chosen, endpoint = policy, url
         if moedeployment and api is not None and namespace:
             serving = _moedeployment_serving(api, namespace, moedeployment)
             chosen = serving.get("onUpdate", chosen)
-            endpoint = serving.get("endpoint", endpoint)
+            if chosen == "http":
+                # Where the pod sends its token is the pod's --url; the spec may only pick a path on it.
+                endpoint, refused = update_policies.resolve_endpoint(url, serving.get("endpoint"))
+                if refused and refused not in said:
+                    said.add(refused)
+                    report("Warning", "PlacementEndpointRefused", f"MoEDeployment {moedeployment}: {refused}")
         restart, label = restart_for(target) if chosen == "restart" else (None, "")
         return update_policies.make_policy(chosen, report, restart, label, endpoint, http_document, token)
 
@@ -514,7 +531,9 @@ def export_loads_cmd(
     engine: Annotated[
         FormatName | None,
         typer.Option(
-            "--engine", help="Whose statistics: sglang (default with --dump) or trtllm (with --stats-dir)."
+            "--engine",
+            help="Whose statistics: sglang (default with --dump), trtllm (with --stats-dir) or vllm"
+            " (the EPLB window file vibe's vLLM plugin writes, with --dump).",
         ),
     ] = None,
     assignment: Annotated[
@@ -545,6 +564,14 @@ def export_loads_cmd(
         float, typer.Option("--interval", help="Seconds between dumps when polling the engine.")
     ] = 600.0,
     once: Annotated[bool, typer.Option("--once", help="With --engine-url: one window, then exit.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="With --dump: publish the file again each time it changes, every --interval seconds"
+            " (vLLM: the EPLB window vibe's policy plugin rewrites at each rebalance).",
+        ),
+    ] = False,
     min_passes: Annotated[
         int, typer.Option("--min-passes", help="Skip windows with fewer forward passes (idle engine).")
     ] = 100,
@@ -578,6 +605,8 @@ def export_loads_cmd(
     try:
         if sum(x is not None for x in (dump, stats_dir, engine_url)) != 1:
             raise ServingError("InvalidArgument", "give exactly one of --dump, --stats-dir and --engine-url")
+        if follow and dump is None:
+            raise ServingError("InvalidArgument", "--follow re-reads a --dump file; give --dump")
         engine = engine or ("trtllm" if stats_dir is not None else "sglang")
         dump = dump if dump is not None else stats_dir
         if engine_url and not recorder_dir:
@@ -606,6 +635,11 @@ def export_loads_cmd(
             engine=engine,
             assignment=assignment,
         )
+        if dump is not None and follow:
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            exporter.follow_file(dump, interval=interval, stop=stop)
+            return
         if dump is not None:
             exporter.publish(dump)
             return

@@ -29,6 +29,7 @@ from vibe.engines import ENGINES, EngineError, EngineSettings, canonical, get
 from vibe.engines._common import check_gpu_count
 from vibe.serving import rankmap, snapshot, stamp, state
 from vibe.serving.errors import ServingError, engine_errors, from_engine
+from vibe.serving.stamp import Stamp
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def prepare(
     if not names:
         raise ServingError(
             "InvalidArgument",
-            f"ask for at least one engine file (--out NAME=PATH, NAME one of {engines_with_files()})",
+            "ask for at least one engine file (--sglang-out, --trtllm-out, ..., or --engine-file NAME=PATH,"
+            f" NAME one of {', '.join(engines_with_files())})",
         )
     placed = None
     if canonical.KEY in data:
@@ -136,35 +138,64 @@ def _write_atomic(path: Path, blob: bytes) -> None:
         raise
 
 
+def _behind(found: Stamp, data_hash: str, applied: state.Applied | None) -> str:
+    """Why the volume is behind what this pod already ran or was rolled out for ("" when it is not)."""
+    if applied is not None:
+        verdict = state.decide(applied, found, data_hash)
+        if verdict in (state.Verdict.OLDER, state.Verdict.CONFLICT):
+            return (
+                f"this pod already applied placement generation {applied.generation} and the volume shows"
+                f" generation {found.generation}"
+                + (" of a deleted incarnation of the MoEDeployment" if found.uid in applied.retired else "")
+                + " (a re-run init container never goes back)"
+            )
+    return ""
+
+
 def run_init(
     mount: str,
     settings: EngineSettings,
     outputs: Mapping[str, str | Path],
     state_dir: str | None = None,
-    expect_generation: int | None = None,
+    expect_generation: int | tuple[int, str | None] | None = None,
     wait_seconds: float = 180.0,
-    on_newer: Callable[[int], object] | None = None,
+    on_newer: Callable[..., object] | None = None,
     poll: float = 2.0,
     engine_gpus: Callable[[], list[tuple[str, int]]] | None = None,
 ) -> state.Applied:
     """Read the mounted ConfigMap, check it, write the engine files and record what was applied.
 
     Args:
-        outputs: format name -> the path of the engine's file (``--out NAME=PATH``).
+        outputs: format name -> the path of the engine's file (``--engine-file NAME=PATH``).
         expect_generation: the generation this pod was rolled out for (its template annotation, passed
-            through the Downward API), so every pod of a multi-node group starts with the same placement.
-            A volume still behind it is waited for (kubelet syncs volumes with a lag); a volume already
-            past it means the pod belongs to an outdated rollout: ``on_newer(generation)`` is called (to
-            roll the workload forward) and the init container fails.
+            through the Downward API: ``N`` or ``(N, uid)``), so every pod of a multi-node group starts
+            with the same placement. A volume still behind it is waited for (kubelet syncs volumes with a
+            lag); a volume already past it (or of another incarnation of the MoEDeployment) means the pod
+            belongs to an outdated rollout: ``on_newer(generation, uid)`` is called (to roll the workload
+            forward) and the init container fails.
+        state_dir: the state shared with the sidecar; when it already records an applied placement (the
+            pod's init container re-runs), a volume older than that is waited for too, never applied.
         wait_seconds: how long to wait for the volume to reach ``expect_generation``.
         engine_gpus: returns ``(node, gpu index)`` per engine rank, to follow GPUs (see ``prepare``).
     """
+    expect_uid: str | None = None
+    if isinstance(expect_generation, tuple):
+        expect_generation, expect_uid = expect_generation
+    applied_before = state.load(state_dir) if state_dir else None
     deadline = time.monotonic() + wait_seconds
     while True:
         snap = snapshot.read_snapshot(mount)
         found = stamp.stamp_from_data(snap.data)
         gen = found.generation
-        if expect_generation is None or gen == expect_generation:
+        behind = _behind(found, contract.content_hash(snap.data), applied_before)
+        other_object = bool(expect_uid and found.uid and found.uid != expect_uid)
+        if behind:
+            if time.monotonic() > deadline:
+                raise ServingError("StaleVolume", f"{behind}; still so after {wait_seconds:.0f}s")
+            log.info("%s; waiting for the volume", behind)
+            time.sleep(poll)
+            continue
+        if expect_generation is None or (gen == expect_generation and not other_object):
             break
         if gen is None:
             raise ServingError(
@@ -172,13 +203,15 @@ def run_init(
                 f"this pod expects placement generation {expect_generation} but the mounted placement"
                 " carries none (the operator writes it in placement-meta.json)",
             )
-        if gen > expect_generation:
+        if gen > expect_generation or other_object:
             if on_newer is not None:
-                on_newer(gen)
+                on_newer(gen, found.uid)
             raise ServingError(
                 "PlacementMismatch",
                 f"this pod was rolled out for placement generation {expect_generation} but the ConfigMap"
-                f" already holds {gen}; starting with it could mix placements across ranks, so the"
+                f" already holds {gen}"
+                + (" of a re-created MoEDeployment" if other_object else "")
+                + "; starting with it could mix placements across ranks, so the"
                 " workload is rolled to the newer generation instead",
             )
         if time.monotonic() > deadline:
@@ -192,7 +225,7 @@ def run_init(
     gpus = engine_gpus() if engine_gpus is not None else None
     documents = prepare(snap.data, settings, outputs, engine_gpus=gpus)
     written = write_outputs(documents, outputs, settings)
-    applied = state.Applied(gen, contract.content_hash(snap.data), snap.version)
+    applied = state.successor(applied_before, found, contract.content_hash(snap.data), snap.version)
     if state_dir:
         state.save(state_dir, applied)
     log.info(

@@ -101,6 +101,26 @@ class Exporter:
         )
         return True
 
+    def follow_file(self, path: Path, *, interval: float, stop: threading.Event) -> int:
+        """Publish ``path`` each time its content changes (checked every ``interval`` seconds) until
+        ``stop`` is set: an engine that rewrites one statistics file (vLLM's EPLB window, written by vibe's
+        policy plugin at each rebalance). A missing or unreadable file is logged, never fatal. Returns the
+        windows published."""
+        published, last = 0, b""
+        while not stop.is_set():
+            try:
+                content = path.read_bytes()
+            except OSError:
+                content = b""
+            if content and content != last:
+                try:
+                    published += self.publish(path)
+                    last = content
+                except ServingError as e:
+                    log.warning("%s: %s (retrying in %.0fs)", e.reason, e.message, interval)
+            stop.wait(interval)
+        return published
+
     def follow(
         self,
         engine_url: str,

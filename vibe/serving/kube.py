@@ -9,7 +9,9 @@ below passes ``_content_type`` explicitly:
   manager of its own, so the loads writer owns its keys and nothing else;
 * ``restart_workload``: a merge/strategic patch of the pod template's annotation, guarded by the
   object's ``resourceVersion`` and by the never-backwards rule on the annotation itself, so N pods'
-  sidecars racing to restart the same workload patch it once;
+  sidecars racing to restart the same workload patch it once. For an NVIDIA Dynamo
+  ``DynamoGraphDeployment`` the patch goes to the DGD's worker components' ``podTemplate`` (Dynamo
+  owns, and reverts edits to, the LeaderWorkerSets and PodCliques it generates);
 * ``emit_event``: a core/v1 Event on the pod (or the ConfigMap), what ``kubectl describe`` shows.
 """
 
@@ -21,14 +23,32 @@ import os
 import time
 from typing import Any
 
-from vibe.api import LWS_API_GROUP, LWS_API_VERSION, LWS_LABEL_NAME, LWS_PLURAL
+from vibe import contract
+from vibe.api import (
+    DGD_API_GROUP,
+    DGD_API_VERSION,
+    DGD_KIND,
+    DGD_PLURAL,
+    DGD_WORKER_TYPES,
+    DYNAMO_LABEL_COMPONENT,
+    DYNAMO_LABEL_DGD_NAME,
+    LWS_API_GROUP,
+    LWS_API_VERSION,
+    LWS_LABEL_NAME,
+    LWS_PLURAL,
+)
 from vibe.contract import ANNOTATION_PLACEMENT_GENERATION
 from vibe.kubeclient import as_dict
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "LeaderWorkerSet")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "LeaderWorkerSet", DGD_KIND)
+#: Custom resources: kind -> (group, version, plural); patched with a JSON merge patch.
+_CUSTOM = {
+    "LeaderWorkerSet": (LWS_API_GROUP, LWS_API_VERSION, LWS_PLURAL),
+    DGD_KIND: (DGD_API_GROUP, DGD_API_VERSION, DGD_PLURAL),
+}
 
 
 def client(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None) -> Any:
@@ -94,8 +114,28 @@ def apply_configmap(
         raise _api_error(e, f"applying ConfigMap {namespace}/{name}") from None
 
 
-def _template_paths(kind: str, obj: dict) -> list[list[str]]:
+def _dgd_components(obj: dict, component: str | None) -> list[int]:
+    """Indices in ``spec.components`` of the DGD components to roll: ``component``, else every engine one."""
+    components = (obj.get("spec") or {}).get("components") or []
+    name = (obj.get("metadata") or {}).get("name")
+    if component:
+        found = [i for i, c in enumerate(components) if isinstance(c, dict) and c.get("name") == component]
+        if not found:
+            raise ServingError("ApplyFailed", f"{DGD_KIND} {name} has no component {component!r}")
+        return found
+    found = [i for i, c in enumerate(components) if isinstance(c, dict) and c.get("type") in DGD_WORKER_TYPES]
+    if not found:
+        raise ServingError(
+            "ApplyFailed",
+            f"{DGD_KIND} {name} has no component of type {'/'.join(DGD_WORKER_TYPES)} to restart",
+        )
+    return found
+
+
+def _template_paths(kind: str, obj: dict, component: str | None = None) -> list[list[str]]:
     """Where the pod templates of a workload object live."""
+    if kind == DGD_KIND:
+        return [["spec", "components", str(i), "podTemplate"] for i in _dgd_components(obj, component)]
     if kind == "LeaderWorkerSet":
         lwt = (obj.get("spec") or {}).get("leaderWorkerTemplate") or {}
         paths = [["spec", "leaderWorkerTemplate", "workerTemplate"]]
@@ -105,9 +145,9 @@ def _template_paths(kind: str, obj: dict) -> list[list[str]]:
     return [["spec", "template"]]
 
 
-def _get_path(obj: dict, path: list[str]) -> dict:
+def _get_path(obj: Any, path: list[str]) -> dict:
     for key in path:
-        obj = (obj or {}).get(key) or {}
+        obj = (obj[int(key)] if isinstance(obj, list) else (obj or {}).get(key)) or {}
     return obj
 
 
@@ -115,12 +155,10 @@ def _read_workload(api: Any, namespace: str, kind: str, name: str) -> dict:
     from kubernetes import client as k8s
 
     try:
-        if kind == "LeaderWorkerSet":
-            return as_dict(
-                k8s.CustomObjectsApi(api).get_namespaced_custom_object(
-                    LWS_API_GROUP, LWS_API_VERSION, namespace, LWS_PLURAL, name
-                )
-            )
+        if kind in _CUSTOM:
+            group, version, plural = _CUSTOM[kind]
+            custom = k8s.CustomObjectsApi(api)
+            return as_dict(custom.get_namespaced_custom_object(group, version, namespace, plural, name))
         apps = k8s.AppsV1Api(api)
         reader = {
             "Deployment": apps.read_namespaced_deployment,
@@ -135,15 +173,10 @@ def _read_workload(api: Any, namespace: str, kind: str, name: str) -> dict:
 def _patch_workload(api: Any, namespace: str, kind: str, name: str, body: dict) -> None:
     from kubernetes import client as k8s
 
-    if kind == "LeaderWorkerSet":
+    if kind in _CUSTOM:
+        group, version, plural = _CUSTOM[kind]
         k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
-            LWS_API_GROUP,
-            LWS_API_VERSION,
-            namespace,
-            LWS_PLURAL,
-            name,
-            body,
-            _content_type="application/merge-patch+json",
+            group, version, namespace, plural, name, body, _content_type="application/merge-patch+json"
         )
         return
     apps = k8s.AppsV1Api(api)
@@ -156,12 +189,24 @@ def _patch_workload(api: Any, namespace: str, kind: str, name: str, body: dict) 
 
 
 def restart_workload(
-    api: Any, namespace: str, kind: str, name: str, generation: int, attempts: int = 5
+    api: Any,
+    namespace: str,
+    kind: str,
+    name: str,
+    generation: int,
+    uid: str | None = None,
+    attempts: int = 5,
 ) -> bool:
-    """Set the pod templates' ``vibe.dev/placement-generation`` to ``generation`` (a rolling restart).
+    """Set the pod templates' ``vibe.dev/placement-generation`` to ``generation`` (a rolling restart),
+    written as ``contract.template_value(generation, uid)``.
+
+    ``name`` of a ``DynamoGraphDeployment`` may name one component, ``dgd/component``; without it every
+    worker/prefill/decode component rolls.
 
     Returns:
-        True if this call changed the workload; False if it already had this or a newer generation.
+        True if this call changed the workload; False if it already had this or a newer generation of
+        the same MoEDeployment object (another UID's generations are not comparable: the caller decided
+        this one supersedes it).
     Raises:
         ServingError(ApplyFailed): the workload cannot be read or patched (RBAC, missing, conflicts).
     """
@@ -171,26 +216,40 @@ def restart_workload(
         raise ServingError(
             "InvalidArgument", f"cannot restart a {kind}; use one of {', '.join(WORKLOAD_KINDS)}"
         )
+    name, _, component = name.partition("/") if kind == DGD_KIND else (name, "", "")
     for _ in range(attempts):
         obj = _read_workload(api, namespace, kind, name)
-        paths = _template_paths(kind, obj)
+        paths = _template_paths(kind, obj, component or None)
         current = []
         for path in paths:
             value = (_get_path(obj, [*path, "metadata", "annotations"]) or {}).get(
                 ANNOTATION_PLACEMENT_GENERATION
             )
             try:
-                current.append(int(value) if value is not None else -1)
+                parsed = contract.parse_template_value(value, ANNOTATION_PLACEMENT_GENERATION)
             except ValueError:
-                current.append(-1)
+                parsed = None
+            same_object = parsed is not None and (parsed[1] is None or uid is None or parsed[1] == uid)
+            current.append(parsed[0] if parsed is not None and same_object else -1)
         if min(current) >= generation:
             return False  # another pod's sidecar (or a newer placement) got there first
         body: dict[str, Any] = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}}
-        for path in paths:
-            node = body
-            for key in path:
-                node = node.setdefault(key, {})
-            node["metadata"] = {"annotations": {ANNOTATION_PLACEMENT_GENERATION: str(generation)}}
+        value = contract.template_value(generation, uid)
+        if kind == DGD_KIND:
+            # spec.components is a list: a merge patch replaces it whole, so send the list as read (the
+            # resourceVersion guarantees nobody changed it since) with the annotation set.
+            components = obj["spec"]["components"]
+            for path in paths:
+                template = components[int(path[2])].setdefault("podTemplate", {})
+                meta = template.setdefault("metadata", {})
+                meta.setdefault("annotations", {})[ANNOTATION_PLACEMENT_GENERATION] = value
+            body["spec"] = {"components": components}
+        else:
+            for path in paths:
+                node = body
+                for key in path:
+                    node = node.setdefault(key, {})
+                node["metadata"] = {"annotations": {ANNOTATION_PLACEMENT_GENERATION: value}}
         try:
             _patch_workload(api, namespace, kind, name, body)
             return True
@@ -205,7 +264,8 @@ def restart_workload(
 
 
 def discover_workload(api: Any, namespace: str, pod_name: str) -> tuple[str, str]:
-    """``(kind, name)`` of the workload owning a pod: LeaderWorkerSet, StatefulSet, Deployment, DaemonSet."""
+    """``(kind, name)`` of the workload owning a pod: DynamoGraphDeployment (``name/component``),
+    LeaderWorkerSet, StatefulSet, Deployment, DaemonSet."""
     from kubernetes import client as k8s
 
     core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
@@ -214,6 +274,10 @@ def discover_workload(api: Any, namespace: str, pod_name: str) -> tuple[str, str
     except k8s.ApiException as e:
         raise _api_error(e, f"reading pod {namespace}/{pod_name}") from None
     labels = pod.metadata.labels or {}
+    if DYNAMO_LABEL_DGD_NAME in labels:  # before LWS: Dynamo reverts edits to the LWS it generates
+        component = labels.get(DYNAMO_LABEL_COMPONENT)
+        name = labels[DYNAMO_LABEL_DGD_NAME]
+        return DGD_KIND, f"{name}/{component}" if component else name
     if LWS_LABEL_NAME in labels:
         return "LeaderWorkerSet", labels[LWS_LABEL_NAME]
     for ref in pod.metadata.owner_references or []:

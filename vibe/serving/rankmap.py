@@ -8,7 +8,8 @@ on every restart. Applying physical slot ``p`` of the placement to engine rank `
 experts sized for a fast GPU on whatever GPU got that rank.
 
 ``engine_gpus`` reads where the pods of this pod's group actually run (the LeaderWorkerSet worker-index
-label, or the StatefulSet pod-index label) and lists the engine's ranks as ``(node, gpu index)``,
+label; under NVIDIA Dynamo's Grove path the PodClique role and pod index, ``GROVE_PCLQ_POD_INDEX``; or the
+StatefulSet pod-index label) and lists the engine's ranks as ``(node, gpu index)``,
 assuming each pod drives every GPU of its node in index order (one 8-GPU pod per 8-GPU node, the
 wide-EP layout); ``permute_slots`` moves each GPU's slots to the engine rank that has that GPU. All pods
 of a group compute the same permutation from the same pod list, so the ranks agree. Because the
@@ -19,16 +20,31 @@ sees the same nodes) computes none.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vibe.api import (
+    DGD_API_GROUP,
+    DGD_API_VERSION,
+    DGD_PLURAL,
+    DYNAMO_LABEL_COMPONENT,
+    DYNAMO_LABEL_DGD_NAME,
+    GROVE_ENV_PCLQ_POD_INDEX,
+    GROVE_LABEL_PCLQ,
+    GROVE_LABEL_PCLQ_POD_INDEX,
+    GROVE_LABEL_PCSG,
+    GROVE_LABEL_PCSG_REPLICA,
+    GROVE_LEADER_SUFFIX,
+    GROVE_WORKER_SUFFIX,
     LWS_ANNOTATION_SIZE,
     LWS_LABEL_GROUP_INDEX,
     LWS_LABEL_NAME,
     LWS_LABEL_WORKER_INDEX,
     STS_LABEL_POD_INDEX,
 )
+from vibe.kubeclient import as_dict
 from vibe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -55,6 +71,67 @@ def placement_gpus(placement_doc: Any) -> list[tuple[str, int]]:
     return out
 
 
+def grove_node_rank(clique: str, pod_index: str | int | None) -> int:
+    """The engine node rank Dynamo gives a pod of a Grove multinode component.
+
+    Dynamo renders a multinode component as a PodCliqueScalingGroup replica with a leader PodClique
+    (name ending ``-ldr``, one pod, node rank 0) and a worker PodClique (``-wkr``, node rank
+    ``$((GROVE_PCLQ_POD_INDEX + 1))``: ``GroveMultinodeDeployer.GetNodeRank`` in Dynamo's
+    ``deploy/operator/internal/dynamo/grove.go``).
+    """
+    try:
+        index = int(pod_index) if pod_index is not None else -1
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise ServingError(
+            "InvalidArgument", f"Grove pod of PodClique {clique!r} has no valid pod index ({pod_index!r})"
+        )
+    if clique.endswith(GROVE_LEADER_SUFFIX):
+        if index != 0:
+            raise ServingError("InvalidArgument", f"Grove leader PodClique {clique!r} has a pod {index}")
+        return 0
+    if clique.endswith(GROVE_WORKER_SUFFIX):
+        return index + 1
+    raise ServingError(
+        "InvalidArgument",
+        f"PodClique {clique!r} is neither a leader (-ldr) nor a worker (-wkr) clique of a multinode"
+        " component; cannot order ranks",
+    )
+
+
+def _label_rank(label: str) -> Callable[[Any], int]:
+    return lambda pod: int((pod.metadata.labels or {})[label])
+
+
+def _grove_rank(pod: Any) -> int:
+    labels = pod.metadata.labels or {}
+    return grove_node_rank(labels.get(GROVE_LABEL_PCLQ, ""), labels.get(GROVE_LABEL_PCLQ_POD_INDEX))
+
+
+def _dgd_node_count(api: Any, namespace: str, labels: dict[str, str]) -> int:
+    """``multinode.nodeCount`` of this pod's DynamoGraphDeployment component (0 when unknown)."""
+    from kubernetes import client as k8s
+
+    name, component = labels.get(DYNAMO_LABEL_DGD_NAME), labels.get(DYNAMO_LABEL_COMPONENT)
+    if not name or not component:
+        return 0
+    try:
+        dgd = as_dict(
+            k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+                DGD_API_GROUP, DGD_API_VERSION, namespace, DGD_PLURAL, name
+            )
+        )
+    except k8s.ApiException as e:
+        log.warning("cannot read DynamoGraphDeployment %s/%s: HTTP %s", namespace, name, e.status)
+        return 0
+    for c in (dgd.get("spec") or {}).get("components") or []:
+        if isinstance(c, dict) and c.get("name") == component:
+            count = (c.get("multinode") or {}).get("nodeCount", 1)
+            return count if isinstance(count, int) else 0
+    return 0
+
+
 def engine_gpus(
     api: Any,
     namespace: str,
@@ -64,22 +141,40 @@ def engine_gpus(
     timeout: float = 300.0,
     poll: float = 2.0,
 ) -> list[tuple[str, int]]:
-    """``(node, gpu index)`` per engine rank for this pod's LeaderWorkerSet group or StatefulSet.
+    """``(node, gpu index)`` per engine rank for this pod's LeaderWorkerSet group, Grove scaling-group
+    replica (NVIDIA Dynamo) or StatefulSet.
 
     Waits until every pod of the group is scheduled. The group size is ``group_size``, else the
-    LeaderWorkerSet's ``leaderworkerset.sigs.k8s.io/size`` annotation on the pod, else the StatefulSet's
-    replicas.
+    LeaderWorkerSet's ``leaderworkerset.sigs.k8s.io/size`` annotation on the pod, else (Grove) the
+    DynamoGraphDeployment component's ``multinode.nodeCount``, else the StatefulSet's replicas.
     """
     from kubernetes import client as k8s
 
     core = k8s.CoreV1Api(api)
     me = core.read_namespaced_pod(pod_name, namespace)
     labels = me.metadata.labels or {}
+    rank_of: Callable[[Any], int]
     if LWS_LABEL_NAME in labels:
         group = labels.get(LWS_LABEL_GROUP_INDEX, "0")
         selector = f"{LWS_LABEL_NAME}={labels[LWS_LABEL_NAME]},{LWS_LABEL_GROUP_INDEX}={group}"
-        index_label = LWS_LABEL_WORKER_INDEX
+        rank_of = _label_rank(LWS_LABEL_WORKER_INDEX)
         size = int((me.metadata.annotations or {}).get(LWS_ANNOTATION_SIZE, "0"))
+    elif GROVE_LABEL_PCSG in labels:
+        mine = _grove_rank(me)
+        env_index = os.environ.get(GROVE_ENV_PCLQ_POD_INDEX)
+        # Grove injects GROVE_PCLQ_POD_INDEX into every container of its pods; when this is our own pod,
+        # its label (what the other pods are ranked by) must agree with it.
+        ours = env_index is not None and os.environ.get("POD_NAME") == pod_name
+        if ours and grove_node_rank(labels.get(GROVE_LABEL_PCLQ, ""), env_index) != mine:
+            raise ServingError(
+                "InvalidArgument",
+                f"{GROVE_ENV_PCLQ_POD_INDEX}={env_index} disagrees with pod {pod_name}'s label"
+                f" {GROVE_LABEL_PCLQ_POD_INDEX}={labels.get(GROVE_LABEL_PCLQ_POD_INDEX)}",
+            )
+        replica = labels.get(GROVE_LABEL_PCSG_REPLICA, "0")
+        selector = f"{GROVE_LABEL_PCSG}={labels[GROVE_LABEL_PCSG]},{GROVE_LABEL_PCSG_REPLICA}={replica}"
+        rank_of = _grove_rank
+        size = 0 if group_size else _dgd_node_count(api, namespace, labels)
     elif STS_LABEL_POD_INDEX in labels:
         owner = next((r.name for r in me.metadata.owner_references or [] if r.kind == "StatefulSet"), None)
         if owner is None:
@@ -88,15 +183,19 @@ def engine_gpus(
             )
         sts = k8s.AppsV1Api(api).read_namespaced_stateful_set(owner, namespace)
         selector = ",".join(f"{k}={v}" for k, v in sorted((sts.spec.selector.match_labels or {}).items()))
-        index_label, size = STS_LABEL_POD_INDEX, int(sts.spec.replicas or 0)
+        rank_of = _label_rank(STS_LABEL_POD_INDEX)
+        size = int(sts.spec.replicas or 0)
     else:
         raise ServingError(
             "InvalidArgument",
-            f"pod {pod_name} is neither in a LeaderWorkerSet nor a StatefulSet; cannot order ranks",
+            f"pod {pod_name} is neither in a LeaderWorkerSet, a Grove scaling group nor a StatefulSet;"
+            " cannot order ranks",
         )
     size = group_size or size
     if size < 1:
-        raise ServingError("InvalidArgument", f"cannot tell the group size of pod {pod_name}")
+        raise ServingError(
+            "InvalidArgument", f"cannot tell the group size of pod {pod_name}; pass --group-size"
+        )
     deadline = time.monotonic() + timeout
     while True:
         pods = [
@@ -104,9 +203,7 @@ def engine_gpus(
             for p in core.list_namespaced_pod(namespace, label_selector=selector).items
             if not p.metadata.deletion_timestamp
         ]
-        placed = {
-            int((p.metadata.labels or {})[index_label]): p.spec.node_name for p in pods if p.spec.node_name
-        }
+        placed = {rank_of(p): p.spec.node_name for p in pods if p.spec.node_name}
         if len(placed) >= size and set(range(size)) <= set(placed):
             break
         if time.monotonic() > deadline:

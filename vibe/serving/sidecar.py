@@ -115,17 +115,26 @@ class Watcher:
         if self.applied is None:
             # No init container recorded anything: the engine runs whatever it started with, which we
             # cannot know better than "the placement that is there now". Take it as the baseline.
-            self.applied = state.Applied(gen, data_hash, obs.version)
+            self.applied = state.successor(None, obs.stamp, data_hash, obs.version)
             state.save(self._state_dir, self.applied)
             log.info("no applied state; taking generation %s as the baseline", gen)
             return "baseline"
         verdict = state.decide(self.applied, obs.stamp, data_hash)
         if verdict is state.Verdict.SAME:
+            if self.applied.data_hash != data_hash:  # the same placement re-stamped with its UID
+                self.applied = state.successor(self.applied, obs.stamp, data_hash, obs.version)
+                state.save(self._state_dir, self.applied)
             return verdict.value
         if verdict is not state.Verdict.APPLY:
             messages = {
                 state.Verdict.OLDER: f"placement generation {gen} is older than the applied"
-                f" {self.applied.generation}; not applying it",
+                f" {self.applied.generation}"
+                + (
+                    " (it belongs to a deleted incarnation of the MoEDeployment)"
+                    if obs.stamp.uid in self.applied.retired
+                    else ""
+                )
+                + "; not applying it",
                 state.Verdict.CONFLICT: f"placement generation {gen} changed its bytes after it was applied;"
                 " not applying a second version of the same generation",
                 state.Verdict.UNORDERED: "placement changed but carries no generation (no placement-meta.json"
@@ -139,7 +148,7 @@ class Watcher:
         except ServingError as e:
             self._once((data_hash, "fit"), "Warning", "PlacementMismatch", f"generation {gen}: {e.message}")
             return e.reason
-        update = Update(gen, obs.stamp.content_hash or data_hash, documents)
+        update = Update(gen, obs.stamp.content_hash or data_hash, documents, obs.stamp.uid)
         try:
             policy = self._policy()
             outcome = policy.apply(update)
@@ -148,7 +157,7 @@ class Watcher:
                 (data_hash, e.message), "Warning", "PlacementApplyFailed", f"generation {gen}: {e.message}"
             )
             return e.reason
-        self.applied = state.Applied(gen, data_hash, obs.version)
+        self.applied = state.successor(self.applied, obs.stamp, data_hash, obs.version)
         state.save(self._state_dir, self.applied)
         self._report("Normal", "PlacementApplied", f"generation {gen} via {policy.name}: {outcome}")
         return verdict.value

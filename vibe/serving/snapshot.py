@@ -14,11 +14,17 @@ can straddle a swap and get keys from two versions. So ``read_snapshot`` resolve
 every key from *that* directory, and resolves ``..data`` again: if it moved (or the old directory vanished
 mid-read), it retries. A plain directory (no ``..data``: a test, a hostPath, ``kubectl cp``) is read twice
 and accepted when both reads agree. ``subPath`` mounts never update; mount the whole volume.
+
+Every key must be a regular file inside the mount, at most ``MAX_KEY_BYTES`` (and all keys together
+``MAX_TOTAL_BYTES``): a key that is a FIFO, a device (``/dev/zero``), a link out of the mount or a file
+larger than any ConfigMap can be is refused as ``UnreadableVolume`` without reading it whole (a FIFO is
+opened non-blocking, and never read).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +32,10 @@ from pathlib import Path
 from vibe.serving.errors import ServingError
 
 DATA_LINK = "..data"
+#: A ConfigMap holds at most 1 MiB of data (etcd's request limit); a key larger than that was not
+#: projected from one.
+MAX_KEY_BYTES = 1024 * 1024
+MAX_TOTAL_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,15 +61,42 @@ def current_version(mount: Path) -> str | None:
         raise ServingError("UnreadableVolume", f"{mount / DATA_LINK} is not a symlink: {e}") from None
 
 
-def _read_dir(directory: Path) -> dict[str, str]:
+def _read_key(path: Path, root: Path, budget: int) -> bytes:
+    """The bytes of one key: a regular file under ``root``, at most ``min(MAX_KEY_BYTES, budget)``."""
+    real = Path(os.path.realpath(path))
+    if real != root and root not in real.parents:
+        raise ServingError("UnreadableVolume", f"{path} points outside the placement volume ({real})")
+    limit = min(MAX_KEY_BYTES, budget)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ServingError("UnreadableVolume", f"{path} is not a regular file; refusing to read it")
+        if info.st_size > limit:
+            raise ServingError(
+                "UnreadableVolume", f"{path} is {info.st_size} bytes, more than a ConfigMap key can be"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            blob = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(blob) > limit:
+        raise ServingError("UnreadableVolume", f"{path} grew past {limit} bytes while it was read")
+    return blob
+
+
+def _read_dir(directory: Path, root: Path) -> dict[str, str]:
     data: dict[str, str] = {}
+    budget = MAX_TOTAL_BYTES
     for entry in sorted(os.listdir(directory)):
         if entry.startswith(".."):  # kubelet's bookkeeping (..data, ..<timestamp>, ..data_tmp)
             continue
         path = directory / entry
         if path.is_dir():
             continue
-        data[entry] = path.read_text(encoding="utf-8")
+        blob = _read_key(path, root, budget)
+        budget -= len(blob)
+        data[entry] = blob.decode("utf-8")
     return data
 
 
@@ -74,23 +111,25 @@ def read_snapshot(mount: str | os.PathLike[str], attempts: int = 20, pause: floa
     Raises:
         ServingError(UnreadableVolume): the mount does not exist, or kept changing for every attempt.
     """
-    root = Path(mount)
+    root = Path(os.path.realpath(mount))
     if not root.is_dir():
         raise ServingError("UnreadableVolume", f"placement volume {root} is not mounted (no such directory)")
     for _ in range(attempts):
         before = current_version(root)
         try:
             if before is None:
-                first = _read_dir(root)
-                if _read_dir(root) == first and current_version(root) is None:
+                first = _read_dir(root, root)
+                if _read_dir(root, root) == first and current_version(root) is None:
                     return Snapshot(first, "")
             else:
-                data = _read_dir(root / before)
+                data = _read_dir(root / before, root)
                 if current_version(root) == before:
                     return Snapshot(data, before)
         except (FileNotFoundError, NotADirectoryError):
             pass  # the old version directory was removed under us: retry on the new one
         except UnicodeDecodeError as e:
             raise ServingError("UnreadableVolume", f"{root}: a key is not UTF-8 text: {e}") from None
+        except OSError as e:  # permissions, a link loop, ...: the volume's problem, said in one line
+            raise ServingError("UnreadableVolume", f"{root}: {e}") from None
         time.sleep(pause)
     raise ServingError("UnreadableVolume", f"{root} kept changing during {attempts} reads; giving up for now")

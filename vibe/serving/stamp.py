@@ -6,9 +6,12 @@ generation, annotations). Serving pods see the ConfigMap two ways:
 * through the API (``vibe serving watch --source api``): the object carries the annotations
   ``vibe.dev/content-hash`` and ``vibe.dev/placement-generation``;
 * through a volume (``--source file``, and always in the init container): kubelet projects only
-  ``data``, never the annotations, so generation and hash come from the key ``placement-meta.json``.
-  Without that key, a ``placementGeneration`` field at the top of ``placement.json`` still gives the
-  generation (but no hash).
+  ``data``, never the annotations, so generation, hash and the MoEDeployment's uid come from the key
+  ``placement-meta.json``. Without that key, a ``placementGeneration`` field at the top of
+  ``placement.json`` still gives the generation (but no hash).
+
+A generation or uid that is not what ``vibe.contract`` allows (``"7"``, ``1e23``, 2^63) is refused as
+``UnreadableVolume``.
 
 A declared hash that does not match the data is refused (``HashMismatch``): a half-written or mixed
 placement never gets through. Pure (no Kubernetes client).
@@ -20,6 +23,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from vibe import contract
 from vibe.contract import (
     ANNOTATION_CONTENT_HASH,
     ANNOTATION_PLACEMENT_GENERATION,
@@ -40,25 +44,37 @@ class Stamp:
         generation: the placement generation, or None when nothing in the data or annotations says.
         content_hash: the hash the writer declared (None when it declared none).
         verified: True when a declared hash was recomputed and matched.
+        uid: the UID of the MoEDeployment the generation counts in (None from an operator that wrote none).
     """
 
     generation: int | None
     content_hash: str | None
     verified: bool
+    uid: str | None = None
 
 
-def _parse_generation(value: object, where: str) -> int | None:
-    if value is None:
-        return None
+def parse_generation(value: object, where: str, *, text: bool = False) -> int | None:
+    """``vibe.contract.parse_generation``, refusing as ``ServingError(UnreadableVolume)``."""
     try:
-        gen = int(str(value).strip())
-    except ValueError:
-        raise ServingError(
-            "UnreadableVolume", f"{where}: placement generation {value!r} is not an integer"
-        ) from None
-    if gen < 0:
-        raise ServingError("UnreadableVolume", f"{where}: placement generation {gen} is negative")
-    return gen
+        return contract.parse_generation(value, where, text=text)
+    except ValueError as e:
+        raise ServingError("UnreadableVolume", str(e)) from None
+
+
+def parse_uid(value: object, where: str) -> str | None:
+    """``vibe.contract.parse_uid``, refusing as ``ServingError(UnreadableVolume)``."""
+    try:
+        return contract.parse_uid(value, where)
+    except ValueError as e:
+        raise ServingError("UnreadableVolume", str(e)) from None
+
+
+def parse_template_value(value: str | None, where: str) -> tuple[int, str | None] | None:
+    """``vibe.contract.parse_template_value``, refusing as ``ServingError(UnreadableVolume)``."""
+    try:
+        return contract.parse_template_value(value, where)
+    except ValueError as e:
+        raise ServingError("UnreadableVolume", str(e)) from None
 
 
 def stamp_from_data(data: Mapping[str, str]) -> Stamp:
@@ -74,10 +90,11 @@ def stamp_from_data(data: Mapping[str, str]) -> Stamp:
             raise ServingError("UnreadableVolume", f"{KEY_META} is not JSON: {e}") from None
         if not isinstance(meta, dict):
             raise ServingError("UnreadableVolume", f"{KEY_META} must be a JSON object")
-        gen = _parse_generation(meta.get("placementGeneration"), KEY_META)
+        gen = parse_generation(meta.get("placementGeneration"), KEY_META)
+        uid = parse_uid(meta.get("uid"), KEY_META)
         declared = meta.get("contentHash")
         if declared is None:
-            return Stamp(gen, None, False)
+            return Stamp(gen, None, False, uid)
         actual = content_hash(core_data(data))
         if not same_hash(str(declared), actual):
             raise ServingError(
@@ -85,7 +102,7 @@ def stamp_from_data(data: Mapping[str, str]) -> Stamp:
                 f"{KEY_META} declares content hash {declared} but the other keys hash to {actual}"
                 f" (generation {gen}); refusing a half-written or mixed placement",
             )
-        return Stamp(gen, str(declared), True)
+        return Stamp(gen, str(declared), True, uid)
     gen = None
     if canonical.KEY in data:
         try:
@@ -93,7 +110,7 @@ def stamp_from_data(data: Mapping[str, str]) -> Stamp:
         except json.JSONDecodeError as e:
             raise ServingError("UnreadableVolume", f"{canonical.KEY} is not JSON: {e}") from None
         if isinstance(doc, dict):
-            gen = _parse_generation(doc.get("placementGeneration"), canonical.KEY)
+            gen = parse_generation(doc.get("placementGeneration"), canonical.KEY)
     return Stamp(gen, None, False)
 
 
@@ -108,8 +125,10 @@ def stamp_from_object(data: Mapping[str, str], annotations: Mapping[str, str] | 
     """
     inner = stamp_from_data(data)
     annotations = annotations or {}
-    gen = _parse_generation(
-        annotations.get(ANNOTATION_PLACEMENT_GENERATION), f"annotation {ANNOTATION_PLACEMENT_GENERATION}"
+    gen = parse_generation(
+        annotations.get(ANNOTATION_PLACEMENT_GENERATION),
+        f"annotation {ANNOTATION_PLACEMENT_GENERATION}",
+        text=True,
     )
     if gen is None:
         gen = inner.generation
@@ -121,7 +140,7 @@ def stamp_from_object(data: Mapping[str, str], annotations: Mapping[str, str] | 
         )
     declared = annotations.get(ANNOTATION_CONTENT_HASH)
     if declared is None:
-        return Stamp(gen, inner.content_hash, inner.verified)
+        return Stamp(gen, inner.content_hash, inner.verified, inner.uid)
     # The operator hashes the data it wrote; accept the hash with or without the meta key in it, so the
     # annotation may be computed before or after the meta key is added.
     candidates = {content_hash(data), content_hash(core_data(data))}
@@ -130,4 +149,4 @@ def stamp_from_object(data: Mapping[str, str], annotations: Mapping[str, str] | 
             "HashMismatch",
             f"annotation {ANNOTATION_CONTENT_HASH}={declared} does not match the data (generation {gen})",
         )
-    return Stamp(gen, declared, True)
+    return Stamp(gen, declared, True, inner.uid)

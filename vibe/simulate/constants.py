@@ -91,12 +91,14 @@ CONSTANTS: dict[str, Constant] = {
     "floor_slowdown_share": Constant(
         0.0,
         "of a GPU's compute slowdown",
-        "measured (benchmarks/results/floor-vs-power-h100-2026-12-07/): on an H100 at its 700 W cap, "
-        "floor-bound expert GEMMs run at the top SM clock (1980 MHz) drawing 367-626 W (DeepSeek-V3 bf16 "
+        "measured (benchmarks/results/gpu-slowness-h100-2026-12-07/): on an H100 at its 700 W cap, "
+        "floor-bound expert GEMMs run at the top SM clock (1980 MHz) drawing 475-660 W (DeepSeek-V3 bf16 "
         "to 32 tokens/expert, fp8 to 128; Qwen3 bf16 to 128, fp8 to 512), and only above them the cap "
         "pulls the clock down (1310-1565 MHz at 8192); a 60 s soak at 68 C moved nothing. A GPU slowed "
-        "by its power cap is slowed in the compute region and not at the floor: synthetic fleets' slow "
-        "GPUs keep their floor (0; 1 = the whole curve scaled, the 'uniform' model; --floor-share)",
+        "by its power cap is slowed in the compute region and not at the floor (that README's default: "
+        "floor factor 1.0, compute factor s): synthetic fleets' slow GPUs keep their floor (0). Heat-like "
+        "slowness (clock held low at any load, not measured) is nearer 1, the 'uniform' model; "
+        "--floor-share",
     ),
     "two_batch_overlap": Constant(
         1.0,

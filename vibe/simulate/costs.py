@@ -169,19 +169,41 @@ class NonExpertCost:
         )
         return float(out[0])
 
-    def _gemms(self, curve: tuple[np.ndarray, np.ndarray], n: np.ndarray, slow: Slowness) -> np.ndarray:
-        """[R] seconds of a GEMM curve at n [R] tokens, each rank slowed (floor and compute apart)."""
-        t = _interp_many(curve[0], curve[1], n)
+    def _gemm_curve(self, parts: list[tuple[float, tuple[np.ndarray, np.ndarray]]]) -> _Gemm:
+        """Weighted GEMM curves summed into one (on the union of their token grids, extended to 2^20
+        tokens; the H100 factor applied at those points), with the sum of their floors."""
+        if not parts:
+            return _Gemm(np.array([1.0, 2.0]), np.zeros(2), 0.0)
+        grid = np.unique(np.concatenate([c[0] for _, c in parts] + [np.array([float(2**20)])]))
         if self.gemm_factor is not None:
-            t = t * np.interp(n, self.gemm_factor[0], self.gemm_factor[1])
-        floor = float(curve[1].min()) * (
-            float(np.interp(curve[0][0], self.gemm_factor[0], self.gemm_factor[1]))
-            if self.gemm_factor
-            else 1.0
-        )
-        base = np.minimum(t, floor)
-        out: np.ndarray = np.where(n > 0, base * slow[0] + (t - base) * slow[1], 0.0)
-        return out
+            grid = np.unique(np.concatenate([grid, self.gemm_factor[0]]))
+        total = np.zeros_like(grid)
+        floor = 0.0
+        for w, (t, sec) in parts:
+            one = _interp_many(t, sec, grid)
+            f0 = 1.0
+            if self.gemm_factor is not None:
+                one = one * np.interp(grid, self.gemm_factor[0], self.gemm_factor[1])
+                f0 = float(np.interp(t[0], self.gemm_factor[0], self.gemm_factor[1]))
+            total += w * one
+            floor += w * float(sec.min()) * f0
+        return _Gemm(grid, np.maximum(total, floor), floor)
+
+    @functools.cached_property
+    def _per_token(self) -> _Gemm:
+        """The GEMMs every token of a step runs, over all layers: projections, shared expert and router,
+        dense MLPs."""
+        m = self.model
+        parts = [(float(m.layers), self.proj)]
+        if self.extra is not None:
+            parts.append((float(m.moe_layers), self.extra))
+        if self.dense is not None:
+            parts.append((float(m.dense_layers), self.dense))
+        return self._gemm_curve(parts)
+
+    @functools.cached_property
+    def _per_sample(self) -> _Gemm:
+        return self._gemm_curve([(1.0, self.lm)])
 
     def ranks(
         self,
@@ -198,21 +220,32 @@ class NonExpertCost:
         floor, decode attention's KV reads), ``compute_factor`` [R] the compute part (the GEMMs above
         their floor, prefill attention)."""
         m = self.model
-        slow = (floor_factor, compute_factor)
-        per_layer = self._gemms(self.proj, n, slow)
         a, b, c = self.decode
-        per_layer = per_layer + np.where(
+        attn = np.where(
             decode_reqs > 0, (a + b * decode_ctx + c * decode_reqs) * self.decode_factor * floor_factor, 0.0
         )
-        per_layer = per_layer + np.where(
-            pairs > 0, (self.prefill[0] + self.prefill[1] * pairs) * compute_factor, 0.0
+        attn = attn + np.where(pairs > 0, (self.prefill[0] + self.prefill[1] * pairs) * compute_factor, 0.0)
+        out: np.ndarray = (
+            m.layers * attn
+            + self._per_token.seconds(n, floor_factor, compute_factor)
+            + self._per_sample.seconds(sampled, floor_factor, compute_factor)
         )
-        total = m.layers * per_layer
-        if self.extra is not None:
-            total = total + m.moe_layers * self._gemms(self.extra, n, slow)
-        if self.dense is not None:
-            total = total + m.dense_layers * self._gemms(self.dense, n, slow)
-        out: np.ndarray = total + self._gemms(self.lm, sampled, slow)
+        return out
+
+
+@dataclass(frozen=True)
+class _Gemm:
+    """A GEMM time curve (tokens [K], seconds [K], linear past the last point) and its floor."""
+
+    tokens: np.ndarray
+    secs: np.ndarray
+    floor: float
+
+    def seconds(self, n: np.ndarray, floor_factor: np.ndarray, compute_factor: np.ndarray) -> np.ndarray:
+        """[R] seconds at n [R] tokens, the floor slowed by ``floor_factor``, the rest by
+        ``compute_factor`` (0 at n <= 0)."""
+        t = np.interp(n, self.tokens, self.secs)
+        out: np.ndarray = np.where(n > 0, self.floor * floor_factor + (t - self.floor) * compute_factor, 0.0)
         return out
 
 

@@ -97,9 +97,35 @@ Whether to render a Prometheus Operator object: enabled, and either the cluster 
 (.Capabilities, i.e. the API server Helm talks to) or force is set. Pass (dict "ctx" $ "cfg" <values>
 "kind" "ServiceMonitor"); renders "true" or nothing.
 */}}
+{{/* The `release` label kube-prometheus-stack's Prometheus selects monitors and rules by, if set. */}}
+{{- define "vibe.monitoring.releaseLabel" -}}
+{{- with .Values.monitoring.prometheusRelease }}
+release: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Whether PodMonitors replace the ServiceMonitors. */}}
+{{- define "vibe.monitoring.podMonitors" -}}
+{{- include "vibe.monitoring.render" (dict "ctx" . "cfg" .Values.monitoring.podMonitor "kind" "PodMonitor") -}}
+{{- end }}
+
 {{- define "vibe.monitoring.render" -}}
 {{- if and .cfg.enabled (or .cfg.force (.ctx.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" .kind))) -}}
 true
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's metrics bind address: operator.metrics.addr, or, when empty, all addresses only if a
+ServiceMonitor scrapes it (its series name every tenant's MoEDeployments), else the loopback.
+*/}}
+{{- define "vibe.operator.metricsAddr" -}}
+{{- if .Values.operator.metrics.addr -}}
+{{ .Values.operator.metrics.addr }}
+{{- else if include "vibe.monitoring.render" (dict "ctx" . "cfg" .Values.monitoring.serviceMonitor "kind" "ServiceMonitor") -}}
+0.0.0.0
+{{- else -}}
+127.0.0.1
 {{- end }}
 {{- end }}
 

@@ -21,11 +21,11 @@ from random_policy import solve_random  # noqa: E402
 
 from vibe import contract  # noqa: E402
 from vibe.engines import ENGINES  # noqa: E402
+from vibe.measure import reference_ep as ep  # noqa: E402
 from vibe.operator import output  # noqa: E402
 from vibe.placement.engine import solve  # noqa: E402
 from vibe.placement.inputs import read_fleet  # noqa: E402
 from vibe.placement.synthetic import skewed_loads  # noqa: E402
-from vibe.serving import reference_ep as ep  # noqa: E402
 from vibe.serving.errors import ServingError  # noqa: E402
 
 G, S, E, L = 4, 3, 8, 2  # 12 slots for 8 experts: 4 replicas
