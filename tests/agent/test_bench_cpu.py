@@ -20,7 +20,15 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 
 from typer.testing import CliRunner  # noqa: E402
 
-from vibe.agent.bench import canary, contended_seconds, fp8_supported, profile_device  # noqa: E402
+from vibe.agent.bench import (  # noqa: E402
+    canary,
+    contention,
+    fp8_supported,
+    idle_iteration_s,
+    loop_factor,
+    profile_device,
+    serving_loop,
+)
 from vibe.agent.cli import app  # noqa: E402
 from vibe.agent.node import AgentConfig, NodeAgent  # noqa: E402
 from vibe.agent.profiler import TorchProfiler, outcome_from_bench  # noqa: E402
@@ -51,13 +59,61 @@ def test_profile_on_cpu() -> None:
     assert all(p.window_s is None and not p.shared and p.median_s == p.seconds for p in bf16.points)
 
 
-def test_a_shared_gpu_reports_the_window_time() -> None:
-    # A co-tenant makes the window's time per call exceed the median: that is the GPU's speed for
-    # serving. Within the calls' own spread (5 %) the median stands.
-    assert contended_seconds(40e-6, 160e-6, 0.05) == (160e-6, True)
-    assert contended_seconds(40e-6, 41e-6, 0.05) == (40e-6, False)
-    assert contended_seconds(40e-6, 30e-6, 0.05) == (40e-6, False)  # never faster than the median
-    assert contended_seconds(40e-6, None, 0.05) == (40e-6, False)  # no window (CPU, canary)
+G = 40e-6  # one expert call's GPU time (the point's median)
+
+
+def _loop(
+    factor: float, launch_s: float = 200e-6, iters: int = 40, per_sync: int = 8
+) -> list[tuple[float, float, tuple[float, ...]]]:
+    """Iterations of a serving loop that ran ``factor`` x their idle estimate (default config)."""
+    cfg = BenchConfig()
+    w = idle_iteration_s(launch_s, G, per_sync, cfg.window_tail, cfg.window_overhead_s)
+    return [(w * factor, launch_s, ())] * iters
+
+
+def test_the_idle_estimate_of_a_loop_iteration() -> None:
+    # GPU-bound: 8 calls of 40 µs; the CPU launched them in 200 µs. CPU-bound: launches took 600 µs.
+    assert idle_iteration_s(200e-6, G, 8, 0.4, 25e-6) == pytest.approx(8 * G + 25e-6)
+    assert idle_iteration_s(600e-6, G, 8, 0.4, 25e-6) == pytest.approx(600e-6 + 0.4 * G + 25e-6)
+    # On an idle GPU the loop runs at its estimate, a CPU-bound loop included: factor 1.
+    cpu_bound = [(600e-6 + 0.4 * G + 25e-6, 600e-6, ())] * 10
+    assert loop_factor(cpu_bound, G, 8, 0.4, 25e-6) == pytest.approx(1.0)
+    # Against the calls' GPU time alone a CPU-bound loop would read x1.9 on an idle GPU.
+    assert sum(w for w, _, _ in cpu_bound) / (10 * 8 * G) > 1.9
+    # The CPU was slow to begin the second call (90 µs), then kept ahead: the GPU idled 50 µs waiting
+    # for it, and ran the 7 remaining calls after: 90 + 7 x 40 µs, not 8 x 40 µs.
+    starts = (90e-6, 100e-6, 110e-6, 120e-6, 130e-6, 140e-6, 150e-6)
+    assert idle_iteration_s(160e-6, G, 8, 0.4, 25e-6, starts) == pytest.approx(90e-6 + 7 * G + 25e-6)
+
+
+def test_a_co_tenant_is_reported_at_the_serving_loops_slowdown() -> None:
+    cfg = BenchConfig()
+    factor, parts, shared = contention([_loop(3.5)] * 4, G, 8, cfg)
+    assert shared and factor == pytest.approx(3.5) and parts == [pytest.approx(3.5)] * 4
+    # A 50 % duty neighbour slower than a part: slow and fast parts; the window's mean is what serving gets.
+    factor, _, shared = contention([_loop(3.0), _loop(1.0), _loop(3.0), _loop(1.0)], G, 8, cfg)
+    assert shared and factor == pytest.approx(2.0)
+
+
+def test_idle_noise_and_one_hiccup_flag_nothing() -> None:
+    cfg = BenchConfig()
+    assert contention([_loop(1.05), _loop(0.97), _loop(1.1), _loop(1.0)], G, 8, cfg)[2] is False
+    # One part with a 3x hiccup lifts the whole window to x1.5, but a single slow part never flags.
+    factor, _, shared = contention([_loop(1.0), _loop(1.0), _loop(3.0), _loop(1.0)], G, 8, cfg)
+    assert factor == pytest.approx(1.5) and shared is False
+    # Faster than the estimate (a boosted clock) is never a co-tenant.
+    assert contention([_loop(0.8)] * 4, G, 8, cfg)[2] is False
+    assert contention([], G, 8, cfg)[2] is False
+
+
+def test_the_serving_loop_syncs_after_every_layer() -> None:
+    calls: list[int] = []
+    syncs: list[int] = []
+    iters = serving_loop(calls.append, 8, 0.0, 100, lambda: syncs.append(len(calls)))
+    assert len(iters) == 3 and syncs == [8, 16, 24] and calls == list(range(24))
+    assert all(wall >= launch >= 0 and len(starts) == 7 for wall, launch, starts in iters)
+    assert all(list(starts) == sorted(starts) and starts[-1] <= launch for _w, launch, starts in iters)
+    assert len(serving_loop(calls.append, 1, 10.0, 5, lambda: None)) == 5  # max_iters bounds a window
 
 
 def test_the_ffn_is_swiglu() -> None:

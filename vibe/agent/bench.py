@@ -48,12 +48,19 @@ Measured the way the cost model needs it (ARCHITECTURE.md, "The cost model"; the
   kernels slower, it makes them wait: the GPU runs one context at a time in slices of milliseconds, so
   most of a point's 25 short calls run whole inside the agent's slice and the median never sees the
   neighbour (measured on an H200 with a neighbour at 90 % duty: the layer's step 4.3x slower, the
-  median curve within 4 %: benchmarks/results/ep-layer-h200-2026-12-01/). So after the median, each
-  point runs a window of back-to-back calls at least ``window_s`` long (several time slices; in chunks
-  that fit CUDA's launch queue, each behind a hold) bracketed by events; the window's time per call is
-  what a process on that GPU gets. When it exceeds the
-  median by more than ``shared_threshold`` (idle H200: window/median 0.85-1.09), the point is reported at the
-  window's time and flagged ``shared``: the GPU is shared and that is its speed for serving.
+  median curve within 4 %: benchmarks/results/ep-layer-h200-2026-12-01/). What a serving process loses
+  is mostly at its syncs: each time its queue drains (one MoE layer: ``window_layer_experts`` expert
+  calls, then a sync) the neighbour takes the GPU and the next layer waits for the neighbour's kernel
+  or slice. So after the median each point runs that serving loop itself (calls, sync, repeated; no
+  hold, the CPU paces it as in serving) for ``window_s``, in ``window_parts`` parts, and compares each
+  iteration's wall time with what it takes on an idle GPU: the larger of the CPU's launch time plus the
+  last call's tail and each call's start plus the GPU time (the median) of it and the calls after it,
+  plus a launch/sync overhead (``idle_iteration_s``). The loop's time over that idle estimate is what a
+  co-tenant costs serving; when it exceeds ``shared_threshold`` over the whole window and in at least
+  ``shared_min_parts`` parts (one hiccup cannot flag a point), the point is reported at median x
+  that factor and flagged ``shared`` (``contention``). A 20 ms window of back-to-back calls, as
+  before, saw half of it (x1.7-2.0 where the loop saw x3.5-3.9 on an H100) and flagged an idle point
+  now and then: benchmarks/results/agent-cotenant-*/.
 
 ``torch`` is imported inside the functions, so the package imports without it.
 """
@@ -114,10 +121,14 @@ class BenchConfig:
     reheat_s: float = 0.05  # heater GEMMs before every point (GPU only; 0 = none)
     heater_size: int = 8192  # the heater multiplies two [size, size] bf16 matrices
     max_retries: int = 2  # per point, when clock-event reasons changed during it
-    window_s: float = 0.02  # contention window per point on a GPU (0 = none): several time slices
-    window_max_calls: int = 2000  # calls in a window, at most
-    window_chunk_calls: int = 96  # calls queued behind one hold (CUDA's launch queue holds ~1,000 kernels)
-    shared_threshold: float = 0.10  # window over median beyond which the GPU is shared (idle H200: <= 1.09)
+    window_s: float = 0.1  # serving-loop window per point on a GPU (0 = none): a few neighbour periods
+    window_parts: int = 4  # ... timed in this many parts
+    window_layer_experts: int = 8  # expert calls between two syncs (one MoE layer of a decode step)
+    window_max_iters: int = 1000  # loop iterations in a window, at most
+    window_tail: float = 0.4  # GPU time left after the last launch returns (CPU-bound loop), in calls
+    window_overhead_s: float = 25e-6  # launch and sync latency per iteration on an idle GPU
+    shared_threshold: float = 0.15  # loop over its idle estimate beyond which the GPU is shared
+    shared_min_parts: int = 2  # ... in at least this many parts (and over the whole window)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -125,6 +136,8 @@ class BenchConfig:
             raise ValueError("repeats and min_experts must be >= 1")
         if list(self.tokens) != sorted(set(self.tokens)) or not self.tokens or self.tokens[0] < 1:
             raise ValueError("tokens must be strictly increasing positive ints")
+        if self.window_parts < 1 or self.window_layer_experts < 1 or self.shared_min_parts < 1:
+            raise ValueError("window_parts, window_layer_experts and shared_min_parts must be >= 1")
 
 
 @dataclass
@@ -142,16 +155,85 @@ class PointResult:
     reasons_after: list[str] = field(default_factory=list)
     sm_clock_hz: int | None = None  # after the point
     median_s: float | None = None  # median of the calls (= seconds unless shared)
-    window_s: float | None = None  # seconds per expert over the contention window (GPU only)
-    shared: bool = False  # the window was slower than the median: ``seconds`` is the window's
+    window_s: float | None = None  # seconds per expert the serving loop implies (median x its factor; GPU)
+    window_factors: list[float] = field(default_factory=list)  # each part's loop time over its idle estimate
+    shared: bool = False  # the serving loop ran slower than on an idle GPU: ``seconds`` is ``window_s``
 
 
-def contended_seconds(median_s: float, window_s: float | None, threshold: float) -> tuple[float, bool]:
-    """The point's time and whether the GPU was shared: the window's time per call when it exceeds the
-    median by more than ``threshold`` (a co-tenant took slices of the window), else the median."""
-    if window_s is not None and window_s > median_s * (1.0 + threshold):
-        return window_s, True
-    return median_s, False
+#: One serving-loop iteration: (wall seconds from the first launch to the sync's return, seconds the CPU
+#: took to launch the calls, when the CPU began each call after the first, in seconds from the first).
+LoopIteration = tuple[float, float, Sequence[float]]
+
+
+def serving_loop(
+    call: Callable[[int], Any], per_sync: int, seconds: float, max_iters: int, sync: Callable[[], Any]
+) -> list[LoopIteration]:
+    """Run ``per_sync`` calls then ``sync()``, repeated for ``seconds`` (at least 3, at most ``max_iters``
+    iterations): what one MoE layer of a decode step does, paced by the CPU as in serving."""
+    out: list[LoopIteration] = []
+    k = 0
+    clock = time.perf_counter
+    stop = clock() + seconds
+    while len(out) < max_iters:
+        t0 = clock()
+        starts = []
+        for j in range(per_sync):
+            if j:
+                starts.append(clock() - t0)
+            call(k)
+            k += 1
+        t1 = clock()
+        sync()
+        t2 = clock()
+        out.append((t2 - t0, t1 - t0, starts))
+        if t2 >= stop and len(out) >= 3:
+            break
+    return out
+
+
+def idle_iteration_s(
+    launch_s: float,
+    call_s: float,
+    per_sync: int,
+    tail: float,
+    overhead_s: float,
+    starts: Sequence[float] = (),
+) -> float:
+    """An iteration's wall time on an idle GPU: the GPU runs each call once the CPU has begun it and the
+    call before it is done, so the calls end at the latest of (a call's start + the GPU time of it and
+    every call after it) and (the CPU's last launch + the last call's ``tail``); plus the launch and sync
+    latency. ``starts``: when the CPU began each call after the first (none: evenly enough not to matter)."""
+    end = max(per_sync * call_s, launch_s + tail * call_s)
+    for k, t in enumerate(starts, 1):
+        end = max(end, t + (per_sync - k) * call_s)
+    return end + overhead_s
+
+
+def loop_factor(
+    iters: Sequence[LoopIteration], call_s: float, per_sync: int, tail: float, overhead_s: float
+) -> float:
+    """Wall time of the iterations over their idle estimate (1.0: what an idle GPU gives)."""
+    idle = sum(idle_iteration_s(it[1], call_s, per_sync, tail, overhead_s, it[2]) for it in iters)
+    return sum(it[0] for it in iters) / idle if idle > 0 else 1.0
+
+
+def contention(
+    parts: Sequence[Sequence[LoopIteration]],
+    call_s: float,
+    per_sync: int,
+    cfg: BenchConfig,
+) -> tuple[float, list[float], bool]:
+    """(the window's factor, each part's factor, shared): shared when the whole window and at least
+    ``shared_min_parts`` parts (all of them, if fewer) ran more than ``shared_threshold`` over their idle
+    estimate. The factor is the whole window's (a co-tenant's busy and idle phases both count, as they
+    do for serving); one slow part (a hiccup of the host) never flags a point."""
+    args = (call_s, per_sync, cfg.window_tail, cfg.window_overhead_s)
+    each = [loop_factor(p, *args) for p in parts if p]
+    whole = loop_factor([it for p in parts for it in p], *args)
+    limit = 1.0 + cfg.shared_threshold
+    slow = sum(f > limit for f in each)
+    shared = bool(each) and whole > limit and slow >= min(cfg.shared_min_parts, len(each))
+    return whole, each, shared
 
 
 @dataclass
@@ -528,10 +610,12 @@ def measure_point(
     nvml_index: int | None,
     heater: Heater | None = None,
     hold: bool = True,
+    loop_log: list[dict[str, Any]] | None = None,
 ) -> PointResult:
     """Time ``cfg.repeats`` calls over n tokens cycling the bank's experts; retry on a clock-event change.
 
-    ``hold=False`` (the canary, on a GPU that serves) queues nothing ahead of the calls.
+    ``hold=False`` (the canary, on a GPU that serves) queues nothing ahead of the calls and runs no
+    serving loop. ``loop_log`` (benchmarks) receives the serving loop's raw iterations.
     """
     x = bank.inputs(n)
     experts = len(bank)
@@ -564,27 +648,28 @@ def measure_point(
             break
     median = statistics.median(times)
     window = None
+    factors: list[float] = []
+    seconds, shared = median, False
     if timer.cuda and hold and cfg.window_s > 0 and median > 0:
-        # The contention window (module docstring), in chunks of at most ``window_chunk_calls`` calls:
-        # CUDA's launch queue holds ~1,000 kernels, and once it is full the CPU issues each call in
-        # real time; where that is slower than the GPU runs them (small n: ~60 µs of launches against
-        # ~40 µs of GPU) an unchunked window timed the CPU (x1.3 on an idle H200). Each chunk's lead
-        # holds the GPU while the CPU queues it, so no gap inside a chunk is the CPU's.
-        call_s = median * bank.per_call
-        total = max(cfg.repeats, min(cfg.window_max_calls, math.ceil(cfg.window_s / call_s)))
-        chunk = max(1, min(cfg.window_chunk_calls, total))
-        cpu_s = statistics.median(cpu) if cpu else 0.0
-        hold_s = 0.002 + 1.5 * chunk * cpu_s
-        if heater is not None and cfg.reheat_s > 0:
-            wlead = functools.partial(heater.run, heater.iters_for(hold_s))
-        else:
-            wlead = functools.partial(timer.hold, hold_s)
-        spent, calls = 0.0, 0
-        while calls < total:
-            spent += timer.time_window(lambda k: bank(k % experts, x), chunk, wlead)
-            calls += chunk
-        window = spent / calls / bank.per_call
-    seconds, shared = contended_seconds(median, window, cfg.shared_threshold)
+        # The serving loop (module docstring): calls then a sync, repeated, no hold; the CPU paces it.
+        per_sync = max(1, cfg.window_layer_experts // bank.per_call)
+        timer.sync()
+        parts = [
+            serving_loop(
+                lambda k: bank(k % experts, x),
+                per_sync,
+                cfg.window_s / cfg.window_parts,
+                max(1, cfg.window_max_iters // cfg.window_parts),
+                timer.sync,
+            )
+            for _ in range(cfg.window_parts)
+        ]
+        if loop_log is not None:
+            loop_log.append({"perSync": per_sync, "callS": median * bank.per_call, "parts": parts})
+        factor, factors, shared = contention(parts, median * bank.per_call, per_sync, cfg)
+        window = median * max(factor, 1.0)
+        if shared:
+            seconds = window
     mean = statistics.fmean(times)
     return PointResult(
         tokens=n,
@@ -599,6 +684,7 @@ def measure_point(
         sm_clock_hz=after.sm_clock_hz,
         median_s=median,
         window_s=window,
+        window_factors=[round(f, 4) for f in factors],
         shared=shared,
     )
 
@@ -796,9 +882,9 @@ def profile_device(
         worst = max(p.seconds / (p.median_s or p.seconds) for p in shared)
         total = sum(len(c.points) for c in result.curves)
         result.notes.append(
-            f"GPU shared with another context: {len(shared)} of {total} points ran slower over a "
-            f"{cfg.window_s * 1e3:.0f} ms window than call by call (up to x{worst:.2f}); those points "
-            "report the window's time, what a serving process on this GPU gets"
+            f"GPU shared with another context: {len(shared)} of {total} points ran a serving loop "
+            f"(calls, sync) over {cfg.window_s * 1e3:.0f} ms slower than an idle GPU runs it (up to "
+            f"x{worst:.2f}); those points report that time, what a serving process on this GPU gets"
         )
     if nvml_index is not None:
         result.telemetry_after = telemetry.sample(nvml_index).as_dict()
