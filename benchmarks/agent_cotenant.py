@@ -4,11 +4,12 @@ The reference: a serving-like loop, 8 expert calls then a sync, repeated (one Mo
 fused fp8 runs the 8 experts as one grouped call), timed by the host's clock over ``--ref-s`` seconds
 per point: its mean iteration time under a co-tenant over its mean iteration time on the idle GPU is
 the slowdown serving sees. The agent: ``vibe.agent.bench.measure_point`` as a profile runs it (re-heat,
-median of 25 calls, then its serving-loop window); its published time under a co-tenant over its
-published time idle is the slowdown it reports. The previous agent (a 20 ms window of back-to-back calls
-in chunks of 96 behind a hold, flagged at +10 %) runs on the same bank in the same process, as the
-baseline. Every co-tenant is a second process on the same GPU (``neighbour``): square bf16 GEMMs or
-device-to-device copies, each followed by a sync, for ``duty`` of every ``period``.
+median of 25 calls, then its serving-loop window, ``window_mode="loop"``); its published time under a
+co-tenant over its published time idle is the slowdown it reports. The default agent (a 20 ms window
+of back-to-back calls in chunks of 96 behind a hold, flagged at +10 %) runs on the same bank in the
+same process, as the baseline. Every co-tenant is a second process on the same GPU (``neighbour``):
+square bf16 GEMMs or device-to-device copies, each followed by a sync, for ``duty`` of every
+``period``. Not yet run on a GPU (no device machine could be started on 2026-12-07).
 
     PYTHONPATH=. python3 benchmarks/agent_cotenant.py run --out OUT.json        # GPU machine
     python3 benchmarks/agent_cotenant.py table OUT.json [--tail 0.4 --overhead 25e-6 --threshold 0.15]
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import statistics
@@ -45,7 +45,6 @@ COTENANTS = (
     "copy=copy:512:1.0:0.05",  # memory-bandwidth bound, flat out
     "bursty=gemm:4096:0.3:0.004",  # short kernels in short bursts
 )
-LEGACY = {"window_s": 0.02, "chunk": 96, "max_calls": 2000, "threshold": 0.10}
 
 
 def _env() -> dict[str, str]:
@@ -145,28 +144,6 @@ def reference_loop(timer: Any, bank: Any, x: Any, per_sync: int, seconds: float)
     return {"meanS": statistics.fmean(walls), "medianS": statistics.median(walls), "iters": len(walls)}
 
 
-def legacy_window(
-    torch: Any, bank: Any, x: Any, timer: Any, heater: Any, median: float, cpu_s: float
-) -> float:
-    """The previous agent's contention window (as of 2026-12-01): seconds per expert over >= 20 ms of
-    back-to-back calls, in chunks of <= 96 calls each queued behind a heater hold."""
-    import functools
-
-    if not timer.cuda:
-        return median
-    experts = len(bank)
-    call_s = median * bank.per_call
-    total = max(25, min(LEGACY["max_calls"], math.ceil(LEGACY["window_s"] / call_s)))
-    chunk = max(1, min(LEGACY["chunk"], total))
-    hold_s = 0.002 + 1.5 * chunk * cpu_s
-    lead = functools.partial(heater.run, heater.iters_for(hold_s))
-    spent, calls = 0.0, 0
-    while calls < total:
-        spent += timer.time_window(lambda k: bank(k % experts, x), chunk, lead)
-        calls += chunk
-    return spent / calls / bank.per_call
-
-
 # -- run ----------------------------------------------------------------------------------------------------
 
 
@@ -181,7 +158,8 @@ def cmd_run(a: argparse.Namespace) -> None:
     timer = Timer(torch, dev)
     telemetry = NvmlTelemetry.open()
     idx = (dev.index or 0) if dev.type == "cuda" and telemetry.available else None
-    cfg = BenchConfig()
+    cfg = BenchConfig(window_mode="loop")
+    chunks = BenchConfig()  # the default agent: a 20 ms window of back-to-back calls in chunks
     tokens = [int(t) for t in a.tokens.split(",")]
     heater = Heater(torch, dev, cfg.heater_size if dev.type == "cuda" else 128)
     pre = preheat(heater, timer, cfg, telemetry, idx)
@@ -202,7 +180,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "config": {k: v for k, v in vars(cfg).items() if k != "tokens"},
-        "legacy": LEGACY,
+        "legacy": {k: v for k, v in vars(BenchConfig()).items() if k != "tokens"},
         "preheat": {k: v for k, v in pre.items() if k != "trace"},
         "refSeconds": a.ref_s,
         "runs": {},
@@ -215,18 +193,13 @@ def cmd_run(a: argparse.Namespace) -> None:
             time.sleep(a.settle)
         run: dict[str, Any] = {"spec": spec, "curves": {}}
         for label, bank in banks:
-            per_sync = max(1, cfg.window_layer_experts // bank.per_call)
+            per_sync = max(1, cfg.loop_layer_experts // bank.per_call)
             pts = []
             for n in tokens:
                 x = bank.inputs(n)
                 log: list[dict[str, Any]] = []
                 p = measure_point(bank, timer, n, cfg, telemetry, idx, heater, loop_log=log)
-                # CPU launch time of one call, as the previous agent sized its holds with.
-                t0 = time.perf_counter()
-                bank(0, x)
-                cpu_s = time.perf_counter() - t0
-                timer.sync()
-                legacy = legacy_window(torch, bank, x, timer, heater, p.median_s or p.seconds, cpu_s)
+                legacy = measure_point(bank, timer, n, chunks, telemetry, idx, heater).seconds
                 ref = reference_loop(timer, bank, x, per_sync, a.ref_s)
                 pts.append(
                     {
@@ -235,7 +208,7 @@ def cmd_run(a: argparse.Namespace) -> None:
                         "median": p.median_s,
                         "shared": p.shared,
                         "factors": p.window_factors,
-                        "legacyWindow": legacy,
+                        "legacyPublished": legacy,
                         "ref": ref,
                         "loop": log[0] if log else None,
                     }
@@ -265,10 +238,11 @@ def republish(point: dict[str, Any], est: dict[str, float] | None) -> tuple[floa
     from vibe.agent.bench import BenchConfig, contention
 
     cfg = BenchConfig(
-        window_tail=est["tail"],
-        window_overhead_s=est["overhead"],
-        shared_threshold=est["threshold"],
-        shared_min_parts=int(est["min_parts"]),
+        window_mode="loop",
+        loop_tail=est["tail"],
+        loop_overhead_s=est["overhead"],
+        loop_threshold=est["threshold"],
+        loop_min_parts=int(est["min_parts"]),
     )
     loop = point["loop"]
     parts = [[(it[0], it[1], it[2]) for it in part] for part in loop["parts"]]
@@ -278,8 +252,7 @@ def republish(point: dict[str, Any], est: dict[str, float] | None) -> tuple[floa
 
 
 def legacy_published(point: dict[str, Any]) -> float:
-    m, w = point["median"], point["legacyWindow"]
-    return w if w > m * (1 + LEGACY["threshold"]) else m
+    return float(point["legacyPublished"])
 
 
 def table(report: dict[str, Any], est: dict[str, float] | None) -> dict[str, Any]:
@@ -331,10 +304,10 @@ def cmd_table(a: argparse.Namespace) -> None:
     if a.tail is not None or a.overhead is not None or a.threshold is not None or a.min_parts is not None:
         c = report["config"]
         est = {
-            "tail": c["window_tail"] if a.tail is None else a.tail,
-            "overhead": c["window_overhead_s"] if a.overhead is None else a.overhead,
-            "threshold": c["shared_threshold"] if a.threshold is None else a.threshold,
-            "min_parts": c["shared_min_parts"] if a.min_parts is None else a.min_parts,
+            "tail": c["loop_tail"] if a.tail is None else a.tail,
+            "overhead": c["loop_overhead_s"] if a.overhead is None else a.overhead,
+            "threshold": c["loop_threshold"] if a.threshold is None else a.threshold,
+            "min_parts": c["loop_min_parts"] if a.min_parts is None else a.min_parts,
         }
     s = table(report, est)
     if a.json:

@@ -22,6 +22,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from vibe.agent.bench import (  # noqa: E402
     canary,
+    contended_seconds,
     contention,
     fp8_supported,
     idle_iteration_s,
@@ -59,6 +60,15 @@ def test_profile_on_cpu() -> None:
     assert all(p.window_s is None and not p.shared and p.median_s == p.seconds for p in bf16.points)
 
 
+def test_a_shared_gpu_reports_the_window_time() -> None:
+    # A co-tenant makes the window's time per call exceed the median: that is the GPU's speed for
+    # serving. Within the calls' own spread (5 %) the median stands.
+    assert contended_seconds(40e-6, 160e-6, 0.05) == (160e-6, True)
+    assert contended_seconds(40e-6, 41e-6, 0.05) == (40e-6, False)
+    assert contended_seconds(40e-6, 30e-6, 0.05) == (40e-6, False)  # never faster than the median
+    assert contended_seconds(40e-6, None, 0.05) == (40e-6, False)  # no window (CPU, canary)
+
+
 G = 40e-6  # one expert call's GPU time (the point's median)
 
 
@@ -67,7 +77,7 @@ def _loop(
 ) -> list[tuple[float, float, tuple[float, ...]]]:
     """Iterations of a serving loop that ran ``factor`` x their idle estimate (default config)."""
     cfg = BenchConfig()
-    w = idle_iteration_s(launch_s, G, per_sync, cfg.window_tail, cfg.window_overhead_s)
+    w = idle_iteration_s(launch_s, G, per_sync, cfg.loop_tail, cfg.loop_overhead_s)
     return [(w * factor, launch_s, ())] * iters
 
 
@@ -179,6 +189,10 @@ def test_bench_command_on_cpu(tmp_path: Path) -> None:
 
 
 def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        BenchConfig(window_mode="both")
+    with pytest.raises(ValueError):
+        BenchConfig(loop_parts=0)
     with pytest.raises(ValueError):
         BenchConfig(tokens=(4, 2))
     with pytest.raises(ValueError):

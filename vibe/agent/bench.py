@@ -48,19 +48,23 @@ Measured the way the cost model needs it (ARCHITECTURE.md, "The cost model"; the
   kernels slower, it makes them wait: the GPU runs one context at a time in slices of milliseconds, so
   most of a point's 25 short calls run whole inside the agent's slice and the median never sees the
   neighbour (measured on an H200 with a neighbour at 90 % duty: the layer's step 4.3x slower, the
-  median curve within 4 %: benchmarks/results/ep-layer-h200-2026-12-01/). What a serving process loses
-  is mostly at its syncs: each time its queue drains (one MoE layer: ``window_layer_experts`` expert
-  calls, then a sync) the neighbour takes the GPU and the next layer waits for the neighbour's kernel
-  or slice. So after the median each point runs that serving loop itself (calls, sync, repeated; no
-  hold, the CPU paces it as in serving) for ``window_s``, in ``window_parts`` parts, and compares each
+  median curve within 4 %: benchmarks/results/ep-layer-h200-2026-12-01/). So after the median, each
+  point runs a window of back-to-back calls at least ``window_s`` long (several time slices; in chunks
+  that fit CUDA's launch queue, each behind a hold) bracketed by events; the window's time per call is
+  what a process on that GPU gets. When it exceeds the median by more than ``shared_threshold`` (idle
+  H200: window/median 0.85-1.09), the point is reported at the window's time and flagged ``shared``.
+  That window sees about half of what a serving loop loses (an H100 with a 90 % GEMM neighbour: x1.7-2.0
+  where a loop of 8 calls then a sync saw x3.5-3.9, issue 19), because serving loses most at its
+  syncs: each time its queue drains the neighbour takes the GPU and the next layer waits for the
+  neighbour's kernel or slice. ``window_mode="loop"`` runs that serving loop itself instead (calls,
+  sync, repeated; no hold, the CPU paces it) for ``loop_s`` in ``loop_parts`` parts, and compares each
   iteration's wall time with what it takes on an idle GPU: the larger of the CPU's launch time plus the
   last call's tail and each call's start plus the GPU time (the median) of it and the calls after it,
-  plus a launch/sync overhead (``idle_iteration_s``). The loop's time over that idle estimate is what a
-  co-tenant costs serving; when it exceeds ``shared_threshold`` over the whole window and in at least
-  ``shared_min_parts`` parts (one hiccup cannot flag a point), the point is reported at median x
-  that factor and flagged ``shared`` (``contention``). A 20 ms window of back-to-back calls, as
-  before, saw half of it (x1.7-2.0 where the loop saw x3.5-3.9 on an H100) and flagged an idle point
-  now and then: benchmarks/results/agent-cotenant-*/.
+  plus a launch/sync overhead (``idle_iteration_s``). Over ``loop_threshold`` in the whole window and
+  in at least ``loop_min_parts`` parts (one hiccup cannot flag a point), the point is reported at
+  median x that factor and flagged ``shared`` (``contention``). It is not the default until a GPU run
+  of ``benchmarks/agent_cotenant.py`` shows it within 20 % of the loop beside co-tenants and quiet on an
+  idle GPU (its estimate's overhead and tail are first guesses, not yet measured).
 
 ``torch`` is imported inside the functions, so the package imports without it.
 """
@@ -121,14 +125,20 @@ class BenchConfig:
     reheat_s: float = 0.05  # heater GEMMs before every point (GPU only; 0 = none)
     heater_size: int = 8192  # the heater multiplies two [size, size] bf16 matrices
     max_retries: int = 2  # per point, when clock-event reasons changed during it
-    window_s: float = 0.1  # serving-loop window per point on a GPU (0 = none): a few neighbour periods
-    window_parts: int = 4  # ... timed in this many parts
-    window_layer_experts: int = 8  # expert calls between two syncs (one MoE layer of a decode step)
-    window_max_iters: int = 1000  # loop iterations in a window, at most
-    window_tail: float = 0.4  # GPU time left after the last launch returns (CPU-bound loop), in calls
-    window_overhead_s: float = 25e-6  # launch and sync latency per iteration on an idle GPU
-    shared_threshold: float = 0.15  # loop over its idle estimate beyond which the GPU is shared
-    shared_min_parts: int = 2  # ... in at least this many parts (and over the whole window)
+    window_s: float = 0.02  # contention window per point on a GPU (0 = none): several time slices
+    window_max_calls: int = 2000  # calls in a window, at most
+    window_chunk_calls: int = 96  # calls queued behind one hold (CUDA's launch queue holds ~1,000 kernels)
+    shared_threshold: float = 0.10  # window over median beyond which the GPU is shared (idle H200: <= 1.09)
+    # The serving-loop window (``window_mode="loop"``; module docstring), instead of the one above:
+    window_mode: str = "chunks"  # "chunks" (the window above) or "loop"
+    loop_s: float = 0.1  # serving loop per point: a few neighbour periods
+    loop_parts: int = 4  # ... timed in this many parts
+    loop_layer_experts: int = 8  # expert calls between two syncs (one MoE layer of a decode step)
+    loop_max_iters: int = 1000  # loop iterations in a window, at most
+    loop_tail: float = 0.4  # GPU time left after the last launch returns (CPU-bound loop), in calls
+    loop_overhead_s: float = 25e-6  # launch and sync latency per iteration on an idle GPU
+    loop_threshold: float = 0.15  # loop over its idle estimate beyond which the GPU is shared
+    loop_min_parts: int = 2  # ... in at least this many parts (and over the whole window)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -136,8 +146,10 @@ class BenchConfig:
             raise ValueError("repeats and min_experts must be >= 1")
         if list(self.tokens) != sorted(set(self.tokens)) or not self.tokens or self.tokens[0] < 1:
             raise ValueError("tokens must be strictly increasing positive ints")
-        if self.window_parts < 1 or self.window_layer_experts < 1 or self.shared_min_parts < 1:
-            raise ValueError("window_parts, window_layer_experts and shared_min_parts must be >= 1")
+        if self.loop_parts < 1 or self.loop_layer_experts < 1 or self.loop_min_parts < 1:
+            raise ValueError("loop_parts, loop_layer_experts and loop_min_parts must be >= 1")
+        if self.window_mode not in ("chunks", "loop"):
+            raise ValueError("window_mode must be 'chunks' or 'loop'")
 
 
 @dataclass
@@ -155,9 +167,17 @@ class PointResult:
     reasons_after: list[str] = field(default_factory=list)
     sm_clock_hz: int | None = None  # after the point
     median_s: float | None = None  # median of the calls (= seconds unless shared)
-    window_s: float | None = None  # seconds per expert the serving loop implies (median x its factor; GPU)
-    window_factors: list[float] = field(default_factory=list)  # each part's loop time over its idle estimate
-    shared: bool = False  # the serving loop ran slower than on an idle GPU: ``seconds`` is ``window_s``
+    window_s: float | None = None  # seconds per expert over the contention window (GPU only)
+    window_factors: list[float] = field(default_factory=list)  # loop mode: each part's time over its idle
+    shared: bool = False  # the window was slower than the median (idle loop): ``seconds`` is the window's
+
+
+def contended_seconds(median_s: float, window_s: float | None, threshold: float) -> tuple[float, bool]:
+    """The point's time and whether the GPU was shared: the window's time per call when it exceeds the
+    median by more than ``threshold`` (a co-tenant took slices of the window), else the median."""
+    if window_s is not None and window_s > median_s * (1.0 + threshold):
+        return window_s, True
+    return median_s, False
 
 
 #: One serving-loop iteration: (wall seconds from the first launch to the sync's return, seconds the CPU
@@ -224,15 +244,15 @@ def contention(
     cfg: BenchConfig,
 ) -> tuple[float, list[float], bool]:
     """(the window's factor, each part's factor, shared): shared when the whole window and at least
-    ``shared_min_parts`` parts (all of them, if fewer) ran more than ``shared_threshold`` over their idle
+    ``loop_min_parts`` parts (all of them, if fewer) ran more than ``loop_threshold`` over their idle
     estimate. The factor is the whole window's (a co-tenant's busy and idle phases both count, as they
     do for serving); one slow part (a hiccup of the host) never flags a point."""
-    args = (call_s, per_sync, cfg.window_tail, cfg.window_overhead_s)
+    args = (call_s, per_sync, cfg.loop_tail, cfg.loop_overhead_s)
     each = [loop_factor(p, *args) for p in parts if p]
     whole = loop_factor([it for p in parts for it in p], *args)
-    limit = 1.0 + cfg.shared_threshold
+    limit = 1.0 + cfg.loop_threshold
     slow = sum(f > limit for f in each)
-    shared = bool(each) and whole > limit and slow >= min(cfg.shared_min_parts, len(each))
+    shared = bool(each) and whole > limit and slow >= min(cfg.loop_min_parts, len(each))
     return whole, each, shared
 
 
@@ -650,19 +670,19 @@ def measure_point(
     window = None
     factors: list[float] = []
     seconds, shared = median, False
-    if timer.cuda and hold and cfg.window_s > 0 and median > 0:
+    if timer.cuda and hold and cfg.window_mode == "loop" and cfg.loop_s > 0 and median > 0:
         # The serving loop (module docstring): calls then a sync, repeated, no hold; the CPU paces it.
-        per_sync = max(1, cfg.window_layer_experts // bank.per_call)
+        per_sync = max(1, cfg.loop_layer_experts // bank.per_call)
         timer.sync()
         parts = [
             serving_loop(
                 lambda k: bank(k % experts, x),
                 per_sync,
-                cfg.window_s / cfg.window_parts,
-                max(1, cfg.window_max_iters // cfg.window_parts),
+                cfg.loop_s / cfg.loop_parts,
+                max(1, cfg.loop_max_iters // cfg.loop_parts),
                 timer.sync,
             )
-            for _ in range(cfg.window_parts)
+            for _ in range(cfg.loop_parts)
         ]
         if loop_log is not None:
             loop_log.append({"perSync": per_sync, "callS": median * bank.per_call, "parts": parts})
@@ -670,6 +690,27 @@ def measure_point(
         window = median * max(factor, 1.0)
         if shared:
             seconds = window
+    elif timer.cuda and hold and cfg.window_s > 0 and median > 0:
+        # The contention window (module docstring), in chunks of at most ``window_chunk_calls`` calls:
+        # CUDA's launch queue holds ~1,000 kernels, and once it is full the CPU issues each call in
+        # real time; where that is slower than the GPU runs them (small n: ~60 µs of launches against
+        # ~40 µs of GPU) an unchunked window timed the CPU (x1.3 on an idle H200). Each chunk's lead
+        # holds the GPU while the CPU queues it, so no gap inside a chunk is the CPU's.
+        call_s = median * bank.per_call
+        total = max(cfg.repeats, min(cfg.window_max_calls, math.ceil(cfg.window_s / call_s)))
+        chunk = max(1, min(cfg.window_chunk_calls, total))
+        cpu_s = statistics.median(cpu) if cpu else 0.0
+        hold_s = 0.002 + 1.5 * chunk * cpu_s
+        if heater is not None and cfg.reheat_s > 0:
+            wlead = functools.partial(heater.run, heater.iters_for(hold_s))
+        else:
+            wlead = functools.partial(timer.hold, hold_s)
+        spent, calls = 0.0, 0
+        while calls < total:
+            spent += timer.time_window(lambda k: bank(k % experts, x), chunk, wlead)
+            calls += chunk
+        window = spent / calls / bank.per_call
+        seconds, shared = contended_seconds(median, window, cfg.shared_threshold)
     mean = statistics.fmean(times)
     return PointResult(
         tokens=n,
@@ -882,9 +923,13 @@ def profile_device(
         worst = max(p.seconds / (p.median_s or p.seconds) for p in shared)
         total = sum(len(c.points) for c in result.curves)
         result.notes.append(
-            f"GPU shared with another context: {len(shared)} of {total} points ran a serving loop "
-            f"(calls, sync) over {cfg.window_s * 1e3:.0f} ms slower than an idle GPU runs it (up to "
-            f"x{worst:.2f}); those points report that time, what a serving process on this GPU gets"
+            f"GPU shared with another context: {len(shared)} of {total} points ran slower over a "
+            + (
+                f"{cfg.loop_s * 1e3:.0f} ms serving loop (calls, sync) than an idle GPU runs it"
+                if cfg.window_mode == "loop"
+                else f"{cfg.window_s * 1e3:.0f} ms window than call by call"
+            )
+            + f" (up to x{worst:.2f}); those points report that time, what a serving process on this GPU gets"
         )
     if nvml_index is not None:
         result.telemetry_after = telemetry.sample(nvml_index).as_dict()
