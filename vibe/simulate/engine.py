@@ -172,170 +172,217 @@ def run(
     """Simulate one group serving the requests (module doc). Arrays are [N], any order."""
     if mode not in ("colocated", "prefill", "decode"):
         raise ValueError(f"unknown mode {mode!r}")
-    n = int(arrival.size)
-    cfg = group.config
-    g = group.num_gpus
-    kv_cap = group.kv_tokens // g  # per rank
-    need = prompt + (0 if mode == "prefill" else output)
-    if n and int(need.max()) > kv_cap:
-        raise SimulationError(
-            f"a request needs {int(need.max())} KV tokens but one GPU of the {group.name} group holds "
-            f"{kv_cap} (more memory or shorter requests)"
-        )
-    order = np.argsort(arrival, kind="stable")
-    rank_of = np.empty(n, dtype=np.int64)
-    rank_of[order] = np.arange(n) % g  # round-robin over the ranks, in arrival order
-    first = np.full(n, np.nan)
-    finish = np.full(n, np.nan)
-    samples = group.tables[0][1].samples
-    ks = np.random.default_rng([seed, 3]).integers(samples, size=4096)
-    waiting: list[deque[int]] = [deque() for _ in range(g)]
-    pending: set[int] = set()  # ranks with a non-empty waiting queue
-    chunked: list[list[int]] = []  # [request, prompt tokens done, rank], FCFS
-    run_id = np.empty(0, dtype=np.int64)
-    run_left = np.empty(0, dtype=np.int64)
-    run_ctx = np.empty(0, dtype=np.float64)
-    run_rank = np.empty(0, dtype=np.int64)
-    kv_used = np.zeros(g, dtype=np.int64)
-    active = np.zeros(g, dtype=np.int64)
-    nxt = done = steps = 0
-    t = 0.0
-    last_report = -1
-    decode_first = cfg.scheduler == "decode-first"
+    return _Engine(arrival, prompt, output, group, mode, seed).run(progress)
 
-    def release(ids: np.ndarray) -> None:
-        nonlocal done
-        done += int(ids.size)
-        r = rank_of[ids]
-        np.subtract.at(kv_used, r, need[ids])
-        np.subtract.at(active, r, 1)
 
-    def start_decoding(ids: list[int], now: float) -> None:
-        nonlocal run_id, run_left, run_ctx, run_rank
+class _Engine:
+    """One ``run``'s state: the ranks' queues, running batches and KV, and the clock.
+
+    ``chunked``: [request, prompt tokens done, rank] of the requests being prefilled, FCFS. The running
+    (decoding) requests are parallel arrays: ``run_id``, ``run_left`` (tokens still to produce),
+    ``run_ctx`` (context length), ``run_rank``.
+    """
+
+    def __init__(
+        self,
+        arrival: np.ndarray,
+        prompt: np.ndarray,
+        output: np.ndarray,
+        group: Group,
+        mode: str,
+        seed: int,
+    ) -> None:
+        self.arrival, self.prompt, self.output = arrival, prompt, output
+        self.group, self.mode = group, mode
+        self.n = n = int(arrival.size)
+        self.cfg = group.config
+        self.g = g = group.num_gpus
+        self.kv_cap = kv_cap = group.kv_tokens // g  # per rank
+        self.need = need = prompt + (0 if mode == "prefill" else output)
+        if n and int(need.max()) > kv_cap:
+            raise SimulationError(
+                f"a request needs {int(need.max())} KV tokens but one GPU of the {group.name} group holds "
+                f"{kv_cap} (more memory or shorter requests)"
+            )
+        self.order = order = np.argsort(arrival, kind="stable")
+        self.rank_of = np.empty(n, dtype=np.int64)
+        self.rank_of[order] = np.arange(n) % g  # round-robin over the ranks, in arrival order
+        self.first = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        samples = group.tables[0][1].samples
+        self.ks = np.random.default_rng([seed, 3]).integers(samples, size=4096)
+        self.waiting: list[deque[int]] = [deque() for _ in range(g)]
+        self.pending: set[int] = set()  # ranks with a non-empty waiting queue
+        self.chunked: list[list[int]] = []  # [request, prompt tokens done, rank], FCFS
+        self.run_id = np.empty(0, dtype=np.int64)
+        self.run_left = np.empty(0, dtype=np.int64)
+        self.run_ctx = np.empty(0, dtype=np.float64)
+        self.run_rank = np.empty(0, dtype=np.int64)
+        self.kv_used = np.zeros(g, dtype=np.int64)
+        self.active = np.zeros(g, dtype=np.int64)
+        self.nxt = self.done = self.steps = 0
+        self.decode_first = self.cfg.scheduler == "decode-first"
+
+    def release(self, ids: np.ndarray) -> None:
+        """The requests are finished: free their KV and their places in the ranks' batches."""
+        self.done += int(ids.size)
+        r = self.rank_of[ids]
+        np.subtract.at(self.kv_used, r, self.need[ids])
+        np.subtract.at(self.active, r, 1)
+
+    def start_decoding(self, ids: list[int], now: float) -> None:
+        """The requests have their first token: they join the running batch (or finish, at one token)."""
         a = np.asarray(ids, dtype=np.int64)
-        left = output[a] - 1
+        left = self.output[a] - 1
         fin = left <= 0
-        finish[a[fin]] = now
-        release(a[fin])
+        self.finish[a[fin]] = now
+        self.release(a[fin])
         keep = ~fin
-        run_id = np.concatenate([run_id, a[keep]])
-        run_left = np.concatenate([run_left, left[keep]])
-        run_ctx = np.concatenate([run_ctx, (prompt[a[keep]] + 1).astype(np.float64)])
-        run_rank = np.concatenate([run_rank, rank_of[a[keep]]])
+        self.run_id = np.concatenate([self.run_id, a[keep]])
+        self.run_left = np.concatenate([self.run_left, left[keep]])
+        self.run_ctx = np.concatenate([self.run_ctx, (self.prompt[a[keep]] + 1).astype(np.float64)])
+        self.run_rank = np.concatenate([self.run_rank, self.rank_of[a[keep]]])
 
-    def decode_tokens(mask: np.ndarray, now: float) -> None:
-        nonlocal run_id, run_left, run_ctx, run_rank
-        run_left[mask] -= 1
-        run_ctx[mask] += 1
-        fin = mask & (run_left <= 0)
+    def decode_tokens(self, mask: np.ndarray, now: float) -> None:
+        """The masked running requests each got one token; the finished ones leave."""
+        self.run_left[mask] -= 1
+        self.run_ctx[mask] += 1
+        fin = mask & (self.run_left <= 0)
         if fin.any():
-            ids = run_id[fin]
-            finish[ids] = now
-            release(ids)
+            ids = self.run_id[fin]
+            self.finish[ids] = now
+            self.release(ids)
             keep = ~fin
-            run_id, run_left, run_ctx, run_rank = run_id[keep], run_left[keep], run_ctx[keep], run_rank[keep]
+            self.run_id = self.run_id[keep]
+            self.run_left = self.run_left[keep]
+            self.run_ctx = self.run_ctx[keep]
+            self.run_rank = self.run_rank[keep]
 
-    def admit(r: int, room: int | None) -> int | None:
+    def admit(self, r: int, room: int | None) -> int | None:
         """The next waiting request of rank r if it fits (None if not), counted in."""
-        q = waiting[r]
-        if not q or active[r] >= cfg.max_running or (room is not None and room <= 0):
+        q = self.waiting[r]
+        if not q or self.active[r] >= self.cfg.max_running or (room is not None and room <= 0):
             return None
         req = q[0]
-        if kv_used[r] + int(need[req]) > kv_cap:
+        if self.kv_used[r] + int(self.need[req]) > self.kv_cap:
             return None
         q.popleft()
         if not q:
-            pending.discard(r)
-        kv_used[r] += int(need[req])
-        active[r] += 1
+            self.pending.discard(r)
+        self.kv_used[r] += int(self.need[req])
+        self.active[r] += 1
         return req
 
-    while done < n:
-        while nxt < n and arrival[order[nxt]] <= t:
-            req = int(order[nxt])
-            waiting[int(rank_of[req])].append(req)
-            pending.add(int(rank_of[req]))
-            nxt += 1
-        t_up = group.available(t)
-        if t_up > t:
-            t = t_up
-            continue
-        k = int(ks[steps % ks.size])
-        batch: list[tuple[list[int], int]] = []  # (chunked entry, tokens this step)
-        if mode == "decode":
-            admitted: list[int] = []
-            for r in sorted(pending):
-                while (got := admit(r, None)) is not None:
-                    first[got] = t
-                    admitted.append(got)
-            if admitted:
-                start_decoding(admitted, t)
-            decoding = np.ones(run_id.size, dtype=bool)
-        else:
-            room = np.full(g, cfg.chunk_tokens, dtype=np.int64)
-            if decode_first and mode == "colocated" and run_id.size:
-                room -= np.bincount(run_rank, minlength=g)
-            for entry in chunked:
-                r = entry[2]
-                if room[r] <= 0:
-                    continue
-                take = min(int(prompt[entry[0]]) - entry[1], int(room[r]))
+    def arrive(self, t: float) -> None:
+        """Queue the requests that have arrived by t on their ranks."""
+        while self.nxt < self.n and self.arrival[self.order[self.nxt]] <= t:
+            req = int(self.order[self.nxt])
+            self.waiting[int(self.rank_of[req])].append(req)
+            self.pending.add(int(self.rank_of[req]))
+            self.nxt += 1
+
+    def schedule_decode(self, t: float) -> np.ndarray:
+        """Decode mode: admit every waiting request that fits (its first token is sent now); all decode."""
+        admitted: list[int] = []
+        for r in sorted(self.pending):
+            while (got := self.admit(r, None)) is not None:
+                self.first[got] = t
+                admitted.append(got)
+        if admitted:
+            self.start_decoding(admitted, t)
+        return np.ones(self.run_id.size, dtype=bool)
+
+    def schedule_prefill(self, batch: list[tuple[list[int], int]]) -> np.ndarray:
+        """Fill ``batch`` with this step's prefill chunks; the mask of the running requests that decode.
+
+        Chunks continue the partly prefilled prompts first, then admit waiting requests, within each
+        rank's token budget (less its decode tokens under decode-first).
+        """
+        g, cfg, room = self.g, self.cfg, np.full(self.g, self.cfg.chunk_tokens, dtype=np.int64)
+        if self.decode_first and self.mode == "colocated" and self.run_id.size:
+            room -= np.bincount(self.run_rank, minlength=g)
+        for entry in self.chunked:
+            r = entry[2]
+            if room[r] <= 0:
+                continue
+            take = min(int(self.prompt[entry[0]]) - entry[1], int(room[r]))
+            batch.append((entry, take))
+            room[r] -= take
+        for r in sorted(self.pending):
+            while (got := self.admit(r, int(room[r]))) is not None:
+                entry = [got, 0, r]
+                self.chunked.append(entry)
+                take = min(int(self.prompt[got]), int(room[r]))
                 batch.append((entry, take))
                 room[r] -= take
-            for r in sorted(pending):
-                while (got := admit(r, int(room[r]))) is not None:
-                    entry = [got, 0, r]
-                    chunked.append(entry)
-                    take = min(int(prompt[got]), int(room[r]))
-                    batch.append((entry, take))
-                    room[r] -= take
-            if mode == "prefill":
-                decoding = np.zeros(run_id.size, dtype=bool)
-            elif decode_first or cfg.mixed_chunk:
-                decoding = np.ones(run_id.size, dtype=bool)
-            else:  # prefill-first: a rank with a prefill batch runs it; its decoding requests wait
-                busy = np.zeros(g, dtype=bool)
-                busy[[e[2] for e, _ in batch]] = True
-                decoding = ~busy[run_rank]
-        dec_rank = run_rank[decoding]
-        dreq = np.bincount(dec_rank, minlength=g).astype(np.float64)
-        if not batch and not dreq.any():
-            if nxt < n:  # idle until the next arrival
-                t = max(t, float(arrival[order[nxt]]))
-                continue
-            if not pending and not chunked and run_id.size == 0:
-                break  # nothing left (defensive: done < n cannot happen here)
-            raise SimulationError(f"the {group.name} group cannot admit a waiting request")
-        dctx = np.bincount(dec_rank, weights=run_ctx[decoding], minlength=g)
-        tokens = dreq.copy()
-        pairs = np.zeros(g)
-        sampled = dreq.copy()
-        completing: list[list[int]] = []
-        for e, x in batch:
-            tokens[e[2]] += x
-            pairs[e[2]] += x * e[1] + x * x / 2.0
-            if e[1] + x >= prompt[e[0]]:
-                completing.append(e)
-                sampled[e[2]] += 1
-        dt = group.step_seconds(t, tokens, dreq, dctx, pairs, sampled, k, bool(batch))
-        t += dt
-        steps += 1
-        if decoding.any():
-            decode_tokens(decoding, t)
+        if self.mode == "prefill":
+            return np.zeros(self.run_id.size, dtype=bool)
+        if self.decode_first or cfg.mixed_chunk:
+            return np.ones(self.run_id.size, dtype=bool)
+        # prefill-first: a rank with a prefill batch runs it; its decoding requests wait
+        busy = np.zeros(g, dtype=bool)
+        busy[[e[2] for e, _ in batch]] = True
+        return ~busy[self.run_rank]
+
+    def finish_prefills(
+        self, batch: list[tuple[list[int], int]], completing: list[list[int]], t: float
+    ) -> None:
+        """Count the step's prefill chunks in; the completed prompts get their first token at t."""
         for e, x in batch:
             e[1] += x
         if completing:
             ids = [e[0] for e in completing]
-            chunked = [e for e in chunked if e[1] < prompt[e[0]]]
-            first[ids] = t
-            if mode == "prefill":
-                finish[ids] = t
-                release(np.asarray(ids, dtype=np.int64))
+            self.chunked = [e for e in self.chunked if e[1] < self.prompt[e[0]]]
+            self.first[ids] = t
+            if self.mode == "prefill":
+                self.finish[ids] = t
+                self.release(np.asarray(ids, dtype=np.int64))
             else:
-                start_decoding(ids, t)
-        if progress is not None and steps // 2000 != last_report:
-            last_report = steps // 2000
-            progress(done, n, t)
-    if progress is not None:
-        progress(done, n, t)
-    return EngineResult(first, finish, steps)
+                self.start_decoding(ids, t)
+
+    def run(self, progress: Progress | None) -> EngineResult:
+        """Step until every request has finished."""
+        n, g, group, arrival, order = self.n, self.g, self.group, self.arrival, self.order
+        t = 0.0
+        last_report = -1
+        while self.done < n:
+            self.arrive(t)
+            t_up = group.available(t)
+            if t_up > t:
+                t = t_up
+                continue
+            k = int(self.ks[self.steps % self.ks.size])
+            batch: list[tuple[list[int], int]] = []  # (chunked entry, tokens this step)
+            decoding = self.schedule_decode(t) if self.mode == "decode" else self.schedule_prefill(batch)
+            dec_rank = self.run_rank[decoding]
+            dreq = np.bincount(dec_rank, minlength=g).astype(np.float64)
+            if not batch and not dreq.any():
+                if self.nxt < n:  # idle until the next arrival
+                    t = max(t, float(arrival[order[self.nxt]]))
+                    continue
+                if not self.pending and not self.chunked and self.run_id.size == 0:
+                    break  # nothing left (defensive: done < n cannot happen here)
+                raise SimulationError(f"the {group.name} group cannot admit a waiting request")
+            dctx = np.bincount(dec_rank, weights=self.run_ctx[decoding], minlength=g)
+            tokens = dreq.copy()
+            pairs = np.zeros(g)
+            sampled = dreq.copy()
+            completing: list[list[int]] = []
+            for e, x in batch:
+                tokens[e[2]] += x
+                pairs[e[2]] += x * e[1] + x * x / 2.0
+                if e[1] + x >= self.prompt[e[0]]:
+                    completing.append(e)
+                    sampled[e[2]] += 1
+            dt = group.step_seconds(t, tokens, dreq, dctx, pairs, sampled, k, bool(batch))
+            t += dt
+            self.steps += 1
+            if decoding.any():
+                self.decode_tokens(decoding, t)
+            self.finish_prefills(batch, completing, t)
+            if progress is not None and self.steps // 2000 != last_report:
+                last_report = self.steps // 2000
+                progress(self.done, n, t)
+        if progress is not None:
+            progress(self.done, n, t)
+        return EngineResult(self.first, self.finish, self.steps)
