@@ -252,64 +252,16 @@ def _numbers(text: str, what: str) -> list[float]:
 
 
 def _simulate(**o: Any) -> None:
-    from vibe.placement import load_json, read_fleet, read_loads
-    from vibe.simulate.engine import EngineConfig
     from vibe.simulate.models import resolve
     from vibe.simulate.report import sweep
-    from vibe.simulate.simulator import POLICIES, REPLACE, GroupSpec, Settings, Simulator
+    from vibe.simulate.simulator import Simulator
     from vibe.simulate.workload import Workload
 
     m = resolve(o["model"])
     rates = _numbers(o["rates"], "--rates")
-    names = [p.strip() for p in o["policies"].split(",") if p.strip()]
-    for p in names:
-        if p not in (*POLICIES, REPLACE):
-            raise ValueError(f"unknown policy {p!r} (one of {', '.join((*POLICIES, REPLACE))})")
-    drift = tuple(parse_drift(d) for d in o["drift"] or ())
-    if drift and REPLACE not in names:
-        names.append(REPLACE)
-    if REPLACE in names and not drift:
-        raise ValueError(f"{REPLACE} needs --drift")
-    decode = GroupSpec(
-        "colocated" if o["mode"] == "colocated" else "decode",
-        read_loads(load_json(o["loads"], "loads")),
-        read_fleet(load_json(o["fleet"], "fleet")),
-        o["slots_per_gpu"],
-        o["plan_tokens"],
-        o["step_mix"],
-    )
-    groups: tuple[GroupSpec, ...] = (decode,)
-    if o["mode"] == "disaggregated":
-        if not (o["prefill_loads"] and o["prefill_fleet"] and o["prefill_slots_per_gpu"]):
-            raise ValueError(
-                "--mode disaggregated needs --prefill-loads, --prefill-fleet, --prefill-slots-per-gpu"
-            )
-        pre = GroupSpec(
-            "prefill",
-            read_loads(load_json(o["prefill_loads"], "prefill loads")),
-            read_fleet(load_json(o["prefill_fleet"], "prefill fleet")),
-            o["prefill_slots_per_gpu"],
-            o["plan_tokens"],
-            o["step_mix"],
-        )
-        groups = (pre, decode)
-    settings = Settings(
-        model=m,
-        groups=groups,
-        engine=EngineConfig(o["chunk_tokens"], o["max_running"], o["mixed_chunk"], o["scheduler"]),
-        overlap=o["overlap"],
-        per_node=o["dispatch_per_node"],
-        plan_samples=o["samples"],
-        plan_dispatch=o["dispatch"],
-        floor_share=o["floor_share"],
-        gpu=o["gpu"],
-        gpu_memory_bytes=o["gpu_memory_gib"] * 2**30 if o["gpu_memory_gib"] else None,
-        drift=drift,
-        replace_after_s=o["replace_after_s"],
-        replace_cost=o["replace_cost"],
-        restart_s=o["restart_s"],
-        seed=o["seed"],
-    )
+    names, drift = _policies(o)
+    groups = _groups(o)
+    settings = _settings(o, m, groups, drift)
     base = Workload(
         rates[0],
         o["requests"],
@@ -335,8 +287,92 @@ def _simulate(**o: Any) -> None:
         goodput_seconds=o["goodput_seconds"],
     )
     progress.close()
-    doc["settings"] = {
-        "model": m.name,
+    doc["settings"] = _settings_doc(o, m.name, groups, drift)
+    print_tables(doc)
+    if o["output"]:
+        Path(o["output"]).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    if o["plot"]:
+        from vibe.simulate.plot import draw
+
+        draw(doc, str(o["plot"]))
+
+
+def _policies(o: dict[str, Any]) -> tuple[list[str], tuple[Any, ...]]:
+    """The policies to run and the drift events; vibe+replace is added with --drift and needs it."""
+    from vibe.simulate.simulator import POLICIES, REPLACE
+
+    names = [p.strip() for p in o["policies"].split(",") if p.strip()]
+    for p in names:
+        if p not in (*POLICIES, REPLACE):
+            raise ValueError(f"unknown policy {p!r} (one of {', '.join((*POLICIES, REPLACE))})")
+    drift = tuple(parse_drift(d) for d in o["drift"] or ())
+    if drift and REPLACE not in names:
+        names.append(REPLACE)
+    if REPLACE in names and not drift:
+        raise ValueError(f"{REPLACE} needs --drift")
+    return names, drift
+
+
+def _groups(o: dict[str, Any]) -> tuple[Any, ...]:
+    """The expert-parallel groups, read from their files: one, or prefill then decode (--mode)."""
+    from vibe.placement import load_json, read_fleet, read_loads
+    from vibe.simulate.simulator import GroupSpec
+
+    decode = GroupSpec(
+        "colocated" if o["mode"] == "colocated" else "decode",
+        read_loads(load_json(o["loads"], "loads")),
+        read_fleet(load_json(o["fleet"], "fleet")),
+        o["slots_per_gpu"],
+        o["plan_tokens"],
+        o["step_mix"],
+    )
+    if o["mode"] != "disaggregated":
+        return (decode,)
+    if not (o["prefill_loads"] and o["prefill_fleet"] and o["prefill_slots_per_gpu"]):
+        raise ValueError(
+            "--mode disaggregated needs --prefill-loads, --prefill-fleet, --prefill-slots-per-gpu"
+        )
+    pre = GroupSpec(
+        "prefill",
+        read_loads(load_json(o["prefill_loads"], "prefill loads")),
+        read_fleet(load_json(o["prefill_fleet"], "prefill fleet")),
+        o["prefill_slots_per_gpu"],
+        o["plan_tokens"],
+        o["step_mix"],
+    )
+    return (pre, decode)
+
+
+def _settings(o: dict[str, Any], model: Any, groups: tuple[Any, ...], drift: tuple[Any, ...]) -> Any:
+    """The simulator's ``Settings`` from the flags."""
+    from vibe.simulate.engine import EngineConfig
+    from vibe.simulate.simulator import Settings
+
+    return Settings(
+        model=model,
+        groups=groups,
+        engine=EngineConfig(o["chunk_tokens"], o["max_running"], o["mixed_chunk"], o["scheduler"]),
+        overlap=o["overlap"],
+        per_node=o["dispatch_per_node"],
+        plan_samples=o["samples"],
+        plan_dispatch=o["dispatch"],
+        floor_share=o["floor_share"],
+        gpu=o["gpu"],
+        gpu_memory_bytes=o["gpu_memory_gib"] * 2**30 if o["gpu_memory_gib"] else None,
+        drift=drift,
+        replace_after_s=o["replace_after_s"],
+        replace_cost=o["replace_cost"],
+        restart_s=o["restart_s"],
+        seed=o["seed"],
+    )
+
+
+def _settings_doc(
+    o: dict[str, Any], model: str, groups: tuple[Any, ...], drift: tuple[Any, ...]
+) -> dict[str, Any]:
+    """The output JSON's ``settings``: what was simulated, as the flags gave it."""
+    return {
+        "model": model,
         "mode": o["mode"],
         "gpu": o["gpu"],
         "groups": [{"name": g.name, "gpus": len(g.fleet), "slotsPerGPU": g.slots_per_gpu} for g in groups],
@@ -364,13 +400,6 @@ def _simulate(**o: Any) -> None:
         "replaceAfterS": o["replace_after_s"] if drift else None,
         "replaceCost": o["replace_cost"] if drift else None,
     }
-    print_tables(doc)
-    if o["output"]:
-        Path(o["output"]).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    if o["plot"]:
-        from vibe.simulate.plot import draw
-
-        draw(doc, str(o["plot"]))
 
 
 class _Progress:
