@@ -638,6 +638,55 @@ def measure_point(
     serving loop. ``loop_log`` (benchmarks) receives the serving loop's raw iterations.
     """
     x = bank.inputs(n)
+    times, cpu, before, after, attempt, changed = _timed_calls(
+        bank, timer, x, cfg, telemetry, nvml_index, heater, hold
+    )
+    median = statistics.median(times)
+    window = None
+    factors: list[float] = []
+    seconds, shared = median, False
+    if timer.cuda and hold and cfg.window_mode == "loop" and cfg.loop_s > 0 and median > 0:
+        factor, factors, shared = _loop_contention(bank, timer, x, cfg, median, loop_log)
+        window = median * max(factor, 1.0)
+        if shared:
+            seconds = window
+    elif timer.cuda and hold and cfg.window_s > 0 and median > 0:
+        window = _window_seconds(bank, timer, x, cfg, median, cpu, heater)
+        seconds, shared = contended_seconds(median, window, cfg.shared_threshold)
+    mean = statistics.fmean(times)
+    return PointResult(
+        tokens=n,
+        seconds=seconds,
+        cv=(statistics.pstdev(times) / mean) if mean > 0 else 0.0,
+        min_s=min(times),
+        max_s=max(times),
+        retries=attempt,
+        unsettled=changed,
+        reasons_before=before.reasons,
+        reasons_after=after.reasons,
+        sm_clock_hz=after.sm_clock_hz,
+        median_s=median,
+        window_s=window,
+        window_factors=[round(f, 4) for f in factors],
+        shared=shared,
+    )
+
+
+def _timed_calls(
+    bank: ExpertBank,
+    timer: Timer,
+    x: Any,
+    cfg: BenchConfig,
+    telemetry: TelemetrySource,
+    nvml_index: int | None,
+    heater: Heater | None,
+    hold: bool,
+) -> tuple[list[float], list[float], Sample, Sample, int, bool]:
+    """``cfg.repeats`` timed calls per expert, retried while the clock-event reasons change under them.
+
+    Returns the per-expert seconds, the warm-up's CPU seconds per call, the telemetry samples before and
+    after, the retries taken and whether the reasons still changed on the last attempt.
+    """
     experts = len(bank)
     for attempt in range(cfg.max_retries + 1):
         # Warm-up apart, synchronised: a first call at a new n can cost the CPU milliseconds (GEMM
@@ -666,68 +715,70 @@ def measure_point(
         changed = _reasons(before) != _reasons(after)
         if not changed or attempt == cfg.max_retries:
             break
-    median = statistics.median(times)
-    window = None
-    factors: list[float] = []
-    seconds, shared = median, False
-    if timer.cuda and hold and cfg.window_mode == "loop" and cfg.loop_s > 0 and median > 0:
-        # The serving loop (module docstring): calls then a sync, repeated, no hold; the CPU paces it.
-        per_sync = max(1, cfg.loop_layer_experts // bank.per_call)
-        timer.sync()
-        parts = [
-            serving_loop(
-                lambda k: bank(k % experts, x),
-                per_sync,
-                cfg.loop_s / cfg.loop_parts,
-                max(1, cfg.loop_max_iters // cfg.loop_parts),
-                timer.sync,
-            )
-            for _ in range(cfg.loop_parts)
-        ]
-        if loop_log is not None:
-            loop_log.append({"perSync": per_sync, "callS": median * bank.per_call, "parts": parts})
-        factor, factors, shared = contention(parts, median * bank.per_call, per_sync, cfg)
-        window = median * max(factor, 1.0)
-        if shared:
-            seconds = window
-    elif timer.cuda and hold and cfg.window_s > 0 and median > 0:
-        # The contention window (module docstring), in chunks of at most ``window_chunk_calls`` calls:
-        # CUDA's launch queue holds ~1,000 kernels, and once it is full the CPU issues each call in
-        # real time; where that is slower than the GPU runs them (small n: ~60 µs of launches against
-        # ~40 µs of GPU) an unchunked window timed the CPU (x1.3 on an idle H200). Each chunk's lead
-        # holds the GPU while the CPU queues it, so no gap inside a chunk is the CPU's.
-        call_s = median * bank.per_call
-        total = max(cfg.repeats, min(cfg.window_max_calls, math.ceil(cfg.window_s / call_s)))
-        chunk = max(1, min(cfg.window_chunk_calls, total))
-        cpu_s = statistics.median(cpu) if cpu else 0.0
-        hold_s = 0.002 + 1.5 * chunk * cpu_s
-        if heater is not None and cfg.reheat_s > 0:
-            wlead = functools.partial(heater.run, heater.iters_for(hold_s))
-        else:
-            wlead = functools.partial(timer.hold, hold_s)
-        spent, calls = 0.0, 0
-        while calls < total:
-            spent += timer.time_window(lambda k: bank(k % experts, x), chunk, wlead)
-            calls += chunk
-        window = spent / calls / bank.per_call
-        seconds, shared = contended_seconds(median, window, cfg.shared_threshold)
-    mean = statistics.fmean(times)
-    return PointResult(
-        tokens=n,
-        seconds=seconds,
-        cv=(statistics.pstdev(times) / mean) if mean > 0 else 0.0,
-        min_s=min(times),
-        max_s=max(times),
-        retries=attempt,
-        unsettled=changed,
-        reasons_before=before.reasons,
-        reasons_after=after.reasons,
-        sm_clock_hz=after.sm_clock_hz,
-        median_s=median,
-        window_s=window,
-        window_factors=[round(f, 4) for f in factors],
-        shared=shared,
-    )
+    return times, cpu, before, after, attempt, changed
+
+
+def _loop_contention(
+    bank: ExpertBank,
+    timer: Timer,
+    x: Any,
+    cfg: BenchConfig,
+    median: float,
+    loop_log: list[dict[str, Any]] | None,
+) -> tuple[float, list[float], bool]:
+    """The serving loop (module docstring): calls then a sync, repeated, no hold; the CPU paces it.
+
+    Returns ``contention``'s (factor, per-part factors, shared).
+    """
+    experts = len(bank)
+    per_sync = max(1, cfg.loop_layer_experts // bank.per_call)
+    timer.sync()
+    parts = [
+        serving_loop(
+            lambda k: bank(k % experts, x),
+            per_sync,
+            cfg.loop_s / cfg.loop_parts,
+            max(1, cfg.loop_max_iters // cfg.loop_parts),
+            timer.sync,
+        )
+        for _ in range(cfg.loop_parts)
+    ]
+    if loop_log is not None:
+        loop_log.append({"perSync": per_sync, "callS": median * bank.per_call, "parts": parts})
+    return contention(parts, median * bank.per_call, per_sync, cfg)
+
+
+def _window_seconds(
+    bank: ExpertBank,
+    timer: Timer,
+    x: Any,
+    cfg: BenchConfig,
+    median: float,
+    cpu: list[float],
+    heater: Heater | None,
+) -> float:
+    """Seconds per expert over the contention window (module docstring), timed in chunks.
+
+    Chunks of at most ``window_chunk_calls`` calls: CUDA's launch queue holds ~1,000 kernels, and once
+    it is full the CPU issues each call in real time; where that is slower than the GPU runs them (small
+    n: ~60 µs of launches against ~40 µs of GPU) an unchunked window timed the CPU (x1.3 on an idle
+    H200). Each chunk's lead holds the GPU while the CPU queues it, so no gap inside a chunk is the CPU's.
+    """
+    experts = len(bank)
+    call_s = median * bank.per_call
+    total = max(cfg.repeats, min(cfg.window_max_calls, math.ceil(cfg.window_s / call_s)))
+    chunk = max(1, min(cfg.window_chunk_calls, total))
+    cpu_s = statistics.median(cpu) if cpu else 0.0
+    hold_s = 0.002 + 1.5 * chunk * cpu_s
+    if heater is not None and cfg.reheat_s > 0:
+        wlead = functools.partial(heater.run, heater.iters_for(hold_s))
+    else:
+        wlead = functools.partial(timer.hold, hold_s)
+    spent, calls = 0.0, 0
+    while calls < total:
+        spent += timer.time_window(lambda k: bank(k % experts, x), chunk, wlead)
+        calls += chunk
+    return spent / calls / bank.per_call
 
 
 def experts_for(torch: ModuleType, device: Device, shape: ExpertShape, cfg: BenchConfig) -> int:
@@ -873,16 +924,7 @@ def profile_device(
     if nvml_index is not None:
         result.telemetry_before = telemetry.sample(nvml_index).as_dict()
     torch.manual_seed(cfg.seed)
-    no_fp8 = fp8_supported(torch, dev) if any(s.dtype == "fp8" for s in shapes) else ""
-    if no_fp8:
-        result.notes.append(f"fp8 skipped: {no_fp8}")
-    elif any(s.dtype == "fp8" for s in shapes):
-        no_fused = fused_fp8_supported(torch, dev)
-        if no_fused:
-            result.notes.append(
-                f"fp8 measured unfused (per-call quantisation, _scaled_mm), slower than an engine's fused "
-                f"fp8: {no_fused}"
-            )
+    no_fp8 = _fp8_check(torch, dev, shapes, result.notes)
     max_tokens = max(cfg.tokens)
 
     # On a CPU a token heater keeps the code path the same (tests, CI); there is no clock to settle.
@@ -897,53 +939,96 @@ def profile_device(
             if progress:
                 progress("skip", {"shape": shape, "why": no_fp8, "points": len(cfg.tokens)})
             continue
-        bank = _bank(torch, dev, shape, cfg, max_tokens)
-        if bank is None:
-            curve.skipped = "not enough free device memory for one expert"
-            if progress:
-                progress("skip", {"shape": shape, "why": curve.skipped, "points": len(cfg.tokens)})
-            continue
-        curve.experts = bank.distinct
-        curve.kernel = bank.kernel
-        if progress:
-            progress("shape", {"shape": shape, "experts": len(bank)})
-        for n in cfg.tokens:
-            point = measure_point(bank, timer, n, cfg, telemetry, nvml_index, heater)
-            curve.points.append(point)
-            if progress:
-                progress("point", {"shape": shape, "point": point})
-        curve.padded_rows = bank.padded
-        del bank
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+        _measure_curve(curve, torch, dev, timer, cfg, telemetry, nvml_index, heater, max_tokens, progress)
 
     del heater
-    shared = [p for c in result.curves for p in c.points if p.shared]
-    if shared:
-        worst = max(p.seconds / (p.median_s or p.seconds) for p in shared)
-        total = sum(len(c.points) for c in result.curves)
-        result.notes.append(
-            f"GPU shared with another context: {len(shared)} of {total} points ran slower over a "
-            + (
-                f"{cfg.loop_s * 1e3:.0f} ms serving loop (calls, sync) than an idle GPU runs it"
-                if cfg.window_mode == "loop"
-                else f"{cfg.window_s * 1e3:.0f} ms window than call by call"
-            )
-            + f" (up to x{worst:.2f}); those points report that time, what a serving process on this GPU gets"
-        )
+    _note_shared(result, cfg)
     if nvml_index is not None:
-        result.telemetry_after = telemetry.sample(nvml_index).as_dict()
-        # The drift baseline: the clock the points ran at (re-heated: the capped clock). Serving at full
-        # load runs at it; a lighter load runs faster, which the drift estimate floors at "no drift".
-        clocks = [p.sm_clock_hz for c in result.curves for p in c.points if p.sm_clock_hz]
-        if clocks:
-            result.sm_clock_hz = int(statistics.median(clocks))
-        result.mem_clock_hz = result.telemetry_after.get("mem_clock_hz")
-        result.power_limit_w = result.telemetry_after.get("power_limit_w")
+        _telemetry_after(result, telemetry, nvml_index)
     result.duration_s = round(time.perf_counter() - t_start, 3)
     if progress:
         progress("done", {"result": result})
     return result
+
+
+def _fp8_check(torch: ModuleType, dev: Device, shapes: Sequence[ExpertShape], notes: list[str]) -> str:
+    """Why fp8 cannot be measured here ("" if it can, or no shape is fp8); notes the unfused fallback."""
+    no_fp8 = fp8_supported(torch, dev) if any(s.dtype == "fp8" for s in shapes) else ""
+    if no_fp8:
+        notes.append(f"fp8 skipped: {no_fp8}")
+    elif any(s.dtype == "fp8" for s in shapes):
+        no_fused = fused_fp8_supported(torch, dev)
+        if no_fused:
+            notes.append(
+                f"fp8 measured unfused (per-call quantisation, _scaled_mm), slower than an engine's fused "
+                f"fp8: {no_fused}"
+            )
+    return no_fp8
+
+
+def _measure_curve(
+    curve: CurveResult,
+    torch: ModuleType,
+    dev: Device,
+    timer: Timer,
+    cfg: BenchConfig,
+    telemetry: TelemetrySource,
+    nvml_index: int | None,
+    heater: Heater,
+    max_tokens: int,
+    progress: Progress | None,
+) -> None:
+    """Fill ``curve`` with a point per token count of ``cfg.tokens`` (or mark it skipped: no memory)."""
+    shape = curve.shape
+    bank = _bank(torch, dev, shape, cfg, max_tokens)
+    if bank is None:
+        curve.skipped = "not enough free device memory for one expert"
+        if progress:
+            progress("skip", {"shape": shape, "why": curve.skipped, "points": len(cfg.tokens)})
+        return
+    curve.experts = bank.distinct
+    curve.kernel = bank.kernel
+    if progress:
+        progress("shape", {"shape": shape, "experts": len(bank)})
+    for n in cfg.tokens:
+        point = measure_point(bank, timer, n, cfg, telemetry, nvml_index, heater)
+        curve.points.append(point)
+        if progress:
+            progress("point", {"shape": shape, "point": point})
+    curve.padded_rows = bank.padded
+    del bank
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _note_shared(result: BenchResult, cfg: BenchConfig) -> None:
+    """Note the points that ran slower over the contention window than call by call (a shared GPU)."""
+    shared = [p for c in result.curves for p in c.points if p.shared]
+    if not shared:
+        return
+    worst = max(p.seconds / (p.median_s or p.seconds) for p in shared)
+    total = sum(len(c.points) for c in result.curves)
+    result.notes.append(
+        f"GPU shared with another context: {len(shared)} of {total} points ran slower over a "
+        + (
+            f"{cfg.loop_s * 1e3:.0f} ms serving loop (calls, sync) than an idle GPU runs it"
+            if cfg.window_mode == "loop"
+            else f"{cfg.window_s * 1e3:.0f} ms window than call by call"
+        )
+        + f" (up to x{worst:.2f}); those points report that time, what a serving process on this GPU gets"
+    )
+
+
+def _telemetry_after(result: BenchResult, telemetry: TelemetrySource, nvml_index: int) -> None:
+    """The closing telemetry sample and the clocks and power limit the profile ran at."""
+    result.telemetry_after = telemetry.sample(nvml_index).as_dict()
+    # The drift baseline: the clock the points ran at (re-heated: the capped clock). Serving at full
+    # load runs at it; a lighter load runs faster, which the drift estimate floors at "no drift".
+    clocks = [p.sm_clock_hz for c in result.curves for p in c.points if p.sm_clock_hz]
+    if clocks:
+        result.sm_clock_hz = int(statistics.median(clocks))
+    result.mem_clock_hz = result.telemetry_after.get("mem_clock_hz")
+    result.power_limit_w = result.telemetry_after.get("power_limit_w")
 
 
 def _bank(
