@@ -211,18 +211,9 @@ def _drift(
     spec, loads, keys = inputs.spec, inputs.loads, inputs.keys
     fleet, s = inputs.gpus.fleet, spec.gpus.slots_per_gpu
     kind: DriftKind = "WorkloadDrift" if current.keys.loads != keys.loads else "PerformanceDrift"
-    if prior_drift and prior_drift.get("inputHash") == keys.all:
-        retry = parse_time(prior_drift.get("retryAfter"))
-        if prior_drift.get("decision") != COOLDOWN or (retry is not None and now < retry):
-            return Plan(
-                NOTHING,
-                # this object's own status.drift, written by an earlier plan: repeated as it is
-                cast(DriftDecision, str(prior_drift.get("decision"))),
-                "already evaluated",
-                summary=current.summary,
-                drift=dict(prior_drift),
-                retry_at=retry,
-            )
+    repeated = _already_evaluated(current, keys.all, prior_drift, now)
+    if repeated is not None:
+        return repeated
     routing = routing_of(spec, loads.tokens, len(fleet))
     cur = evaluate(have, loads.tokens, fleet, routing=routing)
     placed = float(current.summary.get("stepTimeSeconds") or 0.0)
@@ -250,36 +241,16 @@ def _drift(
         "costSeconds": _r(cost),
         "savedSeconds": _r(saved),
     }
-
-    def kept(decision: DriftDecision, msg: str, retry_at: dt.datetime | None = None) -> Plan:
-        """The placement in service stays: the drift was priced and ``decision`` says why."""
-        retry = {"retryAfter": iso(retry_at)} if retry_at is not None else {}
-        return Plan(
-            NOTHING,
-            decision,
-            msg,
-            summary=current.summary,
-            retry_at=retry_at,
-            evaluated_drift=True,
-            drift={**drift, "decision": decision, **retry, "message": msg},
-        )
-
     if gain <= 0 or gain < spec.drift.min_gain:
-        return kept(BELOW_THRESHOLD, figures)
-    source = (
-        "" if spec.drift.replacement_cost_seconds is not None else f", default for onUpdate {spec.on_update}"
-    )
-    weighed = (
-        f"over the expected holding time of {hold:.0f} s it saves {saved:.0f} s of serving "
-        f"against the {cost:.0f} s a re-placement costs (spec.drift.replacementCostSeconds{source})"
-    )
+        return _kept(current, drift, BELOW_THRESHOLD, figures)
+    weighed = _weighed(spec, hold, saved, cost)
     if cost > 0 and saved <= cost:
-        return kept(NOT_WORTH, f"{figures}; not worth it: {weighed}")
+        return _kept(current, drift, NOT_WORTH, f"{figures}; not worth it: {weighed}")
     if cost > 0:
         figures = f"{figures}; worth it: {weighed}"
     ready_at = (current.placed_at or now) + dt.timedelta(seconds=spec.drift.cooldown_seconds)
     if now < ready_at:
-        return kept(COOLDOWN, f"{figures}; cooldown until {iso(ready_at)}", ready_at)
+        return _kept(current, drift, COOLDOWN, f"{figures}; cooldown until {iso(ready_at)}", ready_at)
     baseline = _baseline(new, loads, fleet, s, routing)
     plan = _write(
         inputs,
@@ -293,6 +264,60 @@ def _drift(
     )
     plan.evaluated_drift = True
     return plan
+
+
+def _already_evaluated(
+    current: InService, input_hash: str, prior: Mapping[str, Any] | None, now: dt.datetime
+) -> Plan | None:
+    """The drift decision taken on these very inputs, repeated as it is (None: price them again).
+
+    A cooldown that has ended is priced again; any other decision stands until the inputs change.
+    """
+    if not prior or prior.get("inputHash") != input_hash:
+        return None
+    retry = parse_time(prior.get("retryAfter"))
+    if prior.get("decision") == COOLDOWN and not (retry is not None and now < retry):
+        return None
+    return Plan(
+        NOTHING,
+        # this object's own status.drift, written by an earlier plan: repeated as it is
+        cast(DriftDecision, str(prior.get("decision"))),
+        "already evaluated",
+        summary=current.summary,
+        drift=dict(prior),
+        retry_at=retry,
+    )
+
+
+def _kept(
+    current: InService,
+    drift: dict[str, Any],
+    decision: DriftDecision,
+    msg: str,
+    retry_at: dt.datetime | None = None,
+) -> Plan:
+    """The placement in service stays: the drift was priced and ``decision`` says why."""
+    retry = {"retryAfter": iso(retry_at)} if retry_at is not None else {}
+    return Plan(
+        NOTHING,
+        decision,
+        msg,
+        summary=current.summary,
+        retry_at=retry_at,
+        evaluated_drift=True,
+        drift={**drift, "decision": decision, **retry, "message": msg},
+    )
+
+
+def _weighed(spec: DeploymentSpec, hold: float, saved: float, cost: float) -> str:
+    """The serving time a re-placement saves over the holding time against what it costs, in words."""
+    source = (
+        "" if spec.drift.replacement_cost_seconds is not None else f", default for onUpdate {spec.on_update}"
+    )
+    return (
+        f"over the expected holding time of {hold:.0f} s it saves {saved:.0f} s of serving "
+        f"against the {cost:.0f} s a re-placement costs (spec.drift.replacementCostSeconds{source})"
+    )
 
 
 def _cooling(prior: Mapping[str, Any] | None, now: dt.datetime) -> dict[str, Any] | None:
