@@ -162,14 +162,30 @@ def engine_gpus(
 
     core = k8s.CoreV1Api(api)
     me = core.read_namespaced_pod(pod_name, namespace)
+    selector, rank_of, size = _group_of(api, me, namespace, pod_name, group_size)
+    size = group_size or size
+    if size < 1:
+        raise ServingError(
+            "InvalidArgument", f"cannot tell the group size of pod {pod_name}; pass --group-size"
+        )
+    placed = _wait_scheduled(core, namespace, selector, rank_of, size, timeout, poll)
+    return [(placed[w], i) for w in range(size) for i in range(gpus_per_pod)]
+
+
+def _group_of(
+    api: Any, me: Any, namespace: str, pod_name: str, group_size: int | None
+) -> tuple[str, Callable[[Any], int], int]:
+    """The label selector of pod ``me``'s group, how a pod's rank is read, and the group size the
+    workload says (0: unknown; the Grove lookup is skipped when ``group_size`` is given)."""
+    from kubernetes import client as k8s
+
     labels = me.metadata.labels or {}
-    rank_of: Callable[[Any], int]
     if LWS_LABEL_NAME in labels:
         group = labels.get(LWS_LABEL_GROUP_INDEX, "0")
         selector = f"{LWS_LABEL_NAME}={labels[LWS_LABEL_NAME]},{LWS_LABEL_GROUP_INDEX}={group}"
-        rank_of = _label_rank(LWS_LABEL_WORKER_INDEX)
         size = int((me.metadata.annotations or {}).get(LWS_ANNOTATION_SIZE, "0"))
-    elif GROVE_LABEL_PCSG in labels:
+        return selector, _label_rank(LWS_LABEL_WORKER_INDEX), size
+    if GROVE_LABEL_PCSG in labels:
         mine = _grove_rank(me)
         env_index = os.environ.get(GROVE_ENV_PCLQ_POD_INDEX)
         # Grove injects GROVE_PCLQ_POD_INDEX into every container of its pods; when this is our own pod,
@@ -183,9 +199,9 @@ def engine_gpus(
             )
         replica = labels.get(GROVE_LABEL_PCSG_REPLICA, "0")
         selector = f"{GROVE_LABEL_PCSG}={labels[GROVE_LABEL_PCSG]},{GROVE_LABEL_PCSG_REPLICA}={replica}"
-        rank_of = _grove_rank
         size = 0 if group_size else _dgd_node_count(api, namespace, labels)
-    elif STS_LABEL_POD_INDEX in labels:
+        return selector, _grove_rank, size
+    if STS_LABEL_POD_INDEX in labels:
         owner = next((r.name for r in me.metadata.owner_references or [] if r.kind == "StatefulSet"), None)
         if owner is None:
             raise ServingError(
@@ -193,19 +209,24 @@ def engine_gpus(
             )
         sts = k8s.AppsV1Api(api).read_namespaced_stateful_set(owner, namespace)
         selector = ",".join(f"{k}={v}" for k, v in sorted((sts.spec.selector.match_labels or {}).items()))
-        rank_of = _label_rank(STS_LABEL_POD_INDEX)
-        size = int(sts.spec.replicas or 0)
-    else:
-        raise ServingError(
-            "InvalidArgument",
-            f"pod {pod_name} is neither in a LeaderWorkerSet, a Grove scaling group nor a StatefulSet;"
-            " cannot order ranks",
-        )
-    size = group_size or size
-    if size < 1:
-        raise ServingError(
-            "InvalidArgument", f"cannot tell the group size of pod {pod_name}; pass --group-size"
-        )
+        return selector, _label_rank(STS_LABEL_POD_INDEX), int(sts.spec.replicas or 0)
+    raise ServingError(
+        "InvalidArgument",
+        f"pod {pod_name} is neither in a LeaderWorkerSet, a Grove scaling group nor a StatefulSet;"
+        " cannot order ranks",
+    )
+
+
+def _wait_scheduled(
+    core: Any,
+    namespace: str,
+    selector: str,
+    rank_of: Callable[[Any], int],
+    size: int,
+    timeout: float,
+    poll: float,
+) -> dict[int, str]:
+    """Rank -> node of the group's pods, once ranks 0..size-1 are all scheduled (or PodsNotScheduled)."""
     deadline = time.monotonic() + timeout
     while True:
         pods = [
@@ -215,14 +236,13 @@ def engine_gpus(
         ]
         placed = {rank_of(p): p.spec.node_name for p in pods if p.spec.node_name}
         if len(placed) >= size and set(range(size)) <= set(placed):
-            break
+            return placed
         if time.monotonic() > deadline:
             raise ServingError(
                 "PodsNotScheduled",
                 f"only {len(placed)} of {size} pods of the group were scheduled after {timeout:.0f}s",
             )
         time.sleep(poll)
-    return [(placed[w], i) for w in range(size) for i in range(gpus_per_pod)]
 
 
 def slot_permutation(
