@@ -268,7 +268,7 @@ def bench(
     """
     from rich.console import Console
 
-    from vibe.agent.bench import TOKEN_GRID, BenchConfig, canary
+    from vibe.agent.bench import TOKEN_GRID, BenchConfig
     from vibe.agent.telemetry import NvmlTelemetry, own_pids
 
     console = Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 140)
@@ -302,22 +302,7 @@ def bench(
         last[dev] = runs[-1]
         entry: dict[str, Any] = {"profiles": [x.as_dict() for x in runs]}
         if canaries:
-            first = next((s for s in shapes if s.dtype == "bf16"), shapes[0])
-            cs = [canary(first, device=dev, telemetry=telemetry) for _ in range(canaries)]
-            entry["canaries"] = [
-                {
-                    "shape": first.label,
-                    "tokens": c.tokens,
-                    "seconds": c.seconds,
-                    "wallS": c.wall_s,
-                    "gpuS": c.gpu_s,
-                }
-                for c in cs
-            ]
-            console.print(
-                f"canary {first.label} x{canaries}: wall {min(c.wall_s for c in cs) * 1e3:.0f}-"
-                f"{max(c.wall_s for c in cs) * 1e3:.0f} ms, device time {cs[-1].gpu_s * 1e3:.2f} ms"
-            )
+            entry["canaries"] = _time_canaries(console, shapes, dev, telemetry, canaries)
         results["devices"][dev] = entry
     if telemetry.available:
         results["telemetry"] = {
@@ -333,6 +318,30 @@ def bench(
     if profile_out is not None:
         _write_profile(profile_out, node, last, telemetry)
         console.print(f"profile: {profile_out}")
+
+
+def _time_canaries(
+    console: Any, shapes: list[ExpertShape], dev: str, telemetry: Any, count: int
+) -> list[dict[str, Any]]:
+    """Time ``count`` canaries of the first bf16 shape (else the first shape) on ``dev``; print their cost."""
+    from vibe.agent.bench import canary
+
+    first = next((s for s in shapes if s.dtype == "bf16"), shapes[0])
+    cs = [canary(first, device=dev, telemetry=telemetry) for _ in range(count)]
+    console.print(
+        f"canary {first.label} x{count}: wall {min(c.wall_s for c in cs) * 1e3:.0f}-"
+        f"{max(c.wall_s for c in cs) * 1e3:.0f} ms, device time {cs[-1].gpu_s * 1e3:.2f} ms"
+    )
+    return [
+        {
+            "shape": first.label,
+            "tokens": c.tokens,
+            "seconds": c.seconds,
+            "wallS": c.wall_s,
+            "gpuS": c.gpu_s,
+        }
+        for c in cs
+    ]
 
 
 def _bench_one(
