@@ -391,23 +391,15 @@ def watch_cmd(
 ) -> None:
     """Sidecar: apply newer placements with the MoEDeployment's policy; never an older or half-written one."""
     setup_logging(verbose)
-    from vibe.serving import kube, sidecar
+    from vibe.serving import sidecar
 
     try:
         settings = _settings(
             ep_size, redundant_experts, model_config, num_experts, num_layers, first_moe_layer, architecture
         )
         docs = ("sglang", "eplb") if documents == "both" else (documents,)
-        api = None
         needs_api = source == "api" or policy == "restart" or moedeployment is not None
-        try:
-            api = kube.client(kubeconfig, context)
-        except Exception as e:
-            if needs_api:
-                raise ServingError("ApplyFailed", f"no Kubernetes API access: {e}") from None
-            log.info("no Kubernetes API access (%s): reports go to the log only", e)
-        if api is not None and not namespace:
-            raise ServingError("InvalidArgument", "--namespace (or POD_NAMESPACE) is needed with API access")
+        api = _watch_api(kubeconfig, context, needs_api, namespace)
         if source == "api":
             if not configmap or not namespace:
                 raise ServingError("InvalidArgument", "--source api needs --configmap and --namespace")
@@ -430,6 +422,23 @@ def watch_cmd(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     log.info("watching the placement (%s) every %.0fs", source, interval)
     watcher.run(interval, stop)
+
+
+def _watch_api(kubeconfig: Path | None, context: str | None, needs_api: bool, namespace: str | None) -> Any:
+    """The sidecar's API client, or None where it has no API access and needs none (reports then go
+    to the log only)."""
+    from vibe.serving import kube
+
+    api = None
+    try:
+        api = kube.client(kubeconfig, context)
+    except Exception as e:
+        if needs_api:
+            raise ServingError("ApplyFailed", f"no Kubernetes API access: {e}") from None
+        log.info("no Kubernetes API access (%s): reports go to the log only", e)
+    if api is not None and not namespace:
+        raise ServingError("InvalidArgument", "--namespace (or POD_NAMESPACE) is needed with API access")
+    return api
 
 
 def _reporter(api: Any, namespace: str | None, configmap: str | None) -> Any:
@@ -618,22 +627,15 @@ def export_loads_cmd(
     from vibe.serving.export import Exporter
 
     try:
-        if sum(x is not None for x in (dump, stats_dir, engine_url)) != 1:
-            raise ServingError("InvalidArgument", "give exactly one of --dump, --stats-dir and --engine-url")
-        if follow and dump is None:
-            raise ServingError("InvalidArgument", "--follow re-reads a --dump file; give --dump")
-        engine = engine or ("trtllm" if stats_dir is not None else "sglang")
-        dump = dump if dump is not None else stats_dir
-        if engine_url and not recorder_dir:
-            raise ServingError(
-                "InvalidArgument", "--engine-url needs --recorder-dir (where rank 0 writes dumps)"
-            )
-        if not configmap and not output:
-            raise ServingError("InvalidArgument", "give --configmap and/or --output")
-        if engine_url and engine != "sglang":
-            raise ServingError(
-                "InvalidArgument", "--engine-url polls SGLang's recorder; give --dump for others"
-            )
+        engine, dump = _export_source(
+            dump,
+            stats_dir,
+            engine_url,
+            recorder_dir,
+            engine,
+            follow=follow,
+            publishes=bool(configmap or output),
+        )
         if model_config and first_moe_layer is None and moe_layers is None and engine == "sglang":
             with engine_errors():
                 first_moe_layer = model_layout(model_config)["first_moe_layer"]
@@ -666,3 +668,30 @@ def export_loads_cmd(
         )
     except ServingError as e:
         _fail(e)
+
+
+def _export_source(
+    dump: Path | None,
+    stats_dir: Path | None,
+    engine_url: str | None,
+    recorder_dir: Path | None,
+    engine: FormatName | None,
+    *,
+    follow: bool,
+    publishes: bool,
+) -> tuple[FormatName, Path | None]:
+    """The engine and the file or folder to read (None: poll ``--engine-url``), once the source flags
+    are checked: exactly one source, and a place to publish to."""
+    if sum(x is not None for x in (dump, stats_dir, engine_url)) != 1:
+        raise ServingError("InvalidArgument", "give exactly one of --dump, --stats-dir and --engine-url")
+    if follow and dump is None:
+        raise ServingError("InvalidArgument", "--follow re-reads a --dump file; give --dump")
+    engine = engine or ("trtllm" if stats_dir is not None else "sglang")
+    dump = dump if dump is not None else stats_dir
+    if engine_url and not recorder_dir:
+        raise ServingError("InvalidArgument", "--engine-url needs --recorder-dir (where rank 0 writes dumps)")
+    if not publishes:
+        raise ServingError("InvalidArgument", "give --configmap and/or --output")
+    if engine_url and engine != "sglang":
+        raise ServingError("InvalidArgument", "--engine-url polls SGLang's recorder; give --dump for others")
+    return engine, dump
