@@ -32,6 +32,7 @@ from vibe.clikit import (
 
 if TYPE_CHECKING:  # torch-free names only: the commands import what they run
     from vibe.agent.bench import BenchResult
+    from vibe.agent.node import AgentConfig, NodeAgent
     from vibe.agent.shapes import ExpertShape
 
 COMMAND = "vibe agent"
@@ -187,15 +188,7 @@ def run(
         max_profile_age_s=max_profile_age_hours * 3600,
         force_bench=force_bench,
     )
-    if simulate is not None:
-        from vibe.agent.simulate import SimulationError
-
-        try:
-            agents = wiring.simulated(simulate, cfg, node=node, seed=seed)
-        except (OSError, SimulationError) as e:
-            raise typer.BadParameter(str(e), param_hint="--simulate") from None
-    else:
-        agents = wiring.on_gpus(node or os.environ.get("NODE_NAME") or socket.gethostname(), cfg)
+    agents = _agents(cfg, simulate, node, seed)
     try:
         publisher = wiring.publisher(out_dir, kubeconfig, context, qps=qps, burst=burst)
     except CredentialsError as e:
@@ -214,6 +207,21 @@ def run(
         once=once,
         duration=duration,
     )
+
+
+def _agents(cfg: AgentConfig, simulate: Path | None, node: str | None, seed: int | None) -> list[NodeAgent]:
+    """The node agents: one per simulated node of the ``--simulate`` fleet file (``--node``: only that
+    one), else this node's (``--node``, ``NODE_NAME`` or the host name) on its GPUs."""
+    from vibe.agent import wiring
+
+    if simulate is None:
+        return wiring.on_gpus(node or os.environ.get("NODE_NAME") or socket.gethostname(), cfg)
+    from vibe.agent.simulate import SimulationError
+
+    try:
+        return wiring.simulated(simulate, cfg, node=node, seed=seed)
+    except (OSError, SimulationError) as e:
+        raise typer.BadParameter(str(e), param_hint="--simulate") from None
 
 
 # -- bench -----------------------------------------------------------------------------------------------
