@@ -92,18 +92,13 @@ def run(
 ) -> None:
     """Run the vibe operator: place MoE experts for every MoEDeployment, re-place on drift."""
     import asyncio
-    import logging
 
     import kopf
 
     from vibe.operator import settings as settings_mod
     from vibe.operator.kube import Kube
 
-    if all_namespaces and namespace:
-        raise typer.BadParameter("--all-namespaces and --namespace exclude each other")
-    namespaces = sorted(set(namespace or ()))
-    if namespaces and profile_namespace not in namespaces:
-        namespaces.append(profile_namespace)  # Kopf applies --namespace to every namespaced resource
+    namespaces = _namespaces(all_namespaces, namespace, profile_namespace)
     cfg = settings_mod.CURRENT = settings_mod.OperatorSettings(
         profile_namespace=profile_namespace,
         profile_ttl_s=profile_ttl,
@@ -120,14 +115,7 @@ def run(
     api = _preflight(cfg, namespaces)
     import vibe.operator.handlers  # noqa: F401  (registers the handlers)
 
-    kopf.configure(
-        verbose=verbose,
-        debug=debug,
-        quiet=quiet,
-        log_format=kopf.LogFormat.JSON if log_format is LogFormat.json else kopf.LogFormat.FULL,
-    )
-    if not (verbose or debug):  # one "Handler ... succeeded" line per watch event is noise at scale
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    _configure_logging(verbose=verbose, debug=debug, quiet=quiet, log_format=log_format)
     if peering and not standalone:
         asyncio.run(Kube(api).ensure_peering(peering, namespaces))
         if priority is None:
@@ -144,6 +132,32 @@ def run(
         # the same pod replaces its own entry instead of waiting for its dead self's keep-alive to lapse.
         identity=os.environ.get("POD_NAME") or None,  # type: ignore[arg-type]  # kopf's NewType of str
     )
+
+
+def _namespaces(all_namespaces: bool, namespace: list[str] | None, profile_namespace: str) -> list[str]:
+    """The namespaces Kopf watches ([]: every namespace): ``--namespace``'s, plus the GPUProfiles'."""
+    if all_namespaces and namespace:
+        raise typer.BadParameter("--all-namespaces and --namespace exclude each other")
+    namespaces = sorted(set(namespace or ()))
+    if namespaces and profile_namespace not in namespaces:
+        namespaces.append(profile_namespace)  # Kopf applies --namespace to every namespaced resource
+    return namespaces
+
+
+def _configure_logging(*, verbose: bool, debug: bool, quiet: bool, log_format: LogFormat) -> None:
+    """Kopf's logging, as the flags ask; without -v/--debug its per-object handler lines are dropped."""
+    import logging
+
+    import kopf
+
+    kopf.configure(
+        verbose=verbose,
+        debug=debug,
+        quiet=quiet,
+        log_format=kopf.LogFormat.JSON if log_format is LogFormat.json else kopf.LogFormat.FULL,
+    )
+    if not (verbose or debug):  # one "Handler ... succeeded" line per watch event is noise at scale
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def _preflight(cfg: OperatorSettings, namespaces: list[str]) -> kubernetes.client.ApiClient:
