@@ -18,20 +18,31 @@ REASONS = (
 )
 
 
-class EngineError(RuntimeError):
+class ReasonedError(RuntimeError):
+    """An expected failure: ``str(e)`` one line a person can act on, ``e.reason`` a CamelCase word.
+
+    Subclasses name their ``REASONS``; a reason outside them is a bug (AssertionError).
+    """
+
+    REASONS: tuple[str, ...] = ()
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in self.REASONS:  # a bug here, not in the input
+            raise AssertionError(f"unknown {type(self).__name__} reason {reason!r}")
+        message = " ".join(str(message).split())
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[ReasonedError], tuple[str, str]]:  # picklable with two arguments
+        return (type(self), (self.reason, self.message))
+
+
+class EngineError(ReasonedError):
     """A placement that does not fit an engine, or engine statistics that cannot be read.
 
     Attributes:
         reason: CamelCase reason, one of ``REASONS``.
     """
 
-    def __init__(self, reason: str, message: str) -> None:
-        if reason not in REASONS:  # a bug here, not in the input
-            raise AssertionError(f"unknown EngineError reason {reason!r}")
-        message = " ".join(str(message).split())
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-    def __reduce__(self) -> tuple[type[EngineError], tuple[str, str]]:  # picklable with two arguments
-        return (type(self), (self.reason, self.message))
+    REASONS = REASONS

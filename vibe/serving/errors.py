@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from vibe.engines.errors import EngineError
+from vibe.engines.errors import EngineError, ReasonedError
 
 #: The reasons in use (Event reasons; tests and callers may switch on them).
 REASONS = (
@@ -31,23 +31,14 @@ REASONS = (
 )
 
 
-class ServingError(RuntimeError):
+class ServingError(ReasonedError):
     """Bad input to, or a failed action of, the serving helpers.
 
     Attributes:
         reason: CamelCase reason, one of ``REASONS``.
     """
 
-    def __init__(self, reason: str, message: str) -> None:
-        if reason not in REASONS:  # a bug here, not in the input
-            raise AssertionError(f"unknown ServingError reason {reason!r}")
-        message = " ".join(str(message).split())
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-    def __reduce__(self) -> tuple[type[ServingError], tuple[str, str]]:  # picklable with two arguments
-        return (type(self), (self.reason, self.message))
+    REASONS = REASONS
 
 
 def from_engine(e: EngineError) -> ServingError:

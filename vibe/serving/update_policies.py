@@ -76,6 +76,9 @@ class ReportPolicy:
     """Only tell: the Event and the log line are the whole action."""
 
     name = "report"
+    #: What the Event says after "placement generation N (hash)", and what ``apply`` returns.
+    _says = " is available; policy 'report' leaves applying it to you"
+    _result = "reported"
 
     def __init__(self, report: Reporter) -> None:
         self._report = report
@@ -84,28 +87,20 @@ class ReportPolicy:
         self._report(
             "Normal",
             "PlacementAvailable",
-            f"placement generation {update.generation} ({update.content_hash[:12]}) is available;"
-            " policy 'report' leaves applying it to you",
+            f"placement generation {update.generation} ({update.content_hash[:12]}){self._says}",
         )
-        return "reported"
+        return self._result
 
 
-class EplbPolicy:
+class EplbPolicy(ReportPolicy):
     """vLLM's EPLB applies the placement itself (vibe's policy plugin reads the mounted ConfigMap)."""
 
     name = "eplb"
-
-    def __init__(self, report: Reporter) -> None:
-        self._report = report
-
-    def apply(self, update: Update) -> str:
-        self._report(
-            "Normal",
-            "PlacementAvailable",
-            f"placement generation {update.generation} ({update.content_hash[:12]}) is mounted; vLLM's EPLB"
-            " applies it at its next rebalance (--eplb-config step_interval) once every EP rank sees it",
-        )
-        return "left to vLLM's EPLB"
+    _says = (
+        " is mounted; vLLM's EPLB applies it at its next rebalance (--eplb-config step_interval) once"
+        " every EP rank sees it"
+    )
+    _result = "left to vLLM's EPLB"
 
 
 class RestartPolicy:
