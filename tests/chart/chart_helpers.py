@@ -295,3 +295,18 @@ def health(obj: Mapping[str, Any]) -> dict[str, str]:
     lua.globals().obj = lua.table_from(obj, recursive=True)
     hs = lua.execute(ARGOCD_HEALTH_LUA.read_text())
     return dict(hs.items())
+
+
+def agent_pod_on(core: Any, namespace: str, node: str, timeout: float = 60) -> Any:
+    """The chart's agent pod on ``node`` (a ``CoreV1Api`` read), waited for; TimeoutError if none comes."""
+    from vibe.cluster.waiting import wait_for
+
+    def pod() -> Any:
+        pods = core.list_namespaced_pod(
+            namespace,
+            label_selector="app.kubernetes.io/component=agent",
+            field_selector=f"spec.nodeName={node}",
+        ).items
+        return pods[0] if pods else None
+
+    return wait_for(pod, timeout=timeout, what=f"the agent's pod on {node}")

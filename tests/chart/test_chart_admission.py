@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_helpers import CHART, Helm, leftovers
+from chart_helpers import CHART, Helm, agent_pod_on, leftovers
 from test_chart_node_restriction import pod_bound_client, refused
 
 from vibe import api
@@ -202,13 +202,7 @@ def test_an_agent_posts_events_only_about_its_own_nodes_profile(
     try:
         h.run("install", release, str(CHART), "--namespace", namespace, "--set", "operator.enabled=false")
 
-        def agent_pod() -> Any:
-            pods = core.list_namespaced_pod(
-                namespace, label_selector="app.kubernetes.io/component=agent"
-            ).items
-            return next((p for p in pods if p.spec.node_name == node_a), None)
-
-        pod = wait_for(agent_pod, timeout=60, what="the agent pod on node A")
+        pod = agent_pod_on(core, namespace, node_a)
         agent = client.CoreV1Api(pod_bound_client(kube, cluster, namespace, sa, pod, tmp_path / "a"))
         profile = {"apiVersion": api.API_VERSION, "kind": api.GPUPROFILE_KIND}
         theirs = _event(node_b, namespace, {**profile, "name": node_b})

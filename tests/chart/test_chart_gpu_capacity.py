@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_helpers import CHART, Helm, leftovers
+from chart_helpers import CHART, Helm, agent_pod_on, leftovers
 from test_chart_node_restriction import pod_bound_client, refused
 
 from vibe.cluster.waiting import wait_for
@@ -54,13 +54,7 @@ def test_an_agent_cannot_publish_more_gpus_than_its_node_reports(
     try:
         h.run("install", release, str(CHART), "--namespace", namespace, "--set", "operator.enabled=false")
 
-        def agent_pod() -> Any:
-            pods = core.list_namespaced_pod(
-                namespace, label_selector="app.kubernetes.io/component=agent"
-            ).items
-            return next((p for p in pods if p.spec.node_name == node), None)
-
-        pod = wait_for(agent_pod, timeout=60, what="the agent pod on the node")
+        pod = agent_pod_on(core, namespace, node)
         custom = client.CustomObjectsApi(pod_bound_client(kube, cluster, namespace, sa, pod, tmp_path / "a"))
         too_many = profile(node, namespace, 3)
 
