@@ -8,6 +8,7 @@ modules, each importing only those above it:
 * ``routing``     the step mix and sampled routings of it (the expected objective's input)
 * ``curves``      per-GPU time curves t_g(n), the fleet, the H100 reference data, roofline and scaling
 * ``dispatch``    how an engine splits an expert's tokens over its replicas (mean and sampled loads)
+* ``split``       the replica split: even, or weighted by per-slot shares the planner chooses
 * ``cost``        a ``Placement`` and the one evaluator every policy and report uses (mean-load or
                   expected objective)
 * ``bounds``      provable lower bounds on the step time
@@ -66,6 +67,9 @@ _EXPORTS = {
     "StepMix": "routing",
     "routing_from_flags": "routing",
     "sample_routing": "routing",
+    "REPLICA_SPLITS": "split",
+    "ReplicaSplit": "split",
+    "choose_weights": "split",
     "FLOOR_SHARE": "synthetic",
     "skewed_loads": "synthetic",
     "slowed_curve": "synthetic",
@@ -78,6 +82,7 @@ __all__ = [
     "FLOOR_SHARE",
     "POLICIES",
     "REASONS",
+    "REPLICA_SPLITS",
     "CurveTable",
     "DispatchName",
     "Evaluation",
@@ -87,11 +92,13 @@ __all__ = [
     "PlacementError",
     "PlacementReason",
     "PolicyName",
+    "ReplicaSplit",
     "Result",
     "Routing",
     "StepMix",
     "bincount_rows",
     "check_shapes",
+    "choose_weights",
     "evaluate",
     "gpu_times_of",
     "load_json",
@@ -160,4 +167,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         routing_from_flags,
         sample_routing,
     )
+    from vibe.placement.split import REPLICA_SPLITS, ReplicaSplit, choose_weights
     from vibe.placement.synthetic import FLOOR_SHARE, skewed_loads, slowed_curve
