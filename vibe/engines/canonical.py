@@ -31,6 +31,9 @@ KIND = "ExpertPlacement"
 #: The document's ``formatVersion`` when it carries replica weights (keys added, none changed; a document
 #: without the key is 1.0, what every reader before it read).
 FORMAT_VERSION_WEIGHTED = "1.1"
+#: The document carries replica weights; vibe's own dispatch (``vibe.measure.reference_ep``) runs them.
+REPLICA_WEIGHTS = True
+DISPATCH_SOURCE = "vibe.measure.reference_ep: EPLayerStack.forward (cumulative shares per rank)"
 
 
 def write(result: Result, fleet: Fleet, baseline: Result | None = None) -> bytes:

@@ -50,6 +50,7 @@ _EXPORTS = {
     "PolicyName": "engine",
     "Result": "engine",
     "make_result": "engine",
+    "with_replica_split": "engine",
     "solve": "engine",
     "token_balanced": "engine",
     "REASONS": "errors",
@@ -119,6 +120,7 @@ __all__ = [
     "slowed_curve",
     "solve",
     "token_balanced",
+    "with_replica_split",
 ]
 
 
@@ -155,6 +157,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         make_result,
         solve,
         token_balanced,
+        with_replica_split,
     )
     from vibe.placement.errors import REASONS, PlacementError, PlacementReason
     from vibe.placement.incremental import replace_incremental

@@ -470,6 +470,27 @@ def make_result(
     )
 
 
+def with_replica_split(
+    placement: Placement, loads: np.ndarray, fleet: Fleet, split: str, *, routing: Routing | None = None
+) -> Placement:
+    """``placement`` with the replica split ``split``: its weights chosen for the objective (``weighted``,
+    ``split.choose_weights``) or none (``even``)."""
+    check_split(split)
+    loads = check_shapes(loads, fleet, placement.slots_per_gpu, placement)
+    weights = None
+    if split == "weighted":
+        if routing is not None:
+            check_routing(routing, loads)
+            if routing.dispatch == "sglang-static":
+                raise PlacementError(
+                    "InvalidDispatch", "SGLang's static dispatch cannot take replica weights"
+                )
+        weights = choose_weights(
+            placement.phy2log, loads, fleet.table, placement.slots_per_gpu, routing=routing
+        )
+    return Placement(placement.phy2log, placement.slots_per_gpu, placement.num_experts, weights)
+
+
 def align_to(placement: Placement, current: Placement) -> Placement:
     """The same placement with each GPU's slots reordered to keep experts where ``current`` has them.
 
