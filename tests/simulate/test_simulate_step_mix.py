@@ -68,3 +68,46 @@ def test_the_command_takes_the_step_mix(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, [*base, "--step-mix", "32:"])
     assert bad.exit_code == 1 and bad.output.startswith("vibe simulate: InvalidLoads: ")
     assert "TOKENS:WEIGHT" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_the_weighted_replica_split_is_simulated_with_the_placements_weights(tmp_path: Path) -> None:
+    """--replica-split weighted: each policy's placement carries weights, the simulator's expert table
+    splits each expert's tokens by them (equal to even where the weights are even), and the JSON says so."""
+    from vibe.placement.curves import Fleet, GPUCurve, roofline_curve
+    from vibe.placement.engine import solve
+
+    t, s = roofline_curve(20e-6, 0.2e-6)
+    fleet = Fleet(tuple(GPUCurve(f"n/{i}", "n", t, s * f) for i, f in enumerate([1, 1.1, 1.05, 1.5])))
+    loads = np.exp(np.random.default_rng(1).standard_normal((4, 8)))
+    spec = GroupSpec("colocated", loads, fleet, 3, plan_tokens=4096)
+    engine = EngineConfig(chunk_tokens=512, max_running=32)
+    model = from_hf_config(TINY_CONFIG)
+    weighted = Simulator(Settings(model, (spec,), engine=engine, replica_split="weighted"))
+    even = Simulator(Settings(model, (spec,), engine=engine))
+    w = weighted.prepare("token-balanced").info["colocated"]["predicted_step_s"]
+    e = even.prepare("token-balanced").info["colocated"]["predicted_step_s"]
+    assert w < e  # token-balanced ignores the 1.5x GPU; the weights move its replicas' tokens off it
+    plan = loads / loads.sum(axis=1, keepdims=True) * 4096 * 2
+    res = solve(plan, fleet, 3, "token-balanced", replica_split="weighted")
+    assert res.placement.weights is not None
+    assert w == res.step_time_s
+    # the table splits by the weights: at the plan's token count its expert time follows the weights
+    table = weighted.table(spec, res.placement, fleet, 0)
+    plain = even.table(spec, solve(plan, fleet, 3, "token-balanced").placement, fleet, 0)
+    assert table.mean(4096)[0] < plain.mean(4096)[0]
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    (tmp_path / "loads.json").write_text(json.dumps({"loads": loads.round(3).tolist()}))
+    fl = {"roofline": {"floorSeconds": 20e-6, "secondsPerToken": 0.2e-6}}
+    fl["gpus"] = [{"id": f"n/{i}", "node": "n", "timeScale": [1, 1.1, 1.05, 1.5][i]} for i in range(4)]
+    (tmp_path / "fleet.json").write_text(json.dumps(fl))
+    out = tmp_path / "out.json"
+    args = [
+        "simulate", "--loads", str(tmp_path / "loads.json"),
+        "--fleet", str(tmp_path / "fleet.json"), "-s", "3",
+        "--model", str(tmp_path / "config.json"), "--rates", "2", "--requests", "30",
+        "--prompt-tokens", "200", "--output-tokens", "10", "--chunk-tokens", "512", "--max-running", "32",
+        "--replica-split", "weighted", "--output", str(out),
+    ]  # fmt: skip
+    res2 = CliRunner().invoke(app, args)
+    assert res2.exit_code == 0, res2.output
+    assert json.loads(out.read_text())["settings"]["replicaSplit"] == "weighted"

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from vibe.clikit import failures
-from vibe.placement import DEFAULT_SAMPLES, DispatchName
+from vibe.placement import DEFAULT_SAMPLES, DispatchName, ReplicaSplit
 
 COMMAND = "vibe simulate"
 
@@ -176,6 +176,14 @@ def simulate(
             "plan: round-robin (TensorRT-LLM, vLLM), even or sglang-static.",
         ),
     ] = "round-robin",
+    replica_split: Annotated[
+        ReplicaSplit,
+        typer.Option(
+            "--replica-split",
+            help="How an expert's tokens split over its replicas, as vibe plan: even (every engine) or "
+            "weighted (per-slot shares the planner chooses; vibe's own dispatch).",
+        ),
+    ] = "even",
     drift: Annotated[
         list[str] | None,
         typer.Option(
@@ -356,6 +364,7 @@ def _settings(o: dict[str, Any], model: Any, groups: tuple[Any, ...], drift: tup
         per_node=o["dispatch_per_node"],
         plan_samples=o["samples"],
         plan_dispatch=o["dispatch"],
+        replica_split=o["replica_split"],
         floor_share=o["floor_share"],
         gpu=o["gpu"],
         gpu_memory_bytes=o["gpu_memory_gib"] * 2**30 if o["gpu_memory_gib"] else None,
@@ -394,6 +403,7 @@ def _settings_doc(
         "stepMix": o["step_mix"],
         "samples": o["samples"] if o["step_mix"] else None,
         "dispatch": o["dispatch"] if o["step_mix"] else None,
+        **({"replicaSplit": o["replica_split"]} if o["replica_split"] != "even" else {}),
         "goodputSeeds": o["goodput_seeds"],
         "goodputResolution": o["goodput_resolution"],
         "drift": [{"at_s": d.at_s, "gpu": d.gpu, "factor": d.factor} for d in drift],

@@ -381,7 +381,8 @@ class ExpertTable:
 
     For each token count T of a grid (N points, 1 .. ``max_tokens``) and each of K independent routing
     samples, every MoE layer routes T tokens top-k: expert e gets Binomial(T, k * p_e) tokens (p the
-    layer's load shares; replicas split their expert's tokens evenly, as ``gpu_times_of`` prices them),
+    layer's load shares; replicas split their expert's tokens evenly, as ``gpu_times_of`` prices them, or
+    by the placement's replica weights, ``c * w`` per slot),
     and the one evaluator gives each GPU's time. A step then draws a sample k and interpolates in T:
 
         expert_s[k, j] = sum over MoE layers of max over GPUs of that GPU's expert time
@@ -401,6 +402,7 @@ class ExpertTable:
         max_tokens: int,
         samples: int,
         seed: int,
+        weights: np.ndarray | None = None,
     ) -> None:
         num_layers, p = phy2log.shape
         g = p // slots_per_gpu
@@ -411,15 +413,25 @@ class ExpertTable:
         self.num_layers = num_layers
         phy_k = np.tile(phy2log, (samples, 1))  # [K*L, P]
         cnt = bincount_rows(phy_k, shares.shape[1])
+        # each slot's share of its expert's tokens: the placement's weights, else even
+        share = (
+            1.0 / np.take_along_axis(cnt, phy_k, axis=1)
+            if weights is None
+            else np.tile(weights, (samples, 1))
+        )
+        slot_gpu = np.arange(p) // slots_per_gpu
         q = np.minimum(shares * comm.top_k, 1.0)  # chance a token picks expert e
         self.expert_s = np.empty((samples, grid.size))
         self.recv = np.empty((samples, grid.size))
         for j, t in enumerate(grid):
             counts = rng.binomial(int(t), np.broadcast_to(q, (samples, *q.shape))).reshape(-1, q.shape[1])
             counts = counts.astype(np.float64)
-            gt = gpu_times_of(phy_k, counts, table, slots_per_gpu)  # [K*L, G]
+            per_slot = np.take_along_axis(counts, phy_k, axis=1) * share  # [K*L, P]
+            if weights is None:
+                gt = gpu_times_of(phy_k, counts, table, slots_per_gpu)  # [K*L, G]
+            else:
+                gt = table(slot_gpu[None, :], per_slot).reshape(-1, g, slots_per_gpu).sum(axis=2)
             self.expert_s[:, j] = gt.max(axis=1).reshape(samples, num_layers).sum(axis=1)
-            per_slot = np.take_along_axis(counts / np.maximum(cnt, 1), phy_k, axis=1)
             received = per_slot.reshape(-1, g, slots_per_gpu).sum(axis=2).max(axis=1)  # [K*L]
             self.recv[:, j] = received.reshape(samples, num_layers).sum(axis=1)
         self.samples = samples

@@ -34,6 +34,7 @@ from vibe.placement import (
     replace_incremental,
     routing_from_flags,
     solve,
+    with_replica_split,
 )
 from vibe.simulate.constants import value
 from vibe.simulate.costs import CommModel, ExpertTable, NonExpertCost, slowness_of
@@ -83,6 +84,7 @@ class Settings:
     floor_share: float | None = None  # re-shape the fleets' curves (``reshaped``); None: as given
     plan_samples: int = 16  # with a group's plan_step_mix: sampled routings per kind (vibe plan --samples)
     plan_dispatch: str = "round-robin"  # with plan_step_mix: replica split (vibe plan --dispatch)
+    replica_split: str = "even"  # even | weighted: per-slot shares the planner chooses (--replica-split)
 
     def __post_init__(self) -> None:
         if self.overlap not in ("auto", "on", "off"):
@@ -241,6 +243,7 @@ class Simulator:
             max_tokens=_max_tokens(self.s, spec),
             samples=self.s.samples,
             seed=self.s.seed * 1000 + salt,
+            weights=placement.weights,
         )
 
     def prepare(self, policy: str) -> Prepared:
@@ -267,6 +270,7 @@ class Simulator:
                 base,
                 time_budget_s=s.solve_budget_s,
                 routing=routing,
+                replica_split=s.replica_split,
             )
             # the same routing draws for every policy (common random numbers): salt by group only
             tables = [(0.0, self.table(spec, res.placement, spec.fleet, gi))]
@@ -321,6 +325,9 @@ class Simulator:
         """Re-place ``current`` for the drifted fleet; ``old_t``: current's table on that fleet."""
         s = self.s
         new = replace_incremental(current, plan, drifted, time_budget_s=s.solve_budget_s)
+        if s.replica_split != "even":  # the re-placement gets its own weights for the drifted fleet
+            weighted = with_replica_split(new.placement, plan, drifted, s.replica_split)
+            new = replace(new, placement=weighted)
         at = ev.at_s + s.replace_after_s
         m = s.model
         if s.replace_cost == "restart":
