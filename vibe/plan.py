@@ -284,20 +284,11 @@ def _results(
 
     results = {}
     if current is not None:
-        # incremental re-placement searches mean loads (with --step-mix: the mix's mean), then is priced
-        # by the objective like every other row
-        mean = load_arr if routing is None else routing.mean_loads_of_mix()
-        incremental = replace_incremental(current, mean, gpus, max_moves=max_moves, time_budget_s=time_budget)
-        if routing is not None:
-            incremental = make_result(
-                "incremental",
-                incremental.placement,
-                load_arr,
-                gpus,
-                time.perf_counter(),
-                current=current,
-                routing=routing,
-            )
+        # incremental re-placement chooses by the objective every row is priced by (with --step-mix: the
+        # expected step time on the sampled steps)
+        incremental = replace_incremental(
+            current, load_arr, gpus, max_moves=max_moves, time_budget_s=time_budget, routing=routing
+        )
         results["current"] = make_result(
             "current", current, load_arr, gpus, time.perf_counter(), current=current, routing=routing
         )

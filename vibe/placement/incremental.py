@@ -23,15 +23,17 @@ Layers are independent, so this spends the move budget where it buys the most st
 layers those are. The result is never slower than the current placement under the new inputs.
 
 **Under the expected objective** (``routing``: a step mix's sampled steps, as ``solve(..., routing=...)``
-optimises), the same two steps price what the full planner prices. Each layer walks twice, sharing the
-work budget: on the mix's mean loads (as above) and under expected slot costs
-(``cost.ExpectedReplicaCost``, as ``engine.vibe_expected``'s searches). Every point of both walks is then
-priced by the evaluator itself on the sampled steps (``cost.sampled_layer_times``: integer tokens split as
-the engine dispatches them, a slot with no tokens costing nothing), and a point counts as a gain only where
-it beats the placement in service by ``cost.SIGNIFICANCE_Z`` standard errors of the paired per-step
-difference (as the full planner's choice). The hulls are those of (slots changed, expected time saved)
-over both walks' points, so the move budget and the knee are spent on the expected objective, and the
-result carries the expected objective's times, bound and gap.
+optimises), the same two steps price what the full planner prices. Each layer walks twice, each walk with
+the whole work budget: on the mix's mean loads (the mean-load walk above, move for move) and under
+expected slot costs (``cost.ExpectedReplicaCost``, as ``engine.vibe_expected``'s searches). Every point of
+both walks is then priced by the evaluator itself on the sampled steps (``cost.sampled_layer_times``:
+integer tokens split as the engine dispatches them, a slot with no tokens costing nothing), and a point
+counts as a gain only where it beats the placement in service by ``cost.SIGNIFICANCE_Z`` standard errors
+of the paired per-step difference (as the full planner's choice). The hulls are those of (slots changed,
+expected time saved) over both walks' points, so the move budget and the knee are spent on the expected
+objective, and the result carries the expected objective's times, bound and gap. Pricing every point
+costs about as much as the walks: 1.3-2.6 s against 0.2-0.4 s for the mean-load search on DeepSeek-V3 at
+EP 32 and EP 8, one core (``benchmarks/results/placement-expected.md``).
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ def _expected_choice(
     converged = True
     for pricer in (None, ExpectedReplicaCost(routing, table)):
         state = SearchState(routing.mean_loads_of_mix(), table, current.phy2log, s, pricer=pricer)
-        steps, moves, _, ok = _trajectories(state, orig, cap, budget / 2)
+        steps, moves, _, ok = _trajectories(state, orig, cap, budget)
         converged &= ok
         walks.append((steps, moves))
     moves = np.concatenate([m for _, m in walks], axis=1)  # [L, K]: every point of both walks
