@@ -55,10 +55,11 @@ from vibe.placement.cost import (
     sampled_layer_times,
 )
 from vibe.placement.curves import Fleet
-from vibe.placement.engine import Result, make_result
+from vibe.placement.engine import Result, make_result, with_replica_split
 from vibe.placement.errors import PlacementError
 from vibe.placement.routing import Routing
 from vibe.placement.search import EPS, EVALS_PER_SECOND, SearchState
+from vibe.placement.split import check_split
 
 #: Default stop without ``max_moves``: a step must gain this fraction of the step time per slot it
 #: changes (on the hull, so a plateau followed by a gain counts as their average)...
@@ -86,6 +87,7 @@ def replace_incremental(
     time_budget_s: float = 1.0,
     min_gain: float | None = None,
     routing: Routing | None = None,
+    replica_split: str = "even",
 ) -> Result:
     """A placement near ``current`` for new loads and/or curves (see the module docstring).
 
@@ -100,6 +102,9 @@ def replace_incremental(
             also reach the knee (``KNEE``, see the module docstring).
         routing: sampled steps of the deployment's step mix (``routing.sample_routing`` of ``loads``):
             choose and price by the expected step time instead of the mean-load one (module docstring).
+        replica_split: ``even``, or ``weighted``: the moves are chosen as for ``even``, then the result
+            carries per-slot shares chosen for the objective (``engine.with_replica_split``), priced with
+            them.
     Returns:
         Result with policy "incremental"; ``moves`` = slots changed, ``moved_experts`` = expert copies;
         with ``routing``, its times, bound and gap are the expected objective's (``info`` says so).
@@ -114,6 +119,7 @@ def replace_incremental(
         raise PlacementError(
             "InvalidPlacement", f"max_moves must be a non-negative integer, not {max_moves!r}"
         )
+    check_split(replica_split)
     if min_gain is None:
         min_gain = MIN_GAIN if max_moves is None else 0.0
     s = current.slots_per_gpu
@@ -131,8 +137,20 @@ def replace_incremental(
         chosen = _choose(moves, times, limit, min_gain * float(times[:, 0].sum()), knee=knee)
         phy = _apply(current.by_gpu(), steps, chosen)
     placement = Placement(phy.reshape(phy.shape[0], -1), s, current.num_experts)
+    info: dict[str, Any] = {}
+    if replica_split != "even":
+        placement = with_replica_split(placement, loads, fleet, replica_split, routing=routing)
+        info["replicaSplit"] = replica_split
     return make_result(
-        "incremental", placement, loads, fleet, started, current=current, converged=converged, routing=routing
+        "incremental",
+        placement,
+        loads,
+        fleet,
+        started,
+        current=current,
+        converged=converged,
+        info=info,
+        routing=routing,
     )
 
 
