@@ -223,6 +223,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         if proc is not None:
             run["neighbour"] = stop_neighbour(proc)
         report["runs"][cname] = run
+        Path(a.out).write_text(json.dumps(report))  # kept so far, should the run be cut off
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     Path(a.out).write_text(json.dumps(report))
     table(report, None)

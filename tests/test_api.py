@@ -51,6 +51,28 @@ def test_the_crds_output_formats_are_the_engine_registry() -> None:
         assert f"{engine.name} ({engine.key}" in " ".join(formats["description"].split())
 
 
+def test_the_crds_replica_split_is_the_split_registry() -> None:
+    """``spec.workload.replicaSplit`` accepts exactly the splits the planner knows, the default first, and
+    every format either carries weights or is refused for them (``vibe.engines.check_replica_split``)."""
+    from vibe.engines import EngineError, check_replica_split
+    from vibe.placement import REPLICA_SPLITS
+
+    spec = _schema(_crd(api.MOEDEPLOYMENT_PLURAL))["properties"]["spec"]["properties"]
+    split = spec["workload"]["properties"]["replicaSplit"]
+    assert split["enum"] == list(REPLICA_SPLITS) and split["default"] == REPLICA_SPLITS[0]
+    for engine in ENGINES.values():
+        assert engine.dispatch_source, f"{engine.name}: where its replica dispatch is, upstream"
+        if engine.replica_weights:
+            check_replica_split("weighted", [engine.name])
+        else:
+            try:
+                check_replica_split("weighted", [engine.name])
+            except EngineError as e:
+                assert engine.name in e.message
+            else:
+                raise AssertionError(f"{engine.name} cannot take weights but was not refused")
+
+
 def test_every_condition_and_reason_is_documented() -> None:
     """A condition type or reason the operator can set is API: docs/operations.md names each one."""
     from pathlib import Path
@@ -100,7 +122,17 @@ def test_the_spec_parser_defaults_are_the_crds() -> None:
         "workload": {"configMapRef": {"name": "loads"}, "stepMix": [{"tokens": 64}, {"tokens": 2048}]},
     }
     defaulted = _with_crd_defaults(minimal, schema)
-    filled = {"dtype", "key", "weight", "dispatch", "routingSamples", "policy", "drift", "output"}
+    filled = {
+        "dtype",
+        "key",
+        "weight",
+        "dispatch",
+        "routingSamples",
+        "replicaSplit",
+        "policy",
+        "drift",
+        "output",
+    }
     assert filled <= set(_flat_keys(defaulted)), "the CRD lost a default this test relies on"
     assert parse_spec(minimal) == parse_spec(defaulted)
     assert parse_spec(minimal).placement_key == parse_spec(defaulted).placement_key

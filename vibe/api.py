@@ -114,6 +114,7 @@ ProblemReason = Literal[
     "InstanceTooLarge",
     "Forbidden",
     "APIRefused",
+    "UnsupportedReplicaSplit",
 ]
 PROBLEM_REASONS: tuple[ProblemReason, ...] = get_args(ProblemReason)
 

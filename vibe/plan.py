@@ -19,7 +19,7 @@ import typer
 
 from vibe.clikit import failures
 from vibe.engines import ENGINES, FormatOrAlias
-from vibe.placement import DEFAULT_SAMPLES, DispatchName, PolicyName
+from vibe.placement import DEFAULT_SAMPLES, DispatchName, PolicyName, ReplicaSplit
 
 if TYPE_CHECKING:
     import numpy as np
@@ -144,6 +144,15 @@ def plan(
             "(TensorRT-LLM, vLLM), even (fractional, DeepSeek EPLB's model) or sglang-static.",
         ),
     ] = "round-robin",
+    replica_split: Annotated[
+        ReplicaSplit,
+        typer.Option(
+            "--replica-split",
+            help="How an expert's tokens split over its replicas: even (what every engine does) or weighted "
+            "(per-slot shares the planner chooses, so a replica on a fast GPU serves more; only format vibe "
+            "carries them, for vibe's own dispatch: other formats refuse it).",
+        ),
+    ] = "even",
     time_budget: Annotated[
         float,
         typer.Option(
@@ -165,9 +174,10 @@ def plan(
     table shows, per policy, the step time, the imbalance (max / mean GPU time, averaged over layers),
     the provable lower bound and the gap to it, the solve time and (with --current) the slots moved.
     """
+    from vibe.engines import EngineError
     from vibe.placement import PlacementError
 
-    with failures(COMMAND, PlacementError):
+    with failures(COMMAND, PlacementError, EngineError):
         _plan(
             str(loads),
             str(fleet),
@@ -184,6 +194,7 @@ def plan(
             step_mix,
             samples,
             dispatch,
+            replica_split,
         )
 
 
@@ -203,10 +214,13 @@ def _plan(
     step_mix: str | None = None,
     samples: int = 16,
     dispatch: str = "round-robin",
+    replica_split: str = "even",
 ) -> None:
+    from vibe.engines import check_replica_split
     from vibe.placement import load_json, read_fleet, read_loads, routing_from_flags
 
     engine = _checked_flags(policy, fmt, slots_per_gpu, time_budget, max_moves, current_path)
+    check_replica_split(replica_split, [engine.name])
 
     loads_doc = load_json(loads_path, "loads")
     load_arr = read_loads(loads_doc, tokens_per_step=tokens_per_step, top_k=top_k)
@@ -225,7 +239,16 @@ def _plan(
         current = _read_current(current_path, slots_per_gpu, load_arr.shape[1])
 
     results, chosen = _results(
-        load_arr, gpus, slots_per_gpu, policy, routing, current, max_moves, time_budget, compare
+        load_arr,
+        gpus,
+        slots_per_gpu,
+        policy,
+        routing,
+        current,
+        max_moves,
+        time_budget,
+        compare,
+        replica_split,
     )
     baseline = results.get("token-balanced")
     if baseline is chosen:
@@ -275,12 +298,14 @@ def _results(
     max_moves: int | None,
     time_budget: float,
     compare: bool,
+    replica_split: str = "even",
 ) -> tuple[dict[str, Result], Result]:
     """Every row of the table, and the one written: the incremental re-placement of ``current`` (with the
-    placement in service priced beside it), else ``policy``'s solve; with ``compare``, each policy too."""
+    placement in service priced beside it), else ``policy``'s solve; with ``compare``, each policy too
+    (every row with ``replica_split``; the incremental one gets its weights after its search)."""
     import time
 
-    from vibe.placement import COMPARED, make_result, replace_incremental, solve
+    from vibe.placement import COMPARED, make_result, replace_incremental, solve, with_replica_split
 
     results = {}
     if current is not None:
@@ -288,10 +313,10 @@ def _results(
         # by the objective like every other row
         mean = load_arr if routing is None else routing.mean_loads_of_mix()
         incremental = replace_incremental(current, mean, gpus, max_moves=max_moves, time_budget_s=time_budget)
-        if routing is not None:
+        if routing is not None or replica_split != "even":
             incremental = make_result(
                 "incremental",
-                incremental.placement,
+                with_replica_split(incremental.placement, load_arr, gpus, replica_split, routing=routing),
                 load_arr,
                 gpus,
                 time.perf_counter(),
@@ -313,15 +338,32 @@ def _results(
                     time_budget_s=time_budget,
                     current=current,
                     routing=routing,
+                    replica_split=replica_split,
                 )
     else:
-        chosen = solve(load_arr, gpus, slots_per_gpu, policy, time_budget_s=time_budget, routing=routing)
+        chosen = solve(
+            load_arr,
+            gpus,
+            slots_per_gpu,
+            policy,
+            time_budget_s=time_budget,
+            routing=routing,
+            replica_split=replica_split,
+        )
         if compare:
             for p in COMPARED:
                 results[p] = (
                     chosen
                     if p == policy
-                    else solve(load_arr, gpus, slots_per_gpu, p, time_budget_s=time_budget, routing=routing)
+                    else solve(
+                        load_arr,
+                        gpus,
+                        slots_per_gpu,
+                        p,
+                        time_budget_s=time_budget,
+                        routing=routing,
+                        replica_split=replica_split,
+                    )
                 )
         results[policy] = chosen
     return results, chosen
@@ -421,6 +463,11 @@ def _table(
             "note: the search used its whole work budget; a larger --time-budget may find a better placement"
         )
     notes.append("speedup = token-balanced step time / this step time")
+    if chosen.info.get("replicaSplit") == "weighted":
+        notes.append(
+            "every row with the WEIGHTED replica split (per-slot shares chosen per placement; "
+            "bound = one for any split)"
+        )
     if expected:
         i = chosen.info
         mix = ", ".join(f"{m['tokens']} tokens x {m['weight']:g}" for m in i["stepMix"])

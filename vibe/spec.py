@@ -36,6 +36,9 @@ DEFAULT_POLICY = "vibe"
 #: ``spec.workload.dispatch`` and ``spec.workload.stepMix[].weight``.
 DEFAULT_DISPATCH = "round-robin"
 DEFAULT_STEP_WEIGHT = 1.0
+#: ``spec.workload.replicaSplit``: how an expert's tokens split over its replicas (``even``: as every
+#: engine does; ``weighted``: per-slot shares the planner chooses, for vibe's own dispatch only).
+DEFAULT_REPLICA_SPLIT = "even"
 #: ``spec.drift``: minGain, cooldownSeconds, holdingSeconds.
 DEFAULT_MIN_GAIN = 0.03
 DEFAULT_COOLDOWN_SECONDS = 300
@@ -84,6 +87,7 @@ class Workload:
     step_mix: tuple[tuple[int, float], ...] = ()
     dispatch: str = DEFAULT_DISPATCH
     routing_samples: int = DEFAULT_ROUTING_SAMPLES
+    replica_split: str = DEFAULT_REPLICA_SPLIT
 
 
 #: Serving seconds one re-placement costs, by ``spec.serving.onUpdate`` (when
@@ -143,6 +147,11 @@ class DeploymentSpec:
                 # only when set: a spec written before the step mix existed keeps its key (no re-solve
                 # on an operator upgrade)
                 **({"steps": self._steps_key} if self._steps_key != _DEFAULT_STEPS_KEY else {}),
+                **(
+                    {"replicaSplit": self.workload.replica_split}
+                    if self.workload.replica_split != DEFAULT_REPLICA_SPLIT
+                    else {}
+                ),
             }
         )
 
@@ -192,6 +201,7 @@ def parse_spec(spec: Mapping[str, Any]) -> DeploymentSpec:
             ),
             dispatch=str(w.get("dispatch") or DEFAULT_DISPATCH),
             routing_samples=int(w.get("routingSamples") or DEFAULT_ROUTING_SAMPLES),
+            replica_split=str(w.get("replicaSplit") or DEFAULT_REPLICA_SPLIT),
         ),
         policy=str(spec.get("policy") or DEFAULT_POLICY),
         drift=Drift(

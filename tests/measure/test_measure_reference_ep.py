@@ -178,3 +178,60 @@ def test_hash_and_generation_are_checked(volumes, tmp_path):
         document="sglang",
     )
     assert np.array_equal(sglang.phy2log, _load(volumes["vibe"], tmp_path / "w5").phy2log)
+
+
+# ---- the weighted replica split: vibe's own dispatch takes the planner's shares
+
+
+def test_weighted_dispatch_equals_dense_reference_and_follows_the_weights(inputs, tmp_path):
+    """A placement planned with the weighted split (a prefill-sized load, a 1.5x slower rank) is read
+    with its weights from the vibe key; the layer still computes the dense reference, and each replica
+    of an expert with unequal shares receives its share of the expert's tokens (within one per rank and
+    step)."""
+    loads, fleet = inputs
+    result = solve(loads * 250.0, fleet, S, "token-balanced", replica_split="weighted")
+    mount = write_volume(tmp_path / "weighted", result, fleet)
+    placement = _load(mount, tmp_path / "init", replica_split="weighted")
+    assert placement.replica_weights is not None
+    np.testing.assert_allclose(placement.replica_weights, result.placement.weights, atol=1e-8)
+    unequal = placement.cumulative_shares()[1]
+    assert unequal.any(), "the planner chose unequal shares somewhere"
+    cfg = ep.RunConfig(
+        placements=(("weighted", placement),),
+        loads=loads,
+        shape=SHAPE,
+        tokens=ep.tokens_per_rank(loads, SHAPE.top_k, G) * 4,
+        backend="gloo",
+        init_method=f"tcp://127.0.0.1:{ep.free_port()}",
+        out_dir=str(tmp_path),
+        steps=3,
+        check=True,
+        grouped=False,
+    )
+    ranks = ep.launch(cfg)
+    for r in ranks:
+        p = r["placements"]["weighted"]
+        assert p["refMaxAbs"] > 0.1 and p["maxAbsError"] < TOL, (r["rank"], p["maxAbsError"])
+    got = np.concatenate([np.array(r["placements"]["weighted"]["slotTokens"]) for r in ranks], axis=1)
+    w = placement.replica_weights
+    checked = 0
+    for layer, row in enumerate(placement.phy2log):
+        for e in range(E):
+            slots = np.flatnonzero(row == e)
+            total = got[layer, slots].sum()
+            if not unequal[layer, e] or total == 0:
+                continue
+            want = total * w[layer, slots]
+            assert (np.abs(got[layer, slots] - want) <= G * cfg.steps).all(), (
+                layer,
+                e,
+                got[layer, slots],
+                want,
+            )
+            checked += 1
+    assert checked > 0
+    # an even placement read as weighted is refused with a reason, never run evenly by accident
+    even_mount = write_volume(tmp_path / "even", solve(loads, fleet, S, "token-balanced"), fleet)
+    with pytest.raises(ServingError) as err:
+        _load(even_mount, tmp_path / "init2", replica_split="weighted")
+    assert err.value.reason == "MissingPlacement" and "no replica weights" in err.value.message

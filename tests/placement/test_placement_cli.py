@@ -289,3 +289,34 @@ def test_the_old_format_name_still_works_and_says_so(files):
     assert old.stdout == new.stdout
     assert "--format placement is deprecated: it is called vibe now" in old.stderr
     assert "deprecated" not in new.stderr
+
+
+def test_weighted_replica_split_writes_the_shares_and_refuses_formats_without_them(files):
+    out = files["dir"] / "placement.json"
+    base = ["-l", files["loads"], "-f", files["fleet"], "-s", 5]
+    r = run(*base, "--replica-split", "weighted", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "WEIGHTED replica split" in r.output
+    doc = json.loads(out.read_text())
+    assert doc["replicaSplit"] == "weighted" and doc["formatVersion"] == "1.1"
+    assert all(len(layer["replicaWeights"]) == 20 for layer in doc["layers"])
+    from vibe.placement import evaluate, read_fleet, read_loads, read_placement
+
+    placement = read_placement(doc)
+    assert placement.weights is not None
+    loads = read_loads(json.loads(files["loads"].read_text()))
+    fleet = read_fleet(json.loads(files["fleet"].read_text()))
+    assert doc["predicted"]["stepTimeSeconds"] == pytest.approx(evaluate(placement, loads, fleet).step_time_s)
+    even = json.loads(run(*base, "--no-compare").stdout.splitlines()[0])
+    assert "replicaSplit" not in even and "replicaWeights" not in even["layers"][0]
+    for fmt in ("sglang", "vllm", "trtllm", "eplb"):
+        r = run(*base, "--format", fmt, "--replica-split", "weighted")
+        assert r.exit_code == 1, (fmt, r.output)
+        assert "InvalidArgument" in r.output and "cannot" in r.output and "replica split" in r.output
+    r = run(*base, "--replica-split", "proportional")
+    assert r.exit_code == 2
+    cur = files["dir"] / "current.json"
+    assert run(*base, "-p", "linear", "-o", cur).exit_code == 0
+    r = run(*base, "--current", cur, "--replica-split", "weighted", "-o", files["dir"] / "inc.json")
+    assert r.exit_code == 0, r.output
+    assert "replicaWeights" in json.loads((files["dir"] / "inc.json").read_text())["layers"][0]

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -246,6 +246,10 @@ def bench(
     ] = None,
     repeats: Annotated[int, typer.Option(help="Timed calls per point (the median is kept; >= 20).")] = 25,
     preheat_max: Annotated[float, typer.Option(help="Longest pre-heat, seconds.")] = 10.0,
+    window_mode: Annotated[
+        Literal["chunks", "loop"],
+        typer.Option(help="How a point checks for a co-tenant: back-to-back calls, or a serving loop."),
+    ] = "chunks",
     repeat_profiles: Annotated[
         int, typer.Option(help="Profile each device this many times (run-to-run spread).")
     ] = 1,
@@ -291,7 +295,9 @@ def bench(
         )
     try:
         grid = tuple(int(t) for t in tokens.split(",")) if tokens else None
-        cfg = BenchConfig(repeats=repeats, preheat_max_s=preheat_max, tokens=grid or TOKEN_GRID)
+        cfg = BenchConfig(
+            repeats=repeats, preheat_max_s=preheat_max, tokens=grid or TOKEN_GRID, window_mode=window_mode
+        )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     devices = device or (

@@ -22,7 +22,7 @@ format);
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -61,6 +61,9 @@ class Engine:
         loads_source: what the load ConfigMap's ``vibe.dev/loads-source`` annotation says they came from.
         updates: what an update can do to a running engine.
         dispatch: how the engine splits an expert's tokens over its replicas (``vibe.placement.dispatch``).
+        replica_weights: whether the format carries, and its consumer runs, per-slot replica weights (the
+            ``weighted`` replica split); ``check_replica_split`` refuses the split for any format without.
+        dispatch_source: where in the engine's source its replica dispatch is (upstream file and symbol).
         aliases: older spellings still accepted (deprecated).
     """
 
@@ -78,6 +81,8 @@ class Engine:
     loads_source: str = ""
     updates: tuple[Update, ...] = ("restart",)
     dispatch: str = "even"
+    replica_weights: bool = False
+    dispatch_source: str = ""
     aliases: tuple[str, ...] = ()
 
 
@@ -96,6 +101,8 @@ def _record(module: ModuleType, engine: str, **kw: Any) -> Engine:
         loads=getattr(module, "loads", None),
         loads_source=getattr(module, "LOADS_SOURCE", ""),
         dispatch=getattr(module, "DISPATCH", "even"),
+        replica_weights=bool(getattr(module, "REPLICA_WEIGHTS", False)),
+        dispatch_source=getattr(module, "DISPATCH_SOURCE", ""),
         **kw,
     )
 
@@ -133,6 +140,23 @@ def get(name: str) -> Engine:
     return ENGINES[name]
 
 
+def check_replica_split(split: str, formats: Iterable[str]) -> None:
+    """Refuse the ``weighted`` replica split when a format cannot carry the weights to an engine that runs
+    them (``EngineError(InvalidArgument)`` naming the format and its engine's dispatch); ``even`` always
+    passes. A placement written for such an engine would run evenly, not as planned."""
+    if split == "even":
+        return
+    for name in formats:
+        e = get(name)
+        if not e.replica_weights:
+            raise EngineError(
+                "InvalidArgument",
+                f"the {split} replica split needs a dispatch that takes weights; format {e.name} "
+                f"({e.engine}) cannot: {e.dispatch_source}. Use replica split even, or output format "
+                "vibe only (vibe's own dispatch)",
+            )
+
+
 def by_key() -> dict[str, Engine]:
     """ConfigMap key -> record."""
     return {e.key: e for e in ENGINES.values()}
@@ -149,5 +173,6 @@ __all__ = [
     "Loads",
     "Update",
     "by_key",
+    "check_replica_split",
     "get",
 ]

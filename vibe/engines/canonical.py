@@ -5,6 +5,12 @@ GPUs in rank order (id, node, uuid), per layer ``physicalToLogical`` (slot s of 
 lower-bound seconds and per-GPU seconds; totals under ``predicted``, and the baseline it was compared
 with, if any. No engine reads it: serving pods use it to check the GPU count and to follow GPUs to
 engine ranks (``vibe serving init --follow-gpus``), and people and tools read the figures.
+
+The weighted replica split (``vibe plan --replica-split weighted``, ``spec.placement.replicaSplit``) adds,
+compatibly (old readers ignore unknown keys; ``formatVersion`` 1.1 says it is there): ``replicaSplit:
+weighted`` at the top and per layer ``replicaWeights``, the share of its expert's tokens each physical slot
+serves (an expert's shares sum to 1). A dispatch that can take weights (vibe's own,
+``vibe.measure.reference_ep``) reads them from here; a document without them is the even split.
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ if TYPE_CHECKING:
 NAME = "vibe"
 KEY = "placement.json"
 KIND = "ExpertPlacement"
+#: The document's ``formatVersion`` when it carries replica weights (keys added, none changed; a document
+#: without the key is 1.0, what every reader before it read).
+FORMAT_VERSION_WEIGHTED = "1.1"
+#: The document carries replica weights; vibe's own dispatch (``vibe.measure.reference_ep``) runs them.
+REPLICA_WEIGHTS = True
+DISPATCH_SOURCE = "vibe.measure.reference_ep: EPLayerStack.forward (cumulative shares per rank)"
 
 
 def write(result: Result, fleet: Fleet, baseline: Result | None = None) -> bytes:
@@ -37,22 +49,28 @@ def write(result: Result, fleet: Fleet, baseline: Result | None = None) -> bytes
     logcnt = pl.logcnt()
     layers = []
     for layer in range(pl.num_layers):
-        layers.append(
-            {
-                "layer": layer,
-                "physicalToLogical": pl.phy2log[layer].tolist(),
-                "logicalToPhysical": [
-                    row[: int(c)].tolist() for row, c in zip(log2phy[layer], logcnt[layer], strict=True)
-                ],
-                "logicalCount": logcnt[layer].tolist(),
-                "predictedSeconds": num(result.layer_times_s[layer]),
-                "lowerBoundSeconds": num(result.layer_bounds_s[layer]),
-                "gpuSeconds": [num(v) for v in result.gpu_times_s[layer]],
-            }
-        )
+        entry: dict[str, Any] = {
+            "layer": layer,
+            "physicalToLogical": pl.phy2log[layer].tolist(),
+            "logicalToPhysical": [
+                row[: int(c)].tolist() for row, c in zip(log2phy[layer], logcnt[layer], strict=True)
+            ],
+            "logicalCount": logcnt[layer].tolist(),
+            "predictedSeconds": num(result.layer_times_s[layer]),
+            "lowerBoundSeconds": num(result.layer_bounds_s[layer]),
+            "gpuSeconds": [num(v) for v in result.gpu_times_s[layer]],
+        }
+        if pl.weights is not None:
+            entry["replicaWeights"] = [round(float(v), 9) for v in pl.weights[layer]]
+        layers.append(entry)
     doc: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": KIND,
+        **(
+            {"formatVersion": FORMAT_VERSION_WEIGHTED, "replicaSplit": "weighted"}
+            if pl.weights is not None
+            else {}
+        ),
         "policy": result.policy,
         "numLayers": pl.num_layers,
         "numLogicalExperts": pl.num_experts,

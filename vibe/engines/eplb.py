@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 NAME = "eplb"
 KEY = "eplb.json"
 DISPATCH = "even"
+#: DeepSeek's EPLB tensors say where replicas are, not how to split tokens over them (its model: evenly).
+REPLICA_WEIGHTS = False
+DISPATCH_SOURCE = "deepseek-ai/EPLB eplb.py: rebalance_experts (phy2log, log2phy, logcnt; even split assumed)"
 
 
 def write(result: Result, fleet: Fleet, baseline: Result | None = None) -> bytes:

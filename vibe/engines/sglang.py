@@ -56,6 +56,18 @@ KEY = "sglang-expert-location.json"
 #: The load ConfigMap's ``vibe.dev/loads-source`` for loads read from its recorder.
 LOADS_SOURCE = "sglang-expert-distribution-recorder"
 DISPATCH = "sglang-static"
+#: Whether the engine can take vibe's per-slot replica weights (the ``weighted`` replica split): no.
+#: ``topk_ids_logical_to_physical`` in ``sglang/srt/eplb/expert_location_dispatch.py`` picks a replica
+#: per (token, k): ``static`` from a fixed per-rank map, ``dynamic``/``fake`` uniformly at random
+#: (``randint % num_valid``: even in expectation); ``lp`` (LPLB, upstream PR 24515) solves a linear
+#: program per step on that step's token counts for its own per-replica probabilities (``log2phy_prob``),
+#: which it does not read from a file and which do not know GPU speed. None reads weights from a
+#: placement file.
+REPLICA_WEIGHTS = False
+DISPATCH_SOURCE = (
+    "sglang/srt/eplb/expert_location_dispatch.py: topk_ids_logical_to_physical "
+    "(static: per-rank map; dynamic/fake: uniform random replica; lp: per-step LP probabilities)"
+)
 
 #: The SGLang release whose source the facts here come from (CI installs exactly this wheel).
 SGLANG_VERSION = "0.5.23"

@@ -64,6 +64,9 @@ KEY = "trtllm-load-balancer.yaml"
 LOADS_SOURCE = "trtllm-expert-statistic"
 #: Round-robin over an expert's replicas: an even split (see the module docstring).
 DISPATCH = "even"
+#: No per-slot weights: the route kernel deals tokens round-robin over the replicas (module docstring).
+REPLICA_WEIGHTS = False
+DISPATCH_SOURCE = "tensorrt_llm MoE load balancer: moeComputeRouteKernel (replica = key % replicaCount)"
 #: The keys ``MoeLoadBalancerConfig`` accepts (a strict model: any other key is refused).
 CONFIG_KEYS = frozenset({"num_slots", "initial_global_assignments", "layer_updates_per_iter"})
 #: The route kernels' expert bound.

@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 NAME = "vllm"
 KEY = "vllm-eplb.json"
 DISPATCH = "even"
+#: No per-slot weights: ``eplb_map_to_physical_and_record`` (``vllm/model_executor/layers/fused_moe/``,
+#: the router's ``_apply_eplb_mapping``) maps each (token, k) to replica ``position % replica_count`` of
+#: ``logical_to_physical_map``: an even split, with no input for weights.
+REPLICA_WEIGHTS = False
+DISPATCH_SOURCE = (
+    "vllm/model_executor/layers/fused_moe: eplb_map_to_physical_and_record "
+    "(replica = flat position % logical_replica_count)"
+)
 #: The vLLM releases whose EPLB code path the plugin is tested against (CI installs the first:
 #: ``hack/vllm-requirements.txt``); the plugin refuses others at start.
 VLLM_VERSIONS: tuple[str, ...] = ("0.33.0",)

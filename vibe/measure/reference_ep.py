@@ -10,7 +10,13 @@ read back, as an engine reads it), then runs real tokens through it over ``torch
    proportional to the layer's load profile, with softmax combine weights;
 2. replica choice, as engines dispatch to redundant experts: the j-th assignment of expert e on rank r
    goes to replica ``(j + r) mod logcnt[e]`` of e (slots ascending, EPLB's ``log2phy``), so an expert's
-   tokens split evenly over its replicas, as the cost model assumes (``load_e / r_e`` per slot);
+   tokens split evenly over its replicas, as the cost model assumes (``load_e / r_e`` per slot). With
+   replica weights (the ``weighted`` replica split, ``load_placement(..., replica_split="weighted")``
+   reads them from the ``vibe`` key, ``ServingPlacement.replica_weights``), an expert whose shares differ
+   is split by cumulative shares instead: of the rank's n assignments of e, the j-th goes to the replica
+   whose cumulative-share interval ``[W - w, W)`` holds ``((j + 1/2) / n + r / G) mod 1``, so replica i
+   takes ``n * w_i`` of them within one per rank and step (deterministic; the ``r / G`` phase spreads
+   the rounding over ranks); an expert with equal shares keeps the rule above;
 3. dispatch: ``all_to_all_single`` of split sizes, tokens and local slot ids to the slots' ranks
    (physical slot p lives on rank ``p // S``, SGLang's and EPLB's convention);
 4. experts: each rank runs its S slots as ONE grouped GEMM (``torch._grouped_mm``, bf16 on sm90+) for
@@ -44,10 +50,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vibe.engines import EngineSettings
+from vibe import contract
+from vibe.engines import ENGINES, EngineSettings
 from vibe.placement import Placement
 from vibe.serving import emit
 from vibe.serving.errors import ServingError
+from vibe.serving.snapshot import read_snapshot
 
 if TYPE_CHECKING:
     import torch
@@ -77,6 +85,8 @@ class ServingPlacement:
         generation: the placement generation (None if the ConfigMap carried none).
         data_hash: content hash of the whole snapshot it came from.
         document: which engine document it was read from (``eplb`` or ``sglang``).
+        replica_weights: None (the even split) or [L, P] float64 each slot's share of its expert's
+            tokens (``vibe.placement.Placement.weights``).
     """
 
     phy2log: np.ndarray
@@ -85,6 +95,7 @@ class ServingPlacement:
     generation: int | None
     data_hash: str
     document: str
+    replica_weights: np.ndarray | None = None
 
     @property
     def num_layers(self) -> int:
@@ -99,6 +110,25 @@ class ServingPlacement:
         pl = Placement(self.phy2log, self.slots_per_rank, self.num_experts)
         return pl.log2phy(), pl.logcnt()
 
+    def cumulative_shares(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """([L, E, X] each replica's upper cumulative share in ``log2phy`` order, padded with 2.0; [L, E]
+        whether the expert's shares differ), or None without replica weights."""
+        if self.replica_weights is None:
+            return None
+        pl = Placement(self.phy2log, self.slots_per_rank, self.num_experts, self.replica_weights)
+        assert pl.weights is not None
+        log2phy = pl.log2phy()
+        w = np.where(
+            log2phy >= 0, np.take_along_axis(pl.weights[:, None, :], np.maximum(log2phy, 0), axis=2), 0.0
+        )
+        cum = np.cumsum(w, axis=2)
+        cnt = pl.logcnt()
+        x = np.arange(log2phy.shape[2])[None, None, :]
+        cum = np.where(x == cnt[:, :, None] - 1, 1.0, np.where(log2phy >= 0, np.minimum(cum, 1.0), 2.0))
+        even = 1.0 / cnt[:, :, None]
+        unequal = np.asarray((np.where(log2phy >= 0, np.abs(w - even), 0.0) > 1e-12).any(axis=2))
+        return cum, unequal
+
 
 def load_placement(
     mount: str | os.PathLike[str],
@@ -111,8 +141,13 @@ def load_placement(
     num_layers: int | None = None,
     expect_generation: int | None = None,
     wait_seconds: float = 0.0,
+    replica_split: str = "even",
 ) -> ServingPlacement:
     """Read the mounted placement exactly as ``vibe serving init`` does, then the engine file it wrote.
+
+    ``replica_split="weighted"`` also reads the replica weights from the ``vibe`` key of the same
+    snapshot (its content hash checked with the rest) and refuses a placement without them, or whose
+    slots differ from the engine file's.
 
     The engine is launched with ``num_experts`` experts and ``ep_size * slots_per_rank`` physical slots
     (SGLang: ``--ep-num-redundant-experts = P - E``); ``emit.run_init`` refuses anything else (a
@@ -141,15 +176,48 @@ def load_placement(
         wait_seconds=wait_seconds,
     )
     doc = json.loads(out.read_text(encoding="utf-8"))  # what the engine reads at start
-    rows = doc["phy2log"] if document == "eplb" else doc["physical_to_logical_map"]
-    return ServingPlacement(
-        np.asarray(rows, dtype=np.int64),
-        num_experts,
-        ep_size,
-        applied.generation,
-        applied.data_hash,
-        document,
+    rows = np.asarray(
+        doc["phy2log"] if document == "eplb" else doc["physical_to_logical_map"], dtype=np.int64
     )
+    weights = None
+    if replica_split == "weighted":
+        weights = _replica_weights(Path(mount), rows, slots_per_rank, num_experts, applied.data_hash)
+    elif replica_split != "even":
+        raise ServingError(
+            "InvalidArgument", f"replica_split must be even or weighted, got {replica_split!r}"
+        )
+    return ServingPlacement(
+        rows, num_experts, ep_size, applied.generation, applied.data_hash, document, weights
+    )
+
+
+def _replica_weights(
+    mount: Path, rows: np.ndarray, slots_per_rank: int, num_experts: int, data_hash: str
+) -> np.ndarray:
+    """[L, P] the replica weights of the ``vibe`` key of the snapshot of ``data_hash`` (or ServingError)."""
+    from vibe.placement import PlacementError, read_placement
+
+    key = ENGINES["vibe"].key
+    snapshot = read_snapshot(mount).data
+    if contract.content_hash(snapshot) != data_hash:
+        raise ServingError(
+            "UnreadableVolume", "the placement changed while its replica weights were read: retry"
+        )
+    if key not in snapshot:
+        raise ServingError(
+            "MissingPlacement", f"the weighted replica split needs the {key} key (output format vibe)"
+        )
+    try:
+        pl = read_placement(json.loads(snapshot[key]), slots_per_gpu=slots_per_rank, num_experts=num_experts)
+    except (ValueError, PlacementError) as err:
+        raise ServingError("UnreadableVolume", f"{key}: {err}") from None
+    if pl.weights is None:
+        raise ServingError(
+            "MissingPlacement", f"{key} carries no replica weights: plan with the weighted replica split"
+        )
+    if pl.phy2log.shape != rows.shape or not np.array_equal(pl.phy2log, rows):
+        raise ServingError("PlacementMismatch", f"{key}'s slots differ from the engine file's")
+    return np.asarray(pl.weights)
 
 
 # -- the model: shapes, deterministic weights and inputs, the router -------------------------------------
@@ -299,6 +367,9 @@ class EPLayerStack:
         log2phy, cnt = placement.log2phy()
         self.log2phy = torch.as_tensor(log2phy, device=device)
         self.logcnt = torch.as_tensor(cnt, device=device)
+        shares = placement.cumulative_shares()
+        self.cum_shares = None if shares is None else torch.as_tensor(shares[0], device=device)
+        self.unequal = None if shares is None else torch.as_tensor(shares[1], device=device)
         self.w13: list[torch.Tensor] = []  # per layer [S, 2I, H]
         self.w2: list[torch.Tensor] = []  # per layer [S, H, I]
         mine = placement.phy2log[:, rank * self.slots : (rank + 1) * self.slots]
@@ -357,6 +428,13 @@ class EPLayerStack:
         occ = torch.empty_like(flat)
         occ[order] = torch.arange(flat.numel(), device=dev) - first
         rep = (occ + self.rank) % self.logcnt[layer][flat]
+        if self.cum_shares is not None and self.unequal is not None:
+            # weighted: the j-th of n assignments -> the replica whose [W - w, W) holds (j + 1/2)/n + r/G
+            n = torch.bincount(flat, minlength=self.placement.num_experts)[flat]
+            u = torch.remainder((occ.double() + 0.5) / n.double() + self.rank / self.world, 1.0)
+            by_share = (self.cum_shares[layer][flat] <= u[:, None]).sum(dim=1)
+            by_share = torch.minimum(by_share, self.logcnt[layer][flat] - 1)
+            rep = torch.where(self.unequal[layer][flat], by_share, rep)
         slot = self.log2phy[layer][flat, rep]
         perm = torch.argsort(slot, stable=True)  # rank-major, then local slot
         slot_sorted = slot[perm]

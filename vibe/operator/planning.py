@@ -134,6 +134,7 @@ def _plan(
     spec, res, loads = inputs.spec, inputs.gpus, inputs.loads
     keys = inputs.keys
     fleet, s = res.fleet, spec.gpus.slots_per_gpu
+    _check_replica_split(spec)
     have = current.placement if current is not None else None
     if have is not None and have.phy2log.shape != (spec.model.layers, len(fleet) * s):
         have = None  # another EP size or slot count: nothing to align to
@@ -143,7 +144,14 @@ def _plan(
     if current is None or have is None or current.keys.placement != keys.placement:
         routing = routing_of(spec, loads.tokens, len(fleet))
         result = solve(
-            loads.tokens, fleet, s, spec.policy, time_budget_s=budget, current=have, routing=routing
+            loads.tokens,
+            fleet,
+            s,
+            spec.policy,
+            time_budget_s=budget,
+            current=have,
+            routing=routing,
+            replica_split=spec.workload.replica_split,
         )
         baseline = _baseline(result, loads, fleet, s, routing)
         why = "first placement" if current is None else _why_resolve(current, keys)
@@ -384,13 +392,27 @@ def _incremental(
     have: Any, loads: Loads, fleet: Any, spec: DeploymentSpec, budget: float, routing: Routing
 ) -> Result:
     """A re-placement near ``have``: searched on the mix's mean loads, priced by the expected objective."""
-    from vibe.placement import make_result, replace_incremental
+    from vibe.placement import make_result, replace_incremental, with_replica_split
 
     started = time.perf_counter()
     new = replace_incremental(
         have, routing.mean_loads_of_mix(), fleet, max_moves=spec.drift.max_moves, time_budget_s=budget
     )
-    return make_result(new.policy, new.placement, loads.tokens, fleet, started, current=have, routing=routing)
+    placement = with_replica_split(
+        new.placement, loads.tokens, fleet, spec.workload.replica_split, routing=routing
+    )
+    return make_result(new.policy, placement, loads.tokens, fleet, started, current=have, routing=routing)
+
+
+def _check_replica_split(spec: DeploymentSpec) -> None:
+    """The spec's replica split reaches every output format's engine, or ``UnsupportedReplicaSplit``
+    (a weighted placement written for an engine that splits evenly would run other than planned)."""
+    from vibe.engines import EngineError, check_replica_split
+
+    try:
+        check_replica_split(spec.workload.replica_split, spec.formats)
+    except EngineError as e:
+        raise Problem("UnsupportedReplicaSplit", f"spec.workload.replicaSplit: {e.message}") from None
 
 
 def prior_drift_or_none(prior: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -466,12 +488,14 @@ def _baseline(result: Any, loads: Loads, fleet: Any, s: int, routing: Routing | 
     their fingerprint: after performance drift only its pricing is new. Its lower bound is ``result``'s
     (the bound depends on the inputs, not on the placement), so no bound is computed twice.
     """
-    from vibe.placement import Placement, make_result
+    from vibe.placement import Placement, make_result, with_replica_split
 
     if result.policy == BASELINE_POLICY:
         return result
     e = loads.tokens.shape[1]
     placement = Placement(_token_balanced(loads.key, loads.tokens, len(fleet), s), s, e)
+    if result.placement.weights is not None:  # the baseline with the same (weighted) split
+        placement = with_replica_split(placement, loads.tokens, fleet, "weighted", routing=routing)
     return make_result(
         BASELINE_POLICY,
         placement,

@@ -8,6 +8,7 @@ modules, each importing only those above it:
 * ``routing``     the step mix and sampled routings of it (the expected objective's input)
 * ``curves``      per-GPU time curves t_g(n), the fleet, the H100 reference data, roofline and scaling
 * ``dispatch``    how an engine splits an expert's tokens over its replicas (mean and sampled loads)
+* ``split``       the replica split: even, or weighted by per-slot shares the planner chooses
 * ``cost``        a ``Placement`` and the one evaluator every policy and report uses (mean-load or
                   expected objective)
 * ``bounds``      provable lower bounds on the step time
@@ -49,6 +50,7 @@ _EXPORTS = {
     "PolicyName": "engine",
     "Result": "engine",
     "make_result": "engine",
+    "with_replica_split": "engine",
     "solve": "engine",
     "token_balanced": "engine",
     "REASONS": "errors",
@@ -66,6 +68,9 @@ _EXPORTS = {
     "StepMix": "routing",
     "routing_from_flags": "routing",
     "sample_routing": "routing",
+    "REPLICA_SPLITS": "split",
+    "ReplicaSplit": "split",
+    "choose_weights": "split",
     "FLOOR_SHARE": "synthetic",
     "skewed_loads": "synthetic",
     "slowed_curve": "synthetic",
@@ -78,6 +83,7 @@ __all__ = [
     "FLOOR_SHARE",
     "POLICIES",
     "REASONS",
+    "REPLICA_SPLITS",
     "CurveTable",
     "DispatchName",
     "Evaluation",
@@ -87,11 +93,13 @@ __all__ = [
     "PlacementError",
     "PlacementReason",
     "PolicyName",
+    "ReplicaSplit",
     "Result",
     "Routing",
     "StepMix",
     "bincount_rows",
     "check_shapes",
+    "choose_weights",
     "evaluate",
     "gpu_times_of",
     "load_json",
@@ -112,6 +120,7 @@ __all__ = [
     "slowed_curve",
     "solve",
     "token_balanced",
+    "with_replica_split",
 ]
 
 
@@ -148,6 +157,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         make_result,
         solve,
         token_balanced,
+        with_replica_split,
     )
     from vibe.placement.errors import REASONS, PlacementError, PlacementReason
     from vibe.placement.incremental import replace_incremental
@@ -160,4 +170,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         routing_from_flags,
         sample_routing,
     )
+    from vibe.placement.split import REPLICA_SPLITS, ReplicaSplit, choose_weights
     from vibe.placement.synthetic import FLOOR_SHARE, skewed_loads, slowed_curve

@@ -48,6 +48,11 @@ for ``round-robin`` (the increment argument needs no convexity, so it holds as i
 ``m = min_{n>0} t_ref(n) / n`` whatever r is; (B4) prices an item of e at ``t_ref(w // (R+1))``
 (``round-robin``) or leaves the bound out (``sglang-static``), with no floor.
 
+**Weighted replica split** (``split="weighted"``, ``split.py``): the shares are the planner's choice, so
+an item may carry any part of its expert's tokens, none included: the bounds are taken as for
+``sglang-static``, whose shares are arbitrary too (B1 counts K = E - Z items, B2 no floors of other
+items, B3 prices e's replicas at ``max(f [w > 0], m w)``, no B4): they hold for every split.
+
 The layer bound is max(B1..B4) (each is a necessary condition), shaved by a relative 1e-9 so rounding in
 the evaluator can never put a placement below it. B3 and B4 are taken over a few reference curves (one
 per distinct curve shape in the fleet) and the best kept.
@@ -67,6 +72,9 @@ ROUNDING_SLACK = 1e-9
 #: At most this many reference curves are tried for B3/B4 (one per distinct curve shape).
 MAX_REFERENCES = 4
 
+#: Splits whose replicas' shares may be anything (the bounds that hold for every split).
+ANY_SPLIT = ("sglang-static", "weighted")
+
 
 def lower_bound(loads: np.ndarray, fleet: Fleet, slots_per_gpu: int) -> float:
     """A provably valid lower bound on the step time of any placement (seconds); see the module doc."""
@@ -84,31 +92,36 @@ def layer_lower_bounds(
     for ref in _reference_gpus(table):
         sigma = _speed_ratios(table, ref)
         b = np.maximum(b, _work_bound(loads, table, s, ref, sigma, split))
-        if split != "sglang-static":
+        if split not in ANY_SPLIT:
             b = np.maximum(b, _slow_gpus_bound(loads, table, s, ref, sigma, split))
     return b * (1.0 - ROUNDING_SLACK)
 
 
-def expected_lower_bounds(routing: Routing, table: CurveTable, slots_per_gpu: int) -> np.ndarray:
+def expected_lower_bounds(
+    routing: Routing, table: CurveTable, slots_per_gpu: int, split: str | None = None
+) -> np.ndarray:
     """[L] float64 lower bounds on each layer's expected time under the expected objective (module
     docstring): the larger of the sampled steps' own B1, B2, B4 averaged with the samples' weights, and
-    B3 on expected work (``_expected_work_bound``)."""
-    s, split = slots_per_gpu, routing.dispatch
+    B3 on expected work (``_expected_work_bound``). ``split`` overrides ``routing.dispatch``
+    (``weighted``: a bound for any split)."""
+    s, split = slots_per_gpu, split or routing.dispatch
     refs = [(ref, _speed_ratios(table, ref)) for ref in _reference_gpus(table)]
     per_step = np.zeros(routing.counts.shape[1])
     for w, counts in zip(routing.weights, routing.counts, strict=True):
         loads = counts.astype(np.float64)
         b = np.maximum(_floor_bound(loads, table, s, split), _expert_bound(loads, table, s, split))
-        if split != "sglang-static":
+        if split not in ANY_SPLIT:
             for ref, sigma in refs:
                 b = np.maximum(b, _slow_gpus_bound(loads, table, s, ref, sigma, split))
         per_step += w * b
-    work = max((_expected_work_bound(routing, table, s, ref, sigma) for ref, sigma in refs), key=np.sum)
+    work = max(
+        (_expected_work_bound(routing, table, s, ref, sigma, split) for ref, sigma in refs), key=np.sum
+    )
     return np.maximum(per_step, work) * (1.0 - ROUNDING_SLACK)
 
 
 def _expected_work_bound(
-    routing: Routing, table: CurveTable, s: int, ref: int, sigma: np.ndarray
+    routing: Routing, table: CurveTable, s: int, ref: int, sigma: np.ndarray, split: str
 ) -> np.ndarray:
     """(B3) [L] on expected work: whatever the placement, its expected layer time is at least its slowest
     GPU's expected time, so B3's argument holds with each item's expected reference cost; the work of r
@@ -117,16 +130,15 @@ def _expected_work_bound(
     is never larger, and costs a partition per step.)"""
     num_layers, e = routing.shape
     redundant = table.num_gpus * s - e
-    split = routing.dispatch
     base = np.zeros((num_layers, e))
     inc = np.zeros((num_layers, e, max(redundant, 0)))
     k = np.arange(1, redundant + 2, dtype=np.float64)  # replica counts 1..R+1
-    if split == "sglang-static":  # any split: r replicas of w tokens cost at least max(f, m w)
+    if split in ANY_SPLIT:  # any split: r replicas of w tokens cost at least max(f, m w)
         m = min(float((table.y[ref] / table.x).min()), float(table.slope[ref, -1]))
     for w, counts in zip(routing.weights, routing.counts, strict=True):
         value, which = np.unique(counts, return_inverse=True)  # [U], [L*E]: price each count once
         value = value.astype(np.float64)
-        if split == "sglang-static":
+        if split in ANY_SPLIT:
             base += w * np.where(value > 0, np.maximum(table.floor[ref], m * value), 0.0)[which].reshape(
                 num_layers, e
             )
@@ -140,7 +152,7 @@ def _expected_work_bound(
         if redundant > 0:
             inc += w * np.diff(h, axis=1)[which].reshape(num_layers, e, redundant)
     extra = np.zeros(num_layers)
-    if redundant > 0 and split != "sglang-static":
+    if redundant > 0 and split not in ANY_SPLIT:
         flat = inc.reshape(num_layers, -1)
         extra = np.partition(flat, redundant - 1, axis=1)[:, :redundant].sum(axis=1)
     return (base.sum(axis=1) + extra) / (1.0 / sigma).sum()
@@ -188,7 +200,7 @@ def _work_bound(
     """(B3) [L]: least total reference work over all replications, shared by the fleet's speed."""
     num_layers, e = loads.shape
     redundant = table.num_gpus * s - e
-    if split == "sglang-static":  # any split: r replicas of w tokens cost at least max(f, m w)
+    if split in ANY_SPLIT:  # any split: r replicas of w tokens cost at least max(f, m w)
         m = min(float((table.y[ref] / table.x).min()), float(table.slope[ref, -1]))
         work = np.where(loads > 0, np.maximum(table.floor[ref], m * loads), 0.0)
         return work.sum(axis=1) / (1.0 / sigma).sum()

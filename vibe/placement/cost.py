@@ -5,7 +5,9 @@ here, so "predicted time" means the same thing everywhere (ARCHITECTURE.md, "The
 
 * a slot holding expert e, which has ``r_e`` replicas in the layer, serves ``load_e / r_e`` tokens
   (engines split an expert's tokens evenly over its replicas; SGLang's static dispatch does not quite:
-  ``evaluate(..., dispatch="sglang-static")`` prices it, see ``dispatch.py``);
+  ``evaluate(..., dispatch="sglang-static")`` prices it, see ``dispatch.py``); a placement that carries
+  replica weights (``Placement.weights``, the ``weighted`` replica split, ``split.py``) serves
+  ``load_e * w`` in a slot of share w instead, whatever the dispatch;
 * GPU g's layer time is the sum of ``t_g`` over its S slots;
 * a layer takes as long as its slowest GPU (expert parallelism synchronises every layer);
 * a model step is the sum of its layers.
@@ -31,6 +33,7 @@ import numpy as np
 from vibe.placement.curves import CurveTable, Fleet, numbers_array
 from vibe.placement.errors import PlacementError
 from vibe.placement.routing import Routing
+from vibe.placement.split import check_weights, sampled_weighted_gpu_times, weighted_gpu_times
 
 #: Inputs whose step could take longer than this are rejected as out of range (a step takes
 #: milliseconds; this only keeps every sum the solvers form finite).
@@ -54,11 +57,14 @@ class Placement:
         phy2log: [L, P] int64, ``phy2log[l, g * S + s]`` = the logical expert in slot s of GPU g.
         slots_per_gpu: S.
         num_experts: E. Every expert has at least one slot in every layer.
+        weights: None (the even split) or [L, P] float64 the share of its expert's tokens each slot
+            serves (the ``weighted`` replica split, ``split.py``): >= 0, each expert's summing to 1.
     """
 
     phy2log: np.ndarray
     slots_per_gpu: int
     num_experts: int
+    weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -83,6 +89,8 @@ class Placement:
         self.phy2log = phy
         self.slots_per_gpu = s
         self.num_experts = e
+        if self.weights is not None:
+            self.weights = check_weights(self.weights, phy, e)
 
     @property
     def num_layers(self) -> int:
@@ -168,8 +176,27 @@ def evaluate(
     With ``routing`` the placement is priced by the expected objective instead (module docstring): the
     result's times are expectations over the sampled steps (``gpu_times_s``: each GPU's expected time),
     and the replicas split as ``routing.dispatch`` says (``dispatch`` is then unused).
+
+    A placement with ``weights`` splits its replicas by them under either objective (no dispatch used).
     """
     loads = check_shapes(loads, fleet, placement.slots_per_gpu, placement)
+    s = placement.slots_per_gpu
+    if placement.weights is not None:
+        if routing is None:
+            return evaluation_of(
+                weighted_gpu_times(placement.phy2log, loads, placement.weights, fleet.table, s)
+            )
+        check_routing(routing, loads)
+        sampled = sampled_weighted_gpu_times(
+            placement.phy2log,
+            routing.counts,
+            placement.weights,
+            fleet.table,
+            s,
+            routing.dispatch,
+            offsets=routing.offsets,
+        )
+        return expected_evaluation_of(sampled, routing.weights)
     if routing is not None:
         check_routing(routing, loads)
         per_node = gpus_per_node_for(fleet) if routing.dispatch == "sglang-static" else None
@@ -288,13 +315,23 @@ def paired_difference(diff: np.ndarray, routing: Routing) -> tuple[np.ndarray, n
 
 
 def mean_load_layer_times(
-    phy2log: np.ndarray, routing: Routing, table: CurveTable, slots_per_gpu: int
+    phy2log: np.ndarray,
+    routing: Routing,
+    table: CurveTable,
+    slots_per_gpu: int,
+    *,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """[L] each layer's time under the mean-load evaluator, averaged over the mix: sum over kinds k of
-    ``weight_k * max_g`` (mean-load GPU time at kind k's mean loads)."""
+    ``weight_k * max_g`` (mean-load GPU time at kind k's mean loads), replicas split by ``weights``
+    (``Placement.weights``) or evenly."""
     out = np.zeros(phy2log.shape[0])
     for w, loads in zip(routing.mix.weights, routing.mean_loads, strict=True):
-        out += w * gpu_times_of(phy2log, loads, table, slots_per_gpu).max(axis=1)
+        if weights is None:
+            t = gpu_times_of(phy2log, loads, table, slots_per_gpu)
+        else:
+            t = weighted_gpu_times(phy2log, loads, weights, table, slots_per_gpu)
+        out += w * t.max(axis=1)
     return out
 
 

@@ -49,6 +49,7 @@ from vibe.placement.curves import Fleet
 from vibe.placement.errors import PlacementError
 from vibe.placement.routing import Routing
 from vibe.placement.search import EVALS_PER_SECOND, SearchState, improve, kick
+from vibe.placement.split import check_split, choose_weights, weighted_gpu_times
 
 #: The name of a policy ``solve`` knows (the MoEDeployment CRD's ``spec.policy`` enum is exactly these).
 PolicyName = Literal["round-robin", "linear", "token-balanced", "vibe", "exact"]
@@ -106,6 +107,7 @@ def solve(
     seed: int = 0,
     current: Placement | None = None,
     routing: Routing | None = None,
+    replica_split: str = "even",
 ) -> Result:
     """Place experts on the fleet's GPUs with a policy and price the result.
 
@@ -121,6 +123,11 @@ def solve(
             to keep experts where they already are, and ``moves`` counts the copies needed.
         routing: sampled steps of the deployment's step mix (``routing.sample_routing`` of these loads):
             optimise and price the expected step time instead of the mean-load one (module docstring).
+        replica_split: ``even`` (every engine's split) or ``weighted``: the placement is built as for
+            ``even``, then carries per-slot shares (``Placement.weights``, ``split.choose_weights``) chosen
+            for the objective; ``vibe`` then keeps, per layer, its placement or token-balanced's, each with
+            its own weights, whichever is no slower under every objective it is judged on (``_weighted``).
+            The bound is then one that holds for any split (``bounds.layer_lower_bounds``).
     Returns:
         Result; ``vibe.engines`` serialises it.
     Raises:
@@ -135,6 +142,7 @@ def solve(
             "InvalidBudget",
             f"the solve time budget must be a positive number of seconds, not {time_budget_s}",
         )
+    split = check_split(replica_split)
     s = slots_per_gpu
     if routing is not None:
         check_routing(routing, loads)
@@ -144,7 +152,17 @@ def solve(
         built = vibe_expected(loads, fleet, s, routing, time_budget_s=time_budget_s, seed=seed)
     else:
         built = POLICIES[policy](loads, fleet, s, time_budget_s, seed)
-    placement = Placement(built.phy, s, loads.shape[1])
+    if split == "weighted" and routing is not None and routing.dispatch == "sglang-static":
+        raise PlacementError(
+            "InvalidDispatch",
+            "the weighted replica split is vibe's own dispatch: SGLang's static dispatch cannot take weights",
+        )
+    if split == "weighted":
+        phy, weights = _weighted(built.phy, policy, loads, fleet, s, routing)
+        placement = Placement(phy, s, loads.shape[1], weights)
+        built = Built(phy, built.converged, {**built.info, "replicaSplit": split})
+    else:
+        placement = Placement(built.phy, s, loads.shape[1])
     if current is not None:
         placement = align_to(placement, current)
     return make_result(
@@ -156,9 +174,38 @@ def solve(
         current=current,
         converged=built.converged,
         info=built.info,
-        bounds=built.bounds if routing is None else None,
+        bounds=built.bounds if routing is None and split == "even" else None,
         routing=routing,
     )
+
+
+def _weighted(
+    phy: np.ndarray, policy: str, loads: np.ndarray, fleet: Fleet, s: int, routing: Routing | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """([L, P] expert map, [L, P] shares) of ``policy``'s placement under the weighted split.
+
+    ``vibe`` keeps, per layer, its own layer or token-balanced's (each with its own weights), whichever
+    is no slower under the mean-load evaluator (averaged over the step mix with ``routing``) and, with
+    ``routing``, on the sampled steps: so it stays never worse than token-balanced with the same split.
+    """
+    table = fleet.table
+    weights = choose_weights(phy, loads, table, s, routing=routing)
+    if policy != "vibe":
+        return phy, weights
+    tb = token_balanced(loads, len(fleet), s)
+    tb_w = choose_weights(tb, loads, table, s, routing=routing)
+    keep = np.ones(loads.shape[0], dtype=bool)
+    kinds = (
+        [(1.0, loads)] if routing is None else list(zip(routing.mix.weights, routing.mean_loads, strict=True))
+    )
+    mean_v = sum(w * weighted_gpu_times(phy, m, weights, table, s).max(axis=1) for w, m in kinds)
+    mean_tb = sum(w * weighted_gpu_times(tb, m, tb_w, table, s).max(axis=1) for w, m in kinds)
+    keep &= np.asarray(mean_v <= mean_tb * (1.0 + EPS_GUARD))
+    if routing is not None:
+        exp_v = evaluate(Placement(phy, s, loads.shape[1], weights), loads, fleet, routing=routing)
+        exp_tb = evaluate(Placement(tb, s, loads.shape[1], tb_w), loads, fleet, routing=routing)
+        keep &= exp_v.layer_times_s <= exp_tb.layer_times_s * (1.0 + EPS_GUARD)
+    return np.where(keep[:, None], phy, tb), np.where(keep[:, None], weights, tb_w)
 
 
 # ---- the policy registry: name -> how it builds a placement
@@ -381,20 +428,26 @@ def make_result(
     """Price a placement and wrap it with its bound (shared by every policy).
 
     With ``routing``, the times and the bound are the expected objective's (``info`` says so and also
-    gives the mean-load step time, ``meanLoadStepTimeSeconds``, averaged over the mix).
+    gives the mean-load step time, ``meanLoadStepTimeSeconds``, averaged over the mix). A placement with
+    replica weights is priced with them and bounded by a bound that holds for any split.
     """
     s = placement.slots_per_gpu
     info = dict(info or {})
+    split = "even" if placement.weights is None else "weighted"
     if routing is not None:
         ev = evaluate(placement, loads, fleet, routing=routing)
         if bounds is None:
-            bounds = expected_lower_bounds(routing, fleet.table, s)
-        mean_t = mean_load_layer_times(placement.phy2log, routing, fleet.table, s)
+            bounds = expected_lower_bounds(routing, fleet.table, s, split=None if split == "even" else split)
+        mean_t = mean_load_layer_times(placement.phy2log, routing, fleet.table, s, weights=placement.weights)
         info.update(routing.describe(), meanLoadStepTimeSeconds=float(mean_t.sum()))
+    elif placement.weights is not None:
+        ev = evaluate(placement, loads, fleet)
     else:
         ev = evaluation_of(gpu_times_of(placement.phy2log, loads, fleet.table, s))
+    if split != "even":
+        info["replicaSplit"] = split
     if bounds is None:
-        bounds = layer_lower_bounds(loads, fleet.table, s)
+        bounds = layer_lower_bounds(loads, fleet.table, s, split=split)
     bound = float(bounds.sum())
     gap = ev.step_time_s / bound - 1.0 if bound > 0 else 0.0
     moves = placement.moves_from(current) if current is not None else 0
@@ -417,6 +470,27 @@ def make_result(
     )
 
 
+def with_replica_split(
+    placement: Placement, loads: np.ndarray, fleet: Fleet, split: str, *, routing: Routing | None = None
+) -> Placement:
+    """``placement`` with the replica split ``split``: its weights chosen for the objective (``weighted``,
+    ``split.choose_weights``) or none (``even``)."""
+    check_split(split)
+    loads = check_shapes(loads, fleet, placement.slots_per_gpu, placement)
+    weights = None
+    if split == "weighted":
+        if routing is not None:
+            check_routing(routing, loads)
+            if routing.dispatch == "sglang-static":
+                raise PlacementError(
+                    "InvalidDispatch", "SGLang's static dispatch cannot take replica weights"
+                )
+        weights = choose_weights(
+            placement.phy2log, loads, fleet.table, placement.slots_per_gpu, routing=routing
+        )
+    return Placement(placement.phy2log, placement.slots_per_gpu, placement.num_experts, weights)
+
+
 def align_to(placement: Placement, current: Placement) -> Placement:
     """The same placement with each GPU's slots reordered to keep experts where ``current`` has them.
 
@@ -425,17 +499,24 @@ def align_to(placement: Placement, current: Placement) -> Placement:
     """
     new = placement.by_gpu()
     old = current.by_gpu()
-    out = new.copy()
     num_layers, g, s = new.shape
+    perm = np.broadcast_to(np.arange(s), new.shape).copy()  # slot k of a GPU takes its slot perm[k]
     same = (new == old).all(axis=2)
     for layer, gpu in zip(*np.nonzero(~same), strict=True):
-        want = list(new[layer, gpu])
+        vals = new[layer, gpu]
+        want = list(range(s))
         have = old[layer, gpu]
         slots = [-1] * s
         for k in range(s):  # keep matches in place
-            if have[k] in want:
-                want.remove(have[k])
-                slots[k] = have[k]
+            match = next((i for i in want if vals[i] == have[k]), None)
+            if match is not None:
+                want.remove(match)
+                slots[k] = match
         rest = iter(want)
-        out[layer, gpu] = [v if v >= 0 else next(rest) for v in slots]
-    return Placement(out.reshape(num_layers, g * s), placement.slots_per_gpu, placement.num_experts)
+        perm[layer, gpu] = [v if v >= 0 else next(rest) for v in slots]
+    out = np.take_along_axis(new, perm, axis=2).reshape(num_layers, g * s)
+    weights = None
+    if placement.weights is not None:
+        w = placement.weights.reshape(num_layers, g, s)
+        weights = np.take_along_axis(w, perm, axis=2).reshape(num_layers, g * s)
+    return Placement(out, placement.slots_per_gpu, placement.num_experts, weights)

@@ -29,7 +29,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -257,20 +257,27 @@ def read_placement(
 ) -> Placement:
     """A Placement from our placement.json, an SGLang expert-location file or an EPLB file.
 
+    A placement.json with ``replicaSplit: weighted`` carries each slot's share of its expert's tokens
+    (``layers[].replicaWeights``); the Placement then has them as ``weights``.
+
     SGLang's and EPLB's files do not say the slots per GPU or the expert count: pass them (the expert
     count defaults to the largest id + 1).
     """
     if not isinstance(obj, dict):
         raise PlacementError("InvalidPlacement", "a placement file must be a JSON object")
+    weights = None
     if "layers" in obj:
         try:
             phy = [layer["physicalToLogical"] for layer in obj["layers"]]
             s = int(obj["slotsPerGPU"])
             e = int(obj["numLogicalExperts"])
+            if obj.get("replicaSplit", "even") == "weighted":  # format 1.1: per-slot shares
+                weights = [layer["replicaWeights"] for layer in obj["layers"]]
         except (KeyError, TypeError, ValueError):
             raise PlacementError(
                 "InvalidPlacement",
-                "placement.json needs slotsPerGPU, numLogicalExperts and layers[].physicalToLogical",
+                "placement.json needs slotsPerGPU, numLogicalExperts and layers[].physicalToLogical "
+                "(and layers[].replicaWeights with replicaSplit weighted)",
             ) from None
     else:
         key = "physical_to_logical_map" if "physical_to_logical_map" in obj else "phy2log"
@@ -291,4 +298,4 @@ def read_placement(
         raise PlacementError(
             "ShapeMismatch", f"the current placement has {s} slots per GPU, not {slots_per_gpu}"
         )
-    return Placement(np.asarray(phy), s, e)
+    return Placement(np.asarray(phy), s, e, cast("np.ndarray | None", weights))
