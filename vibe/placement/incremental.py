@@ -32,8 +32,10 @@ counts as a gain only where it beats the placement in service by ``cost.SIGNIFIC
 of the paired per-step difference (as the full planner's choice). The hulls are those of (slots changed,
 expected time saved) over both walks' points, so the move budget and the knee are spent on the expected
 objective, and the result carries the expected objective's times, bound and gap. Pricing every point
-costs about as much as the walks: 1.3-2.6 s against 0.2-0.4 s for the mean-load search on DeepSeek-V3 at
-EP 32 and EP 8, one core (``benchmarks/results/placement-expected.md``).
+costs more than the walks: on DeepSeek-V3, one core, 1.0-1.9 s against 0.1-0.4 s for the mean-load
+search at EP 32 and EP 8 with one kind of decode step (16 samples;
+``benchmarks/results/placement-expected.md``), about 3 s against 0.2 s at EP 32 with a decode + prefill
+mix (32 samples).
 """
 
 from __future__ import annotations
