@@ -29,6 +29,16 @@ placement priced on held-out sampled routings (another seed, 64 per kind of step
 the paired differences, solve times, and the sample-count sweep that sets ``routing.DEFAULT_SAMPLES``:
 
     .venv/bin/python benchmarks/placement.py --expected --out benchmarks/results/placement-expected.md
+
+``--expected-incremental`` (a few minutes) runs only incremental re-placement under the expected objective
+(``expected_incremental()``): DeepSeek-V3 at EP 8 and EP 32 placed for a decode mix, then one GPU slowed
+1.5x and 30 % of the load profile shifted; the placement in service, incremental re-placement searching
+the mix's mean loads (what the operator did before), incremental re-placement choosing on the sampled steps
+(``replace_incremental(..., routing=...)``) and a full expected re-plan, all priced on held-out routings,
+over several drift seeds; it rewrites its own section of the ``--out`` file:
+
+    .venv/bin/python benchmarks/placement.py --expected-incremental \
+        --out benchmarks/results/placement-expected.md
 """
 
 from __future__ import annotations
@@ -345,6 +355,244 @@ def expected(quick: bool) -> dict:
     return {"rows": rows, "sweep": sweep}
 
 
+#: Incremental re-placement under the expected objective: (model, GPUs, slots, top-k), decode mixes
+#: (tokens per GPU, weight), and the drift seeds.
+INCREMENTAL_CONFIGS = [("DeepSeek-V3", 8, 33, 8), ("DeepSeek-V3", 32, 9, 8)]
+INCREMENTAL_MIXES = {"decode 8/GPU": ((8, 1.0),), "decode 64/GPU": ((64, 1.0),)}
+INCREMENTAL_SEEDS = (0, 1, 2, 3, 4)
+INCREMENTAL_BEGIN = "<!-- expected-incremental: begin -->"
+INCREMENTAL_END = "<!-- expected-incremental: end -->"
+#: Student t 97.5 % quantiles for 1..9 degrees of freedom.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
+
+
+def _t_interval(xs: list[float]) -> tuple[float, float]:
+    """Mean and 95 % half-width (Student t over the seeds)."""
+    a = np.asarray(xs, dtype=np.float64)
+    if not 2 <= a.size <= len(T975):
+        return float(a.mean()), float("nan")
+    hw = float(T975[a.size - 2] * a.std(ddof=1) / a.size**0.5)
+    return float(a.mean()), hw
+
+
+def expected_incremental(quick: bool) -> list[dict]:
+    """After a drift (one GPU 1.5x slower, 30 % of the loads shifted): the placement in service, incremental
+    re-placement by mean loads and by the expected objective, and a full expected re-plan.
+
+    Per seed: the drifted loads (``skewed_loads`` seed 7 + seed), the slowed GPU (drawn), the planner's
+    routing samples (16 per kind, seed = the seed) and held-out routings (64 per kind, seed 100 + seed).
+    The placement in service is ``solve(..., routing=...)`` of the undrifted inputs on the "4%" fleet.
+    """
+    rows = []
+    seeds = INCREMENTAL_SEEDS if not quick else INCREMENTAL_SEEDS[:2]
+    for model, gpus, slots, top_k in INCREMENTAL_CONFIGS:
+        m = MODELS[model]
+        layers = m["layers"]
+        loads = loads_for(model, "decode")
+        fleet = fleet_for(model, gpus, "4%")
+        for mix_name, kinds in INCREMENTAL_MIXES.items():
+            mix = StepMix(tuple(t * gpus for t, _ in kinds), tuple(w for _, w in kinds))
+            current = solve(loads, fleet, slots, routing=sample_routing(loads, mix, top_k, seed=0)).placement
+            for seed in seeds:
+                rng = np.random.default_rng(seed)
+                slow = int(rng.integers(gpus))
+                drifted = Fleet(
+                    tuple(
+                        GPUCurve(x.id, x.node, x.tokens, x.seconds * (1.5 if k == slow else 1.0))
+                        for k, x in enumerate(fleet.gpus)
+                    )
+                )
+                shifted = skewed_loads(layers, m["experts"], mean_tokens=REGIMES["decode"], seed=7 + seed)
+                ld = np.round(0.7 * loads + 0.3 * shifted) + 1.0
+                routing = sample_routing(ld, mix, top_k, seed=seed)
+                held = sample_routing(ld, mix, top_k, samples=HELD_OUT, seed=100 + seed)
+                inc_mean, t_mean = timed(
+                    lambda: replace_incremental(current, routing.mean_loads_of_mix(), drifted)  # noqa: B023
+                )
+                inc_exp, t_exp = timed(
+                    lambda: replace_incremental(current, ld, drifted, routing=routing)  # noqa: B023
+                )
+                full, t_full = timed(
+                    lambda: solve(ld, drifted, slots, routing=routing, current=current)  # noqa: B023
+                )
+                held_ms = {
+                    name: float(held.weights @ _held_out_times(phy, held, drifted, slots)) * 1e3
+                    for name, phy in (
+                        ("before", current.phy2log),
+                        ("incremental-mean", inc_mean.placement.phy2log),
+                        ("incremental-expected", inc_exp.placement.phy2log),
+                        ("full", full.placement.phy2log),
+                    )
+                }
+                row = {
+                    "model": model,
+                    "gpus": gpus,
+                    "slots": slots,
+                    "mix": mix_name,
+                    "stepMix": mix.as_json(),
+                    "seed": seed,
+                    "slowed_gpu": slow,
+                    "held_out_ms": held_ms,
+                    "moves": {
+                        "incremental-mean": inc_mean.moves,
+                        "incremental-expected": inc_exp.moves,
+                        "full": full.moves,
+                    },
+                    "seconds": {"incremental-mean": t_mean, "incremental-expected": t_exp, "full": t_full},
+                    "in_sample_ms": inc_exp.step_time_s * 1e3,
+                    "bound_ms": inc_exp.lower_bound_s * 1e3,
+                    "gap": inc_exp.gap,
+                    "converged": inc_exp.converged,
+                    "converged_mean": inc_mean.converged,
+                }
+                rows.append(row)
+                print(
+                    f"incremental-expected {model} {gpus}x{slots} {mix_name} seed {seed}: before "
+                    f"{held_ms['before']:.3f} inc-mean {held_ms['incremental-mean']:.3f} "
+                    f"({inc_mean.moves / layers:.1f}/layer, {t_mean:.2f}s) inc-exp "
+                    f"{held_ms['incremental-expected']:.3f} ({inc_exp.moves / layers:.1f}/layer, "
+                    f"{t_exp:.2f}s) "
+                    f"full {held_ms['full']:.3f} ({full.moves / layers:.0f}/layer, {t_full:.1f}s)",
+                    flush=True,
+                )
+    return rows
+
+
+def expected_incremental_report(rows: list[dict], env: dict) -> str:
+    """The ``--expected-incremental`` section (between its markers)."""
+    lines = [
+        INCREMENTAL_BEGIN,
+        "## Incremental re-placement under the expected objective",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        env["command"],
+        "```",
+        "",
+        f"Environment: {env['cpu']}; {env['pinning']}; Python {env['python']}, numpy {env['numpy']}; load "
+        f"average {env['load']:.1f} at the start (a shared machine: times are single, noisy runs).",
+        "",
+        'DeepSeek-V3 (58 layers x 256 experts, top-8) on the "4%" H100 fleet, placed by `solve(..., '
+        "routing=...)` for the decode mix. Then a drift: one GPU (drawn per seed) 1.5x slower and 30 % of "
+        "the load profile shifted (`skewed_loads` seed 7 + seed). *incremental-mean* is "
+        "`replace_incremental` on the mix's mean loads (what the operator ran before); "
+        "*incremental-expected* is "
+        "`replace_incremental(..., routing=...)` (16 samples per kind, seed = the drift seed; "
+        "no move cap, the knee decides); *full* is `solve(..., routing=...)` from scratch (aligned to the "
+        "placement in service). All are priced on held-out routings (64 per kind, seed 100 + seed, "
+        "round-robin dispatch). Figures are the mean over the seeds with the 95 % Student-t half-width.",
+        "",
+        "| GPUs x slots | mix | seeds | in service ms | incr.-mean ms | incr.-expected ms | full ms | "
+        "expected vs mean incr. | recovered (mean / expected) | moves/layer (mean / expected / full) | "
+        "s (mean / expected / full) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["gpus"], r["slots"], r["mix"]), []).append(r)
+    summary = []
+    for (model, gpus, slots, mix), rs in groups.items():
+        layers = MODELS[model]["layers"]
+
+        def ms(name: str, rs: list[dict] = rs) -> str:
+            m, hw = _t_interval([r["held_out_ms"][name] for r in rs])
+            return f"{m:.3f} ± {hw:.3f}"
+
+        g_m, g_hw = _t_interval(
+            [1 - r["held_out_ms"]["incremental-expected"] / r["held_out_ms"]["incremental-mean"] for r in rs]
+        )
+
+        def rec(name: str, rs: list[dict] = rs) -> tuple[float, float]:
+            return _t_interval(
+                [
+                    (r["held_out_ms"]["before"] - r["held_out_ms"][name])
+                    / (r["held_out_ms"]["before"] - r["held_out_ms"]["full"])
+                    for r in rs
+                ]
+            )
+
+        (rm, rm_hw), (re, re_hw) = rec("incremental-mean"), rec("incremental-expected")
+        mv = [
+            statistics.mean(r["moves"][k] for r in rs) / layers
+            for k in ("incremental-mean", "incremental-expected", "full")
+        ]
+        sec = [
+            statistics.mean(r["seconds"][k] for r in rs)
+            for k in ("incremental-mean", "incremental-expected", "full")
+        ]
+        lines.append(
+            f"| {gpus} x {slots} | {mix} | {len(rs)} | {ms('before')} | {ms('incremental-mean')} | "
+            f"{ms('incremental-expected')} | {ms('full')} | {g_m * 100:+.2f} % ± {g_hw * 100:.2f} | "
+            f"{rm * 100:.0f} % ± {rm_hw * 100:.0f} / {re * 100:.0f} % ± {re_hw * 100:.0f} | "
+            f"{mv[0]:.1f} / {mv[1]:.1f} / {mv[2]:.0f} | {sec[0]:.2f} / {sec[1]:.2f} / {sec[2]:.1f} |"
+        )
+        wins = sum(
+            r["held_out_ms"]["incremental-expected"] < r["held_out_ms"]["incremental-mean"] for r in rs
+        )
+        f_m, f_hw = _t_interval(
+            [1 - r["held_out_ms"]["full"] / r["held_out_ms"]["incremental-expected"] for r in rs]
+        )
+        verdict = (
+            "significant" if g_m - g_hw > 0 else "within the seeds' noise" if g_m + g_hw > 0 else "worse"
+        )
+        summary.append(
+            f"- EP {gpus} x {slots}, {mix}: incremental-expected vs incremental-mean {g_m * 100:+.2f} % ± "
+            f"{g_hw * 100:.2f} ({verdict}; faster on {wins} of {len(rs)} seeds), with "
+            f"{mv[1]:.1f} vs {mv[0]:.1f} moves per layer; a full expected re-plan (moving {mv[2]:.0f} of "
+            f"{gpus * slots} slots per layer) gains {f_m * 100:+.2f} % ± {f_hw * 100:.2f} over "
+            "incremental-expected."
+        )
+    lines += ["", "Summary (gains are 1 - time / other's time, on held-out steps; + is faster):", ""]
+    lines += summary
+    lines += ["", "Per seed (held-out ms; in-sample expected ms, bound and gap of incremental-expected):", ""]
+    lines += [
+        "| GPUs x slots | mix | seed | slowed GPU | in service | incr.-mean | incr.-expected | full | "
+        "in-sample | bound | gap | converged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        h = r["held_out_ms"]
+        lines.append(
+            f"| {r['gpus']} x {r['slots']} | {r['mix']} | {r['seed']} | {r['slowed_gpu']} | "
+            f"{h['before']:.3f} | {h['incremental-mean']:.3f} | {h['incremental-expected']:.3f} | "
+            f"{h['full']:.3f} | "
+            f"{r['in_sample_ms']:.3f} | {r['bound_ms']:.3f} | {r['gap'] * 100:.1f} % | {r['converged']} |"
+        )
+    lines.append(INCREMENTAL_END)
+    return "\n".join(lines) + "\n"
+
+
+def _section_of(text: str) -> str:
+    """The ``--expected-incremental`` section of a report ('' if none)."""
+    if INCREMENTAL_BEGIN not in text or INCREMENTAL_END not in text:
+        return ""
+    return (
+        INCREMENTAL_BEGIN
+        + text.split(INCREMENTAL_BEGIN, 1)[1].split(INCREMENTAL_END, 1)[0]
+        + INCREMENTAL_END
+        + "\n"
+    )
+
+
+def _with_section(text: str, section: str) -> str:
+    """``text`` with ``section`` in place of its previous copy (between the markers), else appended."""
+    old = _section_of(text)
+    if old:
+        return text.replace(old, section)
+    return text.rstrip("\n") + ("\n\n" if text else "") + section
+
+
+def _emit(out: Path | None, shown: str, text: str, raw: dict) -> None:
+    """Print ``shown``; write ``text`` to ``out`` and ``raw`` beside it as .json."""
+    print()
+    print(shown)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(raw, indent=1, sort_keys=True, default=float) + "\n")
+
+
 def expected_report(out: dict, env: dict) -> str:
     rows, sweep = out["rows"], out["sweep"]
     lines = ["# The expected objective against the mean-load planner", ""]
@@ -558,6 +806,11 @@ def main() -> None:
     ap.add_argument(
         "--expected", action="store_true", help="only the expected objective vs the mean-load one"
     )
+    ap.add_argument(
+        "--expected-incremental",
+        action="store_true",
+        help="only incremental re-placement under the expected objective (its own section of --out)",
+    )
     args = ap.parse_args()
     pinning = pin_one_core()
     env = {
@@ -568,32 +821,27 @@ def main() -> None:
         "numpy": np.__version__,
         "load": os.getloadavg()[0],
     }
-    if args.expected:
-        out = expected(args.quick)
-        text = expected_report(out, env)
-        print()
-        print(text)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
-            raw = {"env": env, **out}
-            args.out.with_suffix(".json").write_text(
-                json.dumps(raw, indent=1, sort_keys=True, default=float) + "\n"
-            )
+    if args.expected_incremental or args.expected:
+        # the two write one file: each keeps the other's part of it
+        old_text = args.out.read_text() if args.out and args.out.exists() else ""
+        raw_path = args.out.with_suffix(".json") if args.out else None
+        raw = json.loads(raw_path.read_text()) if raw_path and raw_path.exists() else {}
+        if args.expected_incremental:
+            raw["incremental"] = {"env": env, "rows": expected_incremental(args.quick)}
+            section = expected_incremental_report(raw["incremental"]["rows"], env)
+            text = _with_section(old_text, section)
+        else:
+            out = expected(args.quick)
+            raw = {"env": env, **out, **({"incremental": raw["incremental"]} if "incremental" in raw else {})}
+            section = expected_report(out, env)
+            text = _with_section(section, _section_of(old_text)) if _section_of(old_text) else section
+        _emit(args.out, section, text, raw)
         return
     rows = quality(args.quick)
     head = headline(repeat=3)
     inc = incremental(args.quick)
     text = report(rows, head, inc, env)
-    print()
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        raw = {"env": env, "instances": rows, "headline": head, "incremental": inc}
-        args.out.with_suffix(".json").write_text(
-            json.dumps(raw, indent=1, sort_keys=True, default=float) + "\n"
-        )
+    _emit(args.out, text, text, {"env": env, "instances": rows, "headline": head, "incremental": inc})
 
 
 def _cpu_name() -> str:

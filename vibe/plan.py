@@ -305,24 +305,21 @@ def _results(
     (every row with ``replica_split``; the incremental one gets its weights after its search)."""
     import time
 
-    from vibe.placement import COMPARED, make_result, replace_incremental, solve, with_replica_split
+    from vibe.placement import COMPARED, make_result, replace_incremental, solve
 
     results = {}
     if current is not None:
-        # incremental re-placement searches mean loads (with --step-mix: the mix's mean), then is priced
-        # by the objective like every other row
-        mean = load_arr if routing is None else routing.mean_loads_of_mix()
-        incremental = replace_incremental(current, mean, gpus, max_moves=max_moves, time_budget_s=time_budget)
-        if routing is not None or replica_split != "even":
-            incremental = make_result(
-                "incremental",
-                with_replica_split(incremental.placement, load_arr, gpus, replica_split, routing=routing),
-                load_arr,
-                gpus,
-                time.perf_counter(),
-                current=current,
-                routing=routing,
-            )
+        # incremental re-placement chooses by the objective every row is priced by (with --step-mix: the
+        # expected step time on the sampled steps), then gets its replica split's weights
+        incremental = replace_incremental(
+            current,
+            load_arr,
+            gpus,
+            max_moves=max_moves,
+            time_budget_s=time_budget,
+            routing=routing,
+            replica_split=replica_split,
+        )
         results["current"] = make_result(
             "current", current, load_arr, gpus, time.perf_counter(), current=current, routing=routing
         )

@@ -77,6 +77,9 @@ def running(kube: Any, crds: None, namespace: str) -> Iterator[Any]:
 
 FLEET = {
     "seed": 5,
+    # whole curves slowed (the "uniform" model), so a GPU's relativeSpeed (the median over its curves'
+    # token counts, many of them floor-bound) reads its speed: 0.62 for GPU 3
+    "floorShare": 1,
     "nodes": [{"name": f"sim-{k}", "gpus": [1.0, 0.95, 0.9, 0.62]} for k in range(3)],
     "drift": [{"at": "4s", "node": "sim-1", "gpu": 2, "timeScale": 1.3, "reason": "HwSlowdown"}],
 }

@@ -16,7 +16,11 @@ from vibe.agent.telemetry import NvmlTelemetry
 
 def sim_agent(drift: list | None = None) -> tuple[NodeAgent, list[float]]:
     now = [0.0]
-    fleet = parse_fleet({"nodes": [{"name": "node-a", "gpus": [1.0, 0.9]}], "drift": drift or []})
+    # floorShare 1: GPU 1 is 0.9x at every point of its curves, so its relative speed reads 0.9 (with the
+    # default 0 its floor-bound points run as the reference's and the median point reads ~0.99)
+    fleet = parse_fleet(
+        {"floorShare": 1, "nodes": [{"name": "node-a", "gpus": [1.0, 0.9]}], "drift": drift or []}
+    )
     gpus = fleet.nodes["node-a"]
     agent = NodeAgent(
         "node-a", SimTelemetry(gpus, lambda: now[0]), SimProfiler(gpus, lambda: now[0]), clock=lambda: now[0]

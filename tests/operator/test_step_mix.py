@@ -231,3 +231,99 @@ def test_the_operator_places_for_the_step_mix_and_says_so(objs: Any, gpu_nodes: 
     objs.create(deployment_body("uneven", selector=selector, count=6, slots=3, workload=workload))
     cond = objs.wait_condition("uneven", "Ready", "False", "InvalidDispatch")
     assert "consecutive ranks" in cond["message"]
+
+
+@pytest.mark.cluster
+def test_a_drift_re_placement_chooses_and_reports_by_the_expected_objective(objs: Any, gpu_nodes: Any):
+    """A GPU slows 1.5x under a decode-heavy step mix: the operator's re-placement is exactly the one
+    ``replace_incremental`` chooses on the spec's sampled steps from the placement in service (not the
+    mean-load search's), and status, the drift decision and the ConfigMap's summary give its
+    expected-objective figures: step time, bound, gap and gain vs the placement in service."""
+    import uuid
+
+    from cluster_plugin import TEST_NODES_LABEL
+
+    from vibe.cluster.waiting import wait_for
+    from vibe.operator.output import read_back
+    from vibe.placement import evaluate, replace_incremental
+
+    prefix = f"mixd-{uuid.uuid4().hex[:6]}"
+    nodes = gpu_nodes(2, prefix=prefix, gpus_per_node=4)
+    for node in nodes:
+        objs.put_profile(profile_body(node, gpus=4))
+    loads = skewed_loads(4, 16, mean_tokens=64, seed=1)
+    objs.put_loads("loads", json.dumps({"loads": loads.tolist()}))
+    mix = [{"tokens": 8, "weight": 0.8}, {"tokens": 256, "weight": 0.2}]
+    workload = {"configMapRef": {"name": "loads"}, "stepMix": mix}
+    drift = {"minGain": 0.0, "cooldownSeconds": 0, "replacementCostSeconds": 0}
+    selector = {TEST_NODES_LABEL: prefix}
+    objs.create(deployment_body("d", selector=selector, count=8, slots=3, workload=workload, drift=drift))
+    objs.wait_condition("d", "Ready", "True", "Placed")
+    spec = parse_spec(objs.get("d")["spec"])
+    m = spec.model
+    have = read_back(objs.config_map("d-placement"), layers=m.layers, experts=m.experts, slots_per_gpu=3)
+    assert have is not None and have.placement is not None
+
+    slowed = profile_body(nodes[0], gpus=4, slow={1: 1.5})
+    objs.patch_profile_spec(nodes[0], slowed["spec"])
+    cm = objs.wait_generation("d", 2, timeout=60)
+    status = wait_for(
+        lambda: (st := objs.get("d")["status"]).get("placementGeneration") == 2 and st,
+        timeout=30,
+        what="status of placement generation 2",
+    )
+
+    # the same inputs, rebuilt from what the test put in the cluster, through the placement engine
+    now = dt.datetime.now(dt.timezone.utc)
+    profiles = {
+        nodes[0]: profile_snapshot(slowed),
+        nodes[1]: profile_snapshot(profile_body(nodes[1], gpus=4)),
+    }
+    res = resolve(
+        spec,
+        namespace=objs.ns,
+        nodes={n: {TEST_NODES_LABEL: prefix} for n in nodes},
+        profiles=profiles,
+        now=now,
+        profile_ttl_s=1e9,
+    )
+    assert not isinstance(res, Problem)
+    routing = routing_of(spec, loads, len(res.fleet))
+    want = replace_incremental(
+        have.placement, loads, res.fleet, max_moves=spec.drift.max_moves, time_budget_s=0.2, routing=routing
+    )
+    cur = evaluate(have.placement, loads, res.fleet, routing=routing).step_time_s
+    got = read_back(cm, layers=m.layers, experts=m.experts, slots_per_gpu=3)
+    assert got is not None and got.placement is not None
+    np.testing.assert_array_equal(got.placement.phy2log, want.placement.phy2log)
+    assert want.moves > 0 and want.info["objective"] == "expected"
+    by_mean = replace_incremental(
+        have.placement,
+        routing.mean_loads_of_mix(),
+        res.fleet,
+        max_moves=spec.drift.max_moves,
+        time_budget_s=0.2,
+    )
+    assert not np.array_equal(
+        by_mean.placement.phy2log, want.placement.phy2log
+    )  # what the operator did before
+    assert evaluate(by_mean.placement, loads, res.fleet, routing=routing).step_time_s > want.step_time_s
+
+    p = status["predicted"]
+    assert p["objective"] == "expected" and p["stepMix"] == mix
+    assert p["stepTimeSeconds"] == pytest.approx(want.step_time_s, rel=1e-5)
+    assert p["lowerBoundSeconds"] == pytest.approx(want.lower_bound_s, rel=1e-5)
+    assert p["gapToBound"] == pytest.approx(want.gap, rel=1e-4)
+    gain = 1 - want.step_time_s / cur
+    assert gain > 0
+    last = status["lastReplacement"]
+    assert (
+        last["reason"] == "Replaced"
+        and last["moves"] == want.moves
+        and last["gain"] == pytest.approx(gain, rel=1e-4)
+    )
+    assert f"{cur * 1e3:.3f} ms per step" in last["message"]  # the placement in service, priced alike
+    assert f"{want.moves} moves would take {want.step_time_s * 1e3:.3f} ms" in last["message"]
+    summary = json.loads(cm["metadata"]["annotations"][api.ANNOTATION_SUMMARY])
+    assert summary["objective"] == "expected" and summary["stepMix"] == mix
+    assert summary["stepTimeSeconds"] == p["stepTimeSeconds"]

@@ -241,9 +241,26 @@ def test_step_mix_with_incremental_mode(files):
         "16",
         "--top-k",
         2,
+        "-o",
+        files["dir"] / "next.json",
     )
     assert r.exit_code == 0, r.output
     assert "incremental" in r.output and "EXPECTED" in r.output
+    # the re-placement written is the one chosen on the sampled steps, with that objective's figures
+    from vibe.placement import read_fleet, read_loads, read_placement, replace_incremental
+    from vibe.placement.routing import StepMix, sample_routing
+
+    loads = read_loads(json.loads(files["loads"].read_text()))
+    fleet = read_fleet(json.loads(files["fleet"].read_text()))
+    current = read_placement(json.loads(cur.read_text()), slots_per_gpu=5, num_experts=16)
+    want = replace_incremental(current, loads, fleet, routing=sample_routing(loads, StepMix.one(16), 2))
+    doc = json.loads((files["dir"] / "next.json").read_text())
+    assert (
+        read_placement(doc, slots_per_gpu=5, num_experts=16).phy2log.tolist()
+        == want.placement.phy2log.tolist()
+    )
+    assert doc["predicted"]["stepTimeSeconds"] == pytest.approx(want.step_time_s, rel=1e-6)
+    assert doc["predicted"]["lowerBoundSeconds"] == pytest.approx(want.lower_bound_s, rel=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -111,3 +111,34 @@ def test_the_weighted_replica_split_is_simulated_with_the_placements_weights(tmp
     res2 = CliRunner().invoke(app, args)
     assert res2.exit_code == 0, res2.output
     assert json.loads(out.read_text())["settings"]["replicaSplit"] == "weighted"
+
+
+def test_a_replacement_after_drift_chooses_by_the_expected_objective() -> None:
+    """vibe+replace with a plan step mix re-places as the operator does: by the expected objective."""
+    from vibe.placement import replace_incremental
+    from vibe.placement.curves import Fleet, GPUCurve, roofline_curve
+    from vibe.placement.engine import solve
+    from vibe.simulate.simulator import REPLACE, DriftEvent, slowed
+
+    t, s = roofline_curve(20e-6, 0.2e-6)
+    fleet = Fleet(tuple(GPUCurve(f"n/{i}", "n", t, s * f) for i, f in enumerate([1, 1.1, 1.05, 1.0])))
+    loads = np.exp(np.random.default_rng(1).standard_normal((4, 8)))
+    spec = GroupSpec("colocated", loads, fleet, 3, plan_step_mix="4:0.8,256:0.2")
+    settings = Settings(
+        from_hf_config(TINY_CONFIG),
+        (spec,),
+        engine=EngineConfig(chunk_tokens=512, max_running=32),
+        drift=(DriftEvent(3.0, "n/1", 3.0),),
+    )
+    info = Simulator(settings).prepare(REPLACE).info["colocated"]["replace"]
+    routing = sample_routing(loads, StepMix.parse("4:0.8,256:0.2"), 2, seed=settings.seed)
+    placed = solve(loads, fleet, 3, "vibe", time_budget_s=settings.solve_budget_s, routing=routing)
+    want = replace_incremental(
+        placed.placement,
+        loads,
+        slowed(fleet, "n/1", 3.0),
+        time_budget_s=settings.solve_budget_s,
+        routing=routing,
+    )
+    assert want.moved_experts > 0 and want.info["objective"] == "expected"
+    assert info["moved_experts"] == want.moved_experts

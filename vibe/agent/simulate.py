@@ -9,28 +9,47 @@ The fleet file (YAML or JSON) describes nodes, per-GPU speeds and a drift schedu
 
     product: NVIDIA H100 80GB HBM3      # optional, per-GPU default
     seed: 7                             # noise and generated speeds are reproducible
+    floorShare: 0                       # optional: how much of a slowdown reaches the floor (below)
     nodes:                              # explicit nodes: a speed per GPU (1.0 = the reference H100)
     - name: gpu-node-0
-      gpus: [1.0, 0.97, 0.93, 1.02, 0.95, 0.99, 0.91, 0.66]
+      gpus: [1.0, 0.97, 0.93, 1.02, 0.95, 0.99, 0.91, {speed: 0.66, floorShare: 1}]
     generate:                           # and/or many generated nodes
       count: 1000
       namePattern: "sim-{i:04d}"        # str.format with i = 0..count-1
       gpusPerNode: 8
       spread: 0.08                      # mean slowdown vs the fastest GPU (SC'22: 8 % average, 22 % max)
       outliers: 1                       # GPUs fleet-wide at 1.5x the median time (SC'22's outliers)
+      floorShare: 0                     # optional, for the generated GPUs (default: the file's)
     drift:
     - {at: 30s, node: gpu-node-0, gpu: 3, timeScale: 1.25, reason: HwSlowdown}
     - {at: 90s, node: gpu-node-0, gpu: 3, timeScale: 1.0}       # recovers
-    - {at: 60s, gpu: 5, timeScale: 1.4, for: 30s, reason: HwThermalSlowdown}
+    - {at: 60s, gpu: 5, timeScale: 1.4, for: 30s, reason: HwThermalSlowdown, floorShare: 0.5}
+
+How a simulated GPU is slow: the two-part model of ``vibe.placement.slowed_curve``, the one the serving
+simulator and the benchmarks use. A curve is a memory-bound floor (its smallest time, weight streaming)
+plus the compute above it; a GPU with time factor ``f`` (1/speed, or a drift's ``timeScale``) runs the
+part above the floor ``f`` times slower and its floor ``1 + (f - 1) * floorShare`` times. ``floorShare``
+0, the default (``FLOOR_SHARE["measured"]``, as ``vibe simulate``'s constant ``floor_slowdown_share``),
+is a GPU slowed by its power cap: floor-bound expert GEMMs run at the top SM clock below the cap and
+only from the knee on does the cap pull the clock down (benchmarks/results/gpu-slowness-h100-2026-12-07/),
+so a slow GPU keeps its floor. ``floorShare`` 1 slows the whole curve (the "uniform" model); in between
+is a heat- or clock-limited GPU (its clock held low at any load), whose floor pays part of a clock loss:
+0.07-0.6 of it by shape in the clock probe of that folder's ``slowness.log``.
 
 ``at``/``for`` are seconds from the agent's first step (numbers, or "30s", "2m", "1h"); ``node`` defaults to
-the first node. A drift entry makes the GPU ``timeScale`` times slower: its simulated SM clock falls to
-the benchmark clock / timeScale (plus the measured ±2.3 % noise), ``reason`` (default ``HwSlowdown``
-for a slowdown) joins its clock-event reasons, and a benchmark or canary run meanwhile measures curves
-``timeScale`` times slower, so the drift detector has to find it the way it would on a real GPU.
+the first node. A drift entry's ``timeScale`` slows the GPU's compute region that many times (and its floor
+by ``floorShare`` of that: default the file's ``floorShare``, so 0), on top of the GPU's own speed: a
+benchmark or canary run meanwhile measures curves so slowed, its simulated SM clock falls to the benchmark
+clock / timeScale (plus the measured ±2.3 % noise), and ``reason`` (default ``HwSlowdown`` for a slowdown)
+joins its clock-event reasons, so the drift detector has to find it the way it would on a real GPU.
 
-Curves come from the measured H100 reference of ``vibe.placement`` (steady state at the power cap),
-resampled onto the agent's token grid, times 1/speed, with 1 % measurement noise.
+Clocks are one per GPU, not per point of a curve: the telemetry is of a GPU serving flat out at its power
+cap (the compute region, where the clock is what the cap leaves: the reference clock x speed / timeScale),
+so a floor-bound point's top clock is not simulated.
+
+Curves come from the measured H100 reference of ``vibe.placement`` (steady state at the power cap), slowed
+as above (the floor read off the whole reference curve), resampled onto the agent's token grid, with 1 %
+measurement noise.
 """
 
 from __future__ import annotations
@@ -53,6 +72,7 @@ from vibe.agent.profile import Curve
 from vibe.agent.profiler import ProfileOutcome
 from vibe.agent.shapes import TOKEN_GRID, ExpertShape
 from vibe.agent.telemetry import GPUInfo, Sample, reason_mask
+from vibe.placement import FLOOR_SHARE, reference_curve, slowed_curve
 
 H100 = "NVIDIA H100 80GB HBM3"
 #: Steady-state SM clock under the power cap of the reference H100, and its jitter (shared clock ramp).
@@ -78,15 +98,17 @@ class DriftStep:
     time_scale: float
     reason: str = ""
     duration: float | None = None  # back to 1.0 after this long
+    floor_share: float = FLOOR_SHARE["measured"]  # how much of time_scale reaches the floor (module doc)
 
 
 @dataclass
 class SimGPU:
     node: str
     index: int
-    speed: float  # 1.0 = reference H100; time = reference time / speed
+    speed: float  # 1.0 = reference H100; compute time = reference time / speed (module doc)
     info: GPUInfo
     rng: np.random.Generator
+    floor_share: float = FLOOR_SHARE["measured"]  # how much of 1/speed reaches the floor (module doc)
     steps: list[DriftStep] = field(default_factory=list)
     power_violation_s: float = 0.0
     thermal_violation_s: float = 0.0
@@ -98,16 +120,25 @@ class SimGPU:
             self._noise = self.rng.standard_normal(512).tolist()
         return self._noise.pop()
 
-    def drift_at(self, t: float) -> tuple[float, str]:
-        """(time scale, reason) in force at ``t`` seconds from start: the latest step that began."""
-        scale, reason = 1.0, ""
+    def step_at(self, t: float) -> DriftStep | None:
+        """The drift step in force at ``t`` seconds from start (the latest that began), None if none."""
+        step = None
         for s in self.steps:  # sorted by start (parse_fleet)
             if s.at <= t:
-                if s.duration is not None and t >= s.at + s.duration:
-                    scale, reason = 1.0, ""
-                else:
-                    scale, reason = s.time_scale, s.reason
-        return scale, reason
+                step = None if s.duration is not None and t >= s.at + s.duration else s
+        return step
+
+    def drift_at(self, t: float) -> tuple[float, str]:
+        """(time scale, reason) in force at ``t`` seconds from start."""
+        s = self.step_at(t)
+        return (1.0, "") if s is None else (s.time_scale, s.reason)
+
+    def slowed(self, seconds: np.ndarray, t: float | None = None) -> np.ndarray:
+        """A reference curve's ``seconds`` as this GPU runs them (module doc), with the drift in force at
+        ``t`` if given. Pass the whole curve: its floor is its smallest time."""
+        out = slowed_curve(seconds, 1 / self.speed, self.floor_share)
+        s = None if t is None else self.step_at(t)
+        return out if s is None else slowed_curve(out, s.time_scale, s.floor_share)
 
 
 @dataclass
@@ -147,13 +178,27 @@ def load_fleet(path: str | Path, seed: int | None = None) -> Fleet:
     return parse_fleet(data)
 
 
+def _share(v: Any, default: float, where: str) -> float:
+    """A ``floorShare`` (module doc): a number in [0, 1], ``default`` when absent."""
+    if v is None:
+        return default
+    try:
+        share = float(v)
+    except (TypeError, ValueError):
+        raise SimulationError(f"{where}: floorShare must be a number in [0, 1]") from None
+    if not 0 <= share <= 1:
+        raise SimulationError(f"{where}: floorShare must be in [0, 1], not {share:g}")
+    return share
+
+
 def parse_fleet(data: Mapping[str, Any]) -> Fleet:
     if not isinstance(data, Mapping):
         raise SimulationError("fleet file: top level must be a mapping")
     seed = int(data.get("seed", 0))
     product = str(data.get("product") or H100)
+    share = _share(data.get("floorShare"), FLOOR_SHARE["measured"], "floorShare")
     rng = np.random.default_rng(seed)
-    speeds: dict[str, list[float]] = {}
+    speeds: dict[str, list[tuple[float, float]]] = {}
     for k, n in enumerate(data.get("nodes") or ()):
         where = f"nodes[{k}]"
         if not isinstance(n, Mapping) or not n.get("name"):
@@ -172,13 +217,18 @@ def parse_fleet(data: Mapping[str, Any]) -> Fleet:
                 raise SimulationError(f"{where}.gpus[{j}]: speed must be a number") from None
             if not s > 0:
                 raise SimulationError(f"{where}.gpus[{j}]: speed must be > 0")
-            vals.append(s)
+            own = g.get("floorShare") if isinstance(g, Mapping) else None
+            vals.append((s, _share(own, share, f"{where}.gpus[{j}]")))
         if str(n["name"]) in speeds:
             raise SimulationError(f"{where}: duplicate node name {n['name']!r}")
         speeds[str(n["name"])] = vals
     gen = data.get("generate")
     if gen:
-        speeds.update(_generate(gen, rng, set(speeds)))
+        if not isinstance(gen, Mapping):
+            raise SimulationError("generate: must be a mapping")
+        gen_share = _share(gen.get("floorShare"), share, "generate")
+        for name, vs in _generate(gen, rng, set(speeds)).items():
+            speeds[name] = [(v, gen_share) for v in vs]
     if not speeds:
         raise SimulationError("fleet file: no nodes (give nodes: or generate:)")
     nodes: dict[str, list[SimGPU]] = {}
@@ -190,8 +240,9 @@ def parse_fleet(data: Mapping[str, Any]) -> Fleet:
                 speed=s,
                 info=_info(name, i, product),
                 rng=np.random.default_rng([seed, ni, i]),
+                floor_share=sh,
             )
-            for i, s in enumerate(vals)
+            for i, (s, sh) in enumerate(vals)
         ]
     first = next(iter(nodes))
     for k, d in enumerate(data.get("drift") or ()):
@@ -216,6 +267,7 @@ def parse_fleet(data: Mapping[str, Any]) -> Fleet:
             # what the agent learns as normal (drift.Baseline.calibrate).
             reason=str(d.get("reason") or ("HwSlowdown" if scale > 1.0 else "")),
             duration=parse_duration(d["for"], f"{where}.for") if d.get("for") is not None else None,
+            floor_share=_share(d.get("floorShare"), share, where),
         )
         nodes[node][gpu].steps.append(step)
     for gs in nodes.values():
@@ -322,7 +374,7 @@ def base_clock(g: SimGPU) -> int:
 
 
 class SimProfiler:
-    """``Profiler`` for simulated GPUs: reference curves / speed x the drift in force, 1 % noise."""
+    """``Profiler`` for simulated GPUs: reference curves slowed by speed and drift (module doc), 1 % noise."""
 
     non_intrusive = True  # benchmarking a simulated GPU disturbs nothing, so it may run while "serving"
     source = "simulated"
@@ -336,10 +388,11 @@ class SimProfiler:
 
     def profile(self, index: int, shapes: Sequence[ExpertShape]) -> ProfileOutcome:
         g = self._gpus[index]
-        scale, _ = g.drift_at(self._clock())
+        t = self._clock()
+        scale, _ = g.drift_at(t)
         curves = []
         for shape in shapes:
-            secs = reference_on_grid(shape, self.tokens) / g.speed * scale
+            secs = simulated_on_grid(g, shape, self.tokens, t)
             secs = secs * (1 + g.rng.normal(0, 0.01, size=secs.size))
             curves.append(Curve.from_measured(shape, self.tokens, [float(s) for s in secs]))
         base = Baseline(
@@ -351,10 +404,18 @@ class SimProfiler:
     def canary(self, index: int, shape: ExpertShape, tokens: Sequence[int]) -> tuple[list[float], float]:
         """(seconds per token count, cost in GPU seconds) as the torch canary returns."""
         g = self._gpus[index]
-        scale, _ = g.drift_at(self._clock())
-        secs = reference_on_grid(shape, tokens) / g.speed * scale
+        secs = simulated_on_grid(g, shape, tokens, self._clock())
         secs = secs * (1 + g.rng.normal(0, 0.01, size=secs.size))
         return [float(s) for s in secs], float(secs.sum() * 11)
+
+
+def simulated_on_grid(
+    g: SimGPU, shape: ExpertShape, tokens: Sequence[int], t: float | None = None
+) -> np.ndarray:
+    """GPU ``g``'s noiseless curve for ``shape`` at ``tokens``, with the drift in force at ``t`` if given:
+    the whole reference curve slowed (``SimGPU.slowed``, its floor read off all of it), then resampled."""
+    ref_t, ref_s = _reference(shape.key)
+    return _on_grid(ref_t, g.slowed(ref_s, t), np.asarray(tokens, dtype=float))
 
 
 def reference_on_grid(shape: ExpertShape, tokens: Sequence[int]) -> np.ndarray:
@@ -362,12 +423,20 @@ def reference_on_grid(shape: ExpertShape, tokens: Sequence[int]) -> np.ndarray:
     return _reference_on_grid(shape.key, tuple(int(t) for t in tokens)).copy()
 
 
+@functools.lru_cache(maxsize=64)
+def _reference(key: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray]:
+    ref_t, ref_s = reference_curve(*key)
+    return np.asarray(ref_t, dtype=float), np.asarray(ref_s, dtype=float)
+
+
 @functools.lru_cache(maxsize=256)
 def _reference_on_grid(key: tuple[int, int, str], tokens: tuple[int, ...]) -> np.ndarray:
-    from vibe.placement import reference_curve
+    ref_t, ref_s = _reference(key)
+    return _on_grid(ref_t, ref_s, np.asarray(tokens, dtype=float))
 
-    ref_t, ref_s = reference_curve(*key)
-    t = np.asarray(tokens, dtype=float)
+
+def _on_grid(ref_t: np.ndarray, ref_s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The curve (ref_t, ref_s) at ``t``: linear interpolation, extrapolated past its last point."""
     out = np.interp(t, ref_t, ref_s)
     above = t > ref_t[-1]
     if above.any():  # extrapolate along the last segment, as vibe.placement does

@@ -606,18 +606,14 @@ def simulated_impact() -> str:
     """One line from ``vibe simulate`` on the demo's own inputs (its fleet file, loads and slots)."""
     try:
         from vibe.agent.simulate import load_fleet
-        from vibe.placement import FLOOR_SHARE, Fleet, GPUCurve, reference_curve, skewed_loads, slowed_curve
+        from vibe.placement import Fleet, GPUCurve, reference_curve, skewed_loads
         from vibe.simulate.impact import impact_line
 
         t, s = reference_curve(7168, 2048, "fp8")
         sim = load_fleet(HERE / "fleet.yaml")
-        # each GPU slowed as measured under a power cap: in compute, not at its memory-bound floor
-        share = FLOOR_SHARE["measured"]
-        gpus = [
-            GPUCurve(f"{n}/{g.index}", n, t, slowed_curve(s, 1 / g.speed, share))
-            for n, gs in sim.nodes.items()
-            for g in gs
-        ]
+        # each GPU slowed as the simulated agent slows it (its floorShare: by default in compute only, as
+        # measured under a power cap, not at its memory-bound floor)
+        gpus = [GPUCurve(f"{n}/{g.index}", n, t, g.slowed(s)) for n, gs in sim.nodes.items() for g in gs]
         return impact_line(skewed_loads(58, 256, mean_tokens=512.0, seed=3), Fleet(tuple(gpus)), 5)
     except Exception as e:  # the figure is a bonus: never let it stop the demo
         return f"simulated serving impact unavailable ({type(e).__name__}: {e})"

@@ -22,9 +22,10 @@ The reconciler gathers ``Inputs`` (spec, resolved GPUs, loads) and the ``InServi
 
 Every result is priced against the token-balanced (EPLB-style) baseline on the same inputs, and every
 price is the **expected** step time over the spec's step mix under sampled routing (``step_mix_of``,
-``routing_of``; ``vibe.placement.routing``). Incremental re-placement (4, 5) searches the mix's mean
-loads and is then priced by the same objective, so a re-placement that the sampled steps do not find
-faster is not taken.
+``routing_of``; ``vibe.placement.routing``). Incremental re-placement (4, 5) chooses its moves by the same
+objective (``replace_incremental(..., routing=...)``: its walks' points priced on the same sampled steps,
+a gain within their noise is no gain), so the gain it reports, and the one the drift decision weighs, is the
+one the deployment's first placement optimised.
 """
 
 from __future__ import annotations
@@ -391,17 +392,19 @@ def routing_of(spec: DeploymentSpec, loads: np.ndarray, num_gpus: int) -> Routin
 def _incremental(
     have: Any, loads: Loads, fleet: Any, spec: DeploymentSpec, budget: float, routing: Routing
 ) -> Result:
-    """A re-placement near ``have``: searched on the mix's mean loads, priced by the expected objective."""
-    from vibe.placement import make_result, replace_incremental, with_replica_split
+    """A re-placement near ``have``, chosen and priced by the expected objective of the spec's step mix
+    (with the spec's replica split)."""
+    from vibe.placement import replace_incremental
 
-    started = time.perf_counter()
-    new = replace_incremental(
-        have, routing.mean_loads_of_mix(), fleet, max_moves=spec.drift.max_moves, time_budget_s=budget
+    return replace_incremental(
+        have,
+        loads.tokens,
+        fleet,
+        max_moves=spec.drift.max_moves,
+        time_budget_s=budget,
+        routing=routing,
+        replica_split=spec.workload.replica_split,
     )
-    placement = with_replica_split(
-        new.placement, loads.tokens, fleet, spec.workload.replica_split, routing=routing
-    )
-    return make_result(new.policy, placement, loads.tokens, fleet, started, current=have, routing=routing)
 
 
 def _check_replica_split(spec: DeploymentSpec) -> None:

@@ -243,16 +243,24 @@ def sampled_gpu_times(
     slots_per_gpu: int,
     *,
     gpus_per_node: int | None = None,
+    layers: np.ndarray | None = None,
 ) -> np.ndarray:
-    """[N, L, G] float64 each GPU's time in each layer of each sampled step (no validation: internal)."""
+    """[N, L, G] float64 each GPU's time in each layer of each sampled step (no validation: internal).
+
+    With ``layers`` ([M] ints), row m of ``phy2log`` ([M, P]) is a placement of layer ``layers[m]``:
+    several placements of one layer priced at once (``[N, M, G]``, on that layer's samples).
+    """
     from vibe.placement.dispatch import sampled_slot_tokens
 
+    counts, offsets = routing.counts, routing.offsets
+    if layers is not None:
+        counts, offsets = counts[:, layers], offsets[:, layers]
     tokens = sampled_slot_tokens(
         phy2log,
-        routing.counts,
+        counts,
         slots_per_gpu,
         routing.dispatch,
-        offsets=routing.offsets,
+        offsets=offsets,
         gpus_per_node=gpus_per_node,
     )  # [N, L, P]
     n, num_layers, p = tokens.shape
@@ -297,9 +305,14 @@ def sampled_layer_times(
     slots_per_gpu: int,
     *,
     gpus_per_node: int | None = None,
+    layers: np.ndarray | None = None,
 ) -> np.ndarray:
-    """[N, L] each layer's time (its slowest GPU) in each sampled step (no validation: internal)."""
-    return sampled_gpu_times(phy2log, routing, table, slots_per_gpu, gpus_per_node=gpus_per_node).max(axis=2)
+    """[N, L] each layer's time (its slowest GPU) in each sampled step (no validation: internal;
+    ``layers`` as in ``sampled_gpu_times``)."""
+    sampled = sampled_gpu_times(
+        phy2log, routing, table, slots_per_gpu, gpus_per_node=gpus_per_node, layers=layers
+    )
+    return sampled.max(axis=2)
 
 
 def paired_difference(diff: np.ndarray, routing: Routing) -> tuple[np.ndarray, np.ndarray]:

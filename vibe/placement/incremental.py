@@ -21,6 +21,21 @@ Method, in two steps:
 
 Layers are independent, so this spends the move budget where it buys the most step time, whichever
 layers those are. The result is never slower than the current placement under the new inputs.
+
+**Under the expected objective** (``routing``: a step mix's sampled steps, as ``solve(..., routing=...)``
+optimises), the same two steps price what the full planner prices. Each layer walks twice, each walk with
+the whole work budget: on the mix's mean loads (the mean-load walk above, move for move) and under
+expected slot costs (``cost.ExpectedReplicaCost``, as ``engine.vibe_expected``'s searches). Every point of
+both walks is then priced by the evaluator itself on the sampled steps (``cost.sampled_layer_times``:
+integer tokens split as the engine dispatches them, a slot with no tokens costing nothing), and a point
+counts as a gain only where it beats the placement in service by ``cost.SIGNIFICANCE_Z`` standard errors
+of the paired per-step difference (as the full planner's choice). The hulls are those of (slots changed,
+expected time saved) over both walks' points, so the move budget and the knee are spent on the expected
+objective, and the result carries the expected objective's times, bound and gap. Pricing every point
+costs more than the walks: on DeepSeek-V3, one core, 1.0-1.9 s against 0.1-0.4 s for the mean-load
+search at EP 32 and EP 8 with one kind of decode step (16 samples;
+``benchmarks/results/placement-expected.md``), about 3 s against 0.2 s at EP 32 with a decode + prefill
+mix (32 samples).
 """
 
 from __future__ import annotations
@@ -31,11 +46,22 @@ from typing import Any
 
 import numpy as np
 
-from vibe.placement.cost import Placement, check_shapes
+from vibe.placement.cost import (
+    SIGNIFICANCE_Z,
+    ExpectedReplicaCost,
+    Placement,
+    check_routing,
+    check_shapes,
+    gpus_per_node_for,
+    paired_difference,
+    sampled_layer_times,
+)
 from vibe.placement.curves import Fleet
-from vibe.placement.engine import Result, make_result
+from vibe.placement.engine import Result, make_result, with_replica_split
 from vibe.placement.errors import PlacementError
+from vibe.placement.routing import Routing
 from vibe.placement.search import EPS, EVALS_PER_SECOND, SearchState
+from vibe.placement.split import check_split
 
 #: Default stop without ``max_moves``: a step must gain this fraction of the step time per slot it
 #: changes (on the hull, so a plateau followed by a gain counts as their average)...
@@ -49,6 +75,10 @@ KNEE = 0.25
 #: Weight of "the slowest GPU got faster" when the layer's time itself cannot move (ties).
 TIE_PROGRESS_WEIGHT = 1e-3
 
+#: Most (sample x placement x slot) entries priced at once when the walks' points are priced on the
+#: sampled steps (a few float64 arrays of this many entries).
+CHUNK = 4_000_000
+
 
 def replace_incremental(
     current: Placement,
@@ -58,20 +88,28 @@ def replace_incremental(
     max_moves: int | None = None,
     time_budget_s: float = 1.0,
     min_gain: float | None = None,
+    routing: Routing | None = None,
+    replica_split: str = "even",
 ) -> Result:
     """A placement near ``current`` for new loads and/or curves (see the module docstring).
 
     Args:
         current: the placement in service.
-        loads: [L, E] new tokens per expert per step.
+        loads: [L, E] new tokens per expert per step (with ``routing``: the load profile it was drawn from).
         fleet: the GPUs (same count and order as ``current``) with their current curves.
         max_moves: at most this many slots may differ from ``current`` (None: no cap; ``min_gain`` decides).
         time_budget_s: search budget, as a deterministic work budget (see ``search.py``).
         min_gain: take a step only if it gains at least this fraction of the step time per changed slot
             (default ``MIN_GAIN`` without ``max_moves``, 0 with it). Without ``max_moves`` a step must
             also reach the knee (``KNEE``, see the module docstring).
+        routing: sampled steps of the deployment's step mix (``routing.sample_routing`` of ``loads``):
+            choose and price by the expected step time instead of the mean-load one (module docstring).
+        replica_split: ``even``, or ``weighted``: the moves are chosen as for ``even``, then the result
+            carries per-slot shares chosen for the objective (``engine.with_replica_split``), priced with
+            them.
     Returns:
-        Result with policy "incremental"; ``moves`` = slots changed, ``moved_experts`` = expert copies.
+        Result with policy "incremental"; ``moves`` = slots changed, ``moved_experts`` = expert copies;
+        with ``routing``, its times, bound and gap are the expected objective's (``info`` says so).
     """
     started = time.perf_counter()
     if not isinstance(current, Placement):
@@ -83,23 +121,125 @@ def replace_incremental(
         raise PlacementError(
             "InvalidPlacement", f"max_moves must be a non-negative integer, not {max_moves!r}"
         )
+    check_split(replica_split)
     if min_gain is None:
         min_gain = MIN_GAIN if max_moves is None else 0.0
     s = current.slots_per_gpu
     cap = current.num_slots if max_moves is None else min(int(max_moves), current.num_slots)
-    steps, moves, times, converged = _trajectories(
-        SearchState(loads, fleet.table, current.phy2log, s),
-        current.by_gpu(),
-        cap,
-        time_budget_s * EVALS_PER_SECOND,
-    )
-    step_time = float(times[:, 0].sum())
     limit = np.inf if max_moves is None else int(max_moves)
-    chosen = _choose(moves, times, limit, min_gain * step_time, knee=KNEE if max_moves is None else 0.0)
-    state = SearchState(loads, fleet.table, current.phy2log, s)
-    _replay(state, steps, chosen)
-    placement = Placement(state.phy2log(), s, current.num_experts)
-    return make_result("incremental", placement, loads, fleet, started, current=current, converged=converged)
+    knee = KNEE if max_moves is None else 0.0
+    budget = time_budget_s * EVALS_PER_SECOND
+    if routing is not None:
+        check_routing(routing, loads)
+        phy, converged = _expected_choice(current, routing, fleet, cap, limit, min_gain, knee, budget)
+    else:
+        steps, moves, times, converged = _trajectories(
+            SearchState(loads, fleet.table, current.phy2log, s), current.by_gpu(), cap, budget
+        )
+        chosen = _choose(moves, times, limit, min_gain * float(times[:, 0].sum()), knee=knee)
+        phy = _apply(current.by_gpu(), steps, chosen)
+    placement = Placement(phy.reshape(phy.shape[0], -1), s, current.num_experts)
+    info: dict[str, Any] = {}
+    if replica_split != "even":
+        placement = with_replica_split(placement, loads, fleet, replica_split, routing=routing)
+        info["replicaSplit"] = replica_split
+    return make_result(
+        "incremental",
+        placement,
+        loads,
+        fleet,
+        started,
+        current=current,
+        converged=converged,
+        info=info,
+        routing=routing,
+    )
+
+
+def _expected_choice(
+    current: Placement,
+    routing: Routing,
+    fleet: Fleet,
+    cap: int,
+    limit: float,
+    min_gain: float,
+    knee: float,
+    budget: float,
+) -> tuple[np.ndarray, bool]:
+    """[L, G, S] the chosen placement under the expected objective (module docstring), and whether both
+    walks converged within the budget."""
+    s, table = current.slots_per_gpu, fleet.table
+    orig = current.by_gpu()
+    per_node = gpus_per_node_for(fleet) if routing.dispatch == "sglang-static" else None
+    walks = []
+    converged = True
+    for pricer in (None, ExpectedReplicaCost(routing, table)):
+        state = SearchState(routing.mean_loads_of_mix(), table, current.phy2log, s, pricer=pricer)
+        steps, moves, _, ok = _trajectories(state, orig, cap, budget)
+        converged &= ok
+        walks.append((steps, moves))
+    moves = np.concatenate([m for _, m in walks], axis=1)  # [L, K]: every point of both walks
+    sampled = _sampled_points(orig, walks, routing, table, s, per_node)  # [N, L, K]
+    gain, se = paired_difference(np.moveaxis(sampled - sampled[:, :, :1], 2, 0), routing)  # [K, L]
+    gain, se = gain.T, se.T  # [L, K]: < 0 is faster than the placement in service
+    times = np.where(gain + SIGNIFICANCE_Z * se < 0, gain, 0.0)  # noise is no gain: the time in service
+    times = times + np.tensordot(routing.weights, sampled[:, :, 0], axes=1)[:, None]
+    chosen = _choose(moves, times, limit, min_gain * float(times[:, 0].sum()), knee=knee)
+    width = walks[0][1].shape[1]
+    out = orig.copy()
+    for w, (steps, _) in enumerate(walks):
+        mine = (chosen >= width) if w else (chosen < width)
+        take = np.where(mine, chosen - w * width, 0)
+        part = _apply(orig, steps, take)
+        out[mine] = part[mine]
+    return out, converged
+
+
+def _sampled_points(
+    orig: np.ndarray,
+    walks: list[tuple[list[list[tuple[Any, ...]]], np.ndarray]],
+    routing: Routing,
+    table: Any,
+    s: int,
+    per_node: int | None,
+) -> np.ndarray:
+    """[N, L, K] each layer's time in each sampled step at every point of the walks (their columns side
+    by side, as in the walks' ``moves``; a padded column repeats its walk's last point)."""
+    num_layers = orig.shape[0]
+    phys: list[np.ndarray] = []  # the placements to price (each walk's points, in order)
+    rows: list[int] = []  # the layer of each
+    where: list[tuple[int, int, int]] = []  # (layer, column, index in phys) of every column
+    column = 0
+    for steps, moves in walks:
+        width = moves.shape[1]
+        for layer in range(num_layers):
+            now = orig[layer].copy()
+            points = [now.reshape(-1).copy()]
+            for step in steps[layer]:
+                _step(now, step)
+                points.append(now.reshape(-1).copy())
+            phys.extend(points)
+            rows.extend([layer] * len(points))
+            first = len(phys) - len(points)
+            where.extend((layer, column + k, first + min(k, len(points) - 1)) for k in range(width))
+        column += width
+    phy = np.stack(phys)
+    layer_of = np.asarray(rows, dtype=np.int64)
+    n, p = routing.counts.shape[0], phy.shape[1]
+    per = max(1, CHUNK // (n * p))
+    priced = np.concatenate(
+        [
+            sampled_layer_times(
+                phy[a : a + per], routing, table, s, gpus_per_node=per_node, layers=layer_of[a : a + per]
+            )
+            for a in range(0, len(phys), per)
+        ],
+        axis=1,
+    )  # [N, M]
+    out = np.empty((n, num_layers, column))
+    idx = np.asarray(where, dtype=np.int64)
+    out[:, idx[:, 0], idx[:, 1]] = priced[:, idx[:, 2]]
+    return out
 
 
 def _trajectories(
@@ -240,20 +380,23 @@ def _hull(m: np.ndarray, g: np.ndarray) -> list[tuple[int, float, int]]:
     return hull
 
 
-def _replay(state: SearchState, steps: list[list[tuple[Any, ...]]], chosen: np.ndarray) -> None:
-    """Apply each layer's first ``chosen[l]`` steps, step by step across layers."""
-    for k in range(int(chosen.max(initial=0))):
-        take = [layer for layer in range(len(steps)) if chosen[layer] > k]
-        swaps = [(layer, steps[layer][k]) for layer in take if steps[layer][k][0] == "swap"]
-        rets = [(layer, steps[layer][k]) for layer in take if steps[layer][k][0] == "retarget"]
-        if swaps:
-            lay = np.array([layer for layer, _ in swaps])
-            args = np.array([st[1:] for _, st in swaps])
-            state.apply_swaps(lay, args[:, 0], args[:, 1], args[:, 2], args[:, 3])
-        if rets:
-            lay = np.array([layer for layer, _ in rets])
-            args = np.array([st[1:] for _, st in rets])
-            state.apply_retargets(lay, args[:, 0], args[:, 1], args[:, 2])
+def _apply(orig: np.ndarray, steps: list[list[tuple[Any, ...]]], chosen: np.ndarray) -> np.ndarray:
+    """[L, G, S] ``orig`` with each layer's first ``chosen[l]`` steps applied."""
+    out = orig.copy()
+    for layer, k in enumerate(chosen):
+        for step in steps[layer][: int(k)]:
+            _step(out[layer], step)
+    return out
+
+
+def _step(phy: np.ndarray, step: tuple[Any, ...]) -> None:
+    """Apply one walk step to a layer's [G, S] placement in place."""
+    if step[0] == "swap":
+        _, b, i, h, j = step
+        phy[b, i], phy[h, j] = phy[h, j], phy[b, i]
+    else:
+        _, g, slot, y = step
+        phy[g, slot] = y
 
 
 def _delta(orig: np.ndarray, now: np.ndarray, rows: np.ndarray, changes: list[tuple[Any, ...]]) -> np.ndarray:

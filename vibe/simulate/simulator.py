@@ -14,8 +14,9 @@ priced, and ``vibe`` plans, by the expected step time over that mix under sample
 
 Drift (``DriftEvent``): from ``at_s`` one GPU's curve is ``factor`` times slower. Policy ``vibe+replace``
 is ``vibe`` whose placement the operator re-plans ``replace_after_s`` later (detection + planning) on the
-drifted curves with ``replace_incremental`` (few moves), paying either a restart (the group is down for
-``restart_s``) or the weight copies (down for the busiest GPU's new experts' bytes / copy bandwidth).
+drifted curves with ``replace_incremental`` (few moves; by the expected objective where the group plans for a
+step mix, as the operator does), paying either a restart (the group is down for ``restart_s``) or the weight
+copies (down for the busiest GPU's new experts' bytes / copy bandwidth).
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from vibe.placement import (
     Fleet,
     GPUCurve,
     Placement,
+    Routing,
     check_shapes,
     replace_incremental,
     routing_from_flags,
     solve,
-    with_replica_split,
 )
 from vibe.simulate.constants import value
 from vibe.simulate.costs import CommModel, ExpertTable, NonExpertCost, slowness_of
@@ -288,7 +289,9 @@ class Simulator:
                 drifted = self.table(spec, res.placement, fleet, gi)
                 tables.append((ev.at_s, drifted))
                 if policy == REPLACE:
-                    down, new, r_info = self._replace(spec, res.placement, plan, fleet, drifted, ev, gi)
+                    down, new, r_info = self._replace(
+                        spec, res.placement, plan, fleet, drifted, ev, gi, routing=routing
+                    )
                     tables.append((down[-1][1], new))
                     g_info["replace"] = r_info
             slow = slowness_of([g.tokens for g in spec.fleet.gpus], [g.seconds for g in spec.fleet.gpus])
@@ -321,13 +324,20 @@ class Simulator:
         old_t: ExpertTable,
         ev: DriftEvent,
         gi: int,
+        *,
+        routing: Routing | None = None,
     ) -> tuple[list[tuple[float, float]], ExpertTable, dict[str, Any]]:
-        """Re-place ``current`` for the drifted fleet; ``old_t``: current's table on that fleet."""
+        """Re-place ``current`` for the drifted fleet, by the objective it was placed for (``routing``: the
+        group's plan step mix); ``old_t``: current's table on that fleet."""
         s = self.s
-        new = replace_incremental(current, plan, drifted, time_budget_s=s.solve_budget_s)
-        if s.replica_split != "even":  # the re-placement gets its own weights for the drifted fleet
-            weighted = with_replica_split(new.placement, plan, drifted, s.replica_split)
-            new = replace(new, placement=weighted)
+        new = replace_incremental(
+            current,
+            plan if routing is None else spec.loads,
+            drifted,
+            time_budget_s=s.solve_budget_s,
+            routing=routing,
+            replica_split=s.replica_split,  # the re-placement gets its own weights for the drifted fleet
+        )
         at = ev.at_s + s.replace_after_s
         m = s.model
         if s.replace_cost == "restart":
