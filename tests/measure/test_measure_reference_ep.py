@@ -230,6 +230,22 @@ def test_weighted_dispatch_equals_dense_reference_and_follows_the_weights(inputs
             )
             checked += 1
     assert checked > 0
+    # what the operator writes for the weighted split (the vibe key alone) is read the same
+    only_vibe = tmp_path / "only-vibe"
+    only_vibe.mkdir()
+    core = {k: v for k, v in ((p.name, p.read_text()) for p in mount.iterdir()) if k == ENGINES["vibe"].key}
+    meta = {"contentHash": contract.content_hash(core), "placementGeneration": 3}
+    for k, v in {**core, contract.KEY_META: json.dumps(meta)}.items():
+        (only_vibe / k).write_text(v)
+    alone = _load(only_vibe, tmp_path / "init3", document="vibe")
+    assert alone.document == "vibe" and alone.generation == 3
+    np.testing.assert_array_equal(alone.phy2log, placement.phy2log)
+    np.testing.assert_allclose(alone.replica_weights, placement.replica_weights, atol=1e-12)
+    with pytest.raises(ServingError) as err:  # the layer launched for another EP size
+        ep.load_placement(
+            only_vibe, ep_size=2, num_experts=E, slots_per_rank=6, work_dir=tmp_path / "i4", document="vibe"
+        )
+    assert err.value.reason == "PlacementMismatch"
     # an even placement read as weighted is refused with a reason, never run evenly by accident
     even_mount = write_volume(tmp_path / "even", solve(loads, fleet, S, "token-balanced"), fleet)
     with pytest.raises(ServingError) as err:

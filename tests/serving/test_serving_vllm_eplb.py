@@ -67,6 +67,18 @@ def test_a_placement_that_does_not_fit_is_the_views_reason(
     assert arr is None and message in view.reason and view.generation == 2
 
 
+def test_a_weighted_placement_json_is_never_run_evenly(volume: KubeletVolume) -> None:
+    """Without the vllm key the plugin falls back to placement.json's map; one planned with the weighted
+    replica split (shares vLLM's dispatch cannot take) is the view's reason, not a map run evenly."""
+    data = {k: v for k, v in placement_data(shift=2, meta=False).items() if k != vllm.KEY}
+    doc = json.loads(data[canonical.KEY])
+    doc["replicaSplit"] = "weighted"
+    data[canonical.KEY] = json.dumps(doc)
+    volume.write({**data, KEY_META: meta_text(content_hash(data), 7)})
+    view, arr = read_view(volume.root, REQUEST)
+    assert arr is None and "weighted replica split" in view.reason and "vLLM" in view.reason
+
+
 def test_every_expert_needs_a_slot() -> None:
     rows = phy2log()
     rows[1] = [0] * P

@@ -84,7 +84,7 @@ class ServingPlacement:
         ep_size: G.
         generation: the placement generation (None if the ConfigMap carried none).
         data_hash: content hash of the whole snapshot it came from.
-        document: which engine document it was read from (``eplb`` or ``sglang``).
+        document: which document it was read from (``eplb``, ``sglang`` or ``vibe``).
         replica_weights: None (the even split) or [L, P] float64 each slot's share of its expert's
             tokens (``vibe.placement.Placement.weights``).
     """
@@ -147,7 +147,9 @@ def load_placement(
 
     ``replica_split="weighted"`` also reads the replica weights from the ``vibe`` key of the same
     snapshot (its content hash checked with the rest) and refuses a placement without them, or whose
-    slots differ from the engine file's.
+    slots differ from the engine file's. ``document="vibe"`` reads the ``vibe`` key alone (what the
+    operator writes for the weighted split, whose only format it is), weights and all, checked the same
+    way (one snapshot, its hash, the generation; EP size, slots and experts).
 
     The engine is launched with ``num_experts`` experts and ``ep_size * slots_per_rank`` physical slots
     (SGLang: ``--ep-num-redundant-experts = P - E``); ``emit.run_init`` refuses anything else (a
@@ -156,8 +158,12 @@ def load_placement(
     Raises:
         ServingError: whatever the init container would fail with, before any step runs.
     """
+    if document == "vibe":
+        return _vibe_placement(
+            mount, ep_size, num_experts, slots_per_rank, num_layers, expect_generation, wait_seconds
+        )
     if document not in ("eplb", "sglang"):
-        raise ServingError("InvalidArgument", f"document must be eplb or sglang, got {document!r}")
+        raise ServingError("InvalidArgument", f"document must be eplb, sglang or vibe, got {document!r}")
     settings = EngineSettings(
         ep_size=ep_size,
         redundant_experts=ep_size * slots_per_rank - num_experts,
@@ -188,6 +194,49 @@ def load_placement(
         )
     return ServingPlacement(
         rows, num_experts, ep_size, applied.generation, applied.data_hash, document, weights
+    )
+
+
+def _vibe_placement(
+    mount: str | os.PathLike[str],
+    ep_size: int,
+    num_experts: int,
+    slots_per_rank: int,
+    num_layers: int | None,
+    expect_generation: int | None,
+    wait_seconds: float,
+) -> ServingPlacement:
+    """The placement of the ``vibe`` key (``placement.json``), as ``load_placement(document="vibe")``."""
+    from vibe.placement import PlacementError, read_placement
+
+    snap, found = emit.read_volume(str(mount), expect_generation, wait_seconds)
+    key = ENGINES["vibe"].key
+    if key not in snap.data:
+        raise ServingError(
+            "MissingPlacement", f"the placement ConfigMap has no {key}: keep 'vibe' in formats"
+        )
+    try:
+        pl = read_placement(json.loads(snap.data[key]), slots_per_gpu=slots_per_rank, num_experts=num_experts)
+    except (ValueError, PlacementError) as err:
+        raise ServingError("PlacementMismatch", f"{key}: {err}") from None
+    if pl.num_experts != num_experts:
+        raise ServingError(
+            "PlacementMismatch", f"{key} places {pl.num_experts} experts; the layer runs {num_experts}"
+        )
+    if pl.num_gpus != ep_size or (num_layers is not None and pl.num_layers != num_layers):
+        raise ServingError(
+            "PlacementMismatch",
+            f"{key} is for {pl.num_gpus} GPUs x {pl.num_layers} layers; the layer runs EP {ep_size}"
+            + (f" x {num_layers} layers" if num_layers is not None else ""),
+        )
+    return ServingPlacement(
+        pl.phy2log,
+        num_experts,
+        ep_size,
+        found.generation,
+        contract.content_hash(snap.data),
+        "vibe",
+        None if pl.weights is None else np.asarray(pl.weights),
     )
 
 

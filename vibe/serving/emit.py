@@ -201,6 +201,14 @@ def run_init(
     return applied
 
 
+def read_volume(
+    mount: str, expect_generation: int | None = None, wait_seconds: float = 0.0, poll: float = 2.0
+) -> tuple[snapshot.Snapshot, stamp.Stamp]:
+    """The mounted placement as ``run_init`` checks it (one snapshot, its declared hash, the generation
+    expected), for a reader that runs the placement itself instead of writing an engine file."""
+    return _wait_for_volume(mount, expect_generation, None, None, wait_seconds, None, poll)
+
+
 def _wait_for_volume(
     mount: str,
     expect_generation: int | None,

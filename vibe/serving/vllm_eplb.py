@@ -173,6 +173,12 @@ def _map_from(data: dict[str, str]) -> tuple[Any, int | None, str]:
         layers = placement.get("layers") if isinstance(placement, dict) else None
         if not isinstance(layers, list):
             raise ServingError("PlacementMismatch", f"{canonical.KEY}: no layers")
+        if placement.get("replicaSplit", "even") != "even":  # vLLM would run it evenly: not as planned
+            raise ServingError(
+                "PlacementMismatch",
+                f"{canonical.KEY} was planned with the {placement.get('replicaSplit')} replica split, "
+                "which vLLM's dispatch cannot run (replica = position % count): plan with replicaSplit even",
+            )
         rows = [layer.get("physicalToLogical") if isinstance(layer, dict) else None for layer in layers]
         return rows, gpus, canonical.KEY
     if eplb.KEY in data:
