@@ -1,15 +1,18 @@
 """Does the agent publish what a serving loop sees when its GPU is shared with a co-tenant?
 
-The reference: a serving-like loop, 8 expert calls then a sync, repeated (one MoE layer of a decode step;
-fused fp8 runs the 8 experts as one grouped call), timed by the host's clock over ``--ref-s`` seconds
-per point: its mean iteration time under a co-tenant over its mean iteration time on the idle GPU is
-the slowdown serving sees. The agent: ``vibe.agent.bench.measure_point`` as a profile runs it (re-heat,
-median of 25 calls, then its serving-loop window, ``window_mode="loop"``); its published time under a
-co-tenant over its published time idle is the slowdown it reports. The default agent (a 20 ms window
-of back-to-back calls in chunks of 96 behind a hold, flagged at +10 %) runs on the same bank in the
-same process, as the baseline. Every co-tenant is a second process on the same GPU (``neighbour``):
-square bf16 GEMMs or device-to-device copies, each followed by a sync, for ``duty`` of every
-``period``. Not yet run on a GPU (no device machine could be started on 2026-12-07).
+The reference: a serving-like loop, 8 expert calls replayed as one CUDA graph (as engines run decode
+steps; fused fp8 runs the 8 experts as one grouped call) then a sync, repeated, timed by the host's
+clock over ``--ref-s`` seconds per point: its mean iteration time under a co-tenant over its mean
+iteration time on the idle GPU is the slowdown serving sees. The same loop launched call by call from
+Python (``eager x``) is kept beside it: on a slow host the CPU paces it (H100 VM: ~900 µs to launch
+8 bf16 calls of ~45 µs each), so it measures the host as much as the GPU. The agent:
+``vibe.agent.bench.measure_point`` as a profile runs it (re-heat, median of 25 calls, then its serving
+loop, ``window_mode="loop"``); its published time under a co-tenant over its published time idle is
+the slowdown it reports. The earlier agent (``window_mode="chunks"``: a 20 ms window of back-to-back
+calls in chunks of 96 behind a hold, flagged at +10 %) runs on the same bank in the same process, as
+the baseline ("old"). Every co-tenant is a second process on the same GPU (``neighbour``): square
+bf16 GEMMs or device-to-device copies, each followed by a sync, for ``duty`` of every ``period``.
+Results: benchmarks/results/agent-cotenant-h100-2026-12-07/.
 
     PYTHONPATH=. python3 benchmarks/agent_cotenant.py run --out OUT.json        # GPU machine
     python3 benchmarks/agent_cotenant.py table OUT.json [--tail 0.4 --overhead 25e-6 --threshold 0.15]
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import statistics
@@ -124,18 +128,29 @@ def stop_neighbour(proc: subprocess.Popen[str]) -> dict[str, Any]:
 # -- the reference loop and the previous agent -------------------------------------------------------------
 
 
-def reference_loop(timer: Any, bank: Any, x: Any, per_sync: int, seconds: float) -> dict[str, float]:
-    """``per_sync`` expert calls then a sync, repeated for ``seconds``: mean and median iteration time."""
+def reference_loop(
+    timer: Any, bank: Any, x: Any, per_sync: int, seconds: float, graph: bool = True
+) -> dict[str, float]:
+    """``per_sync`` expert calls then a sync, repeated for ``seconds``: mean and median iteration time.
+
+    ``graph``: the calls replayed as one CUDA graph, as engines run decode steps (else launched one by
+    one from Python, which a slow host paces)."""
+    from vibe.agent.bench import layer_graph
+
     experts = len(bank)
+    layer = layer_graph(timer, bank, x, per_sync) if graph else None
     timer.sync()
     walls: list[float] = []
     k = 0
     t_end = time.perf_counter() + seconds
     while True:
         t0 = time.perf_counter()
-        for _ in range(per_sync):
-            bank(k % experts, x)
-            k += 1
+        if layer is not None:
+            layer()
+        else:
+            for _ in range(per_sync):
+                bank(k % experts, x)
+                k += 1
         timer.sync()
         t1 = time.perf_counter()
         walls.append(t1 - t0)
@@ -159,7 +174,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     telemetry = NvmlTelemetry.open()
     idx = (dev.index or 0) if dev.type == "cuda" and telemetry.available else None
     cfg = BenchConfig(window_mode="loop")
-    chunks = BenchConfig()  # the default agent: a 20 ms window of back-to-back calls in chunks
+    chunks = BenchConfig(window_mode="chunks")  # the earlier agent: a 20 ms window of calls in chunks
     tokens = [int(t) for t in a.tokens.split(",")]
     heater = Heater(torch, dev, cfg.heater_size if dev.type == "cuda" else 128)
     pre = preheat(heater, timer, cfg, telemetry, idx)
@@ -180,7 +195,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "config": {k: v for k, v in vars(cfg).items() if k != "tokens"},
-        "legacy": {k: v for k, v in vars(BenchConfig()).items() if k != "tokens"},
+        "legacy": {k: v for k, v in vars(chunks).items() if k != "tokens"},
         "preheat": {k: v for k, v in pre.items() if k != "trace"},
         "refSeconds": a.ref_s,
         "runs": {},
@@ -201,6 +216,7 @@ def cmd_run(a: argparse.Namespace) -> None:
                 p = measure_point(bank, timer, n, cfg, telemetry, idx, heater, loop_log=log)
                 legacy = measure_point(bank, timer, n, chunks, telemetry, idx, heater).seconds
                 ref = reference_loop(timer, bank, x, per_sync, a.ref_s)
+                eager = reference_loop(timer, bank, x, per_sync, a.eager_ref_s, graph=False)
                 pts.append(
                     {
                         "tokens": n,
@@ -210,6 +226,7 @@ def cmd_run(a: argparse.Namespace) -> None:
                         "factors": p.window_factors,
                         "legacyPublished": legacy,
                         "ref": ref,
+                        "refEager": eager,
                         "loop": log[0] if log else None,
                     }
                 )
@@ -238,14 +255,15 @@ def republish(point: dict[str, Any], est: dict[str, float] | None) -> tuple[floa
         return point["published"], point["shared"]
     from vibe.agent.bench import BenchConfig, contention
 
+    loop = point["loop"]
     cfg = BenchConfig(
         window_mode="loop",
         loop_tail=est["tail"],
-        loop_overhead_s=est["overhead"],
+        # a graph-replayed loop has its own overhead (BenchConfig.loop_graph_overhead_s)
+        loop_overhead_s=loop.get("overheadS", est["overhead"]) if loop.get("graph") else est["overhead"],
         loop_threshold=est["threshold"],
         loop_min_parts=int(est["min_parts"]),
     )
-    loop = point["loop"]
     parts = [[(it[0], it[1], it[2]) for it in part] for part in loop["parts"]]
     factor, _each, shared = contention(parts, loop["callS"], loop["perSync"], cfg)
     median = point["median"]
@@ -275,7 +293,10 @@ def table(report: dict[str, Any], est: dict[str, float] | None) -> dict[str, Any
                 loop_x = p["ref"]["meanS"] / b["ref"]["meanS"]
                 agent_x = pub / pub0
                 old_x = legacy_published(p) / legacy_published(b)
-                rows.append((p["tokens"], loop_x, agent_x, agent_x / loop_x, shared, old_x, old_x / loop_x))
+                eager_x = p["refEager"]["meanS"] / b["refEager"]["meanS"] if "refEager" in p else math.nan
+                rows.append(
+                    (p["tokens"], loop_x, agent_x, agent_x / loop_x, shared, old_x, old_x / loop_x, eager_x)
+                )
             ratios = [r[3] for r in rows]
             old = [r[6] for r in rows]
             flagged = sum(r[4] for r in rows)
@@ -290,11 +311,12 @@ def table(report: dict[str, Any], est: dict[str, float] | None) -> dict[str, Any
                 f"\n{cname} / {label}: agent/loop {min(ratios):.2f}-{max(ratios):.2f} "
                 f"(before: {min(old):.2f}-{max(old):.2f}), flagged {flagged}/{len(rows)}"
             )
-            head = ("tokens", "loop x", "agent x", "ratio", "shared", "old x", "old ratio")
-            print(" ".join(f"{h:>{w}}" for h, w in zip(head, (7, 7, 8, 6, 6, 6, 9), strict=True)))
+            head = ("tokens", "loop x", "agent x", "ratio", "shared", "old x", "old ratio", "eager x")
+            print(" ".join(f"{h:>{w}}" for h, w in zip(head, (7, 7, 8, 6, 6, 6, 9, 8), strict=True)))
             for r in rows:
                 print(
                     f"{r[0]:>7} {r[1]:>7.2f} {r[2]:>8.2f} {r[3]:>6.2f} {r[4]!s:>6} {r[5]:>6.2f} {r[6]:>9.2f}"
+                    f" {r[7]:>8.2f}"
                 )
     return summary
 
@@ -331,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", default="1,4,16,64,256,1024,2048,4096,8192")
     p.add_argument("--cotenant", action="append", default=None, help="NAME=KIND:SIZE:DUTY:PERIOD")
     p.add_argument("--ref-s", type=float, default=0.4, help="seconds of serving loop per point")
+    p.add_argument("--eager-ref-s", type=float, default=0.2, help="... of the eager (CPU-paced) loop")
     p.add_argument("--settle", type=float, default=2.0)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_run)

@@ -248,8 +248,8 @@ def bench(
     preheat_max: Annotated[float, typer.Option(help="Longest pre-heat, seconds.")] = 10.0,
     window_mode: Annotated[
         Literal["chunks", "loop"],
-        typer.Option(help="How a point checks for a co-tenant: back-to-back calls, or a serving loop."),
-    ] = "chunks",
+        typer.Option(help="How a point checks for a co-tenant: a serving loop, or back-to-back calls."),
+    ] = "loop",
     repeat_profiles: Annotated[
         int, typer.Option(help="Profile each device this many times (run-to-run spread).")
     ] = 1,
