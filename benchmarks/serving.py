@@ -152,7 +152,9 @@ def item1() -> tuple[str, dict[str, Any]]:
         "interval]; 'apart' when that interval lies beyond +-2 % (the bisection's resolution). Slowness "
         "'uniform': a slow GPU's whole curve is slowed (what these results assumed before); 'measured': "
         "its compute part only, its memory-bound floor at the typical GPU's (measured under a power cap, "
-        "`gpu-slowness-h100-2026-12-07/`); non-expert work slowed the same way in both.",
+        "`gpu-slowness-h100-2026-12-07/`); 'clock': its floor slowed by 0.3 of its compute slowdown (a clock "
+        "held down by heat or a limit: the H100 clock probe measured the floor paying 0.07-0.63 of a clock "
+        "loss); non-expert work slowed the same way in each.",
         "",
         "| model | slowness | scheduler | round-robin | token-balanced | vibe | vibe vs token-balanced |",
         "|---|---|---|---:|---:|---:|---|",
@@ -161,9 +163,10 @@ def item1() -> tuple[str, dict[str, Any]]:
     #: first (passing, failing) guesses, from a one-seed run; bisection widens a wrong one
     guesses = {"deepseek-v3": {"uniform": (2.0, 3.5), "measured": (5.5, 7.5)}}
     guesses["qwen3-235b"] = {"uniform": (3.5, 4.5), "measured": (6.5, 7.5)}
+    guesses["deepseek-v3"]["clock"], guesses["qwen3-235b"]["clock"] = (3.0, 6.0), (4.5, 7.0)
     for name, slots in (("deepseek-v3", 36), ("qwen3-235b", 18)):
         m = PRESETS[name]
-        for slowness in SLOWNESS:
+        for slowness in (*SLOWNESS, "clock"):
             guess = guesses[name][slowness]
             fleet = fleet_for(h200_expert_curve(m), 8, slowness)
             for sched in SCHEDULERS:

@@ -20,11 +20,13 @@ from vibe.agent.profile import (
     build_profile,
     build_status,
     condition,
+    drifted,
     isotonic,
     parse_time,
     records_from_profile,
     relative_speed,
     rfc3339,
+    undrifted,
 )
 from vibe.agent.shapes import DEFAULT_MODELS, TOKEN_GRID, ExpertShape
 from vibe.agent.simulate import reference_on_grid
@@ -82,7 +84,7 @@ def test_body_has_the_contract_fields() -> None:
     assert g0["drift"] == {"state": "Stable", "timeScale": 1.0, "reason": "", "since": "2026-11-18T11:08:20Z"}
     # Drift scales the published curves and the relative speed.
     assert g1["drift"]["state"] == "Drifted" and g1["drift"]["timeScale"] == 1.25
-    assert g1["curves"][0]["seconds"][-1] == pytest.approx(c["seconds"][-1] * 1.25, rel=1e-4)
+    assert g1["curves"][0]["seconds"] == pytest.approx(drifted(c["seconds"], 1.25), rel=1e-4)
     assert g1["relativeSpeed"] == pytest.approx(g0["relativeSpeed"] / 1.25, rel=1e-3)
     assert (
         json.loads(body["metadata"]["annotations"][api.ANNOTATION_BASELINE])["GPU-1"]["smClockHz"]
@@ -125,6 +127,18 @@ def test_round_trip_resumes_the_same_profile() -> None:
     assert back["GPU-1"].baseline == recs[1].baseline
     again = build_profile("n", "ns", [back["GPU-0"], back["GPU-1"]], source="simulated")
     assert json.dumps(again, sort_keys=True) == json.dumps(body, sort_keys=True)
+
+
+def test_a_drifted_gpu_publishes_its_floor_slowed_by_the_clock_share_only() -> None:
+    """Drift is a clock held down at any load: compute x scale, the memory-bound floor x (1 + 0.3 (scale
+    - 1)) as the H100 clock probe measured it (0.07-0.63), not the whole curve x scale as before."""
+    seconds = (40e-6, 40e-6, 41e-6, 60e-6, 400e-6, 1600e-6)
+    out = drifted(seconds, 1.5)
+    assert out[0] == pytest.approx(40e-6 * 1.15)  # floor: 0.3 of the 50 %
+    assert out[-1] - out[0] == pytest.approx((1600e-6 - 40e-6) * 1.5)  # above the floor: x1.5
+    assert out[-1] < 1600e-6 * 1.5
+    assert undrifted(out, 1.5) == pytest.approx(seconds)
+    assert drifted(seconds, 1.0) == seconds and undrifted(seconds, 1.0) == seconds
 
 
 def test_unknown_gpus_and_broken_curves_are_dropped() -> None:

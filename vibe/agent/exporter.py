@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from vibe.agent.node import NodeAgent
-from vibe.agent.profile import GPURecord
+from vibe.agent.profile import GPURecord, drifted
 from vibe.agent.telemetry import REASON_NAMES, GPUInfo, Sample
 
 if TYPE_CHECKING:
@@ -98,8 +98,8 @@ class AgentCollector:
             for cv in rec.curves:
                 sh = cv.shape
                 base = [*lab, sh.name, str(sh.hidden_size), str(sh.intermediate_size), sh.dtype]
-                for n, s in zip(cv.tokens, cv.seconds, strict=True):
-                    f.ffn.add_metric([*base, str(n)], s * rec.time_scale)
+                for n, s in zip(cv.tokens, drifted(cv.seconds, rec.time_scale), strict=True):
+                    f.ffn.add_metric([*base, str(n)], s)
         if rec.benchmark_time is not None:
             f.bench_ts.add_metric(lab, rec.benchmark_time)
         if c.benchmark_duration_s is not None:

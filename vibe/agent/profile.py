@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from vibe import api
 from vibe.agent.drift import Baseline
 from vibe.agent.shapes import ExpertShape
@@ -113,6 +115,27 @@ class GPURecord:
 
 
 # -- numbers ----------------------------------------------------------------------------------------
+
+
+def drifted(seconds: Sequence[float], time_scale: float) -> tuple[float, ...]:
+    """A benchmarked curve as a GPU that drifted ``time_scale`` times slower runs it. Drift is found in
+    the SM clock (held down at any load: heat, a power brake, a clock limit), which slows the compute
+    region by the scale and the memory-bound floor by ``FLOOR_SHARE["clock"]`` of it (H100 clock probe:
+    the floor pays 0.07-0.63 of a clock loss; benchmarks/results/gpu-slowness-h100-2026-12-07/)."""
+    if time_scale == 1.0 or not seconds:
+        return tuple(seconds)
+    from vibe.placement import FLOOR_SHARE, slowed_curve
+
+    return tuple(float(s) for s in slowed_curve(np.asarray(seconds), time_scale, FLOOR_SHARE["clock"]))
+
+
+def undrifted(seconds: Sequence[float], time_scale: float) -> tuple[float, ...]:
+    """``drifted``'s inverse: a published drifted curve back at benchmark time."""
+    if time_scale == 1.0 or not seconds:
+        return tuple(seconds)
+    from vibe.placement import FLOOR_SHARE, unslowed_curve
+
+    return tuple(float(s) for s in unslowed_curve(np.asarray(seconds), time_scale, FLOOR_SHARE["clock"]))
 
 
 def isotonic(values: Sequence[float]) -> list[float]:
@@ -238,7 +261,7 @@ def gpu_entry(r: GPURecord) -> dict[str, Any]:
             "intermediateSize": c.shape.intermediate_size,
             "dtype": c.shape.dtype,
             "tokens": list(c.tokens),
-            "seconds": [_sig(s * r.time_scale) for s in c.seconds],
+            "seconds": [_sig(s) for s in drifted(c.seconds, r.time_scale)],
         }
         for c in sorted(
             r.curves, key=lambda c: (c.shape.hidden_size, c.shape.intermediate_size, c.shape.dtype)
@@ -389,7 +412,8 @@ def records_from_profile(body: Mapping[str, Any], infos: Sequence[GPUInfo]) -> d
                 shape = ExpertShape(
                     int(c["hiddenSize"]), int(c["intermediateSize"]), str(c["dtype"]), c.get("name", "")
                 )
-                curves.append(Curve(shape, tuple(c["tokens"]), tuple(float(s) / scale for s in c["seconds"])))
+                seconds = tuple(float(s) for s in c["seconds"])
+                curves.append(Curve(shape, tuple(c["tokens"]), undrifted(seconds, scale)))
             except (KeyError, TypeError, ValueError):
                 continue
         b = baselines.get(info.uuid) or {}

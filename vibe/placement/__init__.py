@@ -74,6 +74,7 @@ _EXPORTS = {
     "FLOOR_SHARE": "synthetic",
     "skewed_loads": "synthetic",
     "slowed_curve": "synthetic",
+    "unslowed_curve": "synthetic",
 }
 
 __all__ = [
@@ -120,6 +121,7 @@ __all__ = [
     "slowed_curve",
     "solve",
     "token_balanced",
+    "unslowed_curve",
     "with_replica_split",
 ]
 
@@ -171,4 +173,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         sample_routing,
     )
     from vibe.placement.split import REPLICA_SPLITS, ReplicaSplit, choose_weights
-    from vibe.placement.synthetic import FLOOR_SHARE, skewed_loads, slowed_curve
+    from vibe.placement.synthetic import FLOOR_SHARE, skewed_loads, slowed_curve, unslowed_curve

@@ -58,7 +58,11 @@ def skewed_loads(
 
 
 #: ``floor_share`` of the two slowness models (module doc).
-FLOOR_SHARE = {"uniform": 1.0, "measured": 0.0}
+#: How much of a slow GPU's compute slowdown reaches its memory-bound floor: ``uniform`` all of it (the
+#: old assumption), ``measured`` none (a power-capped GPU runs its floor at the top clock below the cap),
+#: ``clock`` 0.3 (a GPU whose SM clock is held down at any load, by heat or a clock limit: the floor pays
+#: 0.07-0.63 of a clock loss, H100 clock probe, benchmarks/results/gpu-slowness-h100-2026-12-07/).
+FLOOR_SHARE = {"uniform": 1.0, "measured": 0.0, "clock": 0.3}
 
 
 def slowed_curve(seconds: np.ndarray, factor: float, floor_share: float = 1.0) -> np.ndarray:
@@ -69,6 +73,15 @@ def slowed_curve(seconds: np.ndarray, factor: float, floor_share: float = 1.0) -
     seconds = np.asarray(seconds, dtype=np.float64)
     floor = float(seconds.min())
     out: np.ndarray = floor * (1.0 + (factor - 1.0) * floor_share) + (seconds - floor) * factor
+    return out
+
+
+def unslowed_curve(seconds: np.ndarray, factor: float, floor_share: float = 1.0) -> np.ndarray:
+    """``slowed_curve``'s inverse: the curve before it was made ``factor`` times slower that way."""
+    seconds = np.asarray(seconds, dtype=np.float64)
+    slowed_floor = float(seconds.min())
+    floor = slowed_floor / (1.0 + (factor - 1.0) * floor_share)
+    out: np.ndarray = floor + (seconds - slowed_floor) / factor
     return out
 
 
