@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import given
@@ -31,6 +32,7 @@ from vibe.agent.profile import (
 from vibe.agent.shapes import DEFAULT_MODELS, TOKEN_GRID, ExpertShape
 from vibe.agent.simulate import reference_on_grid
 from vibe.agent.telemetry import GPUInfo, Sample, reason_mask
+from vibe.placement import slowed_curve
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -182,6 +184,10 @@ def test_relative_speed_of_the_reference_is_one_and_scales() -> None:
     assert relative_speed(curves) == pytest.approx(1.0, abs=1e-3)
     slow = [Curve(c.shape, c.tokens, tuple(x * 1.2 for x in c.seconds)) for c in curves]
     assert relative_speed(slow) == pytest.approx(1 / 1.2, abs=1e-3)
+    # A power-capped slow GPU: 1.5x slower in compute, its floor as fast as its peers' (measured). Over
+    # the whole grid (half of it floor points) it read 0.94; in the compute region it reads ~1/1.5.
+    capped = [Curve(c.shape, c.tokens, tuple(slowed_curve(np.asarray(c.seconds), 1.5, 0.0))) for c in curves]
+    assert relative_speed(capped) == pytest.approx(1 / 1.5, rel=0.06)
     odd = [Curve(ExpertShape(1024, 512, "fp8"), (1, 2), (1e-5, 2e-5))]
     assert relative_speed(odd) is not None  # other shapes: against the scaled reference
     assert relative_speed([]) is None

@@ -150,13 +150,23 @@ def isotonic(values: Sequence[float]) -> list[float]:
     return [m for m, w in blocks for _ in range(int(w))]
 
 
+#: A point is in a curve's compute region where the reference takes at least this many times its floor.
+COMPUTE_REGION = 2.0
+
+
 def relative_speed(curves: Iterable[Curve]) -> float | None:
-    """Reference-curve time / this GPU's time: median over points of each curve, median over curves.
+    """Reference-curve time / this GPU's time in the compute region: median over a curve's points where
+    the reference takes at least ``COMPUTE_REGION`` x its floor (all points where none does), median
+    over curves.
 
     The reference is the measured H100 curve of ``vibe.placement`` (steady state at the power cap), so
-    1.0 means "as fast as the nominal H100". Curves whose shape was measured for the reference (bf16
-    DeepSeek-V3, Qwen3-235B, Mixtral) are preferred; other shapes compare against a scaled reference,
-    which is only accurate to ~10 %, so they are used only when no measured shape was benchmarked.
+    1.0 means "as fast as the nominal H100". GPUs of one product differ where the power cap binds: the
+    memory-bound floor runs at the top clock below the cap on every GPU (H100 sweeps,
+    benchmarks/results/gpu-slowness-h100-2026-12-07/), so a median over the whole grid, half of it
+    floor points, hid a 1.5x slower GPU as 0.94. Curves whose shape was measured for the reference
+    (bf16 DeepSeek-V3, Qwen3-235B, Mixtral) are preferred; other shapes compare against a scaled
+    reference, which is only accurate to ~10 %, so they are used only when no measured shape was
+    benchmarked.
     """
     import numpy as np
 
@@ -169,7 +179,11 @@ def relative_speed(curves: Iterable[Curve]) -> float | None:
         if ref is None:
             continue
         inside, ref_s = ref
-        ratios.append(float(np.median(ref_s / np.asarray(c.seconds, dtype=float)[inside])))
+        own = np.asarray(c.seconds, dtype=float)[inside]
+        compute = ref_s >= COMPUTE_REGION * float(ref_s.min())
+        if not compute.any():
+            compute = np.ones_like(compute)
+        ratios.append(float(np.median(ref_s[compute] / own[compute])))
     return round(float(np.median(ratios)), 4) if ratios else None
 
 
