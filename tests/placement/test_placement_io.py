@@ -76,10 +76,14 @@ def test_fleet_forms():
                 {"id": "a/0", "node": "a", "tokens": t.tolist(), "seconds": s.tolist(), "uuid": "GPU-1"},
                 {"id": "a/1", "node": "a", "timeScale": 1.5},
                 {"id": "a/2", "node": "a", "roofline": {"floorSeconds": 4e-5, "secondsPerToken": 1.4e-7}},
+                {"id": "a/3", "node": "a", "timeScale": 1.5, "floorShare": 0},
             ],
         }
     )
-    assert fleet.ids == ["a/0", "a/1", "a/2"]
+    assert fleet.ids == ["a/0", "a/1", "a/2", "a/3"]
+    # a power-capped GPU: the floor as the reference's, the compute above it x1.5
+    assert fleet.gpus[3].seconds[0] == pytest.approx(s.min())
+    np.testing.assert_allclose(fleet.gpus[3].seconds - s.min(), (s - s.min()) * 1.5)
     assert fleet.gpus[0].uuid == "GPU-1"
     np.testing.assert_allclose(fleet.gpus[1].seconds, s * 1.5)
     assert fleet.gpus[2].seconds[0] == pytest.approx(4e-5, rel=1e-3)
@@ -124,6 +128,11 @@ def test_fleet_forms():
             {"gpus": [{"id": "a/0", "tokens": [1, 2], "seconds": [1, 2], "timeScale": -1}]},
             "InvalidCurve",
             "timeScale",
+        ),
+        (
+            {"gpus": [{"id": "a/0", "tokens": [1, 2], "seconds": [1, 2], "floorShare": 2}]},
+            "InvalidCurve",
+            "floorShare must be a number in [0, 1]",
         ),
     ],
 )

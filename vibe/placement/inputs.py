@@ -18,8 +18,11 @@ Fleet: ``{"gpus": [{"id", "node", "tokens": [...], "seconds": [...]}, ...]}`` in
 order. Instead of measured points a GPU may give ``"roofline": {"floorSeconds", "secondsPerToken"}`` or
 ``"reference": {"hiddenSize", "intermediateSize", "dtype"}`` (the H100 reference curve for that shape);
 a top-level ``"curve"`` / ``"roofline"`` / ``"reference"`` is the default for GPUs that give none.
-``"timeScale"`` (default 1) multiplies a GPU's seconds (as GPUProfile's drift.timeScale: 1.5 = 1.5x
-slower); ``"uuid"`` is carried into the placement file.
+``"timeScale"`` (default 1) makes a GPU that many times slower: its compute region (the curve above its
+floor) x timeScale and its memory-bound floor by ``"floorShare"`` (default 1: the whole curve) of that,
+as ``synthetic.slowed_curve`` (0: a power-capped GPU, measured; 0.3: a clock held down, as the agent
+publishes a GPUProfile's drift, whose curves already carry it); ``"uuid"`` is carried into the placement
+file.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from vibe.placement.curves import (
     roofline_curve,
 )
 from vibe.placement.errors import PlacementError, PlacementReason
+from vibe.placement.synthetic import slowed_curve
 
 #: Bounds of a JSON document read from a file or from an object a tenant or a node controls. Every
 #: input vibe reads is a few levels deep ({"loads": [steps][layers][experts]} is 4); a ConfigMap holds at
@@ -195,13 +199,17 @@ def read_fleet(obj: dict[str, Any]) -> Fleet:
             or not (np.isfinite(scale) and scale > 0)
         ):
             raise PlacementError("InvalidCurve", f"GPU {gid!r}: timeScale must be a positive number")
+        share = entry.get("floorShare", 1.0)
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise PlacementError("InvalidCurve", f"GPU {gid!r}: floorShare must be a number in [0, 1]")
         uuid = entry.get("uuid", "")
+        curve = as_vector(seconds, f"GPU {gid!r}: seconds")
         gpus.append(
             GPUCurve(
                 gid,
                 node,
                 tokens,
-                as_vector(seconds, f"GPU {gid!r}: seconds") * float(scale),
+                curve * float(scale) if share == 1 else slowed_curve(curve, float(scale), float(share)),
                 uuid=uuid if isinstance(uuid, str) else "",
             )
         )
