@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
-from operator_harness import Objects, OperatorProcess, running_operator
+from operator_harness import Objects, OperatorProcess
 
 from vibe.cluster.waiting import wait_for
-from vibe.crds.apply import apply_crds
 from vibe.placement.synthetic import skewed_loads
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -35,28 +34,8 @@ def loads_json(seed: int, mean: float = 512.0) -> str:
 
 
 @pytest.fixture(scope="module")
-def profile_ns(kube: Any) -> Any:
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube)
-    name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"vibe.dev/test": "true"}}})
-    apply_crds(kube)
-    yield name
-    core.delete_namespace(name)
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: Any, kube: Any, profile_ns: str) -> Any:
-    with running_operator(
-        cluster.kubeconfig, profile_ns, "--compute-processes", "1", "--resync", "600"
-    ) as op:
-        yield op
-
-
-@pytest.fixture
-def objs(kube: Any, namespace: str, profile_ns: str, operator: Any) -> Objects:
-    return Objects(kube, namespace, profile_ns, log=operator.tail)
+def operator_args() -> tuple[str, ...]:
+    return ("--compute-processes", "1", "--resync", "600")
 
 
 @pytest.fixture

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
-from operator_harness import Objects, running_operator
+from operator_harness import Objects
 
 from vibe import api, contract
 from vibe.cluster.waiting import wait_for
 from vibe.contract import content_hash
-from vibe.crds.apply import apply_crds
 from vibe.placement.synthetic import skewed_loads
 
 pytestmark = pytest.mark.cluster
@@ -40,29 +39,6 @@ METRICS = (
 
 def loads_json(seed: int, layers: int = 4, experts: int = 16, mean: float = 512.0) -> str:
     return json.dumps({"loads": skewed_loads(layers, experts, mean_tokens=mean, seed=seed).tolist()})
-
-
-@pytest.fixture(scope="module")
-def profile_ns(kube: Any) -> Any:
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube)
-    name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
-    yield name
-    core.delete_namespace(name)
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: Any, kube: Any, profile_ns: str) -> Any:
-    apply_crds(kube)
-    with running_operator(cluster.kubeconfig, profile_ns) as op:
-        yield op
-
-
-@pytest.fixture
-def objs(kube: Any, namespace: str, profile_ns: str, operator: Any) -> Objects:
-    return Objects(kube, namespace, profile_ns, log=operator.tail)
 
 
 @pytest.fixture

@@ -19,22 +19,9 @@ from operator_harness import Objects, OperatorProcess
 
 from vibe import api, contract
 from vibe.cluster.waiting import wait_for
-from vibe.crds.apply import apply_crds
 from vibe.placement.synthetic import skewed_loads
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def profile_ns(kube: Any) -> Any:
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube)
-    name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
-    apply_crds(kube)
-    yield name
-    core.delete_namespace(name)
 
 
 def _setup(kube: Any, namespace: str, profile_ns: str, gpu_nodes: Any, n_deployments: int) -> Objects:

@@ -21,11 +21,10 @@ from typing import Any
 import pytest
 from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, now_iso, profile_body
-from operator_harness import Objects, running_operator
+from operator_harness import Objects
 
-from vibe import api, contract
+from vibe import contract
 from vibe.agent.profile import build_lease
-from vibe.crds.apply import apply_crds
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -34,28 +33,17 @@ SETTLE = int(os.environ.get("VIBE_TEST_GPU_SETTLE", "10"))  # 30 (the default) t
 
 
 @pytest.fixture(scope="module")
-def profile_ns(kube: Any) -> Any:
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube)
-    name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
-    apply_crds(kube)
-    yield name
-    core.delete_namespace(name)
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: Any, kube: Any, profile_ns: str) -> Any:
-    args = ("--compute-processes", "1", "--resync", "600", "--profile-ttl", str(TTL),
-            "--gpu-settle", str(SETTLE))  # fmt: skip
-    with running_operator(cluster.kubeconfig, profile_ns, *args) as op:
-        yield op
-
-
-@pytest.fixture
-def objs(kube: Any, namespace: str, profile_ns: str, operator: Any) -> Objects:
-    return Objects(kube, namespace, profile_ns, log=operator.tail)
+def operator_args() -> tuple[str, ...]:
+    return (
+        "--compute-processes",
+        "1",
+        "--resync",
+        "600",
+        "--profile-ttl",
+        str(TTL),
+        "--gpu-settle",
+        str(SETTLE),
+    )
 
 
 @pytest.fixture

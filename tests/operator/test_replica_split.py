@@ -78,41 +78,6 @@ def test_the_default_split_keeps_the_placement_key():
 # ---- the API server and the operator (cluster)
 
 
-@pytest.fixture(scope="module")
-def crds(kube: Any) -> None:
-    from vibe.crds.apply import apply_crds
-
-    apply_crds(kube)
-
-
-@pytest.fixture(scope="module")
-def profile_ns(kube: Any) -> Any:
-    import uuid
-
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube)
-    name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
-    yield name
-    core.delete_namespace(name)
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: Any, kube: Any, profile_ns: str, crds: None) -> Any:
-    from operator_harness import running_operator
-
-    with running_operator(cluster.kubeconfig, profile_ns) as op:
-        yield op
-
-
-@pytest.fixture
-def objs(kube: Any, namespace: str, profile_ns: str, operator: Any) -> Any:
-    from operator_harness import Objects
-
-    return Objects(kube, namespace, profile_ns, log=operator.tail)
-
-
 @pytest.mark.cluster
 def test_an_unknown_split_is_refused_by_the_api_server(crds, kube, namespace):
     from kubernetes import client

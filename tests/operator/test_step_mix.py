@@ -113,13 +113,6 @@ def test_sglang_static_dispatch_on_gpus_it_cannot_lay_out_is_a_condition():
 # ---- the API server's validation (cluster)
 
 
-@pytest.fixture(scope="module")
-def crds(kube: Any) -> None:
-    from vibe.crds.apply import apply_crds
-
-    apply_crds(kube)
-
-
 def _create(kube: Any, namespace: str, body: dict) -> tuple[int, str]:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
@@ -177,34 +170,6 @@ def test_a_step_mix_gets_its_defaults(crds, kube, namespace):
 
 
 # ---- the operator end to end (cluster)
-
-
-@pytest.fixture(scope="module")
-def profile_ns(kube: Any) -> Any:
-    import uuid
-
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube)
-    name = f"vibe-prof-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {api.PREFIX + "test": "true"}}})
-    yield name
-    core.delete_namespace(name)
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: Any, kube: Any, profile_ns: str, crds: None) -> Any:
-    from operator_harness import running_operator
-
-    with running_operator(cluster.kubeconfig, profile_ns) as op:
-        yield op
-
-
-@pytest.fixture
-def objs(kube: Any, namespace: str, profile_ns: str, operator: Any) -> Any:
-    from operator_harness import Objects
-
-    return Objects(kube, namespace, profile_ns, log=operator.tail)
 
 
 @pytest.mark.cluster
