@@ -59,6 +59,7 @@ from vibe.placement.cost import sampled_gpu_times
 from vibe.placement.incremental import KNEE, MIN_GAIN
 from vibe.placement.routing import Routing, StepMix, sample_routing
 from vibe.placement.synthetic import h100_fleet, skewed_loads
+from vibe.simulate.report import t975
 
 MODELS = {
     "DeepSeek-V3": dict(layers=58, experts=256, shape=(7168, 2048)),
@@ -362,16 +363,14 @@ INCREMENTAL_MIXES = {"decode 8/GPU": ((8, 1.0),), "decode 64/GPU": ((64, 1.0),)}
 INCREMENTAL_SEEDS = (0, 1, 2, 3, 4)
 INCREMENTAL_BEGIN = "<!-- expected-incremental: begin -->"
 INCREMENTAL_END = "<!-- expected-incremental: end -->"
-#: Student t 97.5 % quantiles for 1..9 degrees of freedom.
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
 
 
 def _t_interval(xs: list[float]) -> tuple[float, float]:
     """Mean and 95 % half-width (Student t over the seeds)."""
     a = np.asarray(xs, dtype=np.float64)
-    if not 2 <= a.size <= len(T975):
+    if a.size < 2:
         return float(a.mean()), float("nan")
-    hw = float(T975[a.size - 2] * a.std(ddof=1) / a.size**0.5)
+    hw = float(t975(a.size - 1) * a.std(ddof=1) / a.size**0.5)
     return float(a.mean()), hw
 
 

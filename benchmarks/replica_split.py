@@ -41,6 +41,7 @@ import numpy as np
 from vibe.placement import evaluate, solve
 from vibe.placement.routing import StepMix, sample_routing
 from vibe.placement.synthetic import FLOOR_SHARE, h100_fleet, skewed_loads
+from vibe.simulate.report import t975
 
 MODELS = {
     "DeepSeek-V3": dict(layers=58, experts=256, shape=(7168, 2048)),
@@ -64,7 +65,6 @@ FLEETS = {
 SEEDS = 5
 BUDGET_S = 0.5
 MIX = "256:0.7,8192:0.3"
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447}  # t(0.975, n-1) by n - 1
 
 
 def pin_one_core() -> str:
@@ -80,7 +80,7 @@ def interval(xs: list[float]) -> str:
     m = statistics.fmean(xs)
     if len(xs) < 2:
         return f"{m:.3f}"
-    h = T95[len(xs) - 1] * statistics.stdev(xs) / len(xs) ** 0.5
+    h = t975(len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
     return f"{m:.3f} [{m - h:.3f}, {m + h:.3f}]"
 
 
