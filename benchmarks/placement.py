@@ -52,6 +52,7 @@ import sys
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 
 from vibe.placement import Fleet, GPUCurve, evaluate, replace_incremental, solve
@@ -62,8 +63,7 @@ from vibe.placement.synthetic import h100_fleet, skewed_loads
 from vibe.simulate.report import t975
 
 MODELS = {
-    "DeepSeek-V3": dict(layers=58, experts=256, shape=(7168, 2048)),
-    "Qwen3-235B": dict(layers=94, experts=128, shape=(4096, 1536)),
+    **common.MODELS,
     "Mixtral-8x7B": dict(layers=32, experts=8, shape=(4096, 14336)),
 }
 CONFIGS = [
@@ -79,14 +79,6 @@ CONFIGS = [
 ]
 REGIMES = {"decode": 100.0, "prefill": 2048.0}
 FLEETS = {"same": (0.0, 0), "4%": (0.04, 0), "8%+1.5x": (0.08, 1)}
-
-
-def pin_one_core() -> str:
-    if hasattr(os, "sched_setaffinity"):
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to CPU {cpu}"
-    return "not pinned (no sched_setaffinity)"
 
 
 def fleet_for(model: str, gpus: int, fleet: str) -> Fleet:
@@ -811,7 +803,7 @@ def main() -> None:
         help="only incremental re-placement under the expected objective (its own section of --out)",
     )
     args = ap.parse_args()
-    pinning = pin_one_core()
+    pinning = common.pin_one_core()
     env = {
         "command": " ".join([".venv/bin/python", "benchmarks/placement.py", *sys.argv[1:]]),
         "cpu": _cpu_name(),
