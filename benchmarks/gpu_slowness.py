@@ -103,30 +103,21 @@ class Sampler(threading.Thread):
         return self.rows[-1][1] if self.rows else 0.0
 
 
-def _graph(torch: Any, bank: Any, x: Any, calls: int) -> tuple[Any, str]:
-    """A CUDA graph of ``calls`` expert calls cycling the bank (or, where capture fails, an eager loop)."""
+def _graph(timer: Any, bank: Any, x: Any, calls: int) -> tuple[Any, str]:
+    """A CUDA graph of ``calls`` expert calls cycling the bank (the agent's ``layer_graph``), or, where
+    capture fails, an eager loop."""
+    from vibe.agent.bench import layer_graph
+
+    replay = layer_graph(timer, bank, x, calls)
+    if replay is not None:
+        return replay, "graph"
     experts = len(bank)
 
     def eager() -> None:
         for k in range(calls):
             bank(k % experts, x)
 
-    try:
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            eager()
-        torch.cuda.current_stream().wait_stream(s)
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            eager()
-        g.replay()
-        torch.cuda.synchronize()
-        return g.replay, "graph"
-    except Exception as e:  # capture not supported for this kernel: the eager loop (CPU may pace it)
-        torch.cuda.synchronize()
-        return eager, f"eager ({type(e).__name__})"
+    return eager, "eager"
 
 
 def _time_runs(torch: Any, run: Any, seconds: float) -> list[tuple[float, float]]:
@@ -193,7 +184,7 @@ def cmd_sweep(a: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
                 est = max(time.perf_counter() - t0, 5e-6)
                 calls = max(1, min(32, round(2e-3 / est)))
-                run, how = _graph(torch, bank, x, calls)
+                run, how = _graph(timer, bank, x, calls)
                 start = time.perf_counter()
                 runs = _time_runs(torch, run, a.point_s)
                 t_from = start + 0.4 * (runs[-1][0] - start)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,6 +77,31 @@ def _load(mount: Path, work: Path, **kw) -> ep.ServingPlacement:
     return ep.load_placement(mount, ep_size=G, num_experts=E, slots_per_rank=S, work_dir=work, **kw)
 
 
+def _checked_run(
+    placements: tuple[tuple[str, ep.ServingPlacement], ...],
+    loads: np.ndarray,
+    out: Path,
+    *,
+    tokens: int,
+    steps: int,
+    grouped: bool,
+) -> tuple[ep.RunConfig, list[dict[str, Any]]]:
+    """The placements run on G gloo ranks, every output checked against the dense reference."""
+    cfg = ep.RunConfig(
+        placements=placements,
+        loads=loads,
+        shape=SHAPE,
+        tokens=tokens,
+        backend="gloo",
+        init_method=f"tcp://127.0.0.1:{ep.free_port()}",
+        out_dir=str(out),
+        steps=steps,
+        check=True,
+        grouped=grouped,
+    )
+    return cfg, ep.launch(cfg)
+
+
 def test_placements_under_test_have_cross_rank_replicas(volumes, tmp_path):
     maps = {n: _load(m, tmp_path / n) for n, m in volumes.items()}
     assert len({m.phy2log.tobytes() for m in maps.values()}) == len(maps)  # four different placements
@@ -97,19 +123,14 @@ def test_ep_layer_equals_dense_reference(volumes, inputs, tmp_path, grouped):
         except (AttributeError, RuntimeError, NotImplementedError):
             pytest.skip("torch._grouped_mm does not run on this CPU build")
     placements = tuple((n, _load(m, tmp_path / "init" / n)) for n, m in volumes.items())
-    cfg = ep.RunConfig(
-        placements=placements,
-        loads=loads,
-        shape=SHAPE,
+    cfg, ranks = _checked_run(
+        placements,
+        loads,
+        tmp_path,
         tokens=ep.tokens_per_rank(loads, SHAPE.top_k, G),
-        backend="gloo",
-        init_method=f"tcp://127.0.0.1:{ep.free_port()}",
-        out_dir=str(tmp_path),
         steps=2,
-        check=True,
         grouped=grouped,
     )
-    ranks = ep.launch(cfg)
     assert [r["rank"] for r in ranks] == list(range(G))
     for r in ranks:
         assert set(r["placements"]) == set(volumes)
@@ -196,19 +217,14 @@ def test_weighted_dispatch_equals_dense_reference_and_follows_the_weights(inputs
     np.testing.assert_allclose(placement.replica_weights, result.placement.weights, atol=1e-8)
     unequal = placement.cumulative_shares()[1]
     assert unequal.any(), "the planner chose unequal shares somewhere"
-    cfg = ep.RunConfig(
-        placements=(("weighted", placement),),
-        loads=loads,
-        shape=SHAPE,
+    cfg, ranks = _checked_run(
+        (("weighted", placement),),
+        loads,
+        tmp_path,
         tokens=ep.tokens_per_rank(loads, SHAPE.top_k, G) * 4,
-        backend="gloo",
-        init_method=f"tcp://127.0.0.1:{ep.free_port()}",
-        out_dir=str(tmp_path),
         steps=3,
-        check=True,
         grouped=False,
     )
-    ranks = ep.launch(cfg)
     for r in ranks:
         p = r["placements"]["weighted"]
         assert p["refMaxAbs"] > 0.1 and p["maxAbsError"] < TOL, (r["rank"], p["maxAbsError"])

@@ -168,8 +168,6 @@ def relative_speed(curves: Iterable[Curve]) -> float | None:
     reference, which is only accurate to ~10 %, so they are used only when no measured shape was
     benchmarked.
     """
-    import numpy as np
-
     curves = list(curves)
     exact = _reference_shapes()
     use = [c for c in curves if c.shape.key in exact] or curves
@@ -197,8 +195,6 @@ def _reference_shapes() -> frozenset[tuple[int, int, str]]:
 @functools.lru_cache(maxsize=256)
 def _reference_at(key: tuple[int, int, str], tokens: tuple[int, ...]) -> tuple[Any, Any] | None:
     """(mask of ``tokens`` inside the reference's range, reference seconds there), interpolated in log n."""
-    import numpy as np
-
     from vibe.placement import reference_curve
 
     ref_t, ref_s = reference_curve(*key)

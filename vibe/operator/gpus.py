@@ -256,16 +256,17 @@ def within_capacity(
     cannot write): a profile claiming more is not believed at all, not trimmed to the first ones.
     """
     out = dict(profiles)
-    bad = []
+    nodes, bad = [], []
     for node, snap in profiles.items():
         cap = capacity.get(node)
         if cap is not None and len(snap.gpus) > cap:
             out[node] = replace(snap, gpus=())
+            nodes.append(node)
             bad.append(f"{node} ({len(snap.gpus)} GPUs, capacity {cap})")
     if not bad:
         return out, [], []
     note = f"GPUProfile(s) listing more GPUs than their Node's {resource} capacity are not used: {_few(bad)}"
-    return out, [note], [b.split(" ", 1)[0] for b in bad]
+    return out, [note], nodes
 
 
 def pod_snapshot(body: Mapping[str, Any]) -> PodSnapshot | None:

@@ -175,15 +175,16 @@ def _plan(
     # A cooldown in progress holds whatever changes meanwhile (loads every second, a GPU back): the
     # decision is taken again, on the inputs of that moment, when it ends. Re-evaluating each change
     # wrote status and posted a CooldownActive Event for every one (60 a minute).
+    gpus_changed = current.keys.gpus != keys.gpus
+    gone = _gone(current, res) if gpus_changed else set()  # read off placement.json once
     cooling = _cooling(prior_drift, now)
-    if cooling is not None and (current.keys.gpus == keys.gpus or not _gone(current, res)):
+    if cooling is not None and not gone:
         return Plan(NOTHING, COOLDOWN, "cooldown", summary=current.summary, drift=cooling,
                     retry_at=parse_time(cooling.get("retryAfter")))  # fmt: skip
 
     # 4. Other GPUs: re-place onto them now when a GPU in service is gone; when every one is still there
     #    (a GPU back, a pod moved), the change waits for the cooldown like any drift.
-    if current.keys.gpus != keys.gpus:
-        gone = _gone(current, res)
+    if gpus_changed:
         ready_at = (current.placed_at or now) + dt.timedelta(seconds=spec.drift.cooldown_seconds)
         if not gone and now < ready_at:
             msg = (
