@@ -130,13 +130,16 @@ class Group:
         if total <= 0:
             return 0.0
         ff, cf = self.floor_factor, self.compute_factor
-        ne = float(self.nonexpert.ranks(tokens, decode_reqs, decode_ctx, pairs, sampled, ff, cf).max())
-        ex, comm = table.step(total, float(tokens.max()), k, extend)
-        serial = ne + (ex + comm) * self.layer_scale + self.overhead_s
+
+        def serial() -> float:  # taken only where it may be the answer (not under overlap "on")
+            ne = float(self.nonexpert.ranks(tokens, decode_reqs, decode_ctx, pairs, sampled, ff, cf).max())
+            ex, comm = table.step(total, float(tokens.max()), k, extend)
+            return ne + (ex + comm) * self.layer_scale + self.overhead_s
+
         mode = table.comm.overlap
         spans = table.comm.num_gpus > table.comm.gpus_per_node
         if mode == "off" or (mode == "auto" and not spans) or tokens[tokens > 0].min() < 2:
-            return serial
+            return serial()
         ne_h = float(
             self.nonexpert.ranks(
                 tokens / 2, decode_reqs / 2, decode_ctx / 2, pairs / 2, sampled / 2, ff, cf
@@ -147,7 +150,7 @@ class Group:
         compute = ne_h + ex_h * self.layer_scale
         comm_2 = comm_h * self.layer_scale
         two = 2 * max(compute, comm_2) + min(compute, comm_2) / max(layers, 1) + self.overhead_s
-        return min(serial, two) if mode == "auto" else two
+        return min(serial(), two) if mode == "auto" else two
 
 
 @dataclass
