@@ -71,6 +71,7 @@ _EXPORTS = {
     "REPLICA_SPLITS": "split",
     "ReplicaSplit": "split",
     "choose_weights": "split",
+    "weighted_gpu_times": "split",
     "FLOOR_SHARE": "synthetic",
     "skewed_loads": "synthetic",
     "slowed_curve": "synthetic",
@@ -122,6 +123,7 @@ __all__ = [
     "solve",
     "token_balanced",
     "unslowed_curve",
+    "weighted_gpu_times",
     "with_replica_split",
 ]
 
@@ -172,5 +174,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         routing_from_flags,
         sample_routing,
     )
-    from vibe.placement.split import REPLICA_SPLITS, ReplicaSplit, choose_weights
+    from vibe.placement.split import REPLICA_SPLITS, ReplicaSplit, choose_weights, weighted_gpu_times
     from vibe.placement.synthetic import FLOOR_SHARE, skewed_loads, slowed_curve, unslowed_curve

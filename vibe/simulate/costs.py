@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from vibe.placement import CurveTable, bincount_rows, gpu_times_of
+from vibe.placement import CurveTable, bincount_rows, gpu_times_of, weighted_gpu_times
 from vibe.simulate.constants import value
 from vibe.simulate.models import PRESETS, ModelShape
 
@@ -419,7 +419,6 @@ class ExpertTable:
             if weights is None
             else np.tile(weights, (samples, 1))
         )
-        slot_gpu = np.arange(p) // slots_per_gpu
         q = np.minimum(shares * comm.top_k, 1.0)  # chance a token picks expert e
         self.expert_s = np.empty((samples, grid.size))
         self.recv = np.empty((samples, grid.size))
@@ -430,7 +429,7 @@ class ExpertTable:
             if weights is None:
                 gt = gpu_times_of(phy_k, counts, table, slots_per_gpu)  # [K*L, G]
             else:
-                gt = table(slot_gpu[None, :], per_slot).reshape(-1, g, slots_per_gpu).sum(axis=2)
+                gt = weighted_gpu_times(phy_k, counts, share, table, slots_per_gpu)
             self.expert_s[:, j] = gt.max(axis=1).reshape(samples, num_layers).sum(axis=1)
             received = per_slot.reshape(-1, g, slots_per_gpu).sum(axis=2).max(axis=1)  # [K*L]
             self.recv[:, j] = received.reshape(samples, num_layers).sum(axis=1)
