@@ -194,13 +194,13 @@ def _weighted(
         return phy, weights
     tb = token_balanced(loads, len(fleet), s)
     tb_w = choose_weights(tb, loads, table, s, routing=routing)
-    keep = np.ones(loads.shape[0], dtype=bool)
-    kinds = (
-        [(1.0, loads)] if routing is None else list(zip(routing.mix.weights, routing.mean_loads, strict=True))
-    )
-    mean_v = sum(w * weighted_gpu_times(phy, m, weights, table, s).max(axis=1) for w, m in kinds)
-    mean_tb = sum(w * weighted_gpu_times(tb, m, tb_w, table, s).max(axis=1) for w, m in kinds)
-    keep &= np.asarray(mean_v <= mean_tb * (1.0 + EPS_GUARD))
+
+    def mean_t(p: np.ndarray, w: np.ndarray) -> np.ndarray:
+        if routing is None:
+            return weighted_gpu_times(p, loads, w, table, s).max(axis=1)
+        return mean_load_layer_times(p, routing, table, s, weights=w)
+
+    keep = mean_t(phy, weights) <= mean_t(tb, tb_w) * (1.0 + EPS_GUARD)
     if routing is not None:
         exp_v = evaluate(Placement(phy, s, loads.shape[1], weights), loads, fleet, routing=routing)
         exp_tb = evaluate(Placement(tb, s, loads.shape[1], tb_w), loads, fleet, routing=routing)
