@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from vibe.cli import app
 from vibe.placement import evaluate
+from vibe.placement.curves import Fleet, GPUCurve, roofline_curve
 from vibe.placement.routing import StepMix, sample_routing
 from vibe.simulate.engine import EngineConfig
 from vibe.simulate.models import from_hf_config
@@ -28,13 +29,37 @@ TINY_CONFIG = {
     "vocab_size": 1000,
 }
 
+#: The GPUs' slowdowns, the same in the fleets built here and written for the command.
+FACTORS = [1, 1.1, 1.05, 1.5]
+
+
+def _loads() -> np.ndarray:
+    return np.exp(np.random.default_rng(1).standard_normal((4, 8)))
+
+
+def _fleet(factors: list[float]) -> Fleet:
+    t, s = roofline_curve(20e-6, 0.2e-6)
+    return Fleet(tuple(GPUCurve(f"n/{i}", "n", t, s * f) for i, f in enumerate(factors)))
+
+
+def _command(tmp_path: Path, loads: np.ndarray) -> list[str]:
+    """``vibe simulate`` on the tiny model, these loads and a FACTORS fleet (written to tmp_path)."""
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    (tmp_path / "loads.json").write_text(json.dumps({"loads": loads.round(3).tolist()}))
+    fl = {"roofline": {"floorSeconds": 20e-6, "secondsPerToken": 0.2e-6}}
+    fl["gpus"] = [{"id": f"n/{i}", "node": "n", "timeScale": FACTORS[i]} for i in range(4)]
+    (tmp_path / "fleet.json").write_text(json.dumps(fl))
+    return [
+        "simulate", "--loads", str(tmp_path / "loads.json"),
+        "--fleet", str(tmp_path / "fleet.json"), "-s", "3",
+        "--model", str(tmp_path / "config.json"), "--rates", "2", "--requests", "30",
+        "--prompt-tokens", "200", "--output-tokens", "10", "--chunk-tokens", "512", "--max-running", "32",
+    ]  # fmt: skip
+
 
 def test_the_policies_are_priced_by_the_expected_objective() -> None:
-    from vibe.placement.curves import Fleet, GPUCurve, roofline_curve
-
-    t, s = roofline_curve(20e-6, 0.2e-6)
-    fleet = Fleet(tuple(GPUCurve(f"n/{i}", "n", t, s * f) for i, f in enumerate([1, 1.1, 1.05, 1.5])))
-    loads = np.exp(np.random.default_rng(1).standard_normal((4, 8)))
+    fleet = _fleet(FACTORS)
+    loads = _loads()
     spec = GroupSpec("colocated", loads, fleet, 3, plan_step_mix="4:0.8,256:0.2")
     settings = Settings(
         from_hf_config(TINY_CONFIG), (spec,), engine=EngineConfig(chunk_tokens=512, max_running=32)
@@ -51,18 +76,7 @@ def test_the_policies_are_priced_by_the_expected_objective() -> None:
 
 
 def test_the_command_takes_the_step_mix(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
-    loads = np.exp(np.random.default_rng(1).standard_normal((4, 8))).round(3)
-    (tmp_path / "loads.json").write_text(json.dumps({"loads": loads.tolist()}))
-    fl = {"roofline": {"floorSeconds": 20e-6, "secondsPerToken": 0.2e-6}}
-    fl["gpus"] = [{"id": f"n/{i}", "node": "n", "timeScale": [1, 1.1, 1.05, 1.5][i]} for i in range(4)]
-    (tmp_path / "fleet.json").write_text(json.dumps(fl))
-    base = [
-        "simulate", "--loads", str(tmp_path / "loads.json"),
-        "--fleet", str(tmp_path / "fleet.json"), "-s", "3",
-        "--model", str(tmp_path / "config.json"), "--rates", "2", "--requests", "30",
-        "--prompt-tokens", "200", "--output-tokens", "10", "--chunk-tokens", "512", "--max-running", "32",
-    ]  # fmt: skip
+    base = _command(tmp_path, _loads())
     res = CliRunner().invoke(app, [*base, "--step-mix", "32:0.8,1024:0.2"])
     assert res.exit_code == 0, res.output
     bad = CliRunner().invoke(app, [*base, "--step-mix", "32:"])
@@ -73,12 +87,10 @@ def test_the_command_takes_the_step_mix(tmp_path: Path) -> None:
 def test_the_weighted_replica_split_is_simulated_with_the_placements_weights(tmp_path: Path) -> None:
     """--replica-split weighted: each policy's placement carries weights, the simulator's expert table
     splits each expert's tokens by them (equal to even where the weights are even), and the JSON says so."""
-    from vibe.placement.curves import Fleet, GPUCurve, roofline_curve
     from vibe.placement.engine import solve
 
-    t, s = roofline_curve(20e-6, 0.2e-6)
-    fleet = Fleet(tuple(GPUCurve(f"n/{i}", "n", t, s * f) for i, f in enumerate([1, 1.1, 1.05, 1.5])))
-    loads = np.exp(np.random.default_rng(1).standard_normal((4, 8)))
+    fleet = _fleet(FACTORS)
+    loads = _loads()
     spec = GroupSpec("colocated", loads, fleet, 3, plan_tokens=4096)
     engine = EngineConfig(chunk_tokens=512, max_running=32)
     model = from_hf_config(TINY_CONFIG)
@@ -95,19 +107,8 @@ def test_the_weighted_replica_split_is_simulated_with_the_placements_weights(tmp
     table = weighted.table(spec, res.placement, fleet, 0)
     plain = even.table(spec, solve(plan, fleet, 3, "token-balanced").placement, fleet, 0)
     assert table.mean(4096)[0] < plain.mean(4096)[0]
-    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
-    (tmp_path / "loads.json").write_text(json.dumps({"loads": loads.round(3).tolist()}))
-    fl = {"roofline": {"floorSeconds": 20e-6, "secondsPerToken": 0.2e-6}}
-    fl["gpus"] = [{"id": f"n/{i}", "node": "n", "timeScale": [1, 1.1, 1.05, 1.5][i]} for i in range(4)]
-    (tmp_path / "fleet.json").write_text(json.dumps(fl))
     out = tmp_path / "out.json"
-    args = [
-        "simulate", "--loads", str(tmp_path / "loads.json"),
-        "--fleet", str(tmp_path / "fleet.json"), "-s", "3",
-        "--model", str(tmp_path / "config.json"), "--rates", "2", "--requests", "30",
-        "--prompt-tokens", "200", "--output-tokens", "10", "--chunk-tokens", "512", "--max-running", "32",
-        "--replica-split", "weighted", "--output", str(out),
-    ]  # fmt: skip
+    args = [*_command(tmp_path, loads), "--replica-split", "weighted", "--output", str(out)]
     res2 = CliRunner().invoke(app, args)
     assert res2.exit_code == 0, res2.output
     assert json.loads(out.read_text())["settings"]["replicaSplit"] == "weighted"
@@ -116,13 +117,11 @@ def test_the_weighted_replica_split_is_simulated_with_the_placements_weights(tmp
 def test_a_replacement_after_drift_chooses_by_the_expected_objective() -> None:
     """vibe+replace with a plan step mix re-places as the operator does: by the expected objective."""
     from vibe.placement import replace_incremental
-    from vibe.placement.curves import Fleet, GPUCurve, roofline_curve
     from vibe.placement.engine import solve
     from vibe.simulate.simulator import REPLACE, DriftEvent, slowed
 
-    t, s = roofline_curve(20e-6, 0.2e-6)
-    fleet = Fleet(tuple(GPUCurve(f"n/{i}", "n", t, s * f) for i, f in enumerate([1, 1.1, 1.05, 1.0])))
-    loads = np.exp(np.random.default_rng(1).standard_normal((4, 8)))
+    fleet = _fleet([1, 1.1, 1.05, 1.0])
+    loads = _loads()
     spec = GroupSpec("colocated", loads, fleet, 3, plan_step_mix="4:0.8,256:0.2")
     settings = Settings(
         from_hf_config(TINY_CONFIG),
