@@ -52,6 +52,7 @@ import sys
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 
 from vibe.placement import Fleet, GPUCurve, evaluate, replace_incremental, solve
@@ -59,10 +60,10 @@ from vibe.placement.cost import sampled_gpu_times
 from vibe.placement.incremental import KNEE, MIN_GAIN
 from vibe.placement.routing import Routing, StepMix, sample_routing
 from vibe.placement.synthetic import h100_fleet, skewed_loads
+from vibe.simulate.report import t975
 
 MODELS = {
-    "DeepSeek-V3": dict(layers=58, experts=256, shape=(7168, 2048)),
-    "Qwen3-235B": dict(layers=94, experts=128, shape=(4096, 1536)),
+    **common.MODELS,
     "Mixtral-8x7B": dict(layers=32, experts=8, shape=(4096, 14336)),
 }
 CONFIGS = [
@@ -78,14 +79,6 @@ CONFIGS = [
 ]
 REGIMES = {"decode": 100.0, "prefill": 2048.0}
 FLEETS = {"same": (0.0, 0), "4%": (0.04, 0), "8%+1.5x": (0.08, 1)}
-
-
-def pin_one_core() -> str:
-    if hasattr(os, "sched_setaffinity"):
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to CPU {cpu}"
-    return "not pinned (no sched_setaffinity)"
 
 
 def fleet_for(model: str, gpus: int, fleet: str) -> Fleet:
@@ -362,16 +355,14 @@ INCREMENTAL_MIXES = {"decode 8/GPU": ((8, 1.0),), "decode 64/GPU": ((64, 1.0),)}
 INCREMENTAL_SEEDS = (0, 1, 2, 3, 4)
 INCREMENTAL_BEGIN = "<!-- expected-incremental: begin -->"
 INCREMENTAL_END = "<!-- expected-incremental: end -->"
-#: Student t 97.5 % quantiles for 1..9 degrees of freedom.
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
 
 
 def _t_interval(xs: list[float]) -> tuple[float, float]:
     """Mean and 95 % half-width (Student t over the seeds)."""
     a = np.asarray(xs, dtype=np.float64)
-    if not 2 <= a.size <= len(T975):
+    if a.size < 2:
         return float(a.mean()), float("nan")
-    hw = float(T975[a.size - 2] * a.std(ddof=1) / a.size**0.5)
+    hw = float(t975(a.size - 1) * a.std(ddof=1) / a.size**0.5)
     return float(a.mean()), hw
 
 
@@ -812,7 +803,7 @@ def main() -> None:
         help="only incremental re-placement under the expected objective (its own section of --out)",
     )
     args = ap.parse_args()
-    pinning = pin_one_core()
+    pinning = common.pin_one_core()
     env = {
         "command": " ".join([".venv/bin/python", "benchmarks/placement.py", *sys.argv[1:]]),
         "cpu": _cpu_name(),

@@ -29,7 +29,6 @@ each placement priced on 64 held-out sampled routings per kind (another seed).
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -37,15 +36,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import MODELS, pin_one_core
 
 from vibe.placement import evaluate, solve
 from vibe.placement.routing import StepMix, sample_routing
 from vibe.placement.synthetic import FLOOR_SHARE, h100_fleet, skewed_loads
+from vibe.simulate.report import t975
 
-MODELS = {
-    "DeepSeek-V3": dict(layers=58, experts=256, shape=(7168, 2048)),
-    "Qwen3-235B": dict(layers=94, experts=128, shape=(4096, 1536)),
-}
 INSTANCES = [
     ("DeepSeek-V3", 8, 36),
     ("DeepSeek-V3", 32, 9),
@@ -64,15 +61,6 @@ FLEETS = {
 SEEDS = 5
 BUDGET_S = 0.5
 MIX = "256:0.7,8192:0.3"
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447}  # t(0.975, n-1) by n - 1
-
-
-def pin_one_core() -> str:
-    if hasattr(os, "sched_setaffinity"):
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to CPU {cpu}"
-    return "not pinned (no sched_setaffinity)"
 
 
 def interval(xs: list[float]) -> str:
@@ -80,7 +68,7 @@ def interval(xs: list[float]) -> str:
     m = statistics.fmean(xs)
     if len(xs) < 2:
         return f"{m:.3f}"
-    h = T95[len(xs) - 1] * statistics.stdev(xs) / len(xs) ** 0.5
+    h = t975(len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
     return f"{m:.3f} [{m - h:.3f}, {m + h:.3f}]"
 
 

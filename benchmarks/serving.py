@@ -550,6 +550,16 @@ def item8() -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), data
 
 
+def _drift(ax: Any, d5: dict[str, Any]) -> None:
+    """Item 5's P90 TTFT timelines on ``ax``: each policy, vibe+replace with a restart, the drift's time."""
+    for p, r in d5["moves"]["runs"].items():
+        ax.plot(r["timeline"]["t_s"], r["timeline"]["ttft_p90_s"], label=p)
+    r = d5["restart"]["runs"]["vibe+replace"]
+    ax.plot(r["timeline"]["t_s"], r["timeline"]["ttft_p90_s"], label="vibe+replace (restart)", ls=":")
+    ax.axvline(d5["at_s"], color="red", lw=0.8, ls="--")
+    ax.set_yscale("log")
+
+
 def figures(data: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -602,12 +612,7 @@ def figures(data: dict[str, Any], path: Path) -> None:
     ax = axes[2]
     d5 = data.get("5")
     if d5:
-        for p, r in d5["moves"]["runs"].items():
-            ax.plot(r["timeline"]["t_s"], r["timeline"]["ttft_p90_s"], label=p)
-        r = d5["restart"]["runs"]["vibe+replace"]
-        ax.plot(r["timeline"]["t_s"], r["timeline"]["ttft_p90_s"], label="vibe+replace (restart)", ls=":")
-        ax.axvline(d5["at_s"], color="red", lw=0.8, ls="--")
-        ax.set_yscale("log")
+        _drift(ax, d5)
     ax.set_title("drift: one GPU 1.4x slower (red line)")
     ax.set_xlabel("arrival time (s)")
     ax.set_ylabel("P90 TTFT (s), 20 s windows")
@@ -617,12 +622,7 @@ def figures(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
     if d5:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for p, r in d5["moves"]["runs"].items():
-            ax.plot(r["timeline"]["t_s"], r["timeline"]["ttft_p90_s"], label=p)
-        r = d5["restart"]["runs"]["vibe+replace"]
-        ax.plot(r["timeline"]["t_s"], r["timeline"]["ttft_p90_s"], label="vibe+replace (restart)", ls=":")
-        ax.axvline(d5["at_s"], color="red", lw=0.8, ls="--")
-        ax.set_yscale("log")
+        _drift(ax, d5)
         ax.set_xlabel("arrival time (s)")
         ax.set_ylabel("P90 TTFT (s)")
         ax.legend(fontsize=8)

@@ -310,3 +310,69 @@ def agent_pod_on(core: Any, namespace: str, node: str, timeout: float = 60) -> A
         return pods[0] if pods else None
 
     return wait_for(pod, timeout=timeout, what=f"the agent's pod on {node}")
+
+
+def pod_bound_client(kube: Any, cluster: Any, namespace: str, sa: str, pod: Any, path: Path) -> Any:
+    """An ApiClient authenticating with a token bound to ``pod`` (as the kubelet projects it)."""
+    from kubernetes import client, config
+
+    token = (
+        client.CoreV1Api(kube)
+        .create_namespaced_service_account_token(
+            sa,
+            namespace,
+            {
+                "spec": {
+                    "expirationSeconds": 3600,
+                    "boundObjectRef": {
+                        "kind": "Pod",
+                        "apiVersion": "v1",
+                        "name": pod.metadata.name,
+                        "uid": pod.metadata.uid,
+                    },
+                }
+            },
+        )
+        .status.token
+    )
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"][:1],
+        "users": [{"name": "agent", "user": {"token": token}}],
+        "contexts": [
+            {"name": "agent", "context": {"cluster": admin["clusters"][0]["name"], "user": "agent"}}
+        ],
+        "current-context": "agent",
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return config.new_client_from_config(config_file=str(path))
+
+
+def refused(call: Any, *args: Any, **kwargs: Any) -> str:
+    """The API server's refusal message (403), failing the test when the call is allowed."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        call(*args, **kwargs)
+    except ApiException as e:
+        assert e.status == 403, f"expected 403, got {e.status}: {e.body}"
+        return str(e.body)
+    raise AssertionError(f"{getattr(call, '__name__', call)} was allowed")
+
+
+def wait_enforced(what: str, call: Any, *args: Any, **kwargs: Any) -> None:
+    """The API server loads a new policy asynchronously: wait until a dry run of ``call`` is refused."""
+    from kubernetes.client.exceptions import ApiException
+
+    from vibe.cluster.waiting import wait_for
+
+    def enforced() -> bool:
+        try:
+            call(*args, dry_run="All", **kwargs)
+        except ApiException as e:
+            return e.status == 403
+        return False
+
+    wait_for(enforced, timeout=30, interval=0.5, what=what)

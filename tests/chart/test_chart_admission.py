@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_helpers import CHART, Helm, agent_pod_on, leftovers
-from test_chart_node_restriction import pod_bound_client, refused
+from chart_helpers import CHART, Helm, agent_pod_on, leftovers, pod_bound_client, refused, wait_enforced
 
 from vibe import api
 from vibe.cluster.identity import service_account_kubeconfig
@@ -40,20 +39,6 @@ def _event(name: str, namespace: str, involved: dict[str, str]) -> dict[str, Any
         "message": "m",
         "type": "Normal",
     }
-
-
-def _wait_enforced(call: Any, *args: Any, **kwargs: Any) -> None:
-    """The API server loads a new policy asynchronously: wait until a dry run of ``call`` is refused."""
-    from kubernetes.client.exceptions import ApiException
-
-    def enforced() -> bool:
-        try:
-            call(*args, dry_run="All", **kwargs)
-        except ApiException as e:
-            return e.status == 403
-        return False
-
-    wait_for(enforced, timeout=30, interval=0.5, what="the chart's admission policies in force")
 
 
 def test_the_operator_writes_only_status_its_metadata_and_its_placements(
@@ -96,7 +81,8 @@ def test_the_operator_writes_only_status_its_metadata_and_its_placements(
                 G, V, namespace, api.MOEDEPLOYMENT_PLURAL, "tenant", p
             )
 
-        _wait_enforced(
+        wait_enforced(
+            "the chart's admission policies in force",
             custom.patch_namespaced_custom_object, G, V, namespace, api.MOEDEPLOYMENT_PLURAL, "tenant",
             {"spec": {"gpus": {"count": 64}}},
         )  # fmt: skip
@@ -206,7 +192,9 @@ def test_an_agent_posts_events_only_about_its_own_nodes_profile(
         agent = client.CoreV1Api(pod_bound_client(kube, cluster, namespace, sa, pod, tmp_path / "a"))
         profile = {"apiVersion": api.API_VERSION, "kind": api.GPUPROFILE_KIND}
         theirs = _event(node_b, namespace, {**profile, "name": node_b})
-        _wait_enforced(agent.create_namespaced_event, namespace, theirs)
+        wait_enforced(
+            "the chart's admission policies in force", agent.create_namespaced_event, namespace, theirs
+        )
         msg = refused(agent.create_namespaced_event, namespace, theirs)
         assert f"the vibe agent on node {node_a} may post Events only about its own GPUProfile" in msg
         node = {"apiVersion": "v1", "kind": "Node", "name": node_b}

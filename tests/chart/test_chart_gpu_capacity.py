@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_helpers import CHART, Helm, agent_pod_on, leftovers
-from test_chart_node_restriction import pod_bound_client, refused
+from chart_helpers import CHART, Helm, agent_pod_on, leftovers, pod_bound_client, refused, wait_enforced
 
-from vibe.cluster.waiting import wait_for
 from vibe.placement.curves import reference_curve
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -44,7 +42,6 @@ def test_an_agent_cannot_publish_more_gpus_than_its_node_reports(
     cluster: Any, kube: Any, helm: Helm, namespace: str, gpu_nodes: Any, tmp_path: Path
 ) -> None:
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
     h = helm.with_env(cluster.env())
     (node,) = gpu_nodes(1, gpus_per_node=2)
@@ -58,16 +55,10 @@ def test_an_agent_cannot_publish_more_gpus_than_its_node_reports(
         custom = client.CustomObjectsApi(pod_bound_client(kube, cluster, namespace, sa, pod, tmp_path / "a"))
         too_many = profile(node, namespace, 3)
 
-        def enforced() -> bool:
-            try:
-                custom.create_namespaced_custom_object(
-                    G, V, namespace, "gpuprofiles", too_many, dry_run="All"
-                )
-            except ApiException as e:
-                return e.status == 403
-            return False
-
-        wait_for(enforced, timeout=30, interval=0.5, what="the GPU capacity policy in force")
+        wait_enforced(
+            "the GPU capacity policy in force",
+            custom.create_namespaced_custom_object, G, V, namespace, "gpuprofiles", too_many,
+        )  # fmt: skip
         msg = refused(custom.create_namespaced_custom_object, G, V, namespace, "gpuprofiles", too_many)
         assert f"GPUProfile {node} lists 3 GPUs but Node {node} reports 2" in msg, msg
         # As many as the Node has: admitted; then an update to more: refused.

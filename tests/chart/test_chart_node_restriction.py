@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from chart_helpers import CHART, Helm, leftovers
+from chart_helpers import CHART, Helm, leftovers, pod_bound_client, refused, wait_enforced
 
 from vibe.agent.profile import build_lease, build_profile
 from vibe.agent.publish import KubePublisher
@@ -25,56 +24,6 @@ from vibe.cluster.waiting import wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 G, V = "vibe.dev", "v1alpha1"
-
-
-def pod_bound_client(kube: Any, cluster: Any, namespace: str, sa: str, pod: Any, path: Path) -> Any:
-    """An ApiClient authenticating with a token bound to ``pod`` (as the kubelet projects it)."""
-    from kubernetes import client, config
-
-    token = (
-        client.CoreV1Api(kube)
-        .create_namespaced_service_account_token(
-            sa,
-            namespace,
-            {
-                "spec": {
-                    "expirationSeconds": 3600,
-                    "boundObjectRef": {
-                        "kind": "Pod",
-                        "apiVersion": "v1",
-                        "name": pod.metadata.name,
-                        "uid": pod.metadata.uid,
-                    },
-                }
-            },
-        )
-        .status.token
-    )
-    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": admin["clusters"][:1],
-        "users": [{"name": "agent", "user": {"token": token}}],
-        "contexts": [
-            {"name": "agent", "context": {"cluster": admin["clusters"][0]["name"], "user": "agent"}}
-        ],
-        "current-context": "agent",
-    }
-    path.write_text(yaml.safe_dump(doc))
-    return config.new_client_from_config(config_file=str(path))
-
-
-def refused(call: Any, *args: Any, **kwargs: Any) -> str:
-    """The API server's refusal message (403), failing the test when the call is allowed."""
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        call(*args, **kwargs)
-    except ApiException as e:
-        assert e.status == 403, f"expected 403, got {e.status}: {e.body}"
-        return str(e.body)
-    raise AssertionError(f"{getattr(call, '__name__', call)} was allowed")
 
 
 def test_an_agent_writes_only_its_own_nodes_profile_and_lease(
@@ -114,17 +63,10 @@ def test_an_agent_writes_only_its_own_nodes_profile_and_lease(
         evil = build_profile("evil-node", namespace, [])
         evil["spec"]["nodeName"] = node_b
 
-        def enforced() -> bool:
-            """The API server loads a new policy asynchronously: wait until a dry run is refused."""
-            from kubernetes.client.exceptions import ApiException
-
-            try:
-                custom_a.create_namespaced_custom_object(G, V, namespace, "gpuprofiles", evil, dry_run="All")
-            except ApiException as e:
-                return e.status == 403
-            return False
-
-        wait_for(enforced, timeout=30, interval=0.5, what="the node restriction policy in force")
+        wait_enforced(
+            "the node restriction policy in force",
+            custom_a.create_namespaced_custom_object, G, V, namespace, "gpuprofiles", evil,
+        )  # fmt: skip
         msg = refused(custom_a.create_namespaced_custom_object, G, V, namespace, "gpuprofiles", evil)
         assert f"vibe agent on node {node_a} may write only the GPUProfile and Lease named {node_a}" in msg
         msg = refused(pub_a.apply, build_profile(node_b, namespace, []))  # B's own profile

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_helpers import CHART, Helm, kubectl, leftovers
+from chart_helpers import CHART, Helm, agent_pod_on, kubectl, leftovers
 
 from vibe.cluster.waiting import wait_for
 
@@ -78,16 +78,8 @@ def test_install_from_the_packaged_tgz(
         status = h.run("status", release, "--namespace", namespace).stdout
         assert "STATUS: deployed" in status
 
-        def agent_pod() -> Any:
-            pods = core.list_namespaced_pod(
-                namespace,
-                label_selector="app.kubernetes.io/component=agent",
-                field_selector=f"spec.nodeName={node}",
-            ).items
-            return pods[0] if pods else None
-
         try:
-            pod = wait_for(agent_pod, timeout=60, what=f"the agent's pod on {node}")
+            pod = agent_pod_on(core, namespace, node)
         except TimeoutError:
             events = kubectl(
                 cluster, "get", "events", "-n", namespace, "-o", "custom-columns=R:.reason,M:.message"
