@@ -1,4 +1,5 @@
-"""Helpers for the serving tests: a small placement ConfigMap and a kubelet-like volume writer.
+"""Helpers for the serving tests: a small placement ConfigMap, a kubelet-like volume writer, and the
+``--flag=value`` reader the examples' tests share.
 
 The small model: 8 routed experts, 3 MoE layers after 1 dense layer (engine counts 4 layers), 4 GPUs
 with 3 slots each = 12 physical slots, so 4 redundant experts.
@@ -66,6 +67,16 @@ def settings(**kw) -> EngineSettings:
     }
     base.update(kw)
     return EngineSettings(**base)
+
+
+def flags(command: list[str]) -> dict[str, str]:
+    """``--flag[=value]`` arguments of a container command line -> value ("" for a bare flag)."""
+    out = {}
+    for arg in command:
+        if arg.startswith("--"):
+            key, _, value = arg.partition("=")
+            out[key] = value
+    return out
 
 
 class KubeletVolume:

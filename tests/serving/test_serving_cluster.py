@@ -21,6 +21,20 @@ from vibe.serving.errors import ServingError
 pytestmark = pytest.mark.cluster
 
 
+def moedeployment(name: str, serving: dict) -> dict:
+    """A small MoEDeployment (2 layers x 8 experts on 4 GPUs x 2 slots) with ``spec.serving``."""
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.MOEDEPLOYMENT_KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"layers": 2, "experts": 8, "topK": 2, "hiddenSize": 64, "expertIntermediateSize": 32},
+            "gpus": {"nodeSelector": {"pool": "none"}, "count": 4, "slotsPerGPU": 2},
+            "serving": serving,
+        },
+    }
+
+
 def deployment(name: str) -> dict:
     labels = {"app": name}
     return {
@@ -225,16 +239,7 @@ def test_sidecar_takes_its_policy_from_the_moedeployment(kube_api, namespace: st
 
     apply_crds(kube_api)
     custom = client.CustomObjectsApi(kube_api)
-    body = {
-        "apiVersion": api.API_VERSION,
-        "kind": api.MOEDEPLOYMENT_KIND,
-        "metadata": {"name": "dsv3"},
-        "spec": {
-            "model": {"layers": 2, "experts": 8, "topK": 2, "hiddenSize": 64, "expertIntermediateSize": 32},
-            "gpus": {"nodeSelector": {"pool": "none"}, "count": 4, "slotsPerGPU": 2},
-            "serving": {"onUpdate": "http"},
-        },
-    }
+    body = moedeployment("dsv3", {"onUpdate": "http"})
     body["spec"]["serving"]["endpoint"] = "ftp://127.0.0.1:9/expert-location"
     with pytest.raises(ApiException) as refused:  # neither a path nor an http(s) URL: the API server says no
         custom.create_namespaced_custom_object(
@@ -316,22 +321,7 @@ def test_the_spec_cannot_steer_where_the_sidecar_sends_its_token(
     try:
         core = client.CoreV1Api(kube_api)
         custom = client.CustomObjectsApi(kube_api)
-        body = {
-            "apiVersion": api.API_VERSION,
-            "kind": api.MOEDEPLOYMENT_KIND,
-            "metadata": {"name": "dsv3"},
-            "spec": {
-                "model": {
-                    "layers": 2,
-                    "experts": 8,
-                    "topK": 2,
-                    "hiddenSize": 64,
-                    "expertIntermediateSize": 32,
-                },
-                "gpus": {"nodeSelector": {"pool": "none"}, "count": 4, "slotsPerGPU": 2},
-                "serving": {"onUpdate": "http", "endpoint": f"{elsewhere.url}/collect"},
-            },
-        }
+        body = moedeployment("dsv3", {"onUpdate": "http", "endpoint": f"{elsewhere.url}/collect"})
         custom.create_namespaced_custom_object(
             api.GROUP, api.VERSION, namespace, api.MOEDEPLOYMENT_PLURAL, body
         )

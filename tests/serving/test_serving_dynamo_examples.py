@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from serving_helpers import flags
 
 from vibe import api
 from vibe.contract import ANNOTATION_PLACEMENT_GENERATION
@@ -41,15 +42,6 @@ DGD_FILES = {"sglang": DYNAMO / "dgd-sglang.yaml", "trtllm": DYNAMO / "dgd-trtll
 # SGLang's own server flags through).
 ENGINE_FILE_FLAG = {"sglang": "--init-expert-location", "trtllm": "--extra-engine-args"}
 EP_FLAG = {"sglang": "--ep-size", "trtllm": "--expert-parallel-size"}
-
-
-def flags(command: list[str]) -> dict[str, str]:
-    out = {}
-    for arg in command:
-        if arg.startswith("--"):
-            key, _, value = arg.partition("=")
-            out[key] = value
-    return out
 
 
 def load(path: Path) -> list[dict]:

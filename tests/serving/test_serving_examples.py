@@ -6,17 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from serving_helpers import flags
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "sglang"
-
-
-def flags(command: list[str]) -> dict[str, str]:
-    out = {}
-    for arg in command:
-        if arg.startswith("--"):
-            key, _, value = arg.partition("=")
-            out[key] = value
-    return out
 
 
 @pytest.fixture(scope="module")

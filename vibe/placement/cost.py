@@ -294,8 +294,8 @@ def expected_layer_times(
     gpus_per_node: int | None = None,
 ) -> np.ndarray:
     """[L] each layer's expected time under the expected objective (no validation: internal)."""
-    sampled = sampled_gpu_times(phy2log, routing, table, slots_per_gpu, gpus_per_node=gpus_per_node)
-    return np.asarray(np.tensordot(routing.weights, sampled.max(axis=2), axes=1))
+    sampled = sampled_layer_times(phy2log, routing, table, slots_per_gpu, gpus_per_node=gpus_per_node)
+    return np.asarray(np.tensordot(routing.weights, sampled, axes=1))
 
 
 def sampled_layer_times(

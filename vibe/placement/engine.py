@@ -356,8 +356,13 @@ def vibe_expected(
         cands.append(phy)
         converged &= ok
 
+    prices: list[tuple[np.ndarray, np.ndarray]] = []  # each candidate's, priced once for all picks
+
     def pick(cands: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        return choose_layers(cands, routing, table, s, gpus_per_node=per_node)
+        prices.extend(
+            layer_prices(c, routing, table, s, gpus_per_node=per_node) for c in cands[len(prices) :]
+        )
+        return choose_priced(cands, prices, routing)
 
     start, _ = pick(cands)
     cost = ExpectedReplicaCost(routing, table)
@@ -395,12 +400,28 @@ def choose_layers(
     Args:
         cands: [L, P] placements; ``cands[0]`` is token-balanced, the guard's reference.
     """
-    s = slots_per_gpu
-    rows = np.arange(cands[0].shape[0])
-    sampled = np.stack(
-        [sampled_layer_times(c, routing, table, s, gpus_per_node=gpus_per_node) for c in cands]
+    prices = [layer_prices(c, routing, table, slots_per_gpu, gpus_per_node=gpus_per_node) for c in cands]
+    return choose_priced(cands, prices, routing)
+
+
+def layer_prices(
+    phy: np.ndarray, routing: Routing, table: Any, slots_per_gpu: int, *, gpus_per_node: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """What ``choose_layers`` judges a candidate by: ([N, L] its layer times on the sampled steps, [L] its
+    mean-load layer times averaged over the mix)."""
+    return (
+        sampled_layer_times(phy, routing, table, slots_per_gpu, gpus_per_node=gpus_per_node),
+        mean_load_layer_times(phy, routing, table, slots_per_gpu),
     )
-    mean_t = np.stack([mean_load_layer_times(c, routing, table, s) for c in cands])  # [C, L]
+
+
+def choose_priced(
+    cands: list[np.ndarray], prices: list[tuple[np.ndarray, np.ndarray]], routing: Routing
+) -> tuple[np.ndarray, np.ndarray]:
+    """``choose_layers`` on the candidates' ``layer_prices``, taken already."""
+    rows = np.arange(cands[0].shape[0])
+    sampled = np.stack([p[0] for p in prices])  # [C, N, L]
+    mean_t = np.stack([p[1] for p in prices])  # [C, L]
     eligible = mean_t <= mean_t[0] * (1.0 + EPS_GUARD)  # never worse than token-balanced (cands[0])
     default = np.where(eligible, mean_t, np.inf).argmin(axis=0)  # [L]
     expected = np.einsum("n,cnl->cl", routing.weights, sampled)  # [C, L]

@@ -162,28 +162,7 @@ def sampled_weighted_tokens(
     ``[W - w, W)`` taking ``ceil(c W - u) - ceil(c (W - w) - u)`` of the c tokens, u in [0, 1) the step's
     phase (``offsets / 2**30``): an integer within one token of ``c * w``, summing to c.
     """
-    n = counts.shape[0]
-    num_layers, p = phy2log.shape
-    e = counts.shape[2]
-    per_slot = np.take_along_axis(counts, np.broadcast_to(phy2log, (n, num_layers, p)), axis=2)
-    if dispatch == "even":
-        return per_slot * weights[None]
-    if dispatch != "round-robin":
-        raise PlacementError(
-            "InvalidDispatch",
-            "the weighted replica split is vibe's own dispatch: it prices 'even' or 'round-robin', "
-            f"not {dispatch!r}",
-        )
-    upper = cumulative_shares(phy2log, weights, e)[None]
-    lower = np.maximum(upper - weights[None], 0.0)
-    u = (
-        0.0
-        if offsets is None
-        else np.take_along_axis(offsets, np.broadcast_to(phy2log, per_slot.shape), axis=2) / float(1 << 30)
-    )
-    weighted = np.ceil(per_slot * upper - u) - np.ceil(per_slot * lower - u)
-    dealt = sampled_slot_tokens(phy2log, counts, 1, "round-robin", offsets=offsets)
-    return np.where(equal_shares(phy2log, weights, e)[None], dealt, weighted)
+    return SampledSplit(phy2log, counts, dispatch, offsets=offsets).tokens(weights)
 
 
 def sampled_weighted_gpu_times(
@@ -197,12 +176,55 @@ def sampled_weighted_gpu_times(
     offsets: np.ndarray | None = None,
 ) -> np.ndarray:
     """[N, L, G] each GPU's time in each sampled step under the weighted split (no validation)."""
-    n = counts.shape[0]
-    num_layers, p = phy2log.shape
-    tokens = sampled_weighted_tokens(phy2log, counts, weights, dispatch, offsets=offsets)
-    gpu = np.arange(p) // slots_per_gpu
-    cost = table(gpu[None, None, :], tokens)
-    return cost.reshape(n, num_layers, p // slots_per_gpu, slots_per_gpu).sum(axis=3)
+    return SampledSplit(phy2log, counts, dispatch, offsets=offsets).gpu_times(weights, table, slots_per_gpu)
+
+
+class SampledSplit:
+    """One expert map's sampled steps, ready to be priced under many weights (``sampled_weighted_tokens``):
+    what does not depend on the weights (each slot's expert's tokens, the steps' phases, the whole-token
+    deal of equal shares) is taken once, not again for every weights the water-filling tries."""
+
+    def __init__(
+        self, phy2log: np.ndarray, counts: np.ndarray, dispatch: str, *, offsets: np.ndarray | None = None
+    ) -> None:
+        if dispatch not in ("even", "round-robin"):
+            raise PlacementError(
+                "InvalidDispatch",
+                "the weighted replica split is vibe's own dispatch: it prices 'even' or 'round-robin', "
+                f"not {dispatch!r}",
+            )
+        n = counts.shape[0]
+        num_layers, p = phy2log.shape
+        self.phy2log = phy2log
+        self.dispatch = dispatch
+        self.num_experts = counts.shape[2]
+        index = np.broadcast_to(phy2log, (n, num_layers, p))
+        self.per_slot = np.take_along_axis(counts, index, axis=2)  # [N, L, P] the slot's expert's tokens
+        self.phase: np.ndarray | float = 0.0
+        self.dealt: np.ndarray | None = None
+        if dispatch == "round-robin":
+            if offsets is not None:
+                self.phase = np.take_along_axis(offsets, index, axis=2) / float(1 << 30)
+            self.dealt = sampled_slot_tokens(phy2log, counts, 1, "round-robin", offsets=offsets)
+
+    def tokens(self, weights: np.ndarray) -> np.ndarray:
+        """[N, L, P] float64 tokens each slot serves under ``weights`` (``sampled_weighted_tokens``)."""
+        per_slot = self.per_slot
+        if self.dealt is None:
+            return per_slot * weights[None]
+        u = self.phase
+        upper = cumulative_shares(self.phy2log, weights, self.num_experts)[None]
+        lower = np.maximum(upper - weights[None], 0.0)
+        weighted = np.ceil(per_slot * upper - u) - np.ceil(per_slot * lower - u)
+        return np.where(equal_shares(self.phy2log, weights, self.num_experts)[None], self.dealt, weighted)
+
+    def gpu_times(self, weights: np.ndarray, table: CurveTable, slots_per_gpu: int) -> np.ndarray:
+        """[N, L, G] each GPU's time in each sampled step under ``weights``."""
+        tokens = self.tokens(weights)
+        n, num_layers, p = tokens.shape
+        gpu = np.arange(p) // slots_per_gpu
+        cost = table(gpu[None, None, :], tokens)
+        return cost.reshape(n, num_layers, p // slots_per_gpu, slots_per_gpu).sum(axis=3)
 
 
 def choose_weights(
@@ -239,10 +261,10 @@ def choose_weights(
     if routing is None:
         return _frozen(_water_fill(phy, e, s, mean_price(loads), rounds))
 
+    steps = SampledSplit(phy, routing.counts, routing.dispatch, offsets=routing.offsets)
+
     def expected_price(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sampled = sampled_weighted_gpu_times(
-            phy, routing.counts, w, table, s, routing.dispatch, offsets=routing.offsets
-        )
+        sampled = steps.gpu_times(w, table, s)
         return (
             np.tensordot(routing.weights, sampled.max(axis=2), axes=1),
             np.tensordot(routing.weights, sampled, axes=1),
@@ -270,11 +292,11 @@ def _water_fill(phy: np.ndarray, e: int, s: int, price: Pricer, rounds: int) -> 
     alpha = np.full(num_layers, ALPHA)
     slot_gpu = np.arange(p) // s
     rows = np.arange(num_layers)[:, None]
+    replicas = np.maximum(expert_sums(phy, replicated.astype(np.float64), e), 1.0)  # [L, E]
     for _ in range(rounds):
         t_slot = gpu_t[:, slot_gpu]  # [L, P] each slot's GPU time
-        mean_t = expert_sums(phy, np.where(replicated, t_slot, 0.0), e) / np.maximum(
-            expert_sums(phy, replicated.astype(np.float64), e), 1.0
-        )  # [L, E] mean GPU time over each expert's replicas
+        mean_t = expert_sums(phy, np.where(replicated, t_slot, 0.0), e) / replicas
+        # [L, E] mean GPU time over each expert's replicas
         with np.errstate(divide="ignore", invalid="ignore"):
             factor = np.where(t_slot > 0, mean_t[rows, phy] / t_slot, 1.0) ** alpha[:, None]
         trial = np.where(replicated, best_w * factor, best_w)

@@ -17,8 +17,6 @@ anyone to restart.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -119,23 +117,9 @@ def write_outputs(
             blobs = engine.files(documents[engine.name], Path(target), settings)
         for path, blob in blobs.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, blob)
+            state.write_atomic(path, blob)
             written.append(str(path))
     return written
-
-
-def _write_atomic(path: Path, blob: bytes) -> None:
-    """Replace ``path`` with ``blob``: a concurrent reader sees the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _behind(found: Stamp, data_hash: str, applied: state.Applied | None) -> str:

@@ -69,14 +69,6 @@ def parse_uid(value: object, where: str) -> str | None:
         raise ServingError("UnreadableVolume", str(e)) from None
 
 
-def parse_template_value(value: str | None, where: str) -> tuple[int, str | None] | None:
-    """``vibe.contract.parse_template_value``, refusing as ``ServingError(UnreadableVolume)``."""
-    try:
-        return contract.parse_template_value(value, where)
-    except ValueError as e:
-        raise ServingError("UnreadableVolume", str(e)) from None
-
-
 def stamp_from_data(data: Mapping[str, str]) -> Stamp:
     """Generation and hash from the data alone (what a volume shows), verifying the hash if declared.
 

@@ -132,12 +132,14 @@ def save(state_dir: str | os.PathLike[str], applied: Applied) -> None:
     write_atomic(directory / STATE_FILE, json.dumps(asdict(applied), sort_keys=True) + "\n")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so a concurrent reader sees the old or the new file, never half."""
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Replace ``path`` with ``content`` (text as UTF-8) so a concurrent reader sees the old or the new
+    file, never half."""
+    blob = content.encode("utf-8") if isinstance(content, str) else content
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -49,9 +49,8 @@ import numpy as np
 
 from vibe import contract
 from vibe.engines import canonical, eplb, vllm
-from vibe.engines.errors import EngineError
 from vibe.serving import rankmap, snapshot, stamp, state
-from vibe.serving.errors import ServingError
+from vibe.serving.errors import ServingError, engine_errors
 
 #: The vLLM releases the plugin is tested with (``vibe.engines.vllm``); others are refused at start.
 VLLM_VERSIONS = vllm.VLLM_VERSIONS
@@ -298,10 +297,8 @@ def window_size(configured: int | None) -> int:
 
 def window(weight: Any, steps: int) -> str | None:
     """The window file's text (``vibe.engines.vllm.window_document``); None for an empty window."""
-    try:
+    with engine_errors():
         return vllm.window_document(weight, steps)
-    except EngineError as e:
-        raise ServingError(e.reason, e.message) from None
 
 
 def write_window(path: str | os.PathLike[str], document: str) -> None:
