@@ -63,7 +63,9 @@ def test_release_label_relabelings_and_pod_monitors(helm: Helm) -> None:
         }
     }
     objs = helm.template(values, api_versions=ALL_MONITORING)
-    for m in find(objs, "ServiceMonitor") + find(objs, "PrometheusRule"):
+    labelled = find(objs, "ServiceMonitor") + find(objs, "PrometheusRule")
+    assert len(labelled) == 3  # the same three, so the loops below check something
+    for m in labelled:
         assert m["metadata"]["labels"]["release"] == "kube-prometheus-stack", m["metadata"]["name"]
     for sm in find(objs, "ServiceMonitor"):
         (endpoint,) = sm["spec"]["endpoints"]

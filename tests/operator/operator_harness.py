@@ -15,9 +15,13 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from cluster_plugin import TEST_NODES_LABEL
+from operator_builders import profile_body
 
 from vibe import api, contract
 from vibe.cluster.processes import free_port
@@ -262,3 +266,15 @@ class Objects:
         except Exception as e:  # the object may be gone
             status = repr(e)
         return f"{name}: {what}\nstatus: {status}\noperator log:\n{self.log()}"
+
+
+def put_fleet(
+    gpu_nodes: Callable[..., list[str]], objs: Objects, stem: str, n: int = 2, gpus: int = 4, **profile: Any
+) -> tuple[dict[str, str], list[str]]:
+    """``n`` fake GPU nodes (``gpu_nodes``, prefix ``stem-<random>``) of ``gpus`` GPUs, each with its
+    GPUProfile (``profile_body(node, gpus=gpus, **profile)``): (their nodeSelector, their names)."""
+    prefix = f"{stem}-{uuid.uuid4().hex[:6]}"
+    names = gpu_nodes(n, prefix=prefix, gpus_per_node=gpus)
+    for node in names:
+        objs.put_profile(profile_body(node, gpus=gpus, **profile))
+    return {TEST_NODES_LABEL: prefix}, names

@@ -6,17 +6,16 @@ namespace, fake GPU nodes (kwok) and GPUProfiles, so tests do not see each other
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
 import subprocess
-import uuid
 from typing import Any
 
 import pytest
-from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, profile_body
-from operator_harness import Objects
+from operator_harness import Objects, put_fleet
 
 from vibe import api, contract
 from vibe.cluster.waiting import wait_for
@@ -44,15 +43,7 @@ def loads_json(seed: int, layers: int = 4, experts: int = 16, mean: float = 512.
 @pytest.fixture
 def fleet(gpu_nodes: Any, objs: Objects) -> Any:
     """``fleet(nodes, gpus, **profile kwargs) -> (nodeSelector, node names)`` with GPUProfiles written."""
-
-    def make(n: int = 2, gpus: int = 4, **kw: Any) -> tuple[dict[str, str], list[str]]:
-        prefix = f"op-{uuid.uuid4().hex[:6]}"
-        names = gpu_nodes(n, prefix=prefix, gpus_per_node=gpus)
-        for node in names:
-            objs.put_profile(profile_body(node, gpus=gpus, **kw))
-        return {TEST_NODES_LABEL: prefix}, names
-
-    return make
+    return functools.partial(put_fleet, gpu_nodes, objs, "op")
 
 
 def test_create_writes_every_format_and_becomes_ready(objs: Objects, fleet: Any, operator: Any, cluster: Any):

@@ -11,6 +11,7 @@ by the periodic resync.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from cluster_plugin import TEST_NODES_LABEL
 from operator_builders import deployment_body, now_iso, profile_body
-from operator_harness import Objects
+from operator_harness import Objects, put_fleet
 
 from vibe import contract
 from vibe.agent.profile import build_lease
@@ -49,15 +50,7 @@ def operator_args() -> tuple[str, ...]:
 @pytest.fixture
 def fleet(gpu_nodes: Any, objs: Objects) -> Any:
     """``fleet(nodes, gpus, **profile kwargs) -> (nodeSelector, node names)`` with GPUProfiles written."""
-
-    def make(n: int = 2, gpus: int = 4, **kw: Any) -> tuple[dict[str, str], list[str]]:
-        prefix = f"u-{uuid.uuid4().hex[:6]}"
-        names = gpu_nodes(n, prefix=prefix, gpus_per_node=gpus)
-        for node in names:
-            objs.put_profile(profile_body(node, gpus=gpus, **kw))
-        return {TEST_NODES_LABEL: prefix}, names
-
-    return make
+    return functools.partial(put_fleet, gpu_nodes, objs, "u")
 
 
 def put_lease(kube: Any, namespace: str, node: str, renew: float) -> None:

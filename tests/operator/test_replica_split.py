@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from operator_builders import deployment_body, profile_body
-from operator_harness import G, V
+from operator_harness import G, V, put_fleet
 
 from vibe import api
 from vibe.engines import ENGINES
@@ -95,15 +95,8 @@ def test_an_unknown_split_is_refused_by_the_api_server(crds, kube, namespace):
 
 @pytest.mark.cluster
 def test_the_operator_writes_the_weights_or_says_why_not(objs: Any, gpu_nodes: Any):
-    import uuid
-
-    from cluster_plugin import TEST_NODES_LABEL
-
-    prefix = f"split-{uuid.uuid4().hex[:6]}"
-    for node in gpu_nodes(2, prefix=prefix, gpus_per_node=4):
-        objs.put_profile(profile_body(node, gpus=4, slow={1: 1.5}))
+    selector, _ = put_fleet(gpu_nodes, objs, "split", slow={1: 1.5})
     objs.put_loads("loads", json.dumps({"loads": skewed_loads(4, 16, mean_tokens=2000, seed=1).tolist()}))
-    selector = {TEST_NODES_LABEL: prefix}
     workload = {"configMapRef": {"name": "loads"}, "stepMix": MIX, "replicaSplit": "weighted"}
     objs.create(
         deployment_body(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from operator_builders import deployment_body, profile_body
-from operator_harness import G, V
+from operator_harness import G, V, put_fleet
 
 from vibe import api
 from vibe.operator.gpus import profile_snapshot, resolve
@@ -174,15 +174,8 @@ def test_a_step_mix_gets_its_defaults(crds, kube, namespace):
 
 @pytest.mark.cluster
 def test_the_operator_places_for_the_step_mix_and_says_so(objs: Any, gpu_nodes: Any):
-    import uuid
-
-    from cluster_plugin import TEST_NODES_LABEL
-
-    prefix = f"mix-{uuid.uuid4().hex[:6]}"
-    for node in gpu_nodes(2, prefix=prefix, gpus_per_node=4):
-        objs.put_profile(profile_body(node, gpus=4, slow={1: 1.5}))
+    selector, _ = put_fleet(gpu_nodes, objs, "mix", slow={1: 1.5})
     objs.put_loads("loads", json.dumps({"loads": skewed_loads(4, 16, mean_tokens=64, seed=1).tolist()}))
-    selector = {TEST_NODES_LABEL: prefix}
     workload = {"configMapRef": {"name": "loads"}, "stepMix": MIX, "dispatch": "sglang-static"}
     objs.create(deployment_body("mix", selector=selector, count=8, slots=3, workload=workload))
     objs.wait_condition("mix", "Ready", "True", "Placed")
@@ -204,24 +197,16 @@ def test_a_drift_re_placement_chooses_and_reports_by_the_expected_objective(objs
     ``replace_incremental`` chooses on the spec's sampled steps from the placement in service (not the
     mean-load search's), and status, the drift decision and the ConfigMap's summary give its
     expected-objective figures: step time, bound, gap and gain vs the placement in service."""
-    import uuid
-
-    from cluster_plugin import TEST_NODES_LABEL
-
     from vibe.cluster.waiting import wait_for
     from vibe.operator.output import read_back
     from vibe.placement import evaluate, replace_incremental
 
-    prefix = f"mixd-{uuid.uuid4().hex[:6]}"
-    nodes = gpu_nodes(2, prefix=prefix, gpus_per_node=4)
-    for node in nodes:
-        objs.put_profile(profile_body(node, gpus=4))
+    selector, nodes = put_fleet(gpu_nodes, objs, "mixd")
     loads = skewed_loads(4, 16, mean_tokens=64, seed=1)
     objs.put_loads("loads", json.dumps({"loads": loads.tolist()}))
     mix = [{"tokens": 8, "weight": 0.8}, {"tokens": 256, "weight": 0.2}]
     workload = {"configMapRef": {"name": "loads"}, "stepMix": mix}
     drift = {"minGain": 0.0, "cooldownSeconds": 0, "replacementCostSeconds": 0}
-    selector = {TEST_NODES_LABEL: prefix}
     objs.create(deployment_body("d", selector=selector, count=8, slots=3, workload=workload, drift=drift))
     objs.wait_condition("d", "Ready", "True", "Placed")
     spec = parse_spec(objs.get("d")["spec"])
@@ -247,7 +232,7 @@ def test_a_drift_re_placement_chooses_and_reports_by_the_expected_objective(objs
     res = resolve(
         spec,
         namespace=objs.ns,
-        nodes={n: {TEST_NODES_LABEL: prefix} for n in nodes},
+        nodes={n: dict(selector) for n in nodes},
         profiles=profiles,
         now=now,
         profile_ttl_s=1e9,

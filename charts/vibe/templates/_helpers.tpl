@@ -129,6 +129,16 @@ ServiceMonitor scrapes it (its series name every tenant's MoEDeployments), else 
 {{- end }}
 {{- end }}
 
+{{/*
+CEL: the node an agent's pod-bound token carries (user extra authentication.kubernetes.io/node-name, one
+value), or '' for a token bound to no node. The agents' node-restriction and event-restriction policies.
+*/}}
+{{- define "vibe.agent.tokenNode" -}}
+'authentication.kubernetes.io/node-name' in request.userInfo.extra &&
+size(request.userInfo.extra['authentication.kubernetes.io/node-name']) == 1
+? request.userInfo.extra['authentication.kubernetes.io/node-name'][0] : ''
+{{- end }}
+
 {{/* Whether the operator watches every namespace (cluster-wide RBAC) or a list (namespaced Roles). */}}
 {{- define "vibe.operator.clusterWide" -}}
 {{- if not .Values.operator.watchNamespaces -}}
