@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from vibe.placement import (
+    DEFAULT_SAMPLES,
     Fleet,
     GPUCurve,
     Placement,
@@ -83,7 +84,7 @@ class Settings:
     overlap: str = "auto"  # two micro-batches: auto (spanning nodes, where faster), on, off
     per_node: str = "auto"  # dispatch once per destination node: auto (prefill steps), always, never
     floor_share: float | None = None  # re-shape the fleets' curves (``reshaped``); None: as given
-    plan_samples: int = 16  # with a group's plan_step_mix: sampled routings per kind (vibe plan --samples)
+    plan_samples: int = DEFAULT_SAMPLES  # with plan_step_mix: routings per kind (vibe plan --samples)
     plan_dispatch: str = "round-robin"  # with plan_step_mix: replica split (vibe plan --dispatch)
     replica_split: str = "even"  # even | weighted: per-slot shares the planner chooses (--replica-split)
 
