@@ -397,5 +397,16 @@ def test_the_command_plans_with_vibe_plans_step_mix_flags(files: dict[str, str],
     doc = json.loads(out.read_text())["settings"]
     assert (doc["stepMix"], doc["samples"], doc["dispatch"]) == ("32:0.8,256:0.2", 4, "even")
     assert doc["engine"]["dispatchPerNode"] == "never"
+    # the flags reach the planner: token-balanced is priced on 4 samples per kind, split evenly
+    from vibe.placement import evaluate, read_fleet, read_loads, solve
+    from vibe.placement.routing import StepMix, sample_routing
+
+    loads = read_loads(json.loads(Path(files["loads"]).read_text()))
+    fleet = read_fleet(json.loads(Path(files["fleet"]).read_text()))
+    routing = sample_routing(loads, StepMix.parse("32:0.8,256:0.2"), 2, samples=4, dispatch="even", seed=0)
+    tb = solve(loads, fleet, 3, "token-balanced").placement
+    want = evaluate(tb, loads, fleet, routing=routing).step_time_s
+    got = json.loads(out.read_text())["placements"]["token-balanced"]["colocated"]["predicted_step_s"]
+    assert got == pytest.approx(want, rel=1e-12)
     bad = CliRunner().invoke(app, cli(files, *mix[:4], "--dispatch", "nearest"))
     assert bad.exit_code != 0 and "nearest" in bad.output
