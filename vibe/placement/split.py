@@ -66,10 +66,7 @@ def check_split(split: object) -> str:
 
 def replica_counts(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
     """[L, P] int64: replicas in the layer of each slot's expert."""
-    rows = phy2log.shape[0]
-    flat = phy2log + (np.arange(rows) * num_experts)[:, None]
-    cnt = np.bincount(flat.ravel(), minlength=rows * num_experts).reshape(rows, num_experts)
-    return np.take_along_axis(cnt, phy2log, axis=1)
+    return np.take_along_axis(expert_sums(phy2log, None, num_experts), phy2log, axis=1)
 
 
 def even_weights(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
@@ -77,11 +74,13 @@ def even_weights(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
     return 1.0 / replica_counts(np.asarray(phy2log, dtype=np.int64), num_experts)
 
 
-def expert_sums(phy2log: np.ndarray, weights: np.ndarray, num_experts: int) -> np.ndarray:
-    """[L, E] the sum of each expert's shares over its slots."""
+def expert_sums(phy2log: np.ndarray, weights: np.ndarray | None, num_experts: int) -> np.ndarray:
+    """[L, E] the sum of each expert's shares over its slots (``weights`` None: its replicas, int64).
+    ``cost.bincount_rows`` with weights; ``cost`` imports this module, so it is not used here."""
     rows = phy2log.shape[0]
     flat = phy2log + (np.arange(rows) * num_experts)[:, None]
-    return np.bincount(flat.ravel(), weights.ravel(), minlength=rows * num_experts).reshape(rows, num_experts)
+    w = None if weights is None else weights.ravel()
+    return np.bincount(flat.ravel(), w, minlength=rows * num_experts).reshape(rows, num_experts)
 
 
 def check_weights(weights: object, phy2log: np.ndarray, num_experts: int) -> np.ndarray:
